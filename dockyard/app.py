@@ -1,0 +1,113 @@
+"""The application factory: build services from Settings and mount every room's routes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from dockyard.asgi import (
+    AccessLogMiddleware,
+    disconnect_handler,
+    error_response,
+    registry_error_handler,
+    run_sync,
+)
+from dockyard.config import Settings
+from dockyard.db import Database
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.registry import jobs as registry_jobs
+from dockyard.registry.routes import build_routes
+from dockyard.registry.services import RegistryServices, build_registry_services
+from dockyard.storage import BlobStore
+from dockyard.storage.factory import create_blob_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dockyard:
+    """Everything one running registry is made of."""
+
+    settings: Settings
+    db: Database
+    store: BlobStore
+    registry: RegistryServices
+
+
+def build(settings: Settings) -> Dockyard:
+    """Create the database engine, blob store and services for ``settings``."""
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    store = create_blob_store(settings)
+    return Dockyard(
+        settings=settings, db=db, store=store, registry=build_registry_services(settings, db, store)
+    )
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """404/405 from routing, in the registry's JSON error shape."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        error = RegistryError(
+            ErrorCode.UNSUPPORTED, f"{request.method} is not supported on {request.url.path}"
+        )
+    elif exc.status_code == 404:
+        error = RegistryError(
+            ErrorCode.NAME_UNKNOWN, f"no such endpoint {request.url.path[:200]}", status=404
+        )
+    else:
+        error = RegistryError(ErrorCode.UNSUPPORTED, exc.detail, status=exc.status_code)
+    return error_response(error, head=request.method == "HEAD")
+
+
+async def _every(interval: float, job: Callable[[], None]) -> None:
+    while True:
+        await anyio.sleep(interval)
+        try:
+            await run_sync(job)
+        except Exception:
+            log.exception("background job %s failed", getattr(job, "__name__", job))
+
+
+def create_app(
+    settings: Settings, dockyard: Dockyard | None = None, *, background_jobs: bool = True
+) -> Starlette:
+    """The ASGI application for ``settings`` (the schema must already be migrated)."""
+    parts = dockyard or build(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as group:
+            if background_jobs:
+                group.start_soon(
+                    _every,
+                    registry_jobs.EXPIRE_UPLOADS_EVERY,
+                    lambda: registry_jobs.expire_uploads(parts.registry),
+                )
+            try:
+                yield
+            finally:
+                group.cancel_scope.cancel()
+        parts.db.dispose()
+
+    middleware = [Middleware(AccessLogMiddleware)] if settings.access_log else []
+    app = Starlette(
+        routes=build_routes(parts.registry),
+        middleware=middleware,
+        exception_handlers={
+            RegistryError: registry_error_handler,
+            ClientDisconnect: disconnect_handler,
+            HTTPException: http_error_handler,
+        },
+        lifespan=lifespan,
+    )
+    app.state.dockyard = parts
+    return app

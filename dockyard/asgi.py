@@ -1,0 +1,166 @@
+"""HTTP plumbing every room's routes share: thread hand-off, body streaming, errors, access log."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dockyard.oci.errors import ErrorCode, RegistryError
+
+T = TypeVar("T")
+
+BODY_BATCH = 1024 * 1024
+BODY_PREFETCH = 4
+access_log = logging.getLogger("dockyard.access")
+
+_END = object()
+
+
+async def run_sync(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking service call in a worker thread."""
+    return await anyio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
+
+
+async def run_with_body(request: Request, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``function(*args, body=<iterator of bytes>, **kwargs)`` in a thread, streaming the request.
+
+    The request body is read on the event loop in 1 MiB batches, up to four batches
+    ahead of the thread, so receiving, hashing and writing overlap. A client that
+    disconnects makes the iterator raise ClientDisconnect in the thread.
+    """
+    send_stream, receive_stream = anyio.create_memory_object_stream[object](BODY_PREFETCH)
+
+    async def pump() -> None:
+        async with send_stream:
+            try:
+                batch: list[bytes] = []
+                held = 0
+                async for chunk in request.stream():
+                    if not chunk:
+                        continue
+                    batch.append(chunk)
+                    held += len(chunk)
+                    if held >= BODY_BATCH:
+                        await send_stream.send(b"".join(batch))
+                        batch, held = [], 0
+                if batch:
+                    await send_stream.send(b"".join(batch))
+                await send_stream.send(_END)
+            except Exception as exc:  # forwarded to the consuming thread, which re-raises it
+                await send_stream.send(exc)
+
+    def body() -> Iterator[bytes]:
+        while True:
+            item = anyio.from_thread.run(receive_stream.receive)
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, bytes)
+            yield item
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(pump)
+        try:
+            return await run_sync(function, *args, body=body(), **kwargs)
+        finally:
+            group.cancel_scope.cancel()
+            receive_stream.close()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes (413)."""
+    declared = content_length(request)
+    too_large = RegistryError(
+        ErrorCode.SIZE_INVALID, f"request body is larger than {limit} bytes", status=413
+    )
+    if declared is not None and declared > limit:
+        raise too_large
+    parts: list[bytes] = []
+    held = 0
+    async for chunk in request.stream():
+        held += len(chunk)
+        if held > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def content_length(request: Request) -> int | None:
+    """The Content-Length header as an int; a malformed value is a 400."""
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise RegistryError(ErrorCode.SIZE_INVALID, "Content-Length must be a non-negative integer")
+    return int(value)
+
+
+def error_response(
+    exc: RegistryError, *, head: bool = False, headers: dict[str, str] | None = None
+) -> Response:
+    """The spec's JSON error body (no body for HEAD) with the error's status and headers."""
+    body = exc.body()
+    all_headers = {"Docker-Distribution-API-Version": "registry/2.0", **exc.headers, **(headers or {})}
+    if head:
+        all_headers["content-length"] = str(len(body))
+        body = b""
+    return Response(body, status_code=exc.status, headers=all_headers, media_type="application/json")
+
+
+async def registry_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler for RegistryError."""
+    assert isinstance(exc, RegistryError)
+    return error_response(exc, head=request.method == "HEAD")
+
+
+async def disconnect_handler(request: Request, exc: Exception) -> Response:
+    """The client went away mid-request; nobody will read this answer."""
+    return Response(status_code=400)
+
+
+class AccessLogMiddleware:
+    """Logs one line per request: client, method, path, status, bytes sent, milliseconds."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+        sent = 0
+
+        async def send_and_count(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_count)
+        finally:
+            client = scope.get("client")
+            access_log.info(
+                '%s "%s %s" %d %d %.1fms',
+                client[0] if client else "-",
+                scope["method"],
+                scope["path"],
+                status or 500,
+                sent,
+                (time.perf_counter() - started) * 1000,
+            )

@@ -1,0 +1,181 @@
+"""`dockyard repository …`: list, show, show-tags, show-manifests, delete, untag (as `az acr repository`)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+import typer
+
+from dockyard.cli.client import RegistryClient, registry_url
+from dockyard.cli.output import OutputFormat, emit, fail, output_option
+
+app = typer.Typer(help="Manage repositories: list, inspect, untag and delete images.", no_args_is_help=True)
+
+
+class OrderBy(enum.StrEnum):
+    time_asc = "time_asc"
+    time_desc = "time_desc"
+
+
+RegistryOption = Annotated[
+    str | None,
+    typer.Option("--registry", "-r", help="Registry URL [env DOCKYARD_REGISTRY, default 127.0.0.1:5000]."),
+]
+RepositoryOption = Annotated[str, typer.Option("--repository", help="Repository name, e.g. team/app.")]
+TopOption = Annotated[int | None, typer.Option("--top", min=1, help="Return at most this many items.")]
+OrderOption = Annotated[OrderBy | None, typer.Option("--orderby", help="Order by last update time.")]
+DetailOption = Annotated[bool, typer.Option("--detail", help="Show details, not just names.")]
+
+
+def parse_image(image: str) -> tuple[str, str | None, str | None]:
+    """Split ``repo:tag`` or ``repo@digest`` into (repository, tag, digest)."""
+    if "@" in image:
+        repository, digest = image.split("@", 1)
+        return repository, None, digest
+    slash = image.rfind("/")
+    colon = image.rfind(":")
+    if colon > slash:
+        return image[:colon], image[colon + 1 :], None
+    return image, None, None
+
+
+def _orderby(value: OrderBy | None) -> str | None:
+    return {OrderBy.time_asc: "timeasc", OrderBy.time_desc: "timedesc"}.get(value) if value else None
+
+
+@app.command("list")
+def list_repositories(
+    registry: RegistryOption = None, top: TopOption = None, output: OutputFormat = output_option
+) -> None:
+    """List repository names."""
+    with RegistryClient(registry_url(registry)) as client:
+        names = list(client.pages("/acr/v1/_catalog", "repositories", {}, top))
+    emit(names, output)
+
+
+@app.command("show")
+def show(
+    registry: RegistryOption = None,
+    repository: Annotated[str | None, typer.Option("--repository", help="Repository name.")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="repo:tag or repo@digest.")] = None,
+    output: OutputFormat = output_option,
+) -> None:
+    """Show a repository's, a tag's or a manifest's properties."""
+    if bool(repository) == bool(image):
+        raise fail("give exactly one of --repository or --image", 2)
+    with RegistryClient(registry_url(registry)) as client:
+        if repository:
+            data = client.request("GET", f"/acr/v1/{client.repo_path(repository)}").json()
+        else:
+            assert image is not None
+            name, tag, digest = parse_image(image)
+            if digest:
+                data = client.request("GET", f"/acr/v1/{client.repo_path(name)}/_manifests/{digest}").json()[
+                    "manifest"
+                ]
+            else:
+                data = client.request(
+                    "GET", f"/acr/v1/{client.repo_path(name)}/_tags/{tag or 'latest'}"
+                ).json()["tag"]
+    emit(data, output)
+
+
+@app.command("show-tags")
+def show_tags(
+    repository: RepositoryOption,
+    registry: RegistryOption = None,
+    detail: DetailOption = False,
+    orderby: OrderOption = None,
+    top: TopOption = None,
+    output: OutputFormat = output_option,
+) -> None:
+    """List a repository's tags."""
+    params: dict[str, Any] = {}
+    if _orderby(orderby):
+        params["orderby"] = _orderby(orderby)
+    with RegistryClient(registry_url(registry)) as client:
+        found = list(client.pages(f"/acr/v1/{client.repo_path(repository)}/_tags", "tags", params, top))
+    if detail:
+        emit(found, output, columns=["name", "digest", "createdTime", "lastUpdateTime"])
+    else:
+        emit([tag["name"] for tag in found], output)
+
+
+@app.command("show-manifests")
+def show_manifests(
+    repository: RepositoryOption,
+    registry: RegistryOption = None,
+    detail: DetailOption = False,
+    orderby: OrderOption = None,
+    top: TopOption = None,
+    output: OutputFormat = output_option,
+) -> None:
+    """List a repository's manifests with their tags."""
+    params: dict[str, Any] = {}
+    if _orderby(orderby):
+        params["orderby"] = _orderby(orderby)
+    with RegistryClient(registry_url(registry)) as client:
+        found = list(
+            client.pages(f"/acr/v1/{client.repo_path(repository)}/_manifests", "manifests", params, top)
+        )
+    if not detail:
+        found = [
+            {"digest": m["digest"], "tags": m.get("tags", []), "timestamp": m["createdTime"]} for m in found
+        ]
+        emit(found, output, columns=["digest", "tags", "timestamp"])
+        return
+    emit(
+        found,
+        output,
+        columns=["digest", "mediaType", "imageSize", "architecture", "os", "tags", "createdTime"],
+    )
+
+
+@app.command("delete")
+def delete(
+    registry: RegistryOption = None,
+    repository: Annotated[
+        str | None, typer.Option("--repository", help="Delete this whole repository.")
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option("--image", help="Delete repo:tag's manifest (and all its tags) or repo@digest."),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    output: OutputFormat = output_option,
+) -> None:
+    """Delete a repository, or an image's manifest with every tag pointing at it."""
+    if bool(repository) == bool(image):
+        raise fail("give exactly one of --repository or --image", 2)
+    target = repository or image
+    if not yes and not typer.confirm(f"This deletes {target} and cannot be undone. Continue?"):
+        raise typer.Exit(1)
+    with RegistryClient(registry_url(registry)) as client:
+        if repository:
+            result = client.request("DELETE", f"/acr/v1/{client.repo_path(repository)}").json()
+            emit(result, output)
+            return
+        assert image is not None
+        name, tag, digest = parse_image(image)
+        if not digest:
+            digest = client.request(
+                "GET", f"/acr/v1/{client.repo_path(name)}/_tags/{tag or 'latest'}"
+            ).json()["tag"]["digest"]
+        client.request("DELETE", f"/acr/v1/{client.repo_path(name)}/_manifests/{digest}")
+    emit({"deleted": f"{name}@{digest}"}, output)
+
+
+@app.command("untag")
+def untag(
+    image: Annotated[str, typer.Option("--image", help="repo:tag to remove; the manifest stays.")],
+    registry: RegistryOption = None,
+    output: OutputFormat = output_option,
+) -> None:
+    """Remove a tag from a repository without deleting the manifest."""
+    name, tag, digest = parse_image(image)
+    if digest or not tag:
+        raise fail("--image must be repo:tag", 2)
+    with RegistryClient(registry_url(registry)) as client:
+        client.request("DELETE", f"/acr/v1/{client.repo_path(name)}/_tags/{tag}")
+    emit({"untagged": f"{name}:{tag}"}, output)

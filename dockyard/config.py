@@ -1,0 +1,83 @@
+"""One typed settings object: defaults < config file < DOCKYARD_* environment < CLI flags."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class LogLevel(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class Settings(BaseSettings):
+    """Everything a Dockyard process needs to know, read once at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCKYARD_", extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(Path("dockyard-data"), description="Folder for the embedded database and blobs.")
+    host: str = Field("127.0.0.1", description="Address `dockyard serve` listens on.")
+    port: int = Field(5000, ge=0, le=65535, description="Port `dockyard serve` listens on.")
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL; empty: SQLite at <data_dir>/dockyard.db; postgresql://… to scale out.",
+    )
+    storage_path: Path | None = Field(
+        None, description="Filesystem blob store root; default <data_dir>/storage."
+    )
+    migrate_on_start: bool = Field(True, description="Apply database migrations when the server starts.")
+    log_level: LogLevel = Field(LogLevel.info, description="Log verbosity.")
+    access_log: bool = Field(True, description="Log one line per request.")
+    public_url: str = Field(
+        "", description="Base URL clients reach this registry at, if not the request's host."
+    )
+    upload_expiry_seconds: int = Field(
+        24 * 3600, ge=60, description="Upload sessions idle this long are cancelled and their data removed."
+    )
+    upload_lease_seconds: int = Field(
+        60, ge=5, description="How long one request may hold an upload session while it streams a chunk."
+    )
+    catalog_page_size: int = Field(1000, ge=1, description="Default and maximum page size of /v2/_catalog.")
+    db_pool_size: int = Field(16, ge=1, description="Database connections held per process.")
+
+    @model_validator(mode="after")
+    def _fill_derived(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'dockyard.db').resolve()}"
+        if self.storage_path is None:
+            self.storage_path = self.data_dir / "storage"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from a TOML file, the environment and explicit overrides (None is ignored)."""
+    settings_cls = Settings
+    if config_file is not None:
+        if not config_file.is_file():
+            raise FileNotFoundError(f"config file {config_file} not found")
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})
+        settings_cls = type("FileSettings", (Settings,), {"model_config": config})
+    return settings_cls(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,138 @@
+"""Database engine, the shared MetaData, and transaction helpers for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: The schema every room's models.py adds its tables to; Alembic migrates it.
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+#: PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock.
+RETRYABLE_SQLSTATES = {"40001", "40P01"}
+WRITE_RETRIES = 8
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were stored as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs and use the psycopg 3 driver for them."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
+    if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        return True
+    return "database is locked" in str(exc.orig)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("dockyard_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """One engine plus read/write transaction helpers that hide dialect differences."""
+
+    def __init__(self, url: str, *, pool_size: int = 16) -> None:
+        self.url = normalize_url(url)
+        options: dict[str, Any] = {"future": True}
+        if self.url.startswith("sqlite"):
+            options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            options["pool_size"] = pool_size
+            options["max_overflow"] = 0
+            options["pool_timeout"] = 60
+        else:
+            options["pool_size"] = pool_size
+            options["max_overflow"] = pool_size
+            options["pool_recycle"] = 1800
+        self.engine = sa.create_engine(self.url, **options)
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+
+    def __repr__(self) -> str:
+        return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def insert(self, table: sa.Table) -> Any:
+        """A dialect insert construct, so callers can use ``on_conflict_do_*``."""
+        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction (a consistent snapshot on both engines)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        with self.engine.connect() as plain:
+            conn = plain.execution_options(dockyard_write=True)
+            with conn.begin():
+                yield conn
+
+    def run_write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a write transaction, retrying on deadlocks and lock timeouts."""
+        for attempt in range(WRITE_RETRIES):
+            try:
+                with self.write() as conn:
+                    return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if not _is_retryable(exc) or attempt == WRITE_RETRIES - 1:
+                    raise
+                log.info("retrying transaction after %s", type(exc.orig).__name__)
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # noqa: S311 - jitter, not crypto
+        raise AssertionError("unreachable")
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,48 @@
+"""Alembic migrations, driven programmatically (no alembic.ini needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from dockyard.db import Database, metadata
+
+HERE = Path(__file__).parent
+
+
+def load_models() -> None:
+    """Import every room's models so ``metadata`` holds the whole schema."""
+    import dockyard.registry.models  # noqa: F401
+
+
+def alembic_config(database: Database) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(HERE))
+    config.attributes["engine"] = database.engine
+    return config
+
+
+def upgrade(database: Database, revision: str = "head") -> None:
+    """Bring the schema up to ``revision``."""
+    command.upgrade(alembic_config(database), revision)
+
+
+def current_revision(database: Database) -> str | None:
+    with database.engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision(database: Database) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(database)).get_current_head()
+
+
+def schema_drift(database: Database) -> list[object]:
+    """Differences between the models and the migrated database (empty when in sync)."""
+    load_models()
+    with database.engine.connect() as conn:
+        return compare_metadata(MigrationContext.configure(conn), metadata)

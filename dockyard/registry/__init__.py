@@ -1,0 +1,1 @@
+"""The OCI data plane: uploads, blobs, manifests, tags, referrers, catalog."""

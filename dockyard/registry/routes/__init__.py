@@ -1,0 +1,21 @@
+"""HTTP faces of the registry: the OCI /v2 API and ACR's /acr/v1 metadata API."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from dockyard.registry.routes.acr import AcrRoutes
+from dockyard.registry.routes.blobs import BlobRoutes
+from dockyard.registry.routes.listing import ListingRoutes
+from dockyard.registry.routes.manifests import ManifestRoutes
+from dockyard.registry.services import RegistryServices
+
+
+def build_routes(services: RegistryServices) -> list[BaseRoute]:
+    """Every registry route, in matching order."""
+    return [
+        *ListingRoutes(services).routes(),
+        *BlobRoutes(services).routes(),
+        *ManifestRoutes(services).routes(),
+        *AcrRoutes(services).routes(),
+    ]

@@ -1,0 +1,171 @@
+"""ACR's metadata API (/acr/v1/…): what `az acr repository` and the azure-containerregistry SDK call."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from dockyard.asgi import run_sync
+from dockyard.oci.digest import parse_digest
+from dockyard.registry.routes.headers import next_link, page_size, repository_name
+from dockyard.registry.services import RegistryServices
+from dockyard.registry.services.repositories import ManifestInfo, RepositoryInfo, TagInfo
+
+#: Until locks arrive every attribute is enabled.
+CHANGEABLE = {"deleteEnabled": True, "writeEnabled": True, "readEnabled": True, "listEnabled": True}
+
+
+def acr_time(value: datetime) -> str:
+    """ACR's timestamp format: UTC with a trailing Z."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def repository_json(info: RepositoryInfo, registry: str) -> dict[str, Any]:
+    return {
+        "registry": registry,
+        "imageName": info.name,
+        "createdTime": acr_time(info.created_at),
+        "lastUpdateTime": acr_time(info.updated_at),
+        "manifestCount": info.manifest_count,
+        "tagCount": info.tag_count,
+        "changeableAttributes": CHANGEABLE,
+    }
+
+
+def tag_json(tag: TagInfo) -> dict[str, Any]:
+    return {
+        "name": tag.name,
+        "digest": tag.digest,
+        "createdTime": acr_time(tag.created_at),
+        "lastUpdateTime": acr_time(tag.updated_at),
+        "signed": False,
+        "changeableAttributes": CHANGEABLE,
+    }
+
+
+def manifest_json(manifest: ManifestInfo) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "digest": manifest.digest,
+        "imageSize": manifest.total_size,
+        "createdTime": acr_time(manifest.created_at),
+        "lastUpdateTime": acr_time(manifest.created_at),
+        "mediaType": manifest.media_type,
+        "tags": manifest.tags,
+        "changeableAttributes": CHANGEABLE,
+    }
+    optional = {
+        "architecture": manifest.architecture,
+        "os": manifest.os,
+        "configMediaType": manifest.config_media_type,
+        "artifactType": manifest.artifact_type,
+        "subject": manifest.subject,
+    }
+    item.update({key: value for key, value in optional.items() if value})
+    if manifest.references:
+        item["references"] = [
+            {"digest": ref.digest, "architecture": ref.architecture, "os": ref.os}
+            for ref in manifest.references
+        ]
+    return item
+
+
+def _registry(request: Request) -> str:
+    return request.headers.get("host", "localhost")
+
+
+class AcrRoutes:
+    """Handlers for /acr/v1/…"""
+
+    def __init__(self, services: RegistryServices) -> None:
+        self.repositories = services.repositories
+        self.manifests = services.manifests
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/acr/v1/_catalog", self.catalog, methods=["GET"]),
+            Route("/acr/v1/{name:path}/_tags/{tag}", self.tag, methods=["GET", "DELETE"]),
+            Route("/acr/v1/{name:path}/_tags", self.tags, methods=["GET"]),
+            Route("/acr/v1/{name:path}/_manifests/{digest}", self.manifest, methods=["GET", "DELETE"]),
+            Route("/acr/v1/{name:path}/_manifests", self.manifest_list, methods=["GET"]),
+            Route("/acr/v1/{name:path}", self.repository, methods=["GET", "DELETE"]),
+        ]
+
+    async def catalog(self, request: Request) -> Response:
+        n = page_size(request)
+        page = await run_sync(self.repositories.catalog, n, request.query_params.get("last") or None)
+        headers = {"Link": next_link("/acr/v1/_catalog", n, page.items[-1])} if page.more else {}
+        return JSONResponse({"repositories": page.items}, headers=headers)
+
+    async def repository(self, request: Request) -> Response:
+        name = repository_name(request)
+        if request.method == "DELETE":
+            deleted = await run_sync(self.repositories.delete, name)
+            return JSONResponse(
+                {"manifestsDeleted": deleted.manifests, "tagsDeleted": deleted.tags}, status_code=202
+            )
+        info = await run_sync(self.repositories.info, name)
+        return JSONResponse(repository_json(info, _registry(request)))
+
+    async def tags(self, request: Request) -> Response:
+        name = repository_name(request)
+        n = page_size(request)
+        query = request.query_params
+        orderby = query.get("orderby") or None
+        found, more = await run_sync(
+            self.repositories.tag_details,
+            name,
+            n,
+            query.get("last") or None,
+            orderby,
+            query.get("digest") or None,
+        )
+        headers = {}
+        if more and found:
+            headers["Link"] = next_link(f"/acr/v1/{name}/_tags", n, found[-1].name, orderby=orderby or "")
+        body = {"registry": _registry(request), "imageName": name, "tags": [tag_json(t) for t in found]}
+        return JSONResponse(body, headers=headers)
+
+    async def tag(self, request: Request) -> Response:
+        name = repository_name(request)
+        tag = request.path_params["tag"]
+        if request.method == "DELETE":
+            await run_sync(self.manifests.delete, name, tag)
+            return Response(status_code=202)
+        found = await run_sync(self.repositories.tag_detail, name, tag)
+        return JSONResponse({"registry": _registry(request), "imageName": name, "tag": tag_json(found)})
+
+    async def manifest_list(self, request: Request) -> Response:
+        name = repository_name(request)
+        n = page_size(request)
+        query = request.query_params
+        orderby = query.get("orderby") or None
+        found, more = await run_sync(
+            self.repositories.manifest_details, name, n, query.get("last") or None, orderby
+        )
+        headers = {}
+        if more and found:
+            headers["Link"] = next_link(
+                f"/acr/v1/{name}/_manifests", n, found[-1].digest, orderby=orderby or ""
+            )
+        body = {
+            "registry": _registry(request),
+            "imageName": name,
+            "manifests": [manifest_json(m) for m in found],
+        }
+        return JSONResponse(body, headers=headers)
+
+    async def manifest(self, request: Request) -> Response:
+        name = repository_name(request)
+        digest = request.path_params["digest"]
+        parse_digest(digest)
+        if request.method == "DELETE":
+            await run_sync(self.manifests.delete, name, digest)
+            return Response(status_code=202)
+        found = await run_sync(self.repositories.manifest_detail, name, digest)
+        return JSONResponse(
+            {"registry": _registry(request), "imageName": name, "manifest": manifest_json(found)}
+        )

@@ -1,0 +1,172 @@
+"""Blob reads and deletes, and the upload protocol (POST, PATCH, PUT, GET status, DELETE)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from dockyard.asgi import content_length, error_response, run_sync, run_with_body
+from dockyard.oci.digest import parse_digest
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.oci.names import validate_name
+from dockyard.registry.routes.headers import API_VERSION, byte_range, content_range, repository_name
+from dockyard.registry.services import RegistryServices
+from dockyard.registry.services.common import BlobInfo, UploadState
+from dockyard.registry.services.uploads import range_header
+
+log = logging.getLogger(__name__)
+
+
+def _blob_headers(name: str, blob: BlobInfo) -> dict[str, str]:
+    return {
+        **API_VERSION,
+        "Docker-Content-Digest": blob.digest,
+        "Location": f"/v2/{name}/blobs/{blob.digest}",
+    }
+
+
+def _upload_headers(state: UploadState) -> dict[str, str]:
+    return {
+        **API_VERSION,
+        "Location": f"/v2/{state.repository}/blobs/uploads/{state.id}",
+        "Range": range_header(state.size),
+        "Docker-Upload-UUID": state.id,
+    }
+
+
+class BlobRoutes:
+    """Handlers for /v2/<name>/blobs/…"""
+
+    def __init__(self, services: RegistryServices) -> None:
+        self.blobs = services.blobs
+        self.uploads = services.uploads
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v2/{name:path}/blobs/uploads/", self.start_upload, methods=["POST"]),
+            Route(
+                "/v2/{name:path}/blobs/uploads/{upload_id}",
+                self.upload,
+                methods=["GET", "PATCH", "PUT", "DELETE"],
+            ),
+            Route("/v2/{name:path}/blobs/{digest}", self.blob, methods=["GET", "HEAD", "DELETE"]),
+        ]
+
+    # -- reading and deleting ---------------------------------------------------------------
+
+    async def blob(self, request: Request) -> Response:
+        name = repository_name(request)
+        digest = request.path_params["digest"]
+        if request.method == "DELETE":
+            await run_sync(self.blobs.delete, name, digest)
+            return Response(status_code=202, headers=API_VERSION)
+        blob = await run_sync(self.blobs.stat, name, digest)
+        headers = {
+            **API_VERSION,
+            "Docker-Content-Digest": blob.digest,
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{blob.digest}"',
+            "Cache-Control": "max-age=31536000",
+        }
+        if request.method == "HEAD":
+            headers["content-length"] = str(blob.size)
+            return Response(b"", headers=headers, media_type="application/octet-stream")
+        span = byte_range(request, blob.size)
+        if span is None and blob.path is not None:
+            try:
+                stat = os.stat(blob.path)
+            except FileNotFoundError:
+                log.error("blob %s is recorded but missing from storage", blob.digest)
+                raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage") from None
+            return FileResponse(
+                blob.path, headers=headers, media_type="application/octet-stream", stat_result=stat
+            )
+        start, end = span if span is not None else (0, blob.size - 1)
+        length = end - start + 1 if blob.size else 0
+        headers["content-length"] = str(length)
+        status = 200
+        if span is not None:
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
+        chunks = self.blobs.read(blob.digest, start, length)
+        return StreamingResponse(
+            chunks, status_code=status, headers=headers, media_type="application/octet-stream"
+        )
+
+    # -- uploading --------------------------------------------------------------------------
+
+    async def start_upload(self, request: Request) -> Response:
+        name = repository_name(request)
+        query = request.query_params
+        mount = query.get("mount")
+        if mount:
+            source = query.get("from") or None
+            if source is not None:
+                validate_name(source)
+            mounted = await run_sync(self.blobs.mount, name, mount, source, lambda _repository: True)
+            if mounted is not None:
+                return Response(status_code=201, headers=_blob_headers(name, mounted))
+        digest = query.get("digest")
+        if digest:
+            parse_digest(digest)
+            blob = await run_with_body(
+                request, self.uploads.upload_whole, name, digest, content_length=content_length(request)
+            )
+            return Response(status_code=201, headers=_blob_headers(name, blob))
+        state = await run_sync(self.uploads.start, name)
+        return Response(status_code=202, headers=_upload_headers(state))
+
+    async def upload(self, request: Request) -> Response:
+        name = repository_name(request)
+        upload_id = request.path_params["upload_id"]
+        try:
+            return await self._upload(request, name, upload_id)
+        except RegistryError as exc:
+            if exc.status != 416:
+                raise
+            return error_response(
+                exc,
+                headers={
+                    "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
+                    "Docker-Upload-UUID": upload_id,
+                },
+            )
+
+    async def _upload(self, request: Request, name: str, upload_id: str) -> Response:
+        method = request.method
+        if method == "GET":
+            state = await run_sync(self.uploads.status, name, upload_id)
+            return Response(status_code=204, headers=_upload_headers(state))
+        if method == "DELETE":
+            await run_sync(self.uploads.cancel, name, upload_id)
+            return Response(status_code=204, headers=API_VERSION)
+        chunk_range = content_range(request)
+        length = content_length(request)
+        if method == "PATCH":
+            state = await run_with_body(
+                request,
+                self.uploads.append,
+                name,
+                upload_id,
+                content_range=chunk_range,
+                content_length=length,
+            )
+            return Response(status_code=202, headers=_upload_headers(state))
+        digest = request.query_params.get("digest")
+        if not digest:
+            raise RegistryError(ErrorCode.DIGEST_INVALID, "the closing PUT needs a digest query parameter")
+        parse_digest(digest)
+        blob = await run_with_body(
+            request,
+            self.uploads.complete,
+            name,
+            upload_id,
+            digest,
+            content_range=chunk_range,
+            content_length=length,
+        )
+        return Response(status_code=201, headers=_blob_headers(name, blob))

@@ -1,0 +1,49 @@
+"""/v2/, the catalog and tag lists."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from dockyard.asgi import run_sync
+from dockyard.registry.routes.headers import API_VERSION, next_link, page_size, repository_name
+from dockyard.registry.services import RegistryServices
+
+
+class ListingRoutes:
+    """Version check and content discovery."""
+
+    def __init__(self, services: RegistryServices) -> None:
+        self.repositories = services.repositories
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v2/", self.version_check, methods=["GET"]),
+            Route("/v2/_catalog", self.catalog, methods=["GET"]),
+            Route("/v2/{name:path}/tags/list", self.tag_list, methods=["GET"]),
+        ]
+
+    async def version_check(self, request: Request) -> Response:
+        return JSONResponse({}, headers=API_VERSION)
+
+    async def catalog(self, request: Request) -> Response:
+        n = page_size(request)
+        last = request.query_params.get("last") or None
+        if n == 0:
+            return JSONResponse({"repositories": []}, headers=API_VERSION)
+        page = await run_sync(self.repositories.catalog, n, last)
+        headers = dict(API_VERSION)
+        if page.more:
+            headers["Link"] = next_link("/v2/_catalog", n, page.items[-1])
+        return JSONResponse({"repositories": page.items}, headers=headers)
+
+    async def tag_list(self, request: Request) -> Response:
+        name = repository_name(request)
+        n = page_size(request)
+        last = request.query_params.get("last") or None
+        page = await run_sync(self.repositories.tag_names, name, n, last)
+        headers = dict(API_VERSION)
+        if page.more and page.items:
+            headers["Link"] = next_link(f"/v2/{name}/tags/list", n, page.items[-1])
+        return JSONResponse({"name": name, "tags": page.items}, headers=headers)

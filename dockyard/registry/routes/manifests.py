@@ -1,0 +1,75 @@
+"""Manifests (GET, HEAD, PUT, DELETE) and the referrers API."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from dockyard.asgi import read_body, run_sync
+from dockyard.oci import mediatypes as mt
+from dockyard.oci.manifests import MAX_MANIFEST_SIZE
+from dockyard.registry.routes.headers import API_VERSION, accept_list, repository_name
+from dockyard.registry.services import RegistryServices
+
+
+class ManifestRoutes:
+    """Handlers for /v2/<name>/manifests/… and /v2/<name>/referrers/…"""
+
+    def __init__(self, services: RegistryServices) -> None:
+        self.manifests = services.manifests
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route(
+                "/v2/{name:path}/manifests/{reference}",
+                self.manifest,
+                methods=["GET", "HEAD", "PUT", "DELETE"],
+            ),
+            Route("/v2/{name:path}/referrers/{digest}", self.referrers, methods=["GET"]),
+        ]
+
+    async def manifest(self, request: Request) -> Response:
+        name = repository_name(request)
+        reference = request.path_params["reference"]
+        method = request.method
+        if method == "PUT":
+            payload = await read_body(request, MAX_MANIFEST_SIZE)
+            content_type = request.headers.get("content-type", "")
+            pushed = await run_sync(self.manifests.put, name, reference, payload, content_type)
+            headers = {
+                **API_VERSION,
+                "Docker-Content-Digest": pushed.digest,
+                "Location": f"/v2/{name}/manifests/{pushed.digest}",
+            }
+            if pushed.subject:
+                headers["OCI-Subject"] = pushed.subject
+            return Response(status_code=201, headers=headers)
+        if method == "DELETE":
+            await run_sync(self.manifests.delete, name, reference)
+            return Response(status_code=202, headers=API_VERSION)
+        record = await run_sync(self.manifests.get, name, reference, accept_list(request))
+        headers = {
+            **API_VERSION,
+            "Docker-Content-Digest": record.digest,
+            "ETag": f'"{record.digest}"',
+        }
+        if method == "HEAD":
+            headers["content-length"] = str(len(record.payload))
+            return Response(b"", headers=headers, media_type=record.media_type)
+        return Response(record.payload, headers=headers, media_type=record.media_type)
+
+    async def referrers(self, request: Request) -> Response:
+        name = repository_name(request)
+        artifact_type = request.query_params.get("artifactType") or None
+        descriptors = await run_sync(
+            self.manifests.referrers, name, request.path_params["digest"], artifact_type
+        )
+        headers = dict(API_VERSION)
+        if artifact_type is not None:
+            headers["OCI-Filters-Applied"] = "artifactType"
+        return JSONResponse(
+            {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors},
+            headers=headers,
+            media_type=mt.OCI_INDEX,
+        )

@@ -1,0 +1,38 @@
+"""The registry's behaviour, free of HTTP: one service per concern, built together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dockyard.config import Settings
+from dockyard.db import Database
+from dockyard.registry.services.blobs import BlobService
+from dockyard.registry.services.manifests import ManifestService
+from dockyard.registry.services.repositories import RepositoryService
+from dockyard.registry.services.uploads import UploadService
+from dockyard.storage import BlobStore
+
+
+@dataclass(frozen=True)
+class RegistryServices:
+    """Everything the registry routes call."""
+
+    blobs: BlobService
+    uploads: UploadService
+    manifests: ManifestService
+    repositories: RepositoryService
+
+
+def build_registry_services(settings: Settings, db: Database, store: BlobStore) -> RegistryServices:
+    """Wire the registry services for one application."""
+    return RegistryServices(
+        blobs=BlobService(db, store),
+        uploads=UploadService(
+            db,
+            store,
+            lease_seconds=settings.upload_lease_seconds,
+            expiry_seconds=settings.upload_expiry_seconds,
+        ),
+        manifests=ManifestService(db, store),
+        repositories=RepositoryService(db, settings.catalog_page_size),
+    )

@@ -1,0 +1,119 @@
+"""Blobs as repositories see them: lookup, cross-repository mount, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dockyard.db import Database
+from dockyard.oci.digest import parse_digest
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, repository_blobs
+from dockyard.registry.services.common import BlobInfo, ensure_repository, link_blob, require_repository
+from dockyard.storage import BlobStore
+
+
+def _blob_unknown(digest: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.BLOB_UNKNOWN, f"blob {digest} unknown to repository", detail={"digest": digest}
+    )
+
+
+class BlobService:
+    """Read, mount and delete blobs within repositories."""
+
+    def __init__(self, db: Database, store: BlobStore) -> None:
+        self._db = db
+        self._store = store
+
+    def _lookup(self, conn: Connection, repository: str, digest: str) -> int | None:
+        return conn.execute(
+            sa.select(blobs.c.size)
+            .select_from(repository_blobs.join(repositories).join(blobs))
+            .where(repositories.c.name == repository, repository_blobs.c.digest == digest)
+        ).scalar()
+
+    def stat(self, repository: str, digest: str) -> BlobInfo:
+        """The blob if ``repository`` has it, else BLOB_UNKNOWN."""
+        parse_digest(digest)
+        with self._db.read() as conn:
+            size = self._lookup(conn, repository, digest)
+        if size is None:
+            raise _blob_unknown(digest)
+        return BlobInfo(digest, size, self._store.local_path(digest))
+
+    def read(self, digest: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The bytes of a blob ``stat`` found, from ``offset``."""
+        return self._store.read(digest, offset, length)
+
+    def mount(
+        self, repository: str, digest: str, source: str | None, can_read: Callable[[str], bool]
+    ) -> BlobInfo | None:
+        """Link a blob another repository has into ``repository``; None if it cannot be mounted.
+
+        Without ``source`` (automatic mount) any repository the caller may read is a source.
+        """
+        parse_digest(digest)
+
+        def work(conn: Connection) -> BlobInfo | None:
+            existing = self._lookup(conn, repository, digest)
+            if existing is not None:
+                return BlobInfo(digest, existing)
+            candidates = [source] if source else self._holders(conn, digest)
+            for candidate in candidates:
+                if candidate == repository or not can_read(candidate):
+                    continue
+                size = self._lookup(conn, candidate, digest)
+                if size is not None:
+                    repo_id = ensure_repository(self._db, conn, repository)
+                    link_blob(self._db, conn, repo_id, digest, size)
+                    return BlobInfo(digest, size)
+            return None
+
+        return self._db.run_write(work)
+
+    @staticmethod
+    def _holders(conn: Connection, digest: str, limit: int = 50) -> list[str]:
+        return list(
+            conn.execute(
+                sa.select(repositories.c.name)
+                .select_from(repository_blobs.join(repositories))
+                .where(repository_blobs.c.digest == digest)
+                .order_by(repositories.c.name)
+                .limit(limit)
+            ).scalars()
+        )
+
+    def delete(self, repository: str, digest: str) -> None:
+        """Unlink a blob from ``repository``; refused while a manifest there still needs it.
+
+        The bytes stay in the store until garbage collection finds no repository using them.
+        """
+        parse_digest(digest)
+
+        def work(conn: Connection) -> None:
+            repo_id = require_repository(conn, repository)
+            in_use = conn.execute(
+                sa.select(manifests.c.digest)
+                .select_from(manifest_blobs.join(manifests))
+                .where(manifests.c.repository_id == repo_id, manifest_blobs.c.digest == digest)
+                .limit(1)
+            ).scalar()
+            if in_use is not None:
+                raise RegistryError(
+                    ErrorCode.DENIED,
+                    f"blob {digest} is referenced by manifest {in_use}; delete the manifest first",
+                    status=409,
+                    detail={"digest": digest, "manifest": in_use},
+                )
+            deleted = conn.execute(
+                repository_blobs.delete().where(
+                    repository_blobs.c.repository_id == repo_id, repository_blobs.c.digest == digest
+                )
+            ).rowcount
+            if not deleted:
+                raise _blob_unknown(digest)
+
+        self._db.run_write(work)

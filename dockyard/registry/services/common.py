@@ -1,0 +1,104 @@
+"""Records the registry services return, and the queries they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dockyard.db import Database, utcnow
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.registry.models import blobs, repositories, repository_blobs
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A blob as one repository sees it."""
+
+    digest: str
+    size: int
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class UploadState:
+    """Where an upload session stands."""
+
+    id: str
+    repository: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """A stored manifest, byte-exact."""
+
+    digest: str
+    media_type: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a sorted listing; ``more`` says whether a next page exists."""
+
+    items: list[str]
+    more: bool
+
+
+def repository_id(conn: Connection, name: str) -> int | None:
+    """The id of repository ``name``, or None."""
+    return conn.execute(sa.select(repositories.c.id).where(repositories.c.name == name)).scalar()
+
+
+def require_repository(conn: Connection, name: str) -> int:
+    """The id of repository ``name``, or NAME_UNKNOWN."""
+    found = repository_id(conn, name)
+    if found is None:
+        raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name!r} not known to registry")
+    return found
+
+
+def ensure_repository(db: Database, conn: Connection, name: str, now: datetime | None = None) -> int:
+    """The id of repository ``name``, creating it (concurrency-safe) if needed."""
+    found = repository_id(conn, name)
+    if found is not None:
+        return found
+    now = now or utcnow()
+    conn.execute(
+        db.insert(repositories)
+        .values(name=name, created_at=now, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    created = repository_id(conn, name)
+    assert created is not None
+    return created
+
+
+def link_blob(db: Database, conn: Connection, repo_id: int, digest: str, size: int) -> None:
+    """Record that the store holds ``digest`` and that repository ``repo_id`` has it."""
+    now = utcnow()
+    conn.execute(
+        db.insert(blobs)
+        .values(digest=digest, size=size, created_at=now)
+        .on_conflict_do_nothing(index_elements=["digest"])
+    )
+    conn.execute(
+        db.insert(repository_blobs)
+        .values(repository_id=repo_id, digest=digest, created_at=now)
+        .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+    )
+
+
+def touch_repository(conn: Connection, repo_id: int) -> None:
+    conn.execute(repositories.update().where(repositories.c.id == repo_id).values(updated_at=utcnow()))
+
+
+def page_of(rows: list[str], limit: int | None) -> Page:
+    """Turn ``limit + 1`` fetched rows into a page and whether there is more."""
+    if limit is not None and len(rows) > limit:
+        return Page(rows[:limit], True)
+    return Page(rows, False)

@@ -1,0 +1,365 @@
+"""Manifests: push with reference checks, pull with content negotiation, delete, referrers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dockyard.db import Database, utcnow
+from dockyard.oci import mediatypes as mt
+from dockyard.oci.digest import compute_digest, parse_digest
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.oci.manifests import Descriptor, ParsedManifest, parse_manifest
+from dockyard.oci.names import parse_reference
+from dockyard.registry.models import (
+    blobs,
+    manifest_blobs,
+    manifest_children,
+    manifests,
+    repositories,
+    repository_blobs,
+    tags,
+)
+from dockyard.registry.services.common import (
+    ManifestRecord,
+    ensure_repository,
+    repository_id,
+    require_repository,
+    touch_repository,
+)
+from dockyard.storage import BlobStore
+
+#: Config blobs larger than this are not read for platform details.
+MAX_CONFIG_READ = 1024 * 1024
+IMAGE_CONFIG_TYPES = (mt.OCI_CONFIG, mt.DOCKER_CONFIG)
+DEFAULT_PLATFORM = ("linux", "amd64")
+
+
+@dataclass(frozen=True)
+class PushedManifest:
+    digest: str
+    subject: str | None
+
+
+def _manifest_unknown(repository: str, reference: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.MANIFEST_UNKNOWN,
+        f"manifest {reference[:100]!r} unknown in repository {repository!r}",
+        detail={"name": repository, "reference": reference[:200]},
+    )
+
+
+def accepts(accept: Sequence[str], media_type: str) -> bool:
+    """Whether an Accept list admits ``media_type`` (an empty list admits anything)."""
+    return not accept or media_type in accept or "*/*" in accept
+
+
+class ManifestService:
+    """Stores manifests byte-exact and serves them back."""
+
+    def __init__(self, db: Database, store: BlobStore) -> None:
+        self._db = db
+        self._store = store
+
+    # -- pull -------------------------------------------------------------------------------
+
+    def get(self, repository: str, reference: str, accept: Sequence[str] = ()) -> ManifestRecord:
+        """The manifest ``reference`` names, negotiated against the client's Accept list.
+
+        A manifest list or index fetched by tag by a client that accepts only image
+        manifests is answered with its linux/amd64 image, as Docker clients expect.
+        """
+        tag, digest = parse_reference(reference)
+        with self._db.read() as conn:
+            record = self._fetch(conn, repository, tag, digest)
+            if record is None:
+                require_repository(conn, repository)
+                raise _manifest_unknown(repository, reference)
+            if digest is not None or accepts(accept, record.media_type):
+                return record
+            if record.media_type in mt.INDEXES:
+                child = self._platform_child(conn, repository, record.digest, accept)
+                if child is not None:
+                    return child
+        raise RegistryError(
+            ErrorCode.MANIFEST_UNKNOWN,
+            f"manifest {reference!r} is {record.media_type}, which the Accept header does not allow",
+            detail={"name": repository, "reference": reference, "mediaType": record.media_type},
+        )
+
+    @staticmethod
+    def _fetch(
+        conn: Connection, repository: str, tag: str | None, digest: str | None
+    ) -> ManifestRecord | None:
+        columns = (manifests.c.digest, manifests.c.media_type, manifests.c.payload)
+        if digest is not None:
+            query = (
+                sa.select(*columns)
+                .select_from(manifests.join(repositories))
+                .where(repositories.c.name == repository, manifests.c.digest == digest)
+            )
+        else:
+            query = (
+                sa.select(*columns)
+                .select_from(tags.join(repositories).join(manifests, manifests.c.id == tags.c.manifest_id))
+                .where(repositories.c.name == repository, tags.c.name == tag)
+            )
+        row = conn.execute(query).first()
+        return ManifestRecord(row.digest, row.media_type, bytes(row.payload)) if row else None
+
+    def _platform_child(
+        self, conn: Connection, repository: str, index_digest: str, accept: Sequence[str]
+    ) -> ManifestRecord | None:
+        parent = manifests.alias("parent")
+        rows = conn.execute(
+            sa.select(
+                manifests.c.digest,
+                manifests.c.media_type,
+                manifest_children.c.os,
+                manifest_children.c.architecture,
+            )
+            .select_from(
+                manifest_children.join(parent, parent.c.id == manifest_children.c.manifest_id)
+                .join(repositories, repositories.c.id == parent.c.repository_id)
+                .join(
+                    manifests,
+                    sa.and_(
+                        manifests.c.repository_id == parent.c.repository_id,
+                        manifests.c.digest == manifest_children.c.child_digest,
+                    ),
+                )
+            )
+            .where(repositories.c.name == repository, parent.c.digest == index_digest)
+        ).all()
+        acceptable = [row for row in rows if accepts(accept, row.media_type)]
+        preferred = [row for row in acceptable if (row.os, row.architecture) == DEFAULT_PLATFORM]
+        chosen = (preferred or acceptable or [None])[0]
+        return self._fetch(conn, repository, None, chosen.digest) if chosen else None
+
+    # -- push -------------------------------------------------------------------------------
+
+    def put(self, repository: str, reference: str, payload: bytes, content_type: str) -> PushedManifest:
+        """Validate and store a manifest, tagging it if ``reference`` is a tag."""
+        tag, claimed = parse_reference(reference)
+        parsed = parse_manifest(payload, content_type)
+        if claimed is not None:
+            algorithm, _ = parse_digest(claimed)
+            digest = compute_digest(payload, algorithm)
+            if digest != claimed:
+                raise RegistryError(
+                    ErrorCode.DIGEST_INVALID,
+                    f"manifest digest is {digest}, not {claimed}",
+                    detail={"expected": claimed, "actual": digest},
+                )
+        else:
+            digest = compute_digest(payload)
+        platform = self._platform_of(parsed)
+        total_size = len(payload) + sum(
+            d.size for d in ((parsed.config,) if parsed.config else ()) + parsed.layers
+        )
+
+        def work(conn: Connection) -> None:
+            now = utcnow()
+            repo_id = ensure_repository(self._db, conn, repository, now)
+            self._check_references(conn, repo_id, parsed)
+            inserted = conn.execute(
+                self._db.insert(manifests)
+                .values(
+                    repository_id=repo_id,
+                    digest=digest,
+                    media_type=parsed.media_type,
+                    artifact_type=parsed.artifact_type,
+                    config_media_type=parsed.config.media_type if parsed.config else None,
+                    size=len(payload),
+                    total_size=total_size,
+                    architecture=platform[1],
+                    os=platform[0],
+                    payload=payload,
+                    subject_digest=parsed.subject.digest if parsed.subject else None,
+                    annotations=parsed.annotations,
+                    created_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+                .returning(manifests.c.id)
+            ).scalar()
+            if inserted is not None:
+                self._insert_references(conn, inserted, parsed)
+                manifest_id = inserted
+            else:
+                manifest_id = conn.execute(
+                    sa.select(manifests.c.id).where(
+                        manifests.c.repository_id == repo_id, manifests.c.digest == digest
+                    )
+                ).scalar_one()
+            if tag is not None:
+                conn.execute(
+                    self._db.insert(tags)
+                    .values(
+                        repository_id=repo_id,
+                        name=tag,
+                        manifest_id=manifest_id,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .on_conflict_do_update(
+                        index_elements=["repository_id", "name"],
+                        set_={"manifest_id": manifest_id, "updated_at": now},
+                    )
+                )
+            touch_repository(conn, repo_id)
+
+        self._db.run_write(work)
+        return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+
+    @staticmethod
+    def _check_references(conn: Connection, repo_id: int, parsed: ParsedManifest) -> None:
+        wanted = {d.digest: d for d in parsed.required_blobs}
+        if wanted:
+            held = {
+                row.digest: row.size
+                for row in conn.execute(
+                    sa.select(blobs.c.digest, blobs.c.size)
+                    .select_from(repository_blobs.join(blobs))
+                    .where(
+                        repository_blobs.c.repository_id == repo_id,
+                        repository_blobs.c.digest.in_(list(wanted)),
+                    )
+                )
+            }
+            for descriptor in parsed.required_blobs:
+                if descriptor.digest not in held:
+                    raise RegistryError(
+                        ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                        f"blob {descriptor.digest} is not in the repository",
+                        detail={"digest": descriptor.digest},
+                    )
+                if held[descriptor.digest] != descriptor.size:
+                    raise RegistryError(
+                        ErrorCode.MANIFEST_INVALID,
+                        f"blob {descriptor.digest} has size {held[descriptor.digest]}, not {descriptor.size}",
+                        detail={"digest": descriptor.digest},
+                    )
+        children = {d.digest for d in parsed.children}
+        if children:
+            present = set(
+                conn.execute(
+                    sa.select(manifests.c.digest).where(
+                        manifests.c.repository_id == repo_id, manifests.c.digest.in_(list(children))
+                    )
+                ).scalars()
+            )
+            for descriptor in parsed.children:
+                if descriptor.digest not in present:
+                    raise RegistryError(
+                        ErrorCode.MANIFEST_BLOB_UNKNOWN,
+                        f"manifest {descriptor.digest} listed in the index is not in the repository",
+                        detail={"digest": descriptor.digest},
+                    )
+
+    @staticmethod
+    def _insert_references(conn: Connection, manifest_id: int, parsed: ParsedManifest) -> None:
+        referenced: dict[str, Descriptor] = {d.digest: d for d in parsed.required_blobs}
+        if referenced:
+            conn.execute(
+                manifest_blobs.insert(),
+                [
+                    {
+                        "manifest_id": manifest_id,
+                        "digest": d.digest,
+                        "media_type": d.media_type,
+                        "size": d.size,
+                    }
+                    for d in referenced.values()
+                ],
+            )
+        children: dict[str, Descriptor] = {d.digest: d for d in parsed.children}
+        if children:
+            conn.execute(
+                manifest_children.insert(),
+                [
+                    {
+                        "manifest_id": manifest_id,
+                        "child_digest": d.digest,
+                        "os": _platform_value(d.platform, "os"),
+                        "architecture": _platform_value(d.platform, "architecture"),
+                        "variant": _platform_value(d.platform, "variant"),
+                    }
+                    for d in children.values()
+                ],
+            )
+
+    def _platform_of(self, parsed: ParsedManifest) -> tuple[str | None, str | None]:
+        """(os, architecture) from an image's config blob, when it is an image config."""
+        config = parsed.config
+        if config is None or config.media_type not in IMAGE_CONFIG_TYPES or config.size > MAX_CONFIG_READ:
+            return None, None
+        if self._store.stat(config.digest) != config.size:
+            return None, None
+        try:
+            document: Any = json.loads(b"".join(self._store.read(config.digest)))
+        except (ValueError, OSError):
+            return None, None
+        if not isinstance(document, dict):
+            return None, None
+        return _platform_value(document, "os"), _platform_value(document, "architecture")
+
+    # -- delete -----------------------------------------------------------------------------
+
+    def delete(self, repository: str, reference: str) -> None:
+        """Delete a manifest (by digest, with its tags) or just a tag (untag)."""
+        tag, digest = parse_reference(reference)
+
+        def work(conn: Connection) -> None:
+            repo_id = require_repository(conn, repository)
+            if digest is not None:
+                query = manifests.delete().where(
+                    manifests.c.repository_id == repo_id, manifests.c.digest == digest
+                )
+            else:
+                query = tags.delete().where(tags.c.repository_id == repo_id, tags.c.name == tag)
+            if not conn.execute(query).rowcount:
+                raise _manifest_unknown(repository, reference)
+            touch_repository(conn, repo_id)
+
+        self._db.run_write(work)
+
+    # -- referrers --------------------------------------------------------------------------
+
+    def referrers(
+        self, repository: str, digest: str, artifact_type: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Descriptors of the manifests in ``repository`` whose subject is ``digest``."""
+        parse_digest(digest)
+        with self._db.read() as conn:
+            repo_id = repository_id(conn, repository)
+            if repo_id is None:
+                return []
+            query = sa.select(
+                manifests.c.media_type,
+                manifests.c.size,
+                manifests.c.digest,
+                manifests.c.artifact_type,
+                manifests.c.annotations,
+            ).where(manifests.c.repository_id == repo_id, manifests.c.subject_digest == digest)
+            if artifact_type is not None:
+                query = query.where(manifests.c.artifact_type == artifact_type)
+            rows = conn.execute(query.order_by(manifests.c.created_at, manifests.c.digest)).all()
+        descriptors = []
+        for row in rows:
+            descriptor: dict[str, Any] = {"mediaType": row.media_type, "size": row.size, "digest": row.digest}
+            if row.artifact_type:
+                descriptor["artifactType"] = row.artifact_type
+            if row.annotations:
+                descriptor["annotations"] = row.annotations
+            descriptors.append(descriptor)
+        return descriptors
+
+
+def _platform_value(document: dict[str, Any] | None, key: str) -> str | None:
+    value = (document or {}).get(key)
+    return value[:64] if isinstance(value, str) and value else None

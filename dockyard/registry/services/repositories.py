@@ -1,0 +1,289 @@
+"""Repositories and their listings: catalog, tags, and the ACR-style detail views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dockyard.db import Database, as_utc
+from dockyard.oci.digest import parse_digest
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.oci.names import validate_tag
+from dockyard.registry.models import manifest_children, manifests, repositories, tags
+from dockyard.registry.services.common import Page, page_of, require_repository
+
+
+@dataclass(frozen=True)
+class RepositoryInfo:
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    manifest_count: int
+    tag_count: int
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    name: str
+    digest: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class PlatformRef:
+    digest: str
+    architecture: str | None
+    os: str | None
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    digest: str
+    media_type: str
+    artifact_type: str | None
+    config_media_type: str | None
+    size: int
+    total_size: int
+    created_at: datetime
+    architecture: str | None
+    os: str | None
+    subject: str | None
+    tags: list[str] = field(default_factory=list)
+    references: list[PlatformRef] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeletedRepository:
+    manifests: list[str]
+    tags: list[str]
+
+
+ORDERINGS = ("timedesc", "timeasc")
+
+
+class RepositoryService:
+    """Lists and deletes repositories, tags and manifests."""
+
+    def __init__(self, db: Database, catalog_page_size: int = 1000) -> None:
+        self._db = db
+        self.catalog_page_size = catalog_page_size
+
+    # -- OCI listings -----------------------------------------------------------------------
+
+    def catalog(self, n: int | None = None, last: str | None = None) -> Page:
+        """Repository names in byte order, at most ``n`` (capped at the catalog page size)."""
+        limit = min(self.catalog_page_size if n is None else n, self.catalog_page_size)
+        query = sa.select(repositories.c.name).order_by(repositories.c.name).limit(limit + 1)
+        if last:
+            query = query.where(repositories.c.name > last)
+        with self._db.read() as conn:
+            return page_of(list(conn.execute(query).scalars()), limit)
+
+    def tag_names(self, repository: str, n: int | None = None, last: str | None = None) -> Page:
+        """Tag names of ``repository`` in byte order; all of them when ``n`` is None."""
+        with self._db.read() as conn:
+            repo_id = require_repository(conn, repository)
+            query = sa.select(tags.c.name).where(tags.c.repository_id == repo_id).order_by(tags.c.name)
+            if last:
+                query = query.where(tags.c.name > last)
+            if n is not None:
+                query = query.limit(n + 1)
+            return page_of(list(conn.execute(query).scalars()), n)
+
+    # -- details (ACR's /acr/v1 view) ---------------------------------------------------------
+
+    def info(self, repository: str) -> RepositoryInfo:
+        with self._db.read() as conn:
+            row = conn.execute(sa.select(repositories).where(repositories.c.name == repository)).first()
+            if row is None:
+                require_repository(conn, repository)
+            assert row is not None
+            manifest_count = conn.execute(
+                sa.select(sa.func.count()).select_from(manifests).where(manifests.c.repository_id == row.id)
+            ).scalar_one()
+            tag_count = conn.execute(
+                sa.select(sa.func.count()).select_from(tags).where(tags.c.repository_id == row.id)
+            ).scalar_one()
+        return RepositoryInfo(
+            row.name, as_utc(row.created_at), as_utc(row.updated_at), manifest_count, tag_count
+        )
+
+    def tag_details(
+        self,
+        repository: str,
+        n: int | None = None,
+        last: str | None = None,
+        orderby: str | None = None,
+        digest: str | None = None,
+    ) -> tuple[list[TagInfo], bool]:
+        """Tags with their digests and times, by name or by last update."""
+        if orderby is not None and orderby not in ORDERINGS:
+            raise RegistryError(
+                ErrorCode.UNSUPPORTED, f"orderby must be one of {', '.join(ORDERINGS)}", status=400
+            )
+        if digest is not None:
+            parse_digest(digest)
+        with self._db.read() as conn:
+            repo_id = require_repository(conn, repository)
+            query = (
+                sa.select(tags.c.name, manifests.c.digest, tags.c.created_at, tags.c.updated_at)
+                .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
+                .where(tags.c.repository_id == repo_id)
+            )
+            if digest is not None:
+                query = query.where(manifests.c.digest == digest)
+            query = self._keyset(conn, query, repo_id, last, orderby)
+            if n is not None:
+                query = query.limit(n + 1)
+            rows = conn.execute(query).all()
+        more = n is not None and len(rows) > n
+        rows = rows[:n] if n is not None else rows
+        return [TagInfo(r.name, r.digest, as_utc(r.created_at), as_utc(r.updated_at)) for r in rows], more
+
+    @staticmethod
+    def _keyset(
+        conn: Connection, query: sa.Select, repo_id: int, last: str | None, orderby: str | None
+    ) -> sa.Select:
+        if orderby is None:
+            if last:
+                query = query.where(tags.c.name > last)
+            return query.order_by(tags.c.name)
+        descending = orderby == "timedesc"
+        order = (
+            (tags.c.updated_at.desc(), tags.c.name.desc()) if descending else (tags.c.updated_at, tags.c.name)
+        )
+        if last:
+            anchor = conn.execute(
+                sa.select(tags.c.updated_at).where(tags.c.repository_id == repo_id, tags.c.name == last)
+            ).scalar()
+            if anchor is not None:
+                key = sa.tuple_(tags.c.updated_at, tags.c.name)
+                query = query.where(key < (anchor, last) if descending else key > (anchor, last))
+        return query.order_by(*order)
+
+    def tag_detail(self, repository: str, tag: str) -> TagInfo:
+        validate_tag(tag)
+        with self._db.read() as conn:
+            repo_id = require_repository(conn, repository)
+            row = conn.execute(
+                sa.select(tags.c.name, manifests.c.digest, tags.c.created_at, tags.c.updated_at)
+                .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
+                .where(tags.c.repository_id == repo_id, tags.c.name == tag)
+            ).first()
+        if row is None:
+            raise RegistryError(
+                ErrorCode.MANIFEST_UNKNOWN, f"tag {tag!r} unknown in repository {repository!r}"
+            )
+        return TagInfo(row.name, row.digest, as_utc(row.created_at), as_utc(row.updated_at))
+
+    def manifest_details(
+        self, repository: str, n: int | None = None, last: str | None = None, orderby: str | None = None
+    ) -> tuple[list[ManifestInfo], bool]:
+        """Manifests with tags, sizes, platforms; by digest or by creation time."""
+        if orderby is not None and orderby not in ORDERINGS:
+            raise RegistryError(
+                ErrorCode.UNSUPPORTED, f"orderby must be one of {', '.join(ORDERINGS)}", status=400
+            )
+        with self._db.read() as conn:
+            repo_id = require_repository(conn, repository)
+            query = sa.select(manifests).where(manifests.c.repository_id == repo_id)
+            if orderby is None:
+                if last:
+                    query = query.where(manifests.c.digest > last)
+                query = query.order_by(manifests.c.digest)
+            else:
+                descending = orderby == "timedesc"
+                if last:
+                    anchor = conn.execute(
+                        sa.select(manifests.c.created_at).where(
+                            manifests.c.repository_id == repo_id, manifests.c.digest == last
+                        )
+                    ).scalar()
+                    if anchor is not None:
+                        key = sa.tuple_(manifests.c.created_at, manifests.c.digest)
+                        query = query.where(key < (anchor, last) if descending else key > (anchor, last))
+                columns = (manifests.c.created_at, manifests.c.digest)
+                query = query.order_by(*(c.desc() for c in columns) if descending else columns)
+            if n is not None:
+                query = query.limit(n + 1)
+            rows = conn.execute(query).all()
+            more = n is not None and len(rows) > n
+            rows = rows[:n] if n is not None else rows
+            return self._describe(conn, rows), more
+
+    def manifest_detail(self, repository: str, digest: str) -> ManifestInfo:
+        parse_digest(digest)
+        with self._db.read() as conn:
+            repo_id = require_repository(conn, repository)
+            rows = conn.execute(
+                sa.select(manifests).where(manifests.c.repository_id == repo_id, manifests.c.digest == digest)
+            ).all()
+            if not rows:
+                raise RegistryError(
+                    ErrorCode.MANIFEST_UNKNOWN, f"manifest {digest} unknown in {repository!r}"
+                )
+            return self._describe(conn, rows)[0]
+
+    @staticmethod
+    def _describe(conn: Connection, rows: list[sa.Row]) -> list[ManifestInfo]:
+        ids = [row.id for row in rows]
+        tag_names: dict[int, list[str]] = {i: [] for i in ids}
+        references: dict[int, list[PlatformRef]] = {i: [] for i in ids}
+        if ids:
+            for manifest_id, name in conn.execute(
+                sa.select(tags.c.manifest_id, tags.c.name)
+                .where(tags.c.manifest_id.in_(ids))
+                .order_by(tags.c.name)
+            ):
+                tag_names[manifest_id].append(name)
+            for child in conn.execute(
+                sa.select(manifest_children).where(manifest_children.c.manifest_id.in_(ids))
+            ).all():
+                references[child.manifest_id].append(
+                    PlatformRef(child.child_digest, child.architecture, child.os)
+                )
+        return [
+            ManifestInfo(
+                digest=row.digest,
+                media_type=row.media_type,
+                artifact_type=row.artifact_type,
+                config_media_type=row.config_media_type,
+                size=row.size,
+                total_size=row.total_size,
+                created_at=as_utc(row.created_at),
+                architecture=row.architecture,
+                os=row.os,
+                subject=row.subject_digest,
+                tags=tag_names[row.id],
+                references=references[row.id],
+            )
+            for row in rows
+        ]
+
+    # -- deletes ----------------------------------------------------------------------------
+
+    def delete(self, repository: str) -> DeletedRepository:
+        """Delete a repository with all its manifests, tags and blob links."""
+
+        def work(conn: Connection) -> DeletedRepository:
+            repo_id = require_repository(conn, repository)
+            digests = list(
+                conn.execute(
+                    sa.select(manifests.c.digest)
+                    .where(manifests.c.repository_id == repo_id)
+                    .order_by(manifests.c.digest)
+                ).scalars()
+            )
+            tag_names = list(
+                conn.execute(
+                    sa.select(tags.c.name).where(tags.c.repository_id == repo_id).order_by(tags.c.name)
+                ).scalars()
+            )
+            conn.execute(repositories.delete().where(repositories.c.id == repo_id))
+            return DeletedRepository(digests, tag_names)
+
+        return self._db.run_write(work)

@@ -1,0 +1,387 @@
+"""Blob uploads: sessions in the database, bytes in the BlobStore, digests verified before commit.
+
+Invariants that keep a failed or interrupted push from damaging anything:
+
+* The first ``uploads.size`` bytes of an upload never change once recorded; a chunk
+  is appended after them and recorded only when it arrived complete.
+* One request at a time writes to a session: it holds a lease row-lock in the database
+  (renewed while it streams), so any process can continue any upload.
+* A blob becomes visible only after its bytes are durable in the store under a verified
+  digest, in the same transaction that ends the session.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dockyard.db import Database, as_utc, utcnow
+from dockyard.oci.digest import Hasher, new_hasher, parse_digest
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.registry.models import uploads
+from dockyard.registry.services.common import BlobInfo, UploadState, ensure_repository, link_blob
+from dockyard.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+
+def range_header(size: int) -> str:
+    """The ``Range`` header value for an upload holding ``size`` bytes (Distribution's convention)."""
+    return f"0-{max(size - 1, 0)}"
+
+
+def _unknown(upload_id: str) -> RegistryError:
+    return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id[:80]!r} not known to registry")
+
+
+def _out_of_order(size: int, why: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.BLOB_UPLOAD_INVALID, why, status=416, headers={"Range": range_header(size)}
+    )
+
+
+class UploadService:
+    """Starts, appends to, completes and cancels blob uploads."""
+
+    def __init__(
+        self,
+        db: Database,
+        store: BlobStore,
+        *,
+        lease_seconds: int = 60,
+        expiry_seconds: int = 24 * 3600,
+        hasher_cache_size: int = 512,
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._lease = timedelta(seconds=lease_seconds)
+        self._expiry = timedelta(seconds=expiry_seconds)
+        self._hasher_cache_size = hasher_cache_size
+        self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
+        self._hashers_lock = threading.Lock()
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def start(self, repository: str) -> UploadState:
+        """Open an upload session for ``repository``."""
+        upload_id = str(uuid.uuid4())
+        now = utcnow()
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                uploads.insert().values(
+                    id=upload_id, repository=repository, size=0, created_at=now, updated_at=now
+                )
+            )
+
+        self._db.run_write(work)
+        return UploadState(upload_id, repository, 0)
+
+    def status(self, repository: str, upload_id: str) -> UploadState:
+        """Where the session stands, or BLOB_UPLOAD_UNKNOWN."""
+        with self._db.read() as conn:
+            size = conn.execute(
+                sa.select(uploads.c.size).where(uploads.c.id == upload_id, uploads.c.repository == repository)
+            ).scalar()
+        if size is None:
+            raise _unknown(upload_id)
+        return UploadState(upload_id, repository, size)
+
+    def cancel(self, repository: str, upload_id: str) -> None:
+        """Cancel a session and drop its data."""
+
+        def work(conn: Connection) -> int:
+            return conn.execute(
+                uploads.delete().where(uploads.c.id == upload_id, uploads.c.repository == repository)
+            ).rowcount
+
+        if not self._db.run_write(work):
+            raise _unknown(upload_id)
+        self._forget_hasher(upload_id)
+        self._store.delete_upload(upload_id)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append(
+        self,
+        repository: str,
+        upload_id: str,
+        body: Iterable[bytes],
+        *,
+        content_range: tuple[int, int] | None = None,
+        content_length: int | None = None,
+    ) -> UploadState:
+        """Append one chunk (a PATCH). The chunk is recorded only if it arrived whole."""
+        token, size = self._acquire(repository, upload_id)
+        try:
+            expected = self._check_range(size, content_range, content_length)
+            hasher = self._take_hasher(upload_id, size)
+            new_size = self._write(upload_id, token, size, hasher, body, expected=expected)
+            self._record(upload_id, token, new_size)
+        except BaseException:
+            self._release(upload_id, token)
+            raise
+        if hasher is not None:
+            self._keep_hasher(upload_id, new_size, hasher)
+        return UploadState(upload_id, repository, new_size)
+
+    def complete(
+        self,
+        repository: str,
+        upload_id: str,
+        digest: str,
+        body: Iterable[bytes],
+        *,
+        content_range: tuple[int, int] | None = None,
+        content_length: int | None = None,
+    ) -> BlobInfo:
+        """Finish a session (the closing PUT), with an optional last chunk, and verify ``digest``."""
+        algorithm, _ = parse_digest(digest)
+        token, size = self._acquire(repository, upload_id)
+        try:
+            expected = self._check_range(size, content_range, content_length)
+            hasher = self._take_hasher(upload_id, size)
+            size = self._write(upload_id, token, size, hasher, body, expected=expected)
+        except BaseException:
+            self._release(upload_id, token)
+            raise
+        try:
+            self._verify(upload_id, size, digest, algorithm, hasher)
+            self._store.commit_upload(upload_id, digest, size)
+        except RegistryError:
+            self._drop_session(upload_id)
+            raise
+        except BaseException:
+            self._release(upload_id, token)
+            raise
+
+        def work(conn: Connection) -> None:
+            repo_id = ensure_repository(self._db, conn, repository)
+            link_blob(self._db, conn, repo_id, digest, size)
+            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+
+        self._db.run_write(work)
+        return BlobInfo(digest, size)
+
+    def upload_whole(
+        self, repository: str, digest: str, body: Iterable[bytes], *, content_length: int | None = None
+    ) -> BlobInfo:
+        """A single-request monolithic upload (POST ?digest=): no session row is needed."""
+        algorithm, _ = parse_digest(digest)
+        upload_id = f"whole-{uuid.uuid4()}"
+        hasher = new_hasher(algorithm)
+        try:
+            size = self._write(upload_id, None, 0, hasher, body, expected=content_length)
+            self._verify(upload_id, size, digest, algorithm, hasher)
+            self._store.commit_upload(upload_id, digest, size)
+        except BaseException:
+            self._store.delete_upload(upload_id)
+            raise
+
+        def work(conn: Connection) -> None:
+            repo_id = ensure_repository(self._db, conn, repository)
+            link_blob(self._db, conn, repo_id, digest, size)
+
+        self._db.run_write(work)
+        return BlobInfo(digest, size)
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def expire(self, now: datetime | None = None) -> int:
+        """Cancel sessions idle past the expiry and drop store uploads no session owns."""
+        now = now or utcnow()
+        cutoff = now - self._expiry
+
+        def work(conn: Connection) -> list[str]:
+            stale = (
+                conn.execute(
+                    sa.select(uploads.c.id).where(
+                        uploads.c.updated_at < cutoff,
+                        sa.or_(uploads.c.lease_until.is_(None), uploads.c.lease_until < now),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if stale:
+                conn.execute(uploads.delete().where(uploads.c.id.in_(stale)))
+            return list(stale)
+
+        stale = self._db.run_write(work)
+        for upload_id in stale:
+            self._forget_hasher(upload_id)
+            self._store.delete_upload(upload_id)
+        with self._db.read() as conn:
+            live = set(conn.execute(sa.select(uploads.c.id)).scalars())
+        orphans = 0
+        for upload_id, modified in self._store.list_uploads():
+            if upload_id not in live and modified < cutoff.timestamp():
+                self._store.delete_upload(upload_id)
+                orphans += 1
+        return len(stale) + orphans
+
+    # -- internals --------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_range(
+        size: int, content_range: tuple[int, int] | None, content_length: int | None
+    ) -> int | None:
+        """Check a chunk starts where the upload ends; return the chunk's expected length."""
+        if content_range is None:
+            return content_length
+        start, end = content_range
+        if start != size:
+            raise _out_of_order(size, f"chunk starts at {start} but the upload holds {size} bytes")
+        if end < start:
+            raise _out_of_order(size, f"chunk range {start}-{end} is empty or reversed")
+        length = end - start + 1
+        if content_length is not None and content_length != length:
+            raise _out_of_order(
+                size, f"Content-Range {start}-{end} does not match Content-Length {content_length}"
+            )
+        return length
+
+    def _acquire(self, repository: str, upload_id: str) -> tuple[str, int]:
+        token = uuid.uuid4().hex
+        now = utcnow()
+
+        def work(conn: Connection) -> int:
+            row = conn.execute(
+                sa.select(uploads.c.size, uploads.c.lease_token, uploads.c.lease_until)
+                .where(uploads.c.id == upload_id, uploads.c.repository == repository)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise _unknown(upload_id)
+            if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:
+                raise _out_of_order(row.size, "another request is writing to this upload")
+            conn.execute(
+                uploads.update()
+                .where(uploads.c.id == upload_id)
+                .values(lease_token=token, lease_until=now + self._lease)
+            )
+            return row.size
+
+        return token, self._db.run_write(work)
+
+    def _renew(self, upload_id: str, token: str) -> None:
+        def work(conn: Connection) -> None:
+            conn.execute(
+                uploads.update()
+                .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
+                .values(lease_until=utcnow() + self._lease)
+            )
+
+        self._db.run_write(work)
+
+    def _release(self, upload_id: str, token: str) -> None:
+        self._forget_hasher(upload_id)
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                uploads.update()
+                .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
+                .values(lease_token=None, lease_until=None)
+            )
+
+        try:
+            self._db.run_write(work)
+        except sa.exc.SQLAlchemyError:
+            log.exception("could not release the lease on upload %s; it expires by itself", upload_id)
+
+    def _record(self, upload_id: str, token: str, size: int) -> None:
+        def work(conn: Connection) -> int:
+            return conn.execute(
+                uploads.update()
+                .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
+                .values(size=size, lease_token=None, lease_until=None, updated_at=utcnow())
+            ).rowcount
+
+        if not self._db.run_write(work):
+            raise RegistryError(
+                ErrorCode.BLOB_UPLOAD_INVALID, "the upload's lease expired while the chunk was streaming"
+            )
+
+    def _drop_session(self, upload_id: str) -> None:
+        def work(conn: Connection) -> None:
+            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+
+        self._db.run_write(work)
+        self._forget_hasher(upload_id)
+        self._store.delete_upload(upload_id)
+
+    def _write(
+        self,
+        upload_id: str,
+        token: str | None,
+        offset: int,
+        hasher: Hasher | None,
+        body: Iterable[bytes],
+        *,
+        expected: int | None,
+    ) -> int:
+        """Stream ``body`` into the upload after ``offset``; all of it or nothing."""
+        writer = self._store.open_upload(upload_id, offset)
+        received = 0
+        renew_every = self._lease.total_seconds() / 3
+        next_renewal = time.monotonic() + renew_every
+        try:
+            for chunk in body:
+                received += len(chunk)
+                if expected is not None and received > expected:
+                    raise RegistryError(
+                        ErrorCode.SIZE_INVALID, f"chunk is longer than the declared {expected} bytes"
+                    )
+                writer.write(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
+                if token is not None and time.monotonic() > next_renewal:
+                    self._renew(upload_id, token)
+                    next_renewal = time.monotonic() + renew_every
+            if expected is not None and received != expected:
+                raise RegistryError(
+                    ErrorCode.SIZE_INVALID, f"received {received} bytes but {expected} were declared"
+                )
+            return writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def _verify(self, upload_id: str, size: int, digest: str, algorithm: str, hasher: Hasher | None) -> None:
+        if hasher is None or algorithm != "sha256":
+            hasher = new_hasher(algorithm)
+            for chunk in self._store.read_upload(upload_id, size):
+                hasher.update(chunk)
+        actual = f"{algorithm}:{hasher.hexdigest()}"
+        if actual != digest:
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID,
+                f"upload content has digest {actual}, not {digest}",
+                detail={"expected": digest, "actual": actual},
+            )
+
+    def _take_hasher(self, upload_id: str, size: int) -> Hasher | None:
+        """This process's running hash of the upload if it covers exactly ``size`` bytes."""
+        with self._hashers_lock:
+            cached = self._hashers.pop(upload_id, None)
+        if cached is not None and cached[0] == size:
+            return cached[1]
+        return new_hasher() if size == 0 else None
+
+    def _keep_hasher(self, upload_id: str, size: int, hasher: Hasher) -> None:
+        with self._hashers_lock:
+            self._hashers[upload_id] = (size, hasher)
+            while len(self._hashers) > self._hasher_cache_size:
+                self._hashers.popitem(last=False)
+
+    def _forget_hasher(self, upload_id: str) -> None:
+        with self._hashers_lock:
+            self._hashers.pop(upload_id, None)
