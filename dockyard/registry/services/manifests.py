@@ -317,6 +317,7 @@ class ManifestService:
         def work(conn: Connection) -> None:
             repo_id = require_repository(conn, repository)
             if digest is not None:
+                self._refuse_if_referenced(conn, repo_id, digest)
                 query = manifests.delete().where(
                     manifests.c.repository_id == repo_id, manifests.c.digest == digest
                 )
@@ -327,6 +328,23 @@ class ManifestService:
             touch_repository(conn, repo_id)
 
         self._db.run_write(work)
+
+    @staticmethod
+    def _refuse_if_referenced(conn: Connection, repo_id: int, digest: str) -> None:
+        """An index still listing this manifest would break: delete the index first (as Harbor does)."""
+        parent = conn.execute(
+            sa.select(manifests.c.digest)
+            .select_from(manifest_children.join(manifests))
+            .where(manifests.c.repository_id == repo_id, manifest_children.c.child_digest == digest)
+            .limit(1)
+        ).scalar()
+        if parent is not None:
+            raise RegistryError(
+                ErrorCode.DENIED,
+                f"manifest {digest} is part of index {parent}; delete the index first",
+                status=409,
+                detail={"digest": digest, "index": parent},
+            )
 
     # -- referrers --------------------------------------------------------------------------
 
