@@ -69,13 +69,19 @@ async def run_with_body(request: Request, function: Callable[..., T], *args: Any
             assert isinstance(item, bytes)
             yield item
 
+    failure: Exception | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(pump)
         try:
-            return await run_sync(function, *args, body=body(), **kwargs)
+            result = await run_sync(function, *args, body=body(), **kwargs)
+        except Exception as exc:  # re-raised below, outside the task group, unwrapped
+            failure = exc
         finally:
             group.cancel_scope.cancel()
             receive_stream.close()
+    if failure is not None:
+        raise failure
+    return result
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -1,0 +1,246 @@
+"""Blob upload protocol: monolithic, single-POST, chunked, status, cancel, mount, and their errors."""
+
+import hashlib
+
+import pytest
+
+from tests.support.images import sha256
+from tests.support.registry import error_codes, push_blob
+
+DATA = bytes(range(256)) * 40  # 10 KiB
+
+
+def start(client, repository="team/app"):
+    response = client.post(f"/v2/{repository}/blobs/uploads/")
+    assert response.status_code == 202
+    return response
+
+
+def test_post_then_put_creates_a_pullable_blob(client):
+    started = start(client)
+    location = started.headers["location"]
+    assert location.startswith("/v2/team/app/blobs/uploads/")
+    assert started.headers["docker-upload-uuid"] in location
+    assert started.headers["range"] == "0-0"
+    finished = client.put(location, params={"digest": sha256(DATA)}, content=DATA)
+    assert finished.status_code == 201
+    assert finished.headers["location"] == f"/v2/team/app/blobs/{sha256(DATA)}"
+    assert finished.headers["docker-content-digest"] == sha256(DATA)
+    pulled = client.get(finished.headers["location"])
+    assert pulled.status_code == 200
+    assert pulled.content == DATA
+
+
+def test_single_post_with_digest_uploads_monolithically(client):
+    response = client.post("/v2/team/app/blobs/uploads/", params={"digest": sha256(DATA)}, content=DATA)
+    assert response.status_code == 201
+    assert response.headers["docker-content-digest"] == sha256(DATA)
+    assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
+
+
+def test_single_post_with_wrong_digest_stores_nothing(client, settings):
+    wrong = sha256(b"something else")
+    response = client.post("/v2/team/app/blobs/uploads/", params={"digest": wrong}, content=DATA)
+    assert response.status_code == 400
+    assert error_codes(response) == ["DIGEST_INVALID"]
+    assert client.head(f"/v2/team/app/blobs/{wrong}").status_code == 404
+    assert client.head(f"/v2/team/app/blobs/{sha256(DATA)}").status_code == 404
+    assert list((settings.storage_path / "uploads").iterdir()) == []
+
+
+def test_put_with_wrong_digest_fails_and_ends_the_session(client):
+    location = start(client).headers["location"]
+    wrong = sha256(b"other")
+    response = client.put(location, params={"digest": wrong}, content=DATA)
+    assert response.status_code == 400
+    assert error_codes(response) == ["DIGEST_INVALID"]
+    assert client.head(f"/v2/team/app/blobs/{wrong}").status_code == 404
+    assert client.get(location).status_code == 404
+
+
+def test_chunked_upload_with_content_range(client):
+    location = start(client).headers["location"]
+    first = client.patch(location, content=DATA[:4000], headers={"Content-Range": "0-3999"})
+    assert first.status_code == 202
+    assert first.headers["range"] == "0-3999"
+    location = first.headers["location"]
+    status = client.get(location)
+    assert status.status_code == 204
+    assert status.headers["range"] == "0-3999"
+    assert status.headers["docker-upload-uuid"]
+    second = client.patch(location, content=DATA[4000:], headers={"Content-Range": f"4000-{len(DATA) - 1}"})
+    assert second.status_code == 202
+    assert second.headers["range"] == f"0-{len(DATA) - 1}"
+    done = client.put(second.headers["location"], params={"digest": sha256(DATA)})
+    assert done.status_code == 201
+    assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
+
+
+def test_streamed_patch_without_content_range_then_final_chunk_in_put(client):
+    location = start(client).headers["location"]
+    streamed = client.patch(location, content=DATA[:5000])
+    assert streamed.status_code == 202
+    assert streamed.headers["range"] == "0-4999"
+    done = client.put(
+        streamed.headers["location"],
+        params={"digest": sha256(DATA)},
+        content=DATA[5000:],
+        headers={"Content-Range": f"5000-{len(DATA) - 1}"},
+    )
+    assert done.status_code == 201
+    assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
+
+
+@pytest.mark.parametrize("bad_range", ["100-199", "1-10"])
+def test_out_of_order_chunk_is_416_with_current_range(client, bad_range):
+    location = start(client).headers["location"]
+    client.patch(location, content=DATA[:100], headers={"Content-Range": "0-99"})
+    start_byte, end_byte = (int(x) for x in bad_range.split("-"))
+    if start_byte == 100:
+        bad_range = "150-249"  # skips bytes 100-149
+    response = client.patch(location, content=DATA[:100], headers={"Content-Range": bad_range})
+    assert response.status_code == 416
+    assert error_codes(response) == ["BLOB_UPLOAD_INVALID"]
+    assert response.headers["range"] == "0-99"
+    assert response.headers["location"] == location
+    assert client.get(location).headers["range"] == "0-99"
+
+
+def test_resent_chunk_is_416_and_changes_nothing(client):
+    location = start(client).headers["location"]
+    client.patch(location, content=DATA[:100], headers={"Content-Range": "0-99"})
+    again = client.patch(location, content=DATA[:100], headers={"Content-Range": "0-99"})
+    assert again.status_code == 416
+    done = client.put(location, params={"digest": sha256(DATA[:100])})
+    assert done.status_code == 201
+
+
+def test_content_range_must_match_the_body_length(client):
+    location = start(client).headers["location"]
+    response = client.patch(location, content=DATA[:100], headers={"Content-Range": "0-49"})
+    assert response.status_code == 416
+    assert client.get(location).headers["range"] == "0-0"
+
+
+def test_malformed_content_range_is_400(client):
+    location = start(client).headers["location"]
+    response = client.patch(location, content=b"abc", headers={"Content-Range": "zero-two"})
+    assert response.status_code == 400
+    assert error_codes(response) == ["BLOB_UPLOAD_INVALID"]
+
+
+def test_put_without_digest_is_digest_invalid(client):
+    location = start(client).headers["location"]
+    response = client.put(location, content=DATA)
+    assert response.status_code == 400
+    assert error_codes(response) == ["DIGEST_INVALID"]
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "sha256:1234",
+        "sha256:" + "G" * 64,
+        "sha256:" + "A" * 64,
+        "md5:" + "a" * 32,
+        "notadigest",
+        "sha256:",
+    ],
+)
+def test_invalid_digests_are_rejected(client, digest):
+    location = start(client).headers["location"]
+    response = client.put(location, params={"digest": digest}, content=DATA)
+    assert response.status_code == 400
+    assert error_codes(response) == ["DIGEST_INVALID"]
+
+
+def test_sha512_digests_are_verified(client):
+    digest = "sha512:" + hashlib.sha512(DATA).hexdigest()
+    location = start(client).headers["location"]
+    assert client.put(location, params={"digest": digest}, content=DATA).status_code == 201
+    assert client.get(f"/v2/team/app/blobs/{digest}").content == DATA
+    wrong = "sha512:" + hashlib.sha512(b"x").hexdigest()
+    response = client.post("/v2/team/app/blobs/uploads/", params={"digest": wrong}, content=DATA)
+    assert error_codes(response) == ["DIGEST_INVALID"]
+
+
+def test_empty_blob(client):
+    digest = push_blob(client, "team/app", b"")
+    response = client.get(f"/v2/team/app/blobs/{digest}")
+    assert response.status_code == 200
+    assert response.content == b""
+    assert response.headers["content-length"] == "0"
+
+
+def test_cancel_ends_the_session(client):
+    location = start(client).headers["location"]
+    client.patch(location, content=DATA[:10])
+    assert client.delete(location).status_code == 204
+    assert error_codes(client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
+    assert client.patch(location, content=b"x").status_code == 404
+    assert client.delete(location).status_code == 404
+
+
+def test_unknown_upload_is_blob_upload_unknown(client):
+    for method in ("get", "patch", "delete"):
+        response = getattr(client, method)("/v2/team/app/blobs/uploads/not-a-session")
+        assert response.status_code == 404
+        assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
+    response = client.put("/v2/team/app/blobs/uploads/nope", params={"digest": sha256(b"")})
+    assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+def test_session_belongs_to_its_repository(client):
+    upload_id = start(client, "team/app").headers["docker-upload-uuid"]
+    response = client.get(f"/v2/other/blobs/uploads/{upload_id}")
+    assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+def test_a_new_process_continues_an_upload(client, settings, dockyard):
+    """Sessions live in the database: a second app (another process) finishes the upload."""
+    from starlette.testclient import TestClient
+
+    from dockyard.app import create_app
+
+    location = start(client).headers["location"]
+    client.patch(location, content=DATA[:3000], headers={"Content-Range": "0-2999"})
+    with TestClient(create_app(settings, background_jobs=False)) as other:
+        assert other.get(location).headers["range"] == "0-2999"
+        patched = other.patch(location, content=DATA[3000:], headers={"Content-Range": f"3000-{len(DATA) - 1}"})
+        assert patched.status_code == 202
+        assert other.put(location, params={"digest": sha256(DATA)}).status_code == 201
+    assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
+
+
+def test_mount_from_a_repository_that_has_the_blob(client):
+    digest = push_blob(client, "source/repo", DATA)
+    response = client.post("/v2/target/repo/blobs/uploads/", params={"mount": digest, "from": "source/repo"})
+    assert response.status_code == 201
+    assert response.headers["location"] == f"/v2/target/repo/blobs/{digest}"
+    assert response.headers["docker-content-digest"] == digest
+    assert client.get(f"/v2/target/repo/blobs/{digest}").content == DATA
+
+
+def test_mount_that_cannot_be_done_starts_an_upload(client):
+    push_blob(client, "source/repo", DATA)
+    unknown = sha256(b"never pushed")
+    response = client.post("/v2/target/repo/blobs/uploads/", params={"mount": unknown, "from": "source/repo"})
+    assert response.status_code == 202
+    assert "/blobs/uploads/" in response.headers["location"]
+    wrong_source = client.post(
+        "/v2/target/repo/blobs/uploads/", params={"mount": sha256(DATA), "from": "empty/repo"}
+    )
+    assert wrong_source.status_code == 202
+
+
+def test_automatic_mount_without_from(client):
+    digest = push_blob(client, "source/repo", DATA)
+    response = client.post("/v2/target/auto/blobs/uploads/", params={"mount": digest})
+    assert response.status_code == 201
+    assert client.get(f"/v2/target/auto/blobs/{digest}").content == DATA
+
+
+def test_mount_with_invalid_source_name(client):
+    response = client.post("/v2/target/repo/blobs/uploads/", params={"mount": sha256(DATA), "from": "Bad//Name"})
+    assert response.status_code == 400
+    assert error_codes(response) == ["NAME_INVALID"]

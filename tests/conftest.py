@@ -1,0 +1,98 @@
+"""Fixtures shared by every test: databases (SQLite and a real PostgreSQL), settings, apps, clients."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from starlette.testclient import TestClient
+
+from dockyard.app import Dockyard, build, create_app
+from dockyard.config import Settings
+from dockyard.db import Database, metadata
+from dockyard.migrations import load_models, upgrade
+from tests.support.postgres import private_cluster
+
+#: Which database engines the API suite runs on; CI runs both. Narrow it only for a quick local run.
+BACKENDS = [b for b in os.environ.get("DOCKYARD_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A migrated PostgreSQL database for the session (a private cluster unless one is given)."""
+    given = os.environ.get("DOCKYARD_TEST_POSTGRES_URL")
+    if given:
+        url = given
+        cluster = None
+    else:
+        cluster = private_cluster()
+        url = cluster.__enter__()
+    try:
+        db = Database(url, pool_size=1)
+        upgrade(db)
+        db.dispose()
+        yield url
+    finally:
+        if cluster is not None:
+            cluster.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file each test copies (migrating per test would be slow)."""
+    path = tmp_path_factory.mktemp("template") / "dockyard.db"
+    db = Database(f"sqlite:///{path}", pool_size=1)
+    upgrade(db)
+    db.dispose()
+    return path
+
+
+def _truncate_all(url: str) -> None:
+    load_models()
+    db = Database(url, pool_size=1)
+    names = ", ".join(table.name for table in metadata.sorted_tables)
+    with db.write() as conn:
+        conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    db.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, migrated database on each configured engine."""
+    if request.param == "sqlite":
+        target = tmp_path / "dockyard.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), target)
+        return f"sqlite:///{target}"
+    url = request.getfixturevalue("postgres_url")
+    _truncate_all(url)
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings.model_validate(
+        {
+            "data_dir": tmp_path / "data",
+            "database_url": database_url,
+            "access_log": False,
+            "db_pool_size": 8,
+        }
+    )
+
+
+@pytest.fixture
+def dockyard(settings: Settings) -> Iterator[Dockyard]:
+    parts = build(settings)
+    yield parts
+    parts.db.dispose()
+
+
+@pytest.fixture
+def client(settings: Settings, dockyard: Dockyard) -> Iterator[TestClient]:
+    app = create_app(settings, dockyard, background_jobs=False)
+    with TestClient(app, raise_server_exceptions=True) as test_client:
+        yield test_client
