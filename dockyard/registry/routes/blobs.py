@@ -76,7 +76,7 @@ class BlobRoutes:
             headers["content-length"] = str(blob.size)
             return Response(b"", headers=headers, media_type="application/octet-stream")
         span = byte_range(request, blob.size)
-        if span is None and blob.path is not None:
+        if span is None and blob.path is not None and "range" not in request.headers:
             try:
                 stat = os.stat(blob.path)
             except FileNotFoundError:
