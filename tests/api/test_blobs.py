@@ -51,8 +51,12 @@ def test_invalid_digest_in_path_is_400(client):
 
 @pytest.mark.parametrize(
     ("header", "start", "end"),
-    [("bytes=10-19", 10, 19), ("bytes=100-", 100, len(DATA) - 1), ("bytes=-5", len(DATA) - 5, len(DATA) - 1),
-     ("bytes=0-999999", 0, len(DATA) - 1)],
+    [
+        ("bytes=10-19", 10, 19),
+        ("bytes=100-", 100, len(DATA) - 1),
+        ("bytes=-5", len(DATA) - 5, len(DATA) - 1),
+        ("bytes=0-999999", 0, len(DATA) - 1),
+    ],
 )
 def test_range_requests_are_206(client, digest, header, start, end):
     response = client.get(f"/v2/team/app/blobs/{digest}", headers={"Range": header})

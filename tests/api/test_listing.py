@@ -81,7 +81,8 @@ def test_catalog_sorted_and_paginated(client):
     first = client.get("/v2/_catalog", params={"n": 2})
     assert first.json()["repositories"] == sorted(names)[:2]
     link = first.headers["link"]
-    assert link.startswith("</v2/_catalog?") and link.endswith('>; rel="next"')
+    assert link.startswith("</v2/_catalog?")
+    assert link.endswith('>; rel="next"')
     second = client.get(link[1 : link.index(">")])
     assert second.json()["repositories"] == sorted(names)[2:4]
     assert client.get("/v2/_catalog", params={"n": 0}).json() == {"repositories": []}

@@ -132,23 +132,49 @@ def _valid_manifest():
         (b"not json", images.OCI_MANIFEST),
         (b"[1, 2]", images.OCI_MANIFEST),
         (canonical({**_valid_manifest(), "schemaVersion": 1}), images.OCI_MANIFEST),
-        (canonical({"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": []}),
-         "application/vnd.docker.distribution.manifest.v1+prettyjws"),
+        (
+            canonical({"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": []}),
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        ),
         (canonical({k: v for k, v in _valid_manifest().items() if k != "config"}), images.OCI_MANIFEST),
-        (canonical({**_valid_manifest(), "config": {"mediaType": "x/y", "digest": "sha256:abc", "size": 1}}),
-         images.OCI_MANIFEST),
-        (canonical({**_valid_manifest(), "config": {"mediaType": "x/y", "digest": sha256(b"{}"), "size": -1}}),
-         images.OCI_MANIFEST),
+        (
+            canonical(
+                {**_valid_manifest(), "config": {"mediaType": "x/y", "digest": "sha256:abc", "size": 1}}
+            ),
+            images.OCI_MANIFEST,
+        ),
+        (
+            canonical(
+                {**_valid_manifest(), "config": {"mediaType": "x/y", "digest": sha256(b"{}"), "size": -1}}
+            ),
+            images.OCI_MANIFEST,
+        ),
         (canonical({**_valid_manifest(), "layers": "nope"}), images.OCI_MANIFEST),
         (canonical(_valid_manifest()), images.DOCKER_MANIFEST),
-        (canonical({**_valid_manifest(), "mediaType": "application/vnd.example.unknown+json"}),
-         "application/vnd.example.unknown+json"),
-        (canonical({"schemaVersion": 2, "manifests": "nope", "mediaType": images.OCI_INDEX}), images.OCI_INDEX),
+        (
+            canonical({**_valid_manifest(), "mediaType": "application/vnd.example.unknown+json"}),
+            "application/vnd.example.unknown+json",
+        ),
+        (
+            canonical({"schemaVersion": 2, "manifests": "nope", "mediaType": images.OCI_INDEX}),
+            images.OCI_INDEX,
+        ),
         (canonical({**_valid_manifest(), "annotations": {"a": 1}}), images.OCI_MANIFEST),
     ],
-    ids=["not-json", "not-object", "schema-version-1", "docker-schema1", "no-config", "bad-digest",
-         "negative-size", "layers-not-list", "content-type-mismatch", "unknown-media-type", "index-not-list",
-         "bad-annotations"],
+    ids=[
+        "not-json",
+        "not-object",
+        "schema-version-1",
+        "docker-schema1",
+        "no-config",
+        "bad-digest",
+        "negative-size",
+        "layers-not-list",
+        "content-type-mismatch",
+        "unknown-media-type",
+        "index-not-list",
+        "bad-annotations",
+    ],
 )
 def test_invalid_manifests_are_manifest_invalid(client, payload, content_type):
     push_blob(client, "team/app", b"{}")
@@ -160,7 +186,9 @@ def test_invalid_manifests_are_manifest_invalid(client, payload, content_type):
 
 def test_schema1_is_refused_with_a_clear_message(client):
     payload = canonical({"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": []})
-    response = push_manifest(client, "team/app", "old", payload, "application/vnd.docker.distribution.manifest.v1+json")
+    response = push_manifest(
+        client, "team/app", "old", payload, "application/vnd.docker.distribution.manifest.v1+json"
+    )
     assert "schema 1" in response.json()["errors"][0]["message"]
 
 

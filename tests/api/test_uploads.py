@@ -91,13 +91,10 @@ def test_streamed_patch_without_content_range_then_final_chunk_in_put(client):
     assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
 
 
-@pytest.mark.parametrize("bad_range", ["100-199", "1-10"])
+@pytest.mark.parametrize("bad_range", ["150-249", "1-100"], ids=["gap", "overlap"])
 def test_out_of_order_chunk_is_416_with_current_range(client, bad_range):
     location = start(client).headers["location"]
     client.patch(location, content=DATA[:100], headers={"Content-Range": "0-99"})
-    start_byte, end_byte = (int(x) for x in bad_range.split("-"))
-    if start_byte == 100:
-        bad_range = "150-249"  # skips bytes 100-149
     response = client.patch(location, content=DATA[:100], headers={"Content-Range": bad_range})
     assert response.status_code == 416
     assert error_codes(response) == ["BLOB_UPLOAD_INVALID"]
@@ -206,7 +203,9 @@ def test_a_new_process_continues_an_upload(client, settings, dockyard):
     client.patch(location, content=DATA[:3000], headers={"Content-Range": "0-2999"})
     with TestClient(create_app(settings, background_jobs=False)) as other:
         assert other.get(location).headers["range"] == "0-2999"
-        patched = other.patch(location, content=DATA[3000:], headers={"Content-Range": f"3000-{len(DATA) - 1}"})
+        patched = other.patch(
+            location, content=DATA[3000:], headers={"Content-Range": f"3000-{len(DATA) - 1}"}
+        )
         assert patched.status_code == 202
         assert other.put(location, params={"digest": sha256(DATA)}).status_code == 201
     assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
@@ -241,6 +240,8 @@ def test_automatic_mount_without_from(client):
 
 
 def test_mount_with_invalid_source_name(client):
-    response = client.post("/v2/target/repo/blobs/uploads/", params={"mount": sha256(DATA), "from": "Bad//Name"})
+    response = client.post(
+        "/v2/target/repo/blobs/uploads/", params={"mount": sha256(DATA), "from": "Bad//Name"}
+    )
     assert response.status_code == 400
     assert error_codes(response) == ["NAME_INVALID"]

@@ -149,13 +149,17 @@ def make_index(images: list[Image], *, docker: bool = False) -> bytes:
     manifests = []
     for image in images:
         platform = json.loads(image.config.data)
-        manifests.append(image.descriptor(platform={"architecture": platform["architecture"], "os": platform["os"]}))
+        manifests.append(
+            image.descriptor(platform={"architecture": platform["architecture"], "os": platform["os"]})
+        )
     return canonical(
         {"schemaVersion": 2, "mediaType": DOCKER_LIST if docker else OCI_INDEX, "manifests": manifests}
     )
 
 
-def write_oci_layout(path: Path, images: dict[str, Image], indexes: dict[str, tuple[bytes, list[Image]]] | None = None) -> None:
+def write_oci_layout(
+    path: Path, images: dict[str, Image], indexes: dict[str, tuple[bytes, list[Image]]] | None = None
+) -> None:
     """Write an OCI image layout at ``path`` with ``images`` (and indexes) under their ref names."""
     blobs_dir = path / "blobs" / "sha256"
     blobs_dir.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,18 @@ def private_cluster() -> Iterator[str]:
     )
     options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} -c fsync=off"
     subprocess.run(
-        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o", options, "start"],
+        [
+            *run_as,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(root / "log"),
+            "-o",
+            options,
+            "start",
+        ],
         check=True,
         capture_output=True,
     )

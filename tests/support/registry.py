@@ -33,7 +33,9 @@ def push_image(client: Any, repository: str, image: Image, tag: str | None = Non
 
 
 def push_manifest(client: Any, repository: str, reference: str, payload: bytes, media_type: str) -> Any:
-    return client.put(f"/v2/{repository}/manifests/{reference}", content=payload, headers={"Content-Type": media_type})
+    return client.put(
+        f"/v2/{repository}/manifests/{reference}", content=payload, headers={"Content-Type": media_type}
+    )
 
 
 def error_codes(response: Any) -> list[str]:
