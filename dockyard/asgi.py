@@ -107,7 +107,7 @@ def content_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
-    if not value.isdigit():
+    if not value.isascii() or not value.isdigit():
         raise RegistryError(ErrorCode.SIZE_INVALID, "Content-Length must be a non-negative integer")
     return int(value)
 

@@ -40,9 +40,6 @@ class Settings(BaseSettings):
     migrate_on_start: bool = Field(True, description="Apply database migrations when the server starts.")
     log_level: LogLevel = Field(LogLevel.info, description="Log verbosity.")
     access_log: bool = Field(True, description="Log one line per request.")
-    public_url: str = Field(
-        "", description="Base URL clients reach this registry at, if not the request's host."
-    )
     upload_expiry_seconds: int = Field(
         24 * 3600, ge=60, description="Upload sessions idle this long are cancelled and their data removed."
     )

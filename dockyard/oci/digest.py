@@ -9,12 +9,12 @@ from typing import Protocol
 from dockyard.oci.errors import ErrorCode, RegistryError
 
 #: The digest grammar of the OCI image spec (descriptor.md).
-DIGEST_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+DIGEST_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+\Z")
 
 #: Registered algorithms Dockyard verifies, with the exact shape of their encoded part.
 ALGORITHMS: dict[str, re.Pattern[str]] = {
-    "sha256": re.compile(r"^[a-f0-9]{64}$"),
-    "sha512": re.compile(r"^[a-f0-9]{128}$"),
+    "sha256": re.compile(r"^[a-f0-9]{64}\Z"),
+    "sha512": re.compile(r"^[a-f0-9]{128}\Z"),
 }
 
 DEFAULT_ALGORITHM = "sha256"

@@ -21,7 +21,7 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 
 MEDIA_TYPE_GRAMMAR = re.compile(
-    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$"
+    r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\Z"
 )
 GENERIC_CONTENT_TYPES = {"", "application/json", "application/octet-stream", "text/plain"}
 

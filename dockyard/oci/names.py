@@ -8,8 +8,8 @@ from dockyard.oci.digest import is_digest, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 
 NAME_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-NAME_GRAMMAR = re.compile(rf"^{NAME_COMPONENT}(?:/{NAME_COMPONENT})*$")
-TAG_GRAMMAR = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+NAME_GRAMMAR = re.compile(rf"^{NAME_COMPONENT}(?:/{NAME_COMPONENT})*\Z")
+TAG_GRAMMAR = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}\Z")
 
 #: Clients limit host + port + name to 255 characters; so do we for the name alone.
 MAX_NAME_LENGTH = 255

@@ -16,7 +16,7 @@ from pathlib import Path
 from dockyard.storage.interfaces import StorageError
 
 READ_CHUNK = 1024 * 1024
-UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -11,8 +11,8 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_name
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
-CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
-RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\Z")
+RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)\Z")
 
 
 def repository_name(request: Request) -> str:
@@ -81,7 +81,7 @@ def page_size(request: Request, name: str = "n") -> int | None:
     value = request.query_params.get(name)
     if value is None or value == "":
         return None
-    if not value.isdigit():
+    if not value.isascii() or not value.isdigit():
         raise RegistryError(
             ErrorCode.UNSUPPORTED, f"query parameter {name} must be a non-negative integer", status=400
         )

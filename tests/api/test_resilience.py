@@ -1,0 +1,142 @@
+"""Failed, interrupted and concurrent writes never damage what is stored nor leave half-written data."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from dockyard.db import utcnow
+from dockyard.oci.errors import RegistryError
+from dockyard.storage import StorageError
+from tests.support.images import sha256
+
+DATA = bytes(range(256)) * 1024  # 256 KiB
+
+
+class Disconnect(Exception):
+    """Stands in for a client that goes away mid-body."""
+
+
+def broken_body(*chunks):
+    yield from chunks
+    raise Disconnect
+
+
+def test_interrupted_chunk_is_not_recorded_and_the_upload_resumes(dockyard):
+    uploads = dockyard.registry.uploads
+    state = uploads.start("team/app")
+    uploads.append("team/app", state.id, iter([DATA[:1000]]))
+    with pytest.raises(Disconnect):
+        uploads.append("team/app", state.id, broken_body(DATA[1000:5000]))
+    assert uploads.status("team/app", state.id).size == 1000
+    uploads.append("team/app", state.id, iter([DATA[1000:]]), content_range=(1000, len(DATA) - 1))
+    blob = uploads.complete("team/app", state.id, sha256(DATA), iter([]))
+    assert b"".join(dockyard.registry.blobs.read(blob.digest)) == DATA
+
+
+def test_interrupted_monolithic_upload_leaves_nothing(dockyard, settings):
+    with pytest.raises(Disconnect):
+        dockyard.registry.uploads.upload_whole("team/app", sha256(DATA), broken_body(DATA[:10_000]))
+    with pytest.raises(RegistryError):
+        dockyard.registry.blobs.stat("team/app", sha256(DATA))
+    assert list((settings.storage_path / "uploads").iterdir()) == []
+
+
+def test_short_body_is_size_invalid(dockyard):
+    uploads = dockyard.registry.uploads
+    state = uploads.start("team/app")
+    with pytest.raises(RegistryError) as failure:
+        uploads.append("team/app", state.id, iter([DATA[:10]]), content_length=20)
+    assert failure.value.code.name == "SIZE_INVALID"
+    assert uploads.status("team/app", state.id).size == 0
+
+
+def test_wrong_content_for_an_existing_digest_cannot_overwrite_it(dockyard):
+    uploads = dockyard.registry.uploads
+    good = uploads.upload_whole("team/app", sha256(DATA), iter([DATA]))
+    with pytest.raises(RegistryError):
+        uploads.upload_whole("team/app", good.digest, iter([b"evil" * 100]))
+    state = uploads.start("team/app")
+    uploads.append("team/app", state.id, iter([b"evil" * 100]))
+    with pytest.raises(RegistryError):
+        uploads.complete("team/app", state.id, good.digest, iter([]))
+    assert b"".join(dockyard.registry.blobs.read(good.digest)) == DATA
+
+
+def test_failure_while_committing_to_storage_records_nothing(dockyard, monkeypatch):
+    uploads = dockyard.registry.uploads
+    state = uploads.start("team/app")
+    uploads.append("team/app", state.id, iter([DATA]))
+
+    def failing_commit(*_args):
+        raise StorageError("disk full")
+
+    monkeypatch.setattr(dockyard.store, "commit_upload", failing_commit)
+    with pytest.raises(StorageError):
+        uploads.complete("team/app", state.id, sha256(DATA), iter([]))
+    with pytest.raises(RegistryError):
+        dockyard.registry.blobs.stat("team/app", sha256(DATA))
+    monkeypatch.undo()
+    assert uploads.status("team/app", state.id).size == len(DATA)
+    assert uploads.complete("team/app", state.id, sha256(DATA), iter([])).size == len(DATA)
+
+
+def test_a_second_writer_is_refused_while_one_is_streaming(dockyard):
+    uploads = dockyard.registry.uploads
+    state = uploads.start("team/app")
+    streaming = threading.Event()
+    release = threading.Event()
+
+    def slow_body():
+        yield DATA[:100]
+        streaming.set()
+        assert release.wait(10)
+        yield DATA[100:200]
+
+    first = threading.Thread(target=uploads.append, args=("team/app", state.id, slow_body()))
+    first.start()
+    try:
+        assert streaming.wait(10)
+        with pytest.raises(RegistryError) as refused:
+            uploads.append("team/app", state.id, iter([b"intruder"]))
+        assert refused.value.status == 416
+    finally:
+        release.set()
+        first.join(10)
+    assert uploads.status("team/app", state.id).size == 200
+    blob = uploads.complete("team/app", state.id, sha256(DATA[:200]), iter([]))
+    assert b"".join(dockyard.registry.blobs.read(blob.digest)) == DATA[:200]
+
+
+def test_a_stale_lease_can_be_taken_over(dockyard):
+    import sqlalchemy as sa
+
+    from dockyard.registry.models import uploads as uploads_table
+
+    uploads = dockyard.registry.uploads
+    state = uploads.start("team/app")
+    with dockyard.db.write() as conn:
+        conn.execute(
+            sa.update(uploads_table)
+            .where(uploads_table.c.id == state.id)
+            .values(lease_token="dead-process", lease_until=utcnow() - timedelta(seconds=1))
+        )
+    assert uploads.append("team/app", state.id, iter([b"abc"])).size == 3
+
+
+def test_expire_removes_idle_sessions_and_orphaned_data(dockyard, settings):
+    uploads = dockyard.registry.uploads
+    idle = uploads.start("team/app")
+    uploads.append("team/app", idle.id, iter([b"idle"]))
+    fresh = uploads.start("team/app")
+    orphan = settings.storage_path / "uploads" / "orphan-from-a-crash"
+    orphan.write_bytes(b"partial")
+    assert uploads.expire(now=utcnow()) == 0
+    later = utcnow() + timedelta(days=2)
+    assert uploads.expire(now=later) == 3
+    with pytest.raises(RegistryError):
+        uploads.status("team/app", idle.id)
+    with pytest.raises(RegistryError):
+        uploads.status("team/app", fresh.id)
+    assert not orphan.exists()
+    assert list((settings.storage_path / "uploads").iterdir()) == []
