@@ -85,6 +85,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        parts.db.serve_lookups_inline()
         async with anyio.create_task_group() as group:
             if background_jobs:
                 group.start_soon(

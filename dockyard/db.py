@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -72,8 +73,10 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        immediate = connection.get_execution_options().get("dockyard_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        options = connection.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get("dockyard_write") else "BEGIN")
 
 
 class Database:
@@ -93,6 +96,8 @@ class Database:
             options["pool_recycle"] = 1800
         self.engine = sa.create_engine(self.url, **options)
         self.dialect = self.engine.dialect.name
+        self._inline_thread: int | None = None
+        self._inline_connection: Connection | None = None
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
 
@@ -112,6 +117,32 @@ class Database:
         """A read-only transaction (a consistent snapshot on both engines)."""
         with self.engine.connect() as conn, conn.begin():
             yield conn
+
+    def serve_lookups_inline(self) -> None:
+        """Give the calling thread (the event loop's) a dedicated connection for ``lookup``."""
+        self._inline_thread = threading.get_ident()
+
+    @contextmanager
+    def lookup(self) -> Iterator[Connection]:
+        """A connection for one-statement reads, outside any transaction (autocommit).
+
+        On the event-loop thread it is a connection held for the loop's lifetime, so the
+        hot read paths (manifest and blob lookups) cost one statement and no thread hop.
+        """
+        if threading.get_ident() != self._inline_thread:
+            with self.engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+            return
+        conn = self._inline_connection
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._inline_connection = conn
+        try:
+            yield conn
+        except sa.exc.DBAPIError:
+            self._inline_connection = None
+            conn.close()
+            raise
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -135,4 +166,7 @@ class Database:
         raise AssertionError("unreachable")
 
     def dispose(self) -> None:
+        if self._inline_connection is not None:
+            self._inline_connection.close()
+            self._inline_connection = None
         self.engine.dispose()

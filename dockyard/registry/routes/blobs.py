@@ -64,7 +64,7 @@ class BlobRoutes:
         if request.method == "DELETE":
             await run_sync(self.blobs.delete, name, digest)
             return Response(status_code=202, headers=API_VERSION)
-        blob = await run_sync(self.blobs.stat, name, digest)
+        blob = self.blobs.stat(name, digest)  # one indexed lookup, inline like manifest reads
         headers = {
             **API_VERSION,
             "Docker-Content-Digest": blob.digest,

@@ -14,6 +14,15 @@ from dockyard.registry.models import blobs, manifest_blobs, manifests, repositor
 from dockyard.registry.services.common import BlobInfo, ensure_repository, link_blob, require_repository
 from dockyard.storage import BlobStore
 
+#: The hot lookup, built once: a blob's size if the repository has it.
+BLOB_SIZE = (
+    sa.select(blobs.c.size)
+    .select_from(repository_blobs.join(repositories).join(blobs))
+    .where(
+        repositories.c.name == sa.bindparam("repository"), repository_blobs.c.digest == sa.bindparam("digest")
+    )
+)
+
 
 def _blob_unknown(digest: str) -> RegistryError:
     return RegistryError(
@@ -28,17 +37,14 @@ class BlobService:
         self._db = db
         self._store = store
 
-    def _lookup(self, conn: Connection, repository: str, digest: str) -> int | None:
-        return conn.execute(
-            sa.select(blobs.c.size)
-            .select_from(repository_blobs.join(repositories).join(blobs))
-            .where(repositories.c.name == repository, repository_blobs.c.digest == digest)
-        ).scalar()
+    @staticmethod
+    def _lookup(conn: Connection, repository: str, digest: str) -> int | None:
+        return conn.execute(BLOB_SIZE, {"repository": repository, "digest": digest}).scalar()
 
     def stat(self, repository: str, digest: str) -> BlobInfo:
         """The blob if ``repository`` has it, else BLOB_UNKNOWN."""
         parse_digest(digest)
-        with self._db.read() as conn:
+        with self._db.lookup() as conn:
             size = self._lookup(conn, repository, digest)
         if size is None:
             raise _blob_unknown(digest)

@@ -40,6 +40,20 @@ IMAGE_CONFIG_TYPES = (mt.OCI_CONFIG, mt.DOCKER_CONFIG)
 DEFAULT_PLATFORM = ("linux", "amd64")
 
 
+_MANIFEST_COLUMNS = (manifests.c.digest, manifests.c.media_type, manifests.c.payload)
+#: The two hot lookups, built once: a manifest by digest, and by tag.
+MANIFEST_BY_DIGEST = (
+    sa.select(*_MANIFEST_COLUMNS)
+    .select_from(manifests.join(repositories))
+    .where(repositories.c.name == sa.bindparam("repository"), manifests.c.digest == sa.bindparam("digest"))
+)
+MANIFEST_BY_TAG = (
+    sa.select(*_MANIFEST_COLUMNS)
+    .select_from(tags.join(repositories).join(manifests, manifests.c.id == tags.c.manifest_id))
+    .where(repositories.c.name == sa.bindparam("repository"), tags.c.name == sa.bindparam("tag"))
+)
+
+
 @dataclass(frozen=True)
 class PushedManifest:
     digest: str
@@ -75,13 +89,14 @@ class ManifestService:
         manifests is answered with its linux/amd64 image, as Docker clients expect.
         """
         tag, digest = parse_reference(reference)
-        with self._db.read() as conn:
+        with self._db.lookup() as conn:
             record = self._fetch(conn, repository, tag, digest)
+        if record is not None and (digest is not None or accepts(accept, record.media_type)):
+            return record
+        with self._db.read() as conn:
             if record is None:
                 require_repository(conn, repository)
                 raise _manifest_unknown(repository, reference)
-            if digest is not None or accepts(accept, record.media_type):
-                return record
             if record.media_type in mt.INDEXES:
                 child = self._platform_child(conn, repository, record.digest, accept)
                 if child is not None:
@@ -96,20 +111,10 @@ class ManifestService:
     def _fetch(
         conn: Connection, repository: str, tag: str | None, digest: str | None
     ) -> ManifestRecord | None:
-        columns = (manifests.c.digest, manifests.c.media_type, manifests.c.payload)
         if digest is not None:
-            query = (
-                sa.select(*columns)
-                .select_from(manifests.join(repositories))
-                .where(repositories.c.name == repository, manifests.c.digest == digest)
-            )
+            row = conn.execute(MANIFEST_BY_DIGEST, {"repository": repository, "digest": digest}).first()
         else:
-            query = (
-                sa.select(*columns)
-                .select_from(tags.join(repositories).join(manifests, manifests.c.id == tags.c.manifest_id))
-                .where(repositories.c.name == repository, tags.c.name == tag)
-            )
-        row = conn.execute(query).first()
+            row = conn.execute(MANIFEST_BY_TAG, {"repository": repository, "tag": tag}).first()
         return ManifestRecord(row.digest, row.media_type, bytes(row.payload)) if row else None
 
     def _platform_child(
