@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -155,6 +156,8 @@ class AccessLogMiddleware:
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.pathsend":
+                sent += os.path.getsize(message["path"])
             await send(message)
 
         try:
