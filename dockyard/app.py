@@ -20,6 +20,7 @@ from dockyard.asgi import (
     error_response,
     registry_error_handler,
     run_sync,
+    server_error_handler,
 )
 from dockyard.config import Settings
 from dockyard.db import Database
@@ -107,6 +108,7 @@ def create_app(
             RegistryError: registry_error_handler,
             ClientDisconnect: disconnect_handler,
             HTTPException: http_error_handler,
+            Exception: server_error_handler,
         },
         lifespan=lifespan,
     )

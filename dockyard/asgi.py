@@ -131,6 +131,14 @@ async def registry_error_handler(request: Request, exc: Exception) -> Response:
     return error_response(exc, head=request.method == "HEAD")
 
 
+async def server_error_handler(request: Request, exc: Exception) -> Response:
+    """A bug or an unavailable dependency: a JSON 500 (Starlette logs the traceback)."""
+    return error_response(
+        RegistryError(ErrorCode.UNKNOWN, "internal server error; see the registry's log"),
+        head=request.method == "HEAD",
+    )
+
+
 async def disconnect_handler(request: Request, exc: Exception) -> Response:
     """The client went away mid-request; nobody will read this answer."""
     return Response(status_code=400)

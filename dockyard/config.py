@@ -44,9 +44,12 @@ class Settings(BaseSettings):
         24 * 3600, ge=60, description="Upload sessions idle this long are cancelled and their data removed."
     )
     upload_lease_seconds: int = Field(
-        60, ge=5, description="How long one request may hold an upload session while it streams a chunk."
+        30, ge=5, description="How long one request may hold an upload session while it streams a chunk."
     )
     catalog_page_size: int = Field(1000, ge=1, description="Default and maximum page size of /v2/_catalog.")
+    shutdown_timeout_seconds: int = Field(
+        30, ge=1, description="On SIGTERM, how long in-flight requests may finish before they are cut."
+    )
     db_pool_size: int = Field(16, ge=1, description="Database connections held per process.")
 
     @model_validator(mode="after")

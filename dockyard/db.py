@@ -94,6 +94,7 @@ class Database:
             options["pool_size"] = pool_size
             options["max_overflow"] = pool_size
             options["pool_recycle"] = 1800
+            options["pool_pre_ping"] = True  # survive a database restart or failover
         self.engine = sa.create_engine(self.url, **options)
         self.dialect = self.engine.dialect.name
         self._inline_thread: int | None = None
@@ -122,27 +123,30 @@ class Database:
         """Give the calling thread (the event loop's) a dedicated connection for ``lookup``."""
         self._inline_thread = threading.get_ident()
 
-    @contextmanager
-    def lookup(self) -> Iterator[Connection]:
-        """A connection for one-statement reads, outside any transaction (autocommit).
+    def run_lookup(self, work: Callable[[Connection], T]) -> T:
+        """Run a one-statement read outside any transaction (autocommit).
 
-        On the event-loop thread it is a connection held for the loop's lifetime, so the
+        On the event-loop thread it uses a connection held for the loop's lifetime, so the
         hot read paths (manifest and blob lookups) cost one statement and no thread hop.
+        A connection the database dropped (restart, failover) is replaced and the read
+        retried once.
         """
         if threading.get_ident() != self._inline_thread:
             with self.engine.connect() as conn:
-                yield conn.execution_options(isolation_level="AUTOCOMMIT")
-            return
-        conn = self._inline_connection
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._inline_connection = conn
-        try:
-            yield conn
-        except sa.exc.DBAPIError:
-            self._inline_connection = None
-            conn.close()
-            raise
+                return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
+        for attempt in (1, 2):
+            conn = self._inline_connection
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                self._inline_connection = conn
+            try:
+                return work(conn)
+            except sa.exc.DBAPIError as exc:
+                self._inline_connection = None
+                conn.close()
+                if not exc.connection_invalidated or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

@@ -59,5 +59,6 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
         log_level=settings.log_level.value,
         log_access=False,
         websockets=False,
+        workers_kill_timeout=settings.shutdown_timeout_seconds,
     )
     server.serve(target_loader=functools.partial(load_app, settings.model_dump_json()))

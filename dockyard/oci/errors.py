@@ -24,6 +24,8 @@ class ErrorCode(enum.Enum):
     DENIED = ("requested access to the resource is denied", 403)
     UNSUPPORTED = ("the operation is unsupported", 405)
     TOOMANYREQUESTS = ("too many requests", 429)
+    #: Not a spec code: what Distribution answers (and clients treat) a server fault with.
+    UNKNOWN = ("unknown error", 500)
 
     @property
     def default_message(self) -> str:

@@ -44,8 +44,7 @@ class BlobService:
     def stat(self, repository: str, digest: str) -> BlobInfo:
         """The blob if ``repository`` has it, else BLOB_UNKNOWN."""
         parse_digest(digest)
-        with self._db.lookup() as conn:
-            size = self._lookup(conn, repository, digest)
+        size = self._db.run_lookup(lambda conn: self._lookup(conn, repository, digest))
         if size is None:
             raise _blob_unknown(digest)
         return BlobInfo(digest, size, self._store.local_path(digest))

@@ -89,8 +89,7 @@ class ManifestService:
         manifests is answered with its linux/amd64 image, as Docker clients expect.
         """
         tag, digest = parse_reference(reference)
-        with self._db.lookup() as conn:
-            record = self._fetch(conn, repository, tag, digest)
+        record = self._db.run_lookup(lambda conn: self._fetch(conn, repository, tag, digest))
         if record is not None and (digest is not None or accepts(accept, record.media_type)):
             return record
         with self._db.read() as conn:

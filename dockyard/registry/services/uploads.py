@@ -13,6 +13,7 @@ Invariants that keep a failed or interrupted push from damaging anything:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -262,7 +263,10 @@ class UploadService:
             if row is None:
                 raise _unknown(upload_id)
             if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:
-                raise _out_of_order(row.size, "another request is writing to this upload")
+                busy = _out_of_order(row.size, "another request is writing to this upload")
+                wait = (as_utc(row.lease_until) - now).total_seconds()
+                busy.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+                raise busy
             conn.execute(
                 uploads.update()
                 .where(uploads.c.id == upload_id)

@@ -1,0 +1,115 @@
+"""Fixtures for the end-to-end suite: running `dockyard serve` processes, HTTP clients, container tools."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.support import ContainerTools, DockyardServer
+from tests.support.postgres import free_port
+
+#: Every server the suite started, so a failing test can show the logs of the ones it used.
+_SERVERS: list[DockyardServer] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    """Attach the stderr/stdout of the servers a failed test ran against to its report."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for server in _SERVERS:
+        shared_but_unused = server.owner == "" and "dockyard_server" not in getattr(item, "fixturenames", ())
+        if item.nodeid.startswith(server.owner) and not shared_but_unused:
+            report.sections.append((f"dockyard serve on port {server.port}", server.logs()))
+
+
+@pytest.fixture(scope="session")
+def e2e_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e-logs")
+
+
+ServerFactory = Callable[..., DockyardServer]
+
+
+def _finish(servers: list[DockyardServer]) -> list[str]:
+    """Stop every server; describe the ones that had died or would not stop."""
+    problems = []
+    for server in servers:
+        if server.proc is None:
+            continue
+        crashed = server.proc.poll() is not None and not server.stopped_on_purpose
+        server.stop()
+        if crashed:
+            problems.append(f"dockyard serve on port {server.port} exited early:\n{server.logs()}")
+        elif server.forced_kill:
+            problems.append(f"dockyard serve on port {server.port} ignored SIGTERM:\n{server.logs()}")
+    return problems
+
+
+@pytest.fixture
+def start_server(request: pytest.FixtureRequest, e2e_logs: Path) -> Iterator[ServerFactory]:
+    """Start extra servers for one test (own data dirs, restarts, PostgreSQL); all stopped afterwards.
+
+    ``start_server(data_dir=..., port=..., cwd=..., extra_args=[...], wait=True)``. A server that
+    exits by itself (not through ``stop``/``kill``) fails the test at teardown with its logs.
+    """
+    started: list[DockyardServer] = []
+
+    def start(
+        *,
+        data_dir: Path | None = None,
+        port: int | None = None,
+        cwd: Path | None = None,
+        extra_args: tuple[str, ...] | list[str] = (),
+        wait: bool = True,
+    ) -> DockyardServer:
+        server = DockyardServer(
+            log_dir=e2e_logs,
+            port=port or free_port(),
+            data_dir=data_dir,
+            cwd=cwd,
+            extra_args=extra_args,
+            owner=request.node.nodeid,
+        )
+        _SERVERS.append(server)
+        started.append(server)
+        return server.start(wait=wait)
+
+    yield start
+    problems = _finish(started)
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def dockyard_server(tmp_path_factory: pytest.TempPathFactory, e2e_logs: Path) -> Iterator[DockyardServer]:
+    """One registry (SQLite + filesystem) shared by the client tests, which use distinct repositories."""
+    data_dir = tmp_path_factory.mktemp("shared-server") / "data"
+    server = DockyardServer(log_dir=e2e_logs, port=free_port(), data_dir=data_dir, owner="")
+    _SERVERS.append(server)
+    server.start()
+    yield server
+    problems = _finish([server])
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def registry_http(dockyard_server: DockyardServer) -> Iterator[httpx.Client]:
+    """Raw HTTP to the shared registry."""
+    with httpx.Client(base_url=dockyard_server.url, timeout=60.0) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def container_tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerTools]:
+    """skopeo, podman and buildah kept off the machine's configuration, storage and credentials."""
+    tools = ContainerTools(tmp_path_factory.mktemp("container-tools"))
+    yield tools
+    tools.close()
