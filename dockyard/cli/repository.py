@@ -40,8 +40,14 @@ def parse_image(image: str) -> tuple[str, str | None, str | None]:
     return image, None, None
 
 
-def _orderby(value: OrderBy | None) -> str | None:
-    return {OrderBy.time_asc: "timeasc", OrderBy.time_desc: "timedesc"}.get(value) if value else None
+def _list(
+    registry: str | None, repository: str, collection: str, orderby: OrderBy | None, top: int | None
+) -> list[dict[str, Any]]:
+    """Every item of /acr/v1/<repository>/_<collection>, across pages, at most ``top``."""
+    params = {"orderby": orderby.value.replace("_", "")} if orderby else {}
+    with RegistryClient(registry_url(registry)) as client:
+        path = f"/acr/v1/{client.repo_path(repository)}/_{collection}"
+        return list(client.pages(path, collection, params, top))
 
 
 @app.command("list")
@@ -91,11 +97,7 @@ def show_tags(
     output: OutputFormat = output_option,
 ) -> None:
     """List a repository's tags."""
-    params: dict[str, Any] = {}
-    if _orderby(orderby):
-        params["orderby"] = _orderby(orderby)
-    with RegistryClient(registry_url(registry)) as client:
-        found = list(client.pages(f"/acr/v1/{client.repo_path(repository)}/_tags", "tags", params, top))
+    found = _list(registry, repository, "tags", orderby, top)
     if detail:
         emit(found, output, columns=["name", "digest", "createdTime", "lastUpdateTime"])
     else:
@@ -112,13 +114,7 @@ def show_manifests(
     output: OutputFormat = output_option,
 ) -> None:
     """List a repository's manifests with their tags."""
-    params: dict[str, Any] = {}
-    if _orderby(orderby):
-        params["orderby"] = _orderby(orderby)
-    with RegistryClient(registry_url(registry)) as client:
-        found = list(
-            client.pages(f"/acr/v1/{client.repo_path(repository)}/_manifests", "manifests", params, top)
-        )
+    found = _list(registry, repository, "manifests", orderby, top)
     if not detail:
         found = [
             {"digest": m["digest"], "tags": m.get("tags", []), "timestamp": m["createdTime"]} for m in found

@@ -117,3 +117,15 @@ def test_delete_tag_manifest_and_repository(client, repository):
 def test_unknown_repository(client):
     for path in ["/acr/v1/nope", "/acr/v1/nope/_tags", "/acr/v1/nope/_manifests"]:
         assert error_codes(client.get(path)) == ["NAME_UNKNOWN"], path
+
+
+def test_zero_page_size_is_an_empty_page_without_link(client, repository):
+    for path, key in [
+        ("/acr/v1/_catalog", "repositories"),
+        ("/acr/v1/team/app/_tags", "tags"),
+        ("/acr/v1/team/app/_manifests", "manifests"),
+    ]:
+        response = client.get(path, params={"n": 0})
+        assert response.status_code == 200, path
+        assert response.json()[key] == [], path
+        assert "link" not in response.headers, path

@@ -73,6 +73,11 @@ def manifest_json(manifest: ManifestInfo) -> dict[str, Any]:
     return item
 
 
+def _next_page(path: str, n: int | None, last: str | None, orderby: str | None) -> dict[str, str]:
+    """A Link header to the page after ``last``, or none on the last page."""
+    return {"Link": next_link(path, n, last, orderby=orderby or "")} if last else {}
+
+
 def _registry(request: Request) -> str:
     return request.headers.get("host", "localhost")
 
@@ -123,9 +128,7 @@ class AcrRoutes:
             orderby,
             query.get("digest") or None,
         )
-        headers = {}
-        if more and found:
-            headers["Link"] = next_link(f"/acr/v1/{name}/_tags", n, found[-1].name, orderby=orderby or "")
+        headers = _next_page(f"/acr/v1/{name}/_tags", n, found[-1].name if more else None, orderby)
         body = {"registry": _registry(request), "imageName": name, "tags": [tag_json(t) for t in found]}
         return JSONResponse(body, headers=headers)
 
@@ -146,11 +149,7 @@ class AcrRoutes:
         found, more = await run_sync(
             self.repositories.manifest_details, name, n, query.get("last") or None, orderby
         )
-        headers = {}
-        if more and found:
-            headers["Link"] = next_link(
-                f"/acr/v1/{name}/_manifests", n, found[-1].digest, orderby=orderby or ""
-            )
+        headers = _next_page(f"/acr/v1/{name}/_manifests", n, found[-1].digest if more else None, orderby)
         body = {
             "registry": _registry(request),
             "imageName": name,

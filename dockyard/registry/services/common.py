@@ -99,6 +99,8 @@ def touch_repository(conn: Connection, repo_id: int) -> None:
 
 def page_of(rows: list[str], limit: int | None) -> Page:
     """Turn ``limit + 1`` fetched rows into a page and whether there is more."""
+    if limit == 0:
+        return Page([], False)
     if limit is not None and len(rows) > limit:
         return Page(rows[:limit], True)
     return Page(rows, False)

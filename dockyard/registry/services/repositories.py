@@ -140,7 +140,7 @@ class RepositoryService:
             if n is not None:
                 query = query.limit(n + 1)
             rows = conn.execute(query).all()
-        more = n is not None and len(rows) > n
+        more = bool(n) and len(rows) > n
         rows = rows[:n] if n is not None else rows
         return [TagInfo(r.name, r.digest, as_utc(r.created_at), as_utc(r.updated_at)) for r in rows], more
 
@@ -211,7 +211,7 @@ class RepositoryService:
             if n is not None:
                 query = query.limit(n + 1)
             rows = conn.execute(query).all()
-            more = n is not None and len(rows) > n
+            more = bool(n) and len(rows) > n
             rows = rows[:n] if n is not None else rows
             return self._describe(conn, rows), more
 
