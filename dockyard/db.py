@@ -36,6 +36,11 @@ RETRYABLE_SQLSTATES = {"40001", "40P01"}
 WRITE_RETRIES = 8
 
 
+def per_dialect(build: Callable[[Callable[[sa.Table], Any]], T]) -> dict[str, T]:
+    """Build a statement that needs a dialect's insert (``on_conflict_*``) once for each engine."""
+    return {"sqlite": build(sqlite.insert), "postgresql": build(postgresql.insert)}
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
@@ -149,18 +154,32 @@ class Database:
         raise AssertionError("unreachable")
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE).
+
+        ``durable=False`` is for bookkeeping a power cut may lose without harm (upload
+        session progress): its commit skips the log flush (SQLite ``synchronous=NORMAL``,
+        PostgreSQL ``synchronous_commit=off``), and the next durable commit flushes it too.
+        A process crash loses nothing either way.
+        """
         with self.engine.connect() as plain:
             conn = plain.execution_options(dockyard_write=True)
-            with conn.begin():
-                yield conn
+            if self.is_sqlite and not durable:
+                plain.connection.dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with conn.begin():
+                    if not self.is_sqlite and not durable:
+                        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                    yield conn
+            finally:
+                if self.is_sqlite and not durable and not plain.invalidated:
+                    plain.connection.dbapi_connection.execute("PRAGMA synchronous=FULL")
 
-    def run_write(self, work: Callable[[Connection], T]) -> T:
+    def run_write(self, work: Callable[[Connection], T], *, durable: bool = True) -> T:
         """Run ``work`` in a write transaction, retrying on deadlocks and lock timeouts."""
         for attempt in range(WRITE_RETRIES):
             try:
-                with self.write() as conn:
+                with self.write(durable=durable) as conn:
                     return work(conn)
             except sa.exc.DBAPIError as exc:
                 if not _is_retryable(exc) or attempt == WRITE_RETRIES - 1:

@@ -22,6 +22,8 @@ repositories = sa.Table(
     sa.Column("name", ordered_string(255), nullable=False, unique=True),
     sa.Column("created_at", TIMESTAMP, nullable=False),
     sa.Column("updated_at", TIMESTAMP, nullable=False),
+    #: Bumped by every change to the repository's tags; lets processes cache tag lists safely.
+    sa.Column("tag_version", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 #: Blobs the store holds, registry-wide; a repository sees one only through repository_blobs.

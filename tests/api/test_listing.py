@@ -95,3 +95,19 @@ def test_catalog_page_size_is_capped(client, dockyard):
     response = client.get("/v2/_catalog", params={"n": 100})
     assert response.json()["repositories"] == ["a", "b"]
     assert "link" in response.headers
+
+
+def test_cached_tag_lists_see_changes_made_by_other_processes(client, settings):
+    from starlette.testclient import TestClient
+
+    from dockyard.app import create_app
+
+    image = make_image("cache")
+    push_image(client, "team/cache", image, "one")
+    with TestClient(create_app(settings, background_jobs=False)) as other:
+        assert other.get("/v2/team/cache/tags/list").json()["tags"] == ["one"]
+        push_image(client, "team/cache", image, "two")
+        assert other.get("/v2/team/cache/tags/list").json()["tags"] == ["one", "two"]
+        client.delete("/v2/team/cache/manifests/one")
+        assert other.get("/v2/team/cache/tags/list").json()["tags"] == ["two"]
+        assert other.get("/v2/team/cache/tags/list", params={"n": 5}).json()["tags"] == ["two"]

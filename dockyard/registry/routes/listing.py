@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -10,12 +13,16 @@ from dockyard.asgi import run_sync
 from dockyard.registry.routes.headers import API_VERSION, next_link, page_size, repository_name
 from dockyard.registry.services import RegistryServices
 
+WHOLE_LISTS_CACHED = 64
+
 
 class ListingRoutes:
     """Version check and content discovery."""
 
     def __init__(self, services: RegistryServices) -> None:
         self.repositories = services.repositories
+        #: Encoded whole tag lists by repository, with the version they were built from.
+        self._whole_lists: OrderedDict[str, tuple[object, bytes]] = OrderedDict()
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -46,4 +53,16 @@ class ListingRoutes:
         headers = dict(API_VERSION)
         if page.more and page.items:
             headers["Link"] = next_link(f"/v2/{name}/tags/list", n, page.items[-1])
-        return JSONResponse({"name": name, "tags": page.items}, headers=headers)
+        if n is not None or last is not None:
+            return JSONResponse({"name": name, "tags": page.items}, headers=headers)
+        body = self._whole_lists.get(name)
+        if body is None or body[0] != page.version:
+            body = (
+                page.version,
+                json.dumps({"name": name, "tags": page.items}, separators=(",", ":")).encode(),
+            )
+            self._whole_lists[name] = body
+            self._whole_lists.move_to_end(name)
+            while len(self._whole_lists) > WHOLE_LISTS_CACHED:
+                self._whole_lists.popitem(last=False)
+        return Response(body[1], headers=headers, media_type="application/json")

@@ -72,8 +72,8 @@ class BlobService:
                     continue
                 size = self._lookup(conn, candidate, digest)
                 if size is not None:
-                    repo_id = ensure_repository(self._db, conn, repository)
-                    link_blob(self._db, conn, repo_id, digest, size)
+                    repo_id = ensure_repository(conn, repository)
+                    link_blob(conn, repo_id, digest, size)
                     return BlobInfo(digest, size)
             return None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dockyard.db import Database, utcnow
+from dockyard.db import per_dialect, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs, repositories, repository_blobs
 
@@ -47,11 +47,28 @@ class Page:
 
     items: list[str]
     more: bool
+    #: Identifies the exact data the page came from, for callers that cache what they build from it.
+    version: object = None
+
+
+REPOSITORY_ID = sa.select(repositories.c.id).where(repositories.c.name == sa.bindparam("name"))
+INSERT_REPOSITORY = per_dialect(
+    lambda insert: insert(repositories).on_conflict_do_nothing(index_elements=["name"])
+)
+INSERT_BLOB = per_dialect(lambda insert: insert(blobs).on_conflict_do_nothing(index_elements=["digest"]))
+LINK_BLOB = per_dialect(
+    lambda insert: insert(repository_blobs).on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+)
+TOUCH_REPOSITORY = (
+    repositories.update()
+    .where(repositories.c.id == sa.bindparam("repository_id"))
+    .values(updated_at=sa.bindparam("now"), tag_version=repositories.c.tag_version + 1)
+)
 
 
 def repository_id(conn: Connection, name: str) -> int | None:
     """The id of repository ``name``, or None."""
-    return conn.execute(sa.select(repositories.c.id).where(repositories.c.name == name)).scalar()
+    return conn.execute(REPOSITORY_ID, {"name": name}).scalar()
 
 
 def require_repository(conn: Connection, name: str) -> int:
@@ -62,39 +79,29 @@ def require_repository(conn: Connection, name: str) -> int:
     return found
 
 
-def ensure_repository(db: Database, conn: Connection, name: str, now: datetime | None = None) -> int:
+def ensure_repository(conn: Connection, name: str, now: datetime | None = None) -> int:
     """The id of repository ``name``, creating it (concurrency-safe) if needed."""
     found = repository_id(conn, name)
     if found is not None:
         return found
     now = now or utcnow()
-    conn.execute(
-        db.insert(repositories)
-        .values(name=name, created_at=now, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
+    conn.execute(INSERT_REPOSITORY[conn.dialect.name], {"name": name, "created_at": now, "updated_at": now})
     created = repository_id(conn, name)
     assert created is not None
     return created
 
 
-def link_blob(db: Database, conn: Connection, repo_id: int, digest: str, size: int) -> None:
+def link_blob(conn: Connection, repo_id: int, digest: str, size: int) -> None:
     """Record that the store holds ``digest`` and that repository ``repo_id`` has it."""
     now = utcnow()
-    conn.execute(
-        db.insert(blobs)
-        .values(digest=digest, size=size, created_at=now)
-        .on_conflict_do_nothing(index_elements=["digest"])
-    )
-    conn.execute(
-        db.insert(repository_blobs)
-        .values(repository_id=repo_id, digest=digest, created_at=now)
-        .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
-    )
+    dialect = conn.dialect.name
+    conn.execute(INSERT_BLOB[dialect], {"digest": digest, "size": size, "created_at": now})
+    conn.execute(LINK_BLOB[dialect], {"repository_id": repo_id, "digest": digest, "created_at": now})
 
 
-def touch_repository(conn: Connection, repo_id: int) -> None:
-    conn.execute(repositories.update().where(repositories.c.id == repo_id).values(updated_at=utcnow()))
+def touch_repository(conn: Connection, repo_id: int, now: datetime | None = None) -> None:
+    """Mark the repository changed (its tags may have changed: bump ``tag_version``)."""
+    conn.execute(TOUCH_REPOSITORY, {"repository_id": repo_id, "now": now or utcnow()})
 
 
 def page_of(rows: list[str], limit: int | None) -> Page:

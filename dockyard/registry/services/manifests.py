@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dockyard.db import Database, utcnow
+from dockyard.db import Database, per_dialect, utcnow
 from dockyard.oci import mediatypes as mt
 from dockyard.oci.digest import compute_digest, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -51,6 +51,41 @@ MANIFEST_BY_TAG = (
     sa.select(*_MANIFEST_COLUMNS)
     .select_from(tags.join(repositories).join(manifests, manifests.c.id == tags.c.manifest_id))
     .where(repositories.c.name == sa.bindparam("repository"), tags.c.name == sa.bindparam("tag"))
+)
+
+#: The push path's statements, built once.
+INSERT_MANIFEST = per_dialect(
+    lambda insert: (
+        insert(manifests)
+        .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+        .returning(manifests.c.id)
+    )
+)
+MANIFEST_ID = sa.select(manifests.c.id).where(
+    manifests.c.repository_id == sa.bindparam("repository_id"), manifests.c.digest == sa.bindparam("digest")
+)
+
+
+def _upsert_tag(insert: Callable[[sa.Table], Any]) -> Any:
+    statement = insert(tags)
+    return statement.on_conflict_do_update(
+        index_elements=["repository_id", "name"],
+        set_={"manifest_id": statement.excluded.manifest_id, "updated_at": statement.excluded.updated_at},
+    )
+
+
+UPSERT_TAG = per_dialect(_upsert_tag)
+HELD_BLOBS = (
+    sa.select(blobs.c.digest, blobs.c.size)
+    .select_from(repository_blobs.join(blobs))
+    .where(
+        repository_blobs.c.repository_id == sa.bindparam("repository_id"),
+        repository_blobs.c.digest.in_(sa.bindparam("digests", expanding=True)),
+    )
+)
+PRESENT_MANIFESTS = sa.select(manifests.c.digest).where(
+    manifests.c.repository_id == sa.bindparam("repository_id"),
+    manifests.c.digest.in_(sa.bindparam("digests", expanding=True)),
 )
 
 
@@ -169,53 +204,43 @@ class ManifestService:
 
         def work(conn: Connection) -> None:
             now = utcnow()
-            repo_id = ensure_repository(self._db, conn, repository, now)
+            repo_id = ensure_repository(conn, repository, now)
             self._check_references(conn, repo_id, parsed)
-            inserted = conn.execute(
-                self._db.insert(manifests)
-                .values(
-                    repository_id=repo_id,
-                    digest=digest,
-                    media_type=parsed.media_type,
-                    artifact_type=parsed.artifact_type,
-                    config_media_type=parsed.config.media_type if parsed.config else None,
-                    size=len(payload),
-                    total_size=total_size,
-                    architecture=platform[1],
-                    os=platform[0],
-                    payload=payload,
-                    subject_digest=parsed.subject.digest if parsed.subject else None,
-                    annotations=parsed.annotations,
-                    created_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
-                .returning(manifests.c.id)
-            ).scalar()
-            if inserted is not None:
-                self._insert_references(conn, inserted, parsed)
-                manifest_id = inserted
+            dialect = conn.dialect.name
+            row = {
+                "repository_id": repo_id,
+                "digest": digest,
+                "media_type": parsed.media_type,
+                "artifact_type": parsed.artifact_type,
+                "config_media_type": parsed.config.media_type if parsed.config else None,
+                "size": len(payload),
+                "total_size": total_size,
+                "architecture": platform[1],
+                "os": platform[0],
+                "payload": payload,
+                "subject_digest": parsed.subject.digest if parsed.subject else None,
+                "annotations": parsed.annotations,
+                "created_at": now,
+            }
+            manifest_id = conn.execute(INSERT_MANIFEST[dialect], row).scalar()
+            if manifest_id is not None:
+                self._insert_references(conn, manifest_id, parsed)
             else:
                 manifest_id = conn.execute(
-                    sa.select(manifests.c.id).where(
-                        manifests.c.repository_id == repo_id, manifests.c.digest == digest
-                    )
+                    MANIFEST_ID, {"repository_id": repo_id, "digest": digest}
                 ).scalar_one()
             if tag is not None:
                 conn.execute(
-                    self._db.insert(tags)
-                    .values(
-                        repository_id=repo_id,
-                        name=tag,
-                        manifest_id=manifest_id,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    .on_conflict_do_update(
-                        index_elements=["repository_id", "name"],
-                        set_={"manifest_id": manifest_id, "updated_at": now},
-                    )
+                    UPSERT_TAG[dialect],
+                    {
+                        "repository_id": repo_id,
+                        "name": tag,
+                        "manifest_id": manifest_id,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
                 )
-            touch_repository(conn, repo_id)
+            touch_repository(conn, repo_id, now)
 
         self._db.run_write(work)
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
@@ -226,14 +251,7 @@ class ManifestService:
         if wanted:
             held = {
                 row.digest: row.size
-                for row in conn.execute(
-                    sa.select(blobs.c.digest, blobs.c.size)
-                    .select_from(repository_blobs.join(blobs))
-                    .where(
-                        repository_blobs.c.repository_id == repo_id,
-                        repository_blobs.c.digest.in_(list(wanted)),
-                    )
-                )
+                for row in conn.execute(HELD_BLOBS, {"repository_id": repo_id, "digests": list(wanted)})
             }
             for descriptor in parsed.required_blobs:
                 if descriptor.digest not in held:
@@ -252,9 +270,7 @@ class ManifestService:
         if children:
             present = set(
                 conn.execute(
-                    sa.select(manifests.c.digest).where(
-                        manifests.c.repository_id == repo_id, manifests.c.digest.in_(list(children))
-                    )
+                    PRESENT_MANIFESTS, {"repository_id": repo_id, "digests": list(children)}
                 ).scalars()
             )
             for descriptor in parsed.children:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -63,6 +66,14 @@ class DeletedRepository:
 
 
 ORDERINGS = ("timedesc", "timeasc")
+#: How many repositories' tag lists a process keeps in memory.
+TAG_LISTS_CACHED = 128
+TAG_VERSION = sa.select(repositories.c.id, repositories.c.tag_version).where(
+    repositories.c.name == sa.bindparam("name")
+)
+TAG_NAMES = (
+    sa.select(tags.c.name).where(tags.c.repository_id == sa.bindparam("repository_id")).order_by(tags.c.name)
+)
 
 
 class RepositoryService:
@@ -71,6 +82,8 @@ class RepositoryService:
     def __init__(self, db: Database, catalog_page_size: int = 1000) -> None:
         self._db = db
         self.catalog_page_size = catalog_page_size
+        self._tag_lists: OrderedDict[str, tuple[tuple[int, int], tuple[str, ...]]] = OrderedDict()
+        self._tag_lists_lock = threading.Lock()
 
     # -- OCI listings -----------------------------------------------------------------------
 
@@ -84,15 +97,34 @@ class RepositoryService:
             return page_of(list(conn.execute(query).scalars()), limit)
 
     def tag_names(self, repository: str, n: int | None = None, last: str | None = None) -> Page:
-        """Tag names of ``repository`` in byte order; all of them when ``n`` is None."""
+        """Tag names of ``repository`` in byte order after ``last``; all of them when ``n`` is None."""
+        version, names = self._tag_list(repository)
+        start = bisect.bisect_right(names, last) if last else 0
+        stop = len(names) if n is None else start + n
+        return Page(list(names[start:stop]), stop < len(names), version)
+
+    def _tag_list(self, repository: str) -> tuple[tuple[int, int], tuple[str, ...]]:
+        """All tag names, sorted; kept in memory while the repository's ``tag_version`` stands.
+
+        Every process checks the version in the database on each call, so a tag pushed
+        through any process is seen at once.
+        """
+        row = self._db.run_lookup(lambda conn: conn.execute(TAG_VERSION, {"name": repository}).first())
+        if row is None:
+            raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {repository!r} not known to registry")
+        version = (row.id, row.tag_version)
+        with self._tag_lists_lock:
+            cached = self._tag_lists.get(repository)
+        if cached is not None and cached[0] == version:
+            return cached
         with self._db.read() as conn:
-            repo_id = require_repository(conn, repository)
-            query = sa.select(tags.c.name).where(tags.c.repository_id == repo_id).order_by(tags.c.name)
-            if last:
-                query = query.where(tags.c.name > last)
-            if n is not None:
-                query = query.limit(n + 1)
-            return page_of(list(conn.execute(query).scalars()), n)
+            names = tuple(conn.execute(TAG_NAMES, {"repository_id": row.id}).scalars())
+        with self._tag_lists_lock:
+            self._tag_lists[repository] = (version, names)
+            self._tag_lists.move_to_end(repository)
+            while len(self._tag_lists) > TAG_LISTS_CACHED:
+                self._tag_lists.popitem(last=False)
+        return version, names
 
     # -- details (ACR's /acr/v1 view) ---------------------------------------------------------
 

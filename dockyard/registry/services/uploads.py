@@ -83,7 +83,7 @@ class UploadService:
                 )
             )
 
-        self._db.run_write(work)
+        self._db.run_write(work, durable=False)
         return UploadState(upload_id, repository, 0)
 
     def status(self, repository: str, upload_id: str) -> UploadState:
@@ -104,7 +104,7 @@ class UploadService:
                 uploads.delete().where(uploads.c.id == upload_id, uploads.c.repository == repository)
             ).rowcount
 
-        if not self._db.run_write(work):
+        if not self._db.run_write(work, durable=False):
             raise _unknown(upload_id)
         self._forget_hasher(upload_id)
         self._store.delete_upload(upload_id)
@@ -165,8 +165,8 @@ class UploadService:
             raise
 
         def work(conn: Connection) -> None:
-            repo_id = ensure_repository(self._db, conn, repository)
-            link_blob(self._db, conn, repo_id, digest, size)
+            repo_id = ensure_repository(conn, repository)
+            link_blob(conn, repo_id, digest, size)
             conn.execute(uploads.delete().where(uploads.c.id == upload_id))
 
         self._db.run_write(work)
@@ -188,8 +188,8 @@ class UploadService:
             raise
 
         def work(conn: Connection) -> None:
-            repo_id = ensure_repository(self._db, conn, repository)
-            link_blob(self._db, conn, repo_id, digest, size)
+            repo_id = ensure_repository(conn, repository)
+            link_blob(conn, repo_id, digest, size)
 
         self._db.run_write(work)
         return BlobInfo(digest, size)
@@ -216,7 +216,7 @@ class UploadService:
                 conn.execute(uploads.delete().where(uploads.c.id.in_(stale)))
             return list(stale)
 
-        stale = self._db.run_write(work)
+        stale = self._db.run_write(work, durable=False)
         for upload_id in stale:
             self._forget_hasher(upload_id)
             self._store.delete_upload(upload_id)
@@ -274,7 +274,7 @@ class UploadService:
             )
             return row.size
 
-        return token, self._db.run_write(work)
+        return token, self._db.run_write(work, durable=False)
 
     def _renew(self, upload_id: str, token: str) -> None:
         def work(conn: Connection) -> None:
@@ -284,7 +284,7 @@ class UploadService:
                 .values(lease_until=utcnow() + self._lease)
             )
 
-        self._db.run_write(work)
+        self._db.run_write(work, durable=False)
 
     def _release(self, upload_id: str, token: str) -> None:
         self._forget_hasher(upload_id)
@@ -297,7 +297,7 @@ class UploadService:
             )
 
         try:
-            self._db.run_write(work)
+            self._db.run_write(work, durable=False)
         except sa.exc.SQLAlchemyError:
             log.exception("could not release the lease on upload %s; it expires by itself", upload_id)
 
@@ -309,7 +309,7 @@ class UploadService:
                 .values(size=size, lease_token=None, lease_until=None, updated_at=utcnow())
             ).rowcount
 
-        if not self._db.run_write(work):
+        if not self._db.run_write(work, durable=False):
             raise RegistryError(
                 ErrorCode.BLOB_UPLOAD_INVALID, "the upload's lease expired while the chunk was streaming"
             )
@@ -318,7 +318,7 @@ class UploadService:
         def work(conn: Connection) -> None:
             conn.execute(uploads.delete().where(uploads.c.id == upload_id))
 
-        self._db.run_write(work)
+        self._db.run_write(work, durable=False)
         self._forget_hasher(upload_id)
         self._store.delete_upload(upload_id)
 

@@ -1,0 +1,279 @@
+"""Start, watch and stop the servers under test: Dockyard, CNCF Distribution and nginx.
+
+Each server gets its own free port on 127.0.0.1 and its own folder under one
+work directory (so all of them write to the same disk), runs in its own process
+group, and logs to a file in its folder. ``ProcessTree`` reads CPU time and peak
+RSS of a server process and all its descendants from /proc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+@dataclass
+class ProcessTree:
+    """A server's main process and everything it spawned (granian's workers, nginx's workers)."""
+
+    pid: int
+
+    def pids(self) -> list[int]:
+        children = _children_map()
+        found, queue = [], [self.pid]
+        while queue:
+            pid = queue.pop()
+            found.append(pid)
+            queue.extend(children.get(pid, []))
+        return found
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the live processes in the tree."""
+        ticks = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / CLOCK_TICKS
+
+    def memory_kib(self, key: str = "VmHWM") -> int:
+        """Sum of one /proc/<pid>/status memory figure (kB) over the tree: VmHWM is peak RSS."""
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith(key + ":"):
+                        total += int(line.split()[1])
+            except OSError:
+                continue
+        return total
+
+
+@dataclass
+class Server:
+    """One HTTP server process under test."""
+
+    name: str
+    label: str
+    folder: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.folder / "server.log"
+        if not self.port:
+            self.port = free_port()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tree(self) -> ProcessTree:
+        assert self.process is not None
+        return ProcessTree(self.process.pid)
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    ready_path = "/v2/"
+
+    def start(self, timeout: float = 60.0) -> None:
+        argv, extra_env = self.command()
+        env = {**os.environ, **extra_env}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.folder,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.label} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", self.ready_path)
+                status = conn.getresponse().status
+                conn.close()
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.label} did not answer on port {self.port}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return f"(no log at {self.log_path})"
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
+
+
+class Dockyard(Server):
+    def __init__(self, folder: Path, *, access_log: bool = True) -> None:
+        super().__init__("dockyard", "Dockyard", folder)
+        self.access_log = access_log
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        executable = Path(sys.executable).with_name("dockyard")
+        if not executable.exists():
+            found = shutil.which("dockyard") or str(REPO_ROOT / ".venv" / "bin" / "dockyard")
+            executable = Path(found)
+        env = {"DOCKYARD_ACCESS_LOG": "true" if self.access_log else "false"}
+        argv = [str(executable), "serve", "--data-dir", str(self.folder / "data"), "--port", str(self.port)]
+        return argv, env
+
+
+DISTRIBUTION_CONFIG = """\
+version: 0.1
+log:
+  level: {level}
+  accesslog:
+    disabled: {access_disabled}
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: {root}
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:{port}
+  headers:
+    X-Content-Type-Options: [nosniff]
+"""
+
+
+class Distribution(Server):
+    """CNCF Distribution 2.8 with the settings of Debian's default config.yml, less its htpasswd auth."""
+
+    def __init__(self, folder: Path, *, access_log: bool = True) -> None:
+        super().__init__("distribution", "Distribution", folder)
+        self.access_log = access_log
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        config = self.folder / "config.yml"
+        config.write_text(
+            DISTRIBUTION_CONFIG.format(
+                level="info" if self.access_log else "warn",
+                access_disabled="false" if self.access_log else "true",
+                root=self.folder / "data",
+                port=self.port,
+            )
+        )
+        return [shutil.which("docker-registry") or "docker-registry", "serve", str(config)], {}
+
+
+NGINX_CONFIG = """\
+daemon off;
+master_process on;
+{user}
+worker_processes auto;
+error_log {folder}/error.log;
+pid {folder}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {folder}/tmp/client;
+    proxy_temp_path {folder}/tmp/proxy;
+    fastcgi_temp_path {folder}/tmp/fastcgi;
+    uwsgi_temp_path {folder}/tmp/uwsgi;
+    scgi_temp_path {folder}/tmp/scgi;
+    types {{ }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {folder}/www;
+        location = /v2/ {{ return 200 "{{}}"; }}
+    }}
+}}
+"""
+
+
+class Nginx(Server):
+    """nginx serving static files from ``folder/www`` with sendfile: the ceiling for blob pulls."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__("nginx", "nginx", folder)
+        (self.folder / "www").mkdir(exist_ok=True)
+        (self.folder / "tmp").mkdir(exist_ok=True)
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        config = self.folder / "nginx.conf"
+        user = "user root;" if os.geteuid() == 0 else ""  # workers must read the 0700 work directory
+        config.write_text(NGINX_CONFIG.format(user=user, folder=self.folder, port=self.port))
+        return [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(config), "-p", str(self.folder)], {}
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processors spent not idle since boot (from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    guest = sum(fields[8:10]) if len(fields) > 9 else 0  # guest time is already counted in user
+    return (sum(fields) - idle - guest) / CLOCK_TICKS
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of the children it has waited for (wrk, curl, headload)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
