@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -22,7 +22,6 @@ T = TypeVar("T")
 
 BODY_BATCH = 1024 * 1024
 BODY_PREFETCH = 4
-access_log = logging.getLogger("dockyard.access")
 
 _END = object()
 
@@ -145,10 +144,24 @@ async def disconnect_handler(request: Request, exc: Exception) -> Response:
 
 
 class AccessLogMiddleware:
-    """Logs one line per request: client, method, path, status, bytes sent, milliseconds."""
+    """Writes one line per request: time, client, method, path, status, bytes sent, milliseconds.
 
-    def __init__(self, app: ASGIApp) -> None:
+    It writes the line itself instead of going through ``logging``: per request that
+    machinery cost about a third of a manifest GET.
+    """
+
+    def __init__(self, app: ASGIApp, stream: TextIO | None = None) -> None:
         self.app = app
+        self.stream = stream or sys.stderr
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(second))
+        return self._stamp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -172,12 +185,8 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send_and_count)
         finally:
             client = scope.get("client")
-            access_log.info(
-                '%s "%s %s" %d %d %.1fms',
-                client[0] if client else "-",
-                scope["method"],
-                scope["path"],
-                status or 500,
-                sent,
-                (time.perf_counter() - started) * 1000,
+            elapsed = (time.perf_counter() - started) * 1000
+            self.stream.write(
+                f"{self._timestamp()} access {client[0] if client else '-'} "
+                f'"{scope["method"]} {scope["path"]}" {status or 500} {sent} {elapsed:.1f}ms\n'
             )
