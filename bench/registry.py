@@ -164,25 +164,48 @@ class Client:
 
     # -- listings -----------------------------------------------------------------------------
 
-    def walk(self, path: str, key: str) -> tuple[list[str], int]:
-        """Every item of a paginated listing, following Link rel="next"; and the page count."""
-        items: list[str] = []
-        pages = 0
+    def pages(self, path: str) -> list[Reply]:
+        """Every page of a paginated listing, following Link rel="next"; the bodies stay undecoded.
+
+        Only the HTTP exchanges: the next page comes from the Link header, so a timer
+        around this measures the server and the wire, not the client's JSON decoding.
+        """
+        replies: list[Reply] = []
         next_path: str | None = path
         while next_path:
             reply = self.request("GET", next_path)
-            pages += 1
-            items.extend(json.loads(reply.body).get(key) or [])
-            link = reply.headers.get("Link")
-            match = LINK_NEXT.search(link) if link else None
-            if match:
-                target = urlsplit(match.group(1))
-                next_path = target.path + (f"?{target.query}" if target.query else "")
-            else:
-                next_path = None
-            if pages > 100_000:
+            replies.append(reply)
+            next_path = next_page(reply)
+            if len(replies) > 100_000:
                 raise RegistryFailure(f"{path} does not stop paginating")
-        return items, pages
+        return replies
+
+    def walk(self, path: str, key: str) -> tuple[list[str], int]:
+        """Every item of a paginated listing, following Link rel="next"; and the page count."""
+        replies = self.pages(path)
+        return listing_items(replies, key), len(replies)
+
+
+def next_page(reply: Reply) -> str | None:
+    """The path (and query) of the Link rel="next" target of a listing page, if there is one."""
+    link = reply.headers.get("Link")
+    match = LINK_NEXT.search(link) if link else None
+    if not match:
+        return None
+    target = urlsplit(match.group(1))
+    return target.path + (f"?{target.query}" if target.query else "")
+
+
+def listing_items(replies: Iterable[Reply], key: str) -> list[str]:
+    """Decode listing pages and join their ``key`` lists (``tags``, ``repositories``), checking the shape."""
+    items: list[str] = []
+    for number, reply in enumerate(replies, 1):
+        document = json.loads(reply.body)
+        page = (document.get(key) or []) if isinstance(document, dict) else None  # null: an empty page
+        if not isinstance(page, list) or not all(isinstance(item, str) for item in page):
+            raise RegistryFailure(f"page {number} of the listing has no list of strings under {key!r}")
+        items.extend(page)
+    return items
 
 
 def image_config(label: str) -> bytes:

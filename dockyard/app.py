@@ -14,6 +14,11 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from dockyard.access.policy import NetworkRuleMiddleware, Policy
+from dockyard.access.routes.identities import IdentityRoutes
+from dockyard.access.routes.management import ManagementRoutes
+from dockyard.access.routes.oauth import OAuthRoutes
+from dockyard.access.services import AccessServices, build_access_services
 from dockyard.asgi import (
     AccessLogMiddleware,
     disconnect_handler,
@@ -42,6 +47,7 @@ class Dockyard:
     db: Database
     store: BlobStore
     registry: RegistryServices
+    access: AccessServices
 
 
 def build(settings: Settings) -> Dockyard:
@@ -49,7 +55,23 @@ def build(settings: Settings) -> Dockyard:
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     store = create_blob_store(settings)
     return Dockyard(
-        settings=settings, db=db, store=store, registry=build_registry_services(settings, db, store)
+        settings=settings,
+        db=db,
+        store=store,
+        registry=build_registry_services(settings, db, store),
+        access=build_access_services(settings, db),
+    )
+
+
+def build_policy(settings: Settings, access: AccessServices) -> Policy:
+    """The policy chain every route is guarded by."""
+    return Policy(
+        access.authenticator,
+        access.settings,
+        access.audit,
+        service=settings.registry_name,
+        trusted_proxies=tuple(settings.trusted_proxies),
+        private_networks=tuple(settings.private_networks),
     )
 
 
@@ -100,9 +122,17 @@ def create_app(
                 group.cancel_scope.cancel()
         parts.db.dispose()
 
+    policy = build_policy(settings, parts.access)
     middleware = [Middleware(AccessLogMiddleware)] if settings.access_log else []
+    middleware.append(Middleware(NetworkRuleMiddleware, policy=policy))
+    routes = [
+        *OAuthRoutes(parts.access, policy).routes(),
+        *ManagementRoutes(parts.access, policy, settings.registry_name).routes(),
+        *IdentityRoutes(parts.access, policy).routes(),
+        *build_routes(parts.registry, policy),
+    ]
     app = Starlette(
-        routes=build_routes(parts.registry),
+        routes=routes,
         middleware=middleware,
         exception_handlers={
             RegistryError: registry_error_handler,

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
+)
+
+DEFAULT_PRIVATE_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
 )
 
 
@@ -50,7 +61,45 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: int = Field(
         30, ge=1, description="On SIGTERM, how long in-flight requests may finish before they are cut."
     )
+    registry_name: str = Field(
+        "dockyard",
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}$",
+        description="The registry's name: the admin user name and the token service (JWT audience).",
+    )
+    admin_username: str = Field("", description="Admin user name at first start; default: the registry name.")
+    admin_password: str = Field(
+        "",
+        description="Admin password at first start (automation); enables the admin user. Default: generated.",
+    )
+    access_token_seconds: int = Field(300, ge=30, description="Lifetime of access tokens from /oauth2/token.")
+    refresh_token_seconds: int = Field(
+        3 * 3600,
+        ge=600,
+        description="Lifetime of refresh tokens (docker login with the null GUID, /oauth2/exchange).",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs of reverse proxies whose X-Forwarded-For is believed (comma-separated in env).",
+    )
+    private_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PRIVATE_NETWORKS),
+        description="CIDRs the network rules always allow (ACR's private endpoints); loopback + RFC 1918.",
+    )
     db_pool_size: int = Field(16, ge=1, description="Database connections held per process.")
+
+    @field_validator("trusted_proxies", "private_networks", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies", "private_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
@@ -58,6 +107,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'dockyard.db').resolve()}"
         if self.storage_path is None:
             self.storage_path = self.data_dir / "storage"
+        if not self.admin_username:
+            self.admin_username = self.registry_name
         return self
 
     @classmethod

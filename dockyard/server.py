@@ -25,6 +25,7 @@ def configure_logging(settings: Settings) -> None:
         stream=sys.stderr,
         force=True,
     )
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def load_app(settings_json: str, _target: str) -> object:
@@ -36,7 +37,9 @@ def load_app(settings_json: str, _target: str) -> object:
     return create_app(settings)
 
 
-def _migrate(settings_json: str) -> None:
+def _prepare_database(settings_json: str) -> None:
+    """Migrate the schema and, on a new registry, create the admin user (showing its passwords once)."""
+    from dockyard.access.services import bootstrap, build_access_services
     from dockyard.db import Database
     from dockyard.migrations import upgrade
 
@@ -44,22 +47,41 @@ def _migrate(settings_json: str) -> None:
     configure_logging(settings)
     db = Database(settings.database_url, pool_size=1)
     try:
-        upgrade(db)
+        if settings.migrate_on_start:
+            upgrade(db)
+        access = build_access_services(settings, db)
+        created = bootstrap(settings, access)
+        admin = access.identities.admin()
     finally:
         db.dispose()
+    if created:
+        lines = [
+            "",
+            "Admin user created; its passwords are shown only now:",
+            f"  username:  {settings.admin_username}",
+            *(f"  {c.name + ':':<10} {c.value}" for c in created),
+            "Log in with: dockyard login / docker login / podman login / skopeo --creds",
+            "",
+        ]
+        sys.stderr.write("\n".join(lines) + "\n")
+    if admin is not None and not admin.enabled:
+        log.warning(
+            "the admin user %r is disabled; set DOCKYARD_ADMIN_PASSWORD at first start, or run "
+            "`dockyard admin enable` where the database is reachable",
+            admin.name,
+        )
 
 
 def prepare(settings: Settings) -> None:
-    """Create the data folder and bring the database schema up to date (in a child process)."""
+    """Create the data folder, migrate the schema and bootstrap access (in a child process)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if settings.migrate_on_start:
-        child = multiprocessing.get_context("fork").Process(
-            target=_migrate, args=(settings.model_dump_json(),)
-        )
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise SystemExit(f"database migration failed (exit code {child.exitcode}); see the log above")
+    child = multiprocessing.get_context("fork").Process(
+        target=_prepare_database, args=(settings.model_dump_json(),)
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"preparing the database failed (exit code {child.exitcode}); see the log above")
 
 
 def serve(settings: Settings, *, workers: int = 1) -> None:

@@ -17,6 +17,7 @@ HERE = Path(__file__).parent
 
 def load_models() -> None:
     """Import every room's models so ``metadata`` holds the whole schema."""
+    import dockyard.access.models
     import dockyard.registry.models  # noqa: F401
 
 

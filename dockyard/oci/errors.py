@@ -27,6 +27,12 @@ class ErrorCode(enum.Enum):
     #: Not a spec code: what Distribution answers (and clients treat) a server fault with.
     UNKNOWN = ("unknown error", 500)
 
+    # The management API's codes (not in the distribution spec; same JSON shape).
+    INVALID_REQUEST = ("the request is invalid", 400)
+    NOT_FOUND = ("no such resource", 404)
+    ALREADY_EXISTS = ("the resource already exists", 409)
+    LIMIT_EXCEEDED = ("a limit of this registry would be exceeded", 409)
+
     @property
     def default_message(self) -> str:
         return self.value[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
+from dockyard.access.policy import Policy
 from dockyard.registry.routes.acr import AcrRoutes
 from dockyard.registry.routes.blobs import BlobRoutes
 from dockyard.registry.routes.listing import ListingRoutes
@@ -11,11 +12,11 @@ from dockyard.registry.routes.manifests import ManifestRoutes
 from dockyard.registry.services import RegistryServices
 
 
-def build_routes(services: RegistryServices) -> list[BaseRoute]:
-    """Every registry route, in matching order."""
+def build_routes(services: RegistryServices, policy: Policy) -> list[BaseRoute]:
+    """Every registry route, in matching order, each guarded by what it needs."""
     return [
-        *ListingRoutes(services).routes(),
-        *BlobRoutes(services).routes(),
-        *ManifestRoutes(services).routes(),
-        *AcrRoutes(services).routes(),
+        *ListingRoutes(services, policy).routes(),
+        *BlobRoutes(services, policy).routes(),
+        *ManifestRoutes(services, policy).routes(),
+        *AcrRoutes(services, policy).routes(),
     ]

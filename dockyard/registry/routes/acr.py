@@ -9,6 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from dockyard.access.permissions import CATALOG, DELETE, READ_METADATA, UNTAG
+from dockyard.access.policy import Policy
 from dockyard.asgi import run_sync
 from dockyard.oci.digest import parse_digest
 from dockyard.registry.routes.headers import next_link, page_size, repository_name
@@ -85,18 +87,33 @@ def _registry(request: Request) -> str:
 class AcrRoutes:
     """Handlers for /acr/v1/…"""
 
-    def __init__(self, services: RegistryServices) -> None:
+    def __init__(self, services: RegistryServices, policy: Policy) -> None:
         self.repositories = services.repositories
         self.manifests = services.manifests
+        self.policy = policy
 
     def routes(self) -> list[BaseRoute]:
+        guard = self.policy.guard
+        read_or_delete = {"GET": READ_METADATA, "DELETE": DELETE}
         return [
-            Route("/acr/v1/_catalog", self.catalog, methods=["GET"]),
-            Route("/acr/v1/{name:path}/_tags/{tag}", self.tag, methods=["GET", "DELETE"]),
-            Route("/acr/v1/{name:path}/_tags", self.tags, methods=["GET"]),
-            Route("/acr/v1/{name:path}/_manifests/{digest}", self.manifest, methods=["GET", "DELETE"]),
-            Route("/acr/v1/{name:path}/_manifests", self.manifest_list, methods=["GET"]),
-            Route("/acr/v1/{name:path}", self.repository, methods=["GET", "DELETE"]),
+            Route("/acr/v1/_catalog", guard(self.catalog, {"GET": CATALOG}), methods=["GET"]),
+            Route(
+                "/acr/v1/{name:path}/_tags/{tag}",
+                guard(self.tag, {"GET": READ_METADATA, "DELETE": UNTAG}),
+                methods=["GET", "DELETE"],
+            ),
+            Route("/acr/v1/{name:path}/_tags", guard(self.tags, {"GET": READ_METADATA}), methods=["GET"]),
+            Route(
+                "/acr/v1/{name:path}/_manifests/{digest}",
+                guard(self.manifest, read_or_delete),
+                methods=["GET", "DELETE"],
+            ),
+            Route(
+                "/acr/v1/{name:path}/_manifests",
+                guard(self.manifest_list, {"GET": READ_METADATA}),
+                methods=["GET"],
+            ),
+            Route("/acr/v1/{name:path}", guard(self.repository, read_or_delete), methods=["GET", "DELETE"]),
         ]
 
     async def catalog(self, request: Request) -> Response:

@@ -9,6 +9,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from dockyard.access.permissions import DELETE, PULL, PUSH
+from dockyard.access.policy import Policy
 from dockyard.asgi import content_length, error_response, run_sync, run_with_body
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -41,19 +43,28 @@ def _upload_headers(state: UploadState) -> dict[str, str]:
 class BlobRoutes:
     """Handlers for /v2/<name>/blobs/…"""
 
-    def __init__(self, services: RegistryServices) -> None:
+    def __init__(self, services: RegistryServices, policy: Policy) -> None:
         self.blobs = services.blobs
         self.uploads = services.uploads
+        self.policy = policy
 
     def routes(self) -> list[BaseRoute]:
+        guard = self.policy.guard
+        upload_needs = {method: PUSH for method in ("GET", "PATCH", "PUT", "DELETE")}
         return [
-            Route("/v2/{name:path}/blobs/uploads/", self.start_upload, methods=["POST"]),
+            Route(
+                "/v2/{name:path}/blobs/uploads/", guard(self.start_upload, {"POST": PUSH}), methods=["POST"]
+            ),
             Route(
                 "/v2/{name:path}/blobs/uploads/{upload_id}",
-                self.upload,
+                guard(self.upload, upload_needs),
                 methods=["GET", "PATCH", "PUT", "DELETE"],
             ),
-            Route("/v2/{name:path}/blobs/{digest}", self.blob, methods=["GET", "HEAD", "DELETE"]),
+            Route(
+                "/v2/{name:path}/blobs/{digest}",
+                guard(self.blob, {"GET": PULL, "DELETE": DELETE}),
+                methods=["GET", "HEAD", "DELETE"],
+            ),
         ]
 
     # -- reading and deleting ---------------------------------------------------------------
@@ -107,7 +118,10 @@ class BlobRoutes:
             source = query.get("from") or None
             if source is not None:
                 validate_name(source)
-            mounted = await run_sync(self.blobs.mount, name, mount, source, lambda _repository: True)
+            caller = await self.policy.caller(request)
+            mounted = await run_sync(
+                self.blobs.mount, name, mount, source, lambda repo: caller.allows(PULL, repo)
+            )
             if mounted is not None:
                 return Response(status_code=201, headers=_blob_headers(name, mounted))
         digest = query.get("digest")

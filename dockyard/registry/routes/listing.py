@@ -9,6 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from dockyard.access.permissions import CATALOG, LIST_TAGS
+from dockyard.access.policy import Policy
 from dockyard.asgi import run_sync
 from dockyard.registry.routes.headers import API_VERSION, next_link, page_size, repository_name
 from dockyard.registry.services import RegistryServices
@@ -19,16 +21,18 @@ WHOLE_LISTS_CACHED = 64
 class ListingRoutes:
     """Version check and content discovery."""
 
-    def __init__(self, services: RegistryServices) -> None:
+    def __init__(self, services: RegistryServices, policy: Policy) -> None:
         self.repositories = services.repositories
+        self.policy = policy
         #: Encoded whole tag lists by repository, with the version they were built from.
         self._whole_lists: OrderedDict[str, tuple[object, bytes]] = OrderedDict()
 
     def routes(self) -> list[BaseRoute]:
+        guard = self.policy.guard
         return [
-            Route("/v2/", self.version_check, methods=["GET"]),
-            Route("/v2/_catalog", self.catalog, methods=["GET"]),
-            Route("/v2/{name:path}/tags/list", self.tag_list, methods=["GET"]),
+            Route("/v2/", guard(self.version_check, {"GET": None}), methods=["GET"]),
+            Route("/v2/_catalog", guard(self.catalog, {"GET": CATALOG}), methods=["GET"]),
+            Route("/v2/{name:path}/tags/list", guard(self.tag_list, {"GET": LIST_TAGS}), methods=["GET"]),
         ]
 
     async def version_check(self, request: Request) -> Response:

@@ -6,27 +6,40 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from dockyard.access.permissions import DELETE, PULL, PUSH, UNTAG, Need
+from dockyard.access.policy import Policy
 from dockyard.asgi import read_body, run_sync
 from dockyard.oci import mediatypes as mt
+from dockyard.oci.digest import is_digest
 from dockyard.oci.manifests import MAX_MANIFEST_SIZE
 from dockyard.registry.routes.headers import API_VERSION, accept_list, repository_name
 from dockyard.registry.services import RegistryServices
 
 
+def _delete_need(request: Request) -> Need:
+    """Deleting by digest deletes content; deleting by tag only untags."""
+    return DELETE if is_digest(request.path_params["reference"]) else UNTAG
+
+
 class ManifestRoutes:
     """Handlers for /v2/<name>/manifests/… and /v2/<name>/referrers/…"""
 
-    def __init__(self, services: RegistryServices) -> None:
+    def __init__(self, services: RegistryServices, policy: Policy) -> None:
         self.manifests = services.manifests
+        self.policy = policy
 
     def routes(self) -> list[BaseRoute]:
+        guard = self.policy.guard
+        needs = {"GET": PULL, "PUT": PUSH, "DELETE": _delete_need}
         return [
             Route(
                 "/v2/{name:path}/manifests/{reference}",
-                self.manifest,
+                guard(self.manifest, needs),
                 methods=["GET", "HEAD", "PUT", "DELETE"],
             ),
-            Route("/v2/{name:path}/referrers/{digest}", self.referrers, methods=["GET"]),
+            Route(
+                "/v2/{name:path}/referrers/{digest}", guard(self.referrers, {"GET": PULL}), methods=["GET"]
+            ),
         ]
 
     async def manifest(self, request: Request) -> Response:

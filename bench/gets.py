@@ -1,0 +1,56 @@
+"""GET/HEAD load phase: manifest GET and HEAD by tag and a 4 KiB blob GET under closed-loop load."""
+
+from __future__ import annotations
+
+from harness import APP, Bench
+from loadgen import LoadResult, run_headload, run_wrk
+from registry import OCI_MANIFEST
+from report import Target, log_figure
+
+
+def small_gets(bench: Bench) -> None:
+    """wrk (headload for HEAD) per workload and registry: req/s, p99 latency, server CPU/request."""
+    p = bench.profile
+    accept = {"Accept": OCI_MANIFEST}
+    workloads: list[tuple[str, str, str, dict[str, str]]] = [
+        ("manifest_get", "manifest GET by tag", f"/v2/{APP}/manifests/latest", accept),
+        ("manifest_head", "manifest HEAD by tag", f"/v2/{APP}/manifests/latest", accept),
+        ("blob_get_4k", "4 KiB blob GET", f"/v2/{APP}/blobs/{bench.layer_digest}", {}),
+    ]
+    for key, label, path, headers in workloads:
+        rate = bench.figure(f"{key}_rps", label, "req/s", Target("distribution", ">=", 2.0))
+        p99 = bench.figure(f"{key}_p99", f"{label} p99 latency", "ms")
+        cpu = bench.figure(f"{key}_cpu", f"{label} server CPU/request", "ms")
+        for rep in range(p.load_rounds):
+            for server in bench.order(rep, bench.registries):
+                with bench.meter(server) as meter:
+                    result = _load(bench, key, server.base + path, headers)
+                if result.errors or result.non_2xx:
+                    bench.notes.append(
+                        f"{label} on {server.label}: {result.errors} socket errors, "
+                        f"{result.non_2xx} non-2xx answers"
+                    )
+                rate.add(
+                    server.name,
+                    result.requests_per_s,
+                    requests=result.requests,
+                    errors=result.errors,
+                    non_2xx=result.non_2xx,
+                    p50_ms=result.p50_ms,
+                )
+                p99.add(server.name, result.p99_ms)
+                cpu.add(server.name, meter.server_cpu / max(result.requests, 1) * 1000)
+        for figure in (rate, p99, cpu):
+            log_figure(figure)
+
+
+def _load(bench: Bench, key: str, url: str, headers: dict[str, str]) -> LoadResult:
+    p = bench.profile
+    threads, connections, seconds = p.load_threads, p.load_connections, p.load_seconds
+    if key.endswith("head"):  # wrk waits forever for the body a HEAD answer announces
+        if bench.headload is None:
+            raise RuntimeError("no C compiler to build bench/headload.c; HEAD cannot be measured with wrk")
+        return run_headload(
+            bench.headload, url, threads=threads, connections=connections, seconds=seconds, headers=headers
+        )
+    return run_wrk(url, threads=threads, connections=connections, seconds=seconds, headers=headers)

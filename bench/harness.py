@@ -1,0 +1,248 @@
+"""The run's shared state: profiles, the servers, the base image, metering and bookkeeping.
+
+Each group of phases (pushes.py, pulls.py, gets.py, listings.py, memory.py) is a
+set of functions taking the ``Bench``; run.py decides which of them run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadgen import build_headload
+from registry import Client, image_config, image_manifest, sha256_digest
+from report import Figure, Target, log
+from servers import Distribution, Dockyard, Nginx, Server, machine_busy_seconds, own_cpu_seconds
+
+MiB = 1024 * 1024
+MB = 1_000_000
+
+APP = "bench/app"  # the image every GET workload reads
+PULL = "bench/pull"  # holds the large blob for pulls
+PUSH = "bench/push"  # target of the blob push workloads
+IMAGES = "bench/images"  # target of the image push workload
+TAGS = "bench/tags"  # the repository with many tags
+REPOS = "bench/repos/r"  # prefix of the many repositories
+
+#: Measurements shorter than this (seconds) do not count towards the other-load estimate.
+MIN_METERED = 0.25
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes, repetitions and durations of one run."""
+
+    name: str
+    small_blob: int
+    large_blob: int
+    small_chunk: int
+    large_chunk: int
+    small_reps: int
+    large_reps: int
+    pull_reps: int
+    pull_repeats_single: int
+    pull_repeats_parallel: int
+    image_push_seconds: float
+    image_push_rounds: int
+    load_seconds: float
+    load_rounds: int
+    tags: int
+    repositories: int
+    listing_reps: int
+    populate_threads: int = 8
+    load_threads: int = 2
+    load_connections: int = 64
+    pull_streams: int = 8
+
+
+FULL = Profile(
+    name="full",
+    small_blob=1 * MiB,
+    large_blob=256 * MiB,
+    small_chunk=256 * 1024,
+    large_chunk=16 * MiB,
+    small_reps=25,
+    large_reps=5,
+    pull_reps=5,
+    pull_repeats_single=4,
+    pull_repeats_parallel=2,
+    image_push_seconds=4.0,
+    image_push_rounds=3,
+    load_seconds=8.0,
+    load_rounds=3,
+    tags=10_000,
+    repositories=2_000,
+    listing_reps=5,
+)
+
+QUICK = Profile(
+    name="quick",
+    small_blob=1 * MiB,
+    large_blob=32 * MiB,
+    small_chunk=256 * 1024,
+    large_chunk=8 * MiB,
+    small_reps=5,
+    large_reps=2,
+    pull_reps=1,
+    pull_repeats_single=2,
+    pull_repeats_parallel=1,
+    image_push_seconds=1.5,
+    image_push_rounds=1,
+    load_seconds=2.0,
+    load_rounds=1,
+    tags=1_000,
+    repositories=200,
+    listing_reps=2,
+)
+
+
+class Meter:
+    """Wall time and server CPU of one measurement, and how busy the rest of the machine was.
+
+    ``other_load`` is the share of all CPUs used by processes that are neither the
+    server under test nor this benchmark and its load generators: other work on a
+    shared machine (the idle servers count too, at about nothing).
+    """
+
+    def __init__(self, server: Server, record: list[tuple[float, float]]) -> None:
+        self.server = server
+        self.record = record
+        self.elapsed = self.server_cpu = self.other_load = 0.0
+
+    def __enter__(self) -> Meter:
+        self._cpu = self.server.tree.cpu_seconds()
+        self._busy = machine_busy_seconds()
+        self._own = own_cpu_seconds()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.elapsed = time.perf_counter() - self._started
+        self.server_cpu = self.server.tree.cpu_seconds() - self._cpu
+        other = machine_busy_seconds() - self._busy - self.server_cpu - (own_cpu_seconds() - self._own)
+        self.other_load = max(other, 0.0) / (self.elapsed * (os.cpu_count() or 1))
+        if self.elapsed >= MIN_METERED:  # shorter ones are mostly CPU-tick rounding
+            self.record.append((self.elapsed, self.other_load))
+
+
+class Bench:
+    """The servers, the workload, and the figures it produced."""
+
+    def __init__(self, profile: Profile, workdir: Path, *, access_log: bool) -> None:
+        self.profile = profile
+        self.workdir = workdir
+        self.dockyard = Dockyard(workdir / "dockyard", access_log=access_log)
+        self.distribution = Distribution(workdir / "distribution", access_log=access_log)
+        self.nginx = Nginx(workdir / "nginx")
+        self.registries: list[Server] = [self.dockyard, self.distribution]
+        self.figures: dict[str, Figure] = {}
+        self.errors: list[str] = []
+        self.notes: list[str] = []
+        self.info: dict[str, object] = {}
+        self.other_load: dict[str, list[tuple[float, float]]] = {}
+        self.headload: Path | None = None
+        self._phase = ""
+        self._counter = 0
+        # The image every registry holds: a 4 KiB layer and a config; "latest" points at it.
+        self.layer = os.urandom(4096)
+        self.layer_digest = sha256_digest(self.layer)
+        self.config = image_config("app")
+        self.manifest = image_manifest(self.config, self.layer_digest, len(self.layer))
+        self.manifest_digest = sha256_digest(self.manifest)
+        self.pull_blob = b""
+        self.pull_digest = ""
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def figure(
+        self, key: str, label: str, unit: str, target: Target | None = None, *, mean: bool = False
+    ) -> Figure:
+        if key not in self.figures:
+            self.figures[key] = Figure(key, label, unit, target, mean=mean)
+        return self.figures[key]
+
+    @staticmethod
+    def order(rep: int, servers: list[Server]) -> list[Server]:
+        """Alternate which server goes first, so drift in machine load hits both alike."""
+        return servers if rep % 2 == 0 else list(reversed(servers))
+
+    def meter(self, server: Server) -> Meter:
+        return Meter(server, self.other_load.setdefault(self._phase, []))
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Log a phase's start and duration; a failure is recorded and the run goes on."""
+        started = time.perf_counter()
+        self._phase = name
+        log(f"== {name}")
+        try:
+            yield
+        except Exception as exc:
+            self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            log(f"!! {name} failed: {exc}")
+            traceback.print_exc(file=sys.stderr)
+        log(f"   {name} took {time.perf_counter() - started:.1f}s")
+
+    def other_load_by_phase(self) -> dict[str, float]:
+        """Time-weighted share of the machine other processes used during each phase's measurements."""
+        shares = {}
+        for phase, record in self.other_load.items():
+            total = sum(elapsed for elapsed, _ in record)
+            if total:
+                shares[phase] = sum(elapsed * load for elapsed, load in record) / total
+        return shares
+
+    def next_number(self) -> int:
+        """A number no earlier call returned: for blobs, configs and tags no registry has seen."""
+        self._counter += 1
+        return self._counter
+
+    def unique(self, buffer: bytearray) -> str:
+        """Make ``buffer`` a blob no registry has seen yet; its digest."""
+        buffer[:16] = f"{self.next_number():016d}".encode()
+        return sha256_digest(buffer)
+
+    # -- servers and the base image ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def servers(self) -> Iterator[None]:
+        """Build headload, start the three servers, and stop them however the run ends."""
+        self.headload = build_headload(self.workdir)
+        servers = [*self.registries, self.nginx]
+        try:
+            for server in servers:
+                server.start()
+                log(f"{server.label} on {server.base} (pid {server.tree.pid}), data in {server.folder}")
+            self.info["idle_rss_kib"] = {s.name: s.tree.memory_kib("VmRSS") for s in servers}
+            yield
+        finally:
+            self.info["load_average_at_end"] = os.getloadavg()
+            for server in servers:
+                server.stop()
+
+    def setup(self) -> None:
+        """Give each registry the base image and the large blob; nginx gets the same blob as a file."""
+        self.pull_blob = os.urandom(self.profile.large_blob)
+        self.pull_digest = sha256_digest(self.pull_blob)
+        (self.nginx.folder / "www" / "blob").write_bytes(self.pull_blob)
+        for server in self.registries:
+            client = Client(server.port)
+            client.push_monolithic(APP, self.layer, self.layer_digest)
+            client.push_monolithic(APP, self.config, sha256_digest(self.config))
+            client.put_manifest(APP, "latest", self.manifest)
+            reply = client.get_manifest(APP, "latest")
+            if reply.body != self.manifest or reply.headers["Docker-Content-Digest"] != self.manifest_digest:
+                raise RuntimeError(f"{server.label} does not return the manifest it was given")
+            reply = client.get_manifest(APP, "latest", method="HEAD")
+            if reply.body or reply.headers["Docker-Content-Digest"] != self.manifest_digest:
+                raise RuntimeError(f"{server.label} answers HEAD on the manifest wrongly")
+            if client.get_blob(APP, self.layer_digest) != self.layer:
+                raise RuntimeError(f"{server.label} does not return the blob it was given")
+            client.push_monolithic(PULL, self.pull_blob, self.pull_digest)
+            client.close()

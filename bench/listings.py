@@ -1,0 +1,91 @@
+"""Listing phases: populate many tags and repositories, then time the tag list and the catalog."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from harness import APP, REPOS, TAGS, Bench
+from registry import Client, listing_items, parallel, sha256_digest
+from report import Target, log_figure
+
+
+def populate(bench: Bench) -> None:
+    """Many tags on one manifest and many repositories sharing one blob, one registry at a time."""
+    p = bench.profile
+    tags_rate = bench.figure("populate_tags", f"populate: tag PUT, {p.populate_threads} threads", "tags/s")
+    repos_rate = bench.figure(
+        "populate_repos", f"populate: blob mount, {p.populate_threads} threads", "repos/s"
+    )
+    for server in bench.registries:
+        setup = Client(server.port)
+        setup.mount(TAGS, bench.layer_digest, APP)
+        setup.mount(TAGS, sha256_digest(bench.config), APP)
+        setup.close()
+
+        def tag_job(name: str) -> Callable[[Client], None]:
+            return lambda client: client.put_manifest(TAGS, name, bench.manifest)
+
+        def mount_job(name: str) -> Callable[[Client], None]:
+            return lambda client: client.mount(name, bench.layer_digest, APP)
+
+        jobs = [tag_job(f"t{i:05d}") for i in range(p.tags)]
+        with bench.meter(server) as meter:
+            parallel(server.port, jobs, threads=p.populate_threads)
+        tags_rate.add(server.name, p.tags / meter.elapsed)
+        jobs = [mount_job(f"{REPOS}{i:05d}") for i in range(p.repositories)]
+        with bench.meter(server) as meter:
+            parallel(server.port, jobs, threads=p.populate_threads)
+        repos_rate.add(server.name, p.repositories / meter.elapsed)
+    log_figure(tags_rate)
+    log_figure(repos_rate)
+
+
+def listings(bench: Bench) -> None:
+    """Fetch the whole tag list and the whole catalog, following Link pages to the end.
+
+    The timer covers the HTTP exchanges only; the pages are decoded and checked after
+    it stops, so the client's JSON decoding (the same for both registries) is not in
+    the figure. Server CPU per listing is its own row: the mean over the repetitions,
+    since the kernel counts CPU time in 10 ms ticks and one listing takes a few.
+    """
+    p = bench.profile
+    target = Target("distribution", "<=", 0.1)
+    tags = bench.figure("list_tags", f"tag list, {p.tags:,} tags", "ms", target)
+    tags_cpu = bench.figure("list_tags_cpu", "tag list server CPU/listing (mean)", "ms", mean=True)
+    catalog = bench.figure("list_catalog", f"catalog, {p.repositories:,}+ repos", "ms", target)
+    catalog_cpu = bench.figure("list_catalog_cpu", "catalog server CPU/listing (mean)", "ms", mean=True)
+    counts: dict[str, int] = {}
+    for rep in range(p.listing_reps):
+        for server in bench.order(rep, bench.registries):
+            client = Client(server.port)
+            with bench.meter(server) as meter:
+                pages = client.pages(f"/v2/{TAGS}/tags/list")
+            names = listing_items(pages, "tags")
+            cpu_ms = round(meter.server_cpu * 1000)
+            tags.add(server.name, meter.elapsed * 1000, pages=len(pages), server_cpu_ms=cpu_ms)
+            tags_cpu.add(server.name, round(meter.server_cpu * 1000, 3))
+            if len(names) != p.tags or len(set(names)) != p.tags:
+                raise RuntimeError(f"{server.label} listed {len(names)} tags, not {p.tags}")
+            with bench.meter(server) as meter:
+                pages = client.pages("/v2/_catalog")
+            names = listing_items(pages, "repositories")
+            cpu_ms = round(meter.server_cpu * 1000)
+            catalog.add(
+                server.name,
+                meter.elapsed * 1000,
+                pages=len(pages),
+                repositories=len(names),
+                server_cpu_ms=cpu_ms,
+            )
+            catalog_cpu.add(server.name, round(meter.server_cpu * 1000, 3))
+            client.close()
+            counts[server.name] = len(names)
+            ours = sum(1 for name in names if name.startswith(REPOS))
+            if ours != p.repositories or len(set(names)) != len(names):
+                raise RuntimeError(
+                    f"{server.label} catalog holds {ours} of the {p.repositories} repositories"
+                )
+    if len(set(counts.values())) > 1:
+        bench.notes.append(f"catalog sizes differ: {counts}")
+    for figure in (tags, tags_cpu, catalog, catalog_cpu):
+        log_figure(figure)

@@ -1,0 +1,37 @@
+"""Pull phase: the large blob with curl from both registries and, as the ceiling, from nginx."""
+
+from __future__ import annotations
+
+from harness import MB, PULL, Bench, MiB
+from loadgen import curl_pull
+from report import Target, log_figure
+from servers import Server
+
+
+def blob_pull(bench: Bench) -> None:
+    """One curl stream, then ``pull_streams`` at once, each fetching the blob repeatedly."""
+    p = bench.profile
+    size = len(bench.pull_blob)
+    targets: list[Server] = [bench.dockyard, bench.distribution, bench.nginx]
+    urls = {
+        bench.dockyard.name: f"{bench.dockyard.base}/v2/{PULL}/blobs/{bench.pull_digest}",
+        bench.distribution.name: f"{bench.distribution.base}/v2/{PULL}/blobs/{bench.pull_digest}",
+        bench.nginx.name: f"{bench.nginx.base}/blob",
+    }
+    for server in targets:  # warm the page cache and each server's code path
+        curl_pull(urls[server.name], streams=1, repeats=1, expected_size=size)
+    target = Target("nginx", ">=", 0.9)
+    for streams, repeats in ((1, p.pull_repeats_single), (p.pull_streams, p.pull_repeats_parallel)):
+        plural = "stream" if streams == 1 else "streams"
+        figure = bench.figure(f"pull_{streams}", f"blob pull {streams} {plural}", "MB/s", target)
+        cpu = {s.name: 0.0 for s in targets}
+        for rep in range(p.pull_reps):
+            for server in bench.order(rep, targets):
+                with bench.meter(server) as meter:
+                    rate = curl_pull(urls[server.name], streams=streams, repeats=repeats, expected_size=size)
+                cpu[server.name] += meter.server_cpu
+                figure.add(server.name, rate / MB)
+        gib = p.pull_reps * streams * repeats * size / (1024 * MiB)
+        for name, seconds in cpu.items():
+            figure.detail.setdefault(name, {})["server_cpu_s_per_gib"] = round(seconds / gib, 3)
+        log_figure(figure)

@@ -1,0 +1,77 @@
+"""Push phases: blob pushes (monolithic and chunked, small and large) and image pushes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from harness import APP, IMAGES, MB, PUSH, Bench, MiB
+from registry import Client, image_config, image_manifest, sha256_digest
+from report import Target, log_figure
+
+
+def blob_push(bench: Bench) -> None:
+    """Blobs no registry has seen, each on a new connection, as one PUT or as PATCH chunks."""
+    p = bench.profile
+    for size, chunk, reps in (
+        (p.small_blob, p.small_chunk, p.small_reps),
+        (p.large_blob, p.large_chunk, p.large_reps),
+    ):
+        buffer = bytearray(os.urandom(size))
+        for kind in ("monolithic", "chunked"):
+            figure = bench.figure(
+                f"push_{kind}_{size // MiB}mib",
+                f"{kind} push {size // MiB} MiB",
+                "MB/s",
+                Target("distribution", ">=", 1.2),
+            )
+            cpu = {s.name: 0.0 for s in bench.registries}
+            os.sync()
+            for rep in range(reps):
+                for server in bench.order(rep, bench.registries):
+                    digest = bench.unique(buffer)
+                    if size >= 16 * MiB:
+                        os.sync()  # start each large push with no dirty pages left by the previous one
+                    client = Client(server.port)  # a new connection per push, as a new client would
+                    with bench.meter(server) as meter:
+                        if kind == "monolithic":
+                            client.push_monolithic(PUSH, buffer, digest)
+                            requests = 2
+                        else:
+                            requests = 2 + client.push_chunked(PUSH, buffer, digest, chunk)
+                    client.close()
+                    cpu[server.name] += meter.server_cpu
+                    figure.add(server.name, size / meter.elapsed / MB, requests_per_push=requests)
+            for name, seconds in cpu.items():
+                figure.detail[name]["server_cpu_ms_per_push"] = round(seconds / reps * 1000, 1)
+            log_figure(figure)
+
+
+def image_push(bench: Bench) -> None:
+    """One client pushes images one after another: a new config blob (POST, PUT) and its manifest."""
+    p = bench.profile
+    figure = bench.figure(
+        "image_push", "image push (config + manifest)", "images/s", Target("distribution", ">=", 1.2)
+    )
+    for rep in range(p.image_push_rounds):
+        for server in bench.order(rep, bench.registries):
+            client = Client(server.port)
+            if rep == 0:
+                client.mount(IMAGES, bench.layer_digest, APP)
+            pushed = 0
+            with bench.meter(server) as meter:
+                deadline = time.perf_counter() + p.image_push_seconds
+                while time.perf_counter() < deadline:
+                    number = bench.next_number()
+                    config = image_config(f"image-{number}")
+                    client.push_monolithic(IMAGES, config, sha256_digest(config))
+                    manifest = image_manifest(config, bench.layer_digest, len(bench.layer))
+                    client.put_manifest(IMAGES, f"v{number}", manifest)
+                    pushed += 1
+            client.close()
+            figure.add(
+                server.name,
+                pushed / meter.elapsed,
+                server_cpu_ms_per_image=round(meter.server_cpu / pushed * 1000, 2),
+            )
+    log_figure(figure)

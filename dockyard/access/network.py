@@ -1,0 +1,80 @@
+"""Network rules: which client addresses may reach the registry at all (pure, no I/O).
+
+ACR's model: clients from the private networks (its private endpoints; here configured
+CIDRs, loopback and RFC 1918 by default) are always allowed; other ("public") clients
+are refused when public network access is disabled, and otherwise need a matching IP
+rule when the default action is Deny. Behind a reverse proxy the client address is taken
+from ``X-Forwarded-For`` only when the direct peer is a configured trusted proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+DEFAULT_PRIVATE_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+
+
+def networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(value, strict=False) for value in values)
+
+
+def parse_address(value: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(value.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _within(address: IPAddress, nets: Iterable[IPNetwork]) -> bool:
+    return any(address.version == net.version and address in net for net in nets)
+
+
+def client_address(
+    peer: str | None, forwarded_for: list[str], trusted_proxies: tuple[IPNetwork, ...]
+) -> IPAddress | None:
+    """The real client: walk ``X-Forwarded-For`` from the right while the hop is a trusted proxy."""
+    address = parse_address(peer) if peer else None
+    if address is None or not _within(address, trusted_proxies):
+        return address
+    hops = [hop for header in forwarded_for for hop in header.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        parsed = parse_address(hop)
+        if parsed is None:
+            return address  # a garbled chain: trust nothing beyond the proxy itself
+        address = parsed
+        if not _within(address, trusted_proxies):
+            return address
+    return address
+
+
+@dataclass(frozen=True)
+class NetworkRules:
+    public_network_access: bool
+    default_action: str
+    ip_rules: tuple[IPNetwork, ...]
+    private_networks: tuple[IPNetwork, ...]
+
+    def allows(self, address: IPAddress | None) -> bool:
+        """None is a caller on a local transport (a Unix socket, an in-process client): allowed."""
+        if address is None:
+            return True
+        if _within(address, self.private_networks):
+            return True
+        if not self.public_network_access:
+            return False
+        return self.default_action == "Allow" or _within(address, self.ip_rules)

@@ -1,0 +1,243 @@
+"""The policy chain, in the order it runs: network rule → authentication → authorisation → handler.
+
+``NetworkRuleMiddleware`` wraps the whole application. ``Policy.guard`` wraps each
+route's endpoint with what it needs per method (Harbor's per-route chain): the route
+tables in each room's ``routes`` show the requirement next to the path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dockyard.access.network import NetworkRules, client_address, networks, parse_address
+from dockyard.access.permissions import ANONYMOUS, ANONYMOUS_PULL, Need, Principal
+from dockyard.access.services.audit import AuditService
+from dockyard.access.services.authentication import Authenticator, TokenCaller
+from dockyard.access.services.settings import RegistrySettings, RegistrySettingsService
+from dockyard.access.tokens import InvalidToken
+from dockyard.asgi import error_response, run_sync
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.oci.names import is_valid_name
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+NeedFor = Need | Callable[[Request], Need] | None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who made a request: a principal (Basic auth or anonymous) or an access token's bearer."""
+
+    principal: Principal | None = None
+    token: TokenCaller | None = None
+
+    @property
+    def name(self) -> str:
+        if self.token is not None:
+            return self.token.name
+        return self.principal.name if self.principal else ANONYMOUS.name
+
+    @property
+    def anonymous(self) -> bool:
+        return self.token is None and (self.principal is None or self.principal.is_anonymous)
+
+    def allows(self, need: Need, repository: str | None) -> bool:
+        if self.token is not None:
+            return need.control is None and need.satisfied_by_token(self.token.access, repository)
+        return self.principal is not None and need.satisfied_by(self.principal.permissions, repository)
+
+
+class Policy:
+    """Authenticates requests and checks each route's needs."""
+
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        settings: RegistrySettingsService,
+        audit: AuditService,
+        *,
+        service: str,
+        trusted_proxies: tuple[str, ...] = (),
+        private_networks: tuple[str, ...] = (),
+    ) -> None:
+        self.authenticator = authenticator
+        self.settings = settings
+        self.audit = audit
+        self.service = service
+        self.trusted_proxies = networks(trusted_proxies)
+        self.private_networks = networks(private_networks)
+
+    # -- who is calling -----------------------------------------------------------------------
+
+    def client_ip(self, scope: Scope) -> str | None:
+        peer = scope.get("client")
+        forwarded = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"]
+        address = client_address(peer[0] if peer else None, forwarded, self.trusted_proxies)
+        return str(address) if address is not None else None
+
+    async def caller(self, request: Request) -> Caller:
+        """The caller behind the Authorization header; 401 for credentials that do not check out."""
+        cached = request.scope.get("dockyard.caller")
+        if isinstance(cached, Caller):
+            return cached
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        scheme = scheme.lower()
+        if not header:
+            caller = Caller(
+                principal=ANONYMOUS_CALLER if self.settings.get().anonymous_pull_enabled else None
+            )
+        elif scheme == "bearer":
+            try:
+                caller = Caller(token=self.authenticator.access_caller(value.strip()))
+            except InvalidToken as exc:
+                await self._failed(request, "bearer", str(exc))
+                raise self.challenge(request, None, error="invalid_token") from None
+        elif scheme == "basic":
+            username, password = _basic(value)
+            principal = self.authenticator.cached_login(username, password)
+            if principal is None:
+                principal = await run_sync(self.authenticator.login, username, password)
+            if principal is None:
+                await self._failed(request, "basic", f"wrong credentials for {username!r}", username)
+                raise self.challenge(request, None, error="invalid_token")
+            caller = Caller(principal=principal)
+        else:
+            raise self.challenge(request, None)
+        request.scope["dockyard.caller"] = caller
+        return caller
+
+    async def _failed(self, request: Request, method: str, why: str, principal: str | None = None) -> None:
+        await run_sync(
+            self.audit.record,
+            "login",
+            "failure",
+            principal=principal,
+            client_ip=self.client_ip(request.scope),
+            detail={"method": method, "reason": why[:200], "path": request.url.path[:200]},
+        )
+
+    # -- what they may do ---------------------------------------------------------------------
+
+    async def authorize(self, request: Request, need: Need | None, repository: str | None) -> Caller:
+        """The caller, if allowed ``need`` on ``repository``; else 401 (who are you?) or 403 (not you)."""
+        caller = await self.caller(request)
+        if need is None:  # authentication only
+            if caller.principal is None and caller.token is None:
+                raise self.challenge(request, None)
+            return caller
+        if caller.allows(need, repository):
+            return caller
+        if need.control is not None and caller.token is not None:
+            # The management API judges a token's bearer by its identity's roles now, not by token claims.
+            principal = await run_sync(self.authenticator.principal, caller.token.name)
+            if principal is not None and need.satisfied_by(principal.permissions, None):
+                return Caller(principal=principal)
+        if caller.anonymous:
+            raise self.challenge(request, self._scope(need, repository))
+        if caller.token is not None and need.control is None:
+            raise self.challenge(request, self._scope(need, repository), error="insufficient_scope")
+        raise RegistryError(ErrorCode.DENIED, "requested access to the resource is denied")
+
+    @staticmethod
+    def _scope(need: Need, repository: str | None) -> str | None:
+        if need.control is not None:
+            return None
+        if need.catalog:
+            return "registry:catalog:*"
+        return f"repository:{repository}:{need.challenge}"
+
+    def realm(self, request: Request) -> str:
+        return f"{request.url.scheme}://{request.url.netloc}/oauth2/token"
+
+    def challenge(self, request: Request, scope: str | None, *, error: str | None = None) -> RegistryError:
+        """401 with a Docker/ACR token challenge (quoted values, no spaces after commas)."""
+        parts = [f'realm="{self.realm(request)}"', f'service="{self.service}"']
+        if scope is not None:
+            parts.append(f'scope="{scope}"')
+        if error is not None:
+            parts.append(f'error="{error}"')
+        detail = None
+        if scope is not None:
+            kind, _, rest = scope.partition(":")
+            name, _, action = rest.rpartition(":")
+            detail = [{"Type": kind, "Name": name, "Action": action}]
+        return RegistryError(
+            ErrorCode.UNAUTHORIZED,
+            "authentication required",
+            detail=detail,
+            headers={"WWW-Authenticate": "Bearer " + ",".join(parts)},
+        )
+
+    def guard(
+        self, endpoint: Endpoint, needs: Mapping[str, NeedFor], repository_param: str = "name"
+    ) -> Endpoint:
+        """Wrap ``endpoint`` so that each method's need is checked first (HEAD uses GET's)."""
+
+        async def guarded(request: Request) -> Response:
+            need = needs[request.method] if request.method in needs else needs.get("GET")
+            if callable(need) and not isinstance(need, Need):
+                need = need(request)
+            repository = request.path_params.get(repository_param)
+            if repository is not None and not is_valid_name(repository):
+                raise RegistryError(ErrorCode.NAME_INVALID, f"invalid repository name {repository[:300]!r}")
+            await self.authorize(request, need, repository)
+            return await endpoint(request)
+
+        guarded.__name__ = getattr(endpoint, "__name__", "guarded")
+        return guarded
+
+
+ANONYMOUS_CALLER = Principal(ANONYMOUS.name, ANONYMOUS.kind, ANONYMOUS_PULL)
+
+
+def _basic(value: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return "", ""
+    username, _, password = decoded.partition(":")
+    return username, password
+
+
+class NetworkRuleMiddleware:
+    """Refuses clients the registry's network rules do not allow, before anything else runs."""
+
+    def __init__(self, app: ASGIApp, policy: Policy) -> None:
+        self.app = app
+        self.policy = policy
+        self._rules: tuple[RegistrySettings, NetworkRules] | None = None
+
+    def _current_rules(self) -> NetworkRules | None:
+        """The rules in force, or None when every client is allowed (the common case, checked cheaply)."""
+        current = self.policy.settings.get()
+        if current.public_network_access and current.default_action == "Allow":
+            return None
+        if self._rules is None or self._rules[0] is not current:
+            rules = NetworkRules(
+                current.public_network_access,
+                current.default_action,
+                networks(current.ip_rules),
+                self.policy.private_networks,
+            )
+            self._rules = (current, rules)
+        return self._rules[1]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            rules = self._current_rules()
+            if rules is not None:
+                peer = self.policy.client_ip(scope)
+                if not rules.allows(parse_address(peer) if peer else None):
+                    refused = RegistryError(
+                        ErrorCode.DENIED, f"client with IP '{peer}' is not allowed access"
+                    )
+                    await error_response(refused, head=scope["method"] == "HEAD")(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

@@ -1,0 +1,162 @@
+"""The token service: Docker's GET and OAuth2's POST /oauth2/token, and ACR's POST /oauth2/exchange."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from dockyard.access.permissions import Principal, grant_scope, parse_scopes
+from dockyard.access.policy import ANONYMOUS_CALLER, Policy
+from dockyard.access.services import AccessServices
+from dockyard.access.tokens import ACCESS_GRANT, REFRESH_GRANT, InvalidToken
+from dockyard.asgi import read_body, run_sync
+from dockyard.oci.errors import ErrorCode, RegistryError
+
+MAX_FORM = 64 * 1024
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _unauthorized(message: str) -> RegistryError:
+    return RegistryError(ErrorCode.UNAUTHORIZED, message)
+
+
+class OAuthRoutes:
+    """Issues access and refresh tokens."""
+
+    def __init__(self, access: AccessServices, policy: Policy) -> None:
+        self.access = access
+        self.policy = policy
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/oauth2/token", self.token, methods=["GET", "POST"]),
+            Route("/oauth2/exchange", self.exchange, methods=["POST"]),
+        ]
+
+    async def _form(self, request: Request) -> dict[str, list[str]]:
+        body = await read_body(request, MAX_FORM)
+        try:
+            return parse_qs(body.decode("utf-8"), keep_blank_values=False)
+        except UnicodeDecodeError:
+            raise RegistryError(ErrorCode.INVALID_REQUEST, "the form is not UTF-8") from None
+
+    async def token(self, request: Request) -> Response:
+        if request.method == "GET":
+            principal = await self._basic_or_anonymous(request)
+            scopes = request.query_params.getlist("scope")
+            offline = request.query_params.get("offline_token", "").lower() == "true"
+            return await self._grant(
+                request, principal, scopes, refresh=offline and not principal.is_anonymous
+            )
+        form = await self._form(request)
+        grant = (form.get("grant_type") or [""])[0]
+        scopes = form.get("scope", [])
+        if grant == "refresh_token":
+            token = (form.get("refresh_token") or [""])[0]
+            principal = await run_sync(self.access.authenticator.refresh_principal, token)
+            if principal is None:
+                await self._failed(request, "refresh_token", "invalid or expired refresh token")
+                raise _unauthorized("invalid or expired refresh token")
+            return await self._grant(request, principal, scopes, refresh=False)
+        if grant == "password":
+            username = (form.get("username") or [""])[0]
+            password = (form.get("password") or [""])[0]
+            if username or password:
+                principal = await run_sync(self.access.authenticator.login, username, password)
+                if principal is None:
+                    await self._failed(request, "password", f"wrong credentials for {username!r}", username)
+                    raise _unauthorized("invalid username or password")
+            else:
+                principal = await self._basic_or_anonymous(request)
+            offline = (form.get("access_type") or [""])[0] == "offline"
+            return await self._grant(
+                request, principal, scopes, refresh=offline and not principal.is_anonymous
+            )
+        raise RegistryError(ErrorCode.UNSUPPORTED, f"unsupported grant_type {grant!r}", status=400)
+
+    async def _basic_or_anonymous(self, request: Request) -> Principal:
+        """The Basic-authenticated principal, or anonymous when anonymous pull is on; else 401."""
+        if request.headers.get("authorization", "").lower().startswith("basic "):
+            caller = await self.policy.caller(request)
+            assert caller.principal is not None
+            return caller.principal
+        if self.access.settings.get().anonymous_pull_enabled:
+            return ANONYMOUS_CALLER
+        raise self.policy.challenge(request, None)
+
+    async def _grant(
+        self, request: Request, principal: Principal, scopes: list[str], *, refresh: bool
+    ) -> Response:
+        access: list[dict[str, Any]] = []
+        for scope in parse_scopes(scopes):
+            actions = grant_scope(principal.permissions, scope)
+            if actions:
+                access.append({"type": scope.type, "name": scope.name, "actions": actions})
+        tokens = self.access.tokens
+        issued = await run_sync(tokens.issue_access, principal.name, principal.kind, access)
+        body: dict[str, Any] = {
+            "token": issued.token,
+            "access_token": issued.token,
+            "expires_in": issued.expires_in,
+            "issued_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "scope": " ".join(f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access),
+        }
+        if refresh:
+            body["refresh_token"] = (
+                await run_sync(tokens.issue_refresh, principal.name, principal.kind)
+            ).token
+        if not principal.is_anonymous:
+            await run_sync(
+                self.access.audit.record,
+                "token",
+                "success",
+                principal=principal.name,
+                client_ip=self.policy.client_ip(request.scope),
+                detail={"granted": body["scope"], "requested": " ".join(scopes)[:500], "refresh": refresh},
+            )
+        return JSONResponse(body, headers=NO_STORE)
+
+    async def exchange(self, request: Request) -> Response:
+        """ACR's exchange: an identity's access token (or a refresh token) for a refresh token."""
+        form = await self._form(request)
+        grant = (form.get("grant_type") or [""])[0]
+        if grant not in ("access_token", "access_token_refresh_token", "refresh_token"):
+            raise RegistryError(ErrorCode.UNSUPPORTED, f"unsupported grant_type {grant!r}", status=400)
+        presented = (form.get("access_token") or form.get("refresh_token") or [""])[0]
+        principal = await run_sync(self._exchangeable, presented)
+        if principal is None:
+            await self._failed(request, "exchange", "token not exchangeable")
+            raise _unauthorized("the token cannot be exchanged: invalid, expired or anonymous")
+        issued = await run_sync(self.access.tokens.issue_refresh, principal.name, principal.kind)
+        await run_sync(
+            self.access.audit.record,
+            "exchange",
+            "success",
+            principal=principal.name,
+            client_ip=self.policy.client_ip(request.scope),
+        )
+        return JSONResponse({"refresh_token": issued.token}, headers=NO_STORE)
+
+    def _exchangeable(self, token: str) -> Principal | None:
+        for grant in (ACCESS_GRANT, REFRESH_GRANT):
+            try:
+                claims = self.access.tokens.verify(token, grant)
+            except InvalidToken:
+                continue
+            return self.access.authenticator.principal(claims["sub"])
+        return None
+
+    async def _failed(self, request: Request, method: str, why: str, principal: str | None = None) -> None:
+        await run_sync(
+            self.access.audit.record,
+            "token",
+            "failure",
+            principal=principal,
+            client_ip=self.policy.client_ip(request.scope),
+            detail={"method": method, "reason": why},
+        )

@@ -1,0 +1,56 @@
+"""The access room's behaviour, free of HTTP, built together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dockyard.access.services.audit import AuditService
+from dockyard.access.services.authentication import Authenticator
+from dockyard.access.services.identities import CredentialInfo, IdentityService
+from dockyard.access.services.scope_maps import ScopeMapService
+from dockyard.access.services.settings import RegistrySettingsService
+from dockyard.access.tokens import TokenService
+from dockyard.config import Settings
+from dockyard.db import Database
+
+
+@dataclass(frozen=True)
+class AccessServices:
+    identities: IdentityService
+    scope_maps: ScopeMapService
+    settings: RegistrySettingsService
+    audit: AuditService
+    tokens: TokenService
+    authenticator: Authenticator
+
+
+def build_access_services(settings: Settings, db: Database) -> AccessServices:
+    tokens = TokenService(
+        db,
+        service=settings.registry_name,
+        access_lifetime=settings.access_token_seconds,
+        refresh_lifetime=settings.refresh_token_seconds,
+    )
+    authenticator = Authenticator(db, tokens)
+    return AccessServices(
+        identities=IdentityService(db, on_change=authenticator.forget),
+        scope_maps=ScopeMapService(db, on_change=authenticator.forget),
+        settings=RegistrySettingsService(db),
+        audit=AuditService(db),
+        tokens=tokens,
+        authenticator=authenticator,
+    )
+
+
+def bootstrap(settings: Settings, access: AccessServices) -> list[CredentialInfo]:
+    """First-start setup: system scope maps and the admin user.
+
+    The admin user is enabled in the embedded (SQLite) deployment and when
+    ``DOCKYARD_ADMIN_PASSWORD`` is set; otherwise it starts disabled. Returns the admin's
+    passwords when they were generated now (to be shown once), else nothing.
+    """
+    access.scope_maps.ensure_system_maps()
+    password = settings.admin_password or None
+    enabled = settings.database_url.startswith("sqlite") or password is not None
+    created = access.identities.bootstrap_admin(settings.admin_username, password, enabled=enabled)
+    return [c for c in created if c.value and not (password and c.value == password)]

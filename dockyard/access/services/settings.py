@@ -1,0 +1,114 @@
+"""Registry-wide settings changed at run time: anonymous pull and network rules."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import sqlalchemy as sa
+
+from dockyard.access.models import registry_settings
+from dockyard.db import Database, per_dialect, utcnow
+from dockyard.oci.errors import ErrorCode, RegistryError
+
+#: Other processes see a change within this many seconds; this process at once.
+CACHE_SECONDS = 5.0
+MAX_IP_RULES = 200
+DEFAULT_ACTIONS = ("Allow", "Deny")
+
+
+def _upsert_setting(insert: Callable[[sa.Table], Any]) -> Any:
+    statement = insert(registry_settings)
+    return statement.on_conflict_do_update(
+        index_elements=["key"],
+        set_={"value": statement.excluded.value, "updated_at": statement.excluded.updated_at},
+    )
+
+
+UPSERT_SETTING = per_dialect(_upsert_setting)
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """ACR's registry properties that Dockyard changes at run time."""
+
+    anonymous_pull_enabled: bool = False
+    public_network_access: bool = True
+    default_action: str = "Allow"
+    ip_rules: tuple[str, ...] = ()
+
+
+def _invalid(message: str) -> RegistryError:
+    return RegistryError(ErrorCode.INVALID_REQUEST, message)
+
+
+def normalize_rule(rule: str) -> str:
+    """An IPv4/IPv6 address or CIDR, normalised (``10.0.0.7/8`` → ``10.0.0.0/8``)."""
+    try:
+        return str(ipaddress.ip_network(rule.strip(), strict=False))
+    except ValueError:
+        raise _invalid(f"{rule!r} is not an IP address or CIDR range") from None
+
+
+class RegistrySettingsService:
+    """Reads (cached) and changes the registry's run-time settings."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._cached: tuple[RegistrySettings, float] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> RegistrySettings:
+        with self._lock:
+            cached = self._cached
+        if cached is not None and time.monotonic() - cached[1] < CACHE_SECONDS:
+            return cached[0]
+        with self._db.read() as conn:
+            stored = dict(conn.execute(sa.select(registry_settings.c.key, registry_settings.c.value)).all())
+        fields = {k: v for k, v in stored.items() if k in RegistrySettings.__dataclass_fields__}
+        if "ip_rules" in fields:
+            fields["ip_rules"] = tuple(fields["ip_rules"])
+        current = RegistrySettings(**fields)
+        with self._lock:
+            self._cached = (current, time.monotonic())
+        return current
+
+    def update(self, **changes: Any) -> RegistrySettings:
+        """Change some settings; unknown names and bad values are INVALID_REQUEST."""
+        current = self.get()
+        values: dict[str, Any] = {}
+        for name, value in changes.items():
+            if value is None:
+                continue
+            if name in ("anonymous_pull_enabled", "public_network_access"):
+                if not isinstance(value, bool):
+                    raise _invalid(f"{name} must be true or false")
+                values[name] = value
+            elif name == "default_action":
+                if value not in DEFAULT_ACTIONS:
+                    raise _invalid("default_action must be Allow or Deny")
+                values[name] = value
+            elif name == "ip_rules":
+                rules = sorted({normalize_rule(rule) for rule in value})
+                if len(rules) > MAX_IP_RULES:
+                    raise RegistryError(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_IP_RULES} IP rules")
+                values[name] = rules
+            else:
+                raise _invalid(f"unknown setting {name!r}")
+        now = utcnow()
+
+        def work(conn: sa.Connection) -> None:
+            for key, value in values.items():
+                conn.execute(
+                    UPSERT_SETTING[conn.dialect.name], {"key": key, "value": value, "updated_at": now}
+                )
+
+        self._db.run_write(work)
+        updated = replace(current, **{k: tuple(v) if k == "ip_rules" else v for k, v in values.items()})
+        with self._lock:
+            self._cached = (updated, time.monotonic())
+        return updated
