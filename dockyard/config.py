@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +32,14 @@ class LogLevel(enum.StrEnum):
     info = "info"
     warning = "warning"
     error = "error"
+
+
+class TlsMode(enum.StrEnum):
+    """How `dockyard serve` speaks TLS (see docs/tls.md)."""
+
+    off = "off"
+    files = "files"
+    self_signed = "self-signed"
 
 
 class Settings(BaseSettings):
@@ -86,6 +95,48 @@ class Settings(BaseSettings):
         description="CIDRs the network rules always allow (ACR's private endpoints); loopback + RFC 1918.",
     )
     db_pool_size: int = Field(16, ge=1, description="Database connections held per process.")
+
+    # -- TLS for `dockyard serve` (docs/tls.md); checked and applied by dockyard/tls.py ------------
+    tls_mode: TlsMode | None = Field(
+        None,
+        description="off, files or self-signed; default: files when tls_cert/tls_key are set, else off.",
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) to serve HTTPS with.")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert (not encrypted).")
+    tls_san: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More DNS names / IP addresses for the self-signed certificate (comma-separated in env).",
+    )
+    insecure_http: bool = Field(
+        False, description="Serve plain HTTP on a non-loopback address (e.g. behind a TLS-terminating proxy)."
+    )
+
+    @field_validator("tls_san", mode="before")
+    @classmethod
+    def _tls_san_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("tls_san")
+    @classmethod
+    def _tls_san_names(cls, value: list[str]) -> list[str]:
+        label = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+        names = []
+        for item in value:
+            name = item.strip().lower().rstrip(".")
+            try:
+                address = ipaddress.ip_address(name.strip("[]"))
+            except ValueError:
+                if len(name) > 253 or not re.fullmatch(rf"(?:\*\.)?{label}(?:\.{label})*", name):
+                    raise ValueError(f"tls_san: {item!r} is neither a DNS name nor an IP address") from None
+            else:
+                if getattr(address, "scope_id", None):
+                    raise ValueError(f"tls_san: {item!r}: a certificate cannot name a scoped IPv6 address")
+                name = str(address)
+            if name not in names:
+                names.append(name)
+        return names
 
     @field_validator("trusted_proxies", "private_networks", mode="before")
     @classmethod

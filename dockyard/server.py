@@ -11,8 +11,12 @@ import functools
 import logging
 import multiprocessing
 import sys
+from typing import TYPE_CHECKING
 
 from dockyard.config import Settings
+
+if TYPE_CHECKING:
+    from dockyard.tls import ServerTls
 
 log = logging.getLogger("dockyard")
 
@@ -84,13 +88,17 @@ def prepare(settings: Settings) -> None:
         raise SystemExit(f"preparing the database failed (exit code {child.exitcode}); see the log above")
 
 
-def serve(settings: Settings, *, workers: int = 1) -> None:
-    """Serve the registry until interrupted."""
-    from granian.constants import Interfaces, Loops
+def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None) -> None:
+    """Serve the registry until interrupted: HTTPS with ``tls`` (from `dockyard.tls.configure`), else HTTP."""
+    from granian.constants import Interfaces, Loops, SSLProtocols
     from granian.server import Server
 
     configure_logging(settings)
     prepare(settings)
+    ssl_options = {}
+    if tls is not None:
+        # TLS 1.2 as the floor: every registry client speaks it, and some older ones no more.
+        ssl_options = {"ssl_cert": tls.cert, "ssl_key": tls.key, "ssl_protocol_min": SSLProtocols.tls12}
     server = Server(
         "dockyard",
         address=settings.host,
@@ -102,5 +110,6 @@ def serve(settings: Settings, *, workers: int = 1) -> None:
         log_access=False,
         websockets=False,
         workers_kill_timeout=settings.shutdown_timeout_seconds,
+        **ssl_options,
     )
     server.serve(target_loader=functools.partial(load_app, settings.model_dump_json()))

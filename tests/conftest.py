@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from dockyard.access.services import bootstrap
 from dockyard.app import Dockyard, build, create_app
 from dockyard.config import Settings
 from dockyard.db import Database, metadata
 from dockyard.migrations import load_models, upgrade
+from tests.support.auth import ADMIN, ADMIN_PASSWORD
 from tests.support.postgres import private_cluster
 
 #: Which database engines the API suite runs on; CI runs both. Narrow it only for a quick local run.
@@ -80,6 +83,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
             "database_url": database_url,
             "access_log": False,
             "db_pool_size": 8,
+            "admin_password": ADMIN_PASSWORD,
         }
     )
 
@@ -87,12 +91,25 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 @pytest.fixture
 def dockyard(settings: Settings) -> Iterator[Dockyard]:
     parts = build(settings)
+    bootstrap(settings, parts.access)
     yield parts
     parts.db.dispose()
 
 
 @pytest.fixture
-def client(settings: Settings, dockyard: Dockyard) -> Iterator[TestClient]:
-    app = create_app(settings, dockyard, background_jobs=False)
-    with TestClient(app, raise_server_exceptions=True) as test_client:
+def app(settings: Settings, dockyard: Dockyard) -> Starlette:
+    return create_app(settings, dockyard, background_jobs=False)
+
+
+@pytest.fixture
+def client(app: Starlette) -> Iterator[TestClient]:
+    """A client signed in as the admin user (HTTP Basic on every request)."""
+    with TestClient(app, headers=ADMIN) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def anonymous(app: Starlette) -> Iterator[TestClient]:
+    """A client without credentials, on the same app as ``client``."""
+    with TestClient(app) as test_client:
         yield test_client

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dockyard import __version__
+from dockyard.cli import access_commands, admin, auth, identity_commands, registry_commands
 from dockyard.cli import db as db_commands
 from dockyard.cli import repository as repository_commands
 from dockyard.cli import serve as serve_commands
@@ -15,9 +16,24 @@ app = typer.Typer(
     help="Dockyard: a self-hosted OCI container registry.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: "[default: …]" must not be read as Rich markup
 )
 app.command("serve")(serve_commands.serve)
+app.command("login")(auth.login)
+app.command("logout")(auth.logout)
+app.command("show")(registry_commands.show)
+app.command("update")(registry_commands.update)
+app.add_typer(registry_commands.credential_app, name="credential")
+app.add_typer(registry_commands.network_rule_app, name="network-rule")
 app.add_typer(repository_commands.app, name="repository")
+app.add_typer(access_commands.scope_map_app, name="scope-map")
+app.add_typer(access_commands.token_app, name="token")
+app.add_typer(identity_commands.user_app, name="user")
+app.add_typer(identity_commands.sp_app, name="sp")
+app.add_typer(identity_commands.role_app, name="role")
+app.add_typer(registry_commands.audit_app, name="audit")
+app.add_typer(registry_commands.signing_key_app, name="signing-key")
+app.add_typer(admin.app, name="admin")
 app.add_typer(db_commands.app, name="db")
 
 

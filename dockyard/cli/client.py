@@ -1,25 +1,57 @@
-"""A small HTTP client for the registry's /acr/v1 API, used by the CLI commands."""
+"""A small HTTP client for the registry's APIs, used by the CLI commands.
+
+Every request carries the caller's credentials as HTTP Basic: DOCKYARD_USERNAME and
+DOCKYARD_PASSWORD when set, else what `dockyard login` stored for the registry's host
+(the null GUID and a refresh token).
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
+from dockyard.cli.credentials import ENV_PASSWORD, ENV_USERNAME, Credentials, credentials_for
 from dockyard.cli.output import fail
 
 DEFAULT_REGISTRY = "http://127.0.0.1:5000"
 
 
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost" or hostname.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
 def registry_url(value: str | None) -> str:
-    """--registry, else DOCKYARD_REGISTRY, else the local default; a bare host gets https://."""
+    """--registry, else DOCKYARD_REGISTRY, else the local default.
+
+    A bare host gets https://, except a loopback one (localhost, 127.0.0.0/8, ::1), which
+    gets http:// as docker treats it as insecure.
+    """
     url = value or os.environ.get("DOCKYARD_REGISTRY") or DEFAULT_REGISTRY
     if "://" not in url:
-        url = f"https://{url}"
+        hostname = urlsplit(f"//{url}").hostname or ""
+        url = f"{'http' if _is_loopback(hostname) else 'https'}://{url}"
     return url.rstrip("/")
+
+
+def registry_host(url: str) -> str:
+    """host[:port] of a registry URL: the key logins are stored under."""
+    return urlsplit(url).netloc
+
+
+def login_argument(url: str) -> str:
+    """How to name this registry on the command line: the host when that means the same URL."""
+    host = registry_host(url)
+    return host if registry_url(host) == url else url
 
 
 def _next_link(response: httpx.Response) -> str | None:
@@ -29,12 +61,28 @@ def _next_link(response: httpx.Response) -> str | None:
     return link[link.index("<") + 1 : link.index(">")]
 
 
-class RegistryClient:
-    """Calls one registry; turns its JSON errors into CLI errors."""
+def error_message(response: httpx.Response) -> str:
+    """The registry's JSON errors as one line, else the status."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    errors = (body.get("errors") or []) if isinstance(body, dict) else []
+    if errors:
+        return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
+    return f"HTTP {response.status_code} from {response.request.url}"
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+
+class RegistryClient:
+    """Calls one registry with the caller's credentials; turns its JSON errors into CLI errors."""
+
+    def __init__(
+        self, base_url: str, *, credentials: Credentials | None = None, timeout: float = 30.0
+    ) -> None:
         self.base_url = base_url
-        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+        self.credentials = credentials
+        auth = httpx.BasicAuth(credentials.username, credentials.password) if credentials else None
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, auth=auth)
 
     def close(self) -> None:
         self._http.close()
@@ -50,19 +98,28 @@ class RegistryClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise fail(f"cannot reach {self.base_url}: {exc}") from None
+        if response.status_code == 401:
+            raise fail(self._unauthorized_message(response))
         if response.status_code >= 400:
-            raise fail(self._error_message(response))
+            raise fail(error_message(response))
         return response
 
-    @staticmethod
-    def _error_message(response: httpx.Response) -> str:
-        try:
-            errors = response.json().get("errors") or []
-        except ValueError:
-            errors = []
-        if errors:
-            return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
-        return f"HTTP {response.status_code} from {response.request.url}"
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.request(method, path, **kwargs).json()
+
+    def _unauthorized_message(self, response: httpx.Response) -> str:
+        again = f"dockyard login {login_argument(self.base_url)}"
+        host = registry_host(self.base_url)
+        if self.credentials is None:
+            return f"not logged in to {host}: run `{again}` first ({error_message(response)})"
+        if self.credentials.from_environment:
+            return (
+                f"{host} refused the credentials in {ENV_USERNAME}/{ENV_PASSWORD} ({error_message(response)})"
+            )
+        return (
+            f"{host} refused the saved login (it expired or was revoked): run `{again}` again "
+            f"({error_message(response)})"
+        )
 
     def pages(self, path: str, key: str, params: dict[str, Any], top: int | None = None) -> Iterator[Any]:
         """Items under ``key`` across every page, following Link headers, at most ``top``."""
@@ -80,3 +137,14 @@ class RegistryClient:
     @staticmethod
     def repo_path(repository: str) -> str:
         return quote(repository, safe="/")
+
+    @staticmethod
+    def segment(name: str) -> str:
+        """One path segment (an identity, scope map or assignment id), escaped."""
+        return quote(name, safe="@")
+
+
+def connect(registry: str | None) -> RegistryClient:
+    """A client for --registry (or its default) carrying the caller's credentials for that host."""
+    url = registry_url(registry)
+    return RegistryClient(url, credentials=credentials_for(registry_host(url)))

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dockyard.cli.client import RegistryClient, registry_url
+from dockyard.cli.client import connect
+from dockyard.cli.options import RegistryOption, TopOption
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 
 app = typer.Typer(help="Manage repositories: list, inspect, untag and delete images.", no_args_is_help=True)
@@ -18,12 +19,7 @@ class OrderBy(enum.StrEnum):
     time_desc = "time_desc"
 
 
-RegistryOption = Annotated[
-    str | None,
-    typer.Option("--registry", "-r", help="Registry URL [env DOCKYARD_REGISTRY, default 127.0.0.1:5000]."),
-]
 RepositoryOption = Annotated[str, typer.Option("--repository", help="Repository name, e.g. team/app.")]
-TopOption = Annotated[int | None, typer.Option("--top", min=1, help="Return at most this many items.")]
 OrderOption = Annotated[OrderBy | None, typer.Option("--orderby", help="Order by last update time.")]
 DetailOption = Annotated[bool, typer.Option("--detail", help="Show details, not just names.")]
 
@@ -45,7 +41,7 @@ def _list(
 ) -> list[dict[str, Any]]:
     """Every item of /acr/v1/<repository>/_<collection>, across pages, at most ``top``."""
     params = {"orderby": orderby.value.replace("_", "")} if orderby else {}
-    with RegistryClient(registry_url(registry)) as client:
+    with connect(registry) as client:
         path = f"/acr/v1/{client.repo_path(repository)}/_{collection}"
         return list(client.pages(path, collection, params, top))
 
@@ -55,7 +51,7 @@ def list_repositories(
     registry: RegistryOption = None, top: TopOption = None, output: OutputFormat = output_option
 ) -> None:
     """List repository names."""
-    with RegistryClient(registry_url(registry)) as client:
+    with connect(registry) as client:
         names = list(client.pages("/acr/v1/_catalog", "repositories", {}, top))
     emit(names, output)
 
@@ -70,7 +66,7 @@ def show(
     """Show a repository's, a tag's or a manifest's properties."""
     if bool(repository) == bool(image):
         raise fail("give exactly one of --repository or --image", 2)
-    with RegistryClient(registry_url(registry)) as client:
+    with connect(registry) as client:
         if repository:
             data = client.request("GET", f"/acr/v1/{client.repo_path(repository)}").json()
         else:
@@ -147,7 +143,7 @@ def delete(
     target = repository or image
     if not yes and not typer.confirm(f"This deletes {target} and cannot be undone. Continue?"):
         raise typer.Exit(1)
-    with RegistryClient(registry_url(registry)) as client:
+    with connect(registry) as client:
         if repository:
             result = client.request("DELETE", f"/acr/v1/{client.repo_path(repository)}").json()
             emit(result, output)
@@ -172,6 +168,6 @@ def untag(
     name, tag, digest = parse_image(image)
     if digest or not tag:
         raise fail("--image must be repo:tag", 2)
-    with RegistryClient(registry_url(registry)) as client:
+    with connect(registry) as client:
         client.request("DELETE", f"/acr/v1/{client.repo_path(name)}/_tags/{tag}")
     emit({"untagged": f"{name}:{tag}"}, output)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dockyard import __version__
-from dockyard.config import LogLevel, load_settings
+from dockyard.config import LogLevel, TlsMode, load_settings
 
 
 def serve(
@@ -27,9 +27,47 @@ def serve(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")] = None,
     log_level: Annotated[LogLevel | None, typer.Option(help="Log verbosity.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="HTTP worker processes.")] = 1,
+    tls: Annotated[
+        TlsMode | None,
+        typer.Option(
+            "--tls",
+            help="HTTPS: 'self-signed' (a local CA under DATA_DIR/tls), 'files' (--tls-cert/--tls-key) "
+            "or 'off' (default: files if --tls-cert is given, else off).",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="PEM certificate (chain) to serve HTTPS with.")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="PEM private key of --tls-cert (unencrypted).")
+    ] = None,
+    tls_san: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME", help="Extra DNS name or IP for the self-signed certificate (repeatable)."
+        ),
+    ] = None,
+    insecure_http: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-http",
+            help="Serve plain HTTP on a non-loopback address (e.g. behind a TLS-terminating proxy).",
+        ),
+    ] = False,
 ) -> None:
-    """Run the registry: SQLite and a data folder by default, PostgreSQL with --database-url."""
+    """Run the registry: SQLite and a data folder by default, PostgreSQL with --database-url.
+
+    Plain HTTP on 127.0.0.1 by default; HTTPS with --tls self-signed or --tls-cert/--tls-key.
+    """
     from dockyard.server import serve as run_server
+    from dockyard.tls import (
+        TlsConfigError,
+        client_address,
+        configure,
+        describe,
+        trust_instructions,
+        url_host,
+    )
 
     try:
         settings = load_settings(
@@ -40,12 +78,27 @@ def serve(
             database_url=database_url,
             storage_path=storage_path,
             log_level=log_level,
+            tls_mode=tls,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_san=tls_san or None,
+            insecure_http=insecure_http or None,  # absent: the file or environment decides
         )
-    except (FileNotFoundError, ValueError) as exc:
+        server_tls = configure(settings)
+    except (FileNotFoundError, ValueError, TlsConfigError) as exc:
         typer.echo(f"ERROR: {exc}", err=True)
         raise typer.Exit(2) from None
+    import socket
+
+    address = client_address(settings.host, settings.port, socket.gethostname())
+    listen = f"{url_host(settings.host)}:{settings.port}"
     database = settings.database_url.split("@")[-1] if "@" in settings.database_url else settings.database_url
-    typer.echo(f"Dockyard {__version__} listening on http://{settings.host}:{settings.port}", err=True)
+    scheme = "https" if server_tls else "http"
+    typer.echo(f"Dockyard {__version__} listening on {scheme}://{listen}", err=True)
     typer.echo(f"  database: {database}", err=True)
     typer.echo(f"  storage:  {Path(str(settings.storage_path)).resolve()}", err=True)
-    run_server(settings, workers=workers)
+    if server_tls is not None:
+        typer.echo(describe(server_tls), err=True)
+        if server_tls.ca_cert is not None:
+            typer.echo(trust_instructions(server_tls, address), err=True)
+    run_server(settings, workers=workers, tls=server_tls)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.support.auth import ADMIN
 from tests.support.images import make_image
 from tests.support.registry import error_codes, push_blob, push_image
 
@@ -104,7 +105,7 @@ def test_cached_tag_lists_see_changes_made_by_other_processes(client, settings):
 
     image = make_image("cache")
     push_image(client, "team/cache", image, "one")
-    with TestClient(create_app(settings, background_jobs=False)) as other:
+    with TestClient(create_app(settings, background_jobs=False), headers=ADMIN) as other:
         assert other.get("/v2/team/cache/tags/list").json()["tags"] == ["one"]
         push_image(client, "team/cache", image, "two")
         assert other.get("/v2/team/cache/tags/list").json()["tags"] == ["one", "two"]

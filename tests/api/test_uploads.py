@@ -4,6 +4,7 @@ import hashlib
 
 import pytest
 
+from tests.support.auth import ADMIN
 from tests.support.images import sha256
 from tests.support.registry import error_codes, push_blob
 
@@ -201,7 +202,7 @@ def test_a_new_process_continues_an_upload(client, settings, dockyard):
 
     location = start(client).headers["location"]
     client.patch(location, content=DATA[:3000], headers={"Content-Range": "0-2999"})
-    with TestClient(create_app(settings, background_jobs=False)) as other:
+    with TestClient(create_app(settings, background_jobs=False), headers=ADMIN) as other:
         assert other.get(location).headers["range"] == "0-2999"
         patched = other.patch(
             location, content=DATA[3000:], headers={"Content-Range": f"3000-{len(DATA) - 1}"}

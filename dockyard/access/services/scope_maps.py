@@ -140,7 +140,7 @@ class ScopeMapService:
                     sa.select(scope_map_rules.c.repository, scope_map_rules.c.action).where(
                         scope_map_rules.c.scope_map_id == row.id
                     )
-                ).tuples()
+                )
             )
             new = sorted((add or set()) - current)
             if new:
@@ -178,7 +178,7 @@ class ScopeMapService:
             sa.select(scope_map_rules.c.repository, scope_map_rules.c.action)
             .where(scope_map_rules.c.scope_map_id == row.id)
             .order_by(scope_map_rules.c.repository, scope_map_rules.c.action)
-        ).tuples():
+        ):
             actions.setdefault(pattern, []).append(action)
         return ScopeMapInfo(row.name, row.description, row.system, actions, as_utc(row.created_at))
 

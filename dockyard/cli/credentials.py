@@ -1,0 +1,204 @@
+"""Where `dockyard login` keeps credentials: docker's config.json and the containers auth file.
+
+Both files map a registry host to ``{"auth": base64("user:password")}``. After a login the
+user is the null GUID and the password a refresh token, as `az acr login` stores it, so
+docker, podman, skopeo, buildah and every `dockyard` command share one login. Other
+entries in the files are kept; files are replaced atomically and readable only by their owner.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dockyard.cli.output import fail
+
+#: Docker and ACR log in with this user name and a refresh token as the password.
+NULL_GUID = "00000000-0000-0000-0000-000000000000"
+ENV_USERNAME = "DOCKYARD_USERNAME"
+ENV_PASSWORD = "DOCKYARD_PASSWORD"  # noqa: S105 - the name of an environment variable
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+    #: Where they came from: "environment" or the file they were read from.
+    source: str
+
+    @property
+    def from_environment(self) -> bool:
+        return self.source == "environment"
+
+
+def docker_config_path() -> Path:
+    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
+    folder = os.environ.get("DOCKER_CONFIG")
+    return Path(folder) / "config.json" if folder else Path.home() / ".docker" / "config.json"
+
+
+def containers_auth_path() -> Path:
+    """``$REGISTRY_AUTH_FILE``, else ``$XDG_RUNTIME_DIR/containers/auth.json``, else ``~/.config/…``."""
+    explicit = os.environ.get("REGISTRY_AUTH_FILE")
+    if explicit:
+        return Path(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "containers" / "auth.json"
+    return Path.home() / ".config" / "containers" / "auth.json"
+
+
+def auth_files() -> list[Path]:
+    """The files a login is written to, in the order they are read."""
+    return [docker_config_path(), containers_auth_path()]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """The file's JSON object; {} when it does not exist. A damaged file is an error, never overwritten."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise fail(f"cannot read {path}: {exc}") from None
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise fail(f"{path} is not valid JSON ({exc}); fix or remove it") from None
+    if not isinstance(data, dict):
+        raise fail(f"{path} does not hold a JSON object; fix or remove it")
+    return data
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace ``path`` atomically with ``data``, mode 600 (its folder is created 700 if missing)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent="\t")
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable where the platform allows it
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+
+def _host_keys(host: str) -> set[str]:
+    """The keys that name ``host`` in an auths map (docker also writes scheme-prefixed keys)."""
+    return {host, f"{host}/", f"http://{host}", f"http://{host}/", f"https://{host}", f"https://{host}/"}
+
+
+def encode_auth(username: str, password: str) -> str:
+    return base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def _decode_entry(entry: Any) -> tuple[str, str] | None:
+    if not isinstance(entry, dict):
+        return None
+    if isinstance(entry.get("auth"), str) and entry["auth"]:
+        try:
+            decoded = base64.b64decode(entry["auth"], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        username, sep, password = decoded.partition(":")
+        return (username, password) if sep else None
+    if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+        return entry["username"], entry["password"]
+    return None
+
+
+def stored_credentials(host: str) -> Credentials | None:
+    """What `dockyard login` (or docker/podman login) stored for ``host``, from the first file that has it."""
+    keys = _host_keys(host)
+    for path in auth_files():
+        auths = read_json(path).get("auths")
+        if not isinstance(auths, dict):
+            continue
+        ordered = [host, *sorted(k for k in auths if k in keys and k != host)]
+        for key in ordered:
+            found = _decode_entry(auths.get(key))
+            if found is not None:
+                return Credentials(found[0], found[1], str(path))
+    return None
+
+
+def environment_credentials() -> Credentials | None:
+    """DOCKYARD_USERNAME and DOCKYARD_PASSWORD, when both are set."""
+    username = os.environ.get(ENV_USERNAME)
+    password = os.environ.get(ENV_PASSWORD)
+    if not username and not password:
+        return None
+    if not username or not password:
+        raise fail(f"set both {ENV_USERNAME} and {ENV_PASSWORD}, or neither")
+    return Credentials(username, password, "environment")
+
+
+def credentials_for(host: str) -> Credentials | None:
+    """The environment's credentials if set, else the stored login for ``host``, else None."""
+    return environment_credentials() or stored_credentials(host)
+
+
+def store(host: str, username: str, password: str) -> list[Path]:
+    """Save the login for ``host`` in every auth file; return the files written."""
+    entry = {"auth": encode_auth(username, password)}
+    written = []
+    for path in auth_files():
+        data = read_json(path)
+        auths = data.get("auths")
+        if not isinstance(auths, dict):
+            auths = {}
+        for key in _host_keys(host) - {host}:
+            auths.pop(key, None)  # a stale scheme-prefixed entry would shadow nothing but confuse
+        auths[host] = entry
+        data["auths"] = auths
+        write_json(path, data)
+        written.append(path)
+    return written
+
+
+def remove(host: str) -> list[Path]:
+    """Remove ``host``'s entries from every auth file; return the files that had one."""
+    changed = []
+    for path in auth_files():
+        data = read_json(path)
+        auths = data.get("auths")
+        if not isinstance(auths, dict):
+            continue
+        present = [key for key in auths if key in _host_keys(host)]
+        if not present:
+            continue
+        for key in present:
+            del auths[key]
+        write_json(path, data)
+        changed.append(path)
+    return changed
+
+
+def credential_helper(host: str) -> str | None:
+    """The docker credential helper configured for ``host``, if any (docker then ignores ``auths``)."""
+    config = read_json(docker_config_path())
+    helpers = config.get("credHelpers")
+    if isinstance(helpers, dict) and isinstance(helpers.get(host), str):
+        return helpers[host]
+    store_name = config.get("credsStore")
+    return store_name if isinstance(store_name, str) and store_name else None
