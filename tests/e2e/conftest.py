@@ -103,13 +103,41 @@ def dockyard_server(tmp_path_factory: pytest.TempPathFactory, e2e_logs: Path) ->
 @pytest.fixture(scope="session")
 def registry_http(dockyard_server: DockyardServer) -> Iterator[httpx.Client]:
     """Raw HTTP to the shared registry."""
-    with httpx.Client(base_url=dockyard_server.url, timeout=60.0) as client:
+    with dockyard_server.http(timeout=60.0) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
-def container_tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerTools]:
-    """skopeo, podman and buildah kept off the machine's configuration, storage and credentials."""
+def container_tools(
+    tmp_path_factory: pytest.TempPathFactory, dockyard_server: DockyardServer
+) -> Iterator[ContainerTools]:
+    """skopeo, podman and buildah kept off the machine's configuration, signed in to the shared registry."""
     tools = ContainerTools(tmp_path_factory.mktemp("container-tools"))
+    tools.authorize(dockyard_server.host)
     yield tools
     tools.close()
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new, empty database on the session's PostgreSQL cluster, dropped afterwards."""
+    import sqlalchemy as sa
+
+    from dockyard.db import Database
+
+    base, _, _ = postgres_url.rpartition("/")
+    name = "e2e_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    admin = Database(postgres_url, pool_size=1)
+
+    def drop_and(create: bool) -> None:
+        with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            if create:
+                conn.execute(sa.text(f"CREATE DATABASE {name}"))
+
+    drop_and(create=True)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        drop_and(create=False)
+        admin.dispose()

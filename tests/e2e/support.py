@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import itertools
+import json
 import os
 import shlex
 import shutil
@@ -24,6 +26,11 @@ from tests.support.images import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MA
 #: What a client that understands every manifest type sends.
 ACCEPT_ALL = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])
 
+#: Every server the suite starts has this admin password (DOCKYARD_ADMIN_PASSWORD at first start).
+ADMIN_USERNAME = "dockyard"
+ADMIN_PASSWORD = "e2e-admin-password"
+ADMIN = (ADMIN_USERNAME, ADMIN_PASSWORD)
+
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 _counter = itertools.count(1)
@@ -35,8 +42,9 @@ def dockyard_command(*args: str) -> list[str]:
 
 
 def clean_environment(**extra: str) -> dict[str, str]:
-    """The test process's environment without DOCKYARD_* settings that would change the server."""
+    """The test process's environment without DOCKYARD_* settings, plus the suite's admin password."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    env["DOCKYARD_ADMIN_PASSWORD"] = ADMIN_PASSWORD
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -85,6 +93,10 @@ class DockyardServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def http(self, **kwargs: object) -> httpx.Client:
+        """An HTTP client signed in as the admin user."""
+        return httpx.Client(base_url=self.url, auth=ADMIN, **kwargs)  # type: ignore[arg-type]
+
     @property
     def host(self) -> str:
         """host:port, as container tools write registry references."""
@@ -118,7 +130,7 @@ class DockyardServer:
         """Poll GET /v2/ until it answers 200; fail with the server's output if it dies or hangs."""
         deadline = time.monotonic() + timeout
         last_error = "no answer yet"
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, auth=ADMIN) as client:
             while True:
                 if not self.running():
                     raise RuntimeError(
@@ -318,6 +330,7 @@ class ContainerTools:
         )
         auth = root / "auth.json"
         auth.write_text('{"auths": {}}\n')
+        self.auth_file = auth
         self.env = clean_environment(
             CONTAINERS_CONF=str(containers_conf),
             CONTAINERS_REGISTRIES_CONF=str(self.registries_conf),
@@ -340,6 +353,13 @@ class ContainerTools:
             *args,
         ]
         return run(command, timeout=timeout, env=self.env, check=check)
+
+    def authorize(self, host: str, username: str = ADMIN_USERNAME, password: str = ADMIN_PASSWORD) -> None:
+        """Store credentials for ``host`` in the auth file skopeo, podman and buildah share."""
+        auths = json.loads(self.auth_file.read_text())
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        auths.setdefault("auths", {})[host] = {"auth": token}
+        self.auth_file.write_text(json.dumps(auths))
 
     def short_dir(self) -> Path:
         """A fresh directory with a short path: podman refuses a runroot longer than 50 characters."""

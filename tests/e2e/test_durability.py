@@ -64,7 +64,7 @@ def test_chunked_upload_resumes_after_graceful_restart(
     digest = sha256_digest(blob)
 
     server = start_server(data_dir=data_dir)
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with server.http(timeout=60) as http:
         started = http.post(f"/v2/{repository}/blobs/uploads/")
         assert started.status_code == 202
         upload_id = started.headers["Docker-Upload-UUID"]
@@ -83,7 +83,7 @@ def test_chunked_upload_resumes_after_graceful_restart(
     assert server.proc.returncode == 0, f"dockyard serve exited {server.proc.returncode} on SIGTERM"
 
     restarted = start_server(data_dir=data_dir, port=server.port)
-    with httpx.Client(base_url=restarted.url, timeout=60) as http:
+    with restarted.http(timeout=60) as http:
         status = http.get(location)
         assert status.status_code == 204, status.text
         assert status.headers["Range"] == f"0-{len(first) - 1}"
@@ -122,7 +122,7 @@ def test_sigterm_lets_an_in_flight_upload_finish(
     blob = _data("drain", 8 * MiB)
     digest = sha256_digest(blob)
     server = start_server(data_dir=data_dir)
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with server.http(timeout=60) as http:
         started = http.post(f"/v2/{repository}/blobs/uploads/")
         assert started.status_code == 202
         location = started.headers["Location"]
@@ -140,7 +140,7 @@ def test_sigterm_lets_an_in_flight_upload_finish(
     def send() -> None:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(blob))}
         try:
-            with httpx.Client(base_url=server.url, timeout=60) as client:
+            with server.http(timeout=60) as client:
                 outcome["response"] = client.patch(location, content=body(), headers=headers)
         except Exception as exc:  # recorded and asserted on below
             outcome["error"] = exc
@@ -171,7 +171,7 @@ def test_sigterm_lets_an_in_flight_upload_finish(
     assert not server.forced_kill, "dockyard serve did not exit after draining"
 
     restarted = start_server(data_dir=data_dir, port=server.port)
-    with httpx.Client(base_url=restarted.url, timeout=60) as http:
+    with restarted.http(timeout=60) as http:
         status = http.get(location)
         assert status.status_code == 204
         assert status.headers["Range"] == f"0-{len(blob) - 1}"
@@ -197,7 +197,7 @@ def test_sigkill_mid_upload_leaves_no_partial_blob(
     chunked = _data("chunked-before", 3 * MiB + 7)
     big = _data(f"interrupted-{method}", TOTAL)
     big_digest = sha256_digest(big)
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with server.http(timeout=60) as http:
         image_digest = push_image(http, "durable/before", "v1", image)
         chunked_digest = _chunked_upload(http, "durable/before", chunked, chunk=MiB)
         started = http.post("/v2/durable/killed/blobs/uploads/")
@@ -218,7 +218,7 @@ def test_sigkill_mid_upload_leaves_no_partial_blob(
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(TOTAL)}
         params = {"digest": big_digest} if method == "PUT" else None
         try:
-            with httpx.Client(base_url=server.url, timeout=60) as client:
+            with server.http(timeout=60) as client:
                 outcome["response"] = client.request(
                     method, location, params=params, content=body(), headers=headers
                 )
@@ -242,7 +242,7 @@ def test_sigkill_mid_upload_leaves_no_partial_blob(
     assert isinstance(outcome.get("error"), httpx.TransportError), repr(outcome.get("error"))
 
     restarted = start_server(data_dir=data_dir, port=server.port)
-    with httpx.Client(base_url=restarted.url, timeout=60) as http:
+    with restarted.http(timeout=60) as http:
         # The interrupted blob is nowhere: not served, not in the store.
         assert http.head(f"/v2/durable/killed/blobs/{big_digest}").status_code == 404
         missing = http.get(f"/v2/durable/killed/blobs/{big_digest}")

@@ -13,7 +13,7 @@ import oras.client
 import oras.oci
 import pytest
 
-from tests.e2e.support import DockyardServer, fetch_blob, fetch_manifest, push_image, sha256_digest
+from tests.e2e.support import ADMIN, DockyardServer, fetch_blob, fetch_manifest, push_image, sha256_digest
 from tests.support.images import OCI_EMPTY, OCI_INDEX, OCI_MANIFEST, make_image
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +29,9 @@ HELM_CHART = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 @pytest.fixture
 def oras_client(dockyard_server: DockyardServer) -> oras.client.OrasClient:
     """Plain HTTP, no authentication."""
-    return oras.client.OrasClient(hostname=dockyard_server.host, insecure=True, auth_backend="basic")
+    client = oras.client.OrasClient(hostname=dockyard_server.host, insecure=True, auth_backend="basic")
+    client.auth.set_basic_auth(*ADMIN)
+    return client
 
 
 def test_push_and_pull_artifact_with_config_media_type(

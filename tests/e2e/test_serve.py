@@ -33,7 +33,7 @@ def test_default_data_dir_is_created_in_the_working_directory(
     assert f"storage:  {(data / 'storage').resolve()}" in stderr
 
     # Blobs land in that folder.
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with server.http(timeout=30) as http:
         digest = push_blob(http, "serve/defaults", b"stored under ./dockyard-data\n")
     hex_digest = digest.split(":", 1)[1]
     assert (data / "storage" / "blobs" / "sha256" / hex_digest[:2] / hex_digest).read_bytes() == (
@@ -43,13 +43,14 @@ def test_default_data_dir_is_created_in_the_working_directory(
 
 def test_postgresql_round_trip_with_skopeo(
     start_server: Callable[..., DockyardServer],
-    postgres_url: str,
+    fresh_postgres_url: str,
     container_tools: ContainerTools,
     tmp_path: Path,
 ) -> None:
     data_dir = tmp_path / "data"
-    server = start_server(data_dir=data_dir, extra_args=["--database-url", postgres_url])
-    assert f"database: {postgres_url.rsplit('@', maxsplit=1)[-1]}" in server.stderr()
+    server = start_server(data_dir=data_dir, extra_args=["--database-url", fresh_postgres_url])
+    container_tools.authorize(server.host)
+    assert f"database: {fresh_postgres_url.rsplit('@', maxsplit=1)[-1]}" in server.stderr()
     assert not (data_dir / "dockyard.db").exists(), "the server must not fall back to SQLite"
 
     image = make_image("postgres-image", layers=2)
@@ -66,7 +67,7 @@ def test_postgresql_round_trip_with_skopeo(
         "copy", "--all", "--dest-tls-verify=false", f"oci:{layout}:multi", f"docker://{host}/pg/app:multi"
     )
 
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with server.http(timeout=30) as http:
         assert fetch_manifest(http, "pg/app", "v1") == image.manifest
         assert fetch_manifest(http, "pg/app", "multi") == index
         for blob in [*image.blobs, *arm.blobs]:
@@ -87,7 +88,7 @@ def test_postgresql_round_trip_with_skopeo(
         assert (out / "blobs" / "sha256" / blob.digest.split(":", 1)[1]).read_bytes() == blob.data
 
     # The metadata really is in PostgreSQL.
-    db = Database(postgres_url, pool_size=1)
+    db = Database(fresh_postgres_url, pool_size=1)
     try:
         with db.read() as conn:
             stored = conn.execute(
@@ -140,7 +141,7 @@ def test_postgresql_dropped_connections_are_replaced(
         recreate(create=True)
         server = start_server(data_dir=tmp_path / "data", extra_args=["--database-url", f"{base}/{database}"])
         image = make_image("postgres-reconnect")
-        with httpx.Client(base_url=server.url, timeout=30) as http:
+        with server.http(timeout=30) as http:
             for blob in image.blobs:
                 push_blob(http, "pg/reconnect", blob.data)
             put = http.put(
