@@ -18,6 +18,7 @@ from dockyard.access.policy import NetworkRuleMiddleware, Policy
 from dockyard.access.routes.identities import IdentityRoutes
 from dockyard.access.routes.management import ManagementRoutes
 from dockyard.access.routes.oauth import OAuthRoutes
+from dockyard.access.routes.openapi import OpenApiRoutes
 from dockyard.access.services import AccessServices, build_access_services
 from dockyard.asgi import (
     AccessLogMiddleware,
@@ -129,6 +130,7 @@ def create_app(
         *OAuthRoutes(parts.access, policy).routes(),
         *ManagementRoutes(parts.access, policy, settings.registry_name).routes(),
         *IdentityRoutes(parts.access, policy).routes(),
+        *OpenApiRoutes().routes(),
         *build_routes(parts.registry, policy),
     ]
     app = Starlette(

@@ -249,3 +249,16 @@ def test_audit_log(client, anonymous):
     only_logins = client.get("/api/v1/audit", params={"action": "login"}).json()["events"]
     assert {e["action"] for e in only_logins} == {"login"}
     assert client.get("/api/v1/audit", params={"since": "yesterday"}).status_code == 400
+
+
+def test_openapi_describes_every_management_route(anonymous, app):
+    document = anonymous.get("/api/v1/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    described = {(path, method.upper()) for path, ops in document["paths"].items() for method in ops}
+    routed = {
+        (route.path, method)
+        for route in app.routes
+        if getattr(route, "path", "").startswith("/api/v1/") and route.path != "/api/v1/openapi.json"
+        for method in route.methods - {"HEAD"}
+    }
+    assert routed == described

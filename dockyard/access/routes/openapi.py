@@ -1,0 +1,206 @@
+"""The management API's OpenAPI 3.1 description, served at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+STATUS = {"type": "string", "enum": ["enabled", "disabled"]}
+ACTIONS = {
+    "type": "object",
+    "description": "repository pattern → data actions",
+    "additionalProperties": {
+        "type": "array",
+        "items": {
+            "type": "string",
+            "enum": ["content/read", "content/write", "content/delete", "metadata/read", "metadata/write"],
+        },
+    },
+}
+CREDENTIAL_NAME = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "expiresInDays": {"type": "integer"}},
+}
+
+
+def _object(required: list[str] | None = None, **properties: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+#: (path, method, summary, request body schema or None, success status)
+OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
+    ("/api/v1/registry", "get", "Registry properties", None, 200),
+    (
+        "/api/v1/registry",
+        "patch",
+        "Change registry properties",
+        _object(
+            adminUserEnabled={"type": "boolean"},
+            anonymousPullEnabled={"type": "boolean"},
+            publicNetworkAccess={"type": "string", "enum": ["Enabled", "Disabled"]},
+            networkRuleSet=_object(
+                defaultAction={"type": "string", "enum": ["Allow", "Deny"]},
+                ipRules={"type": "array", "items": _object(value={"type": "string"})},
+            ),
+        ),
+        200,
+    ),
+    ("/api/v1/registry/credentials", "get", "Admin user name and password metadata", None, 200),
+    ("/api/v1/registry/credentials/renew", "post", "Regenerate an admin password", CREDENTIAL_NAME, 200),
+    ("/api/v1/users", "get", "List users", None, 200),
+    (
+        "/api/v1/users",
+        "post",
+        "Create a user (its secret is shown once)",
+        _object(["name"], name={"type": "string"}, description={"type": "string"}),
+        201,
+    ),
+    ("/api/v1/users/{id}", "get", "Show a user", None, 200),
+    ("/api/v1/users/{id}", "patch", "Enable or disable a user", _object(status=STATUS), 200),
+    ("/api/v1/users/{id}", "delete", "Delete a user", None, 204),
+    ("/api/v1/users/{id}/credentials", "post", "Regenerate a user's secret", CREDENTIAL_NAME, 201),
+    ("/api/v1/service-principals", "get", "List service principals", None, 200),
+    (
+        "/api/v1/service-principals",
+        "post",
+        "Create a service principal",
+        _object(name={"type": "string"}, description={"type": "string"}),
+        201,
+    ),
+    ("/api/v1/service-principals/{id}", "get", "Show a service principal", None, 200),
+    (
+        "/api/v1/service-principals/{id}",
+        "patch",
+        "Enable or disable a service principal",
+        _object(status=STATUS),
+        200,
+    ),
+    ("/api/v1/service-principals/{id}", "delete", "Delete a service principal", None, 204),
+    (
+        "/api/v1/service-principals/{id}/credentials",
+        "post",
+        "Regenerate a service principal's secret",
+        CREDENTIAL_NAME,
+        201,
+    ),
+    ("/api/v1/role-assignments", "get", "List role assignments (?assignee=)", None, 200),
+    (
+        "/api/v1/role-assignments",
+        "post",
+        "Assign a role",
+        _object(
+            ["assignee", "role"],
+            assignee={"type": "string"},
+            role={"type": "string"},
+            scope={"type": "string"},
+        ),
+        201,
+    ),
+    ("/api/v1/role-assignments/{id}", "delete", "Remove a role assignment", None, 204),
+    ("/api/v1/scope-maps", "get", "List scope maps", None, 200),
+    (
+        "/api/v1/scope-maps",
+        "post",
+        "Create a scope map",
+        _object(
+            ["name", "actions"], name={"type": "string"}, description={"type": "string"}, actions=ACTIONS
+        ),
+        201,
+    ),
+    ("/api/v1/scope-maps/{id}", "get", "Show a scope map", None, 200),
+    (
+        "/api/v1/scope-maps/{id}",
+        "patch",
+        "Add and remove rules",
+        _object(add=ACTIONS, remove=ACTIONS, description={"type": "string"}),
+        200,
+    ),
+    ("/api/v1/scope-maps/{id}", "delete", "Delete a scope map", None, 204),
+    ("/api/v1/tokens", "get", "List repository-scoped tokens", None, 200),
+    (
+        "/api/v1/tokens",
+        "post",
+        "Create a token (its passwords are shown once)",
+        _object(
+            ["name", "scopeMap"],
+            name={"type": "string"},
+            scopeMap={"type": "string"},
+            status=STATUS,
+            expiresInDays={"type": "integer"},
+        ),
+        201,
+    ),
+    ("/api/v1/tokens/{id}", "get", "Show a token", None, 200),
+    (
+        "/api/v1/tokens/{id}",
+        "patch",
+        "Change a token's scope map or status",
+        _object(scopeMap={"type": "string"}, status=STATUS),
+        200,
+    ),
+    ("/api/v1/tokens/{id}", "delete", "Delete a token", None, 204),
+    ("/api/v1/tokens/{id}/credentials", "post", "Generate a token password", CREDENTIAL_NAME, 201),
+    ("/api/v1/signing-keys", "get", "List token signing keys", None, 200),
+    ("/api/v1/signing-keys/rotate", "post", "Start signing with a new key", None, 201),
+    ("/api/v1/audit", "get", "Audit events (?since=, ?action=, ?limit=)", None, 200),
+]
+
+
+def openapi_document() -> dict[str, Any]:
+    error = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}},
+    }
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, summary, body, status in OPERATIONS:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "responses": {
+                str(status): {"description": "success"},
+                "400": error,
+                "401": error,
+                "403": error,
+                "404": error,
+            },
+        }
+        if "{id}" in path:
+            operation["parameters"] = [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ]
+        if body is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        paths.setdefault(path, {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Dockyard management API", "version": "v1"},
+        "components": {
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+            "schemas": {
+                "Errors": _object(
+                    errors={
+                        "type": "array",
+                        "items": _object(code={"type": "string"}, message={"type": "string"}, detail={}),
+                    }
+                )
+            },
+        },
+        "security": [{"basic": []}, {"bearer": []}],
+        "paths": paths,
+    }
+
+
+class OpenApiRoutes:
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/api/v1/openapi.json", self.document, methods=["GET"])]
+
+    async def document(self, request: Request) -> Response:
+        return JSONResponse(openapi_document())
