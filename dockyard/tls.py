@@ -196,7 +196,11 @@ def configure(
 
         hostname = socket.gethostname()
     names = server_names(settings.host, settings.tls_san, hostname)
-    return ensure_self_signed(settings.data_dir / "tls", names, now=now)
+    directory = settings.data_dir / "tls"
+    try:
+        return ensure_self_signed(directory, names, now=now)
+    except OSError as exc:
+        raise TlsConfigError(f"cannot keep the local CA and certificate in {directory}: {exc}") from None
 
 
 # -- certificate files given by the operator --------------------------------------------------

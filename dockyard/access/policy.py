@@ -154,7 +154,20 @@ class Policy:
         return f"repository:{repository}:{need.challenge}"
 
     def realm(self, request: Request) -> str:
-        return f"{request.url.scheme}://{request.url.netloc}/oauth2/token"
+        """The token service's URL as the client sees it (``X-Forwarded-Proto/-Host`` from trusted proxies)."""
+        scheme, host = request.url.scheme, request.url.netloc
+        peer = request.scope.get("client")
+        address = parse_address(peer[0]) if peer else None
+        if address is not None and any(
+            address in net for net in self.trusted_proxies if net.version == address.version
+        ):
+            proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+            if proto in ("http", "https"):
+                scheme = proto
+            forwarded_host = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+            if forwarded_host:
+                host = forwarded_host
+        return f"{scheme}://{host}/oauth2/token"
 
     def challenge(self, request: Request, scope: str | None, *, error: str | None = None) -> RegistryError:
         """401 with a Docker/ACR token challenge (quoted values, no spaces after commas)."""

@@ -85,3 +85,14 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(settings, dockyard)
         assert proxy.get("/v2/", headers={"X-Forwarded-For": f"198.51.100.7, {PUBLIC}"}).status_code == 403
         # a client that is not a trusted proxy cannot spoof its address
         assert direct.get("/v2/", headers=forwarded).status_code == 403
+
+
+def test_token_realm_follows_forwarded_proto_only_from_trusted_proxies(settings, dockyard):
+    trusted = settings.model_copy(update={"trusted_proxies": ["192.0.2.0/24"]})
+    app = create_app(trusted, dockyard, background_jobs=False)
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "registry.example.com"}
+    with TestClient(app, client=("192.0.2.10", 1)) as proxy, TestClient(app, client=(PUBLIC, 1)) as direct:
+        realm = proxy.get("/v2/", headers=forwarded).headers["www-authenticate"]
+        assert 'realm="https://registry.example.com/oauth2/token"' in realm
+        spoofed = direct.get("/v2/", headers=forwarded).headers["www-authenticate"]
+        assert 'realm="http://testserver/oauth2/token"' in spoofed

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.support import ContainerTools, DockyardServer
+from tests.e2e.support import ContainerTools, DockyardServer, HttpsServer
 from tests.support.postgres import free_port
 
 #: Every server the suite started, so a failing test can show the logs of the ones it used.
@@ -141,3 +141,29 @@ def fresh_postgres_url(postgres_url: str, request: pytest.FixtureRequest) -> Ite
     finally:
         drop_and(create=False)
         admin.dispose()
+
+
+StartHttps = Callable[..., HttpsServer]
+
+
+@pytest.fixture
+def start_https_server(request: pytest.FixtureRequest, e2e_logs: Path) -> Iterator[StartHttps]:
+    """Like conftest's ``start_server``, for HttpsServer: logs attached to failures, stopped afterwards."""
+    started: list[DockyardServer] = []
+
+    def start(*, data_dir: Path, extra_args: tuple[str, ...] = ()) -> HttpsServer:
+        server = HttpsServer(
+            log_dir=e2e_logs,
+            port=free_port(),
+            data_dir=data_dir,
+            extra_args=["--tls", "self-signed", *extra_args],
+            owner=request.node.nodeid,
+        )
+        _SERVERS.append(server)
+        started.append(server)
+        return server.start()
+
+    yield start
+    problems = _finish(started)
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)

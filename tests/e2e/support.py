@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -234,6 +235,48 @@ def run(
     return result
 
 
+class HttpsServer(DockyardServer):
+    """A `dockyard serve --tls self-signed`: DockyardServer's URL and readiness probe speak http:// and
+    trust only the usual CAs, so this one uses https:// and the CA the server creates in its data folder."""
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.tls_dir / "ca.crt"
+
+    def trusting_ca(self) -> ssl.SSLContext:
+        """What `verify=<data_dir>/tls/ca.crt` means (httpx deprecates passing the path itself)."""
+        return ssl.create_default_context(cafile=str(self.ca_cert))
+
+    def http(self, **kwargs: object) -> httpx.Client:
+        """An HTTPS client trusting the local CA, signed in as the admin user."""
+        return httpx.Client(base_url=self.url, auth=ADMIN, verify=self.trusting_ca(), **kwargs)  # type: ignore[arg-type]
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Poll an authenticated GET /v2/ over HTTPS (trusting the CA once it exists) until it answers 200."""
+
+        def ready() -> bool:
+            if not self.running():
+                raise RuntimeError(f"dockyard serve exited before answering:\n{self.logs()}")
+            if not self.ca_cert.exists():
+                return False
+            try:
+                with self.http(timeout=2.0) as client:
+                    return client.get("/v2/").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, timeout=timeout, what=f"GET {self.url}/v2/ to answer 200")
+
+
 # -- raw registry HTTP ------------------------------------------------------------------------
 
 
@@ -377,9 +420,18 @@ class ContainerTools:
             runroot = self._runroots[store] = self.short_dir()
         return ["--root", str(store / "root"), "--runroot", str(runroot), "--storage-driver", "vfs"]
 
-    def podman(self, store: Path, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+    def podman(
+        self, store: Path, *args: str, timeout: float = 180.0, stdin: str = ""
+    ) -> subprocess.CompletedProcess[str]:
         binary = require_tool("podman", "podman")
-        return run([binary, *self._store_flags(store), *args], timeout=timeout, env=self.env)
+        return run([binary, *self._store_flags(store), *args], timeout=timeout, env=self.env, stdin=stdin)
+
+    def podman_unchecked(
+        self, store: Path, *args: str, timeout: float = 180.0
+    ) -> subprocess.CompletedProcess[str]:
+        """podman whose failure is what the test expects."""
+        binary = require_tool("podman", "podman")
+        return run([binary, *self._store_flags(store), *args], timeout=timeout, env=self.env, check=False)
 
     def buildah(self, store: Path, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
         binary = require_tool("buildah", "buildah")
