@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadgen import build_headload
-from registry import Client, image_config, image_manifest, sha256_digest
+from registry import TOKEN_MARGIN, Client, discover_auth, image_config, image_manifest, sha256_digest
 from report import Figure, Target, log
 from servers import Distribution, Dockyard, Nginx, Server, machine_busy_seconds, own_cpu_seconds
 
@@ -198,6 +198,31 @@ class Bench:
                 shares[phase] = sum(elapsed * load for elapsed, load in record) / total
         return shares
 
+    # -- clients and tokens -----------------------------------------------------------------
+
+    @staticmethod
+    def client(server: Server) -> Client:
+        """A new keep-alive client for ``server``, with Bearer tokens if it wants them."""
+        return Client(server.port, auth=server.auth)
+
+    @staticmethod
+    def fetch_token(server: Server, scopes: list[str]) -> None:
+        """Get (or renew) the token for ``scopes`` now, so that a timed loop does not pay for it.
+
+        A real client does the same: docker asks for one token per repository and
+        push or pull, not one per request.
+        """
+        if server.auth is not None:
+            server.auth.token(scopes)
+
+    @staticmethod
+    def bearer(server: Server, scopes: list[str], valid_for: float) -> dict[str, str]:
+        """The Authorization header for an external load generator (wrk, headload, curl).
+
+        The token must outlive the run: ``valid_for`` seconds. Empty for a server without auth.
+        """
+        return {} if server.auth is None else server.auth.header(scopes, valid_for + TOKEN_MARGIN)
+
     def next_number(self) -> int:
         """A number no earlier call returned: for blobs, configs and tags no registry has seen."""
         self._counter += 1
@@ -219,10 +244,28 @@ class Bench:
             for server in servers:
                 server.start()
                 log(f"{server.label} on {server.base} (pid {server.tree.pid}), data in {server.folder}")
+            for server in self.registries:  # as docker does: ping /v2/, follow a Bearer challenge
+                server.auth = discover_auth(server.port, server.credentials)
+                scheme = f"Bearer tokens from {server.auth.realm}" if server.auth else "no auth"
+                log(f"{server.label}: {scheme}")
+            self.info["auth"] = {
+                s.name: (
+                    {"scheme": "Bearer", "realm": s.auth.realm, "service": s.auth.service}
+                    if s.auth
+                    else {"scheme": None}
+                )
+                for s in self.registries
+            }
             self.info["idle_rss_kib"] = {s.name: s.tree.memory_kib("VmRSS") for s in servers}
             yield
         finally:
             self.info["load_average_at_end"] = os.getloadavg()
+            for server in self.registries:
+                if server.auth is not None:
+                    self.info.setdefault("token_requests", {})[server.name] = {
+                        "count": server.auth.fetched,
+                        "seconds": round(server.auth.fetch_seconds, 3),
+                    }
             for server in servers:
                 server.stop()
 
@@ -232,7 +275,7 @@ class Bench:
         self.pull_digest = sha256_digest(self.pull_blob)
         (self.nginx.folder / "www" / "blob").write_bytes(self.pull_blob)
         for server in self.registries:
-            client = Client(server.port)
+            client = self.client(server)
             client.push_monolithic(APP, self.layer, self.layer_digest)
             client.push_monolithic(APP, self.config, sha256_digest(self.config))
             client.put_manifest(APP, "latest", self.manifest)

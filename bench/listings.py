@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from harness import APP, REPOS, TAGS, Bench
-from registry import Client, listing_items, parallel, sha256_digest
+from registry import (
+    CATALOG_SCOPE,
+    Client,
+    listing_items,
+    mount_scopes,
+    parallel,
+    pull_scope,
+    push_scope,
+    sha256_digest,
+)
 from report import Target, log_figure
 
 
 def populate(bench: Bench) -> None:
-    """Many tags on one manifest and many repositories sharing one blob, one registry at a time."""
+    """Many tags on one manifest and many repositories sharing one blob, one registry at a time.
+
+    With auth (Dockyard), the tag PUTs share one push token on the tags repository, and
+    each mount needs its own token (push on the new repository, pull on bench/app), as
+    docker would ask for; those tokens are fetched before the mount timer starts, on
+    the same number of threads, and their rate is a row of its own.
+    """
     p = bench.profile
     tags_rate = bench.figure("populate_tags", f"populate: tag PUT, {p.populate_threads} threads", "tags/s")
     repos_rate = bench.figure(
         "populate_repos", f"populate: blob mount, {p.populate_threads} threads", "repos/s"
     )
     for server in bench.registries:
-        setup = Client(server.port)
+        setup = bench.client(server)
         setup.mount(TAGS, bench.layer_digest, APP)
         setup.mount(TAGS, sha256_digest(bench.config), APP)
         setup.close()
+        bench.fetch_token(server, [push_scope(TAGS)])
 
         def tag_job(name: str) -> Callable[[Client], None]:
             return lambda client: client.put_manifest(TAGS, name, bench.manifest)
@@ -30,11 +48,23 @@ def populate(bench: Bench) -> None:
 
         jobs = [tag_job(f"t{i:05d}") for i in range(p.tags)]
         with bench.meter(server) as meter:
-            parallel(server.port, jobs, threads=p.populate_threads)
+            parallel(server.port, jobs, threads=p.populate_threads, auth=server.auth)
         tags_rate.add(server.name, p.tags / meter.elapsed)
-        jobs = [mount_job(f"{REPOS}{i:05d}") for i in range(p.repositories)]
+        names = [f"{REPOS}{i:05d}" for i in range(p.repositories)]
+        auth = server.auth
+        if auth is not None:
+            fetched, started = auth.fetched, time.perf_counter()
+            with ThreadPoolExecutor(max_workers=p.populate_threads) as pool:
+                list(pool.map(auth.token, [mount_scopes(name, APP) for name in names]))
+            elapsed = time.perf_counter() - started
+            tokens = bench.figure(
+                "token_issue", f"token issue (GET /oauth2/token), {p.populate_threads} threads", "tokens/s"
+            )
+            tokens.add(server.name, (auth.fetched - fetched) / elapsed, tokens=auth.fetched - fetched)
+            log_figure(tokens)
+        jobs = [mount_job(name) for name in names]
         with bench.meter(server) as meter:
-            parallel(server.port, jobs, threads=p.populate_threads)
+            parallel(server.port, jobs, threads=p.populate_threads, auth=server.auth)
         repos_rate.add(server.name, p.repositories / meter.elapsed)
     log_figure(tags_rate)
     log_figure(repos_rate)
@@ -57,9 +87,11 @@ def listings(bench: Bench) -> None:
     counts: dict[str, int] = {}
     for rep in range(p.listing_reps):
         for server in bench.order(rep, bench.registries):
-            client = Client(server.port)
+            client = bench.client(server)
+            bench.fetch_token(server, [pull_scope(TAGS)])
+            bench.fetch_token(server, [CATALOG_SCOPE])
             with bench.meter(server) as meter:
-                pages = client.pages(f"/v2/{TAGS}/tags/list")
+                pages = client.pages(f"/v2/{TAGS}/tags/list", [pull_scope(TAGS)])
             names = listing_items(pages, "tags")
             cpu_ms = round(meter.server_cpu * 1000)
             tags.add(server.name, meter.elapsed * 1000, pages=len(pages), server_cpu_ms=cpu_ms)
@@ -67,7 +99,7 @@ def listings(bench: Bench) -> None:
             if len(names) != p.tags or len(set(names)) != p.tags:
                 raise RuntimeError(f"{server.label} listed {len(names)} tags, not {p.tags}")
             with bench.meter(server) as meter:
-                pages = client.pages("/v2/_catalog")
+                pages = client.pages("/v2/_catalog", [CATALOG_SCOPE])
             names = listing_items(pages, "repositories")
             cpu_ms = round(meter.server_cpu * 1000)
             catalog.add(

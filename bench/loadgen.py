@@ -98,13 +98,18 @@ def run_headload(
     )
 
 
-def curl_pull(url: str, *, streams: int, repeats: int, expected_size: int) -> float:
+def curl_pull(
+    url: str, *, streams: int, repeats: int, expected_size: int, headers: dict[str, str] | None = None
+) -> float:
     """Download ``url`` ``repeats`` times on each of ``streams`` parallel curl processes.
 
-    Each process reuses one connection for its downloads. Returns the aggregate
-    bytes per second over the wall time from the first start to the last finish.
+    Each process reuses one connection for its downloads and sends ``headers`` (the
+    Bearer token) on each. Returns the aggregate bytes per second over the wall time
+    from the first start to the last finish.
     """
     argv = ["curl", "-s", "--http1.1", "-w", "%{http_code} %{size_download}\\n"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
     for _ in range(repeats):
         argv += ["-o", "/dev/null", url]
     started = time.perf_counter()

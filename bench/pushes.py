@@ -6,7 +6,7 @@ import os
 import time
 
 from harness import APP, IMAGES, MB, PUSH, Bench, MiB
-from registry import Client, image_config, image_manifest, sha256_digest
+from registry import image_config, image_manifest, push_scope, sha256_digest
 from report import Target, log_figure
 
 
@@ -26,13 +26,15 @@ def blob_push(bench: Bench) -> None:
                 Target("distribution", ">=", 1.2),
             )
             cpu = {s.name: 0.0 for s in bench.registries}
+            for server in bench.registries:  # one token for the whole series, outside the timer
+                bench.fetch_token(server, [push_scope(PUSH)])
             os.sync()
             for rep in range(reps):
                 for server in bench.order(rep, bench.registries):
                     digest = bench.unique(buffer)
                     if size >= 16 * MiB:
                         os.sync()  # start each large push with no dirty pages left by the previous one
-                    client = Client(server.port)  # a new connection per push, as a new client would
+                    client = bench.client(server)  # a new connection per push, as a new client would
                     with bench.meter(server) as meter:
                         if kind == "monolithic":
                             client.push_monolithic(PUSH, buffer, digest)
@@ -55,9 +57,10 @@ def image_push(bench: Bench) -> None:
     )
     for rep in range(p.image_push_rounds):
         for server in bench.order(rep, bench.registries):
-            client = Client(server.port)
+            client = bench.client(server)
             if rep == 0:
                 client.mount(IMAGES, bench.layer_digest, APP)
+            bench.fetch_token(server, [push_scope(IMAGES)])
             pushed = 0
             with bench.meter(server) as meter:
                 deadline = time.perf_counter() + p.image_push_seconds

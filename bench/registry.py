@@ -2,10 +2,18 @@
 
 Used to push blobs and images, mount blobs, populate tags and repositories in
 parallel, and walk paginated listings, the same way against every server.
+
+Authentication is the Docker token flow real clients (docker, containerd, skopeo)
+use: ``discover_auth`` pings ``/v2/``; a 401 with a ``Bearer realm=…,service=…``
+challenge gets a ``TokenAuth``, which asks the realm for a token per set of scopes
+(``GET realm?service=…&scope=…`` with HTTP Basic), caches it until shortly before it
+expires, and every request then carries ``Authorization: Bearer <token>``. A
+registry that answers 200 without credentials (Distribution here) gets no auth.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -21,14 +29,32 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 LINK_NEXT = re.compile(r"<([^>]+)>\s*;\s*rel=\"?next\"?")
+CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+CATALOG_SCOPE = "registry:catalog:*"
+
+#: A cached token is renewed when it has less than this many seconds left (one request's worth).
+TOKEN_MARGIN = 15.0
 
 
 class RegistryFailure(RuntimeError):
     """A registry answered something other than what the workload expects."""
 
+    def __init__(self, message: str, *, status: int = 0, challenge: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.challenge = challenge
+
 
 def sha256_digest(data: bytes | bytearray | memoryview) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def pull_scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    return f"repository:{repository}:pull,push"
 
 
 @dataclass
@@ -38,13 +64,150 @@ class Reply:
     body: bytes
 
 
-class Client:
-    """One keep-alive connection to one registry (not thread-safe: one per thread)."""
+@dataclass
+class Token:
+    value: str
+    expires_at: float  # time.monotonic()
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 300.0) -> None:
+
+class TokenAuth:
+    """Bearer tokens from a registry's token service, one per set of scopes, cached (thread-safe).
+
+    ``fetched`` and ``fetch_seconds`` count the token requests and the time spent on them.
+    """
+
+    def __init__(self, realm: str, service: str, username: str, password: str) -> None:
+        parts = urlsplit(realm)
+        if parts.scheme != "http" or not parts.hostname:
+            raise RegistryFailure(f"unsupported token realm {realm!r}")
+        self.realm = realm
+        self.service = service
+        self._host = parts.hostname
+        self._port = parts.port or 80
+        self._path = parts.path or "/"
+        basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self._basic = f"Basic {basic}"
+        self._tokens: dict[tuple[str, ...], Token] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.fetched = 0
+        self.fetch_seconds = 0.0
+
+    def token(self, scopes: Iterable[str] = (), valid_for: float = TOKEN_MARGIN) -> str:
+        """A token granting ``scopes`` that stays valid at least ``valid_for`` more seconds."""
+        key = tuple(sorted(set(scopes)))
+        with self._lock:
+            cached = self._tokens.get(key)
+        if cached is not None and cached.expires_at - time.monotonic() >= valid_for:
+            return cached.value
+        token = self._fetch(key)
+        if token.expires_at - time.monotonic() < valid_for:
+            raise RegistryFailure(f"tokens live shorter than the {valid_for:.0f} s a workload needs")
+        with self._lock:
+            self._tokens[key] = token
+        return token.value
+
+    def header(self, scopes: Iterable[str] = (), valid_for: float = TOKEN_MARGIN) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(scopes, valid_for)}"}
+
+    def forget(self, scopes: Iterable[str] = ()) -> None:
+        with self._lock:
+            self._tokens.pop(tuple(sorted(set(scopes))), None)
+
+    def _fetch(self, scopes: tuple[str, ...]) -> Token:
+        query = urlencode([("service", self.service), *(("scope", scope) for scope in scopes)])
+        started = time.perf_counter()
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self._host, self._port, timeout=60)
+            try:
+                conn.request("GET", f"{self._path}?{query}", headers={"Authorization": self._basic})
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+        if response.will_close:
+            conn.close()
+            self._local.conn = None
+        if response.status != 200:
+            raise RegistryFailure(
+                f"token request for {list(scopes)} answered {response.status}: {data[:300]!r}"
+            )
+        document = json.loads(data)
+        value = document.get("token") or document.get("access_token")
+        if not value:
+            raise RegistryFailure(f"token answer without a token: {data[:300]!r}")
+        granted = _scope_actions(str(document.get("scope", "")).split())
+        if any(not actions <= granted.get(key, set()) for key, actions in _scope_actions(scopes).items()):
+            raise RegistryFailure(f"token service granted {document.get('scope')!r}, not {list(scopes)}")
+        lifetime = float(document.get("expires_in") or 60)  # the Docker token spec's default
+        with self._lock:
+            self.fetched += 1
+            self.fetch_seconds += time.perf_counter() - started
+        return Token(value, time.monotonic() + lifetime - 5)  # 5 s for clock slack and the round trip
+
+
+def _scope_actions(scopes: Iterable[str]) -> dict[str, set[str]]:
+    """``type:name`` → actions of scope strings such as ``repository:a/b:pull,push``."""
+    actions: dict[str, set[str]] = {}
+    for scope in scopes:
+        resource, _, listed = scope.rpartition(":")
+        actions.setdefault(resource, set()).update(a for a in listed.split(",") if a)
+    return actions
+
+
+def discover_auth(
+    port: int, credentials: tuple[str, str] | None, host: str = "127.0.0.1"
+) -> TokenAuth | None:
+    """Ping ``/v2/`` as docker does: None if it answers 200, a TokenAuth for a Bearer challenge."""
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request("GET", "/v2/")
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    if response.status == 200:
+        return None
+    challenge = response.headers.get("WWW-Authenticate", "")
+    if response.status != 401 or not challenge.lower().startswith("bearer "):
+        raise RegistryFailure(f"GET /v2/ answered {response.status} with challenge {challenge!r}")
+    params = dict(CHALLENGE_PARAM.findall(challenge))
+    if "realm" not in params:
+        raise RegistryFailure(f"Bearer challenge without a realm: {challenge!r}")
+    if credentials is None:
+        raise RegistryFailure(f"{host}:{port} wants a token and the bench has no credentials for it")
+    auth = TokenAuth(params["realm"], params.get("service", ""), *credentials)
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:  # the token must open /v2/
+        conn.request("GET", "/v2/", headers=auth.header())
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise RegistryFailure(f"GET /v2/ with a Bearer token answered {response.status}")
+    return auth
+
+
+class Client:
+    """One keep-alive connection to one registry (not thread-safe: one per thread).
+
+    With ``auth``, each request carries a Bearer token for the scopes it names.
+    """
+
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", timeout: float = 300.0, auth: TokenAuth | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.auth = auth
         self._conn: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
@@ -59,12 +222,35 @@ class Client:
         body: bytes | bytearray | memoryview | None = None,
         headers: dict[str, str] | None = None,
         expect: Iterable[int] = (200,),
+        scopes: Iterable[str] = (),
     ) -> Reply:
         headers = dict(headers or {})
         if body is not None:
             headers.setdefault("Content-Length", str(memoryview(body).nbytes))
         elif method in {"POST", "PUT", "PATCH"}:
             headers.setdefault("Content-Length", "0")
+        if self.auth is None:
+            return self._exchange(method, path, body, headers, expect)
+        scopes = tuple(scopes)
+        headers.update(self.auth.header(scopes))
+        try:
+            return self._exchange(method, path, body, headers, expect)
+        except RegistryFailure as failure:
+            if failure.status != 401 or "invalid_token" not in failure.challenge:
+                raise
+        # The token was refused (expired early, keys rotated): renew it once, as docker does.
+        self.auth.forget(scopes)
+        headers.update(self.auth.header(scopes))
+        return self._exchange(method, path, body, headers, expect)
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        body: bytes | bytearray | memoryview | None,
+        headers: dict[str, str],
+        expect: Iterable[int],
+    ) -> Reply:
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
@@ -82,7 +268,9 @@ class Client:
             self.close()
         if response.status not in expect:
             raise RegistryFailure(
-                f"{method} {path[:120]} answered {response.status}: {data[:300]!r} (expected {list(expect)})"
+                f"{method} {path[:120]} answered {response.status}: {data[:300]!r} (expected {list(expect)})",
+                status=response.status,
+                challenge=response.headers.get("WWW-Authenticate", ""),
             )
         return Reply(response.status, response.headers, data)
 
@@ -101,7 +289,9 @@ class Client:
     # -- blobs --------------------------------------------------------------------------------
 
     def start_upload(self, repository: str) -> str:
-        reply = self.request("POST", f"/v2/{repository}/blobs/uploads/", expect=(202,))
+        reply = self.request(
+            "POST", f"/v2/{repository}/blobs/uploads/", expect=(202,), scopes=[push_scope(repository)]
+        )
         return self._location(reply)
 
     def push_monolithic(self, repository: str, data: bytes | bytearray | memoryview, digest: str) -> None:
@@ -113,6 +303,7 @@ class Client:
             body=data,
             headers={"Content-Type": "application/octet-stream"},
             expect=(201,),
+            scopes=[push_scope(repository)],
         )
 
     def push_chunked(
@@ -133,18 +324,21 @@ class Client:
                     "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
                 },
                 expect=(202,),
+                scopes=[push_scope(repository)],
             )
             location = self._location(reply)
             patches += 1
-        self.request("PUT", self._with_query(location, digest=digest), expect=(201,))
+        self.request(
+            "PUT", self._with_query(location, digest=digest), expect=(201,), scopes=[push_scope(repository)]
+        )
         return patches
 
     def mount(self, repository: str, digest: str, source: str) -> None:
         path = f"/v2/{repository}/blobs/uploads/?" + urlencode({"mount": digest, "from": source})
-        self.request("POST", path, expect=(201,))
+        self.request("POST", path, expect=(201,), scopes=mount_scopes(repository, source))
 
     def get_blob(self, repository: str, digest: str) -> bytes:
-        return self.request("GET", f"/v2/{repository}/blobs/{digest}").body
+        return self.request("GET", f"/v2/{repository}/blobs/{digest}", scopes=[pull_scope(repository)]).body
 
     # -- manifests ----------------------------------------------------------------------------
 
@@ -155,35 +349,45 @@ class Client:
             body=payload,
             headers={"Content-Type": OCI_MANIFEST},
             expect=(201,),
+            scopes=[push_scope(repository)],
         )
 
     def get_manifest(self, repository: str, reference: str, method: str = "GET") -> Reply:
         return self.request(
-            method, f"/v2/{repository}/manifests/{reference}", headers={"Accept": OCI_MANIFEST}
+            method,
+            f"/v2/{repository}/manifests/{reference}",
+            headers={"Accept": OCI_MANIFEST},
+            scopes=[pull_scope(repository)],
         )
 
     # -- listings -----------------------------------------------------------------------------
 
-    def pages(self, path: str) -> list[Reply]:
+    def pages(self, path: str, scopes: Iterable[str]) -> list[Reply]:
         """Every page of a paginated listing, following Link rel="next"; the bodies stay undecoded.
 
         Only the HTTP exchanges: the next page comes from the Link header, so a timer
         around this measures the server and the wire, not the client's JSON decoding.
         """
+        scopes = tuple(scopes)
         replies: list[Reply] = []
         next_path: str | None = path
         while next_path:
-            reply = self.request("GET", next_path)
+            reply = self.request("GET", next_path, scopes=scopes)
             replies.append(reply)
             next_path = next_page(reply)
             if len(replies) > 100_000:
                 raise RegistryFailure(f"{path} does not stop paginating")
         return replies
 
-    def walk(self, path: str, key: str) -> tuple[list[str], int]:
+    def walk(self, path: str, key: str, scopes: Iterable[str]) -> tuple[list[str], int]:
         """Every item of a paginated listing, following Link rel="next"; and the page count."""
-        replies = self.pages(path)
+        replies = self.pages(path, scopes)
         return listing_items(replies, key), len(replies)
+
+
+def mount_scopes(repository: str, source: str) -> list[str]:
+    """A cross-repository mount pushes to ``repository`` and reads ``source`` (docker asks for both)."""
+    return [push_scope(repository), pull_scope(source)]
 
 
 def next_page(reply: Reply) -> str | None:
@@ -229,7 +433,9 @@ def image_manifest(config: bytes, layer_digest: str, layer_size: int) -> bytes:
     return json.dumps(document, indent=3).encode()
 
 
-def parallel(port: int, jobs: list[Callable[[Client], None]], threads: int = 8) -> float:
+def parallel(
+    port: int, jobs: list[Callable[[Client], None]], threads: int = 8, auth: TokenAuth | None = None
+) -> float:
     """Run ``jobs`` on ``threads`` threads, each with its own keep-alive client; the seconds it took."""
     local = threading.local()
     clients: list[Client] = []
@@ -238,7 +444,7 @@ def parallel(port: int, jobs: list[Callable[[Client], None]], threads: int = 8) 
     def run(job: Callable[[Client], None]) -> None:
         client = getattr(local, "client", None)
         if client is None:
-            client = local.client = Client(port)
+            client = local.client = Client(port, auth=auth)
             with lock:
                 clients.append(client)
         job(client)

@@ -138,9 +138,15 @@ def report(bench: Bench, profile: Profile, elapsed: float, stamp: dt.datetime, a
     commit = env.get("dockyard_commit", "?") + ("+changes" if env.get("dockyard_uncommitted_changes") else "")
     print()
     print(
-        f"Dockyard {commit} vs CNCF Distribution 2.8 / nginx: {profile.name} run, {elapsed:.0f} s, "
+        f"Dockyard {commit} ({_auth_text(bench, 'dockyard')}) vs CNCF Distribution 2.8 "
+        f"({_auth_text(bench, 'distribution')}) / nginx: {profile.name} run, {elapsed:.0f} s, "
         f"{stamp:%Y-%m-%d %H:%M} UTC, access logs {'on' if access_log else 'off'}"
     )
+    if _auth_text(bench, "dockyard") != _auth_text(bench, "distribution"):
+        print(
+            "Dockyard checks a Bearer token on every request, Distribution (as Debian ships it, "
+            "minus htpasswd) checks nothing: the comparison is conservative for Dockyard"
+        )
     print("medians of repeated runs; D/Dist and D/nginx are Dockyard's figure divided by the other's")
     print()
     print(table(list(bench.figures.values())))
@@ -157,6 +163,15 @@ def report(bench: Bench, profile: Profile, elapsed: float, stamp: dt.datetime, a
         print(f"note: {note}")
     for error in bench.errors:
         print(f"ERROR: {error}")
+
+
+def _auth_text(bench: Bench, server: str) -> str:
+    """How the bench authenticated to ``server``: "Bearer token auth", "no auth" or "auth ?"."""
+    auth = bench.info.get("auth")
+    scheme = auth.get(server, {}).get("scheme", "?") if isinstance(auth, dict) else "?"
+    if scheme is None:
+        return "no auth"
+    return f"{scheme} token auth" if scheme == "Bearer" else f"auth {scheme}"
 
 
 # -- the JSON document ------------------------------------------------------------------------

@@ -154,7 +154,7 @@ class Policy:
         return f"repository:{repository}:{need.challenge}"
 
     def realm(self, request: Request) -> str:
-        """The token service's URL as the client sees it (``X-Forwarded-Proto/-Host`` from trusted proxies)."""
+        """The token service's URL as clients see it (X-Forwarded-Proto and -Host from trusted proxies)."""
         scheme, host = request.url.scheme, request.url.netloc
         peer = request.scope.get("client")
         address = parse_address(peer[0]) if peer else None

@@ -41,4 +41,4 @@ def confirm(yes: bool, what: str) -> None:
 
 def shown_once(what: str) -> None:
     """Tell the user (on stderr) that a generated secret is printed only now."""
-    typer.echo(f"Save the {what} now: it cannot be shown again.", err=True)
+    typer.echo(f"Shown only now, never again: save the {what}.", err=True)

@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 import dockyard
-from tests.e2e.support import DockyardServer, dockyard_command, get_manifest, push_image, put_manifest, run
+from tests.e2e.support import (
+    ADMIN_PASSWORD,
+    ADMIN_USERNAME,
+    DockyardServer,
+    dockyard_command,
+    get_manifest,
+    push_image,
+    put_manifest,
+    run,
+)
 from tests.support.images import OCI_INDEX, OCI_MANIFEST, make_image, make_index
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", autouse=True)
+def logged_in(dockyard_server: DockyardServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`dockyard login` as the admin user once, into credential files of this module's own."""
+    home = tmp_path_factory.mktemp("cli-login")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HOME", str(home))
+        env.setenv("DOCKER_CONFIG", str(home / ".docker"))
+        env.setenv("REGISTRY_AUTH_FILE", str(home / "auth.json"))
+        env.delenv("XDG_RUNTIME_DIR", raising=False)
+        login = dockyard_command("login", dockyard_server.url, "-u", ADMIN_USERNAME, "--password-stdin")
+        assert run(login, stdin=ADMIN_PASSWORD, timeout=60).stdout.strip() == "Login Succeeded"
+        yield
 
 
 def cli(server: DockyardServer, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
