@@ -88,6 +88,20 @@ def test_skopeo_copies_over_https_with_the_ca_in_a_cert_dir(
         trust_dir = server.tls_dir / "trust"
         assert sorted(p.name for p in trust_dir.iterdir()) == ["ca.crt"]
         tools.skopeo(*copy[:2], "--dest-cert-dir", str(trust_dir), *copy[2:])
+        # ... and a pull back over HTTPS, trusting the CA the same way.
+        pulled = tmp_path / "pulled"
+        tools.skopeo(
+            "--insecure-policy",
+            "copy",
+            "--src-cert-dir",
+            str(trust_dir),
+            "--src-creds",
+            f"{ADMIN_USERNAME}:{ADMIN_PASSWORD}",
+            f"docker://{server.host}/tls/skopeo:v1",
+            f"oci:{pulled}:v1",
+        )
+        for blob in image.blobs:
+            assert (pulled / "blobs" / "sha256" / blob.digest.split(":", 1)[1]).read_bytes() == blob.data
     finally:
         tools.close()
 
