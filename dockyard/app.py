@@ -30,14 +30,22 @@ from dockyard.asgi import (
 )
 from dockyard.config import Settings
 from dockyard.db import Database
+from dockyard.events.routes import EventRoutes
+from dockyard.events.services import EventService
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry import jobs as registry_jobs
 from dockyard.registry.routes import build_routes
 from dockyard.registry.services import RegistryServices, build_registry_services
 from dockyard.storage import BlobStore
 from dockyard.storage.factory import create_blob_store
+from dockyard.webhooks.jobs import DeliveryWorker
+from dockyard.webhooks.routes import WebhookRoutes
+from dockyard.webhooks.services import WebhookService
 
 log = logging.getLogger(__name__)
+
+#: Pull events are written in batches this often.
+PULL_FLUSH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,18 +57,46 @@ class Dockyard:
     store: BlobStore
     registry: RegistryServices
     access: AccessServices
+    events: EventService
+    webhooks: WebhookService
 
 
 def build(settings: Settings) -> Dockyard:
     """Create the database engine, blob store and services for ``settings``."""
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     store = create_blob_store(settings)
+    events = EventService(db)
     return Dockyard(
         settings=settings,
         db=db,
         store=store,
-        registry=build_registry_services(settings, db, store),
+        registry=build_registry_services(settings, db, store, events),
         access=build_access_services(settings, db),
+        events=events,
+        webhooks=build_webhook_service(settings, db),
+    )
+
+
+def build_webhook_service(settings: Settings, db: Database) -> WebhookService:
+    return WebhookService(
+        db,
+        registry_name=settings.registry_name,
+        limit=settings.webhook_limit,
+        retry_window_seconds=settings.webhook_retry_window_seconds,
+        retry_base_seconds=settings.webhook_retry_base_seconds,
+        retry_max_seconds=settings.webhook_retry_max_seconds,
+        lease_seconds=settings.webhook_timeout_seconds * 3,
+    )
+
+
+def delivery_worker(parts: Dockyard) -> DeliveryWorker:
+    settings = parts.settings
+    return DeliveryWorker(
+        parts.webhooks,
+        parts.events,
+        concurrency=settings.webhook_concurrency,
+        timeout_seconds=settings.webhook_timeout_seconds,
+        poll_seconds=settings.webhook_poll_seconds,
     )
 
 
@@ -117,10 +153,14 @@ def create_app(
                     registry_jobs.EXPIRE_UPLOADS_EVERY,
                     lambda: registry_jobs.expire_uploads(parts.registry),
                 )
+                group.start_soon(_every, PULL_FLUSH_SECONDS, parts.events.flush_pulls)
+                if settings.run_worker:
+                    group.start_soon(delivery_worker(parts).run)
             try:
                 yield
             finally:
                 group.cancel_scope.cancel()
+        await run_sync(parts.events.flush_pulls)
         parts.db.dispose()
 
     policy = build_policy(settings, parts.access)
@@ -131,6 +171,8 @@ def create_app(
         *ManagementRoutes(parts.access, policy, settings.registry_name).routes(),
         *IdentityRoutes(parts.access, policy).routes(),
         *OpenApiRoutes().routes(),
+        *WebhookRoutes(parts.webhooks, policy, timeout_seconds=settings.webhook_timeout_seconds).routes(),
+        *EventRoutes(parts.events, policy).routes(),
         *build_routes(parts.registry, policy),
     ]
     app = Starlette(

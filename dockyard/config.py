@@ -94,6 +94,31 @@ class Settings(BaseSettings):
         default_factory=lambda: list(DEFAULT_PRIVATE_NETWORKS),
         description="CIDRs the network rules always allow (ACR's private endpoints); loopback + RFC 1918.",
     )
+    run_worker: bool = Field(
+        True,
+        description="Run webhook delivery in `dockyard serve`; turn off when `dockyard worker` runs it.",
+    )
+    webhook_limit: int = Field(
+        500,
+        ge=0,
+        description="How many webhooks the registry allows (ACR tiers: Basic 2, Standard 10, Premium 500).",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="Time allowed for one delivery attempt."
+    )
+    webhook_retry_window_seconds: float = Field(
+        6 * 3600, ge=0, description="How long a failing delivery is retried before it is dead-lettered."
+    )
+    webhook_retry_base_seconds: float = Field(
+        2.0, gt=0, description="First retry delay; it doubles each attempt (with jitter) up to the maximum."
+    )
+    webhook_retry_max_seconds: float = Field(300.0, gt=0, description="Longest delay between two attempts.")
+    webhook_poll_seconds: float = Field(
+        0.5, gt=0, description="How often the worker looks for due deliveries and other processes' events."
+    )
+    webhook_concurrency: int = Field(
+        32, ge=1, description="Deliveries in flight per process (2 per webhook)."
+    )
     db_pool_size: int = Field(16, ge=1, description="Database connections held per process.")
 
     # -- TLS for `dockyard serve` (docs/tls.md); checked and applied by dockyard/tls.py ------------

@@ -10,7 +10,7 @@ import httpx
 import typer
 
 from dockyard.cli import credentials as store
-from dockyard.cli.client import error_message, registry_host, registry_url
+from dockyard.cli.client import error_message, registry_host, registry_url, unreachable
 from dockyard.cli.output import fail
 
 RegistryArgument = Annotated[
@@ -31,7 +31,7 @@ def _request_token(url: str, username: str, password: str, *, offline: bool) -> 
             f"{url}/oauth2/token", params=params, auth=httpx.BasicAuth(username, password), timeout=30.0
         )
     except httpx.HTTPError as exc:
-        raise fail(f"cannot reach {url}: {exc}") from None
+        raise fail(unreachable(url, exc)) from None
     if response.status_code == 401:
         raise fail(f"login to {host} failed: wrong user name or password ({error_message(response)})")
     if response.status_code >= 400:

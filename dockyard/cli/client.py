@@ -54,6 +54,14 @@ def login_argument(url: str) -> str:
     return host if registry_url(host) == url else url
 
 
+def unreachable(url: str, exc: Exception) -> str:
+    """Why ``url`` could not be reached, with a hint when plain HTTP may be the wrong guess."""
+    hint = ""
+    if url.startswith("http://") and not isinstance(exc, httpx.ConnectError | httpx.TimeoutException):
+        hint = f"; if the registry serves HTTPS, use https://{registry_host(url)}"
+    return f"cannot reach {url}: {exc}{hint}"
+
+
 def _next_link(response: httpx.Response) -> str | None:
     link = response.headers.get("link")
     if not link or 'rel="next"' not in link:
@@ -97,7 +105,7 @@ class RegistryClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise fail(f"cannot reach {self.base_url}: {exc}") from None
+            raise fail(unreachable(self.base_url, exc)) from None
         if response.status_code == 401:
             raise fail(self._unauthorized_message(response))
         if response.status_code >= 400:

@@ -18,7 +18,9 @@ HERE = Path(__file__).parent
 def load_models() -> None:
     """Import every room's models so ``metadata`` holds the whole schema."""
     import dockyard.access.models
-    import dockyard.registry.models  # noqa: F401
+    import dockyard.events.models
+    import dockyard.registry.models
+    import dockyard.webhooks.models  # noqa: F401
 
 
 def alembic_config(database: Database) -> Config:

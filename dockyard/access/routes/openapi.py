@@ -33,6 +33,26 @@ def _object(required: list[str] | None = None, **properties: Any) -> dict[str, A
     return schema
 
 
+WEBHOOK = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "serviceUri": {"type": "string", "format": "uri"},
+        "actions": {
+            "type": "array",
+            "items": {
+                "type": "string",
+                "enum": ["push", "delete", "quarantine", "chart_push", "chart_delete"],
+            },
+        },
+        "scope": {"type": "string", "description": "repo:tag, repo:* or repo (= repo:latest); * wildcards"},
+        "customHeaders": {"type": "object", "additionalProperties": {"type": "string"}},
+        "status": STATUS,
+        "secret": {"type": "string", "description": "signs each delivery: X-Dockyard-Signature-256"},
+        "payloadFormat": {"type": "string", "enum": ["acr", "cloudevents"]},
+    },
+}
+
 #: (path, method, summary, request body schema or None, success status)
 OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("/api/v1/registry", "get", "Registry properties", None, 200),
@@ -149,6 +169,28 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("/api/v1/signing-keys", "get", "List token signing keys", None, 200),
     ("/api/v1/signing-keys/rotate", "post", "Start signing with a new key", None, 201),
     ("/api/v1/audit", "get", "Audit events (?since=, ?action=, ?limit=)", None, 200),
+    (
+        "/api/v1/events",
+        "get",
+        "Repository events: push, pull, delete, untag… (?repository=, ?action=, ?since=)",
+        None,
+        200,
+    ),
+    ("/api/v1/webhooks", "get", "List webhooks", None, 200),
+    (
+        "/api/v1/webhooks",
+        "post",
+        "Create a webhook",
+        WEBHOOK | {"required": ["name", "serviceUri", "actions"]},
+        201,
+    ),
+    ("/api/v1/webhooks/{id}", "get", "Show a webhook", None, 200),
+    ("/api/v1/webhooks/{id}", "patch", "Change a webhook", WEBHOOK, 200),
+    ("/api/v1/webhooks/{id}", "delete", "Delete a webhook", None, 204),
+    ("/api/v1/webhooks/{id}/config", "get", "A webhook's service URI and custom headers", None, 200),
+    ("/api/v1/webhooks/{id}/ping", "post", "Send a ping now and report the answer", None, 200),
+    ("/api/v1/webhooks/{id}/events", "get", "Deliveries with every attempt (?status=, ?limit=)", None, 200),
+    ("/api/v1/webhooks/{id}/events/{delivery}/redeliver", "post", "Send a delivery again", None, 202),
 ]
 
 

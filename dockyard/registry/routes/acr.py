@@ -13,7 +13,7 @@ from dockyard.access.permissions import CATALOG, DELETE, READ_METADATA, UNTAG
 from dockyard.access.policy import Policy
 from dockyard.asgi import run_sync
 from dockyard.oci.digest import parse_digest
-from dockyard.registry.routes.headers import next_link, page_size, repository_name
+from dockyard.registry.routes.headers import next_link, origin, page_size, repository_name
 from dockyard.registry.services import RegistryServices
 from dockyard.registry.services.repositories import ManifestInfo, RepositoryInfo, TagInfo
 
@@ -125,7 +125,7 @@ class AcrRoutes:
     async def repository(self, request: Request) -> Response:
         name = repository_name(request)
         if request.method == "DELETE":
-            deleted = await run_sync(self.repositories.delete, name)
+            deleted = await run_sync(self.repositories.delete, name, origin(request, self.policy))
             return JSONResponse(
                 {"manifestsDeleted": deleted.manifests, "tagsDeleted": deleted.tags}, status_code=202
             )
@@ -153,7 +153,7 @@ class AcrRoutes:
         name = repository_name(request)
         tag = request.path_params["tag"]
         if request.method == "DELETE":
-            await run_sync(self.manifests.delete, name, tag)
+            await run_sync(self.manifests.delete, name, tag, origin(request, self.policy))
             return Response(status_code=202)
         found = await run_sync(self.repositories.tag_detail, name, tag)
         return JSONResponse({"registry": _registry(request), "imageName": name, "tag": tag_json(found)})
@@ -179,7 +179,7 @@ class AcrRoutes:
         digest = request.path_params["digest"]
         parse_digest(digest)
         if request.method == "DELETE":
-            await run_sync(self.manifests.delete, name, digest)
+            await run_sync(self.manifests.delete, name, digest, origin(request, self.policy))
             return Response(status_code=202)
         found = await run_sync(self.repositories.manifest_detail, name, digest)
         return JSONResponse(

@@ -7,12 +7,26 @@ from urllib.parse import urlencode
 
 from starlette.requests import Request
 
+from dockyard.access.policy import Caller, Policy
+from dockyard.events.services import Origin
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_name
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\Z")
 RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)\Z")
+
+
+def origin(request: Request, policy: Policy) -> Origin:
+    """Who is making this request and how, for the event log and webhooks."""
+    caller = request.scope.get("dockyard.caller")
+    return Origin(
+        host=request.headers.get("host"),
+        method=request.method,
+        user_agent=request.headers.get("user-agent"),
+        actor=caller.name if isinstance(caller, Caller) else None,
+        client_ip=policy.client_ip(request.scope),
+    )
 
 
 def repository_name(request: Request) -> str:

@@ -12,7 +12,7 @@ from dockyard.asgi import read_body, run_sync
 from dockyard.oci import mediatypes as mt
 from dockyard.oci.digest import is_digest
 from dockyard.oci.manifests import MAX_MANIFEST_SIZE
-from dockyard.registry.routes.headers import API_VERSION, accept_list, repository_name
+from dockyard.registry.routes.headers import API_VERSION, accept_list, origin, repository_name
 from dockyard.registry.services import RegistryServices
 
 
@@ -26,6 +26,7 @@ class ManifestRoutes:
 
     def __init__(self, services: RegistryServices, policy: Policy) -> None:
         self.manifests = services.manifests
+        self.events = services.events
         self.policy = policy
 
     def routes(self) -> list[BaseRoute]:
@@ -49,7 +50,9 @@ class ManifestRoutes:
         if method == "PUT":
             payload = await read_body(request, MAX_MANIFEST_SIZE)
             content_type = request.headers.get("content-type", "")
-            pushed = await run_sync(self.manifests.put, name, reference, payload, content_type)
+            pushed = await run_sync(
+                self.manifests.put, name, reference, payload, content_type, origin(request, self.policy)
+            )
             headers = {
                 **API_VERSION,
                 "Docker-Content-Digest": pushed.digest,
@@ -59,7 +62,7 @@ class ManifestRoutes:
                 headers["OCI-Subject"] = pushed.subject
             return Response(status_code=201, headers=headers)
         if method == "DELETE":
-            await run_sync(self.manifests.delete, name, reference)
+            await run_sync(self.manifests.delete, name, reference, origin(request, self.policy))
             return Response(status_code=202, headers=API_VERSION)
         # One indexed lookup on the loop's own connection: cheaper than a thread hop.
         record = self.manifests.get(name, reference, accept_list(request))
@@ -71,6 +74,10 @@ class ManifestRoutes:
         if method == "HEAD":
             headers["content-length"] = str(len(record.payload))
             return Response(b"", headers=headers, media_type=record.media_type)
+        tag = None if is_digest(reference) else reference
+        self.events.note_pull(
+            name, tag, record.digest, record.media_type, len(record.payload), origin(request, self.policy)
+        )
         return Response(record.payload, headers=headers, media_type=record.media_type)
 
     async def referrers(self, request: Request) -> Response:

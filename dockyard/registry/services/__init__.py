@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from dockyard.config import Settings
 from dockyard.db import Database
+from dockyard.events.services import EventService
 from dockyard.registry.services.blobs import BlobService
 from dockyard.registry.services.manifests import ManifestService
 from dockyard.registry.services.repositories import RepositoryService
@@ -21,9 +22,12 @@ class RegistryServices:
     uploads: UploadService
     manifests: ManifestService
     repositories: RepositoryService
+    events: EventService
 
 
-def build_registry_services(settings: Settings, db: Database, store: BlobStore) -> RegistryServices:
+def build_registry_services(
+    settings: Settings, db: Database, store: BlobStore, events: EventService
+) -> RegistryServices:
     """Wire the registry services for one application."""
     return RegistryServices(
         blobs=BlobService(db, store),
@@ -33,6 +37,7 @@ def build_registry_services(settings: Settings, db: Database, store: BlobStore) 
             lease_seconds=settings.upload_lease_seconds,
             expiry_seconds=settings.upload_expiry_seconds,
         ),
-        manifests=ManifestService(db, store),
-        repositories=RepositoryService(db, settings.catalog_page_size),
+        manifests=ManifestService(db, store, events),
+        repositories=RepositoryService(db, events, settings.catalog_page_size),
+        events=events,
     )

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard.db import Database, per_dialect, utcnow
+from dockyard.events.services import CHART_DELETE, CHART_PUSH, DELETE, PUSH, UNTAG, EventService, Origin
 from dockyard.oci import mediatypes as mt
 from dockyard.oci.digest import compute_digest, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -111,9 +112,10 @@ def accepts(accept: Sequence[str], media_type: str) -> bool:
 class ManifestService:
     """Stores manifests byte-exact and serves them back."""
 
-    def __init__(self, db: Database, store: BlobStore) -> None:
+    def __init__(self, db: Database, store: BlobStore, events: EventService) -> None:
         self._db = db
         self._store = store
+        self._events = events
 
     # -- pull -------------------------------------------------------------------------------
 
@@ -182,8 +184,10 @@ class ManifestService:
 
     # -- push -------------------------------------------------------------------------------
 
-    def put(self, repository: str, reference: str, payload: bytes, content_type: str) -> PushedManifest:
-        """Validate and store a manifest, tagging it if ``reference`` is a tag."""
+    def put(
+        self, repository: str, reference: str, payload: bytes, content_type: str, origin: Origin | None = None
+    ) -> PushedManifest:
+        """Validate and store a manifest, tagging it if ``reference`` is a tag; log a push event."""
         tag, claimed = parse_reference(reference)
         parsed = parse_manifest(payload, content_type)
         if claimed is not None:
@@ -241,8 +245,21 @@ class ManifestService:
                     },
                 )
             touch_repository(conn, repo_id, now)
+            is_chart = parsed.config is not None and parsed.config.media_type == mt.HELM_CONFIG
+            self._events.record(
+                conn,
+                CHART_PUSH if is_chart else PUSH,
+                repository,
+                tag=tag,
+                digest=digest,
+                media_type=parsed.media_type,
+                artifact_type=parsed.artifact_type,
+                size=len(payload),
+                origin=origin,
+            )
 
         self._db.run_write(work)
+        self._events.committed()
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
 
     @staticmethod
@@ -330,24 +347,48 @@ class ManifestService:
 
     # -- delete -----------------------------------------------------------------------------
 
-    def delete(self, repository: str, reference: str) -> None:
-        """Delete a manifest (by digest, with its tags) or just a tag (untag)."""
+    def delete(self, repository: str, reference: str, origin: Origin | None = None) -> None:
+        """Delete a manifest (by digest, with its tags) or just a tag (untag); log the event."""
         tag, digest = parse_reference(reference)
 
         def work(conn: Connection) -> None:
             repo_id = require_repository(conn, repository)
             if digest is not None:
                 self._refuse_if_referenced(conn, repo_id, digest)
-                query = manifests.delete().where(
-                    manifests.c.repository_id == repo_id, manifests.c.digest == digest
+                row = conn.execute(
+                    sa.select(manifests.c.id, manifests.c.media_type, manifests.c.config_media_type).where(
+                        manifests.c.repository_id == repo_id, manifests.c.digest == digest
+                    )
+                ).first()
+                if row is None:
+                    raise _manifest_unknown(repository, reference)
+                conn.execute(manifests.delete().where(manifests.c.id == row.id))
+                action = CHART_DELETE if row.config_media_type == mt.HELM_CONFIG else DELETE
+                self._events.record(
+                    conn, action, repository, digest=digest, media_type=row.media_type, origin=origin
                 )
             else:
-                query = tags.delete().where(tags.c.repository_id == repo_id, tags.c.name == tag)
-            if not conn.execute(query).rowcount:
-                raise _manifest_unknown(repository, reference)
+                pointed = conn.execute(
+                    sa.select(manifests.c.digest, manifests.c.media_type)
+                    .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
+                    .where(tags.c.repository_id == repo_id, tags.c.name == tag)
+                ).first()
+                if pointed is None:
+                    raise _manifest_unknown(repository, reference)
+                conn.execute(tags.delete().where(tags.c.repository_id == repo_id, tags.c.name == tag))
+                self._events.record(
+                    conn,
+                    UNTAG,
+                    repository,
+                    tag=tag,
+                    digest=pointed.digest,
+                    media_type=pointed.media_type,
+                    origin=origin,
+                )
             touch_repository(conn, repo_id)
 
         self._db.run_write(work)
+        self._events.committed()
 
     @staticmethod
     def _refuse_if_referenced(conn: Connection, repo_id: int, digest: str) -> None:

@@ -12,8 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard.db import Database, as_utc
+from dockyard.events.services import CHART_DELETE, DELETE, EventService, Origin
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.oci.mediatypes import HELM_CONFIG
 from dockyard.oci.names import validate_tag
 from dockyard.registry.models import manifest_children, manifests, repositories, tags
 from dockyard.registry.services.common import Page, page_of, require_repository
@@ -79,8 +81,9 @@ TAG_NAMES = (
 class RepositoryService:
     """Lists and deletes repositories, tags and manifests."""
 
-    def __init__(self, db: Database, catalog_page_size: int = 1000) -> None:
+    def __init__(self, db: Database, events: EventService, catalog_page_size: int = 1000) -> None:
         self._db = db
+        self._events = events
         self.catalog_page_size = catalog_page_size
         self._tag_lists: OrderedDict[str, tuple[tuple[int, int], tuple[str, ...]]] = OrderedDict()
         self._tag_lists_lock = threading.Lock()
@@ -298,24 +301,29 @@ class RepositoryService:
 
     # -- deletes ----------------------------------------------------------------------------
 
-    def delete(self, repository: str) -> DeletedRepository:
-        """Delete a repository with all its manifests, tags and blob links."""
+    def delete(self, repository: str, origin: Origin | None = None) -> DeletedRepository:
+        """Delete a repository with all its manifests, tags and blob links (a delete event per manifest)."""
 
         def work(conn: Connection) -> DeletedRepository:
             repo_id = require_repository(conn, repository)
-            digests = list(
-                conn.execute(
-                    sa.select(manifests.c.digest)
-                    .where(manifests.c.repository_id == repo_id)
-                    .order_by(manifests.c.digest)
-                ).scalars()
-            )
+            deleted = conn.execute(
+                sa.select(manifests.c.digest, manifests.c.media_type, manifests.c.config_media_type)
+                .where(manifests.c.repository_id == repo_id)
+                .order_by(manifests.c.digest)
+            ).all()
             tag_names = list(
                 conn.execute(
                     sa.select(tags.c.name).where(tags.c.repository_id == repo_id).order_by(tags.c.name)
                 ).scalars()
             )
             conn.execute(repositories.delete().where(repositories.c.id == repo_id))
-            return DeletedRepository(digests, tag_names)
+            for row in deleted:
+                action = CHART_DELETE if row.config_media_type == HELM_CONFIG else DELETE
+                self._events.record(
+                    conn, action, repository, digest=row.digest, media_type=row.media_type, origin=origin
+                )
+            return DeletedRepository([row.digest for row in deleted], tag_names)
 
-        return self._db.run_write(work)
+        result = self._db.run_write(work)
+        self._events.committed()
+        return result

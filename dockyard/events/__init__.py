@@ -1,0 +1,1 @@
+"""Events: the repository event log, written in the same transaction as the change (the outbox)."""

@@ -1,0 +1,196 @@
+"""Record repository events inside the transaction that causes them; read them back; batch pulls.
+
+Push, delete, untag and quarantine events are rows written in the very transaction that
+changes the registry, so an event exists exactly when its change does (the outbox
+pattern): a failed push leaves none, a process killed right after a push loses none.
+Pulls change nothing, so they are buffered in memory and written in batches, off the
+request path; a crash may lose the last second of pull records, never a push.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dockyard.db import Database, as_utc, utcnow
+from dockyard.events.models import repository_events
+
+PUSH = "push"
+DELETE = "delete"
+UNTAG = "untag"
+PULL = "pull"
+CHART_PUSH = "chart_push"
+CHART_DELETE = "chart_delete"
+QUARANTINE = "quarantine"
+ACTIONS = (PUSH, DELETE, UNTAG, PULL, CHART_PUSH, CHART_DELETE, QUARANTINE)
+#: Actions other rooms subscribe to; pulls and untags are only logged, as in ACR.
+DISPATCHED_ACTIONS = (PUSH, DELETE, CHART_PUSH, CHART_DELETE, QUARANTINE)
+MAX_PULL_BUFFER = 10_000
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who asked for a change, and how (ACR's webhook `request` object plus the caller)."""
+
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    host: str | None = None
+    method: str | None = None
+    user_agent: str | None = None
+    actor: str | None = None
+    client_ip: str | None = None
+
+
+@dataclass(frozen=True)
+class RepositoryEvent:
+    id: int
+    uid: str
+    time: datetime
+    action: str
+    repository: str
+    tag: str | None
+    digest: str | None
+    media_type: str | None
+    artifact_type: str | None
+    size: int | None
+    origin: Origin
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "time": self.time}
+
+
+class EventService:
+    """The event log: ``record`` inside a transaction, ``note_pull`` anywhere, ``list`` to read."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._pulls: list[dict[str, Any]] = []
+        self._pulls_lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_recorded(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (from any thread) after a dispatched event was committed here."""
+        self._listeners.append(listener)
+
+    def committed(self) -> None:
+        """Tell listeners new events are waiting (the caller's transaction has committed)."""
+        for listener in self._listeners:
+            listener()
+
+    @staticmethod
+    def record(
+        conn: Connection,
+        action: str,
+        repository: str,
+        *,
+        tag: str | None = None,
+        digest: str | None = None,
+        media_type: str | None = None,
+        artifact_type: str | None = None,
+        size: int | None = None,
+        origin: Origin | None = None,
+    ) -> None:
+        """Add an event to the log in the caller's transaction."""
+        conn.execute(
+            repository_events.insert().values(
+                _row(action, repository, tag, digest, media_type, artifact_type, size, origin)
+            )
+        )
+
+    def note_pull(
+        self, repository: str, tag: str | None, digest: str, media_type: str, size: int, origin: Origin | None
+    ) -> None:
+        """Remember a manifest pull; ``flush_pulls`` writes the batch."""
+        row = _row(PULL, repository, tag, digest, media_type, None, size, origin)
+        with self._pulls_lock:
+            if len(self._pulls) < MAX_PULL_BUFFER:
+                self._pulls.append(row)
+
+    def flush_pulls(self) -> int:
+        """Write buffered pull events in one transaction; return how many."""
+        with self._pulls_lock:
+            batch, self._pulls = self._pulls, []
+        if batch:
+            self._db.run_write(lambda conn: conn.execute(repository_events.insert(), batch), durable=False)
+        return len(batch)
+
+    def list(
+        self,
+        *,
+        repository: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[RepositoryEvent]:
+        """The newest ``limit`` events (oldest first, by when they happened), optionally filtered."""
+        newest_first = (repository_events.c.created_at.desc(), repository_events.c.id.desc())
+        query = sa.select(repository_events).order_by(*newest_first).limit(min(limit, 10_000))
+        if repository is not None:
+            query = query.where(repository_events.c.repository == repository)
+        if action is not None:
+            query = query.where(repository_events.c.action == action)
+        if since is not None:
+            query = query.where(repository_events.c.created_at >= since)
+        with self._db.read() as conn:
+            rows = conn.execute(query).all()
+        return [event_from_row(row) for row in reversed(rows)]
+
+
+def _row(
+    action: str,
+    repository: str,
+    tag: str | None,
+    digest: str | None,
+    media_type: str | None,
+    artifact_type: str | None,
+    size: int | None,
+    origin: Origin | None,
+) -> dict[str, Any]:
+    origin = origin or Origin()
+    return {
+        "uid": str(uuid.uuid4()),
+        "created_at": utcnow(),
+        "action": action,
+        "repository": repository,
+        "tag": tag,
+        "digest": digest,
+        "media_type": media_type,
+        "artifact_type": artifact_type,
+        "size": size,
+        "actor": origin.actor,
+        "client_ip": origin.client_ip,
+        "request_id": origin.request_id,
+        "request_host": origin.host,
+        "request_method": origin.method,
+        "user_agent": (origin.user_agent or "")[:512] or None,
+        "dispatched": action not in DISPATCHED_ACTIONS,
+    }
+
+
+def event_from_row(row: sa.Row) -> RepositoryEvent:
+    return RepositoryEvent(
+        id=row.id,
+        uid=row.uid,
+        time=as_utc(row.created_at),
+        action=row.action,
+        repository=row.repository,
+        tag=row.tag,
+        digest=row.digest,
+        media_type=row.media_type,
+        artifact_type=row.artifact_type,
+        size=row.size,
+        origin=Origin(
+            request_id=row.request_id or "",
+            host=row.request_host,
+            method=row.request_method,
+            user_agent=row.user_agent,
+            actor=row.actor,
+            client_ip=row.client_ip,
+        ),
+    )

@@ -1,0 +1,1 @@
+"""Webhooks: ACR-compatible notifications with durable, retried, logged delivery."""

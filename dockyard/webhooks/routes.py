@@ -1,0 +1,176 @@
+"""The management API for webhooks: /api/v1/webhooks (as `az acr webhook`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from dockyard.access.permissions import MANAGE_READ, MANAGE_WRITE
+from dockyard.access.policy import Policy
+from dockyard.access.routes.common import field, invalid, iso, json_body, status_flag
+from dockyard.asgi import run_sync
+from dockyard.webhooks.delivery import attempt, new_client
+from dockyard.webhooks.services import DeliveryInfo, WebhookInfo, WebhookService
+
+READ_WRITE = {"GET": MANAGE_READ, "POST": MANAGE_WRITE, "PATCH": MANAGE_WRITE, "DELETE": MANAGE_WRITE}
+
+
+def webhook_json(hook: WebhookInfo) -> dict[str, Any]:
+    return {
+        "name": hook.name,
+        "actions": hook.actions,
+        "scope": hook.scope,
+        "status": "enabled" if hook.enabled else "disabled",
+        "payloadFormat": hook.payload_format,
+        "hasSecret": hook.has_secret,
+        "creationTime": iso(hook.created_at),
+    }
+
+
+def delivery_json(delivery: DeliveryInfo) -> dict[str, Any]:
+    last = delivery.attempt_log[-1] if delivery.attempt_log else None
+    shown: dict[str, Any] = {
+        "id": delivery.id,
+        "eventId": delivery.event_id,
+        "action": delivery.action,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "createdTime": iso(delivery.created_at),
+        "nextAttemptTime": iso(delivery.next_attempt_at) if delivery.status == "pending" else None,
+        "retryUntil": iso(delivery.retry_until),
+        "eventRequestMessage": {
+            "method": "POST",
+            "requestUri": last.request_uri if last else None,
+            "headers": last.request_headers if last else None,
+            "content": delivery.body,
+        },
+        "eventResponseMessage": None,
+        "attemptLog": [
+            {
+                "time": iso(a.started_at),
+                "durationMs": a.duration_ms,
+                "statusCode": a.response_status,
+                "error": a.error,
+            }
+            for a in delivery.attempt_log
+        ],
+    }
+    if last is not None:
+        shown["eventResponseMessage"] = {
+            "statusCode": last.response_status,
+            "headers": last.response_headers,
+            "content": last.response_body,
+            "error": last.error,
+        }
+    return shown
+
+
+def _headers(body: dict[str, Any]) -> dict[str, str] | None:
+    headers = field(body, "customHeaders", dict)
+    if headers is not None and not all(isinstance(v, str) for v in headers.values()):
+        raise invalid("customHeaders maps header names to string values")
+    return headers
+
+
+class WebhookRoutes:
+    """Handlers for /api/v1/webhooks/…"""
+
+    def __init__(self, service: WebhookService, policy: Policy, *, timeout_seconds: float) -> None:
+        self.service = service
+        self.policy = policy
+        self.timeout = timeout_seconds
+
+    def routes(self) -> list[BaseRoute]:
+        guard = self.policy.guard
+        return [
+            Route("/api/v1/webhooks", guard(self.collection, READ_WRITE), methods=["GET", "POST"]),
+            Route("/api/v1/webhooks/{id}", guard(self.item, READ_WRITE), methods=["GET", "PATCH", "DELETE"]),
+            Route("/api/v1/webhooks/{id}/config", guard(self.config, READ_WRITE), methods=["GET"]),
+            Route("/api/v1/webhooks/{id}/ping", guard(self.ping, READ_WRITE), methods=["POST"]),
+            Route("/api/v1/webhooks/{id}/events", guard(self.events, READ_WRITE), methods=["GET"]),
+            Route(
+                "/api/v1/webhooks/{id}/events/{delivery}/redeliver",
+                guard(self.redeliver, READ_WRITE),
+                methods=["POST"],
+            ),
+        ]
+
+    async def collection(self, request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse({"value": [webhook_json(h) for h in await run_sync(self.service.list)]})
+        body = await json_body(request)
+        enabled = status_flag(body)
+        created = await run_sync(
+            lambda: self.service.create(
+                field(body, "name", str, required=True),
+                field(body, "serviceUri", str, required=True),
+                field(body, "actions", list, required=True),
+                scope=field(body, "scope", str),
+                headers=_headers(body),
+                enabled=True if enabled is None else enabled,
+                secret=field(body, "secret", str),
+                payload_format=field(body, "payloadFormat", str) or "acr",
+            )
+        )
+        return JSONResponse(webhook_json(created), status_code=201)
+
+    async def item(self, request: Request) -> Response:
+        name = request.path_params["id"]
+        if request.method == "DELETE":
+            await run_sync(self.service.delete, name)
+            return Response(status_code=204)
+        if request.method == "PATCH":
+            body = await json_body(request)
+            changes: dict[str, Any] = {
+                "uri": field(body, "serviceUri", str),
+                "actions": field(body, "actions", list),
+                "headers": _headers(body),
+                "payload_format": field(body, "payloadFormat", str),
+            }
+            for key in ("scope", "secret"):
+                if key in body:
+                    changes[key] = field(body, key, str)
+            updated = await run_sync(lambda: self.service.update(name, enabled=status_flag(body), **changes))
+            return JSONResponse(webhook_json(updated))
+        return JSONResponse(webhook_json(await run_sync(self.service.show, name)))
+
+    async def config(self, request: Request) -> Response:
+        hook = await run_sync(self.service.show, request.path_params["id"])
+        return JSONResponse({"serviceUri": hook.uri, "customHeaders": hook.headers})
+
+    async def ping(self, request: Request) -> Response:
+        """Send a ping now and answer with what the receiver said (it is also in the delivery log)."""
+        name = request.path_params["id"]
+        job = await run_sync(self.service.ping, name)
+        async with new_client(self.timeout) as client:
+            result = await attempt(client, job, self.timeout)
+        await run_sync(self.service.record, job, result)
+        return JSONResponse(
+            {
+                "id": job.id,
+                "statusCode": result.status,
+                "error": result.error,
+                "durationMs": result.duration_ms,
+            }
+        )
+
+    async def events(self, request: Request) -> Response:
+        limit = request.query_params.get("limit", "50")
+        if not limit.isascii() or not limit.isdigit():
+            raise invalid("limit must be a positive integer")
+        found = await run_sync(
+            lambda: self.service.deliveries(
+                request.path_params["id"], limit=int(limit), status=request.query_params.get("status") or None
+            )
+        )
+        return JSONResponse({"value": [delivery_json(d) for d in found]})
+
+    async def redeliver(self, request: Request) -> Response:
+        delivery = request.path_params["delivery"]
+        if not delivery.isascii() or not delivery.isdigit():
+            raise invalid("delivery ids are integers")
+        await run_sync(self.service.redeliver, request.path_params["id"], int(delivery))
+        return Response(status_code=202)

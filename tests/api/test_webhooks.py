@@ -1,0 +1,379 @@
+"""Webhooks end to end inside one process: events from real pushes, deliveries to a real receiver."""
+
+import hashlib
+import hmac
+import json
+import time
+
+import anyio
+import pytest
+
+from dockyard.webhooks.delivery import new_client
+from dockyard.webhooks.jobs import DeliveryWorker
+from tests.support.images import canonical, make_image, make_index
+from tests.support.receiver import Receiver
+from tests.support.registry import error_codes, push_blob, push_image
+
+HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
+HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.model_copy(
+        update={
+            "webhook_retry_base_seconds": 0.01,
+            "webhook_retry_max_seconds": 0.02,
+            "webhook_timeout_seconds": 1.0,
+        }
+    )
+
+
+@pytest.fixture
+def receiver():
+    with Receiver() as running:
+        yield running
+
+
+def deliver(dockyard, rounds: int = 20) -> None:
+    """Run the real delivery worker round after round until a round finds nothing due."""
+    worker = DeliveryWorker(
+        dockyard.webhooks, dockyard.events, concurrency=8, timeout_seconds=1.0, poll_seconds=0.01
+    )
+
+    async def run() -> None:
+        async with new_client(1.0) as client:
+            for _ in range(rounds):
+                async with anyio.create_task_group() as group:
+                    started = await worker.step(client, group)
+                if not started:
+                    return
+
+    anyio.run(run)
+
+
+def deliver_until(dockyard, predicate, timeout: float = 10.0) -> None:
+    """Deliver rounds until ``predicate()`` holds (retries come due after their backoff)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "deliveries did not settle in time"
+        deliver(dockyard)
+
+
+def first_status(client, name="hookone"):
+    log = client.get(f"/api/v1/webhooks/{name}/events").json()["value"]
+    return log[0]["status"] if log else None
+
+
+def create(client, name="hookone", **body):
+    response = client.post("/api/v1/webhooks", json={"name": name, **body})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_create_show_config_update_delete(client, receiver):
+    hook = create(
+        client,
+        serviceUri=receiver.url,
+        actions=["push", "delete"],
+        customHeaders={"X-Team": "a"},
+        scope="team/a:*",
+    )
+    assert hook == {
+        **hook,
+        "name": "hookone",
+        "actions": ["delete", "push"],
+        "scope": "team/a:*",
+        "status": "enabled",
+        "payloadFormat": "acr",
+        "hasSecret": False,
+    }
+    assert "customHeaders" not in client.get("/api/v1/webhooks/hookone").json()
+    assert client.get("/api/v1/webhooks/hookone/config").json() == {
+        "serviceUri": receiver.url,
+        "customHeaders": {"X-Team": "a"},
+    }
+    updated = client.patch("/api/v1/webhooks/hookone", json={"status": "disabled", "scope": "team/b"}).json()
+    assert updated["status"] == "disabled"
+    assert updated["scope"] == "team/b:latest"
+    assert [h["name"] for h in client.get("/api/v1/webhooks").json()["value"]] == ["hookone"]
+    assert client.delete("/api/v1/webhooks/hookone").status_code == 204
+    assert client.get("/api/v1/webhooks/hookone").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "abc", "serviceUri": "http://x.example/h", "actions": ["push"]},
+        {"name": "has-dash", "serviceUri": "http://x.example/h", "actions": ["push"]},
+        {"name": "okname", "serviceUri": "ftp://x.example/h", "actions": ["push"]},
+        {"name": "okname", "serviceUri": "/relative", "actions": ["push"]},
+        {"name": "okname", "serviceUri": "http://x.example/h", "actions": []},
+        {"name": "okname", "serviceUri": "http://x.example/h", "actions": ["pull"]},
+        {
+            "name": "okname",
+            "serviceUri": "http://x.example/h",
+            "actions": ["push"],
+            "customHeaders": {"Host": "x"},
+        },
+        {
+            "name": "okname",
+            "serviceUri": "http://x.example/h",
+            "actions": ["push"],
+            "customHeaders": {"X-A": "line\r\nbreak"},
+        },
+        {
+            "name": "okname",
+            "serviceUri": "http://x.example/h",
+            "actions": ["push"],
+            "customHeaders": {"bad name": "v"},
+        },
+        {"name": "okname", "serviceUri": "http://x.example/h", "actions": ["push"], "scope": "Bad Scope"},
+        {"name": "okname", "serviceUri": "http://x.example/h", "actions": ["push"], "secret": "short"},
+        {"name": "okname", "serviceUri": "http://x.example/h", "actions": ["push"], "payloadFormat": "xml"},
+    ],
+)
+def test_invalid_webhooks_are_refused_at_creation(client, body):
+    response = client.post("/api/v1/webhooks", json=body)
+    assert response.status_code == 400, body
+    assert error_codes(response) == ["INVALID_REQUEST"]
+
+
+def test_the_webhook_limit_is_a_setting(client, dockyard):
+    dockyard.webhooks.limit = 2
+    for name in ("first1", "second2"):
+        create(client, name, serviceUri="http://x.example/h", actions=["push"])
+    response = client.post(
+        "/api/v1/webhooks", json={"name": "third3", "serviceUri": "http://x.example/h", "actions": ["push"]}
+    )
+    assert response.status_code == 409
+    assert error_codes(response) == ["LIMIT_EXCEEDED"]
+
+
+def test_push_and_delete_payloads_are_acrs(client, dockyard, receiver):
+    create(client, serviceUri=receiver.url, actions=["push", "delete"], customHeaders={"X-Token": "abc"})
+    image = make_image("payload")
+    push_image(client, "team/app", image, "v1")
+    client.delete(f"/v2/team/app/manifests/{image.digest}", headers={"User-Agent": "cleanup/1.0"})
+    deliver(dockyard)
+    by_action = {r.json()["action"]: r.json() for r in receiver.wait_for(2)}  # sent concurrently: any order
+    pushed, deleted = by_action["push"], by_action["delete"]
+    assert set(pushed) == {"id", "timestamp", "action", "target", "request"}
+    assert pushed["action"] == "push"
+    assert pushed["timestamp"].endswith("Z")
+    assert pushed["target"] == {
+        "mediaType": image.media_type,
+        "size": len(image.manifest),
+        "digest": image.digest,
+        "length": len(image.manifest),
+        "repository": "team/app",
+        "tag": "v1",
+    }
+    assert pushed["request"]["method"] == "PUT"
+    assert pushed["request"]["host"] == "testserver"
+    assert set(pushed["request"]) == {"id", "host", "method", "useragent"}
+    assert deleted["action"] == "delete"
+    assert deleted["target"] == {
+        "mediaType": image.media_type,
+        "digest": image.digest,
+        "repository": "team/app",
+    }
+    assert deleted["request"]["method"] == "DELETE"
+    assert deleted["request"]["useragent"] == "cleanup/1.0"
+    for received in receiver.received:
+        assert received.headers["Content-Type"] == "application/json"
+        assert received.headers["X-Token"] == "abc"
+
+
+def test_no_event_for_a_push_that_failed(client, dockyard, receiver):
+    create(client, serviceUri=receiver.url, actions=["push"])
+    image = make_image("never")
+    response = client.put(
+        "/v2/team/app/manifests/v1", content=image.manifest, headers={"Content-Type": image.media_type}
+    )
+    assert error_codes(response) == ["MANIFEST_BLOB_UNKNOWN"]
+    deliver(dockyard)
+    assert receiver.received == []
+    assert dockyard.events.list() == []
+
+
+def test_untag_and_pull_are_logged_but_not_sent(client, dockyard, receiver):
+    create(client, serviceUri=receiver.url, actions=["push", "delete"])
+    push_image(client, "team/app", make_image("log"), "v1")
+    assert client.get("/v2/team/app/manifests/v1").status_code == 200
+    client.delete("/v2/team/app/manifests/v1")
+    deliver(dockyard)
+    assert [r.json()["action"] for r in receiver.received] == ["push"]
+    events = client.get("/api/v1/events", params={"repository": "team/app"}).json()["value"]
+    assert [e["action"] for e in events] == ["push", "pull", "untag"]
+    assert {e["actor"] for e in events} == {"dockyard"}
+    assert events[1]["tag"] == "v1"
+    assert [e["action"] for e in client.get("/api/v1/events", params={"action": "pull"}).json()["value"]] == [
+        "pull"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        (None, ["team/a:v1", "team/a:latest", "team/b:v1"]),
+        ("team/a:*", ["team/a:v1", "team/a:latest"]),
+        ("team/a:v1", ["team/a:v1"]),
+        ("team/a", ["team/a:latest"]),
+        ("team/*:v1", ["team/a:v1", "team/b:v1"]),
+    ],
+)
+def test_scope_filters(client, dockyard, receiver, scope, expected):
+    create(client, serviceUri=receiver.url, actions=["push"], **({"scope": scope} if scope else {}))
+    image = make_image("scoped")
+    for repository, tag in (("team/a", "v1"), ("team/a", "latest"), ("team/b", "v1")):
+        push_image(client, repository, image, tag)
+    deliver(dockyard)
+    got = [f"{r.json()['target']['repository']}:{r.json()['target']['tag']}" for r in receiver.received]
+    assert sorted(got) == sorted(expected)
+
+
+def test_helm_charts_raise_chart_events(client, dockyard, receiver):
+    create(client, "charts", serviceUri=receiver.url, actions=["chart_push", "chart_delete"])
+    create(client, "images", serviceUri=receiver.url + "/images", actions=["push"])
+    config = push_blob(client, "charts/app", b'{"name":"app","version":"1.2.3"}')
+    layer = push_blob(client, "charts/app", b"chart tarball")
+    manifest = canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": HELM_CONFIG, "digest": config, "size": 32},
+            "layers": [{"mediaType": HELM_LAYER, "digest": layer, "size": 13}],
+        }
+    )
+    assert (
+        client.put(
+            "/v2/charts/app/manifests/1.2.3",
+            content=manifest,
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        ).status_code
+        == 201
+    )
+    digest = client.head("/v2/charts/app/manifests/1.2.3").headers["docker-content-digest"]
+    client.delete(f"/v2/charts/app/manifests/{digest}")
+    deliver(dockyard)
+    bodies = {r.json()["action"]: r.json() for r in receiver.received}
+    assert sorted(bodies) == ["chart_delete", "chart_push"]
+    assert bodies["chart_push"]["target"]["mediaType"] == "application/vnd.acr.helm.chart"
+    assert bodies["chart_push"]["target"]["name"] == "app"
+    assert bodies["chart_push"]["target"]["version"] == "1.2.3"
+    assert all(r.path == "/hook" for r in receiver.received)
+
+
+def test_a_receiver_that_fails_twice_gets_the_event_on_the_third_attempt(client, dockyard, receiver):
+    create(client, serviceUri=receiver.url, actions=["push"])
+    receiver.script = [(500, {}, b"boom"), (503, {}, b"busy")]
+    push_image(client, "team/app", make_image("retry"), "v1")
+    deliver_until(dockyard, lambda: len(receiver.received) >= 3)
+    bodies = [r.body for r in receiver.received]
+    assert bodies[0] == bodies[1] == bodies[2]  # the same event, byte for byte
+    (delivery,) = client.get("/api/v1/webhooks/hookone/events").json()["value"]
+    assert delivery["status"] == "succeeded"
+    assert delivery["attempts"] == 3
+    assert [a["statusCode"] for a in delivery["attemptLog"]] == [500, 503, 200]
+    assert delivery["eventResponseMessage"]["statusCode"] == 200
+    assert json.loads(delivery["eventRequestMessage"]["content"])["action"] == "push"
+
+
+def test_dead_letter_and_redelivery(client, dockyard, receiver):
+    dockyard.webhooks._window = dockyard.webhooks._window.__class__(seconds=0.05)
+    create(client, serviceUri=receiver.url, actions=["push"])
+    receiver.script = [(500, {}, b"down")] * 50
+    push_image(client, "team/app", make_image("dead"), "v1")
+    deliver_until(dockyard, lambda: first_status(client) == "dead")
+    (dead,) = client.get("/api/v1/webhooks/hookone/events", params={"status": "dead"}).json()["value"]
+    receiver.script = []
+    assert client.post(f"/api/v1/webhooks/hookone/events/{dead['id']}/redeliver").status_code == 202
+    deliver_until(dockyard, lambda: first_status(client) == "succeeded")
+    assert receiver.received[-1].body == receiver.received[0].body
+
+
+def test_signature_verifies(client, dockyard, receiver):
+    secret = "a-shared-secret-of-some-length"
+    create(client, serviceUri=receiver.url, actions=["push"], secret=secret)
+    push_image(client, "team/app", make_image("signed"), "v1")
+    deliver(dockyard)
+    (received,) = receiver.wait_for(1)
+    expected = "sha256=" + hmac.new(secret.encode(), received.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(received.headers["X-Dockyard-Signature-256"], expected)
+
+
+def test_cloudevents_envelope(client, dockyard, receiver):
+    create(client, serviceUri=receiver.url, actions=["push"], payloadFormat="cloudevents")
+    image = make_image("cloud")
+    push_image(client, "team/app", image, "v1")
+    deliver(dockyard)
+    (received,) = receiver.wait_for(1)
+    assert received.headers["Content-Type"] == "application/cloudevents+json"
+    event = received.json()
+    assert event["specversion"] == "1.0"
+    assert event["type"] == "Microsoft.ContainerRegistry.ImagePushed"
+    assert event["source"] == "/registries/dockyard"
+    assert event["subject"] == "team/app:v1"
+    assert event["data"]["target"]["digest"] == image.digest
+    assert event["id"] == event["data"]["id"]
+
+
+def test_ping(client, receiver):
+    create(client, serviceUri=receiver.url, actions=["push"])
+    answered = client.post("/api/v1/webhooks/hookone/ping").json()
+    assert answered["statusCode"] == 200
+    (received,) = receiver.wait_for(1)
+    assert received.json()["action"] == "ping"
+    log = client.get("/api/v1/webhooks/hookone/events").json()["value"]
+    assert [(d["action"], d["status"]) for d in log] == [("ping", "succeeded")]
+
+
+def test_misbehaving_receivers_are_bounded_and_recorded(client, dockyard, receiver):
+    create(client, "redirect", serviceUri=receiver.url, actions=["push"])
+    create(client, "hugebody", serviceUri=receiver.url, actions=["push"])
+    create(client, "nobodyhome", serviceUri="http://127.0.0.1:9/hook", actions=["push"])
+    receiver.script = [(302, {"Location": "http://elsewhere.example/"}, b""), (500, {}, b"x" * 100_000)]
+    push_image(client, "team/app", make_image("misbehaving"), "v1")
+    deliver(dockyard, rounds=1)
+    receiver.wait_for(2)
+    logs = {
+        name: client.get(f"/api/v1/webhooks/{name}/events").json()["value"][0]
+        for name in ("redirect", "hugebody", "nobodyhome")
+    }
+    statuses = sorted(log["attemptLog"][0]["statusCode"] or 0 for log in logs.values())
+    assert statuses == [0, 302, 500]  # the redirect is not followed
+    assert all(log["status"] == "pending" for log in logs.values())
+    big = next(log for log in logs.values() if log["attemptLog"][0]["statusCode"] == 500)
+    assert len(big["eventResponseMessage"]["content"]) == 4096
+    refused = logs["nobodyhome"]["eventResponseMessage"]
+    assert refused["statusCode"] is None
+    assert "Connect" in refused["error"]
+
+
+def test_a_hanging_receiver_does_not_delay_the_others(client, dockyard, receiver):
+    with Receiver() as slow:
+        slow.script = [slow.hang]
+        create(client, "slowone", serviceUri=slow.url, actions=["push"])
+        create(client, "fastone", serviceUri=receiver.url, actions=["push"])
+        push_image(client, "team/app", make_image("parallel"), "v1")
+        started = time.time()
+        deliver(dockyard, rounds=1)
+        (fast,) = receiver.wait_for(1)
+        assert fast.time - started < 0.9  # well before the slow one's 1 s timeout
+        slow_log = client.get("/api/v1/webhooks/slowone/events").json()["value"][0]
+        assert "within 1s" in slow_log["eventResponseMessage"]["error"]
+
+
+def test_index_push_and_disabled_webhooks(client, dockyard, receiver):
+    create(client, serviceUri=receiver.url, actions=["push"], status="disabled")
+    amd = make_image("idx")
+    push_image(client, "team/app", amd)
+    client.put(
+        "/v2/team/app/manifests/multi",
+        content=make_index([amd]),
+        headers={"Content-Type": "application/vnd.oci.image.index.v1+json"},
+    )
+    deliver(dockyard)
+    assert receiver.received == []
+    assert [e.action for e in dockyard.events.list()] == ["push", "push"]
