@@ -19,6 +19,8 @@ identities = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("scope_map_id", BIGINT, sa.ForeignKey("scope_maps.id")),
     sa.Column("description", sa.String(512)),
+    #: Bumped when credentials are renewed or the identity is disabled: revokes its refresh tokens.
+    sa.Column("token_version", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", TIMESTAMP, nullable=False),
     sa.Column("updated_at", TIMESTAMP, nullable=False),
 )

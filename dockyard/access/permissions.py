@@ -238,6 +238,14 @@ class Principal:
     name: str
     kind: str  # admin | user | service_principal | token | anonymous
     permissions: Permissions = field(default_factory=Permissions)
+    #: The identity's row and enablement generation, and the stamps (``name@created``) of its valid
+    #: credentials. Refresh tokens carry all three plus the stamp they came from, so recreating the
+    #: identity, disabling it, or renewing that credential revokes them.
+    identity_id: int | None = None
+    token_version: int = 0
+    credential_stamps: frozenset[str] = frozenset()
+    #: The stamp of the credential this caller signed in with, when known.
+    credential: str | None = None
 
     @property
     def is_anonymous(self) -> bool:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from dockyard.access.models import signing_keys
+from dockyard.access.permissions import Principal
 from dockyard.db import Database, as_utc, utcnow
 
 ISSUER = "dockyard"
@@ -150,16 +151,23 @@ class TokenService:
             "version": "1.0",
         }
 
-    def issue_access(self, subject: str, kind: str, access: list[dict[str, Any]]) -> IssuedToken:
-        """An access token carrying Docker ``access`` claims."""
-        claims = self._claims(subject, kind, ACCESS_GRANT, self.access_lifetime)
-        claims["access"] = access
+    def issue_access(self, principal: Principal, access: list[dict[str, Any]]) -> IssuedToken:
+        """An access token carrying Docker ``access`` claims (and what revokes it when exchanged)."""
+        claims = self._claims(principal.name, principal.kind, ACCESS_GRANT, self.access_lifetime)
+        claims.update(
+            access=access, iid=principal.identity_id, ver=principal.token_version, cred=principal.credential
+        )
         return IssuedToken(self._sign(claims), self.access_lifetime)
 
-    def issue_refresh(self, subject: str, kind: str) -> IssuedToken:
-        """A refresh token for ``subject``; its payload segment has no ``-`` or ``_`` (see module doc)."""
+    def issue_refresh(self, principal: Principal) -> IssuedToken:
+        """A refresh token for the credential the principal signed in with.
+
+        Its payload segment has no ``-`` or ``_`` (see the module doc).
+        """
         while True:
-            token = self._sign(self._claims(subject, kind, REFRESH_GRANT, self.refresh_lifetime))
+            claims = self._claims(principal.name, principal.kind, REFRESH_GRANT, self.refresh_lifetime)
+            claims.update(iid=principal.identity_id, ver=principal.token_version, cred=principal.credential)
+            token = self._sign(claims)
             payload = token.split(".")[1]
             if "-" not in payload and "_" not in payload:
                 return IssuedToken(token, self.refresh_lifetime)

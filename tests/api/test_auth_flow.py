@@ -272,3 +272,44 @@ def test_disabled_admin_cannot_sign_in(client, anonymous, dockyard):
     response = anonymous.get("/v2/", headers=ADMIN)
     assert response.status_code == 401
     assert error_codes(response) == ["UNAUTHORIZED"]
+
+
+def test_refresh_tokens_are_revoked_by_renewal_disabling_and_recreation(client, anonymous):
+    user = client.post("/api/v1/users", json={"name": "revocable"}).json()
+    login = basic("revocable", user["credentials"][0]["value"])
+
+    def refresh_token() -> str:
+        response = anonymous.get("/oauth2/token", params={"offline_token": "true"}, headers=login)
+        return response.json()["refresh_token"]
+
+    def works(token: str) -> bool:
+        return anonymous.get("/v2/", headers=basic(NULL_GUID, token)).status_code == 200
+
+    first = refresh_token()
+    assert works(first)
+    renewed = client.post("/api/v1/users/revocable/credentials", json={}).json()
+    assert not works(first)  # a leaked login stops working when its secret is renewed
+    login = basic("revocable", renewed["value"])
+    second = refresh_token()
+    client.patch("/api/v1/users/revocable", json={"status": "disabled"})
+    client.patch("/api/v1/users/revocable", json={"status": "enabled"})
+    assert not works(second)
+    third = refresh_token()
+    client.delete("/api/v1/users/revocable")
+    client.post("/api/v1/users", json={"name": "revocable"})
+    assert not works(third)  # a new identity with the same name is someone else
+    exchanged = anonymous.post("/oauth2/exchange", data={"grant_type": "access_token", "access_token": third})
+    assert exchanged.status_code == 401
+
+
+def test_renewing_one_admin_password_revokes_only_logins_made_with_it(anonymous, client):
+    with_first = anonymous.get("/oauth2/token", params={"offline_token": "true"}, headers=ADMIN).json()
+    renewed = client.post("/api/v1/registry/credentials/renew", json={"name": "password2"}).json()
+    password2 = next(p["value"] for p in renewed["passwords"] if p["name"] == "password2")
+    with_second = anonymous.get(
+        "/oauth2/token", params={"offline_token": "true"}, headers=basic(ADMIN_USERNAME, password2)
+    ).json()
+    assert anonymous.get("/v2/", headers=basic(NULL_GUID, with_second["refresh_token"])).status_code == 200
+    client.post("/api/v1/registry/credentials/renew", json={"name": "password2"})
+    assert anonymous.get("/v2/", headers=basic(NULL_GUID, with_second["refresh_token"])).status_code == 401
+    assert anonymous.get("/v2/", headers=basic(NULL_GUID, with_first["refresh_token"])).status_code == 200

@@ -98,7 +98,7 @@ class OAuthRoutes:
             if actions:
                 access.append({"type": scope.type, "name": scope.name, "actions": actions})
         tokens = self.access.tokens
-        issued = await run_sync(tokens.issue_access, principal.name, principal.kind, access)
+        issued = await run_sync(tokens.issue_access, principal, access)
         body: dict[str, Any] = {
             "token": issued.token,
             "access_token": issued.token,
@@ -107,9 +107,7 @@ class OAuthRoutes:
             "scope": " ".join(f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access),
         }
         if refresh:
-            body["refresh_token"] = (
-                await run_sync(tokens.issue_refresh, principal.name, principal.kind)
-            ).token
+            body["refresh_token"] = (await run_sync(tokens.issue_refresh, principal)).token
         if not principal.is_anonymous:
             await run_sync(
                 self.access.audit.record,
@@ -132,7 +130,7 @@ class OAuthRoutes:
         if principal is None:
             await self._failed(request, "exchange", "token not exchangeable")
             raise _unauthorized("the token cannot be exchanged: invalid, expired or anonymous")
-        issued = await run_sync(self.access.tokens.issue_refresh, principal.name, principal.kind)
+        issued = await run_sync(self.access.tokens.issue_refresh, principal)
         await run_sync(
             self.access.audit.record,
             "exchange",
@@ -148,7 +146,7 @@ class OAuthRoutes:
                 claims = self.access.tokens.verify(token, grant)
             except InvalidToken:
                 continue
-            return self.access.authenticator.principal(claims["sub"])
+            return self.access.authenticator.principal_for(claims)
         return None
 
     async def _failed(self, request: Request, method: str, why: str, principal: str | None = None) -> None:

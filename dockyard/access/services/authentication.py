@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -37,6 +39,10 @@ class TokenCaller:
     access: dict[tuple[str, str], frozenset[str]]
 
 
+#: Password verifications running at once per process (each holds argon2's 7 MiB for ~40 ms).
+PASSWORD_CHECKS_AT_ONCE = 2
+
+
 class Authenticator:
     """Checks passwords and tokens; loads what an identity may do."""
 
@@ -45,8 +51,9 @@ class Authenticator:
         self._tokens = tokens
         self._ttl = cache_seconds
         self._lock = threading.Lock()
-        self._logins: dict[bytes, tuple[str, float]] = {}
+        self._logins: dict[bytes, tuple[str, str, float]] = {}
         self._principals: dict[str, tuple[Principal | None, float]] = {}
+        self._verify_slots = threading.BoundedSemaphore(PASSWORD_CHECKS_AT_ONCE)
 
     def forget(self) -> None:
         """Drop every cached login and principal (after a change to identities or permissions)."""
@@ -61,9 +68,12 @@ class Authenticator:
         key = _login_key(username, password)
         with self._lock:
             hit = self._logins.get(key)
-        if hit is None or time.monotonic() - hit[1] > self._ttl:
+        if hit is None or time.monotonic() - hit[2] > self._ttl:
             return None
-        return self._cached_principal(hit[0])
+        principal = self._cached_principal(hit[0])
+        if principal is None or hit[1] not in principal.credential_stamps:
+            return None
+        return replace(principal, credential=hit[1])
 
     def login(self, username: str, password: str) -> Principal | None:
         """The principal these credentials belong to, or None. ``NULL_GUID`` + a refresh token works too."""
@@ -72,29 +82,40 @@ class Authenticator:
         principal = self.cached_login(username, password)
         if principal is not None:
             return principal
+        with self._verify_slots:  # argon2 is deliberately costly: bound how many run at once
+            principal = self.cached_login(username, password)  # verified meanwhile by another request?
+            if principal is not None:
+                return principal
+            return self._verify_login(username, password)
+
+    def _verify_login(self, username: str, password: str) -> Principal | None:
         now = utcnow()
         with self._db.read() as conn:
             row = conn.execute(
                 sa.select(identities.c.id, identities.c.enabled).where(identities.c.name == username)
             ).first()
-            hashes = []
+            candidates = []
             if row is not None and row.enabled:
-                hashes = [
-                    c.secret_hash
+                candidates = [
+                    (c.secret_hash, _stamp(c.name, c.created_at))
                     for c in conn.execute(
-                        sa.select(credentials.c.secret_hash, credentials.c.expires_at).where(
-                            credentials.c.identity_id == row.id
-                        )
+                        sa.select(credentials).where(credentials.c.identity_id == row.id)
                     ).all()
                     if c.expires_at is None or as_utc(c.expires_at) > now
                 ]
-        if not any(verify_secret(secret_hash, password) for secret_hash in hashes):
+        stamp = next(
+            (stamp for secret_hash, stamp in candidates if verify_secret(secret_hash, password)), None
+        )
+        if stamp is None:
             return None
         principal = self.principal(username)
-        if principal is not None:
-            with self._lock:
-                self._logins[_login_key(username, password)] = (username, time.monotonic())
-        return principal
+        if principal is not None and stamp not in principal.credential_stamps:
+            principal = self.principal(username, fresh=True)  # renewed since this process cached it
+        if principal is None or stamp not in principal.credential_stamps:
+            return None
+        with self._lock:
+            self._logins[_login_key(username, password)] = (username, stamp, time.monotonic())
+        return replace(principal, credential=stamp)
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -104,7 +125,20 @@ class Authenticator:
             claims = self._tokens.verify(token, REFRESH_GRANT)
         except InvalidToken:
             return None
-        return self.principal(claims["sub"])
+        return self.principal_for(claims)
+
+    def principal_for(self, claims: dict[str, Any]) -> Principal | None:
+        """The identity a token was issued to, if it is still that identity, enabled, and the
+        credential the token came from has not been renewed since; else None (revoked)."""
+        principal = self.principal(claims["sub"])
+        if principal is not None and claims.get("cred") not in principal.credential_stamps:
+            principal = self.principal(claims["sub"], fresh=True)  # a credential newer than this cache?
+        if principal is None:
+            return None
+        same = (principal.identity_id, principal.token_version) == (claims.get("iid"), claims.get("ver"))
+        if not same or claims.get("cred") not in principal.credential_stamps:
+            return None
+        return replace(principal, credential=claims["cred"])
 
     def access_caller(self, token: str) -> TokenCaller:
         """The caller an access token stands for; InvalidToken if it is not one."""
@@ -124,17 +158,27 @@ class Authenticator:
             return hit[0]
         return self.principal(name)
 
-    def principal(self, name: str) -> Principal | None:
+    def principal(self, name: str, *, fresh: bool = False) -> Principal | None:
         """What the identity ``name`` may do now; None if it does not exist or is disabled."""
         with self._lock:
             hit = self._principals.get(name)
-        if hit is not None and time.monotonic() - hit[1] <= self._ttl:
+        if not fresh and hit is not None and time.monotonic() - hit[1] <= self._ttl:
             return hit[0]
         with self._db.read() as conn:
             row = conn.execute(sa.select(identities).where(identities.c.name == name)).first()
             principal = None
             if row is not None and row.enabled:
-                principal = Principal(row.name, row.kind, self._permissions(conn, row))
+                now = utcnow()
+                stamps = frozenset(
+                    _stamp(c.name, c.created_at)
+                    for c in conn.execute(
+                        sa.select(credentials).where(credentials.c.identity_id == row.id)
+                    ).all()
+                    if c.expires_at is None or as_utc(c.expires_at) > now
+                )
+                principal = Principal(
+                    row.name, row.kind, self._permissions(conn, row), row.id, row.token_version, stamps
+                )
         with self._lock:
             self._principals[name] = (principal, time.monotonic())
         return principal
@@ -156,6 +200,11 @@ class Authenticator:
             )
         ).all()
         return permissions_from_roles([(a.role, a.scope) for a in assignments])
+
+
+def _stamp(name: str, created_at: datetime) -> str:
+    """Identifies one generation of one credential: renewing it makes a new stamp."""
+    return f"{name}@{int(as_utc(created_at).timestamp() * 1_000_000)}"
 
 
 def _login_key(username: str, password: str) -> bytes:

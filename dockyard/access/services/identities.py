@@ -150,7 +150,7 @@ class IdentityService:
             if not conn.execute(
                 identities.update()
                 .where(identities.c.kind == ADMIN)
-                .values(enabled=enabled, updated_at=utcnow())
+                .values(enabled=enabled, updated_at=utcnow(), token_version=identities.c.token_version + 1)
             ).rowcount:
                 raise _not_found("admin", ADMIN)
 
@@ -199,6 +199,7 @@ class IdentityService:
                 .where(identities.c.id == row.id)
                 .values(enabled=enabled, updated_at=utcnow())
             )
+            self._revoke_refresh_tokens(conn, row.id)
 
         self._db.run_write(work)
         self.on_change()
@@ -274,6 +275,7 @@ class IdentityService:
                 values["scope_map_id"] = self._scope_map_id(conn, scope_map)
             if enabled is not None:
                 values["enabled"] = enabled
+                values["token_version"] = identities.c.token_version + 1
             conn.execute(identities.update().where(identities.c.id == row.id).values(**values))
 
         self._db.run_write(work)
@@ -338,6 +340,14 @@ class IdentityService:
         self.on_change()
 
     # -- internals --------------------------------------------------------------------------
+
+    @staticmethod
+    def _revoke_refresh_tokens(conn: sa.Connection, identity_id: int) -> None:
+        conn.execute(
+            identities.update()
+            .where(identities.c.id == identity_id)
+            .values(token_version=identities.c.token_version + 1)
+        )
 
     @staticmethod
     def _check_name(name: str) -> None:
