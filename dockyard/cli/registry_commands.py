@@ -147,13 +147,13 @@ def _network(value: str) -> str:
         raise fail(f"{value!r} is not an IP address or CIDR range", 2) from None
 
 
-def _set_rules(registry: str | None, change: Any, output: OutputFormat) -> None:
-    """Read the rules, change them, write them back; print the resulting rule set."""
+def _change_rule(registry: str | None, rule: str, *, add: bool, output: OutputFormat) -> None:
+    """Add or remove one rule (the server does it atomically); print the resulting rule set."""
     with connect(registry) as client:
-        current = _rules(client.json("GET", REGISTRY))
-        wanted = change(current)
-        body = {"networkRuleSet": {"ipRules": [{"action": "Allow", "value": v} for v in wanted]}}
-        updated = client.json("PATCH", REGISTRY, json=body)
+        if add:
+            updated = client.json("POST", f"{REGISTRY}/network-rules", json={"ipAddress": rule})
+        else:
+            updated = client.json("DELETE", f"{REGISTRY}/network-rules", params={"ipAddress": rule})
     rule_set = updated.get("networkRuleSet") or {}
     if output is OutputFormat.json:
         emit(rule_set, output)
@@ -174,8 +174,7 @@ def network_rule_add(
     ip_address: IpOption, registry: RegistryOption = None, output: OutputFormat = output_option
 ) -> None:
     """Allow an address or range (rules apply while --default-action is Deny)."""
-    rule = _network(ip_address)
-    _set_rules(registry, lambda current: [*current, rule] if rule not in current else current, output)
+    _change_rule(registry, _network(ip_address), add=True, output=output)
 
 
 @network_rule_app.command("remove")
@@ -183,14 +182,7 @@ def network_rule_remove(
     ip_address: IpOption, registry: RegistryOption = None, output: OutputFormat = output_option
 ) -> None:
     """Remove an IP rule."""
-    rule = _network(ip_address)
-
-    def without(current: list[str]) -> list[str]:
-        if rule not in current:
-            raise fail(f"there is no IP rule {rule}; rules: {', '.join(current) or 'none'}")
-        return [value for value in current if value != rule]
-
-    _set_rules(registry, without, output)
+    _change_rule(registry, _network(ip_address), add=False, output=output)
 
 
 # -- dockyard audit ------------------------------------------------------------------------------

@@ -96,3 +96,32 @@ def test_token_realm_follows_forwarded_proto_only_from_trusted_proxies(settings,
         assert 'realm="https://registry.example.com/oauth2/token"' in realm
         spoofed = direct.get("/v2/", headers=forwarded).headers["www-authenticate"]
         assert 'realm="http://testserver/oauth2/token"' in spoofed
+
+
+def test_single_rules_are_added_and_removed_atomically(client, settings, dockyard):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dockyard.app import build
+
+    rules = [f"198.51.100.{i}/32" for i in range(12)]
+    instances = [build(settings) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(
+                pool.map(
+                    lambda i: instances[i % 4].access.settings.change_ip_rule(rules[i], add=True), range(12)
+                )
+            )
+    finally:
+        for instance in instances:
+            instance.db.dispose()
+    dockyard.access.settings._cached = None
+    assert sorted(dockyard.access.settings.get().ip_rules) == sorted(rules)  # no update was lost
+    added = client.post("/api/v1/registry/network-rules", json={"ipAddress": "2001:db8::/48"})
+    assert {"action": "Allow", "value": "2001:db8::/48"} in added.json()["networkRuleSet"]["ipRules"]
+    removed = client.delete("/api/v1/registry/network-rules", params={"ipAddress": "198.51.100.0"})
+    assert {"action": "Allow", "value": "198.51.100.0/32"} not in removed.json()["networkRuleSet"]["ipRules"]
+    assert (
+        client.delete("/api/v1/registry/network-rules", params={"ipAddress": "192.0.2.1"}).status_code == 404
+    )
+    assert client.post("/api/v1/registry/network-rules", json={"ipAddress": "not-an-ip"}).status_code == 400

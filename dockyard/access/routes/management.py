@@ -39,6 +39,11 @@ class ManagementRoutes:
                 guard(self.renew_credential, {"POST": MANAGE_WRITE}),
                 methods=["POST"],
             ),
+            Route(
+                "/api/v1/registry/network-rules",
+                guard(self.network_rule, {"POST": MANAGE_WRITE, "DELETE": MANAGE_WRITE}),
+                methods=["POST", "DELETE"],
+            ),
             Route("/api/v1/signing-keys", guard(self.signing_keys, {"GET": MANAGE_READ}), methods=["GET"]),
             Route(
                 "/api/v1/signing-keys/rotate",
@@ -104,6 +109,26 @@ class ManagementRoutes:
                     values.append(value)
                 changes["ip_rules"] = values
         return {k: v for k, v in changes.items() if v is not None}
+
+    async def network_rule(self, request: Request) -> Response:
+        """Add (POST {"ipAddress"}) or remove (DELETE ?ipAddress=) one IP rule, atomically."""
+        if request.method == "POST":
+            address = field(await json_body(request), "ipAddress", str, required=True)
+        else:
+            address = request.query_params.get("ipAddress") or ""
+            if not address:
+                raise invalid("ipAddress is required")
+        await run_sync(lambda: self.access.settings.change_ip_rule(address, add=request.method == "POST"))
+        caller = await self.policy.caller(request)
+        await run_sync(
+            self.access.audit.record,
+            "network-rule.add" if request.method == "POST" else "network-rule.remove",
+            "success",
+            principal=caller.name,
+            client_ip=self.policy.client_ip(request.scope),
+            detail={"ipAddress": address},
+        )
+        return JSONResponse(await self._properties(request))
 
     async def credentials(self, request: Request) -> Response:
         admin = await run_sync(self.access.identities.admin)

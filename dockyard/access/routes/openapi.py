@@ -72,6 +72,14 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
         200,
     ),
     ("/api/v1/registry/credentials", "get", "Admin user name and password metadata", None, 200),
+    (
+        "/api/v1/registry/network-rules",
+        "post",
+        "Add one IP rule",
+        _object(["ipAddress"], ipAddress={"type": "string"}),
+        200,
+    ),
+    ("/api/v1/registry/network-rules", "delete", "Remove one IP rule (?ipAddress=)", None, 200),
     ("/api/v1/registry/credentials/renew", "post", "Regenerate an admin password", CREDENTIAL_NAME, 200),
     ("/api/v1/users", "get", "List users", None, 200),
     (

@@ -30,6 +30,9 @@ def _upsert_setting(insert: Callable[[sa.Table], Any]) -> Any:
 
 
 UPSERT_SETTING = per_dialect(_upsert_setting)
+INSERT_SETTING_IF_MISSING = per_dialect(
+    lambda insert: insert(registry_settings).on_conflict_do_nothing(index_elements=["key"])
+)
 
 
 @dataclass(frozen=True)
@@ -112,3 +115,41 @@ class RegistrySettingsService:
         with self._lock:
             self._cached = (updated, time.monotonic())
         return updated
+
+    def change_ip_rule(self, rule: str, *, add: bool) -> RegistrySettings:
+        """Add or remove one IP rule atomically (concurrent changes never overwrite each other)."""
+        rule = normalize_rule(rule)
+
+        def work(conn: sa.Connection) -> list[str]:
+            conn.execute(
+                self._insert_if_missing(conn.dialect.name),
+                {"key": "ip_rules", "value": [], "updated_at": utcnow()},
+            )
+            locked = sa.select(registry_settings.c.value).where(registry_settings.c.key == "ip_rules")
+            if conn.dialect.name == "postgresql":
+                locked = locked.with_for_update()
+            rules = list(conn.execute(locked).scalar_one())
+            if add and rule not in rules:
+                if len(rules) >= MAX_IP_RULES:
+                    raise RegistryError(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_IP_RULES} IP rules")
+                rules = sorted([*rules, rule])
+            elif not add:
+                if rule not in rules:
+                    raise RegistryError(ErrorCode.NOT_FOUND, f"there is no IP rule {rule}")
+                rules = [r for r in rules if r != rule]
+            conn.execute(
+                registry_settings.update()
+                .where(registry_settings.c.key == "ip_rules")
+                .values(value=rules, updated_at=utcnow())
+            )
+            return rules
+
+        rules = self._db.run_write(work)
+        updated = replace(self.get(), ip_rules=tuple(rules))
+        with self._lock:
+            self._cached = (updated, time.monotonic())
+        return updated
+
+    @staticmethod
+    def _insert_if_missing(dialect: str) -> sa.Insert:
+        return INSERT_SETTING_IF_MISSING[dialect]
