@@ -17,6 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+#: ACR's private endpoints, here: loopback, RFC 1918 and IPv6 unique local addresses.
 DEFAULT_PRIVATE_NETWORKS = (
     "127.0.0.0/8",
     "::1/128",

@@ -31,6 +31,10 @@ NAMING_CONVENTION = {
 #: The schema every room's models.py adds its tables to; Alembic migrates it.
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
+#: Column types every room uses: 64-bit ids (SQLite's rowid alias must be INTEGER) and UTC times.
+BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+TIMESTAMP = sa.DateTime(timezone=True)
+
 #: PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock.
 RETRYABLE_SQLSTATES = {"40001", "40P01"}
 WRITE_RETRIES = 8

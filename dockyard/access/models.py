@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from dockyard.db import metadata
-
-BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-TIMESTAMP = sa.DateTime(timezone=True)
+from dockyard.db import BIGINT, TIMESTAMP, metadata
 
 #: Everyone who can sign in: the admin user, users, service principals and repository-scoped tokens.
 identities = sa.Table(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import MANAGE_READ
 from dockyard.access.policy import Policy
-from dockyard.access.routes.common import invalid, iso
+from dockyard.access.routes.common import invalid, iso, query_int, query_time
 from dockyard.asgi import run_sync
 from dockyard.events.services import ACTIONS, EventService
 
@@ -28,19 +26,12 @@ class EventRoutes:
         action = query.get("action") or None
         if action is not None and action not in ACTIONS:
             raise invalid(f"action must be one of {', '.join(ACTIONS)}")
-        since = None
-        if query.get("since"):
-            try:
-                since = datetime.fromisoformat(query["since"].replace("Z", "+00:00"))
-            except ValueError:
-                raise invalid("since must be an ISO 8601 time") from None
-        limit = query.get("limit", "100")
-        if not limit.isascii() or not limit.isdigit():
-            raise invalid("limit must be a positive integer")
+        since = query_time(request)
+        limit = query_int(request, "limit", 100)
         await run_sync(self.events.flush_pulls)
         found = await run_sync(
             lambda: self.events.list(
-                repository=query.get("repository") or None, action=action, since=since, limit=int(limit)
+                repository=query.get("repository") or None, action=action, since=since, limit=limit
             )
         )
         return JSONResponse(

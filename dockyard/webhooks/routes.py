@@ -10,7 +10,7 @@ from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import MANAGE_READ, MANAGE_WRITE
 from dockyard.access.policy import Policy
-from dockyard.access.routes.common import field, invalid, iso, json_body, status_flag
+from dockyard.access.routes.common import field, invalid, iso, json_body, query_int, status_flag, whole_number
 from dockyard.asgi import run_sync
 from dockyard.webhooks.delivery import attempt, new_client
 from dockyard.webhooks.services import DeliveryInfo, WebhookInfo, WebhookService
@@ -158,19 +158,15 @@ class WebhookRoutes:
         )
 
     async def events(self, request: Request) -> Response:
-        limit = request.query_params.get("limit", "50")
-        if not limit.isascii() or not limit.isdigit():
-            raise invalid("limit must be a positive integer")
+        limit = query_int(request, "limit", 50)
         found = await run_sync(
             lambda: self.service.deliveries(
-                request.path_params["id"], limit=int(limit), status=request.query_params.get("status") or None
+                request.path_params["id"], limit=limit, status=request.query_params.get("status") or None
             )
         )
         return JSONResponse({"value": [delivery_json(d) for d in found]})
 
     async def redeliver(self, request: Request) -> Response:
-        delivery = request.path_params["delivery"]
-        if not delivery.isascii() or not delivery.isdigit():
-            raise invalid("delivery ids are integers")
-        await run_sync(self.service.redeliver, request.path_params["id"], int(delivery))
+        delivery = whole_number(request.path_params["delivery"], "the delivery id")
+        await run_sync(self.service.redeliver, request.path_params["id"], delivery)
         return Response(status_code=202)

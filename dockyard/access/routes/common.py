@@ -8,11 +8,28 @@ from typing import Any
 
 from starlette.requests import Request
 
+from dockyard.access.policy import Policy
+from dockyard.access.services.audit import AuditService
 from dockyard.access.services.identities import CredentialInfo, IdentityInfo, RoleAssignmentInfo
-from dockyard.asgi import read_body
+from dockyard.asgi import read_body, run_sync
 from dockyard.oci.errors import ErrorCode, RegistryError
 
 MAX_JSON = 1024 * 1024
+
+
+async def record_change(
+    audit: AuditService, policy: Policy, request: Request, action: str, detail: dict[str, Any]
+) -> None:
+    """Audit a successful change made through the management API, with who made it and from where."""
+    caller = await policy.caller(request)
+    await run_sync(
+        audit.record,
+        action,
+        "success",
+        principal=caller.name,
+        client_ip=policy.client_ip(request.scope),
+        detail=detail,
+    )
 
 
 def invalid(message: str) -> RegistryError:
@@ -43,6 +60,31 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, req
     if not isinstance(value, kind):
         raise invalid(f"{name} has the wrong type")
     return value
+
+
+def query_time(request: Request, name: str = "since") -> datetime | None:
+    """An ISO 8601 time from the query string (``Z`` allowed), or None."""
+    value = request.query_params.get(name)
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid(f"{name} must be an ISO 8601 time") from None
+
+
+def query_int(request: Request, name: str, default: int) -> int:
+    """A non-negative integer from the query string."""
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    return whole_number(value, name)
+
+
+def whole_number(value: str, name: str) -> int:
+    if not value.isascii() or not value.isdigit():
+        raise invalid(f"{name} must be a non-negative integer")
+    return int(value)
 
 
 def iso(value: datetime | None) -> str | None:

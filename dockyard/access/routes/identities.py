@@ -17,6 +17,7 @@ from dockyard.access.routes.common import (
     invalid,
     iso,
     json_body,
+    record_change,
     role_json,
     status_flag,
 )
@@ -99,15 +100,7 @@ class IdentityRoutes:
         ]
 
     async def _audit(self, request: Request, action: str, detail: dict[str, Any]) -> None:
-        caller = await self.policy.caller(request)
-        await run_sync(
-            self.access.audit.record,
-            action,
-            "success",
-            principal=caller.name,
-            client_ip=self.policy.client_ip(request.scope),
-            detail=detail,
-        )
+        await record_change(self.access.audit, self.policy, request, action, detail)
 
     @staticmethod
     def _kind(request: Request) -> str:

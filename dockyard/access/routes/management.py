@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -11,7 +10,16 @@ from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import MANAGE_READ, MANAGE_WRITE
 from dockyard.access.policy import Policy
-from dockyard.access.routes.common import credential_json, field, invalid, iso, json_body
+from dockyard.access.routes.common import (
+    credential_json,
+    field,
+    invalid,
+    iso,
+    json_body,
+    query_int,
+    query_time,
+    record_change,
+)
 from dockyard.access.services import AccessServices
 from dockyard.access.services.identities import ADMIN, PASSWORD_NAMES
 from dockyard.asgi import run_sync
@@ -73,19 +81,11 @@ class ManagementRoutes:
             body = await json_body(request)
             changes = self._settings_changes(body)
             admin = field(body, "adminUserEnabled", bool)
-            caller = await self.policy.caller(request)
             if changes:
                 await run_sync(self.access.settings.update, **changes)
             if admin is not None:
                 await run_sync(self.access.identities.set_admin_enabled, admin)
-            await run_sync(
-                self.access.audit.record,
-                "registry.update",
-                "success",
-                principal=caller.name,
-                client_ip=self.policy.client_ip(request.scope),
-                detail=body,
-            )
+            await record_change(self.access.audit, self.policy, request, "registry.update", body)
         return JSONResponse(await self._properties(request))
 
     @staticmethod
@@ -119,14 +119,12 @@ class ManagementRoutes:
             if not address:
                 raise invalid("ipAddress is required")
         await run_sync(lambda: self.access.settings.change_ip_rule(address, add=request.method == "POST"))
-        caller = await self.policy.caller(request)
-        await run_sync(
-            self.access.audit.record,
+        await record_change(
+            self.access.audit,
+            self.policy,
+            request,
             "network-rule.add" if request.method == "POST" else "network-rule.remove",
-            "success",
-            principal=caller.name,
-            client_ip=self.policy.client_ip(request.scope),
-            detail={"ipAddress": address},
+            {"ipAddress": address},
         )
         return JSONResponse(await self._properties(request))
 
@@ -147,16 +145,8 @@ class ManagementRoutes:
         name = field(body, "name", str, required=True)
         if name not in PASSWORD_NAMES:
             raise invalid("name must be password or password2")
-        caller = await self.policy.caller(request)
         renewed = await run_sync(self.access.identities.new_credential, ADMIN, name, kind=ADMIN)
-        await run_sync(
-            self.access.audit.record,
-            "credential.renew",
-            "success",
-            principal=caller.name,
-            client_ip=self.policy.client_ip(request.scope),
-            detail={"credential": name},
-        )
+        await record_change(self.access.audit, self.policy, request, "credential.renew", {"credential": name})
         admin = await run_sync(self.access.identities.admin)
         assert admin is not None
         passwords = [renewed if c.name == name else c for c in admin.credentials]
@@ -184,31 +174,17 @@ class ManagementRoutes:
         )
 
     async def rotate_key(self, request: Request) -> Response:
-        caller = await self.policy.caller(request)
         kid = await run_sync(self.access.tokens.rotate)
-        await run_sync(
-            self.access.audit.record,
-            "signing-key.rotate",
-            "success",
-            principal=caller.name,
-            client_ip=self.policy.client_ip(request.scope),
-            detail={"kid": kid},
-        )
+        await record_change(self.access.audit, self.policy, request, "signing-key.rotate", {"kid": kid})
         return JSONResponse({"kid": kid}, status_code=201)
 
     async def audit(self, request: Request) -> Response:
-        query = request.query_params
-        since = None
-        if query.get("since"):
-            try:
-                since = datetime.fromisoformat(query["since"].replace("Z", "+00:00"))
-            except ValueError:
-                raise invalid("since must be an ISO 8601 time") from None
-        limit_text = query.get("limit", "100")
-        if not limit_text.isascii() or not limit_text.isdigit():
-            raise invalid("limit must be a positive integer")
         events = await run_sync(
-            self.access.audit.list, since=since, action=query.get("action") or None, limit=int(limit_text)
+            lambda: self.access.audit.list(
+                since=query_time(request),
+                action=request.query_params.get("action") or None,
+                limit=query_int(request, "limit", 100),
+            )
         )
         return JSONResponse(
             {
