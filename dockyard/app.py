@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import anyio
 from starlette.applications import Starlette
@@ -29,7 +30,7 @@ from dockyard.asgi import (
     server_error_handler,
 )
 from dockyard.config import Settings
-from dockyard.db import Database
+from dockyard.db import Database, utcnow
 from dockyard.events.routes import EventRoutes
 from dockyard.events.services import EventService
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Pull events are written in batches this often.
 PULL_FLUSH_SECONDS = 1.0
+#: How often old events and finished deliveries are deleted.
+PRUNE_LOGS_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,15 @@ def build_webhook_service(settings: Settings, db: Database) -> WebhookService:
         retry_max_seconds=settings.webhook_retry_max_seconds,
         lease_seconds=settings.webhook_timeout_seconds * 3,
     )
+
+
+def prune_logs(parts: Dockyard) -> None:
+    """Delete events and finished deliveries past their retention."""
+    now = utcnow()
+    events = parts.events.prune(now - timedelta(days=parts.settings.event_retention_days))
+    deliveries = parts.webhooks.prune(now - timedelta(days=parts.settings.webhook_log_retention_days))
+    if events or deliveries:
+        log.info("pruned %d events and %d webhook deliveries", events, deliveries)
 
 
 def delivery_worker(parts: Dockyard) -> DeliveryWorker:
@@ -154,6 +166,7 @@ def create_app(
                     lambda: registry_jobs.expire_uploads(parts.registry),
                 )
                 group.start_soon(_every, PULL_FLUSH_SECONDS, parts.events.flush_pulls)
+                group.start_soon(_every, PRUNE_LOGS_SECONDS, lambda: prune_logs(parts))
                 if settings.run_worker:
                     group.start_soon(delivery_worker(parts).run)
             try:

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(
         32, ge=1, description="Deliveries in flight per process (2 per webhook)."
     )
+    event_retention_days: int = Field(90, ge=1, description="Repository events older than this are deleted.")
+    webhook_log_retention_days: int = Field(
+        30, ge=1, description="Finished webhook deliveries (and their attempts) older than this are deleted."
+    )
     db_pool_size: int = Field(16, ge=1, description="Database connections held per process.")
 
     # -- TLS for `dockyard serve` (docs/tls.md); checked and applied by dockyard/tls.py ------------

@@ -5,10 +5,19 @@ from __future__ import annotations
 import typer
 
 from dockyard import __version__
-from dockyard.cli import access_commands, admin, auth, identity_commands, registry_commands
+from dockyard.cli import (
+    access_commands,
+    admin,
+    auth,
+    event_commands,
+    identity_commands,
+    registry_commands,
+    webhook_commands,
+)
 from dockyard.cli import db as db_commands
 from dockyard.cli import repository as repository_commands
 from dockyard.cli import serve as serve_commands
+from dockyard.cli import worker as worker_commands
 from dockyard.cli.output import OutputFormat, emit, output_option
 
 app = typer.Typer(
@@ -19,6 +28,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # help texts are plain: "[default: …]" must not be read as Rich markup
 )
 app.command("serve")(serve_commands.serve)
+app.command("worker")(worker_commands.worker)
 app.command("login")(auth.login)
 app.command("logout")(auth.logout)
 app.command("show")(registry_commands.show)
@@ -31,6 +41,8 @@ app.add_typer(access_commands.token_app, name="token")
 app.add_typer(identity_commands.user_app, name="user")
 app.add_typer(identity_commands.sp_app, name="sp")
 app.add_typer(identity_commands.role_app, name="role")
+app.add_typer(webhook_commands.app, name="webhook")
+app.add_typer(event_commands.app, name="event")
 app.add_typer(registry_commands.audit_app, name="audit")
 app.add_typer(registry_commands.signing_key_app, name="signing-key")
 app.add_typer(admin.app, name="admin")

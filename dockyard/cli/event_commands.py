@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -24,9 +25,22 @@ class EventAction(enum.StrEnum):
     quarantine = "quarantine"
 
 
-app = typer.Typer(
-    help="Read the repository event log: pushes, pulls, deletes, untags.", no_args_is_help=True
-)
+def utc_time(value: str) -> str:
+    """An ISO 8601 time as UTC (``…Z``); a time without an offset is taken as UTC.
+
+    The registry compares times as written when it stores them in SQLite, so an offset such
+    as ``+02:00`` is converted here. What does not parse is sent as is, for the registry to refuse.
+    """
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+app = typer.Typer(help="Read the repository event log: pushes, pulls, deletes, untags.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -36,7 +50,10 @@ def list_events(
     ] = None,
     action: Annotated[EventAction | None, typer.Option("--action", help="Only this action.")] = None,
     since: Annotated[
-        str | None, typer.Option("--since", help="Only events at or after this ISO 8601 time.")
+        str | None,
+        typer.Option(
+            "--since", help="Only events at or after this ISO 8601 time (UTC unless it has an offset)."
+        ),
     ] = None,
     top: TopOption = None,
     registry: RegistryOption = None,
@@ -49,6 +66,6 @@ def list_events(
     if action is not None:
         params["action"] = action.value
     if since:
-        params["since"] = since
+        params["since"] = utc_time(since)
     with connect(registry) as client:
         emit(client.json("GET", "/api/v1/events", params=params)["value"], output, EVENT_COLUMNS)

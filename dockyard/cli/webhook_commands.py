@@ -20,7 +20,16 @@ ACTIONS = ("push", "delete", "quarantine", "chart_push", "chart_delete")
 #: Options that take several words, as az's do: ``--actions push delete``, ``--headers a=1 b=2``.
 VARIADIC_OPTIONS = ("--actions", "--headers")
 WEBHOOK_COLUMNS = ["name", "status", "actions", "scope", "payloadFormat", "hasSecret", "creationTime"]
-DELIVERY_COLUMNS = ["id", "action", "status", "attempts", "results", "createdTime", "nextAttemptTime", "eventId"]
+DELIVERY_COLUMNS = [
+    "id",
+    "action",
+    "status",
+    "attempts",
+    "results",
+    "createdTime",
+    "nextAttemptTime",
+    "eventId",
+]
 PING_COLUMNS = ["id", "statusCode", "error", "durationMs"]
 
 
@@ -159,7 +168,7 @@ HeadersOption = Annotated[
 ]
 SecretOption = Annotated[
     str | None,
-    typer.Option("--secret", help="HMAC key (16-256 characters) that signs each body; prefer --secret-stdin."),
+    typer.Option("--secret", help="HMAC key (16-256 characters) signing each body; prefer --secret-stdin."),
 ]
 SecretStdinOption = Annotated[bool, typer.Option("--secret-stdin", help="Read the secret from stdin.")]
 FormatOption = Annotated[

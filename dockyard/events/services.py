@@ -120,6 +120,18 @@ class EventService:
             self._db.run_write(lambda conn: conn.execute(repository_events.insert(), batch), durable=False)
         return len(batch)
 
+    def prune(self, older_than: datetime) -> int:
+        """Forget dispatched events that happened before ``older_than``."""
+
+        def work(conn: Connection) -> int:
+            return conn.execute(
+                repository_events.delete().where(
+                    repository_events.c.dispatched, repository_events.c.created_at < older_than
+                )
+            ).rowcount
+
+        return self._db.run_write(work, durable=False)
+
     def list(
         self,
         *,

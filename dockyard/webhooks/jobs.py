@@ -39,7 +39,25 @@ class DeliveryWorker:
         self.timeout = timeout_seconds
         self.poll = poll_seconds
         self._in_flight = 0
+        self._claiming = True
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._wake: asyncio.Event | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Delivery attempts running now."""
+        return self._in_flight
+
+    def stop_claiming(self) -> None:
+        """Start no more attempts (a graceful shutdown); those running carry on."""
+        self._claiming = False
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for running attempts to finish; return how many did not."""
+        with anyio.move_on_after(timeout):
+            await self._idle.wait()
+        return self._in_flight
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -57,10 +75,13 @@ class DeliveryWorker:
 
     async def step(self, client: httpx.AsyncClient, group: anyio.abc.TaskGroup) -> int:
         """One round: dispatch new events, start what is due. Returns how many attempts started."""
+        if not self._claiming:
+            return 0
         await run_sync(self.service.dispatch)
         jobs = await run_sync(self.service.claim, self.concurrency - self._in_flight)
         for job in jobs:
             self._in_flight += 1
+            self._idle.clear()
             group.start_soon(self._deliver, client, job)
         return len(jobs)
 
@@ -80,5 +101,7 @@ class DeliveryWorker:
             log.exception("webhook %s delivery %d could not be recorded", job.webhook, job.id)
         finally:
             self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
             if self._wake is not None:
                 self._wake.set()

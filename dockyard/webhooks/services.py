@@ -308,7 +308,9 @@ class WebhookService:
         def work(conn: Connection) -> list[DeliveryJob]:
             due = (
                 sa.select(deliveries.c.id, deliveries.c.webhook_id, deliveries.c.body)
+                .select_from(deliveries.join(webhooks))
                 .where(
+                    webhooks.c.enabled,  # a disabled webhook's deliveries wait until it is enabled again
                     deliveries.c.status.in_([PENDING, DELIVERING]),
                     deliveries.c.next_attempt_at <= now,
                     sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
@@ -317,7 +319,7 @@ class WebhookService:
                 .limit(slots * 4)
             )
             if conn.dialect.name == "postgresql":
-                due = due.with_for_update(skip_locked=True)
+                due = due.with_for_update(skip_locked=True, of=deliveries)
             candidates = conn.execute(due).all()
             if not candidates:
                 return []
@@ -452,6 +454,18 @@ class WebhookService:
             )
             for row in rows
         ]
+
+    def prune(self, older_than: datetime) -> int:
+        """Forget finished deliveries (succeeded or dead) last touched before ``older_than``."""
+
+        def work(conn: Connection) -> int:
+            return conn.execute(
+                deliveries.delete().where(
+                    deliveries.c.status.in_([SUCCEEDED, DEAD]), deliveries.c.updated_at < older_than
+                )
+            ).rowcount
+
+        return self._db.run_write(work, durable=False)
 
     def redeliver(self, name: str, delivery_id: int) -> None:
         """Send a delivery again (a dead one, or one that succeeded), with a fresh retry window."""

@@ -377,3 +377,46 @@ def test_index_push_and_disabled_webhooks(client, dockyard, receiver):
     deliver(dockyard)
     assert receiver.received == []
     assert [e.action for e in dockyard.events.list()] == ["push", "push"]
+
+
+def test_disabled_webhooks_hold_queued_deliveries(client, dockyard, receiver):
+    create(client, serviceUri=receiver.url, actions=["push"])
+    push_image(client, "team/app", make_image("held"), "v1")
+    dockyard.webhooks.dispatch()
+    client.patch("/api/v1/webhooks/hookone", json={"status": "disabled"})
+    deliver(dockyard)
+    assert receiver.received == []
+    assert first_status(client) == "pending"
+    client.patch("/api/v1/webhooks/hookone", json={"status": "enabled"})
+    deliver(dockyard)
+    assert [r.json()["action"] for r in receiver.wait_for(1)] == ["push"]
+
+
+def test_old_events_and_finished_deliveries_are_pruned(client, dockyard, receiver):
+    from datetime import timedelta
+
+    from dockyard.db import utcnow
+
+    create(client, serviceUri=receiver.url, actions=["push"])
+    push_image(client, "team/app", make_image("pruned"), "v1")
+    deliver(dockyard)
+    receiver.wait_for(1)
+    assert dockyard.events.prune(utcnow() - timedelta(days=1)) == 0
+    assert dockyard.webhooks.prune(utcnow() - timedelta(days=1)) == 0
+    later = utcnow() + timedelta(seconds=1)
+    assert dockyard.events.prune(later) == 1
+    assert dockyard.webhooks.prune(later) == 1
+    assert client.get("/api/v1/webhooks/hookone/events").json()["value"] == []
+    assert dockyard.events.list() == []
+
+
+def test_since_is_compared_in_utc(client, dockyard):
+    from datetime import timedelta, timezone
+
+    push_image(client, "team/app", make_image("since"), "v1")
+    (event,) = dockyard.events.list()
+    plus_five = timezone(timedelta(hours=5))
+    just_before = (event.time - timedelta(seconds=1)).astimezone(plus_five).isoformat()
+    just_after = (event.time + timedelta(seconds=1)).astimezone(plus_five).isoformat()
+    assert len(client.get("/api/v1/events", params={"since": just_before}).json()["value"]) == 1
+    assert client.get("/api/v1/events", params={"since": just_after}).json()["value"] == []

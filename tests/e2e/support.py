@@ -75,8 +75,11 @@ class DockyardServer:
         cwd: Path | None = None,
         extra_args: Sequence[str] = (),
         owner: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port
+        #: Settings for this server only (e.g. DOCKYARD_WEBHOOK_RETRY_BASE_SECONDS), over clean_environment.
+        self.env = dict(env or {})
         self.data_dir = data_dir
         self.cwd = cwd or log_dir
         self.extra_args = list(extra_args)
@@ -114,7 +117,7 @@ class DockyardServer:
             self.proc = subprocess.Popen(
                 self.command(),
                 cwd=self.cwd,
-                env=clean_environment(),
+                env=clean_environment(**self.env),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,

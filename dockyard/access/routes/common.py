@@ -12,6 +12,7 @@ from dockyard.access.policy import Policy
 from dockyard.access.services.audit import AuditService
 from dockyard.access.services.identities import CredentialInfo, IdentityInfo, RoleAssignmentInfo
 from dockyard.asgi import read_body, run_sync
+from dockyard.db import as_utc
 from dockyard.oci.errors import ErrorCode, RegistryError
 
 MAX_JSON = 1024 * 1024
@@ -68,9 +69,10 @@ def query_time(request: Request, name: str = "since") -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise invalid(f"{name} must be an ISO 8601 time") from None
+    return as_utc(parsed)  # stored times are UTC; a time without an offset is taken as UTC too
 
 
 def query_int(request: Request, name: str, default: int) -> int:
