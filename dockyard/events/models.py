@@ -19,6 +19,8 @@ repository_events = sa.Table(
     sa.Column("media_type", sa.String(255)),
     sa.Column("artifact_type", sa.String(255)),
     sa.Column("size", sa.BigInteger),
+    #: How many identical events this row stands for (pulls are aggregated per batch).
+    sa.Column("count", sa.Integer, nullable=False, server_default="1"),
     sa.Column("actor", sa.String(128)),
     sa.Column("client_ip", sa.String(64)),
     sa.Column("request_id", sa.String(64)),

@@ -46,6 +46,7 @@ class EventRoutes:
                         "digest": e.digest,
                         "mediaType": e.media_type,
                         "size": e.size,
+                        "count": e.count,
                         "actor": e.origin.actor,
                         "clientIp": e.origin.client_ip,
                         "userAgent": e.origin.user_agent,

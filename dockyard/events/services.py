@@ -60,6 +60,7 @@ class RepositoryEvent:
     artifact_type: str | None
     size: int | None
     origin: Origin
+    count: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "time": self.time}
@@ -70,7 +71,7 @@ class EventService:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._pulls: list[dict[str, Any]] = []
+        self._pulls: dict[tuple[str | None, ...], dict[str, Any]] = {}
         self._pulls_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
 
@@ -106,16 +107,20 @@ class EventService:
     def note_pull(
         self, repository: str, tag: str | None, digest: str, media_type: str, size: int, origin: Origin | None
     ) -> None:
-        """Remember a manifest pull; ``flush_pulls`` writes the batch."""
-        row = _row(PULL, repository, tag, digest, media_type, None, size, origin)
+        """Remember a manifest pull; ``flush_pulls`` writes the batch, identical pulls as one counted row."""
+        origin = origin or Origin()
+        key = (repository, tag, digest, origin.actor, origin.client_ip, origin.user_agent)
         with self._pulls_lock:
-            if len(self._pulls) < MAX_PULL_BUFFER:
-                self._pulls.append(row)
+            row = self._pulls.get(key)
+            if row is not None:
+                row["count"] += 1
+            elif len(self._pulls) < MAX_PULL_BUFFER:
+                self._pulls[key] = _row(PULL, repository, tag, digest, media_type, None, size, origin)
 
     def flush_pulls(self) -> int:
-        """Write buffered pull events in one transaction; return how many."""
+        """Write buffered pull events in one transaction; return how many rows."""
         with self._pulls_lock:
-            batch, self._pulls = self._pulls, []
+            batch, self._pulls = list(self._pulls.values()), {}
         if batch:
             self._db.run_write(lambda conn: conn.execute(repository_events.insert(), batch), durable=False)
         return len(batch)
@@ -175,6 +180,7 @@ def _row(
         "media_type": media_type,
         "artifact_type": artifact_type,
         "size": size,
+        "count": 1,
         "actor": origin.actor,
         "client_ip": origin.client_ip,
         "request_id": origin.request_id,
@@ -197,6 +203,7 @@ def event_from_row(row: sa.Row) -> RepositoryEvent:
         media_type=row.media_type,
         artifact_type=row.artifact_type,
         size=row.size,
+        count=row.count,
         origin=Origin(
             request_id=row.request_id or "",
             host=row.request_host,

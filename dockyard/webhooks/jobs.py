@@ -20,6 +20,9 @@ from dockyard.webhooks.services import DeliveryJob, WebhookService
 
 log = logging.getLogger(__name__)
 
+#: After a wake-up the worker waits this long, so a burst of pushes costs one dispatch, not one each.
+BATCH_SECONDS = 0.05
+
 
 class DeliveryWorker:
     """Delivers webhooks until cancelled."""
@@ -72,6 +75,7 @@ class DeliveryWorker:
                     log.exception("webhook delivery step failed; retrying")
                 with anyio.move_on_after(self.poll):
                     await wake.wait()
+                    await anyio.sleep(BATCH_SECONDS)  # let a burst of commits share one dispatch
 
     async def step(self, client: httpx.AsyncClient, group: anyio.abc.TaskGroup) -> int:
         """One round: dispatch new events, start what is due. Returns how many attempts started."""

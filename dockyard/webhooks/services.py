@@ -100,6 +100,20 @@ class AttemptResult:
         return self.status is not None and 200 <= self.status < 300
 
 
+ANY_UNDISPATCHED = sa.select(repository_events.c.id).where(repository_events.c.dispatched.is_(False)).limit(1)
+ANY_DUE = (
+    sa.select(deliveries.c.id)
+    .select_from(deliveries.join(webhooks))
+    .where(
+        webhooks.c.enabled,
+        deliveries.c.status.in_([PENDING, DELIVERING]),
+        deliveries.c.next_attempt_at <= sa.bindparam("now"),
+        sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < sa.bindparam("now")),
+    )
+    .limit(1)
+)
+
+
 def _not_found(name: str) -> RegistryError:
     return RegistryError(ErrorCode.NOT_FOUND, f"webhook {name!r} not found")
 
@@ -227,6 +241,9 @@ class WebhookService:
     def dispatch(self, limit: int = 500) -> int:
         """Turn logged events nobody has dispatched into deliveries for matching webhooks."""
 
+        if not self._db.run_lookup(lambda conn: conn.execute(ANY_UNDISPATCHED).first()):
+            return 0  # nothing new: no write transaction (it would contend with pushes for the lock)
+
         def work(conn: Connection) -> int:
             query = (
                 sa.select(repository_events)
@@ -304,6 +321,8 @@ class WebhookService:
         if slots <= 0:
             return []
         now = utcnow()
+        if not self._db.run_lookup(lambda conn: conn.execute(ANY_DUE, {"now": now}).first()):
+            return []  # nothing due: no write transaction
 
         def work(conn: Connection) -> list[DeliveryJob]:
             due = (

@@ -420,3 +420,15 @@ def test_since_is_compared_in_utc(client, dockyard):
     just_after = (event.time + timedelta(seconds=1)).astimezone(plus_five).isoformat()
     assert len(client.get("/api/v1/events", params={"since": just_before}).json()["value"]) == 1
     assert client.get("/api/v1/events", params={"since": just_after}).json()["value"] == []
+
+
+def test_identical_pulls_are_logged_as_one_counted_row(client, dockyard):
+    push_image(client, "team/app", make_image("popular"), "v1")
+    for _ in range(5):
+        assert client.get("/v2/team/app/manifests/v1").status_code == 200
+    client.get("/v2/team/app/manifests/v1", headers={"User-Agent": "another-client/1.0"})
+    pulls = client.get("/api/v1/events", params={"action": "pull"}).json()["value"]
+    assert sorted((p["userAgent"], p["count"]) for p in pulls) == [
+        ("another-client/1.0", 1),
+        ("testclient", 5),
+    ]

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("media_type", sa.String(length=255), nullable=True),
         sa.Column("artifact_type", sa.String(length=255), nullable=True),
         sa.Column("size", sa.BigInteger(), nullable=True),
+        sa.Column("count", sa.Integer(), server_default="1", nullable=False),
         sa.Column("actor", sa.String(length=128), nullable=True),
         sa.Column("client_ip", sa.String(length=64), nullable=True),
         sa.Column("request_id", sa.String(length=64), nullable=True),
