@@ -69,6 +69,8 @@ def build(settings: Settings) -> Dockyard:
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     store = create_blob_store(settings)
     events = EventService(db)
+    webhooks = build_webhook_service(settings, db)
+    events.subscribe(webhooks.wants)
     return Dockyard(
         settings=settings,
         db=db,
@@ -76,7 +78,7 @@ def build(settings: Settings) -> Dockyard:
         registry=build_registry_services(settings, db, store, events),
         access=build_access_services(settings, db),
         events=events,
-        webhooks=build_webhook_service(settings, db),
+        webhooks=webhooks,
     )
 
 

@@ -74,6 +74,7 @@ class EventService:
         self._pulls: dict[tuple[str | None, ...], dict[str, Any]] = {}
         self._pulls_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        self._subscribers: list[Callable[[Connection, str], bool]] = []
 
     def on_recorded(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (from any thread) after a dispatched event was committed here."""
@@ -84,8 +85,16 @@ class EventService:
         for listener in self._listeners:
             listener()
 
-    @staticmethod
+    def subscribe(self, wants: Callable[[Connection, str], bool]) -> None:
+        """Let another room (webhooks) say, inside the recording transaction, whether it wants an action.
+
+        An event nobody wants is logged as already dispatched, so it costs no dispatch later; an
+        event that happens before a subscription exists is, correctly, never sent to it.
+        """
+        self._subscribers.append(wants)
+
     def record(
+        self,
         conn: Connection,
         action: str,
         repository: str,
@@ -98,11 +107,10 @@ class EventService:
         origin: Origin | None = None,
     ) -> None:
         """Add an event to the log in the caller's transaction."""
-        conn.execute(
-            repository_events.insert().values(
-                _row(action, repository, tag, digest, media_type, artifact_type, size, origin)
-            )
-        )
+        row = _row(action, repository, tag, digest, media_type, artifact_type, size, origin)
+        if not row["dispatched"] and not any(wants(conn, action) for wants in self._subscribers):
+            row["dispatched"] = True
+        conn.execute(repository_events.insert().values(row))
 
     def note_pull(
         self, repository: str, tag: str | None, digest: str, media_type: str, size: int, origin: Origin | None

@@ -100,6 +100,7 @@ class AttemptResult:
         return self.status is not None and 200 <= self.status < 300
 
 
+ENABLED_ACTIONS = sa.select(webhooks.c.actions).where(webhooks.c.enabled)
 ANY_UNDISPATCHED = sa.select(repository_events.c.id).where(repository_events.c.dispatched.is_(False)).limit(1)
 ANY_DUE = (
     sa.select(deliveries.c.id)
@@ -238,6 +239,11 @@ class WebhookService:
 
     # -- fan-out ----------------------------------------------------------------------------
 
+    @staticmethod
+    def wants(conn: Connection, action: str) -> bool:
+        """Whether any enabled webhook subscribes to ``action`` (asked inside the event's transaction)."""
+        return any(action in hook_actions for hook_actions in conn.execute(ENABLED_ACTIONS).scalars())
+
     def dispatch(self, limit: int = 500) -> int:
         """Turn logged events nobody has dispatched into deliveries for matching webhooks."""
 
@@ -277,7 +283,8 @@ class WebhookService:
             )
             return len(new)
 
-        return self._db.run_write(work)
+        # Not durable: lost to a power cut, the events are simply dispatched again (at least once).
+        return self._db.run_write(work, durable=False)
 
     def _delivery(
         self, webhook_id: int, event_uid: str, action: str, body: bytes, now: datetime
