@@ -75,13 +75,20 @@ class EventService:
         self._pulls_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._subscribers: list[Callable[[Connection, str], bool]] = []
+        self._undispatched = threading.Event()
 
     def on_recorded(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (from any thread) after a dispatched event was committed here."""
         self._listeners.append(listener)
 
     def committed(self) -> None:
-        """Tell listeners new events are waiting (the caller's transaction has committed)."""
+        """Tell listeners new events are waiting (the caller's transaction has committed).
+
+        Only events someone subscribed to wake them: a registry without webhooks pays nothing.
+        """
+        if not self._undispatched.is_set():
+            return
+        self._undispatched.clear()
         for listener in self._listeners:
             listener()
 
@@ -108,8 +115,11 @@ class EventService:
     ) -> None:
         """Add an event to the log in the caller's transaction."""
         row = _row(action, repository, tag, digest, media_type, artifact_type, size, origin)
-        if not row["dispatched"] and not any(wants(conn, action) for wants in self._subscribers):
-            row["dispatched"] = True
+        if not row["dispatched"]:
+            if any(wants(conn, action) for wants in self._subscribers):
+                self._undispatched.set()
+            else:
+                row["dispatched"] = True
         conn.execute(repository_events.insert().values(row))
 
     def note_pull(

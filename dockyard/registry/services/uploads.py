@@ -34,6 +34,22 @@ from dockyard.storage import BlobStore
 log = logging.getLogger(__name__)
 
 
+#: Chunks up to this size are read into memory and appended in a single transaction.
+SMALL_CHUNK = 1024 * 1024
+
+
+def _read_exactly(body: Iterable[bytes], length: int) -> bytes:
+    """The whole body, which must be exactly ``length`` bytes (else SIZE_INVALID)."""
+    data = bytearray()
+    for chunk in body:
+        data += chunk
+        if len(data) > length:
+            raise RegistryError(ErrorCode.SIZE_INVALID, f"chunk is longer than the declared {length} bytes")
+    if len(data) != length:
+        raise RegistryError(ErrorCode.SIZE_INVALID, f"received {len(data)} bytes but {length} were declared")
+    return bytes(data)
+
+
 def range_header(size: int) -> str:
     """The ``Range`` header value for an upload holding ``size`` bytes (Distribution's convention)."""
     return f"0-{max(size - 1, 0)}"
@@ -121,6 +137,10 @@ class UploadService:
         content_length: int | None = None,
     ) -> UploadState:
         """Append one chunk (a PATCH). The chunk is recorded only if it arrived whole."""
+        if content_length is not None and content_length <= SMALL_CHUNK:
+            return self._append_small(
+                repository, upload_id, _read_exactly(body, content_length), content_range
+            )
         token, size = self._acquire(repository, upload_id)
         try:
             expected = self._check_range(size, content_range, content_length)
@@ -131,6 +151,46 @@ class UploadService:
             self._release(upload_id, token)
             raise
         if hasher is not None:
+            self._keep_hasher(upload_id, new_size, hasher)
+        return UploadState(upload_id, repository, new_size)
+
+    def _append_small(
+        self, repository: str, upload_id: str, data: bytes, content_range: tuple[int, int] | None
+    ) -> UploadState:
+        """A chunk already in memory: check, write and record it in one transaction, without a lease.
+
+        The transaction's row lock orders it against other writers; a request holding a lease
+        (streaming a large chunk) makes it wait its turn with a 416, as a lease would.
+        """
+        now = utcnow()
+
+        def work(conn: Connection) -> tuple[int, Hasher | None]:
+            row = conn.execute(
+                sa.select(uploads.c.size, uploads.c.lease_token, uploads.c.lease_until)
+                .where(uploads.c.id == upload_id, uploads.c.repository == repository)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise _unknown(upload_id)
+            if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:
+                raise _out_of_order(row.size, "another request is writing to this upload")
+            self._check_range(row.size, content_range, len(data))
+            hasher = self._take_hasher(upload_id, row.size)
+            writer = self._store.open_upload(upload_id, row.size)
+            try:
+                writer.write(data)
+                new_size = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            conn.execute(
+                uploads.update().where(uploads.c.id == upload_id).values(size=new_size, updated_at=now)
+            )
+            return new_size, hasher
+
+        new_size, hasher = self._db.run_write(work, durable=False)
+        if hasher is not None:
+            hasher.update(data)
             self._keep_hasher(upload_id, new_size, hasher)
         return UploadState(upload_id, repository, new_size)
 
