@@ -9,8 +9,8 @@ import click
 import typer
 from typer.core import TyperCommand
 
-from dockyard.cli.client import RegistryClient, connect
-from dockyard.cli.options import ExpiryOption, RegistryOption, Status, YesOption, confirm, shown_once
+from dockyard.cli.client import RegistryClient, connect, delete_confirmed
+from dockyard.cli.options import ExpiryOption, RegistryOption, Status, YesOption, shown_once
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 
 #: Options that take a repository followed by any number of actions, as az does.
@@ -176,10 +176,9 @@ def scope_map_delete(
     output: OutputFormat = output_option,
 ) -> None:
     """Delete a scope map no token uses."""
-    confirm(yes, f"scope map {name}")
-    with connect(registry) as client:
-        client.request("DELETE", _scope_map_path(client, name))
-    emit({"deleted": name}, output)
+    delete_confirmed(
+        registry, f"scope map {name}", lambda c: _scope_map_path(c, name), name, yes=yes, output=output
+    )
 
 
 # -- dockyard token ------------------------------------------------------------------------------
@@ -268,10 +267,7 @@ def token_delete(
     output: OutputFormat = output_option,
 ) -> None:
     """Delete a token; it can no longer log in."""
-    confirm(yes, f"token {name}")
-    with connect(registry) as client:
-        client.request("DELETE", _token_path(client, name))
-    emit({"deleted": name}, output)
+    delete_confirmed(registry, f"token {name}", lambda c: _token_path(c, name), name, yes=yes, output=output)
 
 
 @token_credential_app.command("generate")

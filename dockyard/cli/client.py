@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+import typer
 
 from dockyard.cli.credentials import ENV_PASSWORD, ENV_USERNAME, Credentials, credentials_for
-from dockyard.cli.output import fail
+from dockyard.cli.output import OutputFormat, emit, fail
 
 DEFAULT_REGISTRY = "http://127.0.0.1:5000"
 
@@ -156,3 +157,20 @@ def connect(registry: str | None) -> RegistryClient:
     """A client for --registry (or its default) carrying the caller's credentials for that host."""
     url = registry_url(registry)
     return RegistryClient(url, credentials=credentials_for(registry_host(url)))
+
+
+def delete_confirmed(
+    registry: str | None,
+    what: str,
+    path: Callable[[RegistryClient], str],
+    deleted: Any,
+    *,
+    yes: bool,
+    output: OutputFormat,
+) -> None:
+    """Ask before deleting ``what`` (unless --yes), DELETE it, and print what was deleted."""
+    if not yes and not typer.confirm(f"This deletes {what} and cannot be undone. Continue?"):
+        raise typer.Exit(1)
+    with connect(registry) as client:
+        client.request("DELETE", path(client))
+    emit({"deleted": deleted}, output)

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dockyard.cli.client import RegistryClient, connect
-from dockyard.cli.options import ExpiryOption, RegistryOption, Status, YesOption, confirm, shown_once
+from dockyard.cli.client import RegistryClient, connect, delete_confirmed
+from dockyard.cli.options import ExpiryOption, RegistryOption, Status, YesOption, shown_once
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 
 IDENTITY_COLUMNS = ["name", "kind", "status", "description", "roles", "creationTime"]
@@ -98,10 +98,14 @@ def _add_read_update_delete(app: typer.Typer, path: str, noun: str, name_option:
         registry: RegistryOption = None,
         output: OutputFormat = output_option,
     ) -> None:
-        confirm(yes, f"{noun} {name} and its role assignments")
-        with connect(registry) as client:
-            client.request("DELETE", _item(client, path, name))
-        emit({"deleted": name}, output)
+        delete_confirmed(
+            registry,
+            f"{noun} {name} and its role assignments",
+            lambda c: _item(c, path, name),
+            name,
+            yes=yes,
+            output=output,
+        )
 
     list_.__doc__ = f"List {noun}s with their roles."
     show.__doc__ = f"Show a {noun}, its credentials' dates and its role assignments."

@@ -33,12 +33,6 @@ class TrueFalse(enum.StrEnum):
     false = "false"
 
 
-def confirm(yes: bool, what: str) -> None:
-    """Ask before deleting ``what`` unless --yes; exit 1 when the answer is no."""
-    if not yes and not typer.confirm(f"This deletes {what} and cannot be undone. Continue?"):
-        raise typer.Exit(1)
-
-
 def shown_once(what: str) -> None:
     """Tell the user (on stderr) that a generated secret is printed only now."""
     typer.echo(f"Shown only now, never again: save the {what}.", err=True)

@@ -12,8 +12,8 @@ import click
 import typer
 from typer.core import TyperCommand
 
-from dockyard.cli.client import RegistryClient, connect
-from dockyard.cli.options import RegistryOption, Status, TopOption, YesOption, confirm
+from dockyard.cli.client import RegistryClient, connect, delete_confirmed
+from dockyard.cli.options import RegistryOption, Status, TopOption, YesOption
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 
 ACTIONS = ("push", "delete", "quarantine", "chart_push", "chart_delete")
@@ -270,10 +270,14 @@ def delete(
     output: OutputFormat = output_option,
 ) -> None:
     """Delete a webhook with its delivery log; undelivered events are dropped."""
-    confirm(yes, f"webhook {name} and its delivery log")
-    with connect(registry) as client:
-        client.request("DELETE", _path(client, name))
-    emit({"deleted": name}, output)
+    delete_confirmed(
+        registry,
+        f"webhook {name} and its delivery log",
+        lambda c: _path(c, name),
+        name,
+        yes=yes,
+        output=output,
+    )
 
 
 @app.command("list")
