@@ -124,14 +124,18 @@ def login(
             err=True,
         )
     written = store.store(host, store.NULL_GUID, refresh)
+    store.remember_registry(url)
     for path in written:
         typer.echo(f"Login for {host} saved in {path}", err=True)
+    typer.echo(f"dockyard commands now default to {url} (--registry or DOCKYARD_REGISTRY override)", err=True)
     typer.echo("Login Succeeded")
 
 
 def logout(registry: RegistryArgument = None) -> None:
     """Remove the stored login for a registry from docker's and the containers auth file."""
-    host = registry_host(registry_url(registry))
+    url = registry_url(registry)
+    host = registry_host(url)
+    store.forget_registry(url)
     removed = store.remove(host)
     if not removed:
         typer.echo(f"Not logged in to {host}")

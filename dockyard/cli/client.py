@@ -16,7 +16,13 @@ from urllib.parse import quote, urlsplit
 import httpx
 import typer
 
-from dockyard.cli.credentials import ENV_PASSWORD, ENV_USERNAME, Credentials, credentials_for
+from dockyard.cli.credentials import (
+    ENV_PASSWORD,
+    ENV_USERNAME,
+    Credentials,
+    credentials_for,
+    default_registry,
+)
 from dockyard.cli.output import OutputFormat, emit, fail
 
 DEFAULT_REGISTRY = "http://127.0.0.1:5000"
@@ -32,12 +38,12 @@ def _is_loopback(hostname: str) -> bool:
 
 
 def registry_url(value: str | None) -> str:
-    """--registry, else DOCKYARD_REGISTRY, else the local default.
+    """--registry, else DOCKYARD_REGISTRY, else the registry last logged in to, else the local default.
 
     A bare host gets https://, except a loopback one (localhost, 127.0.0.0/8, ::1), which
     gets http:// as docker treats it as insecure.
     """
-    url = value or os.environ.get("DOCKYARD_REGISTRY") or DEFAULT_REGISTRY
+    url = value or os.environ.get("DOCKYARD_REGISTRY") or default_registry() or DEFAULT_REGISTRY
     if "://" not in url:
         hostname = urlsplit(f"//{url}").hostname or ""
         url = f"{'http' if _is_loopback(hostname) else 'https'}://{url}"

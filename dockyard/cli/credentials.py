@@ -55,6 +55,34 @@ def containers_auth_path() -> Path:
     return Path.home() / ".config" / "containers" / "auth.json"
 
 
+def cli_config_path() -> Path:
+    """Where the CLI remembers its default registry: ``$XDG_CONFIG_HOME/dockyard/cli.json``."""
+    config_home = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(config_home) if config_home else Path.home() / ".config") / "dockyard" / "cli.json"
+
+
+def default_registry() -> str | None:
+    """The registry `dockyard login` last signed in to, if any."""
+    value = read_json(cli_config_path()).get("registry")
+    return value if isinstance(value, str) and value else None
+
+
+def remember_registry(url: str) -> None:
+    """Make ``url`` the registry commands use when neither --registry nor DOCKYARD_REGISTRY says."""
+    path = cli_config_path()
+    config = read_json(path)
+    config["registry"] = url
+    write_json(path, config)
+
+
+def forget_registry(url: str) -> None:
+    path = cli_config_path()
+    config = read_json(path)
+    if config.get("registry") == url:
+        del config["registry"]
+        write_json(path, config)
+
+
 def auth_files() -> list[Path]:
     """The files a login is written to, in the order they are read."""
     return [docker_config_path(), containers_auth_path()]

@@ -68,10 +68,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory, e2e_logs: Path) -> Iterat
 
 
 def private_files(folder: Path) -> dict[str, str]:
-    """HOME, DOCKER_CONFIG and REGISTRY_AUTH_FILE under ``folder``."""
+    """HOME, XDG_CONFIG_HOME, DOCKER_CONFIG and REGISTRY_AUTH_FILE under ``folder``."""
     (folder / "home").mkdir(parents=True, exist_ok=True)
     return {
         "HOME": str(folder / "home"),
+        "XDG_CONFIG_HOME": str(folder / "home" / ".config"),
         "DOCKER_CONFIG": str(folder / "docker"),
         "REGISTRY_AUTH_FILE": str(folder / "containers" / "auth.json"),
     }

@@ -148,3 +148,14 @@ def test_skopeo_uses_the_stored_login(cli: Cli, registry: DockyardServer, tmp_pa
     tags = run([skopeo, "list-tags", "--tls-verify=false", *auth, f"docker://{registry.host}/{repository}"])
     assert json.loads(tags.stdout)["Tags"] == ["v1"]
     assert cli.json("repository", "show-tags", "--repository", repository) == ["v1"]
+
+
+def test_login_makes_the_registry_the_default(cli: Cli, registry: DockyardServer) -> None:
+    before = cli.run("show", registry=False)
+    assert before.exit_code == 1
+    assert "127.0.0.1:5000" in before.output  # the built-in default, where nothing listens
+    cli.login()
+    shown = json.loads(cli.ok("show", "-o", "json", registry=False).stdout)
+    assert shown["name"] == "dockyard"  # now the logged-in registry
+    cli.ok("logout", cli.registry, registry=False)
+    assert "127.0.0.1:5000" in cli.run("show", registry=False).output
