@@ -35,6 +35,7 @@ def logged_in(dockyard_server: DockyardServer, tmp_path_factory: pytest.TempPath
         env.setenv("DOCKER_CONFIG", str(home / ".docker"))
         env.setenv("REGISTRY_AUTH_FILE", str(home / "auth.json"))
         env.delenv("XDG_RUNTIME_DIR", raising=False)
+        env.setenv("XDG_CONFIG_HOME", str(home / ".config"))
         login = dockyard_command("login", dockyard_server.url, "-u", ADMIN_USERNAME, "--password-stdin")
         assert run(login, stdin=ADMIN_PASSWORD, timeout=60).stdout.strip() == "Login Succeeded"
         yield
