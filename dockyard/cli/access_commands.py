@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperCommand
 
 from dockyard.cli.client import RegistryClient, connect, delete_confirmed
-from dockyard.cli.options import ExpiryOption, RegistryOption, Status, YesOption, shown_once
+from dockyard.cli.options import ExpiryOption, RegistryOption, Status, YesOption, rewrite_variadic, shown_once
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 
 #: Options that take a repository followed by any number of actions, as az does.
@@ -26,30 +26,14 @@ def join_repository_actions(args: Sequence[str]) -> list[str]:
     click options take a fixed number of values, so the actions after the repository are
     folded into one value before parsing. ``--repository REPO=ACTION,ACTION`` passes unchanged.
     """
-    out: list[str] = []
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        if arg == "--":
-            out += args[index:]
-            break
-        name, equals, value = arg.partition("=")
-        if name not in REPOSITORY_OPTIONS or (not equals and index + 1 >= len(args)):
-            out.append(arg)
-            index += 1
-            continue
-        if equals:
-            repository, index = value, index + 1
-        else:
-            repository, index = args[index + 1], index + 2
-        actions = []
-        while index < len(args) and not args[index].startswith("-"):
-            actions.append(args[index])
-            index += 1
+
+    def fold(option: str, words: list[str]) -> list[str]:
+        repository, actions = words[0], words[1:]
         if actions:
             repository += ("," if "=" in repository else "=") + ",".join(actions)
-        out += [name, repository]
-    return out
+        return [option, repository]
+
+    return rewrite_variadic(args, REPOSITORY_OPTIONS, fold)
 
 
 class RepositoryActionsCommand(TyperCommand):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import typer
@@ -36,3 +37,35 @@ class TrueFalse(enum.StrEnum):
 def shown_once(what: str) -> None:
     """Tell the user (on stderr) that a generated secret is printed only now."""
     typer.echo(f"Shown only now, never again: save the {what}.", err=True)
+
+
+def rewrite_variadic(
+    args: Sequence[str], options: Sequence[str], fold: Callable[[str, list[str]], list[str]]
+) -> list[str]:
+    """Give click's fixed-arity options az's ``--option WORD [WORD…]`` form, before parsing.
+
+    After each of ``options`` (as ``--option WORD`` or ``--option=WORD``), the words up to the
+    next one starting with ``-`` are handed to ``fold(option, words)``, whose result replaces
+    them. Everything else, and everything after ``--``, passes unchanged.
+    """
+    out: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg == "--":
+            out += args[index:]
+            break
+        name, equals, value = arg.partition("=")
+        if name not in options or (not equals and index + 1 >= len(args)):
+            out.append(arg)
+            index += 1
+            continue
+        if equals:
+            words, index = [value], index + 1
+        else:
+            words, index = [args[index + 1]], index + 2
+        while index < len(args) and not args[index].startswith("-"):
+            words.append(args[index])
+            index += 1
+        out += fold(name, words)
+    return out

@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperCommand
 
 from dockyard.cli.client import RegistryClient, connect, delete_confirmed
-from dockyard.cli.options import RegistryOption, Status, TopOption, YesOption
+from dockyard.cli.options import RegistryOption, Status, TopOption, YesOption, rewrite_variadic
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 
 ACTIONS = ("push", "delete", "quarantine", "chart_push", "chart_delete")
@@ -52,28 +52,9 @@ def split_variadic(args: Sequence[str]) -> list[str]:
     to the next word that starts with ``-``, becomes a repetition of the option. Repeated
     options and ``--actions push,delete`` pass unchanged.
     """
-    out: list[str] = []
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        if arg == "--":
-            out += args[index:]
-            break
-        name, equals, value = arg.partition("=")
-        if name not in VARIADIC_OPTIONS or (not equals and index + 1 >= len(args)):
-            out.append(arg)
-            index += 1
-            continue
-        if equals:
-            out += [name, value]
-            index += 1
-        else:
-            out += [name, args[index + 1]]
-            index += 2
-        while index < len(args) and not args[index].startswith("-"):
-            out += [name, args[index]]
-            index += 1
-    return out
+    return rewrite_variadic(
+        args, VARIADIC_OPTIONS, lambda option, words: [x for w in words for x in (option, w)]
+    )
 
 
 class VariadicCommand(TyperCommand):
