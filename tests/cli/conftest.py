@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dockyard.cli import app
-from tests.e2e.conftest import _SERVERS, _finish, e2e_logs, start_server  # noqa: F401 - fixtures used here
+from tests.e2e.conftest import _SERVERS, e2e_logs, server_group, start_server  # noqa: F401 - fixtures used here
 from tests.e2e.support import ADMIN_PASSWORD, ADMIN_USERNAME, DockyardServer, wait_for
 from tests.support.postgres import free_port
 
@@ -57,14 +57,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory, e2e_logs: Path) -> Iterat
     """One registry (SQLite) whose admin password is ADMIN_PASSWORD, shared by the CLI tests."""
     root = tmp_path_factory.mktemp("cli-server")
     server = DockyardServer(log_dir=e2e_logs, port=free_port(), data_dir=root / "data", owner=SHARED_OWNER)
-    _SERVERS.append(server)
-    try:
-        server.start()
-        yield server
-    finally:
-        problems = _finish([server])
-        if problems:
-            pytest.fail("\n\n".join(problems), pytrace=False)
+    with server_group() as group:
+        yield group.start(server)
 
 
 def private_files(folder: Path) -> dict[str, str]:

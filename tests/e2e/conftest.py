@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,52 +53,69 @@ def _finish(servers: list[DockyardServer]) -> list[str]:
     return problems
 
 
+class ServerGroup:
+    """Servers started together and stopped together, each listed for failed tests' reports."""
+
+    def __init__(self) -> None:
+        self.servers: list[DockyardServer] = []
+
+    def start(self, server: DockyardServer, *, wait: bool = True) -> DockyardServer:
+        _SERVERS.append(server)
+        self.servers.append(server)
+        return server.start(wait=wait)
+
+
+@contextmanager
+def server_group() -> Iterator[ServerGroup]:
+    """A ServerGroup stopped on leaving, which fails (with their logs) if a server had died or hung."""
+    group = ServerGroup()
+    try:
+        yield group
+    finally:
+        problems = _finish(group.servers)
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
+
+
 @pytest.fixture
 def start_server(request: pytest.FixtureRequest, e2e_logs: Path) -> Iterator[ServerFactory]:
     """Start extra servers for one test (own data dirs, restarts, PostgreSQL); all stopped afterwards.
 
-    ``start_server(data_dir=..., port=..., cwd=..., extra_args=[...], wait=True)``. A server that
-    exits by itself (not through ``stop``/``kill``) fails the test at teardown with its logs.
+    ``start_server(data_dir=..., port=..., cwd=..., extra_args=[...], env={...}, wait=True)``,
+    ``env`` being settings for that server only. A server that exits by itself (not through
+    ``stop``/``kill``) fails the test at teardown with its logs.
     """
-    started: list[DockyardServer] = []
+    with server_group() as group:
 
-    def start(
-        *,
-        data_dir: Path | None = None,
-        port: int | None = None,
-        cwd: Path | None = None,
-        extra_args: tuple[str, ...] | list[str] = (),
-        wait: bool = True,
-    ) -> DockyardServer:
-        server = DockyardServer(
-            log_dir=e2e_logs,
-            port=port or free_port(),
-            data_dir=data_dir,
-            cwd=cwd,
-            extra_args=extra_args,
-            owner=request.node.nodeid,
-        )
-        _SERVERS.append(server)
-        started.append(server)
-        return server.start(wait=wait)
+        def start(
+            *,
+            data_dir: Path | None = None,
+            port: int | None = None,
+            cwd: Path | None = None,
+            extra_args: tuple[str, ...] | list[str] = (),
+            env: dict[str, str] | None = None,
+            wait: bool = True,
+        ) -> DockyardServer:
+            server = DockyardServer(
+                log_dir=e2e_logs,
+                port=port or free_port(),
+                data_dir=data_dir,
+                cwd=cwd,
+                extra_args=extra_args,
+                owner=request.node.nodeid,
+                env=env,
+            )
+            return group.start(server, wait=wait)
 
-    yield start
-    problems = _finish(started)
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+        yield start
 
 
 @pytest.fixture(scope="session")
 def dockyard_server(tmp_path_factory: pytest.TempPathFactory, e2e_logs: Path) -> Iterator[DockyardServer]:
     """One registry (SQLite + filesystem) shared by the client tests, which use distinct repositories."""
     data_dir = tmp_path_factory.mktemp("shared-server") / "data"
-    server = DockyardServer(log_dir=e2e_logs, port=free_port(), data_dir=data_dir, owner="")
-    _SERVERS.append(server)
-    server.start()
-    yield server
-    problems = _finish([server])
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    with server_group() as group:
+        yield group.start(DockyardServer(log_dir=e2e_logs, port=free_port(), data_dir=data_dir, owner=""))
 
 
 @pytest.fixture(scope="session")

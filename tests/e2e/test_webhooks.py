@@ -12,7 +12,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import _SERVERS, _finish
+from tests.e2e.conftest import ServerFactory, server_group
 from tests.e2e.support import (
     ADMIN_PASSWORD,
     ADMIN_USERNAME,
@@ -49,29 +49,7 @@ FAST = {
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 SECRET = "e2e-webhook-signing-secret"
 
-StartServer = Callable[..., DockyardServer]
-
-
 # -- fixtures and helpers -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def start_env_server(request: pytest.FixtureRequest, e2e_logs: Path) -> Iterator[StartServer]:
-    """conftest's ``start_server`` with per-server settings (``env``); every server stopped afterwards."""
-    started: list[DockyardServer] = []
-
-    def start(*, data_dir: Path, env: dict[str, str]) -> DockyardServer:
-        server = DockyardServer(
-            log_dir=e2e_logs, port=free_port(), data_dir=data_dir, owner=request.node.nodeid, env=env
-        )
-        _SERVERS.append(server)
-        started.append(server)
-        return server.start()
-
-    yield start
-    problems = _finish(started)
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +62,8 @@ def hook_server(tmp_path_factory: pytest.TempPathFactory, e2e_logs: Path) -> Ite
         owner=__name__.replace(".", "/") + ".py",
         env=FAST,
     )
-    _SERVERS.append(server)
-    server.start()
-    yield server
-    problems = _finish([server])
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    with server_group() as group:
+        yield group.start(server)
 
 
 @pytest.fixture(scope="module")
@@ -350,10 +324,10 @@ def test_scopes_select_the_events(hook_server: DockyardServer) -> None:
         cli(hook_server, "webhook", "delete", "--name", name, "--yes")
 
 
-def test_undelivered_events_survive_sigkill(start_env_server: StartServer, tmp_path: Path) -> None:
+def test_undelivered_events_survive_sigkill(start_server: ServerFactory, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     settings = {**FAST, "DOCKYARD_WEBHOOK_TIMEOUT_SECONDS": "1"}  # a lease left by the kill expires in 3 s
-    server = start_env_server(data_dir=data_dir, env=settings)
+    server = start_server(data_dir=data_dir, env=settings)
     port = free_port()  # nothing listens here yet
     cli_json(
         server, "webhook", "create", "-n", "e2ecrash", "--uri", f"http://127.0.0.1:{port}/hook",
@@ -376,7 +350,7 @@ def test_undelivered_events_survive_sigkill(start_env_server: StartServer, tmp_p
     server.kill()
 
     with receiver_on(port) as receiver:
-        restarted = start_env_server(data_dir=data_dir, env=settings)
+        restarted = start_server(data_dir=data_dir, env=settings)
         (received,) = receiver.wait_for(1, timeout=30)
         payload = received.json()
         assert payload["id"] == push_event["id"]
@@ -396,10 +370,10 @@ def test_undelivered_events_survive_sigkill(start_env_server: StartServer, tmp_p
 
 
 def test_dockyard_worker_delivers_for_a_server_without_one(
-    start_env_server: StartServer, tmp_path: Path, e2e_logs: Path, receiver: Receiver
+    start_server: ServerFactory, tmp_path: Path, e2e_logs: Path, receiver: Receiver
 ) -> None:
     data_dir = tmp_path / "data"
-    server = start_env_server(data_dir=data_dir, env={**FAST, "DOCKYARD_RUN_WORKER": "false"})
+    server = start_server(data_dir=data_dir, env={**FAST, "DOCKYARD_RUN_WORKER": "false"})
     cli_json(server, "webhook", "create", "-n", "e2eworker", "--uri", receiver.url, "--actions", "push")
     with server.http(timeout=30) as http:
         first = push_image(http, "e2e/worker", "v1", make_image("e2e-worker-first"))
