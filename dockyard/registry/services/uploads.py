@@ -65,6 +65,26 @@ def _out_of_order(size: int, why: str) -> RegistryError:
     )
 
 
+def _lock_unleased(conn: Connection, repository: str, upload_id: str, now: datetime) -> int:
+    """Lock the upload's row for this transaction and return its size.
+
+    Refused with a 416 (and ``Retry-After``) while another request's lease on it is live.
+    """
+    row = conn.execute(
+        sa.select(uploads.c.size, uploads.c.lease_token, uploads.c.lease_until)
+        .where(uploads.c.id == upload_id, uploads.c.repository == repository)
+        .with_for_update()
+    ).first()
+    if row is None:
+        raise _unknown(upload_id)
+    if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:
+        busy = _out_of_order(row.size, "another request is writing to this upload")
+        wait = (as_utc(row.lease_until) - now).total_seconds()
+        busy.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        raise busy
+    return row.size
+
+
 class UploadService:
     """Starts, appends to, completes and cancels blob uploads."""
 
@@ -165,18 +185,10 @@ class UploadService:
         now = utcnow()
 
         def work(conn: Connection) -> tuple[int, Hasher | None]:
-            row = conn.execute(
-                sa.select(uploads.c.size, uploads.c.lease_token, uploads.c.lease_until)
-                .where(uploads.c.id == upload_id, uploads.c.repository == repository)
-                .with_for_update()
-            ).first()
-            if row is None:
-                raise _unknown(upload_id)
-            if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:
-                raise _out_of_order(row.size, "another request is writing to this upload")
-            self._check_range(row.size, content_range, len(data))
-            hasher = self._take_hasher(upload_id, row.size)
-            writer = self._store.open_upload(upload_id, row.size)
+            size = _lock_unleased(conn, repository, upload_id, now)
+            self._check_range(size, content_range, len(data))
+            hasher = self._take_hasher(upload_id, size)
+            writer = self._store.open_upload(upload_id, size)
             try:
                 writer.write(data)
                 new_size = writer.close()
@@ -315,24 +327,13 @@ class UploadService:
         now = utcnow()
 
         def work(conn: Connection) -> int:
-            row = conn.execute(
-                sa.select(uploads.c.size, uploads.c.lease_token, uploads.c.lease_until)
-                .where(uploads.c.id == upload_id, uploads.c.repository == repository)
-                .with_for_update()
-            ).first()
-            if row is None:
-                raise _unknown(upload_id)
-            if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:
-                busy = _out_of_order(row.size, "another request is writing to this upload")
-                wait = (as_utc(row.lease_until) - now).total_seconds()
-                busy.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-                raise busy
+            size = _lock_unleased(conn, repository, upload_id, now)
             conn.execute(
                 uploads.update()
                 .where(uploads.c.id == upload_id)
                 .values(lease_token=token, lease_until=now + self._lease)
             )
-            return row.size
+            return size
 
         return token, self._db.run_write(work, durable=False)
 
