@@ -48,6 +48,21 @@ def _not_found(name: str) -> RegistryError:
     return RegistryError(ErrorCode.NOT_FOUND, f"scope map {name!r} not found")
 
 
+def _find(conn: sa.Connection, name: str) -> sa.Row:
+    row = conn.execute(sa.select(scope_maps).where(scope_maps.c.name == name)).first()
+    if row is None:
+        raise _not_found(name)
+    return row
+
+
+def _user_map_id(conn: sa.Connection, name: str, verb: str) -> int:
+    """The id of a scope map users may change; a system map refuses to be ``verb`` (403)."""
+    row = _find(conn, name)
+    if row.system:
+        raise RegistryError(ErrorCode.DENIED, f"system scope map {name!r} cannot be {verb}", status=403)
+    return row.id
+
+
 class ScopeMapService:
     """Creates, changes, lists and deletes scope maps."""
 
@@ -120,17 +135,11 @@ class ScopeMapService:
         """Add and remove rules; the change applies at once to every token using the map."""
 
         def work(conn: sa.Connection) -> None:
-            row = conn.execute(sa.select(scope_maps).where(scope_maps.c.name == name)).first()
-            if row is None:
-                raise _not_found(name)
-            if row.system:
-                raise RegistryError(
-                    ErrorCode.DENIED, f"system scope map {name!r} cannot be changed", status=403
-                )
+            map_id = _user_map_id(conn, name, "changed")
             for pattern, action in remove or ():
                 conn.execute(
                     scope_map_rules.delete().where(
-                        scope_map_rules.c.scope_map_id == row.id,
+                        scope_map_rules.c.scope_map_id == map_id,
                         scope_map_rules.c.repository == pattern,
                         scope_map_rules.c.action == action,
                     )
@@ -138,7 +147,7 @@ class ScopeMapService:
             current = set(
                 conn.execute(
                     sa.select(scope_map_rules.c.repository, scope_map_rules.c.action).where(
-                        scope_map_rules.c.scope_map_id == row.id
+                        scope_map_rules.c.scope_map_id == map_id
                     )
                 )
             )
@@ -146,14 +155,14 @@ class ScopeMapService:
             if new:
                 conn.execute(
                     scope_map_rules.insert(),
-                    [{"scope_map_id": row.id, "repository": p, "action": a} for p, a in new],
+                    [{"scope_map_id": map_id, "repository": p, "action": a} for p, a in new],
                 )
             if not (current | set(new)):
                 raise RegistryError(ErrorCode.INVALID_REQUEST, "a scope map cannot be left without rules")
             values = {"updated_at": utcnow()}
             if description is not None:
                 values["description"] = description
-            conn.execute(scope_maps.update().where(scope_maps.c.id == row.id).values(**values))
+            conn.execute(scope_maps.update().where(scope_maps.c.id == map_id).values(**values))
 
         self._db.run_write(work)
         self.on_change()
@@ -170,9 +179,7 @@ class ScopeMapService:
 
     @staticmethod
     def _info(conn: sa.Connection, name: str) -> ScopeMapInfo:
-        row = conn.execute(sa.select(scope_maps).where(scope_maps.c.name == name)).first()
-        if row is None:
-            raise _not_found(name)
+        row = _find(conn, name)
         actions: dict[str, list[str]] = {}
         for pattern, action in conn.execute(
             sa.select(scope_map_rules.c.repository, scope_map_rules.c.action)
@@ -184,21 +191,15 @@ class ScopeMapService:
 
     def delete(self, name: str) -> None:
         def work(conn: sa.Connection) -> None:
-            row = conn.execute(sa.select(scope_maps).where(scope_maps.c.name == name)).first()
-            if row is None:
-                raise _not_found(name)
-            if row.system:
-                raise RegistryError(
-                    ErrorCode.DENIED, f"system scope map {name!r} cannot be deleted", status=403
-                )
+            map_id = _user_map_id(conn, name, "deleted")
             users = conn.execute(
-                sa.select(identities.c.name).where(identities.c.scope_map_id == row.id).limit(1)
+                sa.select(identities.c.name).where(identities.c.scope_map_id == map_id).limit(1)
             ).scalar()
             if users is not None:
                 raise RegistryError(
                     ErrorCode.ALREADY_EXISTS, f"token {users!r} still uses scope map {name!r}"
                 )
-            conn.execute(scope_maps.delete().where(scope_maps.c.id == row.id))
+            conn.execute(scope_maps.delete().where(scope_maps.c.id == map_id))
 
         self._db.run_write(work)
         self.on_change()
