@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
 import typer
 
-from dockyard.cli.options import shown_once
+from dockyard.cli.options import ConfigOption, SettingsDatabaseUrlOption, shown_once
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 from dockyard.config import load_settings
 
 app = typer.Typer(help="Local bootstrap commands that open the database directly.", no_args_is_help=True)
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")]
-UrlOption = Annotated[str | None, typer.Option(help="Database URL [default: the settings' database].")]
-
 
 @app.command("enable")
 def enable(
-    config: ConfigOption = None, database_url: UrlOption = None, output: OutputFormat = output_option
+    config: ConfigOption = None,
+    database_url: SettingsDatabaseUrlOption = None,
+    output: OutputFormat = output_option,
 ) -> None:
     """Enable the admin user and regenerate both its passwords (printed only now).
 

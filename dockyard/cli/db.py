@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
+from dockyard.cli.options import ConfigOption, SettingsDatabaseUrlOption
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 from dockyard.config import load_settings
 
 app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
-
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")]
-UrlOption = Annotated[str | None, typer.Option(help="Database URL [default: the settings' database].")]
 
 
 def _database(config: Path | None, database_url: str | None):  # noqa: ANN202 - Database, imported lazily
@@ -23,7 +20,7 @@ def _database(config: Path | None, database_url: str | None):  # noqa: ANN202 - 
 
 
 @app.command("upgrade")
-def upgrade_command(config: ConfigOption = None, database_url: UrlOption = None) -> None:
+def upgrade_command(config: ConfigOption = None, database_url: SettingsDatabaseUrlOption = None) -> None:
     """Apply every pending migration."""
     from dockyard.migrations import current_revision, upgrade
 
@@ -34,7 +31,9 @@ def upgrade_command(config: ConfigOption = None, database_url: UrlOption = None)
 
 @app.command("current")
 def current_command(
-    config: ConfigOption = None, database_url: UrlOption = None, output: OutputFormat = output_option
+    config: ConfigOption = None,
+    database_url: SettingsDatabaseUrlOption = None,
+    output: OutputFormat = output_option,
 ) -> None:
     """Show the schema revision the database is at, and the newest one."""
     from dockyard.migrations import current_revision, head_revision
@@ -44,7 +43,7 @@ def current_command(
 
 
 @app.command("check")
-def check_command(config: ConfigOption = None, database_url: UrlOption = None) -> None:
+def check_command(config: ConfigOption = None, database_url: SettingsDatabaseUrlOption = None) -> None:
     """Fail if the database is behind the migrations or the models drifted from them."""
     from dockyard.migrations import current_revision, head_revision, schema_drift
 

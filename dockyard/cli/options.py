@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from dockyard.config import LogLevel
 
 RegistryOption = Annotated[
     str | None,
@@ -22,6 +25,19 @@ ExpiryOption = Annotated[
     int | None,
     typer.Option("--expiration-in-days", min=1, help="Expire after this many days [default: never]."),
 ]
+
+# Local settings, for the commands that run the registry or open its database.
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")]
+DatabaseUrlOption = Annotated[
+    str | None, typer.Option(help="Database URL, e.g. postgresql://user:pass@host/db [default: SQLite].")
+]
+SettingsDatabaseUrlOption = Annotated[
+    str | None, typer.Option(help="Database URL [default: the settings' database].")
+]
+StoragePathOption = Annotated[
+    Path | None, typer.Option(help="Blob store folder [default: DATA_DIR/storage].")
+]
+LogLevelOption = Annotated[LogLevel | None, typer.Option(help="Log verbosity.")]
 
 
 class Status(enum.StrEnum):

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from dockyard import __version__
-from dockyard.config import LogLevel, TlsMode, load_settings
+from dockyard.cli.options import ConfigOption, DatabaseUrlOption, LogLevelOption, StoragePathOption
+from dockyard.config import TlsMode, load_settings
 
 
 def serve(
@@ -18,14 +19,10 @@ def serve(
         Path | None,
         typer.Option(help="Folder for the embedded database and blobs [default: ./dockyard-data]."),
     ] = None,
-    database_url: Annotated[
-        str | None, typer.Option(help="Database URL, e.g. postgresql://user:pass@host/db [default: SQLite].")
-    ] = None,
-    storage_path: Annotated[
-        Path | None, typer.Option(help="Blob store folder [default: DATA_DIR/storage].")
-    ] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")] = None,
-    log_level: Annotated[LogLevel | None, typer.Option(help="Log verbosity.")] = None,
+    database_url: DatabaseUrlOption = None,
+    storage_path: StoragePathOption = None,
+    config: ConfigOption = None,
+    log_level: LogLevelOption = None,
     workers: Annotated[int, typer.Option(min=1, help="HTTP worker processes.")] = 1,
     tls: Annotated[
         TlsMode | None,

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dockyard.cli.options import ConfigOption, DatabaseUrlOption, LogLevelOption, StoragePathOption
 from dockyard.cli.output import fail
-from dockyard.config import LogLevel, Settings, load_settings
+from dockyard.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from dockyard.app import Dockyard
@@ -30,18 +31,14 @@ DRAIN_MARGIN_SECONDS = 1.0
 
 
 def worker(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")] = None,
+    config: ConfigOption = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(help="The data folder of the SQLite registry to work for [default: ./dockyard-data]."),
     ] = None,
-    database_url: Annotated[
-        str | None, typer.Option(help="Database URL, e.g. postgresql://user:pass@host/db [default: SQLite].")
-    ] = None,
-    storage_path: Annotated[
-        Path | None, typer.Option(help="Blob store folder [default: DATA_DIR/storage].")
-    ] = None,
-    log_level: Annotated[LogLevel | None, typer.Option(help="Log verbosity.")] = None,
+    database_url: DatabaseUrlOption = None,
+    storage_path: StoragePathOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Deliver webhooks (and do nothing else) until SIGTERM or SIGINT.
 
