@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,6 +22,7 @@ from dockyard.access.routes.management import ManagementRoutes
 from dockyard.access.routes.oauth import OAuthRoutes
 from dockyard.access.routes.openapi import OpenApiRoutes
 from dockyard.access.services import AccessServices, build_access_services
+from dockyard.access.throttle import LoginThrottle
 from dockyard.asgi import (
     AccessLogMiddleware,
     disconnect_handler,
@@ -99,8 +101,9 @@ def prune_logs(parts: Dockyard) -> None:
     now = utcnow()
     events = parts.events.prune(now - timedelta(days=parts.settings.event_retention_days))
     deliveries = parts.webhooks.prune(now - timedelta(days=parts.settings.webhook_log_retention_days))
-    if events or deliveries:
-        log.info("pruned %d events and %d webhook deliveries", events, deliveries)
+    audits = parts.access.audit.prune(now - timedelta(days=parts.settings.audit_retention_days))
+    if events or deliveries or audits:
+        log.info("pruned %d events, %d webhook deliveries and %d audit records", events, deliveries, audits)
 
 
 def delivery_worker(parts: Dockyard) -> DeliveryWorker:
@@ -121,6 +124,12 @@ def build_policy(settings: Settings, access: AccessServices) -> Policy:
         access.settings,
         access.audit,
         service=settings.registry_name,
+        throttle=LoginThrottle(
+            per_client=settings.login_failures_per_client,
+            per_user=settings.login_failures_per_user,
+            refill_seconds=settings.login_failure_refill_seconds,
+            clock=time.monotonic,
+        ),
         trusted_proxies=tuple(settings.trusted_proxies),
         private_networks=tuple(settings.private_networks),
     )
@@ -168,6 +177,7 @@ def create_app(
                     lambda: registry_jobs.expire_uploads(parts.registry),
                 )
                 group.start_soon(_every, PULL_FLUSH_SECONDS, parts.events.flush_pulls)
+                group.start_soon(_every, settings.audit_window_seconds, parts.access.audit.flush)
                 group.start_soon(_every, PRUNE_LOGS_SECONDS, lambda: prune_logs(parts))
                 if settings.run_worker:
                     group.start_soon(delivery_worker(parts).run)
@@ -176,6 +186,7 @@ def create_app(
             finally:
                 group.cancel_scope.cancel()
         await run_sync(parts.events.flush_pulls)
+        await run_sync(parts.access.audit.flush)
         parts.db.dispose()
 
     policy = build_policy(settings, parts.access)

@@ -87,6 +87,32 @@ class Settings(BaseSettings):
         ge=600,
         description="Lifetime of refresh tokens (docker login with the null GUID, /oauth2/exchange).",
     )
+    refresh_chain_seconds: int = Field(
+        24 * 3600,
+        ge=600,
+        description="How long refresh tokens can be re-exchanged for new ones after the credential was last "
+        "checked; then the identity must sign in again.",
+    )
+    audit_retention_days: int = Field(90, ge=1, description="Audit records older than this are deleted.")
+    audit_window_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Sign-in failures and token grants are counted in memory and written as one audit record "
+        "per client and window.",
+    )
+    login_failures_per_client: int = Field(
+        10, ge=1, description="Failed sign-ins one client address may make in a burst before it gets 429s."
+    )
+    login_failures_per_user: int = Field(
+        20, ge=1, description="Failed sign-ins against one user name in a burst before its sign-ins get 429s."
+    )
+    login_failure_refill_seconds: float = Field(
+        6.0,
+        gt=0,
+        description="After a burst, one more failed sign-in is allowed per client every this many seconds "
+        "(per user name: every twice this).",
+    )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="CIDRs of reverse proxies whose X-Forwarded-For is believed (comma-separated in env).",

@@ -246,6 +246,9 @@ class Principal:
     credential_stamps: frozenset[str] = frozenset()
     #: The stamp of the credential this caller signed in with, when known.
     credential: str | None = None
+    #: When that credential was last checked (Unix time): a refresh token carries it on, so a chain of
+    #: refresh tokens ends ``refresh_chain_seconds`` after the last real sign-in.
+    auth_time: int | None = None
 
     @property
     def is_anonymous(self) -> bool:

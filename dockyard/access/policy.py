@@ -3,6 +3,15 @@
 ``NetworkRuleMiddleware`` wraps the whole application. ``Policy.guard`` wraps each
 route's endpoint with what it needs per method (Harbor's per-route chain): the route
 tables in each room's ``routes`` show the requirement next to the path.
+
+The management API (needs with a ``control`` action) is judged by a verified identity
+only: Basic credentials of an admin, user or service principal (a password, or the null
+GUID and a refresh token), or an identity token (``TokenService.issue_access``) whose
+identity, enablement generation and credential still check out. Access tokens scoped to
+repositories, repository-scoped tokens and anonymous callers never manage.
+
+Failed sign-ins are throttled per client and per user name (``throttle.py``) and counted
+for the audit log in memory: a client without valid credentials causes no database write.
 """
 
 from __future__ import annotations
@@ -20,7 +29,9 @@ from dockyard.access.network import NetworkRules, client_address, networks, pars
 from dockyard.access.permissions import ANONYMOUS, ANONYMOUS_PULL, Need, Principal
 from dockyard.access.services.audit import AuditService
 from dockyard.access.services.authentication import Authenticator, TokenCaller
+from dockyard.access.services.identities import NULL_GUID
 from dockyard.access.services.settings import RegistrySettings, RegistrySettingsService
+from dockyard.access.throttle import LoginThrottle
 from dockyard.access.tokens import InvalidToken
 from dockyard.asgi import error_response, run_sync
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -63,6 +74,7 @@ class Policy:
         audit: AuditService,
         *,
         service: str,
+        throttle: LoginThrottle,
         trusted_proxies: tuple[str, ...] = (),
         private_networks: tuple[str, ...] = (),
     ) -> None:
@@ -70,6 +82,7 @@ class Policy:
         self.settings = settings
         self.audit = audit
         self.service = service
+        self.throttle = throttle
         self.trusted_proxies = networks(trusted_proxies)
         self.private_networks = networks(private_networks)
 
@@ -97,30 +110,45 @@ class Policy:
             try:
                 caller = Caller(token=self.authenticator.access_caller(value.strip()))
             except InvalidToken as exc:
-                await self._failed(request, "bearer", str(exc))
+                self.failed(request, "bearer", str(exc))
                 raise self.challenge(request, None, error="invalid_token") from None
         elif scheme == "basic":
-            username, password = _basic(value)
-            principal = self.authenticator.cached_login(username, password)
-            if principal is None:
-                principal = await run_sync(self.authenticator.login, username, password)
-            if principal is None:
-                await self._failed(request, "basic", f"wrong credentials for {username!r}", username)
-                raise self.challenge(request, None, error="invalid_token")
-            caller = Caller(principal=principal)
+            caller = Caller(principal=await self.sign_in(request, *_basic(value)))
         else:
             raise self.challenge(request, None)
         request.scope["dockyard.caller"] = caller
         return caller
 
-    async def _failed(self, request: Request, method: str, why: str, principal: str | None = None) -> None:
-        await run_sync(
-            self.audit.record,
+    async def sign_in(self, request: Request, username: str, password: str) -> Principal:
+        """The principal of a user name and password (or the null GUID and a refresh token).
+
+        429 while this client or user name has failed too often; 401 for wrong credentials.
+        """
+        client = self.client_ip(request.scope)
+        counted_name = "" if username == NULL_GUID else username
+        wait = self.throttle.retry_after(counted_name, client)
+        if wait:
+            self.audit.count("login", "throttled", client_ip=client, name=username)
+            raise RegistryError(
+                ErrorCode.TOOMANYREQUESTS,
+                f"too many failed sign-ins from this client or for this user; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        principal = await run_sync(self.authenticator.login, username, password)
+        if principal is None:
+            self.throttle.failed(counted_name, client)
+            self.failed(request, "basic", "wrong credentials", username)
+            raise self.challenge(request, None, error="invalid_token")
+        return principal
+
+    def failed(self, request: Request, method: str, why: str, username: str | None = None) -> None:
+        """Count a failed sign-in for the audit log (written in aggregate, never per request)."""
+        self.audit.count(
             "login",
             "failure",
-            principal=principal,
             client_ip=self.client_ip(request.scope),
-            detail={"method": method, "reason": why[:200], "path": request.url.path[:200]},
+            name=username,
+            sample=f"{method}: {why}",
         )
 
     # -- what they may do ---------------------------------------------------------------------
@@ -132,18 +160,42 @@ class Policy:
             if caller.principal is None and caller.token is None:
                 raise self.challenge(request, None)
             return caller
+        if need.control is not None:
+            return await self._manager(request, caller, need)
         if caller.allows(need, repository):
             return caller
-        if need.control is not None and caller.token is not None:
-            # The management API judges a token's bearer by its identity's roles now, not by token claims.
-            principal = await run_sync(self.authenticator.principal, caller.token.name)
-            if principal is not None and need.satisfied_by(principal.permissions, None):
-                return Caller(principal=principal)
         if caller.anonymous:
             raise self.challenge(request, self._scope(need, repository))
         if caller.token is not None and need.control is None:
             raise self.challenge(request, self._scope(need, repository), error="insufficient_scope")
         raise RegistryError(ErrorCode.DENIED, "requested access to the resource is denied")
+
+    async def _manager(self, request: Request, caller: Caller, need: Need) -> Caller:
+        """The verified identity behind a management call, if its roles allow ``need`` now."""
+        if caller.anonymous:
+            raise self.challenge(request, None)
+        principal = caller.principal
+        if caller.token is not None:
+            if not caller.token.is_identity_token:
+                raise RegistryError(
+                    ErrorCode.DENIED,
+                    "an access token scoped to repositories cannot manage the registry; "
+                    "use the identity's own credentials or an identity token",
+                )
+            principal = await run_sync(self.authenticator.identity_principal, caller.token)
+            if principal is None:
+                raise self.challenge(request, None, error="invalid_token")
+        if principal is not None and need.satisfied_by(principal.permissions, None):
+            request.scope["dockyard.manager"] = principal
+            return Caller(principal=principal)
+        raise RegistryError(ErrorCode.DENIED, "requested access to the resource is denied")
+
+    @staticmethod
+    def manager(request: Request) -> Principal:
+        """The verified identity a management route was authorised for (after ``guard``)."""
+        principal = request.scope.get("dockyard.manager")
+        assert isinstance(principal, Principal), "only for routes guarded by a control need"
+        return principal
 
     @staticmethod
     def _scope(need: Need, repository: str | None) -> str | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from dockyard.access.permissions import ROLES_WRITE
 from dockyard.access.policy import Policy
 from dockyard.access.services.audit import AuditService
 from dockyard.access.services.identities import CredentialInfo, IdentityInfo, RoleAssignmentInfo
@@ -33,6 +34,18 @@ async def record_change(
     )
 
 
+async def may_take_over(policy: Policy, request: Request, target: str) -> None:
+    """403 unless the caller may hold ``target``'s rights: renewing someone's credentials lets the
+    caller sign in as them, so it needs what assigning their roles needs (Owner), or to be them."""
+    manager = policy.manager(request)
+    if manager.name != target and ROLES_WRITE not in manager.permissions.control:
+        raise RegistryError(
+            ErrorCode.DENIED,
+            f"renewing {target}'s credentials needs the right to assign roles (Owner): "
+            "it would let you sign in with their roles",
+        )
+
+
 def invalid(message: str) -> RegistryError:
     return RegistryError(ErrorCode.INVALID_REQUEST, message)
 
@@ -44,6 +57,8 @@ async def json_body(request: Request) -> dict[str, Any]:
         body = json.loads(raw or b"{}")
     except ValueError:
         raise invalid("the body is not valid JSON") from None
+    except RecursionError:
+        raise invalid("the body's JSON is nested too deeply") from None
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object")
     return body

@@ -17,6 +17,7 @@ from dockyard.access.routes.common import (
     invalid,
     iso,
     json_body,
+    may_take_over,
     record_change,
     role_json,
     status_flag,
@@ -48,10 +49,14 @@ def _rules(body: dict[str, Any], name: str) -> set[tuple[str, str]]:
     return parse_rules(value.items())
 
 
+#: The longest credential expiry accepted (ACR's tokens: any date; ten years is plenty).
+MAX_EXPIRY_DAYS = 3650
+
+
 def _expiry(body: dict[str, Any]) -> int | None:
     days = field(body, "expiresInDays", int)
-    if days is not None and days < 1:
-        raise invalid("expiresInDays must be at least 1")
+    if days is not None and not 1 <= days <= MAX_EXPIRY_DAYS:
+        raise invalid(f"expiresInDays must be between 1 and {MAX_EXPIRY_DAYS}")
     return days
 
 
@@ -141,6 +146,9 @@ class IdentityRoutes:
         kind = self._kind(request)
         name = request.path_params["id"]
         body = await json_body(request)
+        target = await run_sync(self.identities.get, name, kind)
+        if target.roles:
+            await may_take_over(self.policy, request, target.name)
         credential = field(body, "name", str) or SECRET
         renewed = await run_sync(
             self.identities.new_credential, name, credential, expires_in_days=_expiry(body), kind=kind

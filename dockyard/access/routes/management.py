@@ -16,6 +16,7 @@ from dockyard.access.routes.common import (
     invalid,
     iso,
     json_body,
+    may_take_over,
     query_int,
     query_time,
     record_change,
@@ -145,6 +146,10 @@ class ManagementRoutes:
         name = field(body, "name", str, required=True)
         if name not in PASSWORD_NAMES:
             raise invalid("name must be password or password2")
+        admin = await run_sync(self.access.identities.admin)
+        if admin is None:
+            raise RegistryError(ErrorCode.NOT_FOUND, "the registry has no admin user")
+        await may_take_over(self.policy, request, admin.name)
         renewed = await run_sync(self.access.identities.new_credential, ADMIN, name, kind=ADMIN)
         await record_change(self.access.audit, self.policy, request, "credential.renew", {"credential": name})
         admin = await run_sync(self.access.identities.admin)

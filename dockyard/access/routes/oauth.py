@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 from dockyard.access.permissions import Principal, grant_scope, parse_scopes
 from dockyard.access.policy import ANONYMOUS_CALLER, Policy
 from dockyard.access.services import AccessServices
-from dockyard.access.tokens import ACCESS_GRANT, REFRESH_GRANT, InvalidToken
+from dockyard.access.tokens import ACCESS_GRANT, REFRESH_GRANT, InvalidToken, IssuedToken
 from dockyard.asgi import read_body, run_sync
 from dockyard.oci.errors import ErrorCode, RegistryError
 
@@ -58,19 +58,13 @@ class OAuthRoutes:
         scopes = form.get("scope", [])
         if grant == "refresh_token":
             token = (form.get("refresh_token") or [""])[0]
-            principal = await run_sync(self.access.authenticator.refresh_principal, token)
-            if principal is None:
-                await self._failed(request, "refresh_token", "invalid or expired refresh token")
-                raise _unauthorized("invalid or expired refresh token")
+            principal = await self._refresh_principal(request, token)
             return await self._grant(request, principal, scopes, refresh=False)
         if grant == "password":
             username = (form.get("username") or [""])[0]
             password = (form.get("password") or [""])[0]
             if username or password:
-                principal = await run_sync(self.access.authenticator.login, username, password)
-                if principal is None:
-                    await self._failed(request, "password", f"wrong credentials for {username!r}", username)
-                    raise _unauthorized("invalid username or password")
+                principal = await self.policy.sign_in(request, username, password)
             else:
                 principal = await self._basic_or_anonymous(request)
             offline = (form.get("access_type") or [""])[0] == "offline"
@@ -78,6 +72,23 @@ class OAuthRoutes:
                 request, principal, scopes, refresh=offline and not principal.is_anonymous
             )
         raise RegistryError(ErrorCode.UNSUPPORTED, f"unsupported grant_type {grant!r}", status=400)
+
+    async def _refresh_principal(self, request: Request, token: str) -> Principal:
+        """The identity a refresh token stands for; 429 after too many failures, 401 if invalid."""
+        client = self.policy.client_ip(request.scope)
+        wait = self.policy.throttle.retry_after("", client)
+        if wait:
+            raise RegistryError(
+                ErrorCode.TOOMANYREQUESTS,
+                f"too many failed sign-ins from this client; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        principal = await run_sync(self.access.authenticator.refresh_principal, token)
+        if principal is None:
+            self.policy.throttle.failed("", client)
+            self.policy.failed(request, "refresh_token", "invalid, expired or revoked refresh token")
+            raise _unauthorized("invalid or expired refresh token")
+        return principal
 
     async def _basic_or_anonymous(self, request: Request) -> Principal:
         """The Basic-authenticated principal, or anonymous when anonymous pull is on; else 401."""
@@ -98,7 +109,9 @@ class OAuthRoutes:
             if actions:
                 access.append({"type": scope.type, "name": scope.name, "actions": actions})
         tokens = self.access.tokens
-        issued = await run_sync(tokens.issue_access, principal, access)
+        # Asked for with the identity's own credentials and no scope: it stands for the identity.
+        identity = not any(s.strip() for s in scopes) and not principal.is_anonymous
+        issued = await run_sync(tokens.issue_access, principal, access, identity=identity)
         body: dict[str, Any] = {
             "token": issued.token,
             "access_token": issued.token,
@@ -107,54 +120,61 @@ class OAuthRoutes:
             "scope": " ".join(f"{a['type']}:{a['name']}:{','.join(a['actions'])}" for a in access),
         }
         if refresh:
-            body["refresh_token"] = (await run_sync(tokens.issue_refresh, principal)).token
+            body["refresh_token"] = (await self._refresh_token(request, principal)).token
         if not principal.is_anonymous:
-            await run_sync(
-                self.access.audit.record,
+            self.access.audit.count(
                 "token",
                 "success",
                 principal=principal.name,
                 client_ip=self.policy.client_ip(request.scope),
-                detail={"granted": body["scope"], "requested": " ".join(scopes)[:500], "refresh": refresh},
+                sample=body["scope"] or None,
             )
         return JSONResponse(body, headers=NO_STORE)
 
+    async def _refresh_token(self, request: Request, principal: Principal) -> IssuedToken:
+        try:
+            return await run_sync(self.access.tokens.issue_refresh, principal)
+        except InvalidToken as exc:
+            self.policy.failed(request, "exchange", str(exc), principal.name)
+            raise _unauthorized(str(exc)) from None
+
     async def exchange(self, request: Request) -> Response:
-        """ACR's exchange: an identity's access token (or a refresh token) for a refresh token."""
+        """ACR's exchange: an identity token (or a refresh token) for a refresh token.
+
+        ``grant_type=access_token`` takes only an identity token — an access token asked for
+        with the identity's own credentials and no scope, the stand-in for ACR's AAD token —
+        never one scoped to repositories (that would widen it). ``refresh_token`` and
+        ``access_token_refresh_token`` take a refresh token. The new refresh token keeps the
+        old one's sign-in time, so a chain of exchanges ends ``refresh_chain_seconds`` after it.
+        """
         form = await self._form(request)
         grant = (form.get("grant_type") or [""])[0]
         if grant not in ("access_token", "access_token_refresh_token", "refresh_token"):
             raise RegistryError(ErrorCode.UNSUPPORTED, f"unsupported grant_type {grant!r}", status=400)
-        presented = (form.get("access_token") or form.get("refresh_token") or [""])[0]
-        principal = await run_sync(self._exchangeable, presented)
+        if grant == "access_token":
+            presented, kind = (form.get("access_token") or [""])[0], ACCESS_GRANT
+        else:
+            presented = (form.get("refresh_token") or form.get("access_token") or [""])[0]
+            kind = REFRESH_GRANT
+        principal = await run_sync(self._exchangeable, presented, kind)
         if principal is None:
-            await self._failed(request, "exchange", "token not exchangeable")
-            raise _unauthorized("the token cannot be exchanged: invalid, expired or anonymous")
-        issued = await run_sync(self.access.tokens.issue_refresh, principal)
-        await run_sync(
-            self.access.audit.record,
-            "exchange",
-            "success",
-            principal=principal.name,
-            client_ip=self.policy.client_ip(request.scope),
+            self.policy.failed(request, "exchange", f"{grant}: not an exchangeable token")
+            raise _unauthorized(
+                "the token cannot be exchanged: only an identity token (asked for with the identity's "
+                "own credentials and no scope) or a refresh token, valid and not revoked"
+            )
+        issued = await self._refresh_token(request, principal)
+        self.access.audit.count(
+            "exchange", "success", principal=principal.name, client_ip=self.policy.client_ip(request.scope)
         )
         return JSONResponse({"refresh_token": issued.token}, headers=NO_STORE)
 
-    def _exchangeable(self, token: str) -> Principal | None:
-        for grant in (ACCESS_GRANT, REFRESH_GRANT):
-            try:
-                claims = self.access.tokens.verify(token, grant)
-            except InvalidToken:
-                continue
-            return self.access.authenticator.principal_for(claims)
-        return None
-
-    async def _failed(self, request: Request, method: str, why: str, principal: str | None = None) -> None:
-        await run_sync(
-            self.access.audit.record,
-            "token",
-            "failure",
-            principal=principal,
-            client_ip=self.policy.client_ip(request.scope),
-            detail={"method": method, "reason": why},
-        )
+    def _exchangeable(self, token: str, grant: str) -> Principal | None:
+        try:
+            claims = self.access.tokens.verify(token, grant)
+        except InvalidToken:
+            return None
+        if grant == ACCESS_GRANT:
+            caller = self.access.authenticator.access_caller(token)
+            return self.access.authenticator.identity_principal(caller)
+        return self.access.authenticator.principal_for(claims)

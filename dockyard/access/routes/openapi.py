@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -217,11 +218,14 @@ def openapi_document() -> dict[str, Any]:
                 "401": error,
                 "403": error,
                 "404": error,
+                "429": error,
             },
         }
-        if "{id}" in path:
+        parameters = re.findall(r"\{(\w+)\}", path)
+        if parameters:
             operation["parameters"] = [
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in parameters
             ]
         if body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}

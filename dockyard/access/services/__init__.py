@@ -30,6 +30,7 @@ def build_access_services(settings: Settings, db: Database) -> AccessServices:
         service=settings.registry_name,
         access_lifetime=settings.access_token_seconds,
         refresh_lifetime=settings.refresh_token_seconds,
+        refresh_chain=settings.refresh_chain_seconds,
     )
     authenticator = Authenticator(db, tokens)
     return AccessServices(
@@ -50,6 +51,7 @@ def bootstrap(settings: Settings, access: AccessServices) -> list[CredentialInfo
     passwords when they were generated now (to be shown once), else nothing.
     """
     access.scope_maps.ensure_system_maps()
+    access.tokens.ensure_key()
     password = settings.admin_password or None
     enabled = settings.database_url.startswith("sqlite") or password is not None
     created = access.identities.bootstrap_admin(settings.admin_username, password, enabled=enabled)

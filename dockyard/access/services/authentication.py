@@ -1,8 +1,13 @@
 """Turning credentials into principals: passwords, refresh tokens and access tokens, with caches.
 
 Verifying a password costs ~40 ms of argon2 and a token signature ~0.1 ms, so verified
-logins and principals are kept in memory for ``cache_seconds``; changes made through
-this process drop the caches at once, other processes see them within that time.
+logins and principals are kept in memory for ``cache_seconds``. Every change to access
+replaces the access generation in its own transaction (``generation.py``); each sign-in
+check reads it first and drops the caches when it moved, so a change made by any process
+(or by ``dockyard admin enable`` on the database) counts at once everywhere.
+
+A wrong password costs the same whether the user exists or not: the check always runs
+argon2 against ``CREDENTIALS_CHECKED`` hashes, a stand-in's where the identity has fewer.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dockyard.access.models import credentials, identities, role_assignments, scope_map_rules
-from dockyard.access.passwords import verify_secret
+from dockyard.access.passwords import hash_secret, new_secret, verify_secret
 from dockyard.access.permissions import (
     EVERYTHING,
     Permissions,
@@ -25,8 +30,9 @@ from dockyard.access.permissions import (
     permissions_from_roles,
     permissions_from_scope_map,
 )
+from dockyard.access.services import generation
 from dockyard.access.services.identities import ADMIN, NULL_GUID, TOKEN
-from dockyard.access.tokens import ACCESS_GRANT, REFRESH_GRANT, InvalidToken, TokenService
+from dockyard.access.tokens import ACCESS_GRANT, IDENTITY_TOKEN, REFRESH_GRANT, InvalidToken, TokenService
 from dockyard.db import Database, as_utc, utcnow
 
 
@@ -37,10 +43,18 @@ class TokenCaller:
     name: str
     kind: str
     access: dict[tuple[str, str], frozenset[str]]
+    #: The verified claims (an identity token's name the identity row and credential it stands for).
+    claims: dict[str, Any]
+
+    @property
+    def is_identity_token(self) -> bool:
+        return self.claims.get("use") == IDENTITY_TOKEN
 
 
 #: Password verifications running at once per process (each holds argon2's 7 MiB for ~40 ms).
 PASSWORD_CHECKS_AT_ONCE = 2
+#: The most credentials an identity has (password, password2, secret): a failed sign-in checks this many.
+CREDENTIALS_CHECKED = 3
 
 
 class Authenticator:
@@ -54,6 +68,8 @@ class Authenticator:
         self._logins: dict[bytes, tuple[str, str, float]] = {}
         self._principals: dict[str, tuple[Principal | None, float]] = {}
         self._verify_slots = threading.BoundedSemaphore(PASSWORD_CHECKS_AT_ONCE)
+        self._generation: str | None = None
+        self._stand_in: str | None = None
 
     def forget(self) -> None:
         """Drop every cached login and principal (after a change to identities or permissions)."""
@@ -61,9 +77,20 @@ class Authenticator:
             self._logins.clear()
             self._principals.clear()
 
+    def sync(self) -> None:
+        """Drop the caches if access changed anywhere since they were filled (one small read)."""
+        with self._db.read() as conn:
+            current = generation.current(conn)
+        with self._lock:
+            if current == self._generation:
+                return
+            self._generation = current
+            self._logins.clear()
+            self._principals.clear()
+
     # -- passwords --------------------------------------------------------------------------
 
-    def cached_login(self, username: str, password: str) -> Principal | None:
+    def _cached_login(self, username: str, password: str) -> Principal | None:
         """A principal for credentials verified recently, without touching the database; else None."""
         key = _login_key(username, password)
         with self._lock:
@@ -73,20 +100,26 @@ class Authenticator:
         principal = self._cached_principal(hit[0])
         if principal is None or hit[1] not in principal.credential_stamps:
             return None
-        return replace(principal, credential=hit[1])
+        return replace(principal, credential=hit[1], auth_time=int(time.time()))
 
     def login(self, username: str, password: str) -> Principal | None:
         """The principal these credentials belong to, or None. ``NULL_GUID`` + a refresh token works too."""
         if username == NULL_GUID:
             return self.refresh_principal(password)
-        principal = self.cached_login(username, password)
+        self.sync()
+        principal = self._cached_login(username, password)
         if principal is not None:
             return principal
         with self._verify_slots:  # argon2 is deliberately costly: bound how many run at once
-            principal = self.cached_login(username, password)  # verified meanwhile by another request?
+            principal = self._cached_login(username, password)  # verified meanwhile by another request?
             if principal is not None:
                 return principal
             return self._verify_login(username, password)
+
+    def _stand_in_hash(self) -> str:
+        if self._stand_in is None:
+            self._stand_in = hash_secret(new_secret())
+        return self._stand_in
 
     def _verify_login(self, username: str, password: str) -> Principal | None:
         now = utcnow()
@@ -103,10 +136,11 @@ class Authenticator:
                     ).all()
                     if c.expires_at is None or as_utc(c.expires_at) > now
                 ]
+        candidates += [(self._stand_in_hash(), "")] * (CREDENTIALS_CHECKED - len(candidates))
         stamp = next(
             (stamp for secret_hash, stamp in candidates if verify_secret(secret_hash, password)), None
         )
-        if stamp is None:
+        if not stamp:
             return None
         principal = self.principal(username)
         if principal is not None and stamp not in principal.credential_stamps:
@@ -115,7 +149,7 @@ class Authenticator:
             return None
         with self._lock:
             self._logins[_login_key(username, password)] = (username, stamp, time.monotonic())
-        return replace(principal, credential=stamp)
+        return replace(principal, credential=stamp, auth_time=int(time.time()))
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -127,9 +161,19 @@ class Authenticator:
             return None
         return self.principal_for(claims)
 
+    def identity_principal(self, caller: TokenCaller) -> Principal | None:
+        """The identity an identity token (see ``TokenService.issue_access``) stands for, if still valid.
+
+        Access tokens scoped to repositories and anonymous ones stand for no identity: None.
+        """
+        if not caller.is_identity_token or caller.kind == "anonymous":
+            return None
+        return self.principal_for(caller.claims)
+
     def principal_for(self, claims: dict[str, Any]) -> Principal | None:
         """The identity a token was issued to, if it is still that identity, enabled, and the
         credential the token came from has not been renewed since; else None (revoked)."""
+        self.sync()
         principal = self.principal(claims["sub"])
         if principal is not None and claims.get("cred") not in principal.credential_stamps:
             principal = self.principal(claims["sub"], fresh=True)  # a credential newer than this cache?
@@ -138,7 +182,8 @@ class Authenticator:
         same = (principal.identity_id, principal.token_version) == (claims.get("iid"), claims.get("ver"))
         if not same or claims.get("cred") not in principal.credential_stamps:
             return None
-        return replace(principal, credential=claims["cred"])
+        auth_time = claims.get("auth_time") or claims["iat"]
+        return replace(principal, credential=claims["cred"], auth_time=auth_time)
 
     def access_caller(self, token: str) -> TokenCaller:
         """The caller an access token stands for; InvalidToken if it is not one."""
@@ -147,7 +192,7 @@ class Authenticator:
         for entry in claims.get("access") or []:
             key = (str(entry.get("type")), str(entry.get("name")))
             access[key] = access.get(key, frozenset()) | frozenset(map(str, entry.get("actions") or []))
-        return TokenCaller(claims["sub"], claims.get("kind", ""), access)
+        return TokenCaller(claims["sub"], claims.get("kind", ""), access, claims)
 
     # -- principals -------------------------------------------------------------------------
 

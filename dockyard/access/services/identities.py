@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from dockyard.access.models import credentials, identities, role_assignments, scope_maps
 from dockyard.access.passwords import hash_secret, new_secret
 from dockyard.access.permissions import ROLES, valid_role_scope
+from dockyard.access.services.generation import write_and_bump
 from dockyard.db import Database, as_utc, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
 
@@ -26,6 +27,8 @@ SECRET = "secret"  # noqa: S105 - a credential name, not a secret
 #: Docker and ACR log in with this user name and a refresh token as the password.
 NULL_GUID = "00000000-0000-0000-0000-000000000000"
 IDENTITY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")
+#: Names the system uses for callers that are no identity (compared case-insensitively).
+RESERVED_NAMES = frozenset({"anonymous", "system", "everyone", "unknown", NULL_GUID})
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,7 @@ class IdentityService:
             for name, secret in zip(PASSWORD_NAMES, (first, second), strict=True):
                 self._insert_credential(conn, identity_id, name, secret, None, now)
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
         return [CredentialInfo(n, now, None, v) for n, v in zip(PASSWORD_NAMES, (first, second), strict=True)]
 
     def set_admin_enabled(self, enabled: bool) -> IdentityInfo:
@@ -154,8 +156,7 @@ class IdentityService:
             ).rowcount:
                 raise _not_found("admin", ADMIN)
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
         admin = self.admin()
         assert admin is not None
         return admin
@@ -175,8 +176,7 @@ class IdentityService:
             identity_id = self._insert_identity(conn, kind, name, True, None, description, now)
             self._insert_credential(conn, identity_id, SECRET, secret, None, now)
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
         return self.get(name), secret
 
     def delete(self, name: str, kind: str | None = None) -> None:
@@ -186,8 +186,7 @@ class IdentityService:
                 raise _not_found(name, kind)
             conn.execute(identities.delete().where(identities.c.id == row.id))
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
 
     def set_enabled(self, name: str, enabled: bool, kind: str | None = None) -> IdentityInfo:
         def work(conn: sa.Connection) -> None:
@@ -201,8 +200,7 @@ class IdentityService:
             )
             self._revoke_refresh_tokens(conn, row.id)
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
         return self.get(name)
 
     def new_credential(
@@ -232,8 +230,7 @@ class IdentityService:
             )
             self._insert_credential(conn, row.id, credential, secret, expires, now)
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
         return CredentialInfo(credential, now, expires, secret)
 
     # -- repository-scoped tokens ------------------------------------------------------------
@@ -253,8 +250,7 @@ class IdentityService:
             for credential, secret in values.items():
                 self._insert_credential(conn, identity_id, credential, secret, expires, now)
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
         info = self.get(name, TOKEN)
         shown = [
             CredentialInfo(c.name, c.created_at, c.expires_at, values.get(c.name)) for c in info.credentials
@@ -278,8 +274,7 @@ class IdentityService:
                 values["token_version"] = identities.c.token_version + 1
             conn.execute(identities.update().where(identities.c.id == row.id).values(**values))
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
         return self.get(name, TOKEN)
 
     # -- role assignments --------------------------------------------------------------------
@@ -311,8 +306,7 @@ class IdentityService:
                 )
             )
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
         return RoleAssignmentInfo(assignment, assignee, role, scope, now)
 
     def role_assignments(self, assignee: str | None = None) -> list[RoleAssignmentInfo]:
@@ -336,8 +330,7 @@ class IdentityService:
             ).rowcount:
                 raise RegistryError(ErrorCode.NOT_FOUND, f"role assignment {assignment_id!r} not found")
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -351,10 +344,12 @@ class IdentityService:
 
     @staticmethod
     def _check_name(name: str) -> None:
-        if not IDENTITY_NAME.match(name) or name == NULL_GUID:
+        if not IDENTITY_NAME.match(name):
             raise _invalid(
                 "names are 1-128 letters, digits, '.', '_', '@' or '-', starting with a letter or digit"
             )
+        if name.lower() in RESERVED_NAMES:
+            raise _invalid(f"{name!r} is reserved: choose another name")
 
     @staticmethod
     def _scope_map_id(conn: sa.Connection, name: str) -> int:

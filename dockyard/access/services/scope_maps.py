@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from dockyard.access.models import identities, scope_map_rules, scope_maps
 from dockyard.access.permissions import DATA_ACTIONS, SYSTEM_SCOPE_MAPS, valid_pattern
+from dockyard.access.services.generation import write_and_bump
 from dockyard.db import Database, as_utc, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
 
@@ -164,8 +165,7 @@ class ScopeMapService:
                 values["description"] = description
             conn.execute(scope_maps.update().where(scope_maps.c.id == map_id).values(**values))
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
         return self.show(name)
 
     def list(self) -> list[ScopeMapInfo]:
@@ -201,5 +201,4 @@ class ScopeMapService:
                 )
             conn.execute(scope_maps.delete().where(scope_maps.c.id == map_id))
 
-        self._db.run_write(work)
-        self.on_change()
+        write_and_bump(self._db, work, self.on_change)
