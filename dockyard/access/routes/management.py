@@ -184,6 +184,7 @@ class ManagementRoutes:
         return JSONResponse({"kid": kid}, status_code=201)
 
     async def audit(self, request: Request) -> Response:
+        await run_sync(self.access.audit.flush)  # what this process counted so far, written first
         events = await run_sync(
             lambda: self.access.audit.list(
                 since=query_time(request),
