@@ -6,7 +6,6 @@ import json
 import sys
 from typing import Annotated
 
-import httpx
 import typer
 
 from dockyard.cli import credentials as store
@@ -24,6 +23,8 @@ RegistryArgument = Annotated[
 
 def _request_token(url: str, username: str, password: str, *, offline: bool) -> dict[str, object]:
     """GET /oauth2/token with Basic auth; a refresh token too when ``offline``."""
+    import httpx
+
     host = registry_host(url)
     params = {"offline_token": "true", "client_id": "dockyard-cli"} if offline else {}
     try:

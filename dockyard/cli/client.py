@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 import typer
 
 from dockyard.cli.credentials import (
     ENV_PASSWORD,
     ENV_USERNAME,
+    NULL_GUID,
     Credentials,
     credentials_for,
     default_registry,
+    token_claims,
 )
 from dockyard.cli.output import OutputFormat, emit, fail
+
+if TYPE_CHECKING:  # httpx takes a quarter of a second to import: only commands that call a registry pay
+    import httpx
 
 DEFAULT_REGISTRY = "http://127.0.0.1:5000"
 
@@ -44,9 +49,16 @@ def registry_url(value: str | None) -> str:
     gets http:// as docker treats it as insecure.
     """
     url = value or os.environ.get("DOCKYARD_REGISTRY") or default_registry() or DEFAULT_REGISTRY
-    if "://" not in url:
-        hostname = urlsplit(f"//{url}").hostname or ""
-        url = f"{'http' if _is_loopback(hostname) else 'https'}://{url}"
+    try:
+        if "://" not in url:
+            hostname = urlsplit(f"//{url}").hostname or ""
+            url = f"{'http' if _is_loopback(hostname) else 'https'}://{url}"
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise fail(f"not a registry URL: {url!r} ({exc})", 2) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in parts.netloc:
+        raise fail(f"not a registry URL: {url!r} (use https://HOST[:PORT] or HOST[:PORT])", 2)
     return url.rstrip("/")
 
 
@@ -63,6 +75,8 @@ def login_argument(url: str) -> str:
 
 def unreachable(url: str, exc: Exception) -> str:
     """Why ``url`` could not be reached, with a hint when plain HTTP may be the wrong guess."""
+    import httpx
+
     hint = ""
     if url.startswith("http://") and not isinstance(exc, httpx.ConnectError | httpx.TimeoutException):
         hint = f"; if the registry serves HTTPS, use https://{registry_host(url)}"
@@ -94,6 +108,8 @@ class RegistryClient:
     def __init__(
         self, base_url: str, *, credentials: Credentials | None = None, timeout: float = 30.0
     ) -> None:
+        import httpx
+
         self.base_url = base_url
         self.credentials = credentials
         auth = httpx.BasicAuth(credentials.username, credentials.password) if credentials else None
@@ -109,6 +125,8 @@ class RegistryClient:
         self.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -123,18 +141,7 @@ class RegistryClient:
         return self.request(method, path, **kwargs).json()
 
     def _unauthorized_message(self, response: httpx.Response) -> str:
-        again = f"dockyard login {login_argument(self.base_url)}"
-        host = registry_host(self.base_url)
-        if self.credentials is None:
-            return f"not logged in to {host}: run `{again}` first ({error_message(response)})"
-        if self.credentials.from_environment:
-            return (
-                f"{host} refused the credentials in {ENV_USERNAME}/{ENV_PASSWORD} ({error_message(response)})"
-            )
-        return (
-            f"{host} refused the saved login (it expired or was revoked): run `{again}` again "
-            f"({error_message(response)})"
-        )
+        return refused_login_message(self.base_url, self.credentials, error_message(response))
 
     def pages(self, path: str, key: str, params: dict[str, Any], top: int | None = None) -> Iterator[Any]:
         """Items under ``key`` across every page, following Link headers, at most ``top``."""
@@ -159,6 +166,39 @@ class RegistryClient:
         return quote(name, safe="@")
 
 
+def refused_login_message(url: str, credentials: Credentials | None, detail: str) -> str:
+    """Why the registry at ``url`` answered 401 to ``credentials``, and what to do about it.
+
+    A saved login is a refresh token (a JWT): its own ``exp`` tells an expired login from one the
+    registry refused while still valid (the identity was disabled or deleted, or the credential it
+    was issued for was renewed or deleted).
+    """
+    again = f"dockyard login {login_argument(url)}"
+    host = registry_host(url)
+    if credentials is None:
+        return f"not logged in to {host}: run `{again}` first ({detail})"
+    if credentials.from_environment:
+        return (
+            f"{host} refused the credentials of {credentials.username!r} in {ENV_USERNAME}/{ENV_PASSWORD}: "
+            f"wrong password, or the identity is disabled or deleted ({detail})"
+        )
+    claims = token_claims(credentials.password) if credentials.username == NULL_GUID else None
+    if claims is None:
+        return (
+            f"{host} refused the login saved in {credentials.source} for {credentials.username!r}: "
+            f"wrong password, or the identity is disabled or deleted; run `{again}` again ({detail})"
+        )
+    user = claims.get("sub", "?")
+    expiry = claims.get("exp")
+    if isinstance(expiry, int | float) and expiry <= time.time():
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expiry))
+        return f"the saved login for {user!r} on {host} expired at {when}: run `{again}` again ({detail})"
+    return (
+        f"the registry {host} refused the saved login for {user!r}: the identity is disabled or deleted, "
+        f"or its credential was renewed; run `{again}` again ({detail})"
+    )
+
+
 def connect(registry: str | None) -> RegistryClient:
     """A client for --registry (or its default) carrying the caller's credentials for that host."""
     url = registry_url(registry)
@@ -175,8 +215,15 @@ def delete_confirmed(
     output: OutputFormat,
 ) -> None:
     """Ask before deleting ``what`` (unless --yes), DELETE it, and print what was deleted."""
-    if not yes and not typer.confirm(f"This deletes {what} and cannot be undone. Continue?"):
-        raise typer.Exit(1)
+    confirm_delete(what, yes=yes)
     with connect(registry) as client:
         client.request("DELETE", path(client))
     emit({"deleted": deleted}, output)
+
+
+def confirm_delete(what: str, *, yes: bool) -> None:
+    """Ask before deleting ``what`` unless --yes; a "no" says so and exits 0, as `az acr` does."""
+    if yes or typer.confirm(f"This deletes {what} and cannot be undone. Continue?"):
+        return
+    typer.echo(f"Not deleted: {what}.", err=True)
+    raise typer.Exit(0)

@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 
 class OutputFormat(enum.StrEnum):
@@ -46,6 +44,9 @@ def emit(data: Any, output: OutputFormat, columns: Sequence[str] | None = None) 
         for row in rows:
             sys.stdout.write("\t".join(_cell(row.get(c)) for c in columns) + "\n")
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(*[c[:1].upper() + c[1:] for c in columns], box=None, header_style="bold")
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))

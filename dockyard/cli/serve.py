@@ -8,8 +8,13 @@ from typing import Annotated
 import typer
 
 from dockyard import __version__
-from dockyard.cli.options import ConfigOption, DatabaseUrlOption, LogLevelOption, StoragePathOption
-from dockyard.config import TlsMode, load_settings
+from dockyard.cli.options import (
+    ConfigOption,
+    DatabaseUrlOption,
+    LogLevelOption,
+    StoragePathOption,
+    TlsMode,
+)
 
 
 def serve(
@@ -56,6 +61,7 @@ def serve(
 
     Plain HTTP on 127.0.0.1 by default; HTTPS with --tls self-signed or --tls-cert/--tls-key.
     """
+    from dockyard.config import load_settings
     from dockyard.server import serve as run_server
     from dockyard.tls import (
         TlsConfigError,
