@@ -237,12 +237,16 @@ def _auths(data: dict[str, Any]) -> dict[str, Any]:
     return auths if isinstance(auths, dict) else {}
 
 
+def _read_all() -> list[tuple[AuthFile, dict[str, Any]]]:
+    """Every auth file's content, read before any is written: a damaged one stops the change whole."""
+    return [(file, read_json(file.path)) for file in auth_files()]
+
+
 def store(host: str, username: str, password: str) -> list[Path]:
     """Save the login where each tool reads first, and over any older entry; return the files written."""
     entry = {"auth": encode_auth(username, password)}
     written = []
-    for file in auth_files():
-        data = read_json(file.path)
+    for file, data in _read_all():
         auths = _auths(data)
         present = [key for key in auths if key in _host_keys(host)]
         if not file.primary and not present:
@@ -259,8 +263,7 @@ def store(host: str, username: str, password: str) -> list[Path]:
 def remove(host: str) -> list[Path]:
     """Remove ``host``'s entries from every file a tool reads; return the files that had one."""
     changed = []
-    for file in auth_files():
-        data = read_json(file.path)
+    for file, data in _read_all():
         auths = _auths(data)
         present = [key for key in auths if key in _host_keys(host)]
         if not present:
