@@ -1,21 +1,25 @@
 """A small HTTP client for the registry's APIs, used by the CLI commands.
 
-Every request carries the caller's credentials as HTTP Basic: DOCKYARD_USERNAME and
-DOCKYARD_PASSWORD when set, else what `dockyard login` stored for the registry's host
-(the null GUID and a refresh token).
-"""
+It speaks HTTP with the standard library's urllib: a command makes a request or two, and
+importing an HTTP library (httpx: a quarter of a second, plus its certificate bundle) would
+cost more than the requests. Every request carries the caller's credentials as HTTP Basic:
+DOCKYARD_USERNAME and DOCKYARD_PASSWORD when set, else what `dockyard login` stored for the
+registry's host (the null GUID and a refresh token)."""
 
 from __future__ import annotations
 
 import ipaddress
+import json as jsonlib
 import os
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
 
 import typer
 
+from dockyard import __version__
 from dockyard.cli.credentials import (
     ENV_PASSWORD,
     ENV_USERNAME,
@@ -23,12 +27,10 @@ from dockyard.cli.credentials import (
     Credentials,
     credentials_for,
     default_registry,
+    encode_auth,
     token_claims,
 )
 from dockyard.cli.output import OutputFormat, emit, fail
-
-if TYPE_CHECKING:  # httpx takes a quarter of a second to import: only commands that call a registry pay
-    import httpx
 
 DEFAULT_REGISTRY = "http://127.0.0.1:5000"
 
@@ -75,22 +77,34 @@ def login_argument(url: str) -> str:
 
 def unreachable(url: str, exc: Exception) -> str:
     """Why ``url`` could not be reached, with a hint when plain HTTP may be the wrong guess."""
-    import httpx
-
+    reason = getattr(exc, "reason", exc)
     hint = ""
-    if url.startswith("http://") and not isinstance(exc, httpx.ConnectError | httpx.TimeoutException):
+    if url.startswith("http://") and not isinstance(reason, ConnectionRefusedError | TimeoutError):
         hint = f"; if the registry serves HTTPS, use https://{registry_host(url)}"
-    return f"cannot reach {url}: {exc}{hint}"
+    return f"cannot reach {url}: {reason or type(reason).__name__}{hint}"
 
 
-def _next_link(response: httpx.Response) -> str | None:
+@dataclass(frozen=True)
+class Response:
+    """One answer from the registry, whatever its status."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+    url: str
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+
+def _next_link(response: Response) -> str | None:
     link = response.headers.get("link")
     if not link or 'rel="next"' not in link:
         return None
     return link[link.index("<") + 1 : link.index(">")]
 
 
-def error_message(response: httpx.Response) -> str:
+def error_message(response: Response) -> str:
     """The registry's JSON errors as one line, else the status."""
     try:
         body = response.json()
@@ -99,7 +113,54 @@ def error_message(response: httpx.Response) -> str:
     errors = (body.get("errors") or []) if isinstance(body, dict) else []
     if errors:
         return "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
-    return f"HTTP {response.status_code} from {response.request.url}"
+    return f"HTTP {response.status_code} from {response.url}"
+
+
+def _opener() -> Any:
+    """urllib without redirects: an answer is the registry's own, never another host's."""
+    import urllib.request
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+            return None
+
+    return urllib.request.build_opener(NoRedirects)
+
+
+def send(
+    url: str,
+    method: str = "GET",
+    *,
+    credentials: Credentials | None = None,
+    params: Mapping[str, Any] | None = None,
+    json: Any = None,
+    timeout: float = 30.0,
+) -> Response:
+    """One HTTP request with HTTP Basic ``credentials``; any status is returned, an unreachable URL fails."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    query = {k: v for k, v in (params or {}).items() if v is not None}
+    if query:
+        url += ("&" if "?" in url else "?") + urlencode(query, doseq=True)
+    headers = {"Accept": "application/json", "User-Agent": f"dockyard-cli/{__version__}"}
+    data = None
+    if json is not None:
+        data = jsonlib.dumps(json).encode()
+        headers["Content-Type"] = "application/json"
+    if credentials is not None:
+        headers["Authorization"] = f"Basic {encode_auth(credentials.username, credentials.password)}"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)  # noqa: S310 - http(s) only
+    try:
+        with _opener().open(request, timeout=timeout) as answer:
+            return Response(answer.status, answer.headers, answer.read(), url)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return Response(exc.code, exc.headers, exc.read(), url)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        base = urlsplit(url)
+        raise fail(unreachable(f"{base.scheme}://{base.netloc}", exc)) from None
 
 
 class RegistryClient:
@@ -108,15 +169,12 @@ class RegistryClient:
     def __init__(
         self, base_url: str, *, credentials: Credentials | None = None, timeout: float = 30.0
     ) -> None:
-        import httpx
-
         self.base_url = base_url
         self.credentials = credentials
-        auth = httpx.BasicAuth(credentials.username, credentials.password) if credentials else None
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, auth=auth)
+        self.timeout = timeout
 
     def close(self) -> None:
-        self._http.close()
+        """Nothing to release: each request uses its own connection."""
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -124,24 +182,25 @@ class RegistryClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        import httpx
-
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise fail(unreachable(self.base_url, exc)) from None
+    def request(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None
+    ) -> Response:
+        url = path if "://" in path else f"{self.base_url}{path}"
+        response = send(
+            url, method, credentials=self.credentials, params=params, json=json, timeout=self.timeout
+        )
         if response.status_code == 401:
-            raise fail(self._unauthorized_message(response))
-        if response.status_code >= 400:
+            raise fail(refused_login_message(self.base_url, self.credentials, error_message(response)))
+        if response.status_code >= 300:
             raise fail(error_message(response))
         return response
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
-
-    def _unauthorized_message(self, response: httpx.Response) -> str:
-        return refused_login_message(self.base_url, self.credentials, error_message(response))
+        response = self.request(method, path, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise fail(f"{response.url} did not answer with JSON; is this a Dockyard registry?") from None
 
     def pages(self, path: str, key: str, params: dict[str, Any], top: int | None = None) -> Iterator[Any]:
         """Items under ``key`` across every page, following Link headers, at most ``top``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from dockyard.cli import options
 from dockyard.cli.credentials import NULL_GUID, encode_auth
 from dockyard.config import LogLevel, TlsMode
 from tests.cli.conftest import Cli
-from tests.e2e.support import DockyardServer
+from tests.e2e.support import ADMIN_PASSWORD, ADMIN_USERNAME, DockyardServer, dockyard_command
 
 pytestmark = pytest.mark.e2e
 
@@ -180,7 +181,7 @@ def test_help_and_a_listing_command_import_no_server_code(tmp_path: Path) -> Non
         "except SystemExit:\n"
         "    pass\n"
         "heavy = ['sqlalchemy', 'starlette', 'granian', 'alembic', 'cryptography', 'jwt', 'argon2',\n"
-        "         'pydantic_settings', 'dockyard.config', 'dockyard.db']\n"
+        "         'pydantic_settings', 'dockyard.config', 'dockyard.db', 'httpx', 'rich']\n"
         "print([m for m in heavy if m in sys.modules], file=sys.stderr)\n"
     )
     for argv in (["dockyard", "--help"], ["dockyard", "repository", "list", "-r", "http://127.0.0.1:1"]):
@@ -188,3 +189,21 @@ def test_help_and_a_listing_command_import_no_server_code(tmp_path: Path) -> Non
             [sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=60, check=False
         )
         assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+
+
+def test_an_unwritable_credential_file_is_one_line(cli: Cli, registry: DockyardServer) -> None:
+    """A file that reads as missing but cannot be written (under /proc): no traceback from login."""
+    env = {**os.environ, **cli.env, "REGISTRY_AUTH_FILE": "/proc/dockyard-test/auth.json"}
+    done = subprocess.run(
+        dockyard_command("login", registry.host, "-u", ADMIN_USERNAME, "--password-stdin"),
+        input=ADMIN_PASSWORD,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("ERROR: ")
+    assert "/proc/dockyard-test" in done.stderr
