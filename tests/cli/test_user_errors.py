@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -116,7 +117,17 @@ def _save_login(cli: Cli, host: str, username: str, password: str) -> None:
     cli.auth_file.write_text(json.dumps({"auths": {host: {"auth": encode_auth(username, password)}}}))
 
 
-def test_a_refused_login_says_why(cli: Cli, registry: DockyardServer) -> None:
+@pytest.fixture
+def own(
+    isolated: Path, start_server: Callable[..., DockyardServer], tmp_path: Path
+) -> tuple[Cli, DockyardServer]:
+    """A registry of this test's own: its refused sign-ins must not count against the shared one's."""
+    server = start_server(data_dir=tmp_path / "own-data")
+    return Cli(folder=isolated.parent, registry=server.url), server
+
+
+def test_a_refused_login_says_why(own: tuple[Cli, DockyardServer]) -> None:
+    cli, registry = own
     _save_login(cli, registry.host, NULL_GUID, _forged_refresh_token("alice", time.time() - 3600))
     expired = cli.fails("show")
     assert f"the saved login for 'alice' on {registry.host} expired at " in expired.stderr
@@ -135,9 +146,9 @@ def test_a_refused_login_says_why(cli: Cli, registry: DockyardServer) -> None:
     assert f"refused the login saved in {cli.auth_file} for 'bob': wrong password" in wrong.stderr
 
 
-def test_a_disabled_identity_is_not_called_expired(
-    admin: Cli, registry: DockyardServer, tmp_path: Path
-) -> None:
+def test_a_disabled_identity_is_not_called_expired(own: tuple[Cli, DockyardServer], tmp_path: Path) -> None:
+    admin, _ = own
+    admin.login()
     created = admin.json("user", "create", "--name", "cli-disabled-carol")
     secret = next(c["value"] for c in created["credentials"] if c["name"] == "secret")
     admin.json("role", "assignment", "create", "--assignee", "cli-disabled-carol", "--role", "Reader")
