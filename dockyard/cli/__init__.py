@@ -56,5 +56,9 @@ def version(output: OutputFormat = output_option) -> None:
 
 
 def main() -> None:
-    """Entry point of the `dockyard` console script."""
-    app()
+    """Entry point of the `dockyard` console script: a file or folder it cannot use is one line."""
+    try:
+        app()
+    except OSError as exc:  # e.g. a credential file's folder that is a file, or a full disk
+        typer.echo(f"ERROR: {exc}", err=True)
+        raise SystemExit(1) from None

@@ -6,11 +6,10 @@ import json
 import sys
 from typing import Annotated
 
-import httpx
 import typer
 
 from dockyard.cli import credentials as store
-from dockyard.cli.client import error_message, registry_host, registry_url, unreachable
+from dockyard.cli.client import error_message, registry_host, registry_url, send
 from dockyard.cli.output import fail
 
 RegistryArgument = Annotated[
@@ -26,15 +25,12 @@ def _request_token(url: str, username: str, password: str, *, offline: bool) -> 
     """GET /oauth2/token with Basic auth; a refresh token too when ``offline``."""
     host = registry_host(url)
     params = {"offline_token": "true", "client_id": "dockyard-cli"} if offline else {}
-    try:
-        response = httpx.get(
-            f"{url}/oauth2/token", params=params, auth=httpx.BasicAuth(username, password), timeout=30.0
-        )
-    except httpx.HTTPError as exc:
-        raise fail(unreachable(url, exc)) from None
+    response = send(
+        f"{url}/oauth2/token", params=params, credentials=store.Credentials(username, password, "login")
+    )
     if response.status_code == 401:
         raise fail(f"login to {host} failed: wrong user name or password ({error_message(response)})")
-    if response.status_code >= 400:
+    if response.status_code >= 300:
         raise fail(f"login to {host} failed: {error_message(response)}")
     try:
         body = response.json()

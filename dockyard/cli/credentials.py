@@ -1,9 +1,16 @@
-"""Where `dockyard login` keeps credentials: docker's config.json and the containers auth file.
+"""Where `dockyard login` keeps credentials: the files docker, podman, skopeo and buildah read first.
 
-Both files map a registry host to ``{"auth": base64("user:password")}``. After a login the
+Each file maps a registry host to ``{"auth": base64("user:password")}``. After a login the
 user is the null GUID and the password a refresh token, as `az acr login` stores it, so
 docker, podman, skopeo, buildah and every `dockyard` command share one login. Other
 entries in the files are kept; files are replaced atomically and readable only by their owner.
+
+The containers tools (containers-auth.json(5)) read ``$REGISTRY_AUTH_FILE`` alone when it is
+set; otherwise ``$XDG_RUNTIME_DIR/containers/auth.json`` (``/run/containers/UID/auth.json``
+without XDG_RUNTIME_DIR), then ``$XDG_CONFIG_HOME/containers/auth.json``, then docker's file.
+Docker reads ``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``. A login is written
+to the first file each tool reads, and replaces the host's entry wherever a later file has one,
+so no stale login (an older `podman login`) can win.
 """
 
 from __future__ import annotations
@@ -38,27 +45,71 @@ class Credentials:
         return self.source == "environment"
 
 
+#: Where the containers tools keep per-user runtime files without XDG_RUNTIME_DIR.
+RUN_CONTAINERS = Path("/run/containers")
+
+
+@dataclass(frozen=True)
+class AuthFile:
+    """One file that holds registry logins, and whether a login creates its entry there."""
+
+    path: Path
+    #: True: the first file some tool reads, so a login always writes it. False: a fallback that
+    #: a login only updates when it already has an entry for the host.
+    primary: bool
+
+
 def docker_config_path() -> Path:
     """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json``."""
     folder = os.environ.get("DOCKER_CONFIG")
     return Path(folder) / "config.json" if folder else Path.home() / ".docker" / "config.json"
 
 
+def _config_home() -> Path:
+    config_home = os.environ.get("XDG_CONFIG_HOME")
+    return Path(config_home) if config_home else Path.home() / ".config"
+
+
+def _runtime_auth_path() -> Path | None:
+    """The containers tools' runtime auth file, or None when they cannot use one.
+
+    A set but missing XDG_RUNTIME_DIR makes them skip it; without XDG_RUNTIME_DIR they use
+    ``/run/containers/UID``, which only root can create.
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "containers" / "auth.json" if Path(runtime).is_dir() else None
+    folder = RUN_CONTAINERS / str(os.getuid())
+    if os.getuid() == 0 or os.access(folder, os.W_OK):
+        return folder / "auth.json"
+    return None
+
+
 def containers_auth_path() -> Path:
-    """``$REGISTRY_AUTH_FILE``, else ``$XDG_RUNTIME_DIR/containers/auth.json``, else ``~/.config/…``."""
+    """The file podman, skopeo and buildah read first (and `podman login` writes)."""
     explicit = os.environ.get("REGISTRY_AUTH_FILE")
     if explicit:
         return Path(explicit)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "containers" / "auth.json"
-    return Path.home() / ".config" / "containers" / "auth.json"
+    return _runtime_auth_path() or _config_home() / "containers" / "auth.json"
+
+
+def auth_files() -> list[AuthFile]:
+    """Every file a tool reads logins from, in the containers tools' reading order."""
+    first = containers_auth_path()
+    files = [AuthFile(first, primary=True)]
+    if not os.environ.get("REGISTRY_AUTH_FILE"):
+        fallback = _config_home() / "containers" / "auth.json"
+        if fallback != first:
+            files.append(AuthFile(fallback, primary=False))
+    docker = docker_config_path()
+    if docker not in {f.path for f in files}:
+        files.append(AuthFile(docker, primary=True))
+    return files
 
 
 def cli_config_path() -> Path:
     """Where the CLI remembers its default registry: ``$XDG_CONFIG_HOME/dockyard/cli.json``."""
-    config_home = os.environ.get("XDG_CONFIG_HOME")
-    return (Path(config_home) if config_home else Path.home() / ".config") / "dockyard" / "cli.json"
+    return _config_home() / "dockyard" / "cli.json"
 
 
 def default_registry() -> str | None:
@@ -81,11 +132,6 @@ def forget_registry(url: str) -> None:
     if config.get("registry") == url:
         del config["registry"]
         write_json(path, config)
-
-
-def auth_files() -> list[Path]:
-    """The files a login is written to, in the order they are read."""
-    return [docker_config_path(), containers_auth_path()]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -158,7 +204,7 @@ def _decode_entry(entry: Any) -> tuple[str, str] | None:
 def stored_credentials(host: str) -> Credentials | None:
     """What `dockyard login` (or docker/podman login) stored for ``host``, from the first file that has it."""
     keys = _host_keys(host)
-    for path in auth_files():
+    for path in (f.path for f in auth_files()):
         auths = read_json(path).get("auths")
         if not isinstance(auths, dict):
             continue
@@ -186,40 +232,59 @@ def credentials_for(host: str) -> Credentials | None:
     return environment_credentials() or stored_credentials(host)
 
 
+def _auths(data: dict[str, Any]) -> dict[str, Any]:
+    auths = data.get("auths")
+    return auths if isinstance(auths, dict) else {}
+
+
+def _read_all() -> list[tuple[AuthFile, dict[str, Any]]]:
+    """Every auth file's content, read before any is written: a damaged one stops the change whole."""
+    return [(file, read_json(file.path)) for file in auth_files()]
+
+
 def store(host: str, username: str, password: str) -> list[Path]:
-    """Save the login for ``host`` in every auth file; return the files written."""
+    """Save the login where each tool reads first, and over any older entry; return the files written."""
     entry = {"auth": encode_auth(username, password)}
     written = []
-    for path in auth_files():
-        data = read_json(path)
-        auths = data.get("auths")
-        if not isinstance(auths, dict):
-            auths = {}
-        for key in _host_keys(host) - {host}:
-            auths.pop(key, None)  # a stale scheme-prefixed entry would shadow nothing but confuse
+    for file, data in _read_all():
+        auths = _auths(data)
+        present = [key for key in auths if key in _host_keys(host)]
+        if not file.primary and not present:
+            continue
+        for key in present:
+            del auths[key]  # a stale scheme-prefixed entry could be read before the new one
         auths[host] = entry
         data["auths"] = auths
-        write_json(path, data)
-        written.append(path)
+        write_json(file.path, data)
+        written.append(file.path)
     return written
 
 
 def remove(host: str) -> list[Path]:
-    """Remove ``host``'s entries from every auth file; return the files that had one."""
+    """Remove ``host``'s entries from every file a tool reads; return the files that had one."""
     changed = []
-    for path in auth_files():
-        data = read_json(path)
-        auths = data.get("auths")
-        if not isinstance(auths, dict):
-            continue
+    for file, data in _read_all():
+        auths = _auths(data)
         present = [key for key in auths if key in _host_keys(host)]
         if not present:
             continue
         for key in present:
             del auths[key]
-        write_json(path, data)
-        changed.append(path)
+        write_json(file.path, data)
+        changed.append(file.path)
     return changed
+
+
+def token_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT, unverified (only to explain a refusal), or None if it is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 def credential_helper(host: str) -> str | None:

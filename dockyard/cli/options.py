@@ -9,8 +9,6 @@ from typing import Annotated
 
 import typer
 
-from dockyard.config import LogLevel
-
 RegistryOption = Annotated[
     str | None,
     typer.Option(
@@ -37,6 +35,23 @@ SettingsDatabaseUrlOption = Annotated[
 StoragePathOption = Annotated[
     Path | None, typer.Option(help="Blob store folder [default: DATA_DIR/storage].")
 ]
+
+
+# The choices of settings that are enums in dockyard.config, repeated here because importing
+# the settings (pydantic) would cost every command a fifth of a second; a test keeps them equal.
+class LogLevel(enum.StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class TlsMode(enum.StrEnum):
+    off = "off"
+    files = "files"
+    self_signed = "self-signed"
+
+
 LogLevelOption = Annotated[LogLevel | None, typer.Option(help="Log verbosity.")]
 
 

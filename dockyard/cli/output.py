@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 
 class OutputFormat(enum.StrEnum):
@@ -22,13 +20,19 @@ class OutputFormat(enum.StrEnum):
 output_option: Any = typer.Option(OutputFormat.json, "--output", "-o", help="Output format.")
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, *, nested: bool = False) -> str:
+    """One table or TSV cell: lists as ``a, b``, objects as ``key=value`` pairs, never raw JSON."""
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, list):
-        return ", ".join(_cell(v) for v in value)
+        separator = "; " if any(isinstance(v, dict) for v in value) else ("," if nested else ", ")
+        text = separator.join(_cell(v, nested=True) for v in value)
+        return f"[{text}]" if nested and separator == "; " else text
     if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
+        text = " ".join(f"{k}={_cell(v, nested=True)}" for k, v in value.items() if v not in (None, [], {}))
+        return f"({text})" if nested and len(value) > 1 else text
     return str(value)
 
 
@@ -46,6 +50,9 @@ def emit(data: Any, output: OutputFormat, columns: Sequence[str] | None = None) 
         for row in rows:
             sys.stdout.write("\t".join(_cell(row.get(c)) for c in columns) + "\n")
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(*[c[:1].upper() + c[1:] for c in columns], box=None, header_style="bold")
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))

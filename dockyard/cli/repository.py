@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dockyard.cli.client import connect
+from dockyard.cli.client import confirm_delete, connect
 from dockyard.cli.options import RegistryOption, TopOption
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 
@@ -141,8 +141,7 @@ def delete(
     if bool(repository) == bool(image):
         raise fail("give exactly one of --repository or --image", 2)
     target = repository or image
-    if not yes and not typer.confirm(f"This deletes {target} and cannot be undone. Continue?"):
-        raise typer.Exit(1)
+    confirm_delete(str(target), yes=yes)
     with connect(registry) as client:
         if repository:
             result = client.request("DELETE", f"/acr/v1/{client.repo_path(repository)}").json()

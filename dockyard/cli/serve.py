@@ -8,8 +8,28 @@ from typing import Annotated
 import typer
 
 from dockyard import __version__
-from dockyard.cli.options import ConfigOption, DatabaseUrlOption, LogLevelOption, StoragePathOption
-from dockyard.config import TlsMode, load_settings
+from dockyard.cli.client import login_argument
+from dockyard.cli.options import (
+    ConfigOption,
+    DatabaseUrlOption,
+    LogLevelOption,
+    StoragePathOption,
+    TlsMode,
+)
+
+
+def cli_command() -> str:
+    """How a shell runs this CLI: ``dockyard`` when PATH finds this one, else its full path."""
+    import shutil
+    import sys
+
+    own = Path(sys.executable).parent / "dockyard"
+    if not own.is_file():
+        return f"{sys.executable} -m dockyard"
+    found = shutil.which("dockyard")
+    if found and Path(found).resolve() == own.resolve():
+        return "dockyard"
+    return str(own)
 
 
 def serve(
@@ -56,6 +76,7 @@ def serve(
 
     Plain HTTP on 127.0.0.1 by default; HTTPS with --tls self-signed or --tls-cert/--tls-key.
     """
+    from dockyard.config import load_settings
     from dockyard.server import serve as run_server
     from dockyard.tls import (
         TlsConfigError,
@@ -94,6 +115,8 @@ def serve(
     typer.echo(f"Dockyard {__version__} listening on {scheme}://{listen}", err=True)
     typer.echo(f"  database: {database}", err=True)
     typer.echo(f"  storage:  {Path(str(settings.storage_path)).resolve()}", err=True)
+    login = login_argument(f"{scheme}://{address}")
+    typer.echo(f"  log in:   {cli_command()} login {login} -u {settings.admin_username}", err=True)
     if server_tls is not None:
         typer.echo(describe(server_tls), err=True)
         if server_tls.ca_cert is not None:

@@ -158,6 +158,19 @@ FormatOption = Annotated[
 ]
 
 
+def note_scope_without_tag(scope: str | None) -> None:
+    """Say that a scope without ``:tag`` means ``:latest`` (ACR's rule), which surprises for ``team/*``."""
+    if not scope:
+        return
+    repository, _, tag = scope.partition(":")
+    if not tag:
+        typer.echo(
+            f"NOTE: the scope {scope!r} has no tag, so it means {repository + ':latest'!r} (as in ACR) and "
+            f"matches only the tag 'latest'; use {repository + ':*'!r} for every tag.",
+            err=True,
+        )
+
+
 @app.command("create", cls=VariadicCommand)
 def create(
     name: WebhookName,
@@ -189,6 +202,7 @@ def create(
         body["payloadFormat"] = payload_format.value
     with connect(registry) as client:
         emit(client.json("POST", "/api/v1/webhooks", json=body), output, WEBHOOK_COLUMNS)
+    note_scope_without_tag(scope)
 
 
 @app.command("update", cls=VariadicCommand)
@@ -241,6 +255,7 @@ def update(
         )
     with connect(registry) as client:
         emit(client.json("PATCH", _path(client, name), json=body), output, WEBHOOK_COLUMNS)
+    note_scope_without_tag(scope)
 
 
 @app.command("delete")

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import logging
 import signal
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
-
+from dockyard.cli.local import DataDirOption, local_settings, open_database, require_current_schema
 from dockyard.cli.options import ConfigOption, DatabaseUrlOption, LogLevelOption, StoragePathOption
 from dockyard.cli.output import fail
-from dockyard.config import Settings, load_settings
 
 if TYPE_CHECKING:
     from dockyard.app import Dockyard
+    from dockyard.config import Settings
     from dockyard.webhooks.jobs import DeliveryWorker
 
 log = logging.getLogger("dockyard.worker")
@@ -32,10 +30,7 @@ DRAIN_MARGIN_SECONDS = 1.0
 
 def worker(
     config: ConfigOption = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="The data folder of the SQLite registry to work for [default: ./dockyard-data]."),
-    ] = None,
+    data_dir: DataDirOption = None,
     database_url: DatabaseUrlOption = None,
     storage_path: StoragePathOption = None,
     log_level: LogLevelOption = None,
@@ -50,16 +45,9 @@ def worker(
 
     from dockyard.server import configure_logging
 
-    try:
-        settings = load_settings(
-            config,
-            data_dir=data_dir,
-            database_url=database_url,
-            storage_path=storage_path,
-            log_level=log_level,
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        raise fail(str(exc), 2) from None
+    settings = local_settings(
+        config, data_dir=data_dir, database_url=database_url, storage_path=storage_path, log_level=log_level
+    )
     _require_database(settings)
     configure_logging(settings)
     from dockyard.app import build
@@ -76,29 +64,8 @@ def worker(
 
 def _require_database(settings: Settings) -> None:
     """Fail unless the database exists and its schema is current (a worker never migrates)."""
-    import sqlalchemy as sa
-
-    from dockyard.db import Database
-    from dockyard.migrations import current_revision, head_revision
-
-    url = sa.engine.make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_file():
-        raise fail(
-            f"no database at {url.database}: start `dockyard serve` with this data folder first, "
-            "or give --data-dir / --database-url"
-        )
-    db = Database(settings.database_url, pool_size=1)
-    try:
-        current, head = current_revision(db), head_revision(db)
-    except sa.exc.SQLAlchemyError as exc:
-        raise fail(f"cannot use the database: {exc}") from None
-    finally:
-        db.dispose()
-    if current != head:
-        raise fail(
-            f"the database is at revision {current}, not {head}: "
-            "run `dockyard db upgrade` (or start `dockyard serve`) first"
-        )
+    with open_database(settings) as db:
+        require_current_schema(db, hint="run `dockyard db upgrade` (or start `dockyard serve`) first")
 
 
 def _run(parts: Dockyard) -> None:

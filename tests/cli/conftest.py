@@ -62,10 +62,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory, e2e_logs: Path) -> Iterat
 
 
 def private_files(folder: Path) -> dict[str, str]:
-    """HOME, XDG_CONFIG_HOME, DOCKER_CONFIG and REGISTRY_AUTH_FILE under ``folder``."""
+    """HOME, XDG_CONFIG_HOME, XDG_RUNTIME_DIR, DOCKER_CONFIG and REGISTRY_AUTH_FILE under ``folder``."""
     (folder / "home").mkdir(parents=True, exist_ok=True)
+    (folder / "run").mkdir(mode=0o700, exist_ok=True)
     return {
         "HOME": str(folder / "home"),
+        "XDG_RUNTIME_DIR": str(folder / "run"),
         "XDG_CONFIG_HOME": str(folder / "home" / ".config"),
         "DOCKER_CONFIG": str(folder / "docker"),
         "REGISTRY_AUTH_FILE": str(folder / "containers" / "auth.json"),
@@ -125,11 +127,10 @@ class Cli:
 
 @pytest.fixture
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """HOME, DOCKER_CONFIG and REGISTRY_AUTH_FILE under ``tmp_path/cli``; no DOCKYARD_* settings."""
+    """HOME, XDG_RUNTIME_DIR, DOCKER_CONFIG and REGISTRY_AUTH_FILE under ``tmp_path/cli``; no DOCKYARD_*."""
     for name in list(os.environ):
         if name.startswith("DOCKYARD_"):
             monkeypatch.delenv(name)
-    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     for name, value in private_files(tmp_path / "cli").items():
         monkeypatch.setenv(name, value)
     return Path(os.environ["HOME"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -18,18 +19,66 @@ from dockyard.cli.client import login_argument, registry_url
 def test_auth_file_locations_follow_the_tools_rules(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated: Path
 ) -> None:
+    """containers-auth.json(5): REGISTRY_AUTH_FILE alone, else the runtime file, ~/.config, docker's."""
     monkeypatch.delenv("DOCKER_CONFIG")
     monkeypatch.delenv("REGISTRY_AUTH_FILE")
-    assert credentials.docker_config_path() == isolated / ".docker" / "config.json"
-    assert credentials.containers_auth_path() == isolated / ".config" / "containers" / "auth.json"
+    runtime = Path(os.environ["XDG_RUNTIME_DIR"])
+    docker = isolated / ".docker" / "config.json"
+    config = isolated / ".config" / "containers" / "auth.json"
+    assert credentials.docker_config_path() == docker
+    assert credentials.containers_auth_path() == runtime / "containers" / "auth.json"
+    assert credentials.auth_files() == [
+        credentials.AuthFile(runtime / "containers" / "auth.json", primary=True),
+        credentials.AuthFile(config, primary=False),
+        credentials.AuthFile(docker, primary=True),
+    ]
 
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
-    assert credentials.containers_auth_path() == tmp_path / "run" / "containers" / "auth.json"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "missing"))  # the tools skip a missing one
+    assert credentials.containers_auth_path() == config
+    assert [f.path for f in credentials.auth_files()] == [config, docker]
+
+    # without XDG_RUNTIME_DIR: /run/containers/UID (here a stand-in for /run/containers)
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setattr(credentials, "RUN_CONTAINERS", tmp_path / "run-containers")
+    (tmp_path / "run-containers" / str(os.getuid())).mkdir(parents=True)
+    assert credentials.containers_auth_path() == tmp_path / "run-containers" / str(os.getuid()) / "auth.json"
 
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "explicit.json"))
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dockercfg"))
-    assert credentials.containers_auth_path() == tmp_path / "explicit.json"
-    assert credentials.docker_config_path() == tmp_path / "dockercfg" / "config.json"
+    assert credentials.auth_files() == [
+        credentials.AuthFile(tmp_path / "explicit.json", primary=True),
+        credentials.AuthFile(tmp_path / "dockercfg" / "config.json", primary=True),
+    ]
+
+
+def test_login_replaces_older_entries_in_fallback_files_only(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REGISTRY_AUTH_FILE")
+    fallback = isolated / ".config" / "containers" / "auth.json"
+    fallback.parent.mkdir(parents=True)
+    stale = {"auth": base64.b64encode(b"old:password").decode()}
+    fallback.write_text(json.dumps({"auths": {"https://reg.example": stale}}))
+
+    written = credentials.store("reg.example", credentials.NULL_GUID, "fresh")
+    assert written == [credentials.containers_auth_path(), fallback, credentials.docker_config_path()]
+    assert json.loads(fallback.read_text())["auths"] == {
+        "reg.example": {"auth": credentials.encode_auth(credentials.NULL_GUID, "fresh")}
+    }
+
+    # a fallback file without an entry for the host is not created or touched
+    assert credentials.store("other.example", credentials.NULL_GUID, "fresh") == [
+        credentials.containers_auth_path(),
+        credentials.docker_config_path(),
+    ]
+    assert credentials.remove("reg.example") == written
+
+
+def test_token_claims_are_read_without_verifying() -> None:
+    payload = base64.urlsafe_b64encode(json.dumps({"sub": "alice", "exp": 5}).encode()).decode().rstrip("=")
+    assert credentials.token_claims(f"e30.{payload}.sig") == {"sub": "alice", "exp": 5}
+    assert credentials.token_claims("a-password") is None
+    assert credentials.token_claims("a.b$.c") is None
 
 
 def test_store_keeps_other_entries_and_writes_private_files(isolated: Path) -> None:
@@ -40,7 +89,7 @@ def test_store_keeps_other_entries_and_writes_private_files(isolated: Path) -> N
 
     written = credentials.store("reg.example:5000", credentials.NULL_GUID, "refresh-token")
 
-    assert written == [docker, credentials.containers_auth_path()]
+    assert written == [credentials.containers_auth_path(), docker]
     for path in written:
         data = json.loads(path.read_text())
         assert data["auths"]["reg.example:5000"] == {
@@ -57,7 +106,7 @@ def test_store_keeps_other_entries_and_writes_private_files(isolated: Path) -> N
     assert (found.username, found.password, found.source) == (
         credentials.NULL_GUID,
         "refresh-token",
-        str(docker),
+        str(credentials.containers_auth_path()),
     )
     assert credentials.stored_credentials("reg.example:5001") is None
 

@@ -98,9 +98,10 @@ def test_expose_token_prints_an_access_token_and_stores_nothing(cli: Cli, regist
 
 def test_a_refused_stored_login_says_to_log_in_again(cli: Cli, registry: DockyardServer) -> None:
     cli.login()
-    data = json.loads(cli.docker_config.read_text())
-    data["auths"][registry.host]["auth"] = encode_auth(NULL_GUID, "expired.or.forged")
-    cli.docker_config.write_text(json.dumps(data))
+    for path in (cli.auth_file, cli.docker_config):
+        data = json.loads(path.read_text())
+        data["auths"][registry.host]["auth"] = encode_auth(NULL_GUID, "expired.or.forged")
+        path.write_text(json.dumps(data))
 
     result = cli.fails("repository", "list")
     assert f"run `dockyard login {registry.host}` again" in result.stderr

@@ -157,7 +157,8 @@ def test_webhook_round_trip(admin: Cli, receiver: Receiver) -> None:
     assert newest["attemptLog"][0]["statusCode"] == 503
 
     declined = admin.run("webhook", "delete", "--name", "cliHookOne", input="n\n")
-    assert declined.exit_code == 1
+    assert declined.exit_code == 0
+    assert "Not deleted: webhook cliHookOne and its delivery log." in declined.stderr
     assert admin.json("webhook", "delete", "--name", "cliHookOne", "--yes") == {"deleted": "cliHookOne"}
     assert "not found" in admin.fails("webhook", "show", "--name", "cliHookOne").stderr
 
@@ -275,5 +276,24 @@ def test_events_reach_the_receiver_and_the_event_log(
 
 def test_worker_refuses_a_missing_database(cli: Cli, tmp_path: Path) -> None:
     result = cli.fails("worker", "--data-dir", str(tmp_path / "nothing"), registry=False)
-    assert "no database at" in result.stderr
+    assert f"no data folder at {tmp_path / 'nothing'}" in result.stderr
+    (tmp_path / "empty").mkdir()
+    empty = cli.fails("worker", "--data-dir", str(tmp_path / "empty"), registry=False)
+    assert f"no database at {tmp_path / 'empty' / 'dockyard.db'}" in empty.stderr
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_scope_without_a_tag_is_explained(admin: Cli, receiver: Receiver) -> None:
+    created = admin.ok(
+        "webhook", "create", "-n", "cliScopeNote", "--uri", receiver.url, "--actions", "push",
+        "--scope", "team/*", "-o", "json",
+    )  # fmt: skip
+    assert json.loads(created.stdout)["scope"] == "team/*:latest"
+    assert (
+        "NOTE: the scope 'team/*' has no tag, so it means 'team/*:latest' (as in ACR) and matches only "
+        "the tag 'latest'; use 'team/*:*' for every tag." in created.stderr
+    )
+    tagged = admin.ok("webhook", "update", "-n", "cliScopeNote", "--scope", "team/*:*", "-o", "json")
+    assert json.loads(tagged.stdout)["scope"] == "team/*:*"
+    assert "NOTE" not in tagged.stderr
+    admin.json("webhook", "delete", "-n", "cliScopeNote", "--yes")

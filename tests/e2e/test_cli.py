@@ -34,7 +34,8 @@ def logged_in(dockyard_server: DockyardServer, tmp_path_factory: pytest.TempPath
         env.setenv("HOME", str(home))
         env.setenv("DOCKER_CONFIG", str(home / ".docker"))
         env.setenv("REGISTRY_AUTH_FILE", str(home / "auth.json"))
-        env.delenv("XDG_RUNTIME_DIR", raising=False)
+        (home / "run").mkdir()
+        env.setenv("XDG_RUNTIME_DIR", str(home / "run"))
         env.setenv("XDG_CONFIG_HOME", str(home / ".config"))
         login = dockyard_command("login", dockyard_server.url, "-u", ADMIN_USERNAME, "--password-stdin")
         assert run(login, stdin=ADMIN_PASSWORD, timeout=60).stdout.strip() == "Login Succeeded"

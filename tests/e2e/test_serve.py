@@ -31,6 +31,7 @@ def test_default_data_dir_is_created_in_the_working_directory(
     assert f"listening on http://127.0.0.1:{server.port}" in stderr
     assert f"database: sqlite:///{data.resolve() / 'dockyard.db'}" in stderr
     assert f"storage:  {(data / 'storage').resolve()}" in stderr
+    assert f" login 127.0.0.1:{server.port} -u dockyard" in stderr.split("log in:")[1].splitlines()[0]
 
     # Blobs land in that folder.
     with server.http(timeout=30) as http:
