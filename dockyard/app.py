@@ -23,6 +23,7 @@ from dockyard.access.routes.openapi import OpenApiRoutes
 from dockyard.access.services import AccessServices, build_access_services
 from dockyard.asgi import (
     AccessLogMiddleware,
+    DrainBodyMiddleware,
     disconnect_handler,
     error_response,
     registry_error_handler,
@@ -180,6 +181,7 @@ def create_app(
 
     policy = build_policy(settings, parts.access)
     middleware = [Middleware(AccessLogMiddleware)] if settings.access_log else []
+    middleware.append(Middleware(DrainBodyMiddleware))
     middleware.append(Middleware(NetworkRuleMiddleware, policy=policy))
     routes = [
         *OAuthRoutes(parts.access, policy).routes(),
