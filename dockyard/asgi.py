@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,9 @@ BODY_PREFETCH = 4
 DRAIN_LIMIT = 64 * 1024 * 1024
 DRAIN_SECONDS = 30.0
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+#: What the access log writes as \xNN: anything but printable ASCII, and the quote and backslash.
+_UNSAFE_IN_LOG = re.compile(r'[^\x20-\x7e]|["\\]')
 
 _END = object()
 
@@ -149,6 +153,18 @@ async def disconnect_handler(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
+def _escape_bytes(match: re.Match[str]) -> str:
+    return "".join(f"\\x{byte:02x}" for byte in match.group().encode("utf-8", "surrogatepass"))
+
+
+def log_safe(text: str) -> str:
+    """``text`` with control characters, non-ASCII, quotes and backslashes escaped as ``\\xNN``.
+
+    A request path is the client's to choose: written raw, a newline in it would forge a log line.
+    """
+    return _UNSAFE_IN_LOG.sub(_escape_bytes, text)
+
+
 class AccessLogMiddleware:
     """Writes one line per request: time, client, method, path, status, bytes sent, milliseconds.
 
@@ -192,9 +208,10 @@ class AccessLogMiddleware:
         finally:
             client = scope.get("client")
             elapsed = (time.perf_counter() - started) * 1000
+            request_line = f"{log_safe(scope['method'])} {log_safe(scope['path'])}"
             self.stream.write(
                 f"{self._timestamp()} access {client[0] if client else '-'} "
-                f'"{scope["method"]} {scope["path"]}" {status or 500} {sent} {elapsed:.1f}ms\n'
+                f'"{request_line}" {status or 500} {sent} {elapsed:.1f}ms\n'
             )
 
 
