@@ -208,6 +208,8 @@ def parse_manifest(payload: bytes, content_type: str = "") -> ParsedManifest:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _invalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid("manifest JSON is nested too deeply") from None
     if not isinstance(document, dict):
         raise _invalid("manifest must be a JSON object")
     schema_version = document.get("schemaVersion")
