@@ -281,6 +281,27 @@ def test_foreign_layers_with_urls_need_not_be_pushed(client):
     assert response.status_code == 201
 
 
+def test_foreign_layers_as_large_as_int64_allows(client):
+    image = make_image("foreign-huge", docker=True)
+    push_blob(client, "team/app", image.config.data)
+    document = json.loads(image.manifest)
+    document["layers"] = [
+        {
+            "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "digest": sha256(name),
+            "size": 2**63 - 1,
+            "urls": ["https://example.invalid/layer"],
+        }
+        for name in (b"one", b"two")
+    ]
+    response = push_manifest(client, "team/app", "huge", canonical(document), images.DOCKER_MANIFEST)
+    assert response.status_code == 201
+    document["layers"][0]["size"] = 2**63
+    response = push_manifest(client, "team/app", "huger", canonical(document), images.DOCKER_MANIFEST)
+    assert response.status_code == 400
+    assert error_codes(response) == ["MANIFEST_INVALID"]
+
+
 def test_unknown_repository_and_unknown_manifest(client):
     assert error_codes(client.get("/v2/nope/manifests/latest")) == ["NAME_UNKNOWN"]
     push_image(client, "team/app", make_image("x"), "v1")

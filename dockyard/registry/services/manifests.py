@@ -15,7 +15,7 @@ from dockyard.events.services import CHART_DELETE, CHART_PUSH, DELETE, PUSH, UNT
 from dockyard.oci import mediatypes as mt
 from dockyard.oci.digest import compute_digest, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
-from dockyard.oci.manifests import Descriptor, ParsedManifest, parse_manifest
+from dockyard.oci.manifests import MAX_SIZE, Descriptor, ParsedManifest, parse_manifest
 from dockyard.oci.names import parse_reference
 from dockyard.registry.models import (
     blobs,
@@ -209,8 +209,9 @@ class ManifestService:
         else:
             digest = compute_digest(payload)
         platform = self._platform_of(parsed)
-        total_size = len(payload) + sum(
-            d.size for d in ((parsed.config,) if parsed.config else ()) + parsed.layers
+        total_size = min(
+            MAX_SIZE,  # foreign layers may claim any int64 size; the column holds no more
+            len(payload) + sum(d.size for d in ((parsed.config,) if parsed.config else ()) + parsed.layers),
         )
 
         def work(conn: Connection) -> None:
