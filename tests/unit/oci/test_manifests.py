@@ -163,10 +163,30 @@ def test_schema_version_must_be_the_integer_2(version):
     assert _refused(document) == "schemaVersion must be 2"
 
 
+SCHEMA1 = "Docker image manifest schema 1 is not supported; push schema 2 or OCI"
+
+
 def test_schema_version_1_is_named():
-    assert "schema 1 is not supported" in _refused(_manifest(schemaVersion=1))
+    assert _refused(_manifest(schemaVersion=1)) == SCHEMA1
     for media_type in mt.DOCKER_SCHEMA1:
-        assert "schema 1 is not supported" in _refused(_manifest(), f"{media_type.upper()}; x=y")
+        assert _refused(_manifest(), f"{media_type.upper()}; x=y; z=w") == SCHEMA1
+
+
+def test_content_type_is_optional_and_its_parameters_are_dropped():
+    document = {k: v for k, v in _manifest().items() if k != "mediaType"}
+    assert parse_manifest(canonical(document)).media_type == mt.OCI_MANIFEST
+    with_parameters = f"{mt.DOCKER_MANIFEST}; charset=utf-8; q=1"
+    assert _parse(document, with_parameters).media_type == mt.DOCKER_MANIFEST
+
+
+def test_long_media_types_are_cut_to_100_characters_in_messages():
+    long_type = "a/" + "b" * 150
+    assert _refused(_manifest(layers=[_descriptor(long_type)])) == (
+        f"layers[0]: invalid mediaType {long_type[:100]!r}"
+    )
+    unknown = "application/vnd." + "x" * 100
+    document = {k: v for k, v in _manifest().items() if k != "mediaType"}
+    assert _refused(document, unknown) == f"unsupported manifest media type {unknown[:100]!r}"
 
 
 @pytest.mark.parametrize(
