@@ -47,8 +47,8 @@ class SmallFilesystem:
 def small_filesystem(path: Path, size: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmallFilesystem]:
     """A tmpfs of ``size`` bytes mounted at ``path`` (unmounted afterwards).
 
-    Where mounting is not allowed (not root), upload files opened by the filesystem blob store
-    under ``path`` fail with ENOSPC once ``size`` bytes are used there, as the kernel would.
+    Where mounting is not allowed (not root), the filesystem blob store's upload writes under
+    ``path`` fail with ENOSPC past ``size`` bytes, and so does an fsync while more is used there.
     """
     path.mkdir(parents=True, exist_ok=True)
     mount = subprocess.run(
@@ -63,7 +63,17 @@ def small_filesystem(path: Path, size: int, monkeypatch: pytest.MonkeyPatch) -> 
             inside = Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(path)
             return _QuotaFile(file, space) if inside else file
 
+        real_fsync = os.fsync
+
+        def quota_fsync(fd: int) -> None:
+            # As on filesystems with delayed allocation, a write past the space fails at the latest here.
+            inside = Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(path)
+            if inside and space.used() > size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_fsync(fd)
+
         monkeypatch.setattr(filesystem.os, "fdopen", quota_fdopen, raising=True)
+        monkeypatch.setattr(filesystem.os, "fsync", quota_fsync, raising=True)
     try:
         yield space
     finally:
