@@ -25,6 +25,7 @@ from dockyard.access.services import AccessServices, build_access_services
 from dockyard.access.throttle import LoginThrottle
 from dockyard.asgi import (
     AccessLogMiddleware,
+    DrainBodyMiddleware,
     disconnect_handler,
     error_response,
     registry_error_handler,
@@ -191,6 +192,7 @@ def create_app(
 
     policy = build_policy(settings, parts.access)
     middleware = [Middleware(AccessLogMiddleware)] if settings.access_log else []
+    middleware.append(Middleware(DrainBodyMiddleware))
     middleware.append(Middleware(NetworkRuleMiddleware, policy=policy))
     routes = [
         *OAuthRoutes(parts.access, policy).routes(),

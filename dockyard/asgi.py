@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,15 @@ T = TypeVar("T")
 
 BODY_BATCH = 1024 * 1024
 BODY_PREFETCH = 4
+
+#: What is left of a request body the app answered without reading is read and discarded
+#: up to this many bytes and for at most this long; past either the connection is closed.
+DRAIN_LIMIT = 64 * 1024 * 1024
+DRAIN_SECONDS = 30.0
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+#: What the access log writes as \xNN: anything but printable ASCII, and the quote and backslash.
+_UNSAFE_IN_LOG = re.compile(r'[^\x20-\x7e]|["\\]')
 
 _END = object()
 
@@ -143,6 +153,18 @@ async def disconnect_handler(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
+def _escape_bytes(match: re.Match[str]) -> str:
+    return "".join(f"\\x{byte:02x}" for byte in match.group().encode("utf-8", "surrogatepass"))
+
+
+def log_safe(text: str) -> str:
+    """``text`` with control characters, non-ASCII, quotes and backslashes escaped as ``\\xNN``.
+
+    A request path is the client's to choose: written raw, a newline in it would forge a log line.
+    """
+    return _UNSAFE_IN_LOG.sub(_escape_bytes, text)
+
+
 class AccessLogMiddleware:
     """Writes one line per request: time, client, method, path, status, bytes sent, milliseconds.
 
@@ -186,7 +208,79 @@ class AccessLogMiddleware:
         finally:
             client = scope.get("client")
             elapsed = (time.perf_counter() - started) * 1000
+            request_line = f"{log_safe(scope['method'])} {log_safe(scope['path'])}"
             self.stream.write(
                 f"{self._timestamp()} access {client[0] if client else '-'} "
-                f'"{scope["method"]} {scope["path"]}" {status or 500} {sent} {elapsed:.1f}ms\n'
+                f'"{request_line}" {status or 500} {sent} {elapsed:.1f}ms\n'
             )
+
+
+class DrainBodyMiddleware:
+    """Reads and discards the rest of a request body the app answered without reading.
+
+    Many clients send a whole body before they read the answer: the azure-containerregistry
+    SDK sends each PATCH without a token first and expects a 401, and a client pushing an
+    oversized manifest expects the 413. If the app returns without consuming the body, the
+    server stops reading it and closes the connection, and such a client sees the connection
+    reset (over TLS "EOF occurred in violation of protocol") instead of the answer. Reading
+    the rest (at most DRAIN_LIMIT bytes, for at most DRAIN_SECONDS) keeps the connection
+    open until the client has sent everything and reads the answer.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _declared_length(scope)
+        if declared == 0 or (declared is None and scope["method"] in _BODYLESS_METHODS):
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        finished = False
+
+        async def tracking_receive() -> Message:
+            nonlocal received, finished
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                finished = not message.get("more_body", False)
+            else:
+                finished = True
+            return message
+
+        try:
+            await self.app(scope, tracking_receive, send)
+        except Exception:
+            if not finished:  # the error handler outside answers once the body is read
+                await _drain(scope, receive, received, declared)
+            raise
+        if not finished:
+            await _drain(scope, receive, received, declared)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length if it is a plain integer, else None."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+async def _drain(scope: Scope, receive: Receive, received: int, declared: int | None) -> None:
+    """Read and discard the rest of the body, within DRAIN_LIMIT bytes and DRAIN_SECONDS."""
+    if declared is not None and declared - received > DRAIN_LIMIT:
+        return
+    if received == 0 and (b"expect", b"100-continue") in scope["headers"]:
+        return  # the client waits for the answer before it sends the body
+    drained = 0
+    with anyio.move_on_after(DRAIN_SECONDS):
+        while drained <= DRAIN_LIMIT:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return

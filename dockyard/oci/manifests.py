@@ -19,6 +19,8 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 
 #: Registries SHOULD accept at least 4 MiB; Dockyard refuses anything larger.
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
+#: A descriptor's size is an int64.
+MAX_SIZE = 2**63 - 1
 
 MEDIA_TYPE_GRAMMAR = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}\Z"
@@ -104,8 +106,8 @@ def parse_descriptor(value: Any, where: str) -> Descriptor:
     except RegistryError as exc:
         raise _invalid(f"{where}: {exc.message}") from None
     size = value.get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise _invalid(f"{where}: size must be a non-negative integer")
+    if type(size) is not int or not 0 <= size <= MAX_SIZE:
+        raise _invalid(f"{where}: size must be a non-negative int64")
     urls = value.get("urls") or []
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
         raise _invalid(f"{where}: urls must be a list of strings")
@@ -208,12 +210,14 @@ def parse_manifest(payload: bytes, content_type: str = "") -> ParsedManifest:
         document = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _invalid(f"manifest is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _invalid("manifest JSON is nested too deeply") from None
     if not isinstance(document, dict):
         raise _invalid("manifest must be a JSON object")
     schema_version = document.get("schemaVersion")
-    if schema_version == 1:
-        raise _invalid("Docker image manifest schema 1 is not supported; push schema 2 or OCI")
-    if schema_version != 2 or isinstance(schema_version, bool):
+    if type(schema_version) is not int or schema_version != 2:
+        if type(schema_version) is int and schema_version == 1:
+            raise _invalid("Docker image manifest schema 1 is not supported; push schema 2 or OCI")
         raise _invalid("schemaVersion must be 2")
     media_type = _media_type_of(document, content_type)
     parser = PARSERS.get(media_type)

@@ -8,15 +8,27 @@ point leaves either no blob or a complete one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from dockyard.storage.interfaces import StorageError
+from dockyard.storage.interfaces import StorageError, StorageFull
 
 READ_CHUNK = 1024 * 1024
 UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+
+
+@contextlib.contextmanager
+def _space(what: str) -> Iterator[None]:
+    """Turn "no space left" and "quota exceeded" into StorageFull."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"no space left on the blob store for {what}") from exc
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -33,7 +45,8 @@ class FilesystemUploadWriter:
     def __init__(self, path: Path, offset: int) -> None:
         self._path = path
         self._start = offset
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
+        with _space(f"upload {path.name}"):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
         self._file = os.fdopen(fd, "wb", buffering=0)
         self._file.truncate(offset)
         self._file.seek(offset)
@@ -41,11 +54,12 @@ class FilesystemUploadWriter:
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            written = self._file.write(view)
-            if not written:
-                raise StorageError(f"short write to {self._path}")
-            view = view[written:]
+        with _space(f"upload {self._path.name}"):
+            while view:
+                written = self._file.write(view)
+                if not written:
+                    raise StorageError(f"short write to {self._path}")
+                view = view[written:]
         self._offset += len(data)
 
     def close(self) -> int:
@@ -139,11 +153,17 @@ class FilesystemBlobStore:
         if target.exists():
             return
         temporary = self._uploads / f"put-{os.getpid()}-{id(data)}-{os.urandom(6).hex()}"
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._install(temporary, target)
+        try:
+            with _space(f"blob {digest}"):
+                with temporary.open("wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                self._install(temporary, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+            raise
 
     def delete(self, digest: str) -> bool:
         try:
@@ -182,10 +202,12 @@ class FilesystemBlobStore:
             if target.exists():
                 source.unlink()
                 return
-            os.fsync(fd)
+            with _space(f"blob {digest}"):
+                os.fsync(fd)
         finally:
             os.close(fd)
-        self._install(source, target)
+        with _space(f"blob {digest}"):
+            self._install(source, target)
 
     def delete_upload(self, upload_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -17,12 +17,20 @@ class StorageError(Exception):
     """The store could not do what was asked (missing upload, short data, I/O failure)."""
 
 
+class StorageFull(StorageError):
+    """The store has no space (or quota) left for what it was asked to write.
+
+    Whatever the failed call wrote is gone again: an upload keeps the bytes it held
+    before the call, and no blob appears. The same call can succeed once space is freed.
+    """
+
+
 @runtime_checkable
 class UploadWriter(Protocol):
     """Appends one chunk's bytes to an upload, all or nothing."""
 
     def write(self, data: bytes) -> None:
-        """Append ``data`` after what was written so far."""
+        """Append ``data`` after what was written so far; StorageFull if there is no space."""
 
     def close(self) -> int:
         """Finish the chunk and return the upload's size; not yet durable."""
@@ -63,7 +71,7 @@ class BlobStore(Protocol):
         """Make the first ``size`` bytes of an upload the durable blob ``digest``, atomically.
 
         If the blob already exists the upload is simply dropped. Raises StorageError if
-        the upload holds fewer than ``size`` bytes.
+        the upload holds fewer than ``size`` bytes, StorageFull (the upload kept) if there is no space.
         """
 
     def delete_upload(self, upload_id: str) -> None:

@@ -184,6 +184,24 @@ def test_invalid_manifests_are_manifest_invalid(client, payload, content_type):
     assert client.get("/v2/team/app/manifests/bad").status_code == 404
 
 
+def test_deeply_nested_json_is_manifest_invalid(client):
+    payload = b'{"schemaVersion": 2, "config": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = push_manifest(client, "team/app", "deep", payload, images.OCI_MANIFEST)
+    assert response.status_code == 400
+    assert error_codes(response) == ["MANIFEST_INVALID"]
+    assert "nested too deeply" in response.json()["errors"][0]["message"]
+
+
+def test_a_deeply_nested_config_blob_is_stored_without_a_platform(client):
+    config = images.Blob(images.OCI_CONFIG, b"[" * 100_000 + b"]" * 100_000)
+    push_blob(client, "team/app", config.data)
+    document = {**_valid_manifest(), "config": config.descriptor()}
+    response = push_manifest(client, "team/app", "deep", canonical(document), images.OCI_MANIFEST)
+    assert response.status_code == 201
+    listed = client.get("/acr/v1/team/app/_manifests").json()["manifests"]
+    assert [(m["digest"], m.get("architecture")) for m in listed] == [(sha256(canonical(document)), None)]
+
+
 def test_schema1_is_refused_with_a_clear_message(client):
     payload = canonical({"schemaVersion": 1, "name": "x", "tag": "y", "fsLayers": []})
     response = push_manifest(
@@ -207,8 +225,21 @@ def test_invalid_tag_and_reference(client):
         response = push_manifest(client, "team/app", reference, image.manifest, images.OCI_MANIFEST)
         assert response.status_code == 400, reference
         assert error_codes(response) == ["MANIFEST_INVALID"], reference
-    response = client.get("/v2/team/app/manifests/sha256:short")
+    response = push_manifest(client, "team/app", "sha256:short", image.manifest, images.OCI_MANIFEST)
     assert error_codes(response) == ["DIGEST_INVALID"]
+
+
+@pytest.mark.parametrize(
+    "reference", [".INVALID_MANIFEST_NAME", "-leading-dash", "x" * 129, "has+plus", "sha256:short", "md5:abc"]
+)
+def test_pulling_a_malformed_reference_is_manifest_unknown(client, reference):
+    push_image(client, "team/app", make_image("malformed"), "v1")
+    response = client.get(f"/v2/team/app/manifests/{reference}")
+    assert response.status_code == 404
+    assert error_codes(response) == ["MANIFEST_UNKNOWN"]
+    head = client.head(f"/v2/team/app/manifests/{reference}")
+    assert (head.status_code, head.content) == (404, b"")
+    assert error_codes(client.get(f"/v2/nope/manifests/{reference}")) == ["NAME_UNKNOWN"]
 
 
 def test_retagging_moves_the_tag(client):
@@ -248,6 +279,27 @@ def test_foreign_layers_with_urls_need_not_be_pushed(client):
     ]
     response = push_manifest(client, "team/app", "win", canonical(document), images.DOCKER_MANIFEST)
     assert response.status_code == 201
+
+
+def test_foreign_layers_as_large_as_int64_allows(client):
+    image = make_image("foreign-huge", docker=True)
+    push_blob(client, "team/app", image.config.data)
+    document = json.loads(image.manifest)
+    document["layers"] = [
+        {
+            "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "digest": sha256(name),
+            "size": 2**63 - 1,
+            "urls": ["https://example.invalid/layer"],
+        }
+        for name in (b"one", b"two")
+    ]
+    response = push_manifest(client, "team/app", "huge", canonical(document), images.DOCKER_MANIFEST)
+    assert response.status_code == 201
+    document["layers"][0]["size"] = 2**63
+    response = push_manifest(client, "team/app", "huger", canonical(document), images.DOCKER_MANIFEST)
+    assert response.status_code == 400
+    assert error_codes(response) == ["MANIFEST_INVALID"]
 
 
 def test_unknown_repository_and_unknown_manifest(client):

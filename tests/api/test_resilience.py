@@ -1,16 +1,25 @@
 """Failed, interrupted and concurrent writes never damage what is stored nor leave half-written data."""
 
+import logging
+import os
 import threading
 from datetime import timedelta
 
 import pytest
+from starlette.testclient import TestClient
 
+from dockyard.access.services import bootstrap
+from dockyard.app import build, create_app
 from dockyard.db import utcnow
 from dockyard.oci.errors import RegistryError
-from dockyard.storage import StorageError
+from dockyard.storage import StorageError, StorageFull
+from tests.support.auth import ADMIN
 from tests.support.images import sha256
+from tests.support.registry import error_codes, push_blob
+from tests.support.small_filesystem import SmallFilesystem, small_filesystem
 
 DATA = bytes(range(256)) * 1024  # 256 KiB
+MiB = 1024 * 1024
 
 
 class Disconnect(Exception):
@@ -140,3 +149,67 @@ def test_expire_removes_idle_sessions_and_orphaned_data(dockyard, settings):
         uploads.status("team/app", fresh.id)
     assert not orphan.exists()
     assert list((settings.storage_path / "uploads").iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    with small_filesystem(tmp_path / "small", 8 * MiB, monkeypatch) as space:
+        yield space
+
+
+@pytest.fixture
+def small_disk_client(small_disk, settings):
+    """A registry whose blob store is on the 8 MiB filesystem (its database is not)."""
+    small_settings = settings.model_copy(update={"storage_path": small_disk.path / "storage"})
+    parts = build(small_settings)
+    bootstrap(small_settings, parts.access)
+    with TestClient(create_app(small_settings, parts, background_jobs=False), headers=ADMIN) as client:
+        yield client
+    parts.db.dispose()
+
+
+def _storage_full(response):
+    assert response.status_code == 507, response.text
+    assert error_codes(response) == ["UNKNOWN"]
+    assert "storage is full" in response.json()["errors"][0]["message"]
+
+
+def test_a_push_that_does_not_fit_is_507_leaves_nothing_and_can_be_retried(
+    small_disk: SmallFilesystem, small_disk_client, caplog
+):
+    client = small_disk_client
+    kept = os.urandom(MiB)
+    kept_digest = push_blob(client, "team/app", kept)
+    small_disk.fill(leave=512 * 1024)
+    big = os.urandom(3 * MiB)
+    location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
+    caplog.set_level(logging.INFO)
+    _storage_full(client.patch(location, content=big))  # streamed to storage
+    _storage_full(client.patch(location, content=big[:MiB]))  # appended in one transaction
+    _storage_full(client.post("/v2/team/app/blobs/uploads/", params={"digest": sha256(big)}, content=big))
+    uploads = small_disk.path / "storage" / "uploads"
+    assert sum(f.stat().st_size for f in uploads.iterdir()) == 0
+    assert client.get(f"/v2/team/app/blobs/{kept_digest}").content == kept
+    refusals = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage().split(":")[0] for r in refusals] == ["refused a push to team/app"] * 3
+    assert not [r for r in caplog.records if r.exc_info]
+
+    small_disk.release()
+    assert client.patch(location, content=big).status_code == 202
+    done = client.put(location, params={"digest": sha256(big)})
+    assert done.status_code == 201
+    assert client.get(f"/v2/team/app/blobs/{sha256(big)}").content == big
+
+
+def test_no_space_while_committing_is_507_and_the_upload_is_kept(dockyard, client, monkeypatch):
+    location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
+    assert client.patch(location, content=DATA).status_code == 202
+
+    def full(*_args):
+        raise StorageFull("no space left on the blob store")
+
+    monkeypatch.setattr(dockyard.store, "commit_upload", full)
+    _storage_full(client.put(location, params={"digest": sha256(DATA)}))
+    monkeypatch.undo()
+    assert client.get(location).headers["range"] == f"0-{len(DATA) - 1}"
+    assert client.put(location, params={"digest": sha256(DATA)}).status_code == 201

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,12 +13,16 @@ import httpx
 import pytest
 from azure.containerregistry import ContainerRegistryClient
 from azure.core.credentials import AccessToken
-from azure.core.exceptions import ClientAuthenticationError
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
-from tests.e2e.support import HttpsServer, push_image
+from tests.e2e.support import ADMIN, HttpsServer, push_image, sha256_digest
 from tests.support.images import make_image
 
 pytestmark = pytest.mark.e2e
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
 class IdentityTokenCredential:
@@ -100,3 +106,47 @@ def test_sdk_anonymous_client(start_https_server: Callable[..., HttpsServer], tm
         assert http.patch("/api/v1/registry", json={"anonymousPullEnabled": True}).status_code == 200
     with _client(server, None) as client:
         assert [t.name for t in client.list_tag_properties("open/app")] == ["latest"]
+
+
+@pytest.mark.parametrize("size_mib", [5, 50])
+def test_sdk_uploads_sets_manifest_and_downloads(
+    start_https_server: Callable[..., HttpsServer], tmp_path, size_mib: int
+) -> None:
+    """Each PATCH goes out first without a token with its whole body; the 401 must still reach the SDK."""
+    server = start_https_server(data_dir=tmp_path / "data")
+    credential = IdentityTokenCredential(server, *ADMIN)
+    data = os.urandom(size_mib * 1024 * 1024)
+    config = b'{"architecture":"amd64","os":"linux"}'
+    with _client(server, credential) as client:
+        digest, size = client.upload_blob("sdk/big", io.BytesIO(data))
+        assert (digest, size) == (sha256_digest(data), len(data))
+        config_digest, _ = client.upload_blob("sdk/big", io.BytesIO(config))
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": digest, "size": len(data)}],
+        }
+        manifest_digest = client.set_manifest("sdk/big", manifest, tag="v1")
+        assert client.get_manifest("sdk/big", "v1").digest == manifest_digest
+        stream = client.download_blob("sdk/big", digest)
+        assert b"".join(stream) == data
+
+
+def test_sdk_gets_the_413_for_an_oversized_manifest(
+    start_https_server: Callable[..., HttpsServer], tmp_path
+) -> None:
+    server = start_https_server(data_dir=tmp_path / "data")
+    credential = IdentityTokenCredential(server, *ADMIN)
+    padding = {"org.example.padding": "x" * (5 * 1024 * 1024)}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(b"{}"), "size": 2},
+        "layers": [],
+        "annotations": padding,
+    }
+    with _client(server, credential) as client, pytest.raises(HttpResponseError) as failure:
+        client.set_manifest("sdk/big", manifest, tag="huge")
+    assert failure.value.status_code == 413
+    assert "larger than" in str(failure.value)

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from tests.e2e.support import (
+    ContainerTools,
     DockyardServer,
     fetch_blob,
     fetch_manifest,
@@ -19,7 +20,8 @@ from tests.e2e.support import (
     sha256_digest,
     wait_for,
 )
-from tests.support.images import make_image
+from tests.support.images import make_image, write_oci_layout
+from tests.support.small_filesystem import small_filesystem
 
 pytestmark = pytest.mark.e2e
 
@@ -268,3 +270,39 @@ def test_sigkill_mid_upload_leaves_no_partial_blob(
         # And the registry takes the same blob afterwards.
         push_blob(http, "durable/killed", big)
         assert fetch_blob(http, "durable/killed", big_digest) == big
+
+
+def test_a_push_that_does_not_fit_is_a_clear_507_for_skopeo(
+    start_server: Callable[..., DockyardServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a full disk skopeo reports 507 Insufficient Storage; the log has one line, no traceback."""
+    tools = ContainerTools(tmp_path / "tools")
+    with small_filesystem(tmp_path / "small", 4 * MiB, monkeypatch) as disk:
+        server = start_server(
+            data_dir=tmp_path / "data", env={"DOCKYARD_STORAGE_PATH": str(disk.path / "storage")}
+        )
+        tools.authorize(server.host)
+        small = make_image("fits")
+        with server.http(timeout=30) as http:
+            push_image(http, "full/app", "small", small)
+        layout = tmp_path / "layout"
+        write_oci_layout(layout, {"big": make_image("too-big", layer_size=6 * MiB)})
+        copied = tools.skopeo(
+            "copy",
+            "--dest-tls-verify=false",
+            f"oci:{layout}:big",
+            f"docker://{server.host}/full/app:big",
+            check=False,
+        )
+        assert copied.returncode != 0
+        assert "507 Insufficient Storage" in copied.stderr
+        log = server.stderr()
+        assert "refused a push to full/app: no space left on the blob store" in log
+        assert "Traceback" not in log
+        assert sum(f.stat().st_size for f in (disk.path / "storage" / "uploads").iterdir()) == 0
+        with server.http(timeout=30) as http:
+            assert fetch_manifest(http, "full/app", "small") == small.manifest
+            for blob in small.blobs:
+                assert fetch_blob(http, "full/app", blob.digest) == blob.data
+        server.stop()
+    tools.close()

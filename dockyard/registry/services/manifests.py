@@ -15,7 +15,7 @@ from dockyard.events.services import CHART_DELETE, CHART_PUSH, DELETE, PUSH, UNT
 from dockyard.oci import mediatypes as mt
 from dockyard.oci.digest import compute_digest, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
-from dockyard.oci.manifests import Descriptor, ParsedManifest, parse_manifest
+from dockyard.oci.manifests import MAX_SIZE, Descriptor, ParsedManifest, parse_manifest
 from dockyard.oci.names import parse_reference
 from dockyard.registry.models import (
     blobs,
@@ -33,7 +33,7 @@ from dockyard.registry.services.common import (
     require_repository,
     touch_repository,
 )
-from dockyard.storage import BlobStore
+from dockyard.storage import BlobStore, StorageError
 
 #: Config blobs larger than this are not read for platform details.
 MAX_CONFIG_READ = 1024 * 1024
@@ -123,9 +123,16 @@ class ManifestService:
         """The manifest ``reference`` names, negotiated against the client's Accept list.
 
         A manifest list or index fetched by tag by a client that accepts only image
-        manifests is answered with its linux/amd64 image, as Docker clients expect.
+        manifests is answered with its linux/amd64 image, as Docker clients expect. A malformed
+        reference names no manifest: MANIFEST_UNKNOWN (404), as Distribution and the OCI
+        conformance suite have it (a push to one is MANIFEST_INVALID).
         """
-        tag, digest = parse_reference(reference)
+        try:
+            tag, digest = parse_reference(reference)
+        except RegistryError:
+            with self._db.read() as conn:
+                require_repository(conn, repository)
+            raise _manifest_unknown(repository, reference) from None
         record = self._db.run_lookup(lambda conn: self._fetch(conn, repository, tag, digest))
         if record is not None and (digest is not None or accepts(accept, record.media_type)):
             return record
@@ -202,8 +209,9 @@ class ManifestService:
         else:
             digest = compute_digest(payload)
         platform = self._platform_of(parsed)
-        total_size = len(payload) + sum(
-            d.size for d in ((parsed.config,) if parsed.config else ()) + parsed.layers
+        total_size = min(
+            MAX_SIZE,  # foreign layers may claim any int64 size; the column holds no more
+            len(payload) + sum(d.size for d in ((parsed.config,) if parsed.config else ()) + parsed.layers),
         )
 
         def work(conn: Connection) -> None:
@@ -339,7 +347,7 @@ class ManifestService:
             return None, None
         try:
             document: Any = json.loads(b"".join(self._store.read(config.digest)))
-        except (ValueError, OSError):
+        except (ValueError, OSError, RecursionError, StorageError):
             return None, None
         if not isinstance(document, dict):
             return None, None
