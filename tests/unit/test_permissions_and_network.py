@@ -197,6 +197,7 @@ def test_forwarded_for_hops_in_the_forms_proxies_write(hop, expected):
         "2001:db8::1]",
         "[2001:db8::1]:",
         "[2001:db8::1]:x",
+        "[2001:db8::1]:x1",
         "[2001:db8::1]1234",
         "1.2.3.4:",
         "1.2.3.4:65536",
@@ -240,3 +241,59 @@ def test_ipv4_rules_never_match_ipv6_clients():
     assert not rules.allows(ipaddress.ip_address("2001:db8::1"))
     open_rules = NetworkRules(True, "Allow", (), ())
     assert open_rules.allows(ipaddress.ip_address("2001:db8::1"))
+
+
+def test_role_scopes():
+    for good in ("registry", "repository:a", "repository:team/*", "repository:*"):
+        assert p.valid_role_scope(good)
+    for bad in (
+        "repository:",
+        "repository:Bad",
+        "repository:/a",
+        "repository:-a",
+        "repo:team",
+        "registry:x",
+        "",
+    ):
+        assert not p.valid_role_scope(bad)
+    assert p.permissions_from_roles([("AcrPull", "repository:Bad")]).is_empty
+
+
+def test_a_registry_wide_role_covers_every_repository():
+    owner = p.permissions_from_roles([("Owner", "registry")])
+    assert owner.allows("any/repository", p.CONTENT_DELETE)
+    assert p.permissions_from_roles([("AcrPull", "repository:team/*")]).catalog is False
+
+
+def test_scope_map_rules_need_a_valid_pattern_and_a_data_action():
+    rules = [("Bad/*", p.CONTENT_READ), ("team/a", "content/launch"), ("team/a", p.REGISTRY_WRITE)]
+    assert p.permissions_from_scope_map(rules).is_empty
+
+
+def test_a_docker_action_is_granted_when_exactly_its_data_actions_are_allowed():
+    content_read_only = p.permissions_from_scope_map([("team/a", p.CONTENT_READ)])
+    (request,) = p.parse_scopes(["repository:team/a:pull,push"])
+    assert p.grant_scope(content_read_only, request) == ["pull"]
+
+
+def test_parsed_scopes_keep_names_with_colons_and_every_action():
+    (scope,) = p.parse_scopes(["repository:host:5000/app:pull,push"])
+    assert (scope.type, scope.name, scope.actions) == ("repository", "host:5000/app", ("pull", "push"))
+    assert str(scope) == "repository:host:5000/app:pull,push"
+    assert p.parse_scopes([":team/a:pull", "repository::pull", "repository:team/a:"]) == []
+
+
+def test_needs_against_permissions():
+    reader = p.permissions_from_roles([("Reader", "registry")])
+    pusher = p.permissions_from_roles([("AcrPush", "repository:team/a")])
+    assert p.MANAGE_READ.satisfied_by(reader, None)
+    assert not p.MANAGE_WRITE.satisfied_by(reader, None)
+    assert not p.MANAGE_READ.satisfied_by(pusher, None)
+    assert p.CATALOG.satisfied_by(reader, None)
+    assert not p.CATALOG.satisfied_by(pusher, None)
+    assert p.PUSH.satisfied_by(pusher, "team/a")
+    assert not p.PUSH.satisfied_by(pusher, "team/b")
+    assert not p.PUSH.satisfied_by(reader, "team/a")
+    assert p.PULL.satisfied_by(reader, "team/a")
+    assert not p.DELETE.satisfied_by(pusher, "team/a")
+    assert not p.PULL.satisfied_by(pusher, None)

@@ -154,6 +154,13 @@ def test_parse_digest_explains_what_is_wrong():
     with pytest.raises(RegistryError) as long:
         parse_digest(too_long)
     assert long.value.message == f"invalid digest {too_long[:80]!r}"
+    longest = "x" * 249 + ":" + "a" * 6  # 256 characters: the grammar's limit, an unknown algorithm
+    with pytest.raises(RegistryError) as unknown:
+        parse_digest(longest)
+    assert unknown.value.message.startswith("unsupported digest algorithm")
     with pytest.raises(RegistryError) as short:
         parse_digest("sha256:abc")
     assert short.value.message == "invalid sha256 digest 'sha256:abc'"
+    with pytest.raises(RegistryError) as bad_hex:
+        parse_digest("sha256:" + "a" * 100)
+    assert bad_hex.value.message == f"invalid sha256 digest {('sha256:' + 'a' * 100)[:80]!r}"
