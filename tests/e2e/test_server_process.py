@@ -108,7 +108,7 @@ def test_workers_exit_when_the_supervisor_is_killed(
         )
     assert port_free(server.port)
 
-    # The port is really free: a new registry takes it and answers alone.
+    # The port is really free: a new registry takes it.
     second = start_server(data_dir=tmp_path / "second", port=server.port)
     with second.http(timeout=10) as http:
         assert http.get("/v2/").status_code == 200
