@@ -62,10 +62,9 @@ def load_app(settings_json: str, supervisor: int, _target: str) -> object:
 def stop_with_supervisor(supervisor: int, *, grace: float) -> None:
     """Stop this process when ``supervisor`` (its parent) dies: SIGTERM, then exit after ``grace`` s.
 
-    On Linux the kernel sends the SIGTERM at once (PR_SET_PDEATHSIG); everywhere a watcher thread
-    notices the new parent within SUPERVISOR_POLL_SECONDS, sends it too (a SIGTERM that arrived
-    before the worker's event loop took the signal is lost) and exits if the worker has not
-    drained within ``grace`` seconds.
+    On Linux the kernel sends the SIGTERM at once (PR_SET_PDEATHSIG). Everywhere, a watcher thread
+    notices the new parent within SUPERVISOR_POLL_SECONDS, sends SIGTERM too, and exits the
+    process if it has not drained within ``grace`` seconds.
     """
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
@@ -80,8 +79,12 @@ def _watch_supervisor(supervisor: int, grace: float) -> None:
     while os.getppid() == supervisor:
         time.sleep(SUPERVISOR_POLL_SECONDS)
     log.warning("the supervisor (PID %d) has gone; worker %d stops", supervisor, os.getpid())
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(grace)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        # Again and again: a SIGTERM that arrives while the app loads, before the event loop
+        # handles the signal, is lost.
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(SUPERVISOR_POLL_SECONDS)
     log.error("worker %d did not stop within %.0f s of its supervisor's death; exiting", os.getpid(), grace)
     os._exit(1)
 

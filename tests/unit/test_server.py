@@ -70,12 +70,16 @@ _FAMILY = textwrap.dedent(
 
     supervisor = os.getpid()
     if os.fork() == 0:
-        if sys.argv[1] == "ignore":
+        lost = {"drain": 0, "late": 2}.get(sys.argv[1])  # SIGTERMs lost before the loop handles them
+        if lost is None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         else:
             def drain(signum, frame):
-                print("draining", flush=True)
-                os._exit(0)
+                global lost
+                lost -= 1
+                if lost < 0:
+                    print("draining", flush=True)
+                    os._exit(0)
             signal.signal(signal.SIGTERM, drain)
         stop_with_supervisor(supervisor, grace=float(sys.argv[2]))
         print(os.getpid(), flush=True)
@@ -135,3 +139,13 @@ def test_a_worker_that_does_not_drain_exits_after_the_grace() -> None:
         os.kill(supervisor.pid, signal.SIGKILL)
         supervisor.wait(10)
         assert _wait_gone(worker, timeout=15) >= 1.0
+
+
+def test_sigterm_is_repeated_until_the_worker_drains() -> None:
+    """SIGTERMs that arrive while the app still loads are lost: the watcher keeps sending them."""
+    with _family("late", grace=60) as (supervisor, worker):
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(10)
+        _wait_gone(worker, timeout=10)
+        assert supervisor.stdout is not None
+        assert supervisor.stdout.read() == "draining\n"
