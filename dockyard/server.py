@@ -3,14 +3,25 @@
 The supervisor never imports the application (SQLAlchemy, Starlette, the services): workers
 load it after the fork, and migrations run in a short-lived child, so the supervisor stays
 small.
+
+A worker stops when its supervisor dies, however it dies (even SIGKILL), and a server refuses a
+port that another process still listens on: granian binds with SO_REUSEPORT, so without that
+check a second server (or an orphaned worker) would silently share the address.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import functools
 import logging
 import multiprocessing
+import os
+import signal
+import socket
 import sys
+import threading
+import time
 from typing import TYPE_CHECKING
 
 from dockyard.config import Settings
@@ -32,13 +43,76 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
-def load_app(settings_json: str, _target: str) -> object:
+#: How often a worker checks that its supervisor is still its parent.
+SUPERVISOR_POLL_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def load_app(settings_json: str, supervisor: int, _target: str) -> object:
     """Granian's target loader, run inside each worker process."""
     from dockyard.app import create_app
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings)
+    if os.getpid() != supervisor:  # a worker process (not a thread of the supervisor)
+        stop_with_supervisor(supervisor, grace=settings.shutdown_timeout_seconds)
     return create_app(settings)
+
+
+def stop_with_supervisor(supervisor: int, *, grace: float) -> None:
+    """Stop this process when ``supervisor`` (its parent) dies: SIGTERM, then exit after ``grace`` s.
+
+    On Linux the kernel sends the SIGTERM at once (PR_SET_PDEATHSIG). Everywhere, a watcher thread
+    notices the new parent within SUPERVISOR_POLL_SECONDS, sends SIGTERM too, and exits the
+    process if it has not drained within ``grace`` seconds.
+    """
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    threading.Thread(
+        target=_watch_supervisor, args=(supervisor, grace), name="dockyard-supervisor-watch", daemon=True
+    ).start()
+
+
+def _watch_supervisor(supervisor: int, grace: float) -> None:
+    while os.getppid() == supervisor:
+        time.sleep(SUPERVISOR_POLL_SECONDS)
+    log.warning("the supervisor (PID %d) has gone; worker %d stops", supervisor, os.getpid())
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        # Again and again: a SIGTERM that arrives while the app loads, before the event loop
+        # handles the signal, is lost.
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(SUPERVISOR_POLL_SECONDS)
+    log.error("worker %d did not stop within %.0f s of its supervisor's death; exiting", os.getpid(), grace)
+    os._exit(1)
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``dockyard serve`` cannot listen on ``host:port``, or None when the port is free.
+
+    Binds once without SO_REUSEPORT, which fails while any process listens on the port (with or
+    without SO_REUSEPORT). SO_REUSEADDR lets connections of a stopped server in TIME_WAIT pass.
+    """
+    if port == 0:
+        return None
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        return f"cannot listen on {where}: {exc.strerror}"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"cannot listen on {where}: another process already holds port {port}"
+            return f"cannot listen on {where}: {exc.strerror}"
+    return None
 
 
 def _prepare_database(settings_json: str) -> None:
@@ -94,6 +168,9 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
     from granian.server import Server
 
     configure_logging(settings)
+    refusal = port_in_use(settings.host, settings.port)
+    if refusal is not None:
+        raise SystemExit(f"ERROR: {refusal}")
     prepare(settings)
     ssl_options = {}
     if tls is not None:
@@ -112,4 +189,5 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
         workers_kill_timeout=settings.shutdown_timeout_seconds,
         **ssl_options,
     )
-    server.serve(target_loader=functools.partial(load_app, settings.model_dump_json()))
+    loader = functools.partial(load_app, settings.model_dump_json(), os.getpid())
+    server.serve(target_loader=loader)

@@ -18,17 +18,35 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """Parse CIDRs; host bits are dropped (``10.0.0.5/24`` is ``10.0.0.0/24``), as ACR does."""
     return tuple(ipaddress.ip_network(value, strict=False) for value in values)
 
 
 def parse_address(value: str) -> IPAddress | None:
+    """An IP address, also as proxies write it in X-Forwarded-For: ``[v6]``, ``[v6]:port``, ``v4:port``.
+
+    IPv4-mapped IPv6 addresses become IPv4. None when ``value`` is no address.
+    """
+    text = value.strip()
+    if text.startswith("["):
+        text, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not (port.startswith(":") and _is_port(port[1:]))):
+            return None
+    elif text.count(":") == 1:  # IPv6 has at least two colons
+        text, _, port = text.partition(":")
+        if not _is_port(port):
+            return None
     try:
-        address = ipaddress.ip_address(value.strip().strip("[]"))
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and int(text) <= 65535
 
 
 def _within(address: IPAddress, nets: Iterable[IPNetwork]) -> bool:

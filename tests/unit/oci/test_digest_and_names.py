@@ -2,9 +2,9 @@ import hashlib
 
 import pytest
 
-from dockyard.oci.digest import compute_digest, new_hasher, parse_digest
+from dockyard.oci.digest import compute_digest, is_digest, new_hasher, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
-from dockyard.oci.names import is_valid_name, parse_reference, validate_name
+from dockyard.oci.names import is_valid_name, parse_reference, validate_name, validate_tag
 
 
 def test_parse_digest_accepts_sha256_and_sha512():
@@ -75,3 +75,92 @@ def test_parse_reference():
     with pytest.raises(RegistryError) as bad_digest:
         parse_reference("sha256:zz")
     assert bad_digest.value.code is ErrorCode.DIGEST_INVALID
+
+
+DIGEST = "sha256:" + "b" * 64
+
+
+@pytest.mark.parametrize(
+    "value",
+    [DIGEST, "sha512:" + "c" * 128, "multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8"],
+)
+def test_is_digest(value):
+    assert is_digest(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        DIGEST + "\n",
+        DIGEST + " extra",
+        "\n" + DIGEST,
+        "sha256",
+        "sha256:",
+        ":" + "b" * 64,
+        "Sha256:" + "b" * 64,
+        "sha256:b/c",
+    ],
+)
+def test_is_digest_refuses_anything_around_the_grammar(value):
+    assert not is_digest(value)
+
+
+@pytest.mark.parametrize(
+    "tag", ["a", "A", "0", "_", "latest", "_x.Y-1", "v1.2.3", "a" * 128, "_" + "." * 127, "A-_."]
+)
+def test_valid_tags(tag):
+    assert validate_tag(tag) == tag
+    assert parse_reference(tag) == (tag, None)
+
+
+@pytest.mark.parametrize(
+    "tag", ["", "a" * 129, ".hidden", "-dash", "a/b", "a b", "a+b", "tag\n", "\ntag", "tag ", "é", "a@b"]
+)
+def test_invalid_tags(tag):
+    with pytest.raises(RegistryError) as failure:
+        validate_tag(tag)
+    assert failure.value.code is ErrorCode.MANIFEST_INVALID
+    assert failure.value.message == f"invalid tag {tag!r}"
+    with pytest.raises(RegistryError) as by_reference:
+        parse_reference(tag)
+    assert by_reference.value.code is ErrorCode.MANIFEST_INVALID
+    assert by_reference.value.message == f"invalid tag {tag!r}"
+
+
+def test_errors_quote_a_bounded_prefix_of_huge_values():
+    with pytest.raises(RegistryError) as tag:
+        validate_tag("-" * 1000)
+    assert tag.value.message == f"invalid tag {'-' * 200!r}"
+    with pytest.raises(RegistryError) as reference:
+        parse_reference("-" * 1000)
+    assert reference.value.message == f"invalid tag {'-' * 200!r}"
+    with pytest.raises(RegistryError) as name:
+        validate_name("A" * 1000)
+    assert name.value.message == f"invalid repository name {'A' * 300!r}"
+
+
+@pytest.mark.parametrize("reference", [DIGEST + "\n", DIGEST + "x", "sha256:" + "b" * 63, "latest:1", "a:b"])
+def test_a_reference_with_a_colon_must_be_a_valid_digest(reference):
+    with pytest.raises(RegistryError) as failure:
+        parse_reference(reference)
+    assert failure.value.code is ErrorCode.DIGEST_INVALID
+
+
+def test_parse_digest_explains_what_is_wrong():
+    with pytest.raises(RegistryError) as unsupported:
+        parse_digest("md5:" + "a" * 32)
+    assert unsupported.value.message == "unsupported digest algorithm 'md5'; use sha256 or sha512"
+    too_long = "x" * 250 + ":" + "a" * 6  # 257 characters of otherwise valid grammar
+    with pytest.raises(RegistryError) as long:
+        parse_digest(too_long)
+    assert long.value.message == f"invalid digest {too_long[:80]!r}"
+    longest = "x" * 249 + ":" + "a" * 6  # 256 characters: the grammar's limit, an unknown algorithm
+    with pytest.raises(RegistryError) as unknown:
+        parse_digest(longest)
+    assert unknown.value.message.startswith("unsupported digest algorithm")
+    with pytest.raises(RegistryError) as short:
+        parse_digest("sha256:abc")
+    assert short.value.message == "invalid sha256 digest 'sha256:abc'"
+    with pytest.raises(RegistryError) as bad_hex:
+        parse_digest("sha256:" + "a" * 100)
+    assert bad_hex.value.message == f"invalid sha256 digest {('sha256:' + 'a' * 100)[:80]!r}"

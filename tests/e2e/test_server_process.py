@@ -1,0 +1,150 @@
+"""The `dockyard serve` processes: workers die with their supervisor; a held port is refused."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.support import ADMIN, DockyardServer, clean_environment, dockyard_command, wait_for
+
+pytestmark = pytest.mark.e2e
+
+#: Workers get SIGTERM at once and drain; DOCKYARD_SHUTDOWN_TIMEOUT_SECONDS bounds a stuck drain.
+EXIT_DEADLINE = 20.0
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None if there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            if fields is not None and int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie nobody has reaped yet has exited)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:``port`` (a bind without SO_REUSEPORT succeeds)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def serve_expecting_refusal(port: int, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Run `dockyard serve` on ``port``, which it should refuse; whatever it started is killed after."""
+    command = dockyard_command("serve", "--port", str(port), "--data-dir", str(data_dir))
+    proc = subprocess.Popen(
+        command,
+        env=clean_environment(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"dockyard serve did not refuse port {port} within 60 s")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def test_workers_exit_when_the_supervisor_is_killed(
+    start_server: Callable[..., DockyardServer], tmp_path: Path
+) -> None:
+    server = start_server(
+        data_dir=tmp_path / "first",
+        extra_args=["--workers", "2"],
+        env={"DOCKYARD_SHUTDOWN_TIMEOUT_SECONDS": "5"},
+    )
+    assert server.proc is not None
+    supervisor = server.proc.pid
+    workers = wait_for(
+        lambda: len(children(supervisor)) == 2 and children(supervisor), timeout=10, what="workers"
+    )
+    assert isinstance(workers, list)
+
+    # An idle keep-alive connection must not keep a worker serving.
+    with httpx.Client(base_url=server.url, auth=ADMIN, timeout=10) as keep_alive:
+        assert keep_alive.get("/v2/").status_code == 200
+        server.stopped_on_purpose = True
+        os.kill(supervisor, signal.SIGKILL)  # the supervisor only, not its process group
+        server.proc.wait(10)
+
+        wait_for(
+            lambda: not any(alive(w) for w in workers), timeout=EXIT_DEADLINE, what="orphaned workers to exit"
+        )
+    assert port_free(server.port)
+
+    # The port is really free: a new registry takes it.
+    second = start_server(data_dir=tmp_path / "second", port=server.port)
+    with second.http(timeout=10) as http:
+        assert http.get("/v2/").status_code == 200
+
+
+def test_a_second_server_refuses_a_port_a_running_one_holds(
+    start_server: Callable[..., DockyardServer], tmp_path: Path
+) -> None:
+    first = start_server(data_dir=tmp_path / "first")
+    other = tmp_path / "other"
+
+    result = serve_expecting_refusal(first.port, other)
+
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert errors == [
+        f"ERROR: cannot listen on 127.0.0.1:{first.port}: another process already holds port {first.port}"
+    ]
+    assert not (other / "dockyard.db").exists(), "the refused server prepared a database"
+    with first.http(timeout=10) as http:
+        assert http.get("/v2/").status_code == 200
+
+
+@pytest.fixture
+def shared_listener() -> Iterator[int]:
+    """A port listened on with SO_REUSEPORT, as an orphaned granian worker of an older Dockyard holds it."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_serve_refuses_a_port_shared_with_so_reuseport(shared_listener: int, tmp_path: Path) -> None:
+    result = serve_expecting_refusal(shared_listener, tmp_path / "data")
+
+    assert result.returncode != 0
+    assert f"another process already holds port {shared_listener}" in result.stderr
