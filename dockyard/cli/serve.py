@@ -108,6 +108,12 @@ def serve(
         raise typer.Exit(2) from None
     import socket
 
+    from dockyard.server import port_in_use
+
+    refusal = port_in_use(settings.host, settings.port)
+    if refusal is not None:  # say so before the banner claims to listen
+        typer.echo(f"ERROR: {refusal}", err=True)
+        raise typer.Exit(1)
     address = client_address(settings.host, settings.port, socket.gethostname())
     listen = f"{url_host(settings.host)}:{settings.port}"
     database = settings.database_url.split("@")[-1] if "@" in settings.database_url else settings.database_url
