@@ -25,6 +25,7 @@ def settings(settings):
             "webhook_retry_base_seconds": 0.01,
             "webhook_retry_max_seconds": 0.02,
             "webhook_timeout_seconds": 1.0,
+            "webhook_allowed_networks": ["127.0.0.0/8"],  # the receivers listen on 127.0.0.1
         }
     )
 
@@ -42,7 +43,7 @@ def deliver(dockyard, rounds: int = 20) -> None:
     )
 
     async def run() -> None:
-        async with new_client(1.0) as client:
+        async with new_client(1.0, dockyard.webhooks.allowed_networks) as client:
             for _ in range(rounds):
                 async with anyio.create_task_group() as group:
                     started = await worker.step(client, group)
