@@ -32,13 +32,15 @@ def invalid(message: str) -> RegistryError:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         raise invalid("webhook names are 5-50 letters and digits")
     return name
 
 
 def check_uri(uri: str) -> str:
     """An absolute http(s) URL with a host, at most MAX_URI characters, parsed as deliveries parse it."""
+    if not isinstance(uri, str):
+        raise invalid("the service URI must be a string")
     if len(uri) > MAX_URI:
         raise invalid(f"the service URI is longer than {MAX_URI} characters")
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in uri):
@@ -50,7 +52,7 @@ def check_uri(uri: str) -> str:
         raise invalid("the service URI is not a valid URL") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise invalid("the service URI must be an absolute http:// or https:// URL with a host")
-    if not _valid_host(url.raw_host.decode("ascii", "replace")):
+    if not _valid_host(url.raw_host.decode("ascii")):
         raise invalid("the service URI's host is not a valid host name or IP address")
     if port is not None and not 1 <= port <= 65535:
         raise invalid("the service URI's port must be 1-65535")
@@ -66,6 +68,8 @@ def _valid_host(host: str) -> bool:
 
 
 def check_actions(actions: list[str]) -> list[str]:
+    if not isinstance(actions, list):
+        raise invalid("actions must be a list")
     if not actions:
         raise invalid(f"give at least one action: {', '.join(DISPATCHED_ACTIONS)}")
     unknown = [a for a in actions if a not in DISPATCHED_ACTIONS]
@@ -98,6 +102,8 @@ def normalize_scope(scope: str | None) -> str | None:
     """ACR's scope forms: ``repo:tag``, ``repo:*``, ``repo`` (meaning ``repo:latest``); ``*`` wildcards."""
     if scope is None or scope == "":
         return None
+    if not isinstance(scope, str):
+        raise invalid("the scope must be a string")
     repository, _, tag = scope.partition(":")
     tag = tag or "latest"
     if not SCOPE_PART.match(repository) or not TAG_PART.match(tag):

@@ -194,7 +194,7 @@ class WebhookService:
         if fields.get("uri") is not None:
             values["uri"] = check_uri(fields["uri"])
         if fields.get("actions") is not None:
-            values["actions"] = check_actions(list(fields["actions"]))
+            values["actions"] = check_actions(fields["actions"])
         if "scope" in fields:
             values["scope"] = normalize_scope(fields["scope"])
         if fields.get("headers") is not None:
