@@ -171,10 +171,10 @@ class WebhookRoutes:
         """Send a ping now and answer with what the receiver said (it is also in the delivery log)."""
         name = request.path_params["id"]
         job = await run_sync(self.service.ping, name)
+        await self._audit(request, "webhook.ping", {"webhook": name, "delivery": job.id})
         async with new_client(self.timeout, self.service.allowed_networks) as client:
             result = await attempt(client, job, self.timeout)
         await run_sync(self.service.record, job, result)
-        await self._audit(request, "webhook.ping", {"webhook": name, "delivery": job.id})
         return JSONResponse(
             {
                 "id": job.id,
