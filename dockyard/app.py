@@ -42,6 +42,7 @@ from dockyard.registry.routes import build_routes
 from dockyard.registry.services import RegistryServices, build_registry_services
 from dockyard.storage import BlobStore
 from dockyard.storage.factory import create_blob_store
+from dockyard.webhooks.addresses import networks
 from dockyard.webhooks.jobs import DeliveryWorker
 from dockyard.webhooks.routes import WebhookRoutes
 from dockyard.webhooks.services import WebhookService
@@ -94,6 +95,7 @@ def build_webhook_service(settings: Settings, db: Database) -> WebhookService:
         retry_base_seconds=settings.webhook_retry_base_seconds,
         retry_max_seconds=settings.webhook_retry_max_seconds,
         lease_seconds=settings.webhook_timeout_seconds * 3,
+        allowed_networks=networks(settings.webhook_allowed_networks),
     )
 
 
@@ -199,7 +201,9 @@ def create_app(
         *ManagementRoutes(parts.access, policy, settings.registry_name).routes(),
         *IdentityRoutes(parts.access, policy).routes(),
         *OpenApiRoutes().routes(),
-        *WebhookRoutes(parts.webhooks, policy, timeout_seconds=settings.webhook_timeout_seconds).routes(),
+        *WebhookRoutes(
+            parts.webhooks, policy, parts.access.audit, timeout_seconds=settings.webhook_timeout_seconds
+        ).routes(),
         *EventRoutes(parts.events, policy).routes(),
         *build_routes(parts.registry, policy),
     ]

@@ -147,6 +147,11 @@ class Settings(BaseSettings):
         32, ge=1, description="Deliveries in flight per process (2 per webhook)."
     )
     event_retention_days: int = Field(90, ge=1, description="Repository events older than this are deleted.")
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs webhooks may be sent to although they are loopback, link-local, cloud metadata "
+        "or unspecified addresses (comma-separated in env).",
+    )
     webhook_log_retention_days: int = Field(
         30, ge=1, description="Finished webhook deliveries (and their attempts) older than this are deleted."
     )
@@ -194,14 +199,14 @@ class Settings(BaseSettings):
                 names.append(name)
         return names
 
-    @field_validator("trusted_proxies", "private_networks", mode="before")
+    @field_validator("trusted_proxies", "private_networks", "webhook_allowed_networks", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("trusted_proxies", "private_networks")
+    @field_validator("trusted_proxies", "private_networks", "webhook_allowed_networks")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         for item in value:

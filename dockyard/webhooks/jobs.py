@@ -66,7 +66,10 @@ class DeliveryWorker:
         loop = asyncio.get_running_loop()
         wake = self._wake = asyncio.Event()
         self.events.on_recorded(lambda: loop.call_soon_threadsafe(wake.set))
-        async with new_client(self.timeout) as client, anyio.create_task_group() as group:
+        async with (
+            new_client(self.timeout, self.service.allowed_networks) as client,
+            anyio.create_task_group() as group,
+        ):
             while True:
                 wake.clear()
                 try:

@@ -1,4 +1,9 @@
-"""The management API for webhooks: /api/v1/webhooks (as `az acr webhook`)."""
+"""The management API for webhooks: /api/v1/webhooks (as `az acr webhook`).
+
+Listing and showing webhooks needs registry read (Reader); what may hold secrets — the
+service URI and custom headers (/config) and the delivery log, which echoes both and the
+receivers' answers (/events) — needs registry write (Contributor, Owner), as in ACR.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,25 @@ from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import MANAGE_READ, MANAGE_WRITE
 from dockyard.access.policy import Policy
-from dockyard.access.routes.common import field, invalid, iso, json_body, query_int, status_flag, whole_number
+from dockyard.access.routes.common import (
+    field,
+    iso,
+    json_body,
+    query_int,
+    record_change,
+    status_flag,
+    whole_number,
+)
+from dockyard.access.services.audit import AuditService
 from dockyard.asgi import run_sync
 from dockyard.webhooks.delivery import attempt, new_client
 from dockyard.webhooks.services import DeliveryInfo, WebhookInfo, WebhookService
 
 READ_WRITE = {"GET": MANAGE_READ, "POST": MANAGE_WRITE, "PATCH": MANAGE_WRITE, "DELETE": MANAGE_WRITE}
+#: Reading these shows custom header values, service URIs and receivers' answers.
+SECRETS = {"GET": MANAGE_WRITE, "POST": MANAGE_WRITE}
+#: The fields PATCH takes; the audit log names those given, never their values.
+CHANGEABLE = ("actions", "customHeaders", "payloadFormat", "scope", "secret", "serviceUri", "status")
 
 
 def webhook_json(hook: WebhookInfo) -> dict[str, Any]:
@@ -68,19 +86,15 @@ def delivery_json(delivery: DeliveryInfo) -> dict[str, Any]:
     return shown
 
 
-def _headers(body: dict[str, Any]) -> dict[str, str] | None:
-    headers = field(body, "customHeaders", dict)
-    if headers is not None and not all(isinstance(v, str) for v in headers.values()):
-        raise invalid("customHeaders maps header names to string values")
-    return headers
-
-
 class WebhookRoutes:
     """Handlers for /api/v1/webhooks/…"""
 
-    def __init__(self, service: WebhookService, policy: Policy, *, timeout_seconds: float) -> None:
+    def __init__(
+        self, service: WebhookService, policy: Policy, audit: AuditService, *, timeout_seconds: float
+    ) -> None:
         self.service = service
         self.policy = policy
+        self.audit = audit
         self.timeout = timeout_seconds
 
     def routes(self) -> list[BaseRoute]:
@@ -88,15 +102,19 @@ class WebhookRoutes:
         return [
             Route("/api/v1/webhooks", guard(self.collection, READ_WRITE), methods=["GET", "POST"]),
             Route("/api/v1/webhooks/{id}", guard(self.item, READ_WRITE), methods=["GET", "PATCH", "DELETE"]),
-            Route("/api/v1/webhooks/{id}/config", guard(self.config, READ_WRITE), methods=["GET"]),
-            Route("/api/v1/webhooks/{id}/ping", guard(self.ping, READ_WRITE), methods=["POST"]),
-            Route("/api/v1/webhooks/{id}/events", guard(self.events, READ_WRITE), methods=["GET"]),
+            Route("/api/v1/webhooks/{id}/config", guard(self.config, SECRETS), methods=["GET"]),
+            Route("/api/v1/webhooks/{id}/ping", guard(self.ping, SECRETS), methods=["POST"]),
+            Route("/api/v1/webhooks/{id}/events", guard(self.events, SECRETS), methods=["GET"]),
             Route(
                 "/api/v1/webhooks/{id}/events/{delivery}/redeliver",
-                guard(self.redeliver, READ_WRITE),
+                guard(self.redeliver, SECRETS),
                 methods=["POST"],
             ),
         ]
+
+    async def _audit(self, request: Request, action: str, detail: dict[str, Any]) -> None:
+        """Record a change; ``detail`` names things, never header values, URIs or secrets."""
+        await record_change(self.audit, self.policy, request, action, detail)
 
     async def collection(self, request: Request) -> Response:
         if request.method == "GET":
@@ -109,11 +127,16 @@ class WebhookRoutes:
                 field(body, "serviceUri", str, required=True),
                 field(body, "actions", list, required=True),
                 scope=field(body, "scope", str),
-                headers=_headers(body),
+                headers=field(body, "customHeaders", dict),
                 enabled=True if enabled is None else enabled,
                 secret=field(body, "secret", str),
                 payload_format=field(body, "payloadFormat", str) or "acr",
             )
+        )
+        await self._audit(
+            request,
+            "webhook.create",
+            {"webhook": created.name, "actions": created.actions, "scope": created.scope},
         )
         return JSONResponse(webhook_json(created), status_code=201)
 
@@ -121,19 +144,22 @@ class WebhookRoutes:
         name = request.path_params["id"]
         if request.method == "DELETE":
             await run_sync(self.service.delete, name)
+            await self._audit(request, "webhook.delete", {"webhook": name})
             return Response(status_code=204)
         if request.method == "PATCH":
             body = await json_body(request)
             changes: dict[str, Any] = {
                 "uri": field(body, "serviceUri", str),
                 "actions": field(body, "actions", list),
-                "headers": _headers(body),
+                "headers": field(body, "customHeaders", dict),
                 "payload_format": field(body, "payloadFormat", str),
             }
             for key in ("scope", "secret"):
                 if key in body:
                     changes[key] = field(body, key, str)
             updated = await run_sync(lambda: self.service.update(name, enabled=status_flag(body), **changes))
+            changed = [key for key in CHANGEABLE if key in body]
+            await self._audit(request, "webhook.update", {"webhook": name, "changed": changed})
             return JSONResponse(webhook_json(updated))
         return JSONResponse(webhook_json(await run_sync(self.service.show, name)))
 
@@ -145,7 +171,8 @@ class WebhookRoutes:
         """Send a ping now and answer with what the receiver said (it is also in the delivery log)."""
         name = request.path_params["id"]
         job = await run_sync(self.service.ping, name)
-        async with new_client(self.timeout) as client:
+        await self._audit(request, "webhook.ping", {"webhook": name, "delivery": job.id})
+        async with new_client(self.timeout, self.service.allowed_networks) as client:
             result = await attempt(client, job, self.timeout)
         await run_sync(self.service.record, job, result)
         return JSONResponse(
@@ -169,4 +196,6 @@ class WebhookRoutes:
     async def redeliver(self, request: Request) -> Response:
         delivery = whole_number(request.path_params["delivery"], "the delivery id")
         await run_sync(self.service.redeliver, request.path_params["id"], delivery)
+        detail = {"webhook": request.path_params["id"], "delivery": delivery}
+        await self._audit(request, "webhook.redeliver", detail)
         return Response(status_code=202)

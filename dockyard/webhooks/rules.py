@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
-from urllib.parse import urlsplit
+
+import httpx
 
 from dockyard.events.services import DISPATCHED_ACTIONS
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -18,6 +20,11 @@ RESERVED_HEADERS = frozenset(
 SCOPE_PART = re.compile(r"^[a-z0-9._/*-]{1,255}\Z")
 TAG_PART = re.compile(r"^[A-Za-z0-9._*-]{1,128}\Z")
 PAYLOAD_FORMATS = ("acr", "cloudevents")
+MAX_URI = 2048
+#: A DNS name as httpx sends it (IDNA-encoded), unless the host is an IP address.
+HOST_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?\Z")
+MAX_HEADERS = 50
+MAX_HEADER_VALUE = 4096
 
 
 def invalid(message: str) -> RegistryError:
@@ -25,21 +32,44 @@ def invalid(message: str) -> RegistryError:
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if not isinstance(name, str) or not NAME.match(name):
         raise invalid("webhook names are 5-50 letters and digits")
     return name
 
 
 def check_uri(uri: str) -> str:
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(uri) > 2048:
-        raise invalid("the service URI must be an absolute http:// or https:// URL")
-    if any(c in uri for c in "\r\n\t "):
-        raise invalid("the service URI must not contain whitespace")
+    """An absolute http(s) URL with a host, at most MAX_URI characters, parsed as deliveries parse it."""
+    if not isinstance(uri, str):
+        raise invalid("the service URI must be a string")
+    if len(uri) > MAX_URI:
+        raise invalid(f"the service URI is longer than {MAX_URI} characters")
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in uri):
+        raise invalid("the service URI must not contain whitespace or control characters")
+    try:
+        url = httpx.URL(uri)
+        port = url.port
+    except (httpx.InvalidURL, ValueError):
+        raise invalid("the service URI is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise invalid("the service URI must be an absolute http:// or https:// URL with a host")
+    if not _valid_host(url.raw_host.decode("ascii")):
+        raise invalid("the service URI's host is not a valid host name or IP address")
+    if port is not None and not 1 <= port <= 65535:
+        raise invalid("the service URI's port must be 1-65535")
     return uri
 
 
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return HOST_NAME.match(host) is not None
+    return True
+
+
 def check_actions(actions: list[str]) -> list[str]:
+    if not isinstance(actions, list):
+        raise invalid("actions must be a list")
     if not actions:
         raise invalid(f"give at least one action: {', '.join(DISPATCHED_ACTIONS)}")
     unknown = [a for a in actions if a not in DISPATCHED_ACTIONS]
@@ -49,22 +79,31 @@ def check_actions(actions: list[str]) -> list[str]:
 
 
 def check_headers(headers: dict[str, str]) -> dict[str, str]:
-    if len(headers) > 50:
-        raise invalid("at most 50 custom headers")
+    """At most MAX_HEADERS custom headers; token names, not reserved; string values without line breaks."""
+    if not isinstance(headers, dict):
+        raise invalid("customHeaders maps header names to string values")
+    if len(headers) > MAX_HEADERS:
+        raise invalid(f"at most {MAX_HEADERS} custom headers")
     for name, value in headers.items():
         if not isinstance(name, str) or not HEADER_NAME.match(name):
             raise invalid(f"invalid header name {str(name)[:80]!r}")
         if name.lower() in RESERVED_HEADERS:
             raise invalid(f"header {name!r} cannot be set by a webhook")
-        if not isinstance(value, str) or len(value) > 4096 or any(c in value for c in "\r\n\0"):
-            raise invalid(f"invalid value for header {name!r}")
-    return headers
+        if not isinstance(value, str):
+            raise invalid(f"the value of header {name!r} must be a string")
+        if len(value) > MAX_HEADER_VALUE:
+            raise invalid(f"the value of header {name!r} is longer than {MAX_HEADER_VALUE} characters")
+        if any(c in value for c in "\r\n\0"):
+            raise invalid(f"the value of header {name!r} must not contain line breaks or NUL")
+    return dict(headers)
 
 
 def normalize_scope(scope: str | None) -> str | None:
     """ACR's scope forms: ``repo:tag``, ``repo:*``, ``repo`` (meaning ``repo:latest``); ``*`` wildcards."""
     if scope is None or scope == "":
         return None
+    if not isinstance(scope, str):
+        raise invalid("the scope must be a string")
     repository, _, tag = scope.partition(":")
     tag = tag or "latest"
     if not SCOPE_PART.match(repository) or not TAG_PART.match(tag):

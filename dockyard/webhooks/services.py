@@ -16,6 +16,7 @@ from dockyard.events.models import repository_events
 from dockyard.events.services import event_from_row
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.webhooks import payloads
+from dockyard.webhooks.addresses import IPNetwork, Resolver, check_destination, system_resolve
 from dockyard.webhooks.models import deliveries, delivery_attempts, webhooks
 from dockyard.webhooks.rules import (
     PAYLOAD_FORMATS,
@@ -31,7 +32,8 @@ from dockyard.webhooks.rules import (
 PENDING, DELIVERING, SUCCEEDED, DEAD = "pending", "delivering", "succeeded", "dead"
 #: At most this many deliveries to one webhook are in flight, so one slow receiver cannot hold every slot.
 PER_WEBHOOK_IN_FLIGHT = 2
-BODY_EXCERPT = 4096
+#: How much of a receiver's answer the delivery log keeps (it is shown to Contributors: keep it short).
+BODY_EXCERPT = 1024
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,13 @@ class WebhookService:
         retry_base_seconds: float,
         retry_max_seconds: float,
         lease_seconds: float,
+        allowed_networks: tuple[IPNetwork, ...] = (),
+        resolve: Resolver = system_resolve,
     ) -> None:
         self._db = db
+        #: Networks webhooks may be sent to although addresses.REFUSED lists them (a setting).
+        self.allowed_networks = allowed_networks
+        self._resolve = resolve
         self.registry_name = registry_name
         self.limit = limit
         self._window = timedelta(seconds=retry_window_seconds)
@@ -180,19 +187,18 @@ class WebhookService:
         self._db.run_write(work)
         return self.show(name)
 
-    @staticmethod
-    def _validated(**fields: Any) -> dict[str, Any]:
+    def _validated(self, **fields: Any) -> dict[str, Any]:
         values: dict[str, Any] = {}
         if "name" in fields:
             values["name"] = fields["name"]
         if fields.get("uri") is not None:
             values["uri"] = check_uri(fields["uri"])
         if fields.get("actions") is not None:
-            values["actions"] = check_actions(list(fields["actions"]))
+            values["actions"] = check_actions(fields["actions"])
         if "scope" in fields:
             values["scope"] = normalize_scope(fields["scope"])
         if fields.get("headers") is not None:
-            values["headers"] = check_headers(dict(fields["headers"]))
+            values["headers"] = check_headers(fields["headers"])
         if "secret" in fields:
             secret = fields["secret"]
             if secret is not None and (len(secret) < 16 or len(secret) > 256):
@@ -202,6 +208,8 @@ class WebhookService:
             if fields["payload_format"] not in PAYLOAD_FORMATS:
                 raise invalid(f"payload format must be one of {', '.join(PAYLOAD_FORMATS)}")
             values["payload_format"] = fields["payload_format"]
+        if "uri" in values:  # last: it may ask DNS, which the cheap checks above need not wait for
+            check_destination(values["uri"], self.allowed_networks, self._resolve)
         return values
 
     def update(self, name: str, *, enabled: bool | None = None, **changes: Any) -> WebhookInfo:

@@ -8,8 +8,9 @@ import time
 import anyio
 import pytest
 
-from dockyard.webhooks.delivery import new_client
+from dockyard.webhooks.delivery import TRUNCATED, new_client
 from dockyard.webhooks.jobs import DeliveryWorker
+from tests.support.auth import basic
 from tests.support.images import canonical, make_image, make_index
 from tests.support.receiver import Receiver
 from tests.support.registry import error_codes, push_blob, push_image
@@ -25,6 +26,7 @@ def settings(settings):
             "webhook_retry_base_seconds": 0.01,
             "webhook_retry_max_seconds": 0.02,
             "webhook_timeout_seconds": 1.0,
+            "webhook_allowed_networks": ["127.0.0.0/8"],  # the receivers listen on 127.0.0.1
         }
     )
 
@@ -42,7 +44,7 @@ def deliver(dockyard, rounds: int = 20) -> None:
     )
 
     async def run() -> None:
-        async with new_client(1.0) as client:
+        async with new_client(1.0, dockyard.webhooks.allowed_networks) as client:
             for _ in range(rounds):
                 async with anyio.create_task_group() as group:
                     started = await worker.step(client, group)
@@ -333,7 +335,8 @@ def test_misbehaving_receivers_are_bounded_and_recorded(client, dockyard, receiv
     create(client, "redirect", serviceUri=receiver.url, actions=["push"])
     create(client, "hugebody", serviceUri=receiver.url, actions=["push"])
     create(client, "nobodyhome", serviceUri="http://127.0.0.1:9/hook", actions=["push"])
-    receiver.script = [(302, {"Location": "http://elsewhere.example/"}, b""), (500, {}, b"x" * 100_000)]
+    metadata = "http://169.254.169.254/latest/meta-data/"
+    receiver.script = [(302, {"Location": metadata}, b""), (500, {}, b"x" * 100_000)]
     push_image(client, "team/app", make_image("misbehaving"), "v1")
     deliver(dockyard, rounds=1)
     receiver.wait_for(2)
@@ -343,9 +346,10 @@ def test_misbehaving_receivers_are_bounded_and_recorded(client, dockyard, receiv
     }
     statuses = sorted(log["attemptLog"][0]["statusCode"] or 0 for log in logs.values())
     assert statuses == [0, 302, 500]  # the redirect is not followed
+    assert len(receiver.received) == 2
     assert all(log["status"] == "pending" for log in logs.values())
     big = next(log for log in logs.values() if log["attemptLog"][0]["statusCode"] == 500)
-    assert len(big["eventResponseMessage"]["content"]) == 4096
+    assert big["eventResponseMessage"]["content"] == "x" * 1024 + TRUNCATED
     refused = logs["nobodyhome"]["eventResponseMessage"]
     assert refused["statusCode"] is None
     assert "Connect" in refused["error"]
@@ -432,3 +436,235 @@ def test_identical_pulls_are_logged_as_one_counted_row(client, dockyard):
         ("another-client/1.0", 1),
         ("testclient", 5),
     ]
+
+
+# -- who may read what ---------------------------------------------------------------------------
+
+HEADER_VALUE = "Bearer header-value-only-contributors-see"
+URI_SECRET = "uri-secret-only-contributors-see"
+SECRET = "hmac-secret-nobody-reads-back"
+
+
+def secrets_in(text: str) -> list[str]:
+    return [secret for secret in (HEADER_VALUE, URI_SECRET, SECRET) if secret in text]
+
+
+def user_with_role(client, name: str, role: str) -> dict[str, str]:
+    """A new user holding ``role`` on the registry; its Authorization header."""
+    created = client.post("/api/v1/users", json={"name": name})
+    assert created.status_code == 201, created.text
+    assigned = client.post(
+        "/api/v1/role-assignments", json={"assignee": name, "role": role, "scope": "registry"}
+    )
+    assert assigned.status_code == 201, assigned.text
+    return basic(name, created.json()["credentials"][0]["value"])
+
+
+def test_a_reader_sees_no_header_values_and_cannot_read_config_or_events(client, anonymous, receiver):
+    uri = f"{receiver.url}?key={URI_SECRET}"
+    create(
+        client, serviceUri=uri, actions=["push"], customHeaders={"Authorization": HEADER_VALUE}, secret=SECRET
+    )
+    assert client.post("/api/v1/webhooks/hookone/ping").json()["statusCode"] == 200
+    reader = user_with_role(client, "readerone", "Reader")
+    contributor = user_with_role(client, "contributorone", "Contributor")
+
+    for path in ("/api/v1/webhooks", "/api/v1/webhooks/hookone"):
+        shown = anonymous.get(path, headers=reader)
+        assert shown.status_code == 200
+        assert secrets_in(shown.text) == []
+    for path in ("/api/v1/webhooks/hookone/config", "/api/v1/webhooks/hookone/events"):
+        assert anonymous.get(path, headers=reader).status_code == 403
+    assert anonymous.post("/api/v1/webhooks/hookone/ping", headers=reader).status_code == 403
+
+    config = anonymous.get("/api/v1/webhooks/hookone/config", headers=contributor)
+    assert config.json() == {"serviceUri": uri, "customHeaders": {"Authorization": HEADER_VALUE}}
+    (ping,) = anonymous.get("/api/v1/webhooks/hookone/events", headers=contributor).json()["value"]
+    assert ping["eventRequestMessage"]["headers"]["Authorization"] == HEADER_VALUE
+    assert ping["eventRequestMessage"]["requestUri"] == uri
+
+
+# -- where webhooks may be sent --------------------------------------------------------------------
+
+REFUSED_URIS = [
+    ("http://127.0.0.1:8080/hook", "127.0.0.1 is a loopback address"),
+    ("http://127.9.9.9/hook", "127.9.9.9 is a loopback address"),
+    ("http://[::1]:8080/hook", "::1 is a loopback address"),
+    ("http://[::ffff:127.0.0.1]/hook", "::ffff:127.0.0.1 is a loopback address"),
+    ("http://localhost:8080/hook", "localhost resolves to 127.0.0.1, which is a loopback address"),
+    ("http://2130706433/hook", "2130706433 resolves to 127.0.0.1, which is a loopback address"),
+    ("http://169.254.10.1/hook", "169.254.10.1 is a link-local address"),
+    ("http://[fe80::1]/hook", "fe80::1 is a link-local address"),
+    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a cloud metadata address"),
+    ("http://[fd00:ec2::254]/", "fd00:ec2::254 is a cloud metadata address"),
+    ("http://100.100.100.200/latest/meta-data/", "100.100.100.200 is a cloud metadata address"),
+    ("http://metadata.google.internal/computeMetadata/v1/", "metadata.google.internal is a cloud metadata"),
+    ("https://0.0.0.0/hook", "0.0.0.0 is an unspecified address"),
+    ("http://[::]/hook", ":: is an unspecified address"),
+]
+
+
+@pytest.mark.parametrize(("uri", "reason"), REFUSED_URIS)
+def test_refused_destinations_by_default(client, dockyard, uri, reason):
+    dockyard.webhooks.allowed_networks = ()  # the default setting
+    response = client.post(
+        "/api/v1/webhooks", json={"name": "refused", "serviceUri": uri, "actions": ["push"]}
+    )
+    assert response.status_code == 400
+    assert error_codes(response) == ["INVALID_REQUEST"]
+    assert reason in response.json()["errors"][0]["message"]
+    create(client, serviceUri="http://192.0.2.10/hook", actions=["push"])
+    changed = client.patch("/api/v1/webhooks/hookone", json={"serviceUri": uri})
+    assert changed.status_code == 400
+    assert reason in changed.json()["errors"][0]["message"]
+    assert client.get("/api/v1/webhooks/hookone/config").json()["serviceUri"] == "http://192.0.2.10/hook"
+
+
+def test_the_setting_allows_only_the_networks_it_lists(client, receiver):
+    create(client, serviceUri=receiver.url, actions=["push"])  # 127.0.0.0/8 is allowed in this module
+    for uri in ("http://[::1]/hook", "http://169.254.169.254/", "http://0.0.0.0/"):
+        response = client.post(
+            "/api/v1/webhooks", json={"name": "other", "serviceUri": uri, "actions": ["push"]}
+        )
+        assert response.status_code == 400, uri
+    assert client.post("/api/v1/webhooks/hookone/ping").json()["statusCode"] == 200
+
+
+def test_a_name_that_resolves_to_loopback_at_delivery_is_not_sent(client, dockyard, receiver):
+    dockyard.webhooks.allowed_networks = ()
+    dockyard.webhooks._resolve = lambda host, port: ["192.0.2.10"]  # at creation the name looked public
+    port = receiver.server.server_address[1]
+    create(client, serviceUri=f"http://localhost:{port}/hook", actions=["push"])
+    push_image(client, "team/app", make_image("rebound"), "v1")
+    deliver(dockyard, rounds=1)
+    (delivery,) = client.get("/api/v1/webhooks/hookone/events").json()["value"]
+    assert receiver.received == []
+    assert delivery["status"] == "pending"  # retried later, checked again then
+    error = delivery["attemptLog"][0]["error"]
+    assert error.startswith("not sent: localhost resolves to ")
+    assert "a loopback address" in error
+
+
+def test_a_destination_refused_since_creation_is_not_pinged(client, dockyard, receiver):
+    create(client, serviceUri=receiver.url, actions=["push"])
+    dockyard.webhooks.allowed_networks = ()  # the operator removed the setting
+    answered = client.post("/api/v1/webhooks/hookone/ping").json()
+    assert answered["statusCode"] is None
+    assert answered["error"] == (
+        "not sent: 127.0.0.1 is a loopback address (webhook_allowed_networks can allow it)"
+    )
+    assert receiver.received == []
+
+
+def test_only_the_first_kib_of_an_answer_is_kept_and_truncation_is_said(client, receiver):
+    create(client, serviceUri=receiver.url, actions=["push"])
+    receiver.script = [(200, {}, b"y" * 1024), (200, {"X-Long": "v" * 1000}, b"z" * 1025)]
+    client.post("/api/v1/webhooks/hookone/ping")
+    client.post("/api/v1/webhooks/hookone/ping")
+    longer, exact = client.get("/api/v1/webhooks/hookone/events").json()["value"]
+    assert exact["eventResponseMessage"]["content"] == "y" * 1024
+    assert longer["eventResponseMessage"]["content"] == "z" * 1024 + TRUNCATED
+    assert longer["eventResponseMessage"]["headers"]["x-long"] == "v" * 256
+
+
+# -- auditing --------------------------------------------------------------------------------------
+
+
+def test_webhook_changes_are_audited_without_secrets(client, receiver):
+    create(
+        client,
+        serviceUri=f"{receiver.url}?key={URI_SECRET}",
+        actions=["push"],
+        customHeaders={"Authorization": HEADER_VALUE},
+        secret=SECRET,
+    )
+    client.patch(
+        "/api/v1/webhooks/hookone",
+        json={"customHeaders": {"Authorization": HEADER_VALUE + "2"}, "status": "disabled", "scope": None},
+    )
+    ping = client.post("/api/v1/webhooks/hookone/ping").json()
+    assert client.post(f"/api/v1/webhooks/hookone/events/{ping['id']}/redeliver").status_code == 202
+    assert client.delete("/api/v1/webhooks/hookone").status_code == 204
+    events = [e for e in client.get("/api/v1/audit").json()["events"] if e["action"].startswith("webhook.")]
+    assert [(e["action"], e["outcome"], e["principal"], e["detail"]) for e in events] == [
+        ("webhook.create", "success", "dockyard", {"webhook": "hookone", "actions": ["push"], "scope": None}),
+        (
+            "webhook.update",
+            "success",
+            "dockyard",
+            {"webhook": "hookone", "changed": ["customHeaders", "scope", "status"]},
+        ),
+        ("webhook.ping", "success", "dockyard", {"webhook": "hookone", "delivery": ping["id"]}),
+        ("webhook.redeliver", "success", "dockyard", {"webhook": "hookone", "delivery": ping["id"]}),
+        ("webhook.delete", "success", "dockyard", {"webhook": "hookone"}),
+    ]
+    text = json.dumps(events)
+    assert secrets_in(text) == []
+
+
+def test_refused_changes_are_not_audited(client):
+    response = client.post(
+        "/api/v1/webhooks", json={"name": "nope1", "serviceUri": "http:///x", "actions": ["push"]}
+    )
+    assert response.status_code == 400
+    assert client.get("/api/v1/audit", params={"action": "webhook.create"}).json()["events"] == []
+
+
+# -- bad input is a 400, never a 500 -----------------------------------------------------------------
+
+GOOD = {"serviceUri": "http://192.0.2.10/hook", "actions": ["push"]}
+BAD_CHANGES = [
+    {"customHeaders": {"X-A": 1}},
+    {"customHeaders": {"X-A": None}},
+    {"customHeaders": {"X-A": ["v"]}},
+    {"customHeaders": {"X-A": {"v": "w"}}},
+    {"customHeaders": {"X-A": True}},
+    {"customHeaders": ["X-A: v"]},
+    {"customHeaders": "X-A: v"},
+    {"customHeaders": {f"X-H{i}": "v" for i in range(51)}},
+    {"customHeaders": {"X-A": "v" * 4097}},
+    {"customHeaders": {"X" * 129: "v"}},
+    {"customHeaders": {"X-A": "nul\u0000byte"}},
+    {"serviceUri": "http://192.0.2.10/" + "p" * 2031},
+    {"serviceUri": "http:///hook"},
+    {"serviceUri": "http://:8080/hook"},
+    {"serviceUri": "https://user@/hook"},
+    {"serviceUri": "http://[::1/hook"},
+    {"serviceUri": "http://192.0.2.10:99999/hook"},
+    {"serviceUri": "http://192.0.2.10:0/hook"},
+    {"serviceUri": "http://bad host/hook"},
+    {"serviceUri": "http://exa%20mple/hook"},
+    {"serviceUri": "http://192.0.2.10/\u0000"},
+    {"serviceUri": 12},
+    {"actions": [1]},
+    {"actions": "push"},
+    {"actions": [["push"]]},
+    {"scope": 5},
+    {"secret": 1234567890123456},
+    {"payloadFormat": 1},
+    {"status": "paused"},
+]
+
+
+@pytest.mark.parametrize("change", BAD_CHANGES)
+def test_bad_input_is_a_400_on_create_and_update(client, change):
+    response = client.post("/api/v1/webhooks", json={"name": "badone", **GOOD, **change})
+    assert response.status_code == 400, response.text
+    assert error_codes(response) == ["INVALID_REQUEST"]
+    create(client, **GOOD)
+    response = client.patch("/api/v1/webhooks/hookone", json=change)
+    assert response.status_code == 400, response.text
+    assert error_codes(response) == ["INVALID_REQUEST"]
+
+
+def test_the_limits_themselves_are_accepted(client):
+    hook = create(
+        client,
+        serviceUri="http://192.0.2.10/" + "p" * (2048 - len("http://192.0.2.10/")),
+        actions=["push"],
+        customHeaders={f"X-H{i}": "v" * 4096 for i in range(50)},
+    )
+    assert hook["name"] == "hookone"
+    config = client.get("/api/v1/webhooks/hookone/config").json()
+    assert len(config["serviceUri"]) == 2048
+    assert len(config["customHeaders"]) == 50

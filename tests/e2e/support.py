@@ -43,9 +43,11 @@ def dockyard_command(*args: str) -> list[str]:
 
 
 def clean_environment(**extra: str) -> dict[str, str]:
-    """The test process's environment without DOCKYARD_* settings, plus the suite's admin password."""
+    """The test process's environment without DOCKYARD_* settings, plus the suite's admin password and
+    webhooks allowed to loopback receivers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     env["DOCKYARD_ADMIN_PASSWORD"] = ADMIN_PASSWORD
+    env["DOCKYARD_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.0/8"  # the test receivers listen on 127.0.0.1
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

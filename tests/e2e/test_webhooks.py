@@ -418,3 +418,31 @@ def test_dockyard_worker_delivers_for_a_server_without_one(
     assert "Traceback" not in output
     with httpx.Client(timeout=10) as http:  # the server is still serving, alone
         assert http.get(f"{server.url}/v2/", auth=(ADMIN_USERNAME, ADMIN_PASSWORD)).status_code == 200
+
+
+def test_by_default_webhooks_are_not_sent_to_loopback(
+    start_server: ServerFactory, tmp_path: Path, receiver: Receiver
+) -> None:
+    data_dir = tmp_path / "data"
+    allowing = start_server(data_dir=data_dir, env=FAST)  # the suite allows 127.0.0.0/8
+    cli_json(allowing, "webhook", "create", "-n", "e2elocal", "--uri", receiver.url, "--actions", "push")
+    allowing.stop()
+
+    server = start_server(data_dir=data_dir, env={**FAST, "DOCKYARD_WEBHOOK_ALLOWED_NETWORKS": ""})
+    with server.http(timeout=30) as http:
+        created = http.post(
+            "/api/v1/webhooks", json={"name": "e2eother", "serviceUri": receiver.url, "actions": ["push"]}
+        )
+        assert created.status_code == 400
+        assert "127.0.0.1 is a loopback address" in created.json()["errors"][0]["message"]
+        push_image(http, "e2e/local", "v1", make_image("e2e-loopback"))
+
+    def refused_attempt() -> dict[str, Any] | None:
+        found = deliveries(server, "e2elocal")
+        return found[0] if found and found[0]["attemptLog"] else None
+
+    delivery = wait_for(refused_attempt, timeout=30, what="a refused delivery attempt")
+    assert delivery["attemptLog"][0]["error"] == (  # type: ignore[index]
+        "not sent: 127.0.0.1 is a loopback address (webhook_allowed_networks can allow it)"
+    )
+    assert receiver.received == []
