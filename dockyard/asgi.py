@@ -119,6 +119,8 @@ def content_length(request: Request) -> int | None:
         return None
     if not value.isascii() or not value.isdigit():
         raise RegistryError(ErrorCode.SIZE_INVALID, "Content-Length must be a non-negative integer")
+    if len(value) > 18:  # beyond any body anyone stores (and int() refuses 4,300 digits)
+        raise RegistryError(ErrorCode.SIZE_INVALID, "Content-Length is too large", status=413)
     return int(value)
 
 
@@ -265,7 +267,7 @@ def _declared_length(scope: Scope) -> int | None:
     """The request's Content-Length if it is a plain integer, else None."""
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
+            return int(value) if value.isdigit() and len(value) <= 18 else None
     return None
 
 

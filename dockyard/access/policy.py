@@ -126,20 +126,30 @@ class Policy:
         """
         client = self.client_ip(request.scope)
         counted_name = "" if username == NULL_GUID else username
-        wait = self.throttle.retry_after(counted_name, client)
+        admitted: list[bool] = []
+
+        def admit() -> None:  # before argon2 runs (a cached login costs nothing and waits for nothing)
+            self.start_attempt(client, counted_name, username)
+            admitted.append(True)
+
+        principal = await run_sync(self.authenticator.login, username, password, admit=admit)
+        if principal is None:
+            self.failed(request, "basic", "wrong credentials", username)
+            raise self.challenge(request, None, error="invalid_token")
+        if admitted:
+            self.throttle.succeeded(counted_name, client)
+        return principal
+
+    def start_attempt(self, client: str | None, counted_name: str, username: str = "") -> None:
+        """Take this sign-in's place in the throttle, or 429 with Retry-After."""
+        wait = self.throttle.attempt(counted_name, client)
         if wait:
-            self.audit.count("login", "throttled", client_ip=client, name=username)
+            self.audit.count("login", "throttled", client_ip=client, name=username or None)
             raise RegistryError(
                 ErrorCode.TOOMANYREQUESTS,
                 f"too many failed sign-ins from this client or for this user; try again in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
-        principal = await run_sync(self.authenticator.login, username, password)
-        if principal is None:
-            self.throttle.failed(counted_name, client)
-            self.failed(request, "basic", "wrong credentials", username)
-            raise self.challenge(request, None, error="invalid_token")
-        return principal
 
     def failed(self, request: Request, method: str, why: str, username: str | None = None) -> None:
         """Count a failed sign-in for the audit log (written in aggregate, never per request)."""
@@ -249,6 +259,8 @@ class Policy:
             need = needs[request.method] if request.method in needs else needs.get("GET")
             if callable(need) and not isinstance(need, Need):
                 need = need(request)
+            if _has_nul(request):  # no name has one, and PostgreSQL refuses it in any query
+                raise RegistryError(ErrorCode.INVALID_REQUEST, "NUL characters are not allowed in a request")
             repository = request.path_params.get(repository_param)
             if repository is not None and not is_valid_name(repository):
                 raise RegistryError(ErrorCode.NAME_INVALID, f"invalid repository name {repository[:300]!r}")
@@ -260,6 +272,12 @@ class Policy:
 
 
 ANONYMOUS_CALLER = Principal(ANONYMOUS.name, ANONYMOUS.kind, ANONYMOUS_PULL)
+
+
+def _has_nul(request: Request) -> bool:
+    return any("\x00" in str(v) for v in request.path_params.values()) or any(
+        "\x00" in k or "\x00" in v for k, v in request.query_params.multi_items()
+    )
 
 
 def _basic(value: str) -> tuple[str, str]:

@@ -1,13 +1,17 @@
 """Throttling failed sign-ins: token buckets per client address and per user name, in memory.
 
-Pure code (a clock is passed in). Each failed sign-in takes a token from the client's bucket
-and from the user name's; an empty bucket makes further sign-ins by that client, or against
-that user name, wait (``429`` with ``Retry-After``) — right passwords included, so guessing
-cannot go faster than the refill rate. Buckets are per process.
+Pure code (a clock is passed in). Every sign-in attempt takes a token from the client's bucket
+and from the user name's *before* its password is checked, and a successful one gives them
+back: so a wave of concurrent guesses cannot all pass the check before any has failed. An
+empty bucket makes further sign-ins by that client, or against that user name, wait (``429``
+with ``Retry-After``) — right passwords included, so guessing cannot go faster than the
+refill rate. IPv6 clients are counted by their /64 (one home connection holds 2^64 addresses).
+Buckets are per process.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 from collections import OrderedDict
@@ -58,6 +62,12 @@ class TokenBuckets:
                 self._buckets.popitem(last=False)
         bucket.tokens = max(0.0, bucket.tokens - 1)
 
+    def give_back(self, key: str, now: float) -> None:
+        """Return one token taken by ``take`` (the attempt succeeded)."""
+        bucket = self._current(key, now)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + 1)
+
 
 class LoginThrottle:
     """Failed sign-ins per client address and per user name."""
@@ -75,20 +85,43 @@ class LoginThrottle:
         self._clock = clock
         self._lock = threading.Lock()
 
-    def retry_after(self, username: str, client: str | None) -> int:
-        """Whole seconds to wait before this sign-in may be checked; 0 if it may be now."""
+    def attempt(self, username: str, client: str | None) -> int:
+        """Start a sign-in: 0 and one token taken from each bucket, or the whole seconds to wait."""
         now = self._clock()
+        client_key, user_key = client_bucket(client), _user_key(username)
         with self._lock:
-            wait = max(self._clients.wait(client or "-", now), self._users.wait(_user_key(username), now))
-        return math.ceil(wait)
-
-    def failed(self, username: str, client: str | None) -> None:
-        """Count one failed sign-in."""
-        now = self._clock()
-        with self._lock:
-            self._clients.take(client or "-", now)
+            wait = self._clients.wait(client_key, now)
             if username:
-                self._users.take(_user_key(username), now)
+                wait = max(wait, self._users.wait(user_key, now))
+            if wait:
+                return math.ceil(wait)
+            self._clients.take(client_key, now)
+            if username:
+                self._users.take(user_key, now)
+        return 0
+
+    def succeeded(self, username: str, client: str | None) -> None:
+        """The sign-in ``attempt`` started was right: give its tokens back."""
+        now = self._clock()
+        with self._lock:
+            self._clients.give_back(client_bucket(client), now)
+            if username:
+                self._users.give_back(_user_key(username), now)
+
+
+def client_bucket(client: str | None) -> str:
+    """The key a client address is counted under: IPv4 addresses alone, IPv6 ones by /64."""
+    if not client:
+        return "-"
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _user_key(username: str) -> str:

@@ -2,7 +2,8 @@
 
 Two groups:
 
-* ``HOLE`` tests (section A) reproduce attacks that WORK TODAY; each FAILS until the hole is closed.
+* ``HOLE`` tests (section A) reproduce attacks that worked when they were written; each failed
+  until its hole was closed.
 * ``REFUSED`` tests (section B) are attacks that were correctly refused; they pass and guard
   against regressions.
 
@@ -102,7 +103,7 @@ def writes(seen: list[str]) -> list[str]:
 
 
 def test_hole_concurrent_guesses_all_pass_the_throttle(anonymous):
-    """HOLE (fails today). Attack: send many wrong-password sign-ins AT ONCE. ``Policy.sign_in``
+    """HOLE (closed). Attack: send many wrong-password sign-ins AT ONCE. ``Policy.sign_in``
     checks ``throttle.retry_after`` before the ~40 ms argon2 check and only records the failure
     after it, so every request of a concurrent wave passes the check before any failure is
     counted. After each refill (one token per 6 s) the next wave gets through whole: guessing runs
@@ -118,7 +119,7 @@ def test_hole_concurrent_guesses_all_pass_the_throttle(anonymous):
 
 
 def test_hole_ipv6_address_rotation_dodges_the_per_client_throttle(app):
-    """HOLE (fails today; hardening — confirm it is wanted). Attack: password spraying from one
+    """HOLE (closed; hardening — confirm it is wanted). Attack: password spraying from one
     IPv6 /64 (any home connection has 2^64 addresses), one source address per few guesses. The
     per-client bucket is keyed by the full 128-bit address, so it never fills. Expected: IPv6
     clients bucketed by /64 — the 11th failure from the same /64 gets 429."""
@@ -130,7 +131,7 @@ def test_hole_ipv6_address_rotation_dodges_the_per_client_throttle(app):
 
 
 def test_hole_contributor_deletes_an_owner(client, anonymous):
-    """HOLE (fails today). Attack: a Contributor (no roles/write) DELETEs a user holding Owner.
+    """HOLE (closed). Attack: a Contributor (no roles/write) DELETEs a user holding Owner.
     That removes the Owner's role assignments — a role change only an Owner may make — and can
     lock every Owner out; the Contributor can then recreate the same name and hold its secret.
     Expected: deleting (like renewing) an identity that holds roles needs Owner: 403."""
@@ -144,7 +145,7 @@ def test_hole_contributor_deletes_an_owner(client, anonymous):
 
 
 def test_hole_contributor_disables_an_owner(client, anonymous):
-    """HOLE (fails today). Attack: a Contributor PATCHes an Owner user to ``disabled``: the Owner
+    """HOLE (closed). Attack: a Contributor PATCHes an Owner user to ``disabled``: the Owner
     can no longer sign in or assign roles (and the Contributor decides when it comes back).
     Expected: changing the status of an identity holding roles needs Owner: 403."""
     contributor = create_user(client, "contrib", "Contributor")
@@ -155,7 +156,7 @@ def test_hole_contributor_disables_an_owner(client, anonymous):
 
 
 def test_hole_contributor_toggles_the_admin_user(client, anonymous):
-    """HOLE (fails today). Attack: a Contributor PATCHes ``adminUserEnabled``. Disabling locks out
+    """HOLE (closed). Attack: a Contributor PATCHes ``adminUserEnabled``. Disabling locks out
     the admin (the registry's only Owner-equivalent by default); enabling an admin an Owner turned
     off lets anyone who ever saw its passwords (shown once at first start) become Owner again.
     Expected: like renewing the admin's passwords, this needs Owner: 403 and the admin unchanged."""
@@ -166,7 +167,7 @@ def test_hole_contributor_toggles_the_admin_user(client, anonymous):
 
 
 def test_hole_reader_reads_webhook_secret_headers(client, anonymous):
-    """HOLE (fails today). Attack: a Reader (read-only control plane) GETs
+    """HOLE (closed). Attack: a Reader (read-only control plane) GETs
     ``/api/v1/webhooks/{name}/config`` and gets the webhook's custom headers verbatim — typically
     the receiver's ``Authorization`` secret. ACR's Reader lacks ``webhooks/getCallbackConfig``.
     Expected: the callback config needs registry/write (Contributor): 403 for a Reader."""
@@ -174,7 +175,7 @@ def test_hole_reader_reads_webhook_secret_headers(client, anonymous):
         "/api/v1/webhooks",
         json={
             "name": "deploy",
-            "serviceUri": "http://127.0.0.1:9/hook",
+            "serviceUri": "http://203.0.113.5:9/hook",
             "actions": ["push"],
             "customHeaders": {"Authorization": "Bearer receiver-secret"},
         },
@@ -187,13 +188,13 @@ def test_hole_reader_reads_webhook_secret_headers(client, anonymous):
 
 
 def test_hole_webhook_changes_leave_no_audit_record(client, dockyard):
-    """HOLE (fails today). Attack: a Contributor adds a webhook that ships every push event
+    """HOLE (closed). Attack: a Contributor adds a webhook that ships every push event
     (repository, digest, actor, client address) to a server it controls, then deletes it —
     nothing reaches the audit log, though docs/access.md says every management change is recorded.
     Expected: webhook create/update/delete are audited like the other management changes."""
     created = client.post(
         "/api/v1/webhooks",
-        json={"name": "exfil", "serviceUri": "http://127.0.0.1:9/x", "actions": ["push"]},
+        json={"name": "exfil", "serviceUri": "http://203.0.113.5:9/x", "actions": ["push"]},
     )
     assert created.status_code == 201, created.text
     assert client.delete("/api/v1/webhooks/exfil").status_code == 204
@@ -202,7 +203,7 @@ def test_hole_webhook_changes_leave_no_audit_record(client, dockyard):
 
 
 def test_hole_nul_in_a_user_name_is_a_500_on_postgresql(app):
-    """HOLE (fails today on PostgreSQL only; passes on SQLite). Attack: an UNAUTHENTICATED client
+    """HOLE (closed; was open on PostgreSQL). Attack: an UNAUTHENTICATED client
     sends Basic credentials whose user name holds a NUL byte (also the password grant's
     ``username``, an ``/api/v1/users/a%00b`` path, ``?assignee=a%00b``). psycopg refuses NUL in
     text, the DataError escapes ``Authenticator._verify_login`` as a 500 with a traceback in the
@@ -220,7 +221,7 @@ def test_hole_nul_in_a_user_name_is_a_500_on_postgresql(app):
 
 
 def test_hole_out_of_range_since_is_a_500(app):
-    """HOLE (fails today; low severity, needs Reader). Attack: ``GET /api/v1/audit?since=`` (or
+    """HOLE (closed; low severity, needs Reader). Attack: ``GET /api/v1/audit?since=`` (or
     ``/api/v1/events``) with a valid ISO time whose UTC conversion leaves datetime's range:
     ``as_utc`` raises OverflowError in ``common.query_time``. Expected: 400 INVALID_REQUEST."""
     with TestClient(app, headers=ADMIN, raise_server_exceptions=False) as client:
@@ -230,7 +231,7 @@ def test_hole_out_of_range_since_is_a_500(app):
 
 
 def test_hole_huge_content_length_is_a_500(app):
-    """HOLE (fails today; low severity: in-process, granian may refuse such a header first).
+    """HOLE (closed; low severity: in-process, granian may refuse such a header first).
     Attack: an UNAUTHENTICATED POST /oauth2/token with a 5,000-digit Content-Length:
     ``asgi.content_length`` calls ``int()`` past Python's 4,300-digit limit → ValueError → 500.
     Expected: 400/413 like any other malformed or oversized Content-Length."""
@@ -507,7 +508,8 @@ def test_refused_throttle_bypass_through_other_sign_in_paths(app, client):
     """REFUSED. Attack: once a client is throttled on Basic, keep guessing through the other doors:
     the password grant of POST /oauth2/token, its refresh grant, the NULL-GUID Basic login (with a
     valid refresh token too), GET /oauth2/token. All 429. And once a user name is throttled (20
-    failures from 20 addresses), its right password from a fresh address also gets 429."""
+    failures from 20 addresses), its right password from a fresh address also gets 429 — unless that
+    exact password was already verified by this process (a cached login proves nothing new)."""
     refresh = refresh_token(client, ADMIN)
     with TestClient(app, client=("203.0.113.8", 40000)) as attacker:
         for _ in range(10):
@@ -519,12 +521,15 @@ def test_refused_throttle_bypass_through_other_sign_in_paths(app, client):
         assert attacker.get("/v2/", headers=basic(NULL_GUID, "garbage")).status_code == 429
         assert attacker.get("/v2/", headers=basic(NULL_GUID, refresh)).status_code == 429
         assert attacker.get("/oauth2/token", headers=basic("someone", "guess")).status_code == 429
+    victim = client.post("/api/v1/users", json={"name": "victim"}).json()["credentials"][0]["value"]
     for n in range(20):
         with TestClient(app, client=(f"198.51.100.{n + 1}", 40000)) as spray:
-            assert spray.get("/v2/", headers=basic(ADMIN_USERNAME, "guess")).status_code == 401
+            assert spray.get("/v2/", headers=basic("victim", "guess")).status_code == 401
     with TestClient(app, client=("192.0.2.200", 40000)) as fresh:
-        assert fresh.get("/v2/", headers=ADMIN).status_code == 429
-        assert fresh.get("/v2/", headers=basic(ADMIN_USERNAME.upper(), "guess")).status_code == 429
+        assert fresh.get("/v2/", headers=basic("victim", victim)).status_code == 429
+        assert fresh.get("/v2/", headers=basic("VICTIM", "guess")).status_code == 429
+        # A password this process has already verified is no guess: it is not held up (no lock-out).
+        assert fresh.get("/v2/", headers=ADMIN).status_code == 200
 
 
 def test_refused_refresh_chains_do_not_restart(dockyard, anonymous):

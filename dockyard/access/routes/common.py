@@ -34,15 +34,15 @@ async def record_change(
     )
 
 
-async def may_take_over(policy: Policy, request: Request, target: str) -> None:
-    """403 unless the caller may hold ``target``'s rights: renewing someone's credentials lets the
-    caller sign in as them, so it needs what assigning their roles needs (Owner), or to be them."""
+async def may_take_over(policy: Policy, request: Request, target: str, change: str) -> None:
+    """403 unless the caller may change who holds ``target``'s roles: renewing its credentials (which
+    lets the caller sign in as it), deleting or disabling it needs what assigning roles needs
+    (Owner), unless the caller is ``target``."""
     manager = policy.manager(request)
     if manager.name != target and ROLES_WRITE not in manager.permissions.control:
         raise RegistryError(
             ErrorCode.DENIED,
-            f"renewing {target}'s credentials needs the right to assign roles (Owner): "
-            "it would let you sign in with their roles",
+            f"{change} {target} needs the right to assign roles (Owner): {target} holds roles",
         )
 
 
@@ -84,10 +84,10 @@ def query_time(request: Request, name: str = "since") -> datetime | None:
     if not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise invalid(f"{name} must be an ISO 8601 time") from None
-    return as_utc(parsed)  # stored times are UTC; a time without an offset is taken as UTC too
+        # stored times are UTC; a time without an offset is taken as UTC too
+        return as_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except (ValueError, OverflowError):
+        raise invalid(f"{name} must be an ISO 8601 time between the years 1 and 9999") from None
 
 
 def query_int(request: Request, name: str, default: int) -> int:
@@ -99,8 +99,8 @@ def query_int(request: Request, name: str, default: int) -> int:
 
 
 def whole_number(value: str, name: str) -> int:
-    if not value.isascii() or not value.isdigit():
-        raise invalid(f"{name} must be a non-negative integer")
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise invalid(f"{name} must be a non-negative integer below 10^18")
     return int(value)
 
 

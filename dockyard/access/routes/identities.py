@@ -131,6 +131,10 @@ class IdentityRoutes:
     async def person(self, request: Request) -> Response:
         kind = self._kind(request)
         name = request.path_params["id"]
+        if request.method in ("DELETE", "PATCH"):
+            target = await run_sync(self.identities.get, name, kind)
+            if target.roles:  # deleting or disabling it changes who holds those roles
+                await may_take_over(self.policy, request, target.name, "deleting or disabling")
         if request.method == "DELETE":
             await run_sync(self.identities.delete, name, kind)
             await self._audit(request, f"{kind}.delete", {"name": name})
@@ -148,7 +152,7 @@ class IdentityRoutes:
         body = await json_body(request)
         target = await run_sync(self.identities.get, name, kind)
         if target.roles:
-            await may_take_over(self.policy, request, target.name)
+            await may_take_over(self.policy, request, target.name, "renewing the credentials of")
         credential = field(body, "name", str) or SECRET
         renewed = await run_sync(
             self.identities.new_credential, name, credential, expires_in_days=_expiry(body), kind=kind

@@ -82,6 +82,9 @@ class ManagementRoutes:
             body = await json_body(request)
             changes = self._settings_changes(body)
             admin = field(body, "adminUserEnabled", bool)
+            if admin is not None:  # the admin user holds every right: turning it on or off is an Owner's call
+                user = await run_sync(self.access.identities.admin)
+                await may_take_over(self.policy, request, user.name if user else "", "enabling or disabling")
             if changes:
                 await run_sync(self.access.settings.update, **changes)
             if admin is not None:
@@ -149,7 +152,7 @@ class ManagementRoutes:
         admin = await run_sync(self.access.identities.admin)
         if admin is None:
             raise RegistryError(ErrorCode.NOT_FOUND, "the registry has no admin user")
-        await may_take_over(self.policy, request, admin.name)
+        await may_take_over(self.policy, request, admin.name, "renewing the credentials of")
         renewed = await run_sync(self.access.identities.new_credential, ADMIN, name, kind=ADMIN)
         await record_change(self.access.audit, self.policy, request, "credential.renew", {"credential": name})
         admin = await run_sync(self.access.identities.admin)

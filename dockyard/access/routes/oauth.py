@@ -76,18 +76,12 @@ class OAuthRoutes:
     async def _refresh_principal(self, request: Request, token: str) -> Principal:
         """The identity a refresh token stands for; 429 after too many failures, 401 if invalid."""
         client = self.policy.client_ip(request.scope)
-        wait = self.policy.throttle.retry_after("", client)
-        if wait:
-            raise RegistryError(
-                ErrorCode.TOOMANYREQUESTS,
-                f"too many failed sign-ins from this client; try again in {wait} s",
-                headers={"Retry-After": str(wait)},
-            )
+        self.policy.start_attempt(client, "")
         principal = await run_sync(self.access.authenticator.refresh_principal, token)
         if principal is None:
-            self.policy.throttle.failed("", client)
             self.policy.failed(request, "refresh_token", "invalid, expired or revoked refresh token")
             raise _unauthorized("invalid or expired refresh token")
+        self.policy.throttle.succeeded("", client)
         return principal
 
     async def _basic_or_anonymous(self, request: Request) -> Principal:

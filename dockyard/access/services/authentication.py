@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -102,14 +103,23 @@ class Authenticator:
             return None
         return replace(principal, credential=hit[1], auth_time=int(time.time()))
 
-    def login(self, username: str, password: str) -> Principal | None:
-        """The principal these credentials belong to, or None. ``NULL_GUID`` + a refresh token works too."""
+    def login(
+        self, username: str, password: str, *, admit: Callable[[], None] | None = None
+    ) -> Principal | None:
+        """The principal these credentials belong to, or None. ``NULL_GUID`` + a refresh token works too.
+
+        ``admit`` is called before anything but a cache hit is checked (it may raise to refuse).
+        """
         if username == NULL_GUID:
+            if admit is not None:
+                admit()
             return self.refresh_principal(password)
         self.sync()
         principal = self._cached_login(username, password)
         if principal is not None:
             return principal
+        if admit is not None:
+            admit()
         with self._verify_slots:  # argon2 is deliberately costly: bound how many run at once
             principal = self._cached_login(username, password)  # verified meanwhile by another request?
             if principal is not None:
@@ -123,6 +133,8 @@ class Authenticator:
 
     def _verify_login(self, username: str, password: str) -> Principal | None:
         now = utcnow()
+        if "\x00" in username:  # no identity has one (and PostgreSQL refuses it in a query)
+            username = ""
         with self._db.read() as conn:
             row = conn.execute(
                 sa.select(identities.c.id, identities.c.enabled).where(identities.c.name == username)
@@ -205,6 +217,8 @@ class Authenticator:
 
     def principal(self, name: str, *, fresh: bool = False) -> Principal | None:
         """What the identity ``name`` may do now; None if it does not exist or is disabled."""
+        if "\x00" in name:
+            return None
         with self._lock:
             hit = self._principals.get(name)
         if not fresh and hit is not None and time.monotonic() - hit[1] <= self._ttl:

@@ -13,8 +13,9 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_name
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
-CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?\Z")
-RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)\Z")
+# At most 18 digits a number: beyond any blob, and int() refuses 4,300.
+CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?([0-9]{1,18})-([0-9]{1,18})(?:/(?:[0-9]{1,18}|\*))?\Z")
+RANGE = re.compile(r"^bytes=([0-9]{0,18})-([0-9]{0,18})\Z")
 
 
 def origin(request: Request, policy: Policy) -> Origin:
@@ -95,7 +96,7 @@ def page_size(request: Request, name: str = "n") -> int | None:
     value = request.query_params.get(name)
     if value is None or value == "":
         return None
-    if not value.isascii() or not value.isdigit():
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
         raise RegistryError(
             ErrorCode.UNSUPPORTED, f"query parameter {name} must be a non-negative integer", status=400
         )
