@@ -22,28 +22,8 @@ from dockyard.access.services.authentication import CREDENTIALS_CHECKED
 from dockyard.access.services.identities import NULL_GUID
 from dockyard.access.tokens import InvalidToken
 from dockyard.app import build, create_app
-from tests.support.auth import ADMIN, ADMIN_PASSWORD, ADMIN_USERNAME, basic
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def token(client: TestClient, headers: dict[str, str], scope: str | None = None) -> str:
-    params = {"service": "dockyard", **({"scope": scope} if scope else {})}
-    response = client.get("/oauth2/token", params=params, headers=headers)
-    assert response.status_code == 200, response.text
-    return response.json()["access_token"]
-
-
-def create_user(client: TestClient, name: str, role: str | None = None) -> dict[str, str]:
-    created = client.post("/api/v1/users", json={"name": name})
-    assert created.status_code == 201, created.text
-    if role:
-        assigned = client.post("/api/v1/role-assignments", json={"assignee": name, "role": role})
-        assert assigned.status_code == 201, assigned.text
-    return basic(name, created.json()["credentials"][0]["value"])
-
+from tests.support.auth import ADMIN, ADMIN_PASSWORD, ADMIN_USERNAME, basic, bearer, create_user
+from tests.support.auth import access_token as token
 
 # -- 1. the management API authorises the verified identity ---------------------------------------
 

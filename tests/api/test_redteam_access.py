@@ -30,27 +30,7 @@ from starlette.testclient import TestClient
 
 from dockyard.access.models import signing_keys
 from dockyard.access.services.identities import NULL_GUID
-from tests.support.auth import ADMIN, ADMIN_PASSWORD, ADMIN_USERNAME, basic
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def access_token(client: TestClient, headers: dict[str, str], scope: str | None = None) -> str:
-    params = {"service": "dockyard", **({"scope": scope} if scope else {})}
-    response = client.get("/oauth2/token", params=params, headers=headers)
-    assert response.status_code == 200, response.text
-    return response.json()["access_token"]
-
-
-def create_user(client: TestClient, name: str, role: str | None = None) -> dict[str, str]:
-    created = client.post("/api/v1/users", json={"name": name})
-    assert created.status_code == 201, created.text
-    if role:
-        assigned = client.post("/api/v1/role-assignments", json={"assignee": name, "role": role})
-        assert assigned.status_code == 201, assigned.text
-    return basic(name, created.json()["credentials"][0]["value"])
+from tests.support.auth import ADMIN, ADMIN_PASSWORD, ADMIN_USERNAME, access_token, basic, bearer, create_user
 
 
 def create_token(client: TestClient, name: str, scope_map: str = "_repositories_admin") -> dict[str, str]:

@@ -1,0 +1,96 @@
+"""The sign-in throttle's token buckets, with a hand-driven clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from dockyard.access.throttle import LoginThrottle, TokenBuckets, client_bucket
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_bucket_allows_its_burst_then_one_per_refill():
+    buckets = TokenBuckets(3, refill_seconds=10)
+    for _ in range(3):
+        assert buckets.wait("k", 0) == 0
+        buckets.take("k", 0)
+    assert buckets.wait("k", 0) == pytest.approx(10)
+    assert buckets.wait("k", 4) == pytest.approx(6)
+    assert buckets.wait("k", 10) == 0
+    buckets.take("k", 10)
+    assert buckets.wait("k", 10) == pytest.approx(10)
+    assert buckets.wait("other", 10) == 0  # keys are independent
+
+
+def test_a_bucket_never_holds_more_than_its_burst_nor_less_than_nothing():
+    buckets = TokenBuckets(2, refill_seconds=1)
+    buckets.take("k", 0)
+    buckets.give_back("k", 0)
+    buckets.give_back("k", 0)  # more than was taken: still only the burst
+    buckets.take("k", 0)
+    buckets.take("k", 0)
+    assert buckets.wait("k", 0) == pytest.approx(1)
+    for _ in range(5):
+        buckets.take("k", 0)
+    assert buckets.wait("k", 0) == pytest.approx(1)  # not below zero: one refill frees it
+    assert buckets.wait("k", 10_000) == 0
+    buckets.give_back("never-seen", 0)
+    assert buckets.wait("never-seen", 0) == 0
+
+
+def test_the_least_recently_used_buckets_are_forgotten():
+    buckets = TokenBuckets(1, refill_seconds=100, max_keys=2)
+    for key in ("a", "b"):
+        buckets.take(key, 0)
+    buckets.wait("a", 0)  # a used again: b is the oldest
+    buckets.take("c", 0)
+    assert buckets.wait("a", 0) > 0
+    assert buckets.wait("b", 0) == 0
+    assert buckets.wait("c", 0) > 0
+
+
+def test_attempts_take_their_place_and_successes_give_it_back():
+    clock = Clock()
+    throttle = LoginThrottle(per_client=2, per_user=100, refill_seconds=5, clock=clock)
+    assert throttle.attempt("alice", "192.0.2.1") == 0
+    throttle.succeeded("alice", "192.0.2.1")
+    for _ in range(2):
+        assert throttle.attempt("alice", "192.0.2.1") == 0  # two in flight (or failed)
+    assert throttle.attempt("alice", "192.0.2.1") == 5
+    assert throttle.attempt("bob", "192.0.2.2") == 0  # another client is not held up
+    clock.now += 4.2
+    assert throttle.attempt("alice", "192.0.2.1") == 1  # whole seconds, rounded up
+    clock.now += 0.8
+    assert throttle.attempt("alice", "192.0.2.1") == 0
+
+
+def test_a_user_name_is_throttled_across_clients_and_cases():
+    clock = Clock()
+    throttle = LoginThrottle(per_client=100, per_user=3, refill_seconds=5, clock=clock)
+    for n in range(3):
+        assert throttle.attempt("Alice", f"192.0.2.{n}") == 0
+    assert throttle.attempt("alice", "198.51.100.1") == 10  # per user: twice the client refill
+    assert throttle.attempt("ALICE", "198.51.100.2") == 10
+    assert throttle.attempt("", "198.51.100.3") == 0  # no user name (a refresh token): client only
+
+
+@pytest.mark.parametrize(
+    ("client", "bucket"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        (None, "-"),
+        ("", "-"),
+        ("not-an-address", "not-an-address"),
+    ],
+)
+def test_clients_are_counted_by_address_or_ipv6_64(client, bucket):
+    assert client_bucket(client) == bucket
