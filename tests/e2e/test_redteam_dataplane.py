@@ -7,8 +7,10 @@ only to the server it starts on 127.0.0.1 and ends within seconds.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -177,3 +179,61 @@ def test_refused_a_body_longer_than_declared_does_not_smuggle_a_request(server: 
     statuses = [line.split(b" ")[1] for line in seen.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
     assert statuses, seen[:300]
     assert all(status in (b"400", b"401") for status in statuses), seen[:300]
+
+
+# -- a full disk ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path) -> Iterator[Path]:
+    """A 24 MiB tmpfs (the suite runs as root, as the storage-full tests do) holding a whole data dir."""
+    path = tmp_path / "tiny"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.fixture
+def tiny_server(tiny_disk: Path, start_server: Callable[..., DockyardServer]) -> DockyardServer:
+    return start_server(data_dir=tiny_disk / "data")
+
+
+def fill(disk: Path) -> None:
+    """Take all the space left on ``disk`` with a ballast file."""
+    with (disk / "ballast").open("wb") as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * MiB)
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_refused_a_blob_that_does_not_fit_is_507_and_never_visible(tiny_server, tiny_disk) -> None:
+    """Attack: pushes larger than the free space (monolithic and streamed) must leave no partial blob."""
+    big = os.urandom(30 * MiB)
+    with tiny_server.http(timeout=60) as http:
+        monolithic = http.post("/v2/team/app/blobs/uploads/", params={"digest": sha256(big)}, content=big)
+        assert monolithic.status_code == 507
+        location = http.post("/v2/team/app/blobs/uploads/").headers["location"]
+        assert http.patch(location, content=big).status_code == 507
+        assert http.put(location, params={"digest": sha256(big)}).status_code == 400  # nothing was kept
+        assert http.head(f"/v2/team/app/blobs/{sha256(big)}").status_code == 404
+    stored = [f for f in (tiny_disk / "data" / "storage").rglob("*") if f.is_file() and f.stat().st_size]
+    assert stored == []
+
+
+def test_HOLE_a_full_disk_under_the_database_is_a_500_not_a_507(tiny_server, tiny_disk) -> None:
+    """Attack: fill the disk that holds the default data dir (SQLite database and blob store).
+
+    The blob store turns ENOSPC into StorageFull (507), but a database write on the same full
+    disk ("database or disk is full", sqlite3.OperationalError) escapes as a 500. Starting an
+    upload is one such write.
+    """
+    fill(tiny_disk)
+    with tiny_server.http(timeout=30) as http:
+        started = http.post("/v2/team/app/blobs/uploads/")
+        assert started.status_code == 507, started.text
