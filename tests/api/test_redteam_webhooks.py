@@ -7,14 +7,17 @@ stubbed (as the webhook tests do), so no test sends anything off the machine.
 import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 
+import anyio
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
 from tests.api.test_webhooks import create, deliver, user_with_role
-from tests.support.auth import ADMIN
+from tests.support.auth import ADMIN, access_token, bearer
 from tests.support.images import make_image
 from tests.support.receiver import Receiver
 from tests.support.registry import error_codes, push_image
@@ -294,3 +297,49 @@ def test_refused_a_reader_cannot_ping_redeliver_change_or_read_the_log(client, a
     assert patched.status_code == 403
     assert anonymous.get("/api/v1/webhooks/hookone/config").status_code == 401
     assert len(receiver.received) == 1
+
+
+def test_HOLE_slow_name_resolution_at_creation_stalls_the_whole_registry(app, client, dockyard):
+    """Attack: a Contributor creates webhooks whose host names resolve slowly (an authoritative DNS
+    server the attacker runs and never answers: 10-30 s per name with the usual resolver timeouts).
+
+    WebhookService._validated calls the blocking system resolver without a timeout inside
+    run_sync, i.e. on anyio's shared 40-thread pool every request handler uses. 45 concurrent
+    creates take every thread, and even listing webhooks (GET /api/v1/webhooks) waits for them.
+    """
+    headers = bearer(access_token(client, ADMIN))
+    resolving = [0]
+    lock = threading.Lock()
+
+    def slow(host: str, port: int) -> list[str]:
+        with lock:
+            resolving[0] += 1
+        time.sleep(3)  # stands in for a resolver waiting on a name server that does not answer
+        with lock:
+            resolving[0] -= 1
+        return [PUBLIC]
+
+    dockyard.webhooks._resolve = slow
+
+    async def attack() -> float:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://t", headers=headers, timeout=30
+        ) as http:
+
+            async def create_one(i: int) -> None:
+                body = {"name": f"slow{i:04d}", "serviceUri": f"http://slow{i}.example/", "actions": ["push"]}
+                await http.post("/api/v1/webhooks", json=body)
+
+            async with anyio.create_task_group() as group:
+                for i in range(45):
+                    group.start_soon(create_one, i)
+                with anyio.fail_after(5):
+                    while resolving[0] < 40:  # every thread of the pool is resolving a name
+                        await anyio.sleep(0.01)
+                clock = time.monotonic()
+                assert (await http.get("/api/v1/webhooks")).status_code == 200
+                return time.monotonic() - clock
+
+    waited = anyio.run(attack)
+    assert waited < 1.0, f"GET /api/v1/webhooks waited {waited:.1f}s behind webhook name resolution"
