@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import anyio
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,6 +27,7 @@ from dockyard.access.throttle import LoginThrottle
 from dockyard.asgi import (
     AccessLogMiddleware,
     DrainBodyMiddleware,
+    database_error_handler,
     disconnect_handler,
     error_response,
     registry_error_handler,
@@ -213,6 +215,7 @@ def create_app(
         exception_handlers={
             RegistryError: registry_error_handler,
             ClientDisconnect: disconnect_handler,
+            sa.exc.DBAPIError: database_error_handler,
             HTTPException: http_error_handler,
             Exception: server_error_handler,
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import sys
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dockyard.oci.errors import ErrorCode, RegistryError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 BODY_BATCH = 1024 * 1024
 BODY_PREFETCH = 4
@@ -27,7 +29,7 @@ BODY_PREFETCH = 4
 #: What is left of a request body the app answered without reading is read and discarded
 #: up to this many bytes and for at most this long; past either the connection is closed.
 DRAIN_LIMIT = 64 * 1024 * 1024
-DRAIN_SECONDS = 30.0
+DRAIN_SECONDS = 10.0
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 #: What the access log writes as \xNN: anything but printable ASCII, and the quote and backslash.
@@ -148,6 +150,26 @@ async def server_error_handler(request: Request, exc: Exception) -> Response:
         RegistryError(ErrorCode.UNKNOWN, "internal server error; see the registry's log"),
         head=request.method == "HEAD",
     )
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a database error says its disk is full (SQLite's message, PostgreSQL's SQLSTATE 53100)."""
+    cause = getattr(exc, "orig", None) or exc
+    return getattr(cause, "sqlstate", None) == "53100" or "database or disk is full" in str(cause)
+
+
+async def database_error_handler(request: Request, exc: Exception) -> Response:
+    """A database error: 507 when its disk is full (one log line, the request can be retried
+    once space is freed), else a 500 with the traceback in the log."""
+    if disk_full(exc):
+        log.error("refused %s %s: the database's disk is full", request.method, log_safe(request.url.path))
+        error = RegistryError(
+            ErrorCode.UNKNOWN, "the registry's storage is full; try again once space is freed", status=507
+        )
+    else:
+        log.error("%s %s failed", request.method, log_safe(request.url.path), exc_info=exc)
+        error = RegistryError(ErrorCode.UNKNOWN, "internal server error; see the registry's log")
+    return error_response(error, head=request.method == "HEAD")
 
 
 async def disconnect_handler(request: Request, exc: Exception) -> Response:

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         30, ge=5, description="How long one request may hold an upload session while it streams a chunk."
     )
     catalog_page_size: int = Field(1000, ge=1, description="Default and maximum page size of /v2/_catalog.")
+    max_connections: int = Field(
+        8192,
+        ge=16,
+        description="Connections one worker holds at once (more wait in the listen backlog).",
+    )
+    header_timeout_seconds: int = Field(
+        10, ge=1, le=300, description="A client must send a request's headers within this many seconds."
+    )
     shutdown_timeout_seconds: int = Field(
         30, ge=1, description="On SIGTERM, how long in-flight requests may finish before they are cut."
     )

@@ -150,6 +150,17 @@ def _prepare_database(settings_json: str) -> None:
         )
 
 
+def _allow_open_files(wanted: int) -> None:
+    """Raise this process's (and so its workers') open-file limit towards ``wanted``: every
+    connection holds a descriptor, and the usual soft limit of 1,024 would cap them first."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def prepare(settings: Settings) -> None:
     """Create the data folder, migrate the schema and bootstrap access (in a child process)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -165,6 +176,7 @@ def prepare(settings: Settings) -> None:
 def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None) -> None:
     """Serve the registry until interrupted: HTTPS with ``tls`` (from `dockyard.tls.configure`), else HTTP."""
     from granian.constants import Interfaces, Loops, SSLProtocols
+    from granian.http import HTTP1Settings
     from granian.server import Server
 
     configure_logging(settings)
@@ -187,7 +199,11 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
         log_access=False,
         websockets=False,
         workers_kill_timeout=settings.shutdown_timeout_seconds,
+        backlog=4096,
+        backpressure=settings.max_connections,
+        http1_settings=HTTP1Settings(header_read_timeout=settings.header_timeout_seconds * 1000),
         **ssl_options,
     )
+    _allow_open_files(settings.max_connections + 1024)
     loader = functools.partial(load_app, settings.model_dump_json(), os.getpid())
     server.serve(target_loader=loader)

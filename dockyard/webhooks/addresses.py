@@ -8,6 +8,7 @@ very address that was checked. An operator can allow more with ``webhook_allowed
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -57,9 +58,32 @@ def parse_address(host: str) -> IPAddress | None:
         address = ipaddress.ip_address(host.strip("[]").partition("%")[0])
     except ValueError:
         return None
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+    if isinstance(address, IPv6Address):
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            return embedded
     return address
+
+
+#: IPv6 ranges whose last 32 bits are an IPv4 address a packet may reach: IPv4-compatible
+#: (::a.b.c.d), IPv4-translated (::ffff:0:a.b.c.d) and NAT64 (64:ff9b::/96, 64:ff9b:1::/48).
+_EMBEDDING = tuple(
+    ipaddress.IPv6Network(net) for net in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48")
+)
+
+
+def embedded_ipv4(address: IPv6Address) -> IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, translated, NAT64, 6to4,
+    Teredo's client), or None. ``::`` and ``::1`` carry none: they are IPv6's own."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if int(address) > 1 and any(address in net for net in _EMBEDDING):
+        return IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def refusal(address: IPAddress, allowed: tuple[IPNetwork, ...] = ()) -> str | None:
@@ -92,19 +116,43 @@ def host_refusal(host: str, addresses: Iterable[str], allowed: tuple[IPNetwork, 
     return None
 
 
-def system_resolve(host: str, port: int) -> list[str]:
-    """The addresses the system resolver gives for ``host`` (blocking); [] if it gives none."""
+#: How long a create or update waits for a name to resolve; a slower name is checked at delivery only.
+RESOLVE_SECONDS = 2.0
+
+
+def _lookup(host: str, port: int) -> list[str]:
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
-        return []  # unresolvable now: checked again, with a clear error, at every delivery
+        return []
     return list(dict.fromkeys(str(info[4][0]) for info in found))
 
 
-def check_destination(uri: str, allowed: tuple[IPNetwork, ...], resolve: Resolver = system_resolve) -> None:
+class BoundedResolver:
+    """The system resolver with a deadline: the addresses of ``host`` within RESOLVE_SECONDS, else []
+    (a name that does not resolve now is checked again at every delivery). Lookups run on a few
+    threads of their own, so a slow or silent name server never holds the request threads."""
+
+    def __init__(self, threads: int = 4) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="webhook-resolve")
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        try:
+            return self._pool.submit(_lookup, host, port).result(timeout=RESOLVE_SECONDS)
+        except concurrent.futures.TimeoutError:
+            return []
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def check_destination(uri: str, allowed: tuple[IPNetwork, ...], resolve: Resolver = _lookup) -> None:
     """Refuse (400) a service URI whose host is, or resolves to, a refused address."""
     url = httpx.URL(uri)
-    host = url.host
+    try:
+        host = url.host
+    except ValueError:  # a malformed IDNA name
+        raise RegistryError(ErrorCode.INVALID_REQUEST, "the service URI is not a valid URL") from None
     port = url.port or (443 if url.scheme == "https" else 80)
     addresses = [] if parse_address(host) is not None else resolve(host, port)
     reason = host_refusal(host, addresses, allowed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -29,6 +30,8 @@ from dockyard.asgi import run_sync
 from dockyard.webhooks.delivery import attempt, new_client
 from dockyard.webhooks.services import DeliveryInfo, WebhookInfo, WebhookService
 
+#: Webhook creates and updates (each resolves a host name) handled at once per process.
+RESOLVING_AT_ONCE = 4
 READ_WRITE = {"GET": MANAGE_READ, "POST": MANAGE_WRITE, "PATCH": MANAGE_WRITE, "DELETE": MANAGE_WRITE}
 #: Reading these shows custom header values, service URIs and receivers' answers.
 SECRETS = {"GET": MANAGE_WRITE, "POST": MANAGE_WRITE}
@@ -96,6 +99,9 @@ class WebhookRoutes:
         self.policy = policy
         self.audit = audit
         self.timeout = timeout_seconds
+        #: Creates and updates resolve the service URI's host: a slow name server must not take
+        #: more than a few of the threads every request is served by.
+        self._resolving = anyio.Semaphore(RESOLVING_AT_ONCE)
 
     def routes(self) -> list[BaseRoute]:
         guard = self.policy.guard
@@ -121,18 +127,19 @@ class WebhookRoutes:
             return JSONResponse({"value": [webhook_json(h) for h in await run_sync(self.service.list)]})
         body = await json_body(request)
         enabled = status_flag(body)
-        created = await run_sync(
-            lambda: self.service.create(
-                field(body, "name", str, required=True),
-                field(body, "serviceUri", str, required=True),
-                field(body, "actions", list, required=True),
-                scope=field(body, "scope", str),
-                headers=field(body, "customHeaders", dict),
-                enabled=True if enabled is None else enabled,
-                secret=field(body, "secret", str),
-                payload_format=field(body, "payloadFormat", str) or "acr",
+        async with self._resolving:
+            created = await run_sync(
+                lambda: self.service.create(
+                    field(body, "name", str, required=True),
+                    field(body, "serviceUri", str, required=True),
+                    field(body, "actions", list, required=True),
+                    scope=field(body, "scope", str),
+                    headers=field(body, "customHeaders", dict),
+                    enabled=True if enabled is None else enabled,
+                    secret=field(body, "secret", str),
+                    payload_format=field(body, "payloadFormat", str) or "acr",
+                )
             )
-        )
         await self._audit(
             request,
             "webhook.create",
@@ -157,7 +164,10 @@ class WebhookRoutes:
             for key in ("scope", "secret"):
                 if key in body:
                     changes[key] = field(body, key, str)
-            updated = await run_sync(lambda: self.service.update(name, enabled=status_flag(body), **changes))
+            async with self._resolving:
+                updated = await run_sync(
+                    lambda: self.service.update(name, enabled=status_flag(body), **changes)
+                )
             changed = [key for key in CHANGEABLE if key in body]
             await self._audit(request, "webhook.update", {"webhook": name, "changed": changed})
             return JSONResponse(webhook_json(updated))

@@ -48,9 +48,10 @@ def check_uri(uri: str) -> str:
     try:
         url = httpx.URL(uri)
         port = url.port
-    except (httpx.InvalidURL, ValueError):
+        host = url.host  # decodes IDNA (punycode), which can fail on its own
+    except (httpx.InvalidURL, ValueError):  # UnicodeError and idna's errors are ValueErrors
         raise invalid("the service URI is not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
+    if url.scheme not in ("http", "https") or not host:
         raise invalid("the service URI must be an absolute http:// or https:// URL with a host")
     if not _valid_host(url.raw_host.decode("ascii")):
         raise invalid("the service URI's host is not a valid host name or IP address")

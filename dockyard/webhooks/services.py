@@ -16,7 +16,7 @@ from dockyard.events.models import repository_events
 from dockyard.events.services import event_from_row
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.webhooks import payloads
-from dockyard.webhooks.addresses import IPNetwork, Resolver, check_destination, system_resolve
+from dockyard.webhooks.addresses import BoundedResolver, IPNetwork, Resolver, check_destination
 from dockyard.webhooks.models import deliveries, delivery_attempts, webhooks
 from dockyard.webhooks.rules import (
     PAYLOAD_FORMATS,
@@ -135,12 +135,12 @@ class WebhookService:
         retry_max_seconds: float,
         lease_seconds: float,
         allowed_networks: tuple[IPNetwork, ...] = (),
-        resolve: Resolver = system_resolve,
+        resolve: Resolver | None = None,
     ) -> None:
         self._db = db
         #: Networks webhooks may be sent to although addresses.REFUSED lists them (a setting).
         self.allowed_networks = allowed_networks
-        self._resolve = resolve
+        self._resolve = resolve or BoundedResolver()
         self.registry_name = registry_name
         self.limit = limit
         self._window = timedelta(seconds=retry_window_seconds)

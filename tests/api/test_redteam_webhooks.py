@@ -1,4 +1,4 @@
-"""Red-team attacks on where webhooks may be sent (SSRF): HOLE_ tests fail until fixed, refused_ pass.
+"""Red-team attacks on where webhooks may be sent (SSRF): HOLE_ tests failed before their fix, refused_ pass.
 
 Every receiver is a server this module starts on a loopback address; name resolution is
 stubbed (as the webhook tests do), so no test sends anything off the machine.
@@ -299,13 +299,14 @@ def test_refused_a_reader_cannot_ping_redeliver_change_or_read_the_log(client, a
     assert len(receiver.received) == 1
 
 
-def test_HOLE_slow_name_resolution_at_creation_stalls_the_whole_registry(app, client, dockyard):
+def test_HOLE_slow_name_resolution_at_creation_stalls_the_whole_registry(app, client, dockyard, monkeypatch):
     """Attack: a Contributor creates webhooks whose host names resolve slowly (an authoritative DNS
     server the attacker runs and never answers: 10-30 s per name with the usual resolver timeouts).
 
-    WebhookService._validated calls the blocking system resolver without a timeout inside
+    WebhookService._validated called the blocking system resolver without a timeout inside
     run_sync, i.e. on anyio's shared 40-thread pool every request handler uses. 45 concurrent
-    creates take every thread, and even listing webhooks (GET /api/v1/webhooks) waits for them.
+    creates took every thread, and even listing webhooks (GET /api/v1/webhooks) waited for them.
+    Now at most four creates resolve at once, each for at most RESOLVE_SECONDS.
     """
     headers = bearer(access_token(client, ADMIN))
     resolving = [0]
@@ -314,12 +315,13 @@ def test_HOLE_slow_name_resolution_at_creation_stalls_the_whole_registry(app, cl
     def slow(host: str, port: int) -> list[str]:
         with lock:
             resolving[0] += 1
-        time.sleep(3)  # stands in for a resolver waiting on a name server that does not answer
+        time.sleep(1)  # stands in for a resolver waiting on a name server that does not answer
         with lock:
             resolving[0] -= 1
         return [PUBLIC]
 
-    dockyard.webhooks._resolve = slow
+    monkeypatch.setattr("dockyard.webhooks.addresses._lookup", slow)  # under the real, bounded resolver
+    monkeypatch.setattr("dockyard.webhooks.addresses.RESOLVE_SECONDS", 0.3)
 
     async def attack() -> float:
         transport = httpx.ASGITransport(app=app)
@@ -335,7 +337,7 @@ def test_HOLE_slow_name_resolution_at_creation_stalls_the_whole_registry(app, cl
                 for i in range(45):
                     group.start_soon(create_one, i)
                 with anyio.fail_after(5):
-                    while resolving[0] < 40:  # every thread of the pool is resolving a name
+                    while resolving[0] < 1:  # the attack is under way
                         await anyio.sleep(0.01)
                 clock = time.monotonic()
                 assert (await http.get("/api/v1/webhooks")).status_code == 200

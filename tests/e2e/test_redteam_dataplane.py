@@ -1,6 +1,6 @@
 """Red-team attacks on a real `dockyard serve`: connection floods, early answers and the body drain.
 
-HOLE_ tests fail until fixed; refused_ tests show attacks that are bounded. Every test talks
+HOLE_ tests failed before their fix; refused_ tests show attacks that are bounded. Every test talks
 only to the server it starts on 127.0.0.1 and ends within seconds.
 """
 

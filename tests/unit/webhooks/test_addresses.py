@@ -1,5 +1,7 @@
 """Where webhooks may be sent: address classes, the setting, checks at creation and at connection."""
 
+import threading
+import time
 from ipaddress import ip_address
 
 import anyio
@@ -10,6 +12,7 @@ from pydantic import ValidationError
 from dockyard.config import Settings
 from dockyard.oci.errors import RegistryError
 from dockyard.webhooks.addresses import (
+    BoundedResolver,
     GuardedBackend,
     GuardedTransport,
     RefusedAddress,
@@ -18,7 +21,6 @@ from dockyard.webhooks.addresses import (
     networks,
     parse_address,
     refusal,
-    system_resolve,
 )
 from tests.support.receiver import Receiver
 
@@ -129,8 +131,28 @@ def test_check_destination_refuses_with_a_400():
 
 
 def test_the_system_resolver():
-    assert "127.0.0.1" in system_resolve("localhost", 80)
-    assert system_resolve("no-such-host.invalid", 80) == []  # checked again at delivery
+    resolve = BoundedResolver()
+    assert "127.0.0.1" in resolve("localhost", 80)
+    assert resolve("no-such-host.invalid", 80) == []  # checked again at delivery
+    resolve.close()
+
+
+def test_a_slow_name_server_costs_at_most_the_deadline(monkeypatch):
+    release = threading.Event()
+
+    def silent(host: str, port: int) -> list[str]:
+        release.wait(5)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr("dockyard.webhooks.addresses._lookup", silent)
+    monkeypatch.setattr("dockyard.webhooks.addresses.RESOLVE_SECONDS", 0.2)
+    resolve = BoundedResolver(threads=1)
+    started = time.monotonic()
+    assert resolve("slow.example", 80) == []  # not resolved in time: checked at delivery
+    assert resolve("slow.example", 80) == []  # queued behind the first: still bounded
+    assert time.monotonic() - started < 2
+    release.set()
+    resolve.close()
 
 
 def test_the_setting(monkeypatch, tmp_path):
