@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -88,6 +89,11 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get("dockyard_write") else "BEGIN")
 
 
+def _first(result: sa.CursorResult[Any]) -> tuple[Any, ...] | None:
+    row = result.first()
+    return tuple(row) if row is not None else None
+
+
 class Database:
     """One engine plus read/write transaction helpers that hide dialect differences."""
 
@@ -108,6 +114,10 @@ class Database:
         self.dialect = self.engine.dialect.name
         self._inline_thread: int | None = None
         self._inline_connection: Connection | None = None
+        self._driver_sql: dict[sa.Executable, tuple[str, tuple[str, ...]]] = {}
+        # SQLite has one writer at a time; its busy handler polls with sleeps of up to 100 ms,
+        # so this process's writers queue here instead and each is woken as soon as it may go.
+        self._write_lock = threading.RLock() if self.dialect == "sqlite" else contextlib.nullcontext()
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
 
@@ -157,6 +167,30 @@ class Database:
                     raise
         raise AssertionError("unreachable")
 
+    def lookup_row(self, statement: sa.Executable, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of a one-statement read (``run_lookup``), or None.
+
+        On SQLite's event-loop thread the statement, compiled once, runs on the driver's cursor:
+        SQLAlchemy's per-execution machinery costs several times the indexed lookup itself.
+        """
+        if not self.is_sqlite or threading.get_ident() != self._inline_thread:
+            return self.run_lookup(lambda conn: _first(conn.execute(statement, params)))
+        conn = self._inline_connection
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._inline_connection = conn
+        compiled = self._driver_sql.get(statement)
+        if compiled is None:
+            built = statement.compile(dialect=self.engine.dialect)
+            compiled = (built.string, tuple(built.positiontup or ()))
+            self._driver_sql[statement] = compiled
+        sql, names = compiled
+        cursor = conn.connection.dbapi_connection.execute(sql, tuple(params[name] for name in names))  # type: ignore[union-attr]
+        try:
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE).
@@ -166,7 +200,7 @@ class Database:
         PostgreSQL ``synchronous_commit=off``), and the next durable commit flushes it too.
         A process crash loses nothing either way.
         """
-        with self.engine.connect() as plain:
+        with self._write_lock, self.engine.connect() as plain:
             conn = plain.execution_options(dockyard_write=True)
             if self.is_sqlite and not durable:
                 plain.connection.dbapi_connection.execute("PRAGMA synchronous=NORMAL")
