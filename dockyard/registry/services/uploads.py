@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 #: Chunks up to this size are read into memory and appended in a single transaction.
 SMALL_CHUNK = 1024 * 1024
+INSERT_UPLOAD = uploads.insert()
 
 
 def _read_exactly(body: Iterable[bytes], length: int) -> bytes:
@@ -114,9 +115,8 @@ class UploadService:
 
         def work(conn: Connection) -> None:
             conn.execute(
-                uploads.insert().values(
-                    id=upload_id, repository=repository, size=0, created_at=now, updated_at=now
-                )
+                INSERT_UPLOAD,
+                {"id": upload_id, "repository": repository, "size": 0, "created_at": now, "updated_at": now},
             )
 
         self._db.run_write(work, durable=False)
@@ -218,6 +218,14 @@ class UploadService:
     ) -> BlobInfo:
         """Finish a session (the closing PUT), with an optional last chunk, and verify ``digest``."""
         algorithm, _ = parse_digest(digest)
+        small = content_length is not None and 0 < content_length <= SMALL_CHUNK
+        if small and (content_range is None or content_range[0] == 0):
+            assert content_length is not None
+            data = _read_exactly(body, content_length)
+            done = self._complete_in_one(repository, upload_id, digest, algorithm, data, content_range)
+            if done is not None:
+                return done
+            body = iter((data,))
         token, size = self._acquire(repository, upload_id)
         try:
             expected = self._check_range(size, content_range, content_length)
@@ -243,6 +251,45 @@ class UploadService:
 
         self._db.run_write(work)
         return BlobInfo(digest, size)
+
+    def _complete_in_one(
+        self,
+        repository: str,
+        upload_id: str,
+        digest: str,
+        algorithm: str,
+        data: bytes,
+        content_range: tuple[int, int] | None,
+    ) -> BlobInfo | None:
+        """The usual monolithic push (POST, then a PUT carrying the whole blob) in one transaction.
+
+        When ``data`` alone has ``digest``, it is stored as a blob first (durable, content
+        addressed, visible to no one yet); one transaction then checks that the session is
+        still empty and unleased, links the blob and ends the session. None when the session
+        holds bytes already or ``data`` alone has another digest: the caller takes the
+        general path, which appends to the session and verifies the whole.
+        """
+        self._check_range(0, content_range, len(data))
+        hasher = new_hasher(algorithm)
+        hasher.update(data)
+        if f"{algorithm}:{hasher.hexdigest()}" != digest:
+            return None
+        self._store.put(digest, data)
+        now = utcnow()
+
+        def work(conn: Connection) -> bool:
+            if _lock_unleased(conn, repository, upload_id, now) != 0:
+                return False
+            repo_id = ensure_repository(conn, repository, now)
+            link_blob(conn, repo_id, digest, len(data))
+            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+            return True
+
+        if not self._db.run_write(work):
+            return None  # the blob stored above is unlinked data, as after any failed push
+        self._forget_hasher(upload_id)
+        self._store.delete_upload(upload_id)
+        return BlobInfo(digest, len(data))
 
     def upload_whole(
         self, repository: str, digest: str, body: Iterable[bytes], *, content_length: int | None = None
