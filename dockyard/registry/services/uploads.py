@@ -36,7 +36,14 @@ log = logging.getLogger(__name__)
 
 #: Chunks up to this size are read into memory and appended in a single transaction.
 SMALL_CHUNK = 1024 * 1024
+#: The statements every push runs, built once.
 INSERT_UPLOAD = uploads.insert()
+LOCK_UPLOAD = (
+    sa.select(uploads.c.size, uploads.c.lease_token, uploads.c.lease_until)
+    .where(uploads.c.id == sa.bindparam("id"), uploads.c.repository == sa.bindparam("repository"))
+    .with_for_update()
+)
+DELETE_UPLOAD = uploads.delete().where(uploads.c.id == sa.bindparam("id"))
 
 
 def _read_exactly(body: Iterable[bytes], length: int) -> bytes:
@@ -71,11 +78,7 @@ def _lock_unleased(conn: Connection, repository: str, upload_id: str, now: datet
 
     Refused with a 416 (and ``Retry-After``) while another request's lease on it is live.
     """
-    row = conn.execute(
-        sa.select(uploads.c.size, uploads.c.lease_token, uploads.c.lease_until)
-        .where(uploads.c.id == upload_id, uploads.c.repository == repository)
-        .with_for_update()
-    ).first()
+    row = conn.execute(LOCK_UPLOAD, {"id": upload_id, "repository": repository}).first()
     if row is None:
         raise _unknown(upload_id)
     if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:
@@ -247,7 +250,7 @@ class UploadService:
         def work(conn: Connection) -> None:
             repo_id = ensure_repository(conn, repository)
             link_blob(conn, repo_id, digest, size)
-            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+            conn.execute(DELETE_UPLOAD, {"id": upload_id})
 
         self._db.run_write(work)
         return BlobInfo(digest, size)
@@ -282,7 +285,7 @@ class UploadService:
                 return False
             repo_id = ensure_repository(conn, repository, now)
             link_blob(conn, repo_id, digest, len(data))
-            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+            conn.execute(DELETE_UPLOAD, {"id": upload_id})
             return True
 
         if not self._db.run_write(work):
@@ -424,7 +427,7 @@ class UploadService:
 
     def _drop_session(self, upload_id: str) -> None:
         def work(conn: Connection) -> None:
-            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+            conn.execute(DELETE_UPLOAD, {"id": upload_id})
 
         self._db.run_write(work, durable=False)
         self._forget_hasher(upload_id)
