@@ -57,6 +57,7 @@ class Profile:
     listing_reps: int
     populate_threads: int = 8
     load_threads: int = 2
+    image_push_clients: int = 8
     load_connections: int = 64
     pull_streams: int = 8
 

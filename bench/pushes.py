@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from harness import APP, IMAGES, MB, PUSH, Bench, MiB
-from registry import image_config, image_manifest, push_scope, sha256_digest
+from registry import Client, image_config, image_manifest, push_scope, sha256_digest
 from report import Target, log_figure
 
 
@@ -76,5 +78,49 @@ def image_push(bench: Bench) -> None:
                 server.name,
                 pushed / meter.elapsed,
                 server_cpu_ms_per_image=round(meter.server_cpu / pushed * 1000, 2),
+            )
+    log_figure(figure)
+
+
+def _push_images(bench: Bench, client: Client, deadline: float, lock: threading.Lock) -> int:
+    """Push images (config blob POST + PUT, then the manifest under a new tag) until ``deadline``."""
+    pushed = 0
+    while time.perf_counter() < deadline:
+        with lock:
+            number = bench.next_number()
+        config = image_config(f"image-{number}")
+        client.push_monolithic(IMAGES, config, sha256_digest(config))
+        manifest = image_manifest(config, bench.layer_digest, len(bench.layer))
+        client.put_manifest(IMAGES, f"v{number}", manifest)
+        pushed += 1
+    return pushed
+
+
+def image_push_parallel(bench: Bench) -> None:
+    """Several clients push images at once, each on its own connection, as a CI fleet does."""
+    p = bench.profile
+    clients = p.image_push_clients
+    figure = bench.figure(
+        "image_push_parallel", f"image push, {clients} clients", "images/s", Target("distribution", ">=", 1.5)
+    )
+    lock = threading.Lock()
+    for rep in range(p.image_push_rounds):
+        for server in bench.order(rep, bench.registries):
+            if rep == 0:
+                first = bench.client(server)
+                first.mount(IMAGES, bench.layer_digest, APP)
+                first.close()
+            bench.fetch_token(server, [push_scope(IMAGES)])
+            pool = [bench.client(server) for _ in range(clients)]
+            with bench.meter(server) as meter, ThreadPoolExecutor(max_workers=clients) as executor:
+                deadline = time.perf_counter() + p.image_push_seconds
+                futures = [executor.submit(_push_images, bench, c, deadline, lock) for c in pool]
+                pushed = sum(f.result() for f in futures)
+            for client in pool:
+                client.close()
+            figure.add(
+                server.name,
+                pushed / meter.elapsed,
+                server_cpu_ms_per_image=round(meter.server_cpu / max(pushed, 1) * 1000, 2),
             )
     log_figure(figure)

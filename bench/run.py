@@ -41,6 +41,7 @@ STEPS: tuple[tuple[str, str, Callable[[Bench], None]], ...] = (
     ("push", "blob push", pushes.blob_push),
     ("pull", "blob pull", pulls.blob_pull),
     ("image", "image push", pushes.image_push),
+    ("image", "image push, parallel clients", pushes.image_push_parallel),
     ("get", "manifest and small blob GET/HEAD", gets.small_gets),
     ("listing", "populate tags and repositories", listings.populate),
     ("listing", "listings", listings.listings),

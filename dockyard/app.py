@@ -8,14 +8,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import anyio
 import sqlalchemy as sa
+from starlette._utils import get_route_path
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Router
+from starlette.types import Receive, Scope, Send
 
 from dockyard.access.policy import NetworkRuleMiddleware, Policy
 from dockyard.access.routes.identities import IdentityRoutes
@@ -156,6 +160,52 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     return error_response(error, head=request.method == "HEAD")
 
 
+class SegmentRouter(Router):
+    """Starlette's router, but it only tries the routes that can match the path's first segment.
+
+    Starlette matches every route's regex in turn; with the management API in front of the
+    registry that was a few dozen regexes before a manifest GET found its route. Routes are
+    indexed by their literal first path segment (a route whose first segment is a parameter is
+    tried for every path); order among the candidates is kept, so matching is unchanged.
+    Anything that matches nothing (404, 405, slash redirects) goes through Starlette's own path.
+    """
+
+    def __init__(self, routes: list[BaseRoute], **kwargs: Any) -> None:
+        super().__init__(routes, **kwargs)
+        self._by_segment: dict[str, list[BaseRoute]] = {}
+        for segment in {_first_segment(route) for route in routes} - {None}:
+            assert segment is not None
+            self._by_segment[segment] = [r for r in routes if _first_segment(r) in (segment, None)]
+        self._unindexed = [r for r in routes if _first_segment(r) is None]
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().app(scope, receive, send)
+            return
+        path = get_route_path(scope)
+        segment = path[1:].partition("/")[0]
+        for route in self._by_segment.get(segment, self._unindexed):
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope.setdefault("router", self)
+                scope["route"] = route
+                scope.update(child_scope)
+                await route.handle(scope, receive, send)
+                return
+            if match is Match.PARTIAL:
+                break  # a 405: Starlette's own loop finds the first partial match and answers it
+        await super().app(scope, receive, send)
+
+
+def _first_segment(route: BaseRoute) -> str | None:
+    """The literal first segment of a route's path, or None if it is a parameter (or not a path)."""
+    path = getattr(route, "path", None)
+    if not isinstance(path, str) or not path.startswith("/"):
+        return None
+    segment = path[1:].partition("/")[0]
+    return None if "{" in segment else segment
+
+
 async def _every(interval: float, job: Callable[[], None]) -> None:
     while True:
         await anyio.sleep(interval)
@@ -221,5 +271,6 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    app.router = SegmentRouter(routes, lifespan=lifespan)
     app.state.dockyard = parts
     return app

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import threading
 import time
@@ -69,13 +71,13 @@ def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
     return "database is locked" in str(exc.orig)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
@@ -86,6 +88,64 @@ def _configure_sqlite(engine: Engine) -> None:
         if options.get("isolation_level") == "AUTOCOMMIT":
             return
         connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get("dockyard_write") else "BEGIN")
+
+
+class GroupSync:
+    """Makes SQLite commits durable together: one fsync of the WAL covers every commit made before it.
+
+    Commits run with ``synchronous=NORMAL`` (their frames are written to the WAL, not flushed);
+    each durable writer then waits in ``wait_durable`` until an fsync that started after its
+    commit has finished. Whoever arrives while no fsync runs does it for everyone committed
+    so far, so concurrent writers share one flush instead of queueing for one each. A later
+    transaction's frames follow earlier ones in the WAL, and SQLite syncs the WAL before any
+    checkpoint, so a flush never makes a transaction durable without the ones before it.
+    """
+
+    def __init__(self, wal_path: str) -> None:
+        self._wal_path = wal_path
+        self._condition = threading.Condition()
+        self._committed = 0
+        self._synced = 0
+        self._syncing = False
+
+    def committed(self) -> int:
+        """Count a commit whose frames are in the WAL now; the ticket to wait for."""
+        with self._condition:
+            self._committed += 1
+            return self._committed
+
+    def wait_durable(self, ticket: int) -> None:
+        """Return once the commit ``ticket`` was counted for is on disk."""
+        with self._condition:
+            while self._synced < ticket:
+                if self._syncing:
+                    self._condition.wait()
+                    continue
+                self._syncing = True
+                target = self._committed
+                self._condition.release()
+                try:
+                    self._flush()
+                finally:
+                    self._condition.acquire()
+                    self._syncing = False
+                    self._condition.notify_all()
+                self._synced = max(self._synced, target)
+
+    def _flush(self) -> None:
+        try:
+            fd = os.open(self._wal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # no WAL: the last connection checkpointed (and synced) it into the database
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _first(result: sa.CursorResult[Any]) -> tuple[Any, ...] | None:
+    row = result.first()
+    return tuple(row) if row is not None else None
 
 
 class Database:
@@ -108,8 +168,17 @@ class Database:
         self.dialect = self.engine.dialect.name
         self._inline_thread: int | None = None
         self._inline_connection: Connection | None = None
+        self._driver_sql: dict[sa.Executable, tuple[str, tuple[str, ...]]] = {}
+        self._group: GroupSync | None = None
+        # SQLite has one writer at a time and its busy handler polls with sleeps of up to
+        # 100 ms: this process's writers queue on a lock instead, woken as soon as one ends.
+        self._write_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if self.dialect == "sqlite":
-            _configure_sqlite(self.engine)
+            self._write_lock = threading.RLock()
+            path = self.engine.url.database
+            if path and path != ":memory:" and not path.startswith("file:"):
+                self._group = GroupSync(os.path.abspath(path) + "-wal")
+            _configure_sqlite(self.engine, synchronous="NORMAL" if self._group else "FULL")
 
     def __repr__(self) -> str:
         return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -157,6 +226,30 @@ class Database:
                     raise
         raise AssertionError("unreachable")
 
+    def lookup_row(self, statement: sa.Executable, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of a one-statement read (``run_lookup``), or None.
+
+        On SQLite's event-loop thread the statement, compiled once, runs on the driver's cursor:
+        SQLAlchemy's per-execution machinery costs several times the indexed lookup itself.
+        """
+        if not self.is_sqlite or threading.get_ident() != self._inline_thread:
+            return self.run_lookup(lambda conn: _first(conn.execute(statement, params)))
+        conn = self._inline_connection
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._inline_connection = conn
+        compiled = self._driver_sql.get(statement)
+        if compiled is None:
+            built = statement.compile(dialect=self.engine.dialect)
+            compiled = (built.string, tuple(built.positiontup or ()))
+            self._driver_sql[statement] = compiled
+        sql, names = compiled
+        cursor = conn.connection.dbapi_connection.execute(sql, tuple(params[name] for name in names))  # type: ignore[union-attr]
+        try:
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE).
@@ -166,18 +259,25 @@ class Database:
         PostgreSQL ``synchronous_commit=off``), and the next durable commit flushes it too.
         A process crash loses nothing either way.
         """
-        with self.engine.connect() as plain:
+        toggle = self.is_sqlite and self._group is None and not durable
+        ticket = 0
+        with self._write_lock, self.engine.connect() as plain:
             conn = plain.execution_options(dockyard_write=True)
-            if self.is_sqlite and not durable:
+            if toggle:
                 plain.connection.dbapi_connection.execute("PRAGMA synchronous=NORMAL")
             try:
                 with conn.begin():
                     if not self.is_sqlite and not durable:
                         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                     yield conn
+                if self._group is not None and durable:
+                    ticket = self._group.committed()
             finally:
-                if self.is_sqlite and not durable and not plain.invalidated:
+                if toggle and not plain.invalidated:
                     plain.connection.dbapi_connection.execute("PRAGMA synchronous=FULL")
+        if ticket:  # outside the write lock: the next writer commits while this one flushes
+            assert self._group is not None
+            self._group.wait_durable(ticket)
 
     def run_write(self, work: Callable[[Connection], T], *, durable: bool = True) -> T:
         """Run ``work`` in a write transaction, retrying on deadlocks and lock timeouts."""

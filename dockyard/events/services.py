@@ -33,6 +33,7 @@ ACTIONS = (PUSH, DELETE, UNTAG, PULL, CHART_PUSH, CHART_DELETE, QUARANTINE)
 #: Actions other rooms subscribe to; pulls and untags are only logged, as in ACR.
 DISPATCHED_ACTIONS = (PUSH, DELETE, CHART_PUSH, CHART_DELETE, QUARANTINE)
 MAX_PULL_BUFFER = 10_000
+INSERT_EVENT = repository_events.insert()
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class EventService:
                 self._undispatched.set()
             else:
                 row["dispatched"] = True
-        conn.execute(repository_events.insert().values(row))
+        conn.execute(INSERT_EVENT, row)
 
     def note_pull(
         self, repository: str, tag: str | None, digest: str, media_type: str, size: int, origin: Origin | None

@@ -23,7 +23,9 @@ def test_relaxed_writes_commit_and_leave_connections_durable(database_url):
                 assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
             conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS scratch (x INTEGER)")
             conn.exec_driver_sql("INSERT INTO scratch VALUES (1)")
-        assert _commit_setting(db) in {"2", "on"}  # FULL again on the same pooled connection
+        # FULL again on the same pooled connection; a file-backed SQLite database commits with
+        # NORMAL throughout and makes durable writes durable with a shared WAL flush (GroupSync)
+        assert _commit_setting(db) in {"2", "on"} or (db.is_sqlite and db._group is not None)
         with db.read() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM scratch")).scalar_one() == 1
         with db.write() as conn:

@@ -246,3 +246,30 @@ def test_mount_with_invalid_source_name(client):
     )
     assert response.status_code == 400
     assert error_codes(response) == ["NAME_INVALID"]
+
+
+def test_put_in_one_request_ends_the_session_and_leaves_no_upload_data(client, settings):
+    location = start(client).headers["location"]
+    assert client.put(location, params={"digest": sha256(DATA)}, content=DATA).status_code == 201
+    assert client.get(location).status_code == 404  # the session ended with the blob's link
+    assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
+    assert list((settings.storage_path / "uploads").iterdir()) == []
+
+
+def test_closing_put_whose_chunk_alone_has_the_digest_still_verifies_the_whole_upload(client):
+    location = start(client).headers["location"]
+    patched = client.patch(location, content=b"head", headers={"Content-Range": "0-3"})
+    assert patched.status_code == 202
+    # DATA alone has this digest, but the upload holds b"head" + DATA, which does not
+    response = client.put(patched.headers["location"], params={"digest": sha256(DATA)}, content=DATA)
+    assert response.status_code == 400
+    assert error_codes(response) == ["DIGEST_INVALID"]
+    assert client.head(f"/v2/team/app/blobs/{sha256(DATA)}").status_code == 404
+
+
+def test_closing_put_with_the_last_chunk_completes_an_upload_holding_bytes(client):
+    location = start(client).headers["location"]
+    patched = client.patch(location, content=DATA[:100], headers={"Content-Range": "0-99"})
+    response = client.put(patched.headers["location"], params={"digest": sha256(DATA)}, content=DATA[100:])
+    assert response.status_code == 201
+    assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA

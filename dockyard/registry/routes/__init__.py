@@ -14,9 +14,12 @@ from dockyard.registry.services import RegistryServices
 
 def build_routes(services: RegistryServices, policy: Policy) -> list[BaseRoute]:
     """Every registry route, in matching order, each guarded by what it needs."""
+    # The hottest first. Each /v2/<name>/… route is told apart by its fixed tail
+    # (/manifests/<ref>, /blobs/<digest>, /blobs/uploads/…, /tags/list), so the order
+    # changes how soon a path finds its route, never which route it finds.
     return [
-        *ListingRoutes(services, policy).routes(),
-        *BlobRoutes(services, policy).routes(),
         *ManifestRoutes(services, policy).routes(),
+        *BlobRoutes(services, policy).routes(),
+        *ListingRoutes(services, policy).routes(),
         *AcrRoutes(services, policy).routes(),
     ]

@@ -13,14 +13,14 @@ from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import DELETE, PULL, PUSH
 from dockyard.access.policy import Policy
-from dockyard.asgi import content_length, error_response, run_sync, run_with_body
+from dockyard.asgi import content_length, error_response, read_body, run_sync, run_with_body
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_name
 from dockyard.registry.routes.headers import API_VERSION, byte_range, content_range, repository_name
 from dockyard.registry.services import RegistryServices
 from dockyard.registry.services.common import BlobInfo, UploadState
-from dockyard.registry.services.uploads import range_header
+from dockyard.registry.services.uploads import SMALL_CHUNK, range_header
 from dockyard.storage import StorageFull
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,22 @@ class BlobRoutes:
         if not digest:
             raise RegistryError(ErrorCode.DIGEST_INVALID, "the closing PUT needs a digest query parameter")
         parse_digest(digest)
+        if length is not None and length <= SMALL_CHUNK:
+            # A small body (a config blob, a small layer) is read here: one thread hop, not a stream.
+            data = await read_body(request, length)
+            blob = await _storing(
+                name,
+                run_sync(
+                    self.uploads.complete,
+                    name,
+                    upload_id,
+                    digest,
+                    (data,),
+                    content_range=chunk_range,
+                    content_length=length,
+                ),
+            )
+            return Response(status_code=201, headers=_blob_headers(name, blob))
         blob = await _storing(
             name,
             run_with_body(

@@ -44,10 +44,10 @@ class BlobService:
     def stat(self, repository: str, digest: str) -> BlobInfo:
         """The blob if ``repository`` has it, else BLOB_UNKNOWN."""
         parse_digest(digest)
-        size = self._db.run_lookup(lambda conn: self._lookup(conn, repository, digest))
-        if size is None:
+        row = self._db.lookup_row(BLOB_SIZE, {"repository": repository, "digest": digest})
+        if row is None:
             raise _blob_unknown(digest)
-        return BlobInfo(digest, size, self._store.local_path(digest))
+        return BlobInfo(digest, row[0], self._store.local_path(digest))
 
     def read(self, digest: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """The bytes of a blob ``stat`` found, from ``offset``."""

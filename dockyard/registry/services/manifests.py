@@ -133,7 +133,11 @@ class ManifestService:
             with self._db.read() as conn:
                 require_repository(conn, repository)
             raise _manifest_unknown(repository, reference) from None
-        record = self._db.run_lookup(lambda conn: self._fetch(conn, repository, tag, digest))
+        if digest is not None:
+            row = self._db.lookup_row(MANIFEST_BY_DIGEST, {"repository": repository, "digest": digest})
+        else:
+            row = self._db.lookup_row(MANIFEST_BY_TAG, {"repository": repository, "tag": tag})
+        record = ManifestRecord(row[0], row[1], bytes(row[2])) if row is not None else None
         if record is not None and (digest is not None or accepts(accept, record.media_type)):
             return record
         with self._db.read() as conn:

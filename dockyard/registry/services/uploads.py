@@ -36,6 +36,14 @@ log = logging.getLogger(__name__)
 
 #: Chunks up to this size are read into memory and appended in a single transaction.
 SMALL_CHUNK = 1024 * 1024
+#: The statements every push runs, built once.
+INSERT_UPLOAD = uploads.insert()
+LOCK_UPLOAD = (
+    sa.select(uploads.c.size, uploads.c.lease_token, uploads.c.lease_until)
+    .where(uploads.c.id == sa.bindparam("id"), uploads.c.repository == sa.bindparam("repository"))
+    .with_for_update()
+)
+DELETE_UPLOAD = uploads.delete().where(uploads.c.id == sa.bindparam("id"))
 
 
 def _read_exactly(body: Iterable[bytes], length: int) -> bytes:
@@ -70,11 +78,7 @@ def _lock_unleased(conn: Connection, repository: str, upload_id: str, now: datet
 
     Refused with a 416 (and ``Retry-After``) while another request's lease on it is live.
     """
-    row = conn.execute(
-        sa.select(uploads.c.size, uploads.c.lease_token, uploads.c.lease_until)
-        .where(uploads.c.id == upload_id, uploads.c.repository == repository)
-        .with_for_update()
-    ).first()
+    row = conn.execute(LOCK_UPLOAD, {"id": upload_id, "repository": repository}).first()
     if row is None:
         raise _unknown(upload_id)
     if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:
@@ -114,9 +118,8 @@ class UploadService:
 
         def work(conn: Connection) -> None:
             conn.execute(
-                uploads.insert().values(
-                    id=upload_id, repository=repository, size=0, created_at=now, updated_at=now
-                )
+                INSERT_UPLOAD,
+                {"id": upload_id, "repository": repository, "size": 0, "created_at": now, "updated_at": now},
             )
 
         self._db.run_write(work, durable=False)
@@ -218,6 +221,14 @@ class UploadService:
     ) -> BlobInfo:
         """Finish a session (the closing PUT), with an optional last chunk, and verify ``digest``."""
         algorithm, _ = parse_digest(digest)
+        small = content_length is not None and 0 < content_length <= SMALL_CHUNK
+        if small and (content_range is None or content_range[0] == 0):
+            assert content_length is not None
+            data = _read_exactly(body, content_length)
+            done = self._complete_in_one(repository, upload_id, digest, algorithm, data, content_range)
+            if done is not None:
+                return done
+            body = iter((data,))
         token, size = self._acquire(repository, upload_id)
         try:
             expected = self._check_range(size, content_range, content_length)
@@ -239,10 +250,49 @@ class UploadService:
         def work(conn: Connection) -> None:
             repo_id = ensure_repository(conn, repository)
             link_blob(conn, repo_id, digest, size)
-            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+            conn.execute(DELETE_UPLOAD, {"id": upload_id})
 
         self._db.run_write(work)
         return BlobInfo(digest, size)
+
+    def _complete_in_one(
+        self,
+        repository: str,
+        upload_id: str,
+        digest: str,
+        algorithm: str,
+        data: bytes,
+        content_range: tuple[int, int] | None,
+    ) -> BlobInfo | None:
+        """The usual monolithic push (POST, then a PUT carrying the whole blob) in one transaction.
+
+        When ``data`` alone has ``digest``, it is stored as a blob first (durable, content
+        addressed, visible to no one yet); one transaction then checks that the session is
+        still empty and unleased, links the blob and ends the session. None when the session
+        holds bytes already or ``data`` alone has another digest: the caller takes the
+        general path, which appends to the session and verifies the whole.
+        """
+        self._check_range(0, content_range, len(data))
+        hasher = new_hasher(algorithm)
+        hasher.update(data)
+        if f"{algorithm}:{hasher.hexdigest()}" != digest:
+            return None
+        self._store.put(digest, data)
+        now = utcnow()
+
+        def work(conn: Connection) -> bool:
+            if _lock_unleased(conn, repository, upload_id, now) != 0:
+                return False
+            repo_id = ensure_repository(conn, repository, now)
+            link_blob(conn, repo_id, digest, len(data))
+            conn.execute(DELETE_UPLOAD, {"id": upload_id})
+            return True
+
+        if not self._db.run_write(work):
+            return None  # the blob stored above is unlinked data, as after any failed push
+        self._forget_hasher(upload_id)
+        self._store.delete_upload(upload_id)
+        return BlobInfo(digest, len(data))
 
     def upload_whole(
         self, repository: str, digest: str, body: Iterable[bytes], *, content_length: int | None = None
@@ -377,7 +427,7 @@ class UploadService:
 
     def _drop_session(self, upload_id: str) -> None:
         def work(conn: Connection) -> None:
-            conn.execute(uploads.delete().where(uploads.c.id == upload_id))
+            conn.execute(DELETE_UPLOAD, {"id": upload_id})
 
         self._db.run_write(work, durable=False)
         self._forget_hasher(upload_id)
