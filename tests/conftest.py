@@ -113,3 +113,16 @@ def anonymous(app: Starlette) -> Iterator[TestClient]:
     """A client without credentials, on the same app as ``client``."""
     with TestClient(app) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def statements(dockyard: Dockyard) -> Iterator[list[str]]:
+    """The verb (SELECT, INSERT, …) of every SQL statement the registry sends from now on."""
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement.lstrip().split(None, 1)[0].upper())
+
+    sa.event.listen(dockyard.db.engine, "before_cursor_execute", record)
+    yield seen
+    sa.event.remove(dockyard.db.engine, "before_cursor_execute", record)

@@ -165,19 +165,6 @@ def test_contributor_cannot_take_over_an_owner_or_the_admin(client, anonymous):
 # -- 5. clients without valid credentials cause no database write ------------------------------
 
 
-@pytest.fixture
-def statements(dockyard):
-    """Every SQL statement the registry sends from now on."""
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        seen.append(statement.lstrip().split(None, 1)[0].upper())
-
-    sa.event.listen(dockyard.db.engine, "before_cursor_execute", record)
-    yield seen
-    sa.event.remove(dockyard.db.engine, "before_cursor_execute", record)
-
-
 def test_floods_without_valid_credentials_write_nothing(anonymous, dockyard, statements):
     good = token(anonymous, ADMIN, "repository:team/a:pull")
     header, payload, signature = good.split(".")

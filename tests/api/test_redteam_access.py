@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import jwt
-import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -58,19 +57,6 @@ def _b64(data: bytes) -> str:
 def _signing_row(dockyard) -> sa.Row:
     with dockyard.db.read() as conn:
         return conn.execute(sa.select(signing_keys).where(signing_keys.c.retired_at.is_(None))).first()
-
-
-@pytest.fixture
-def statements(dockyard):
-    """Every SQL statement's verb the registry sends from now on."""
-    seen: list[str] = []
-
-    def record(conn, cursor, statement, *args):
-        seen.append(statement.lstrip().split(None, 1)[0].upper())
-
-    sa.event.listen(dockyard.db.engine, "before_cursor_execute", record)
-    yield seen
-    sa.event.remove(dockyard.db.engine, "before_cursor_execute", record)
 
 
 def writes(seen: list[str]) -> list[str]:
