@@ -42,6 +42,7 @@ from dockyard.config import Settings
 from dockyard.db import Database, utcnow
 from dockyard.events.routes import EventRoutes
 from dockyard.events.services import EventService
+from dockyard.health import HealthRoutes
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry import jobs as registry_jobs
 from dockyard.registry.routes import build_routes
@@ -253,6 +254,7 @@ def create_app(
         *ManagementRoutes(parts.access, policy, settings.registry_name).routes(),
         *IdentityRoutes(parts.access, policy).routes(),
         *OpenApiRoutes().routes(),
+        *HealthRoutes(parts.db, parts.store).routes(),
         *WebhookRoutes(
             parts.webhooks, policy, parts.access.audit, timeout_seconds=settings.webhook_timeout_seconds
         ).routes(),
