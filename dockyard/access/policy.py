@@ -275,9 +275,9 @@ ANONYMOUS_CALLER = Principal(ANONYMOUS.name, ANONYMOUS.kind, ANONYMOUS_PULL)
 
 
 def _has_nul(request: Request) -> bool:
-    return any("\x00" in str(v) for v in request.path_params.values()) or any(
-        "\x00" in k or "\x00" in v for k, v in request.query_params.multi_items()
-    )
+    """A NUL in the (decoded) path or in the query string, raw or percent-encoded."""
+    query = request.scope["query_string"]
+    return "\x00" in request.scope["path"] or b"\x00" in query or b"%00" in query
 
 
 def _basic(value: str) -> tuple[str, str]:

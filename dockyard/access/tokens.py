@@ -58,7 +58,6 @@ class _Keys:
     signing_kid: str
     signing_key: ec.EllipticCurvePrivateKey
     verifying: dict[str, ec.EllipticCurvePublicKey]
-    loaded_at: float
 
 
 class TokenService:
@@ -126,7 +125,6 @@ class TokenService:
             signing_kid=signing,
             signing_key=private[signing] if signing else next(iter(private.values())),
             verifying={kid: key.public_key() for kid, key in private.items()},
-            loaded_at=time.monotonic(),
         )
 
     def _read_or_create_keys(self, conn: sa.Connection) -> _Keys:

@@ -164,11 +164,10 @@ class OAuthRoutes:
         return JSONResponse({"refresh_token": issued.token}, headers=NO_STORE)
 
     def _exchangeable(self, token: str, grant: str) -> Principal | None:
+        authenticator = self.access.authenticator
         try:
-            claims = self.access.tokens.verify(token, grant)
+            if grant == ACCESS_GRANT:
+                return authenticator.identity_principal(authenticator.access_caller(token))
+            return authenticator.principal_for(self.access.tokens.verify(token, grant))
         except InvalidToken:
             return None
-        if grant == ACCESS_GRANT:
-            caller = self.access.authenticator.access_caller(token)
-            return self.access.authenticator.identity_principal(caller)
-        return self.access.authenticator.principal_for(claims)
