@@ -20,21 +20,14 @@ from tests.api.test_webhooks import create, deliver, user_with_role
 from tests.support.auth import ADMIN, access_token, bearer
 from tests.support.images import make_image
 from tests.support.receiver import Receiver
-from tests.support.registry import error_codes, push_image
+from tests.support.registry import error_codes, fast_webhook_settings, push_image
 
 PUBLIC = "192.0.2.10"  # TEST-NET-1: never reached, the tests only check where deliveries would go
 
 
 @pytest.fixture
 def settings(settings):
-    return settings.model_copy(
-        update={
-            "webhook_retry_base_seconds": 0.01,
-            "webhook_retry_max_seconds": 0.02,
-            "webhook_timeout_seconds": 1.0,
-            "webhook_allowed_networks": [],  # the default: nothing refused is allowed
-        }
-    )
+    return fast_webhook_settings(settings, [])  # the default: nothing refused is allowed
 
 
 @pytest.fixture

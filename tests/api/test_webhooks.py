@@ -13,7 +13,7 @@ from dockyard.webhooks.jobs import DeliveryWorker
 from tests.support.auth import basic
 from tests.support.images import canonical, make_image, make_index
 from tests.support.receiver import Receiver
-from tests.support.registry import error_codes, push_blob, push_image
+from tests.support.registry import error_codes, fast_webhook_settings, push_blob, push_image
 
 HELM_CONFIG = "application/vnd.cncf.helm.config.v1+json"
 HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
@@ -21,14 +21,7 @@ HELM_LAYER = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 
 @pytest.fixture
 def settings(settings):
-    return settings.model_copy(
-        update={
-            "webhook_retry_base_seconds": 0.01,
-            "webhook_retry_max_seconds": 0.02,
-            "webhook_timeout_seconds": 1.0,
-            "webhook_allowed_networks": ["127.0.0.0/8"],  # the receivers listen on 127.0.0.1
-        }
-    )
+    return fast_webhook_settings(settings, ["127.0.0.0/8"])  # the receivers listen on 127.0.0.1
 
 
 @pytest.fixture

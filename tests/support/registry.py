@@ -41,3 +41,15 @@ def push_manifest(client: Any, repository: str, reference: str, payload: bytes, 
 def error_codes(response: Any) -> list[str]:
     """The OCI error codes in a response body."""
     return [error["code"] for error in response.json()["errors"]]
+
+
+def fast_webhook_settings(settings: Any, allowed_networks: list[str]) -> Any:
+    """``settings`` with webhook retries and timeouts short enough for tests, allowing these networks."""
+    return settings.model_copy(
+        update={
+            "webhook_retry_base_seconds": 0.01,
+            "webhook_retry_max_seconds": 0.02,
+            "webhook_timeout_seconds": 1.0,
+            "webhook_allowed_networks": allowed_networks,
+        }
+    )
