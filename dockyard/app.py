@@ -37,6 +37,7 @@ from dockyard.asgi import (
     registry_error_handler,
     run_sync,
     server_error_handler,
+    storage_full_handler,
 )
 from dockyard.config import Settings
 from dockyard.db import Database, utcnow
@@ -47,7 +48,7 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry import jobs as registry_jobs
 from dockyard.registry.routes import build_routes
 from dockyard.registry.services import RegistryServices, build_registry_services
-from dockyard.storage import BlobStore
+from dockyard.storage import BlobStore, StorageFull
 from dockyard.storage.factory import create_blob_store
 from dockyard.webhooks.addresses import networks
 from dockyard.webhooks.jobs import DeliveryWorker
@@ -268,6 +269,7 @@ def create_app(
             RegistryError: registry_error_handler,
             ClientDisconnect: disconnect_handler,
             sa.exc.DBAPIError: database_error_handler,
+            StorageFull: storage_full_handler,
             HTTPException: http_error_handler,
             Exception: server_error_handler,
         },

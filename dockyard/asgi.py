@@ -158,17 +158,28 @@ def disk_full(exc: BaseException) -> bool:
     return getattr(cause, "sqlstate", None) == "53100" or "database or disk is full" in str(cause)
 
 
+def _storage_full(request: Request, why: object) -> Response:
+    """507 with one log line: the request can be retried once space is freed."""
+    name = request.path_params.get("name")
+    what = f"a push to {name}" if name else f"{request.method} {log_safe(request.url.path)}"
+    log.error("refused %s: %s", what, why)
+    error = RegistryError(
+        ErrorCode.UNKNOWN, "the registry's storage is full; try again once space is freed", status=507
+    )
+    return error_response(error, head=request.method == "HEAD")
+
+
+async def storage_full_handler(request: Request, exc: Exception) -> Response:
+    """The blob store is full (``StorageFull``): 507."""
+    return _storage_full(request, exc)
+
+
 async def database_error_handler(request: Request, exc: Exception) -> Response:
-    """A database error: 507 when its disk is full (one log line, the request can be retried
-    once space is freed), else a 500 with the traceback in the log."""
+    """A database error: 507 when its disk is full, else a 500 with the traceback in the log."""
     if disk_full(exc):
-        log.error("refused %s %s: the database's disk is full", request.method, log_safe(request.url.path))
-        error = RegistryError(
-            ErrorCode.UNKNOWN, "the registry's storage is full; try again once space is freed", status=507
-        )
-    else:
-        log.error("%s %s failed", request.method, log_safe(request.url.path), exc_info=exc)
-        error = RegistryError(ErrorCode.UNKNOWN, "internal server error; see the registry's log")
+        return _storage_full(request, "the database's disk is full")
+    log.error("%s %s failed", request.method, log_safe(request.url.path), exc_info=exc)
+    error = RegistryError(ErrorCode.UNKNOWN, "internal server error; see the registry's log")
     return error_response(error, head=request.method == "HEAD")
 
 

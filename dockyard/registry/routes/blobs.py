@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable
-from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
@@ -21,23 +19,8 @@ from dockyard.registry.routes.headers import API_VERSION, byte_range, content_ra
 from dockyard.registry.services import RegistryServices
 from dockyard.registry.services.common import BlobInfo, UploadState
 from dockyard.registry.services.uploads import SMALL_CHUNK, range_header
-from dockyard.storage import StorageFull
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-async def _storing(name: str, call: Awaitable[T]) -> T:
-    """Await a call that writes blob data; a full store is a 507 the client can retry later."""
-    try:
-        return await call
-    except StorageFull as exc:
-        log.error("refused a push to %s: %s", name, exc)
-        raise RegistryError(
-            ErrorCode.UNKNOWN,
-            "the registry's storage is full; try again once space is freed",
-            status=507,
-        ) from None
 
 
 def _blob_headers(name: str, blob: BlobInfo) -> dict[str, str]:
@@ -144,11 +127,8 @@ class BlobRoutes:
         digest = query.get("digest")
         if digest:
             parse_digest(digest)
-            blob = await _storing(
-                name,
-                run_with_body(
-                    request, self.uploads.upload_whole, name, digest, content_length=content_length(request)
-                ),
+            blob = await run_with_body(
+                request, self.uploads.upload_whole, name, digest, content_length=content_length(request)
             )
             return Response(status_code=201, headers=_blob_headers(name, blob))
         state = await run_sync(self.uploads.start, name)
@@ -181,16 +161,13 @@ class BlobRoutes:
         chunk_range = content_range(request)
         length = content_length(request)
         if method == "PATCH":
-            state = await _storing(
+            state = await run_with_body(
+                request,
+                self.uploads.append,
                 name,
-                run_with_body(
-                    request,
-                    self.uploads.append,
-                    name,
-                    upload_id,
-                    content_range=chunk_range,
-                    content_length=length,
-                ),
+                upload_id,
+                content_range=chunk_range,
+                content_length=length,
             )
             return Response(status_code=202, headers=_upload_headers(state))
         digest = request.query_params.get("digest")
@@ -200,29 +177,23 @@ class BlobRoutes:
         if length is not None and length <= SMALL_CHUNK:
             # A small body (a config blob, a small layer) is read here: one thread hop, not a stream.
             data = await read_body(request, length)
-            blob = await _storing(
-                name,
-                run_sync(
-                    self.uploads.complete,
-                    name,
-                    upload_id,
-                    digest,
-                    (data,),
-                    content_range=chunk_range,
-                    content_length=length,
-                ),
-            )
-            return Response(status_code=201, headers=_blob_headers(name, blob))
-        blob = await _storing(
-            name,
-            run_with_body(
-                request,
+            blob = await run_sync(
                 self.uploads.complete,
                 name,
                 upload_id,
                 digest,
+                (data,),
                 content_range=chunk_range,
                 content_length=length,
-            ),
+            )
+            return Response(status_code=201, headers=_blob_headers(name, blob))
+        blob = await run_with_body(
+            request,
+            self.uploads.complete,
+            name,
+            upload_id,
+            digest,
+            content_range=chunk_range,
+            content_length=length,
         )
         return Response(status_code=201, headers=_blob_headers(name, blob))
