@@ -135,10 +135,12 @@ class Meter:
 class Bench:
     """The servers, the workload, and the figures it produced."""
 
-    def __init__(self, profile: Profile, workdir: Path, *, access_log: bool) -> None:
+    def __init__(
+        self, profile: Profile, workdir: Path, *, access_log: bool, database_url: str | None = None
+    ) -> None:
         self.profile = profile
         self.workdir = workdir
-        self.dockyard = Dockyard(workdir / "dockyard", access_log=access_log)
+        self.dockyard = Dockyard(workdir / "dockyard", access_log=access_log, database_url=database_url)
         self.distribution = Distribution(workdir / "distribution", access_log=access_log)
         self.nginx = Nginx(workdir / "nginx")
         self.registries: list[Server] = [self.dockyard, self.distribution]

@@ -13,6 +13,7 @@ See bench/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import gets
 import listings
@@ -31,6 +33,8 @@ import pulls
 import pushes
 from harness import FULL, QUICK, Bench
 from report import document, environment, log, report
+
+from tests.support.postgres import private_cluster
 
 HERE = Path(__file__).resolve().parent
 
@@ -77,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the servers' data and logs afterwards")
     parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="run Dockyard on a private PostgreSQL cluster (fsync on) instead of SQLite",
+    )
+    parser.add_argument(
         "--no-access-log", action="store_true", help="run both registries without access logs"
     )
     parser.add_argument(
@@ -97,16 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC)
     started = time.perf_counter()
     access_log = not args.no_access_log
-    bench = Bench(profile, workdir, access_log=access_log)
-    bench.info["environment"] = environment()
-    log(f"Dockyard benchmark ({profile.name}), work directory {workdir}")
-    try:
-        run(bench, phases)
-    finally:
-        if args.keep:
-            log(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        database_url = None
+        if args.postgres:
+            database_url = stack.enter_context(private_cluster(fsync=True))
+        bench = Bench(profile, workdir, access_log=access_log, database_url=database_url)
+        bench.info["environment"] = environment()
+        bench.info["database"] = "postgresql" if args.postgres else "sqlite"
+        log(f"Dockyard benchmark ({profile.name}, {bench.info['database']}), work directory {workdir}")
+        try:
+            run(bench, phases)
+        finally:
+            if args.keep:
+                log(f"kept {workdir}")
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.perf_counter() - started
     report(bench, profile, elapsed, stamp, access_log)
 

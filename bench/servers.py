@@ -189,9 +189,10 @@ class Dockyard(Server):
 
     ready_statuses = (200, 401)
 
-    def __init__(self, folder: Path, *, access_log: bool = True) -> None:
+    def __init__(self, folder: Path, *, access_log: bool = True, database_url: str | None = None) -> None:
         super().__init__("dockyard", "Dockyard", folder)
         self.access_log = access_log
+        self.database_url = database_url
         self.credentials = (DOCKYARD_ADMIN, secrets.token_urlsafe(24))
 
     def command(self) -> tuple[list[str], dict[str, str]]:
@@ -206,6 +207,8 @@ class Dockyard(Server):
             "DOCKYARD_ADMIN_PASSWORD": self.credentials[1],
             "DOCKYARD_ACCESS_TOKEN_SECONDS": str(DOCKYARD_TOKEN_SECONDS),
         }
+        if self.database_url:
+            env["DOCKYARD_DATABASE_URL"] = self.database_url
         argv = [str(executable), "serve", "--data-dir", str(self.folder / "data"), "--port", str(self.port)]
         return argv, env
 

@@ -226,6 +226,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         parts.db.serve_lookups_inline()
+        listener = parts.registry.listener
+        if listener is not None:
+            listener.start()
         async with anyio.create_task_group() as group:
             if background_jobs:
                 group.start_soon(
@@ -242,6 +245,8 @@ def create_app(
                 yield
             finally:
                 group.cancel_scope.cancel()
+        if listener is not None:
+            await run_sync(listener.stop)
         await run_sync(parts.events.flush_pulls)
         await run_sync(parts.access.audit.flush)
         parts.db.dispose()

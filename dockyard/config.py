@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         30, ge=5, description="How long one request may hold an upload session while it streams a chunk."
     )
     catalog_page_size: int = Field(1000, ge=1, description="Default and maximum page size of /v2/_catalog.")
+    content_cache_entries: int = Field(
+        20_000,
+        ge=0,
+        description="Manifests and blob lookups each process caches on PostgreSQL (kept true by "
+        "LISTEN/NOTIFY); 0 turns the cache off.",
+    )
     max_connections: int = Field(
         8192,
         ge=16,

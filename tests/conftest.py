@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,26 @@ def anonymous(app: Starlette) -> Iterator[TestClient]:
     """A client without credentials, on the same app as ``client``."""
     with TestClient(app) as test_client:
         yield test_client
+
+
+@contextlib.contextmanager
+def _recording(db: Database) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement.lstrip().split(None, 1)[0].upper())
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+
+
+@pytest.fixture
+def statements_of() -> Callable[[Dockyard], contextlib.AbstractContextManager[list[str]]]:
+    """``with statements_of(node) as seen:`` records the verb of every SQL statement ``node`` sends."""
+    return lambda node: _recording(node.db)
 
 
 @pytest.fixture

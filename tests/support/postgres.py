@@ -26,8 +26,11 @@ def postgres_bindir() -> Path | None:
 
 
 @contextmanager
-def private_cluster() -> Iterator[str]:
-    """Start a throw-away cluster on a free loopback port; yield its URL; stop it."""
+def private_cluster(*, fsync: bool = False) -> Iterator[str]:
+    """Start a throw-away cluster on a free loopback port; yield its URL; stop it.
+
+    Tests run without fsync (their data is thrown away); benchmarks ask for it.
+    """
     bindir = postgres_bindir()
     if bindir is None:
         raise RuntimeError(
@@ -47,7 +50,9 @@ def private_cluster() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} -c fsync=off"
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root}"
+    if not fsync:
+        options += " -c fsync=off"
     subprocess.run(
         [
             *run_as,

@@ -75,7 +75,12 @@ class BlobRoutes:
         if request.method == "DELETE":
             await run_sync(self.blobs.delete, name, digest)
             return Response(status_code=202, headers=API_VERSION)
-        blob = self.blobs.stat(name, digest)  # one indexed lookup, inline like manifest reads
+        blob = self.blobs.cached(name, digest)
+        if blob is None:
+            if self.blobs.reads_inline:  # one local indexed lookup: cheaper than a thread hop
+                blob = self.blobs.stat(name, digest)
+            else:
+                blob = await run_sync(self.blobs.stat, name, digest)
         headers = {
             **API_VERSION,
             "Docker-Content-Digest": blob.digest,

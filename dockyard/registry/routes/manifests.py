@@ -64,8 +64,13 @@ class ManifestRoutes:
         if method == "DELETE":
             await run_sync(self.manifests.delete, name, reference, origin(request, self.policy))
             return Response(status_code=202, headers=API_VERSION)
-        # One indexed lookup on the loop's own connection: cheaper than a thread hop.
-        record = self.manifests.get(name, reference, accept_list(request))
+        accept = accept_list(request)
+        record = self.manifests.cached(name, reference, accept)
+        if record is None:
+            if self.manifests.reads_inline:  # one local indexed lookup: cheaper than a thread hop
+                record = self.manifests.get(name, reference, accept)
+            else:
+                record = await run_sync(self.manifests.get, name, reference, accept)
         headers = {
             **API_VERSION,
             "Docker-Content-Digest": record.digest,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dockyard.changes import ChangeListener, ContentCache, libpq_url
 from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.events.services import EventService
@@ -23,21 +24,31 @@ class RegistryServices:
     manifests: ManifestService
     repositories: RepositoryService
     events: EventService
+    #: Manifests and blob lookups cached in this process (enabled while a listener runs).
+    cache: ContentCache
+    #: Keeps ``cache`` true on PostgreSQL; None on SQLite, where lookups are local and cheap.
+    listener: ChangeListener | None
 
 
 def build_registry_services(
     settings: Settings, db: Database, store: BlobStore, events: EventService
 ) -> RegistryServices:
     """Wire the registry services for one application."""
+    cache = ContentCache(settings.content_cache_entries)
+    listener = None
+    if not db.is_sqlite and settings.content_cache_entries:
+        listener = ChangeListener(libpq_url(db.engine.url), cache)
     return RegistryServices(
-        blobs=BlobService(db, store),
+        blobs=BlobService(db, store, cache),
         uploads=UploadService(
             db,
             store,
             lease_seconds=settings.upload_lease_seconds,
             expiry_seconds=settings.upload_expiry_seconds,
         ),
-        manifests=ManifestService(db, store, events),
-        repositories=RepositoryService(db, events, settings.catalog_page_size),
+        manifests=ManifestService(db, store, events, cache),
+        repositories=RepositoryService(db, events, settings.catalog_page_size, cache),
         events=events,
+        cache=cache,
+        listener=listener,
     )

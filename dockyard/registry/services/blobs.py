@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard.changes import ContentCache
 from dockyard.db import Database
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -33,9 +35,20 @@ def _blob_unknown(digest: str) -> RegistryError:
 class BlobService:
     """Read, mount and delete blobs within repositories."""
 
-    def __init__(self, db: Database, store: BlobStore) -> None:
+    def __init__(self, db: Database, store: BlobStore, cache: ContentCache | None = None) -> None:
         self._db = db
         self._store = store
+        self._cache = cache if cache is not None else ContentCache(0)
+        #: Whether ``stat`` may run on the event loop (one cheap local lookup, SQLite only).
+        self.reads_inline = db.is_sqlite
+
+    def cached(self, repository: str, digest: str) -> BlobInfo | None:
+        """The blob from this process's cache, if it is there (no I/O)."""
+        row = self._cache.get(repository, ("b", digest))
+        return None if row is None else self._info(digest, row)
+
+    def _info(self, digest: str, row: tuple[Any, ...]) -> BlobInfo:
+        return BlobInfo(digest, row[0], self._store.local_path(digest))
 
     @staticmethod
     def _lookup(conn: Connection, repository: str, digest: str) -> int | None:
@@ -44,10 +57,12 @@ class BlobService:
     def stat(self, repository: str, digest: str) -> BlobInfo:
         """The blob if ``repository`` has it, else BLOB_UNKNOWN."""
         parse_digest(digest)
+        generation = self._cache.generation()
         row = self._db.lookup_row(BLOB_SIZE, {"repository": repository, "digest": digest})
         if row is None:
             raise _blob_unknown(digest)
-        return BlobInfo(digest, row[0], self._store.local_path(digest))
+        self._cache.put(repository, ("b", digest), tuple(row), generation)
+        return self._info(digest, row)
 
     def read(self, digest: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """The bytes of a blob ``stat`` found, from ``offset``."""
@@ -122,3 +137,4 @@ class BlobService:
                 raise _blob_unknown(digest)
 
         self._db.run_write(work)
+        self._cache.invalidate(repository)

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard.changes import ContentCache
 from dockyard.db import Database, per_dialect, utcnow
 from dockyard.events.services import CHART_DELETE, CHART_PUSH, DELETE, PUSH, UNTAG, EventService, Origin
 from dockyard.oci import mediatypes as mt
@@ -112,10 +113,20 @@ def accepts(accept: Sequence[str], media_type: str) -> bool:
 class ManifestService:
     """Stores manifests byte-exact and serves them back."""
 
-    def __init__(self, db: Database, store: BlobStore, events: EventService) -> None:
+    def __init__(
+        self, db: Database, store: BlobStore, events: EventService, cache: ContentCache | None = None
+    ) -> None:
         self._db = db
         self._store = store
         self._events = events
+        self._cache = cache if cache is not None else ContentCache(0)
+        #: Whether ``get`` may run on the event loop (one cheap local lookup, SQLite only).
+        self.reads_inline = db.is_sqlite
+
+    def cached(self, repository: str, reference: str, accept: Sequence[str] = ()) -> ManifestRecord | None:
+        """The manifest from this process's cache if it is there and acceptable (no I/O)."""
+        record = self._cache.get(repository, ("m", reference))
+        return record if record is not None and accepts(accept, record.media_type) else None
 
     # -- pull -------------------------------------------------------------------------------
 
@@ -133,11 +144,14 @@ class ManifestService:
             with self._db.read() as conn:
                 require_repository(conn, repository)
             raise _manifest_unknown(repository, reference) from None
+        generation = self._cache.generation()
         if digest is not None:
             row = self._db.lookup_row(MANIFEST_BY_DIGEST, {"repository": repository, "digest": digest})
         else:
             row = self._db.lookup_row(MANIFEST_BY_TAG, {"repository": repository, "tag": tag})
         record = ManifestRecord(row[0], row[1], bytes(row[2])) if row is not None else None
+        if record is not None:
+            self._cache.put(repository, ("m", reference), record, generation)
         if record is not None and (digest is not None or accepts(accept, record.media_type)):
             return record
         with self._db.read() as conn:
@@ -271,6 +285,7 @@ class ManifestService:
             )
 
         self._db.run_write(work)
+        self._cache.invalidate(repository)
         self._events.committed()
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
 
@@ -400,6 +415,7 @@ class ManifestService:
             touch_repository(conn, repo_id)
 
         self._db.run_write(work)
+        self._cache.invalidate(repository)
         self._events.committed()
 
     @staticmethod

@@ -11,6 +11,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard.changes import ContentCache
 from dockyard.db import Database, as_utc
 from dockyard.events.services import CHART_DELETE, DELETE, EventService, Origin
 from dockyard.oci.digest import parse_digest
@@ -81,9 +82,16 @@ TAG_NAMES = (
 class RepositoryService:
     """Lists and deletes repositories, tags and manifests."""
 
-    def __init__(self, db: Database, events: EventService, catalog_page_size: int = 1000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        events: EventService,
+        catalog_page_size: int = 1000,
+        cache: ContentCache | None = None,
+    ) -> None:
         self._db = db
         self._events = events
+        self._cache = cache
         self.catalog_page_size = catalog_page_size
         self._tag_lists: OrderedDict[str, tuple[tuple[int, int], tuple[str, ...]]] = OrderedDict()
         self._tag_lists_lock = threading.Lock()
@@ -325,5 +333,7 @@ class RepositoryService:
             return DeletedRepository([row.digest for row in deleted], tag_names)
 
         result = self._db.run_write(work)
+        if self._cache is not None:
+            self._cache.invalidate(repository)
         self._events.committed()
         return result

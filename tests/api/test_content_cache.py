@@ -1,0 +1,179 @@
+"""Hot reads from the in-process content cache on PostgreSQL, kept true across processes."""
+
+import contextlib
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from starlette.testclient import TestClient
+
+from dockyard.access.services import bootstrap
+from dockyard.app import Dockyard, build, create_app
+from dockyard.config import Settings
+from tests.conftest import _truncate_all
+from tests.support.auth import ADMIN, ADMIN_PASSWORD, access_token, bearer
+from tests.support.images import make_image
+from tests.support.registry import push_blob, push_image
+
+
+def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds (a notification crosses processes asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def node_settings(tmp_path: Path, url: str) -> Settings:
+    return Settings.model_validate(
+        {
+            "data_dir": tmp_path / "data",
+            "database_url": url,
+            "access_log": False,
+            "admin_password": ADMIN_PASSWORD,
+        }
+    )
+
+
+@pytest.fixture
+def pg_settings(tmp_path: Path, postgres_url: str) -> Settings:
+    _truncate_all(postgres_url)
+    return node_settings(tmp_path, postgres_url)
+
+
+@pytest.fixture
+def node(pg_settings) -> Iterator[Dockyard]:
+    parts = build(pg_settings)
+    bootstrap(pg_settings, parts.access)
+    yield parts
+    parts.db.dispose()
+
+
+@pytest.fixture
+def client(pg_settings, node) -> Iterator[TestClient]:
+    """The admin client, once the app's change listener is connected."""
+    with TestClient(create_app(pg_settings, node, background_jobs=False), headers=ADMIN) as client:
+        eventually(lambda: node.registry.cache.enabled, "the change listener to connect")
+        yield client
+
+
+@pytest.fixture
+def other_node(pg_settings) -> Iterator[TestClient]:
+    """A second registry process on the same database and store (a second node)."""
+    parts = build(pg_settings)
+    with TestClient(create_app(pg_settings, parts, background_jobs=False), headers=ADMIN) as client:
+        yield client
+    parts.db.dispose()
+
+
+def settled(node: Dockyard, timeout: float = 10.0) -> None:
+    """Wait until the listener is connected and has received every notification committed so far.
+
+    A sentinel notification sent while the listener reconnects is lost, so send one again
+    until one arrives.
+    """
+    listener = node.registry.listener
+    assert listener is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sentinel = f"sentinel-{uuid.uuid4()}"
+        with node.db.write() as conn:
+            conn.execute(sa.text("SELECT pg_notify('dockyard_content', :payload)"), {"payload": sentinel})
+        with contextlib.suppress(AssertionError):
+            eventually(lambda: listener.last_notice == sentinel, "the sentinel", timeout=0.5)  # noqa: B023
+            return
+    raise AssertionError("the change listener received no sentinel notification")
+
+
+def test_sqlite_reads_inline_and_uncached(tmp_path, sqlite_template):
+    shutil.copy(sqlite_template, tmp_path / "dockyard.db")
+    settings = node_settings(tmp_path, f"sqlite:///{tmp_path / 'dockyard.db'}")
+    parts = build(settings)
+    bootstrap(settings, parts.access)
+    with TestClient(create_app(settings, parts, background_jobs=False), headers=ADMIN) as client:
+        push_image(client, "inline/app", make_image("inline"), tag="v1")
+        assert client.get("/v2/inline/app/manifests/v1").status_code == 200
+    assert parts.registry.listener is None
+    assert len(parts.registry.cache) == 0
+    assert parts.registry.manifests.reads_inline
+    parts.db.dispose()
+
+
+def test_a_repeated_pull_costs_no_query(client, node, statements_of):
+    image = make_image("cached")
+    push_image(client, "cache/app", image, tag="v1")
+    settled(node)  # our own push's notification has arrived: nothing will drop the entries now
+    token = bearer(access_token(client, ADMIN, "repository:cache/app:pull"))
+    assert client.get("/v2/cache/app/manifests/v1", headers=token).status_code == 200
+    assert client.get(f"/v2/cache/app/manifests/{image.digest}", headers=token).status_code == 200
+    assert client.head(f"/v2/cache/app/blobs/{image.config.digest}", headers=token).status_code == 200
+    with statements_of(node) as statements:
+        for _ in range(3):
+            answer = client.get("/v2/cache/app/manifests/v1", headers=token)
+            assert answer.status_code == 200
+            assert answer.headers["docker-content-digest"] == image.digest
+            assert client.get(f"/v2/cache/app/manifests/{image.digest}", headers=token).status_code == 200
+            assert client.head(f"/v2/cache/app/blobs/{image.config.digest}", headers=token).status_code == 200
+    assert statements == []
+    assert node.registry.manifests.reads_inline is False
+
+
+def test_a_tag_moved_by_another_node_is_seen(client, other_node):
+    first, second = make_image("first"), make_image("second")
+    push_image(client, "moving/app", first, tag="latest")
+    assert client.get("/v2/moving/app/manifests/latest").headers["docker-content-digest"] == first.digest
+    push_image(other_node, "moving/app", second, tag="latest")
+    eventually(
+        lambda: (
+            client.get("/v2/moving/app/manifests/latest").headers["docker-content-digest"] == second.digest
+        ),
+        "the other node's tag move to reach this node",
+    )
+
+
+def test_deletes_by_another_node_are_seen(client, node, other_node):
+    image = make_image("doomed")
+    push_image(client, "doomed/app", image, tag="v1")
+    extra = push_blob(client, "doomed/app", b"loose blob")
+    settled(node)
+    assert client.get(f"/v2/doomed/app/manifests/{image.digest}").status_code == 200
+    assert client.head(f"/v2/doomed/app/blobs/{extra}").status_code == 200
+    assert node.registry.cache.get("doomed/app", ("b", extra)) is not None
+    assert other_node.delete(f"/v2/doomed/app/manifests/{image.digest}").status_code == 202
+    assert other_node.delete(f"/v2/doomed/app/blobs/{extra}").status_code == 202
+    settled(node)
+    assert client.get(f"/v2/doomed/app/manifests/{image.digest}").status_code == 404
+    assert client.head(f"/v2/doomed/app/blobs/{extra}").status_code == 404
+
+
+def test_a_local_write_is_read_back_at_once(client):
+    first, second = make_image("mine-1"), make_image("mine-2")
+    push_image(client, "mine/app", first, tag="latest")
+    assert client.get("/v2/mine/app/manifests/latest").headers["docker-content-digest"] == first.digest
+    push_image(client, "mine/app", second, tag="latest")
+    assert client.get("/v2/mine/app/manifests/latest").headers["docker-content-digest"] == second.digest
+    assert client.delete("/v2/mine/app/manifests/latest").status_code == 202
+    assert client.get("/v2/mine/app/manifests/latest").status_code == 404
+
+
+def test_a_lost_listener_pauses_the_cache_until_it_reconnects(client, node, other_node):
+    first, second = make_image("lost-1"), make_image("lost-2")
+    push_image(client, "lost/app", first, tag="latest")
+    settled(node)
+    assert client.get("/v2/lost/app/manifests/latest").status_code == 200
+    with node.db.write() as conn:
+        killed = conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE query = 'LISTEN dockyard_content'"
+            )
+        ).scalar()
+    assert killed >= 1  # this node's listener (and the other node's)
+    push_image(other_node, "lost/app", second, tag="latest")  # while nobody may be listening
+    settled(node)  # the listener is back (it received the sentinel)
+    assert client.get("/v2/lost/app/manifests/latest").headers["docker-content-digest"] == second.digest

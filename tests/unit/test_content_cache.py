@@ -1,0 +1,55 @@
+"""ContentCache: per-repository invalidation, and no stale row cached across an invalidation."""
+
+from dockyard.changes import EVERYTHING, ContentCache
+
+
+def enabled_cache(capacity: int = 10) -> ContentCache:
+    cache = ContentCache(capacity)
+    cache.set_enabled(True)
+    return cache
+
+
+def test_a_disabled_cache_holds_nothing():
+    cache = ContentCache()
+    cache.put("repo", "latest", "v1", cache.generation())
+    assert cache.get("repo", "latest") is None
+    assert len(cache) == 0
+
+
+def test_put_get_and_per_repository_invalidation():
+    cache = enabled_cache()
+    cache.put("a", "latest", "a1", cache.generation())
+    cache.put("b", "latest", "b1", cache.generation())
+    assert cache.get("a", "latest") == "a1"
+    cache.invalidate("a")
+    assert cache.get("a", "latest") is None
+    assert cache.get("b", "latest") == "b1"  # b's entries survive a's invalidation
+    cache.invalidate(EVERYTHING)
+    assert cache.get("b", "latest") is None
+
+
+def test_a_row_read_before_an_invalidation_is_not_cached():
+    cache = enabled_cache()
+    before = cache.generation()  # a reader takes the generation, then queries the database
+    cache.invalidate("repo")  # meanwhile a change commits and its notification arrives
+    cache.put("repo", "latest", "stale", before)
+    assert cache.get("repo", "latest") is None
+
+
+def test_switching_off_and_on_empties_the_cache():
+    cache = enabled_cache()
+    generation = cache.generation()
+    cache.put("repo", "latest", "v1", generation)
+    cache.set_enabled(False)
+    cache.set_enabled(True)
+    assert cache.get("repo", "latest") is None
+    cache.put("repo", "latest", "v1", generation)  # taken before the listener reconnected
+    assert cache.get("repo", "latest") is None
+
+
+def test_capacity_evicts_the_oldest():
+    cache = enabled_cache(capacity=2)
+    for name in ("one", "two", "three"):
+        cache.put("repo", name, name, cache.generation())
+    assert cache.get("repo", "one") is None
+    assert cache.get("repo", "three") == "three"
