@@ -30,7 +30,7 @@ def build_registry_services(
 ) -> RegistryServices:
     """Wire the registry services for one application."""
     return RegistryServices(
-        blobs=BlobService(db, store),
+        blobs=BlobService(db, store, redirect=settings.storage_redirect),
         uploads=UploadService(
             db,
             store,
