@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +33,7 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.resumable import HashStateError, ResumableHash
 from dockyard.registry.models import uploads
 from dockyard.registry.services.common import BlobInfo, UploadState, ensure_repository, link_blob
+from dockyard.registry.services.digests import HasherCache
 from dockyard.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -138,9 +137,7 @@ class UploadService:
         self._store = store
         self._lease = timedelta(seconds=lease_seconds)
         self._expiry = timedelta(seconds=expiry_seconds)
-        self._hasher_cache_size = hasher_cache_size
-        self._hashers: OrderedDict[str, tuple[int, ResumableHash]] = OrderedDict()
-        self._hashers_lock = threading.Lock()
+        self._hashers = HasherCache(hasher_cache_size)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -181,7 +178,7 @@ class UploadService:
         found = self._db.run_write(work, durable=False)
         if found is None:
             raise _unknown(upload_id)
-        self._forget_hasher(upload_id)
+        self._hashers.forget(upload_id)
         self._store.abort_upload(upload_id, found[0])
 
     # -- writing ----------------------------------------------------------------------------
@@ -212,7 +209,7 @@ class UploadService:
         except BaseException:
             self._release(upload_id, token)
             raise
-        self._keep_hasher(upload_id, size, hasher)
+        self._hashers.keep(upload_id, size, hasher)
         return UploadState(upload_id, repository, size)
 
     def _append_small(
@@ -225,7 +222,7 @@ class UploadService:
         digest is advanced outside the transaction when this process's cached hash is current.
         """
         now = utcnow()
-        ahead = self._cached_hasher(upload_id)
+        ahead = self._hashers.get(upload_id)
         if ahead is not None:
             ahead[1].update(data)
 
@@ -257,7 +254,7 @@ class UploadService:
         except _LostDigest as lost:
             self._drop_session(upload_id, lost.store_state)
             raise
-        self._keep_hasher(upload_id, size, hasher)
+        self._hashers.keep(upload_id, size, hasher)
         return UploadState(upload_id, repository, size)
 
     def complete(
@@ -344,7 +341,7 @@ class UploadService:
         done, state = self._db.run_write(work)
         if not done:
             return None  # the blob stored above is unlinked data, as after any failed push
-        self._forget_hasher(upload_id)
+        self._hashers.forget(upload_id)
         if self._store.local or state is not None:
             self._store.abort_upload(upload_id, state)
         return BlobInfo(digest, len(data))
@@ -388,7 +385,7 @@ class UploadService:
         if not self._db.run_write(work):
             self._store.delete(digest, location=location)
         if session is not None:
-            self._forget_hasher(session)
+            self._hashers.forget(session)
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -410,7 +407,7 @@ class UploadService:
 
         stale = self._db.run_write(work, durable=False)
         for upload_id, state in stale:
-            self._forget_hasher(upload_id)
+            self._hashers.forget(upload_id)
             self._store.abort_upload(upload_id, state)
         with self._db.read() as conn:
             live = set(conn.execute(sa.select(uploads.c.id)).scalars())
@@ -464,7 +461,7 @@ class UploadService:
         self._db.run_write(work, durable=False)
 
     def _release(self, upload_id: str, token: str) -> None:
-        self._forget_hasher(upload_id)
+        self._hashers.forget(upload_id)
 
         def work(conn: Connection) -> None:
             conn.execute(
@@ -505,7 +502,7 @@ class UploadService:
             conn.execute(DELETE_UPLOAD, {"id": upload_id})
 
         self._db.run_write(work, durable=False)
-        self._forget_hasher(upload_id)
+        self._hashers.forget(upload_id)
         self._store.abort_upload(upload_id, state)
 
     def _write(
@@ -582,7 +579,7 @@ class UploadService:
         """
         if recorded.size == 0:
             return ResumableHash(algorithm)
-        cached = self._cached_hasher(upload_id)
+        cached = self._hashers.get(upload_id)
         if cached is not None and cached[0] == recorded.size:
             return cached[1]
         if recorded.hash_state is None:
@@ -595,20 +592,3 @@ class UploadService:
         if hasher.length != recorded.size:
             raise _LostDigest(upload_id, recorded.store_state)
         return hasher
-
-    def _cached_hasher(self, upload_id: str) -> tuple[int, ResumableHash] | None:
-        """A private copy of this process's cached (size, hash) for the upload, if any."""
-        with self._hashers_lock:
-            cached = self._hashers.get(upload_id)
-        return None if cached is None else (cached[0], cached[1].copy())
-
-    def _keep_hasher(self, upload_id: str, size: int, hasher: ResumableHash) -> None:
-        with self._hashers_lock:
-            self._hashers[upload_id] = (size, hasher)
-            self._hashers.move_to_end(upload_id)
-            while len(self._hashers) > self._hasher_cache_size:
-                self._hashers.popitem(last=False)
-
-    def _forget_hasher(self, upload_id: str) -> None:
-        with self._hashers_lock:
-            self._hashers.pop(upload_id, None)
