@@ -44,7 +44,12 @@ class GuardedStore(FilesystemBlobStore):
 
     def watch(self, engine: sa.Engine) -> None:
         """Track, per thread, whether a transaction is open on ``engine``."""
-        sa.event.listen(engine, "begin", lambda _conn: setattr(self.in_transaction, "open", True))
+
+        def begin(conn: sa.Connection) -> None:  # an AUTOCOMMIT lookup is no transaction
+            autocommit = conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+            self.in_transaction.open = not autocommit
+
+        sa.event.listen(engine, "begin", begin)
         for name in ("commit", "rollback"):
             sa.event.listen(engine, name, lambda _conn: setattr(self.in_transaction, "open", False))
 

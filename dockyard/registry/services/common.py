@@ -55,7 +55,9 @@ REPOSITORY_ID = sa.select(repositories.c.id).where(repositories.c.name == sa.bin
 INSERT_REPOSITORY = per_dialect(
     lambda insert: insert(repositories).on_conflict_do_nothing(index_elements=["name"])
 )
-INSERT_BLOB = per_dialect(lambda insert: insert(blobs).on_conflict_do_nothing(index_elements=["digest"]))
+INSERT_BLOB = per_dialect(
+    lambda insert: insert(blobs).on_conflict_do_nothing(index_elements=["digest"]).returning(blobs.c.digest)
+)
 LINK_BLOB = per_dialect(
     lambda insert: insert(repository_blobs).on_conflict_do_nothing(index_elements=["repository_id", "digest"])
 )
@@ -101,9 +103,9 @@ def link_blob(conn: Connection, repo_id: int, digest: str, size: int, location: 
     dialect = conn.dialect.name
     inserted = conn.execute(
         INSERT_BLOB[dialect], {"digest": digest, "size": size, "created_at": now, "location": location}
-    ).rowcount
+    ).first()
     conn.execute(LINK_BLOB[dialect], {"repository_id": repo_id, "digest": digest, "created_at": now})
-    if inserted or location is None:
+    if inserted is not None or location is None:
         return True
     return conn.execute(sa.select(blobs.c.location).where(blobs.c.digest == digest)).scalar() == location
 
