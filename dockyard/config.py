@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     storage_path: Path | None = Field(
         None, description="Filesystem blob store root; default <data_dir>/storage."
     )
+    storage_redirect: bool = Field(
+        False,
+        description="Serve blob GETs with a 307 to a short-lived store URL when the store can sign one.",
+    )
     migrate_on_start: bool = Field(True, description="Apply database migrations when the server starts.")
     log_level: LogLevel = Field(LogLevel.info, description="Log verbosity.")
     access_log: bool = Field(True, description="Log one line per request.")

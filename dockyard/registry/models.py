@@ -30,6 +30,8 @@ blobs = sa.Table(
     sa.Column("digest", sa.String(200), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("created_at", TIMESTAMP, nullable=False),
+    #: Where the store keeps the bytes when not at the digest's own place (what commit returned).
+    sa.Column("location", sa.String(1024)),
 )
 
 repository_blobs = sa.Table(
@@ -111,5 +113,9 @@ uploads = sa.Table(
     sa.Column("lease_until", TIMESTAMP),
     sa.Column("created_at", TIMESTAMP, nullable=False),
     sa.Column("updated_at", TIMESTAMP, nullable=False),
+    #: The store's state for the recorded ``size`` bytes (None: nothing written yet).
+    sa.Column("store_state", sa.Text),
+    #: The running digest of those bytes (dockyard.oci.resumable format), so any process resumes it.
+    sa.Column("hash_state", sa.LargeBinary),
     sa.Index("ix_uploads_updated_at", "updated_at"),
 )

@@ -1,5 +1,25 @@
 """Content-addressed blob storage: the BlobStore protocol and its drivers."""
 
-from dockyard.storage.interfaces import BlobStore, StorageError, StorageFull, UploadWriter
+from dockyard.storage.interfaces import (
+    BlobPage,
+    BlobSource,
+    BlobStore,
+    LocalFile,
+    Redirect,
+    StorageError,
+    StorageFull,
+    StoredBlob,
+    UploadWriter,
+)
 
-__all__ = ["BlobStore", "StorageError", "StorageFull", "UploadWriter"]
+__all__ = [
+    "BlobPage",
+    "BlobSource",
+    "BlobStore",
+    "LocalFile",
+    "Redirect",
+    "StorageError",
+    "StorageFull",
+    "StoredBlob",
+    "UploadWriter",
+]

@@ -1,8 +1,10 @@
-"""Filesystem BlobStore: blobs under ``blobs/<alg>/<2 hex>/<hex>``, uploads under ``uploads/``.
+"""Filesystem BlobStore: blobs under ``blobs/<alg>/<2 hex>/<hex>``, uploads under ``uploads/<id>``.
 
-Commit is fsync of the data, an atomic rename into place, and an fsync of the
-directory: three syncs where CNCF Distribution needs eleven, and a crash at any
-point leaves either no blob or a complete one.
+An upload is one file appended to; its state is a constant (the recorded size says how
+much of the file counts), and opening it truncates to that size, so bytes a failed
+request wrote past it are dropped. Commit is fsync of the data, an atomic rename into
+place, and an fsync of the directory: three syncs where CNCF Distribution needs eleven,
+and a crash at any point leaves either no blob or a complete one.
 """
 
 from __future__ import annotations
@@ -11,13 +13,24 @@ import contextlib
 import errno
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from dockyard.storage.interfaces import StorageError, StorageFull
+from dockyard.storage.interfaces import (
+    BlobPage,
+    BlobSource,
+    LocalFile,
+    StorageError,
+    StorageFull,
+    StoredBlob,
+)
 
 READ_CHUNK = 1024 * 1024
 UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
+ENCODED = re.compile(r"^[a-zA-Z0-9=_-]+\Z")
+ALGORITHM = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*\Z")
+#: The state of every filesystem upload: the file is the upload, the recorded size its length.
+UPLOAD_STATE = "file"
 
 
 @contextlib.contextmanager
@@ -39,18 +52,36 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class FilesystemUploadWriter:
-    """Appends to an upload file; ``abort`` truncates back to where it started."""
+def _sorted_entries(directory: Path, after: str | None) -> list[os.DirEntry[str]]:
+    """The entries of ``directory`` named after ``after`` (all if None), sorted by name."""
+    try:
+        with os.scandir(directory) as entries:
+            found = [entry for entry in entries if after is None or entry.name > after]
+    except FileNotFoundError:
+        return []
+    return sorted(found, key=lambda entry: entry.name)
 
-    def __init__(self, path: Path, offset: int) -> None:
+
+class FilesystemUploadWriter:
+    """Appends to an upload file after its recorded size; ``abort`` truncates back to it."""
+
+    def __init__(self, path: Path, state: str | None, offset: int) -> None:
         self._path = path
         self._start = offset
-        with _space(f"upload {path.name}"):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o640)
+        if state is None and offset:
+            raise StorageError(f"upload {path.name}: no state for {offset} recorded bytes")
+        flags = os.O_WRONLY | (os.O_CREAT if state is None else 0)
+        try:
+            with _space(f"upload {path.name}"):
+                fd = os.open(path, flags, 0o640)
+        except FileNotFoundError:
+            raise StorageError(f"upload {path.name} holds no data") from None
         self._file = os.fdopen(fd, "wb", buffering=0)
+        if os.fstat(fd).st_size < offset:
+            self._file.close()
+            raise StorageError(f"upload {path.name} holds fewer than its {offset} recorded bytes")
         self._file.truncate(offset)
         self._file.seek(offset)
-        self._offset = offset
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -60,21 +91,21 @@ class FilesystemUploadWriter:
                 if not written:
                     raise StorageError(f"short write to {self._path}")
                 view = view[written:]
-        self._offset += len(data)
 
-    def close(self) -> int:
+    def close(self) -> str:
         self._file.close()
-        return self._offset
+        return UPLOAD_STATE
 
     def abort(self) -> None:
         if not self._file.closed:
             self._file.truncate(self._start)
             self._file.close()
-        self._offset = self._start
 
 
 class FilesystemBlobStore:
     """A BlobStore on a local (or network) filesystem."""
+
+    local = True
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -89,22 +120,26 @@ class FilesystemBlobStore:
 
     def _blob_path(self, digest: str) -> Path:
         algorithm, _, encoded = digest.partition(":")
-        if not encoded or "/" in digest or ".." in digest:
-            raise StorageError(f"not a digest: {digest!r}")
+        if not ALGORITHM.match(algorithm) or not ENCODED.match(encoded):
+            raise StorageError(f"not a digest: {digest[:80]!r}")
         return self._blobs / algorithm / encoded[:2] / encoded
 
     def _upload_path(self, upload_id: str) -> Path:
         if not UPLOAD_ID.match(upload_id):
-            raise StorageError(f"not an upload id: {upload_id!r}")
+            raise StorageError(f"not an upload id: {upload_id[:80]!r}")
         return self._uploads / upload_id
 
-    def stat(self, digest: str) -> int | None:
+    # -- blobs ----------------------------------------------------------------------------------
+
+    def stat(self, digest: str, *, location: str | None = None) -> int | None:
         try:
             return self._blob_path(digest).stat().st_size
         except FileNotFoundError:
             return None
 
-    def read(self, digest: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+    def read(
+        self, digest: str, offset: int = 0, length: int | None = None, *, location: str | None = None
+    ) -> Iterator[bytes]:
         return self._read_file(self._blob_path(digest), offset, length)
 
     @staticmethod
@@ -126,8 +161,10 @@ class FilesystemBlobStore:
         if remaining:
             raise StorageError(f"{path.name} ended {remaining} bytes early")
 
-    def local_path(self, digest: str) -> Path | None:
-        return self._blob_path(digest)
+    def source(
+        self, digest: str, *, location: str | None = None, redirect: bool = False, expires: int = 1200
+    ) -> BlobSource:
+        return LocalFile(self._blob_path(digest))
 
     def _ensure_dir(self, directory: Path) -> None:
         if directory in self._known_dirs:
@@ -165,30 +202,52 @@ class FilesystemBlobStore:
                 temporary.unlink()
             raise
 
-    def delete(self, digest: str) -> bool:
+    def delete(self, digest: str, *, location: str | None = None) -> bool:
         try:
             self._blob_path(digest).unlink()
         except FileNotFoundError:
             return False
         return True
 
-    def upload_size(self, upload_id: str) -> int | None:
-        try:
-            return self._upload_path(upload_id).stat().st_size
-        except FileNotFoundError:
-            return None
+    def list_blobs(self, cursor: str | None = None, limit: int = 1000) -> BlobPage:
+        """Blobs in digest order (algorithm, then encoded); one prefix folder is read at a time."""
+        after_algorithm, _, after_encoded = cursor.partition(":") if cursor else ("", "", "")
+        blobs: list[StoredBlob] = []
+        for algorithm in _sorted_entries(self._blobs, None):
+            if algorithm.name < after_algorithm or not algorithm.is_dir():
+                continue
+            resume = after_encoded if algorithm.name == after_algorithm else None
+            prefixes = _sorted_entries(Path(algorithm.path), None)
+            for prefix in prefixes:
+                if resume is not None and prefix.name < resume[:2]:
+                    continue
+                for entry in _sorted_entries(Path(prefix.path), resume):
+                    if not ENCODED.match(entry.name):
+                        continue
+                    try:
+                        info = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    blobs.append(
+                        StoredBlob(f"{algorithm.name}:{entry.name}", None, info.st_size, info.st_mtime)
+                    )
+                    if len(blobs) == limit:
+                        return BlobPage(blobs, blobs[-1].digest)
+        return BlobPage(blobs, None)
 
-    def open_upload(self, upload_id: str, offset: int) -> FilesystemUploadWriter:
-        return FilesystemUploadWriter(self._upload_path(upload_id), offset)
+    # -- uploads --------------------------------------------------------------------------------
 
-    def read_upload(self, upload_id: str, length: int) -> Iterator[bytes]:
-        return self._read_file(self._upload_path(upload_id), 0, length)
+    def open_upload(
+        self, upload_id: str, state: str | None, size: int, *, digest: str | None = None
+    ) -> FilesystemUploadWriter:
+        return FilesystemUploadWriter(self._upload_path(upload_id), state, size)
 
-    def commit_upload(self, upload_id: str, digest: str, size: int) -> None:
+    def commit_upload(self, upload_id: str, state: str | None, digest: str, size: int) -> str | None:
         source = self._upload_path(upload_id)
         target = self._blob_path(digest)
-        if size == 0 and not source.exists():
-            source.touch()
+        if size == 0 and state is None:
+            with _space(f"blob {digest}"):
+                source.touch()
         try:
             fd = os.open(source, os.O_RDWR)
         except FileNotFoundError:
@@ -201,22 +260,28 @@ class FilesystemBlobStore:
                 os.ftruncate(fd, size)
             if target.exists():
                 source.unlink()
-                return
+                return None
             with _space(f"blob {digest}"):
                 os.fsync(fd)
         finally:
             os.close(fd)
         with _space(f"blob {digest}"):
             self._install(source, target)
+        return None
 
-    def delete_upload(self, upload_id: str) -> None:
+    def abort_upload(self, upload_id: str, state: str | None) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._upload_path(upload_id).unlink()
 
-    def list_uploads(self) -> Iterator[tuple[str, float]]:
-        for entry in os.scandir(self._uploads):
-            if entry.is_file():
+    def expire_uploads(self, older_than: float, is_live: Callable[[str], bool]) -> int:
+        removed = 0
+        with os.scandir(self._uploads) as entries:
+            for entry in entries:
                 try:
-                    yield entry.name, entry.stat().st_mtime
+                    if not entry.is_file() or entry.stat().st_mtime >= older_than or is_live(entry.name):
+                        continue
+                    os.unlink(entry.path)
                 except FileNotFoundError:
                     continue
+                removed += 1
+        return removed

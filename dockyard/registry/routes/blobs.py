@@ -19,6 +19,7 @@ from dockyard.registry.routes.headers import API_VERSION, byte_range, content_ra
 from dockyard.registry.services import RegistryServices
 from dockyard.registry.services.common import BlobInfo, UploadState
 from dockyard.registry.services.uploads import SMALL_CHUNK, range_header
+from dockyard.storage import LocalFile, Redirect
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,17 @@ class BlobRoutes:
             headers["content-length"] = str(blob.size)
             return Response(b"", headers=headers, media_type="application/octet-stream")
         span = byte_range(request, blob.size)
-        if span is None and blob.path is not None and "range" not in request.headers:
+        source = self.blobs.source(blob) if self.blobs.local else await run_sync(self.blobs.source, blob)
+        if isinstance(source, Redirect):
+            return Response(status_code=307, headers={**headers, "Location": source.url})
+        if span is None and isinstance(source, LocalFile) and "range" not in request.headers:
             try:
-                stat = os.stat(blob.path)
+                stat = os.stat(source.path)
             except FileNotFoundError:
                 log.error("blob %s is recorded but missing from storage", blob.digest)
                 raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage") from None
             return FileResponse(
-                blob.path, headers=headers, media_type="application/octet-stream", stat_result=stat
+                source.path, headers=headers, media_type="application/octet-stream", stat_result=stat
             )
         start, end = span if span is not None else (0, blob.size - 1)
         length = end - start + 1 if blob.size else 0
@@ -108,7 +112,7 @@ class BlobRoutes:
         if span is not None:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
-        chunks = self.blobs.read(blob.digest, start, length)
+        chunks = self.blobs.read(blob.digest, start, length, location=blob.location)
         return StreamingResponse(
             chunks, status_code=status, headers=headers, media_type="application/octet-stream"
         )

@@ -39,7 +39,7 @@ def build_registry_services(
     if not db.is_sqlite and settings.content_cache_entries:
         listener = ChangeListener(libpq_url(db.engine.url), cache)
     return RegistryServices(
-        blobs=BlobService(db, store, cache),
+        blobs=BlobService(db, store, cache, redirect=settings.storage_redirect),
         uploads=UploadService(
             db,
             store,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -14,11 +13,11 @@ from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, repository_blobs
 from dockyard.registry.services.common import BlobInfo, ensure_repository, link_blob, require_repository
-from dockyard.storage import BlobStore
+from dockyard.storage import BlobSource, BlobStore
 
-#: The hot lookup, built once: a blob's size if the repository has it.
+#: The hot lookup, built once: a blob's size and location if the repository has it.
 BLOB_SIZE = (
-    sa.select(blobs.c.size)
+    sa.select(blobs.c.size, blobs.c.location)
     .select_from(repository_blobs.join(repositories).join(blobs))
     .where(
         repositories.c.name == sa.bindparam("repository"), repository_blobs.c.digest == sa.bindparam("digest")
@@ -35,20 +34,20 @@ def _blob_unknown(digest: str) -> RegistryError:
 class BlobService:
     """Read, mount and delete blobs within repositories."""
 
-    def __init__(self, db: Database, store: BlobStore, cache: ContentCache | None = None) -> None:
+    def __init__(
+        self, db: Database, store: BlobStore, cache: ContentCache | None = None, *, redirect: bool = False
+    ) -> None:
         self._db = db
         self._store = store
         self._cache = cache if cache is not None else ContentCache(0)
+        self._redirect = redirect
         #: Whether ``stat`` may run on the event loop (one cheap local lookup, SQLite only).
         self.reads_inline = db.is_sqlite
 
     def cached(self, repository: str, digest: str) -> BlobInfo | None:
         """The blob from this process's cache, if it is there (no I/O)."""
         row = self._cache.get(repository, ("b", digest))
-        return None if row is None else self._info(digest, row)
-
-    def _info(self, digest: str, row: tuple[Any, ...]) -> BlobInfo:
-        return BlobInfo(digest, row[0], self._store.local_path(digest))
+        return None if row is None else BlobInfo(digest, row[0], row[1])
 
     @staticmethod
     def _lookup(conn: Connection, repository: str, digest: str) -> int | None:
@@ -62,11 +61,22 @@ class BlobService:
         if row is None:
             raise _blob_unknown(digest)
         self._cache.put(repository, ("b", digest), tuple(row), generation)
-        return self._info(digest, row)
+        return BlobInfo(digest, row[0], row[1])
 
-    def read(self, digest: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
-        """The bytes of a blob ``stat`` found, from ``offset``."""
-        return self._store.read(digest, offset, length)
+    def read(
+        self, digest: str, offset: int = 0, length: int | None = None, *, location: str | None = None
+    ) -> Iterator[bytes]:
+        """The bytes of a blob ``stat`` found (at the ``location`` it reported), from ``offset``."""
+        return self._store.read(digest, offset, length, location=location)
+
+    def source(self, blob: BlobInfo) -> BlobSource:
+        """How to serve a blob ``stat`` found: a local file, a redirect (if enabled) or None to stream."""
+        return self._store.source(blob.digest, location=blob.location, redirect=self._redirect)
+
+    @property
+    def local(self) -> bool:
+        """True when the store answers without network I/O (safe to call on the event loop)."""
+        return self._store.local
 
     def mount(
         self, repository: str, digest: str, source: str | None, can_read: Callable[[str], bool]

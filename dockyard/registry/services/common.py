@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -20,7 +19,8 @@ class BlobInfo:
 
     digest: str
     size: int
-    path: Path | None = None
+    #: Where the store keeps it when not at the digest's own place (``blobs.location``).
+    location: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,9 @@ REPOSITORY_ID = sa.select(repositories.c.id).where(repositories.c.name == sa.bin
 INSERT_REPOSITORY = per_dialect(
     lambda insert: insert(repositories).on_conflict_do_nothing(index_elements=["name"])
 )
-INSERT_BLOB = per_dialect(lambda insert: insert(blobs).on_conflict_do_nothing(index_elements=["digest"]))
+INSERT_BLOB = per_dialect(
+    lambda insert: insert(blobs).on_conflict_do_nothing(index_elements=["digest"]).returning(blobs.c.digest)
+)
 LINK_BLOB = per_dialect(
     lambda insert: insert(repository_blobs).on_conflict_do_nothing(index_elements=["repository_id", "digest"])
 )
@@ -91,12 +93,21 @@ def ensure_repository(conn: Connection, name: str, now: datetime | None = None) 
     return created
 
 
-def link_blob(conn: Connection, repo_id: int, digest: str, size: int) -> None:
-    """Record that the store holds ``digest`` and that repository ``repo_id`` has it."""
+def link_blob(conn: Connection, repo_id: int, digest: str, size: int, location: str | None = None) -> bool:
+    """Record that the store holds ``digest`` (at ``location``) and that repository ``repo_id`` has it.
+
+    An existing ``blobs`` row wins. False when it names another location than the one given:
+    the caller's newly committed object at ``location`` is then surplus, to delete after commit.
+    """
     now = utcnow()
     dialect = conn.dialect.name
-    conn.execute(INSERT_BLOB[dialect], {"digest": digest, "size": size, "created_at": now})
+    inserted = conn.execute(
+        INSERT_BLOB[dialect], {"digest": digest, "size": size, "created_at": now, "location": location}
+    ).first()
     conn.execute(LINK_BLOB[dialect], {"repository_id": repo_id, "digest": digest, "created_at": now})
+    if inserted is not None or location is None:
+        return True
+    return conn.execute(sa.select(blobs.c.location).where(blobs.c.digest == digest)).scalar() == location
 
 
 def touch_repository(conn: Connection, repo_id: int, now: datetime | None = None) -> None:

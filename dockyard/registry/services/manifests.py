@@ -67,6 +67,9 @@ MANIFEST_ID = sa.select(manifests.c.id).where(
     manifests.c.repository_id == sa.bindparam("repository_id"), manifests.c.digest == sa.bindparam("digest")
 )
 
+#: A config blob's recorded size and location, read before a manifest's transaction.
+CONFIG_BLOB = sa.select(blobs.c.size, blobs.c.location).where(blobs.c.digest == sa.bindparam("digest"))
+
 
 def _upsert_tag(insert: Callable[[sa.Table], Any]) -> Any:
     statement = insert(tags)
@@ -362,10 +365,11 @@ class ManifestService:
         config = parsed.config
         if config is None or config.media_type not in IMAGE_CONFIG_TYPES or config.size > MAX_CONFIG_READ:
             return None, None
-        if self._store.stat(config.digest) != config.size:
+        row = self._db.lookup_row(CONFIG_BLOB, {"digest": config.digest})
+        if row is None or row[0] != config.size:
             return None, None
         try:
-            document: Any = json.loads(b"".join(self._store.read(config.digest)))
+            document: Any = json.loads(b"".join(self._store.read(config.digest, location=row[1])))
         except (ValueError, OSError, RecursionError, StorageError):
             return None, None
         if not isinstance(document, dict):

@@ -3,9 +3,13 @@
 Invariants that keep a failed or interrupted push from damaging anything:
 
 * The first ``uploads.size`` bytes of an upload never change once recorded; a chunk
-  is appended after them and recorded only when it arrived complete.
+  is appended after them and recorded only when it arrived whole, together with the
+  store's state for those bytes and the running digest's state (``hash_state``), so any
+  process continues the upload and its digest without reading the bytes back.
 * One request at a time writes to a session: it holds a lease row-lock in the database
   (renewed while it streams), so any process can continue any upload.
+* No network I/O to the store inside a database transaction: only a ``local`` store is
+  written inside the one-transaction small-chunk path.
 * A blob becomes visible only after its bytes are durable in the store under a verified
   digest, in the same transaction that ends the session.
 """
@@ -14,21 +18,22 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard.db import Database, as_utc, utcnow
-from dockyard.oci.digest import Hasher, new_hasher, parse_digest
+from dockyard.oci.digest import new_hasher, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.oci.resumable import HashStateError, ResumableHash
 from dockyard.registry.models import uploads
 from dockyard.registry.services.common import BlobInfo, UploadState, ensure_repository, link_blob
+from dockyard.registry.services.digests import HasherCache
 from dockyard.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -39,11 +44,38 @@ SMALL_CHUNK = 1024 * 1024
 #: The statements every push runs, built once.
 INSERT_UPLOAD = uploads.insert()
 LOCK_UPLOAD = (
-    sa.select(uploads.c.size, uploads.c.lease_token, uploads.c.lease_until)
+    sa.select(
+        uploads.c.size,
+        uploads.c.store_state,
+        uploads.c.hash_state,
+        uploads.c.lease_token,
+        uploads.c.lease_until,
+    )
     .where(uploads.c.id == sa.bindparam("id"), uploads.c.repository == sa.bindparam("repository"))
     .with_for_update()
 )
 DELETE_UPLOAD = uploads.delete().where(uploads.c.id == sa.bindparam("id"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """What the session row records: the size, the store's state for it, the digest's state."""
+
+    size: int
+    store_state: str | None = None
+    hash_state: bytes | None = None
+
+
+class _LostDigest(RegistryError):
+    """The session holds bytes whose running digest cannot be resumed (a session from before
+    hash states were recorded, or a corrupt state): it is dropped and the client starts over."""
+
+    def __init__(self, upload_id: str, store_state: str | None) -> None:
+        super().__init__(
+            ErrorCode.BLOB_UPLOAD_UNKNOWN,
+            f"upload {upload_id[:80]!r} cannot be resumed; start the upload again",
+        )
+        self.store_state = store_state
 
 
 def _read_exactly(body: Iterable[bytes], length: int) -> bytes:
@@ -73,8 +105,8 @@ def _out_of_order(size: int, why: str) -> RegistryError:
     )
 
 
-def _lock_unleased(conn: Connection, repository: str, upload_id: str, now: datetime) -> int:
-    """Lock the upload's row for this transaction and return its size.
+def _lock_unleased(conn: Connection, repository: str, upload_id: str, now: datetime) -> _Recorded:
+    """Lock the upload's row for this transaction and return what it records.
 
     Refused with a 416 (and ``Retry-After``) while another request's lease on it is live.
     """
@@ -86,7 +118,7 @@ def _lock_unleased(conn: Connection, repository: str, upload_id: str, now: datet
         wait = (as_utc(row.lease_until) - now).total_seconds()
         busy.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         raise busy
-    return row.size
+    return _Recorded(row.size, row.store_state, row.hash_state)
 
 
 class UploadService:
@@ -105,9 +137,7 @@ class UploadService:
         self._store = store
         self._lease = timedelta(seconds=lease_seconds)
         self._expiry = timedelta(seconds=expiry_seconds)
-        self._hasher_cache_size = hasher_cache_size
-        self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
-        self._hashers_lock = threading.Lock()
+        self._hashers = HasherCache(hasher_cache_size)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -138,15 +168,18 @@ class UploadService:
     def cancel(self, repository: str, upload_id: str) -> None:
         """Cancel a session and drop its data."""
 
-        def work(conn: Connection) -> int:
-            return conn.execute(
-                uploads.delete().where(uploads.c.id == upload_id, uploads.c.repository == repository)
-            ).rowcount
+        def work(conn: Connection) -> tuple[str | None] | None:
+            where = (uploads.c.id == upload_id, uploads.c.repository == repository)
+            row = conn.execute(sa.select(uploads.c.store_state).where(*where)).first()
+            if row is not None:
+                conn.execute(uploads.delete().where(*where))
+            return None if row is None else (row.store_state,)
 
-        if not self._db.run_write(work, durable=False):
+        found = self._db.run_write(work, durable=False)
+        if found is None:
             raise _unknown(upload_id)
-        self._forget_hasher(upload_id)
-        self._store.delete_upload(upload_id)
+        self._hashers.forget(upload_id)
+        self._store.abort_upload(upload_id, found[0])
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -160,54 +193,69 @@ class UploadService:
         content_length: int | None = None,
     ) -> UploadState:
         """Append one chunk (a PATCH). The chunk is recorded only if it arrived whole."""
-        if content_length is not None and content_length <= SMALL_CHUNK:
+        if content_length is not None and content_length <= SMALL_CHUNK and self._store.local:
             return self._append_small(
                 repository, upload_id, _read_exactly(body, content_length), content_range
             )
-        token, size = self._acquire(repository, upload_id)
+        token, recorded = self._acquire(repository, upload_id)
         try:
-            expected = self._check_range(size, content_range, content_length)
-            hasher = self._take_hasher(upload_id, size)
-            new_size = self._write(upload_id, token, size, hasher, body, expected=expected)
-            self._record(upload_id, token, new_size)
+            expected = self._check_range(recorded.size, content_range, content_length)
+            hasher = self._hasher_at(upload_id, recorded)
+            size, state = self._write(upload_id, token, recorded, hasher, body, expected=expected)
+            self._record(upload_id, token, size, state, hasher.export())
+        except _LostDigest as lost:
+            self._drop_session(upload_id, lost.store_state)
+            raise
         except BaseException:
             self._release(upload_id, token)
             raise
-        if hasher is not None:
-            self._keep_hasher(upload_id, new_size, hasher)
-        return UploadState(upload_id, repository, new_size)
+        self._hashers.keep(upload_id, size, hasher)
+        return UploadState(upload_id, repository, size)
 
     def _append_small(
         self, repository: str, upload_id: str, data: bytes, content_range: tuple[int, int] | None
     ) -> UploadState:
-        """A chunk already in memory: check, write and record it in one transaction, without a lease.
+        """A chunk in memory, on a local store: check, write and record it in one transaction, no lease.
 
         The transaction's row lock orders it against other writers; a request holding a lease
-        (streaming a large chunk) makes it wait its turn with a 416, as a lease would.
+        (streaming a large chunk) makes it wait its turn with a 416, as a lease would. The
+        digest is advanced outside the transaction when this process's cached hash is current.
         """
         now = utcnow()
+        ahead = self._hashers.get(upload_id)
+        if ahead is not None:
+            ahead[1].update(data)
 
-        def work(conn: Connection) -> tuple[int, Hasher | None]:
-            size = _lock_unleased(conn, repository, upload_id, now)
-            self._check_range(size, content_range, len(data))
-            hasher = self._take_hasher(upload_id, size)
-            writer = self._store.open_upload(upload_id, size)
+        def work(conn: Connection) -> tuple[int, ResumableHash]:
+            recorded = _lock_unleased(conn, repository, upload_id, now)
+            self._check_range(recorded.size, content_range, len(data))
+            if ahead is not None and ahead[0] == recorded.size:
+                hasher = ahead[1]
+            else:
+                hasher = self._hasher_at(upload_id, recorded)
+                hasher.update(data)
+            writer = self._store.open_upload(upload_id, recorded.store_state, recorded.size)
             try:
                 writer.write(data)
-                new_size = writer.close()
+                state = writer.close()
             except BaseException:
                 writer.abort()
                 raise
+            size = recorded.size + len(data)
             conn.execute(
-                uploads.update().where(uploads.c.id == upload_id).values(size=new_size, updated_at=now)
+                uploads.update()
+                .where(uploads.c.id == upload_id)
+                .values(size=size, store_state=state, hash_state=hasher.export(), updated_at=now)
             )
-            return new_size, hasher
+            return size, hasher
 
-        new_size, hasher = self._db.run_write(work, durable=False)
-        if hasher is not None:
-            hasher.update(data)
-            self._keep_hasher(upload_id, new_size, hasher)
-        return UploadState(upload_id, repository, new_size)
+        try:
+            size, hasher = self._db.run_write(work, durable=False)
+        except _LostDigest as lost:
+            self._drop_session(upload_id, lost.store_state)
+            raise
+        self._hashers.keep(upload_id, size, hasher)
+        return UploadState(upload_id, repository, size)
 
     def complete(
         self,
@@ -229,31 +277,32 @@ class UploadService:
             if done is not None:
                 return done
             body = iter((data,))
-        token, size = self._acquire(repository, upload_id)
+        token, recorded = self._acquire(repository, upload_id)
+        state = recorded.store_state
         try:
-            expected = self._check_range(size, content_range, content_length)
-            hasher = self._take_hasher(upload_id, size)
-            size = self._write(upload_id, token, size, hasher, body, expected=expected)
+            expected = self._check_range(recorded.size, content_range, content_length)
+            hasher = self._hasher_at(upload_id, recorded, algorithm)
+            in_place = digest if recorded.size == 0 else None  # the whole blob comes in this request
+            size, state = self._write(
+                upload_id, token, recorded, hasher, body, expected=expected, digest=in_place
+            )
+        except _LostDigest as lost:
+            self._drop_session(upload_id, lost.store_state)
+            raise
         except BaseException:
             self._release(upload_id, token)
             raise
         try:
-            self._verify(upload_id, size, digest, algorithm, hasher)
-            self._store.commit_upload(upload_id, digest, size)
+            self._verify(digest, algorithm, hasher)
+            location = self._store.commit_upload(upload_id, state, digest, size)
         except RegistryError:
-            self._drop_session(upload_id)
+            self._drop_session(upload_id, state)
             raise
         except BaseException:
             self._release(upload_id, token)
             raise
-
-        def work(conn: Connection) -> None:
-            repo_id = ensure_repository(conn, repository)
-            link_blob(conn, repo_id, digest, size)
-            conn.execute(DELETE_UPLOAD, {"id": upload_id})
-
-        self._db.run_write(work)
-        return BlobInfo(digest, size)
+        self._link(repository, digest, size, location, session=upload_id)
+        return BlobInfo(digest, size, location)
 
     def _complete_in_one(
         self,
@@ -267,10 +316,10 @@ class UploadService:
         """The usual monolithic push (POST, then a PUT carrying the whole blob) in one transaction.
 
         When ``data`` alone has ``digest``, it is stored as a blob first (durable, content
-        addressed, visible to no one yet); one transaction then checks that the session is
-        still empty and unleased, links the blob and ends the session. None when the session
-        holds bytes already or ``data`` alone has another digest: the caller takes the
-        general path, which appends to the session and verifies the whole.
+        addressed, visible to no one yet, outside any transaction); one transaction then checks
+        that the session is still empty and unleased, links the blob and ends the session.
+        None when the session holds bytes already or ``data`` alone has another digest: the
+        caller takes the general path, which appends to the session and verifies the whole.
         """
         self._check_range(0, content_range, len(data))
         hasher = new_hasher(algorithm)
@@ -280,18 +329,21 @@ class UploadService:
         self._store.put(digest, data)
         now = utcnow()
 
-        def work(conn: Connection) -> bool:
-            if _lock_unleased(conn, repository, upload_id, now) != 0:
-                return False
+        def work(conn: Connection) -> tuple[bool, str | None]:
+            recorded = _lock_unleased(conn, repository, upload_id, now)
+            if recorded.size != 0:
+                return False, None
             repo_id = ensure_repository(conn, repository, now)
             link_blob(conn, repo_id, digest, len(data))
             conn.execute(DELETE_UPLOAD, {"id": upload_id})
-            return True
+            return True, recorded.store_state
 
-        if not self._db.run_write(work):
+        done, state = self._db.run_write(work)
+        if not done:
             return None  # the blob stored above is unlinked data, as after any failed push
-        self._forget_hasher(upload_id)
-        self._store.delete_upload(upload_id)
+        self._hashers.forget(upload_id)
+        if self._store.local or state is not None:
+            self._store.abort_upload(upload_id, state)
         return BlobInfo(digest, len(data))
 
     def upload_whole(
@@ -300,21 +352,40 @@ class UploadService:
         """A single-request monolithic upload (POST ?digest=): no session row is needed."""
         algorithm, _ = parse_digest(digest)
         upload_id = f"whole-{uuid.uuid4()}"
-        hasher = new_hasher(algorithm)
+        hasher = ResumableHash(algorithm)
+        state = None
         try:
-            size = self._write(upload_id, None, 0, hasher, body, expected=content_length)
-            self._verify(upload_id, size, digest, algorithm, hasher)
-            self._store.commit_upload(upload_id, digest, size)
+            size, state = self._write(
+                upload_id, None, _Recorded(0), hasher, body, expected=content_length, digest=digest
+            )
+            self._verify(digest, algorithm, hasher)
+            location = self._store.commit_upload(upload_id, state, digest, size)
         except BaseException:
-            self._store.delete_upload(upload_id)
+            self._store.abort_upload(upload_id, state)
             raise
+        self._link(repository, digest, size, location)
+        return BlobInfo(digest, size, location)
 
-        def work(conn: Connection) -> None:
+    def _link(
+        self, repository: str, digest: str, size: int, location: str | None, *, session: str | None = None
+    ) -> None:
+        """Make a committed blob visible in ``repository`` (ending ``session``), in one transaction.
+
+        If the blob was already recorded at another location, the existing record wins and the
+        object just committed at ``location`` is deleted once the transaction is over.
+        """
+
+        def work(conn: Connection) -> bool:
             repo_id = ensure_repository(conn, repository)
-            link_blob(conn, repo_id, digest, size)
+            kept = link_blob(conn, repo_id, digest, size, location)
+            if session is not None:
+                conn.execute(DELETE_UPLOAD, {"id": session})
+            return kept
 
-        self._db.run_write(work)
-        return BlobInfo(digest, size)
+        if not self._db.run_write(work):
+            self._store.delete(digest, location=location)
+        if session is not None:
+            self._hashers.forget(session)
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -323,32 +394,24 @@ class UploadService:
         now = now or utcnow()
         cutoff = now - self._expiry
 
-        def work(conn: Connection) -> list[str]:
-            stale = (
-                conn.execute(
-                    sa.select(uploads.c.id).where(
-                        uploads.c.updated_at < cutoff,
-                        sa.or_(uploads.c.lease_until.is_(None), uploads.c.lease_until < now),
-                    )
+        def work(conn: Connection) -> list[tuple[str, str | None]]:
+            stale = conn.execute(
+                sa.select(uploads.c.id, uploads.c.store_state).where(
+                    uploads.c.updated_at < cutoff,
+                    sa.or_(uploads.c.lease_until.is_(None), uploads.c.lease_until < now),
                 )
-                .scalars()
-                .all()
-            )
+            ).all()
             if stale:
-                conn.execute(uploads.delete().where(uploads.c.id.in_(stale)))
-            return list(stale)
+                conn.execute(uploads.delete().where(uploads.c.id.in_([row.id for row in stale])))
+            return [(row.id, row.store_state) for row in stale]
 
         stale = self._db.run_write(work, durable=False)
-        for upload_id in stale:
-            self._forget_hasher(upload_id)
-            self._store.delete_upload(upload_id)
+        for upload_id, state in stale:
+            self._hashers.forget(upload_id)
+            self._store.abort_upload(upload_id, state)
         with self._db.read() as conn:
             live = set(conn.execute(sa.select(uploads.c.id)).scalars())
-        orphans = 0
-        for upload_id, modified in self._store.list_uploads():
-            if upload_id not in live and modified < cutoff.timestamp():
-                self._store.delete_upload(upload_id)
-                orphans += 1
+        orphans = self._store.expire_uploads(cutoff.timestamp(), live.__contains__)
         return len(stale) + orphans
 
     # -- internals --------------------------------------------------------------------------
@@ -372,18 +435,18 @@ class UploadService:
             )
         return length
 
-    def _acquire(self, repository: str, upload_id: str) -> tuple[str, int]:
+    def _acquire(self, repository: str, upload_id: str) -> tuple[str, _Recorded]:
         token = uuid.uuid4().hex
         now = utcnow()
 
-        def work(conn: Connection) -> int:
-            size = _lock_unleased(conn, repository, upload_id, now)
+        def work(conn: Connection) -> _Recorded:
+            recorded = _lock_unleased(conn, repository, upload_id, now)
             conn.execute(
                 uploads.update()
                 .where(uploads.c.id == upload_id)
                 .values(lease_token=token, lease_until=now + self._lease)
             )
-            return size
+            return recorded
 
         return token, self._db.run_write(work, durable=False)
 
@@ -398,7 +461,7 @@ class UploadService:
         self._db.run_write(work, durable=False)
 
     def _release(self, upload_id: str, token: str) -> None:
-        self._forget_hasher(upload_id)
+        self._hashers.forget(upload_id)
 
         def work(conn: Connection) -> None:
             conn.execute(
@@ -412,12 +475,21 @@ class UploadService:
         except sa.exc.SQLAlchemyError:
             log.exception("could not release the lease on upload %s; it expires by itself", upload_id)
 
-    def _record(self, upload_id: str, token: str, size: int) -> None:
+    def _record(self, upload_id: str, token: str, size: int, state: str | None, hash_state: bytes) -> None:
+        """Record a chunk: size, store state and digest state together, ending the lease."""
+
         def work(conn: Connection) -> int:
             return conn.execute(
                 uploads.update()
                 .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
-                .values(size=size, lease_token=None, lease_until=None, updated_at=utcnow())
+                .values(
+                    size=size,
+                    store_state=state,
+                    hash_state=hash_state,
+                    lease_token=None,
+                    lease_until=None,
+                    updated_at=utcnow(),
+                )
             ).rowcount
 
         if not self._db.run_write(work, durable=False):
@@ -425,39 +497,49 @@ class UploadService:
                 ErrorCode.BLOB_UPLOAD_INVALID, "the upload's lease expired while the chunk was streaming"
             )
 
-    def _drop_session(self, upload_id: str) -> None:
+    def _drop_session(self, upload_id: str, state: str | None) -> None:
         def work(conn: Connection) -> None:
             conn.execute(DELETE_UPLOAD, {"id": upload_id})
 
         self._db.run_write(work, durable=False)
-        self._forget_hasher(upload_id)
-        self._store.delete_upload(upload_id)
+        self._hashers.forget(upload_id)
+        self._store.abort_upload(upload_id, state)
 
     def _write(
         self,
         upload_id: str,
         token: str | None,
-        offset: int,
-        hasher: Hasher | None,
+        recorded: _Recorded,
+        hasher: ResumableHash,
         body: Iterable[bytes],
         *,
         expected: int | None,
-    ) -> int:
-        """Stream ``body`` into the upload after ``offset``; all of it or nothing."""
-        writer = self._store.open_upload(upload_id, offset)
+        digest: str | None = None,
+    ) -> tuple[int, str | None]:
+        """Stream ``body`` into the upload after the recorded bytes; all of it or nothing.
+
+        The store's writer is opened at the first byte (an empty body touches nothing).
+        Returns the new size and store state, which the caller records.
+        """
+        writer = None
         received = 0
         renew_every = self._lease.total_seconds() / 3
         next_renewal = time.monotonic() + renew_every
         try:
             for chunk in body:
+                if not chunk:
+                    continue
                 received += len(chunk)
                 if expected is not None and received > expected:
                     raise RegistryError(
                         ErrorCode.SIZE_INVALID, f"chunk is longer than the declared {expected} bytes"
                     )
+                if writer is None:
+                    writer = self._store.open_upload(
+                        upload_id, recorded.store_state, recorded.size, digest=digest
+                    )
                 writer.write(chunk)
-                if hasher is not None:
-                    hasher.update(chunk)
+                hasher.update(chunk)
                 if token is not None and time.monotonic() > next_renewal:
                     self._renew(upload_id, token)
                     next_renewal = time.monotonic() + renew_every
@@ -465,16 +547,21 @@ class UploadService:
                 raise RegistryError(
                     ErrorCode.SIZE_INVALID, f"received {received} bytes but {expected} were declared"
                 )
-            return writer.close()
+            state = writer.close() if writer is not None else recorded.store_state
         except BaseException:
-            writer.abort()
+            if writer is not None:
+                writer.abort()
             raise
+        return recorded.size + received, state
 
-    def _verify(self, upload_id: str, size: int, digest: str, algorithm: str, hasher: Hasher | None) -> None:
-        if hasher is None or algorithm != "sha256":
-            hasher = new_hasher(algorithm)
-            for chunk in self._store.read_upload(upload_id, size):
-                hasher.update(chunk)
+    @staticmethod
+    def _verify(digest: str, algorithm: str, hasher: ResumableHash) -> None:
+        if hasher.name != algorithm:
+            raise RegistryError(
+                ErrorCode.DIGEST_INVALID,
+                f"this upload was hashed with {hasher.name} as its chunks arrived; "
+                f"push a {algorithm} blob in one request",
+            )
         actual = f"{algorithm}:{hasher.hexdigest()}"
         if actual != digest:
             raise RegistryError(
@@ -483,20 +570,25 @@ class UploadService:
                 detail={"expected": digest, "actual": actual},
             )
 
-    def _take_hasher(self, upload_id: str, size: int) -> Hasher | None:
-        """This process's running hash of the upload if it covers exactly ``size`` bytes."""
-        with self._hashers_lock:
-            cached = self._hashers.pop(upload_id, None)
-        if cached is not None and cached[0] == size:
+    def _hasher_at(self, upload_id: str, recorded: _Recorded, algorithm: str = "sha256") -> ResumableHash:
+        """The running digest of the recorded bytes, for this request to advance.
+
+        This process's cached hash when it covers exactly the recorded size, else the state the
+        database recorded (another process wrote the last chunk), else a fresh one for an empty
+        upload. _LostDigest when bytes are recorded without a usable state.
+        """
+        if recorded.size == 0:
+            return ResumableHash(algorithm)
+        cached = self._hashers.get(upload_id)
+        if cached is not None and cached[0] == recorded.size:
             return cached[1]
-        return new_hasher() if size == 0 else None
-
-    def _keep_hasher(self, upload_id: str, size: int, hasher: Hasher) -> None:
-        with self._hashers_lock:
-            self._hashers[upload_id] = (size, hasher)
-            while len(self._hashers) > self._hasher_cache_size:
-                self._hashers.popitem(last=False)
-
-    def _forget_hasher(self, upload_id: str) -> None:
-        with self._hashers_lock:
-            self._hashers.pop(upload_id, None)
+        if recorded.hash_state is None:
+            raise _LostDigest(upload_id, recorded.store_state)
+        try:
+            hasher = ResumableHash.resume(recorded.hash_state)
+        except HashStateError:
+            log.warning("upload %s has an unusable hash state; dropping it", upload_id, exc_info=True)
+            raise _LostDigest(upload_id, recorded.store_state) from None
+        if hasher.length != recorded.size:
+            raise _LostDigest(upload_id, recorded.store_state)
+        return hasher

@@ -21,20 +21,20 @@ def disk(tmp_path, monkeypatch):
 def test_an_upload_that_does_not_fit_raises_storage_full_and_keeps_what_it_had(disk: SmallFilesystem):
     store = FilesystemBlobStore(disk.path / "store")
     first = os.urandom(MiB)
-    writer = store.open_upload("u1", 0)
+    writer = store.open_upload("u1", None, 0)
     writer.write(first)
-    assert writer.close() == MiB
+    state = writer.close()
     disk.fill(leave=256 * 1024)
-    writer = store.open_upload("u1", MiB)
+    writer = store.open_upload("u1", state, MiB)
     with pytest.raises(StorageFull, match="no space left on the blob store"):
         writer.write(os.urandom(MiB))
     writer.abort()
-    assert store.upload_size("u1") == MiB
+    assert (disk.path / "store" / "uploads" / "u1").stat().st_size == MiB
     disk.release()
-    writer = store.open_upload("u1", MiB)
+    writer = store.open_upload("u1", state, MiB)
     writer.write(first)
-    assert writer.close() == 2 * MiB
-    store.commit_upload("u1", sha256(first + first), 2 * MiB)
+    state = writer.close()
+    assert store.commit_upload("u1", state, sha256(first + first), 2 * MiB) is None
     assert b"".join(store.read(sha256(first + first))) == first + first
 
 
