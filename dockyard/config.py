@@ -6,9 +6,10 @@ import enum
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -61,6 +62,33 @@ class Settings(BaseSettings):
     storage_redirect: bool = Field(
         False,
         description="Serve blob GETs with a 307 to a short-lived store URL when the store can sign one.",
+    )
+    storage: str | None = Field(
+        None,
+        description="Blob store: s3://bucket/prefix for S3-compatible object storage (docs/storage.md); "
+        "a folder or file:// URL sets storage_path.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint, e.g. http://seaweedfs:8333; default: AWS_ENDPOINT_URL, else AWS."
+    )
+    s3_region: str | None = Field(None, description="S3 region; default: AWS_REGION, else us-east-1.")
+    s3_access_key_id: str | None = Field(
+        None, description="S3 access key; default: AWS_ACCESS_KEY_ID (or boto3's other sources)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="S3 secret key; default: AWS_SECRET_ACCESS_KEY (or boto3's other sources)."
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="S3 bucket addressing; auto: path-style with an endpoint URL, else virtual-host."
+    )
+    s3_part_size: int = Field(
+        8 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        le=5 * 1024**3,
+        description="Bytes per S3 multipart part (buffered in memory per upload request; grows after 1,000).",
+    )
+    s3_max_connections: int = Field(
+        64, ge=1, description="S3 connections held per process (concurrent requests to the store)."
     )
     migrate_on_start: bool = Field(True, description="Apply database migrations when the server starts.")
     log_level: LogLevel = Field(LogLevel.info, description="Log verbosity.")
@@ -231,8 +259,31 @@ class Settings(BaseSettings):
             ipaddress.ip_network(item, strict=False)
         return value
 
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if "://" not in value:
+            return value  # a folder
+        parts = urlsplit(value)
+        if parts.scheme == "s3":
+            if not parts.netloc or parts.query or parts.fragment:
+                raise ValueError(f"storage: expected s3://bucket/prefix, got {value!r}")
+        elif parts.scheme == "file":
+            if parts.netloc not in ("", "localhost") or not parts.path:
+                raise ValueError(f"storage: expected file:///path, got {value!r}")
+        else:
+            raise ValueError(f"storage: unsupported scheme {parts.scheme!r} (s3:// or a folder)")
+        return value
+
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
+        if self.storage and not self.storage.startswith("s3://"):
+            folder = (
+                unquote(urlsplit(self.storage).path) if self.storage.startswith("file://") else self.storage
+            )
+            self.storage_path = Path(folder)
         if not self.database_url:
             self.database_url = f"sqlite:///{(self.data_dir / 'dockyard.db').resolve()}"
         if self.storage_path is None:

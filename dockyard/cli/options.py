@@ -35,6 +35,14 @@ SettingsDatabaseUrlOption = Annotated[
 StoragePathOption = Annotated[
     Path | None, typer.Option(help="Blob store folder [default: DATA_DIR/storage].")
 ]
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        metavar="URL",
+        help="Blob store: s3://bucket/prefix (AWS_* variables or s3_* settings) or a folder.",
+    ),
+]
 
 
 # The choices of settings that are enums in dockyard.config, repeated here because importing

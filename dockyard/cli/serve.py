@@ -13,6 +13,7 @@ from dockyard.cli.options import (
     ConfigOption,
     DatabaseUrlOption,
     LogLevelOption,
+    StorageOption,
     StoragePathOption,
     TlsMode,
 )
@@ -41,6 +42,7 @@ def serve(
     ] = None,
     database_url: DatabaseUrlOption = None,
     storage_path: StoragePathOption = None,
+    storage: StorageOption = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = None,
     workers: Annotated[int, typer.Option(min=1, help="HTTP worker processes.")] = 1,
@@ -95,6 +97,7 @@ def serve(
             data_dir=data_dir,
             database_url=database_url,
             storage_path=storage_path,
+            storage=storage,
             log_level=log_level,
             tls_mode=tls,
             tls_cert=tls_cert,
@@ -120,7 +123,8 @@ def serve(
     scheme = "https" if server_tls else "http"
     typer.echo(f"Dockyard {__version__} listening on {scheme}://{listen}", err=True)
     typer.echo(f"  database: {database}", err=True)
-    typer.echo(f"  storage:  {Path(str(settings.storage_path)).resolve()}", err=True)
+    where = settings.storage if settings.storage and settings.storage.startswith("s3://") else None
+    typer.echo(f"  storage:  {where or Path(str(settings.storage_path)).resolve()}", err=True)
     login = login_argument(f"{scheme}://{address}")
     typer.echo(f"  log in:   {cli_command()} login {login} -u {settings.admin_username}", err=True)
     if server_tls is not None:

@@ -5,15 +5,18 @@ store instance over one backing store private to the test (a folder, a bucket pr
 container prefix), so two instances act as two nodes sharing it.
 """
 
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from dockyard.storage import BlobStore
 from dockyard.storage.filesystem import FilesystemBlobStore
+from dockyard.storage.s3 import S3BlobStore
+from tests.support.seaweedfs import SeaweedS3, seaweedfs_server
 
-DRIVERS = ["filesystem"]
+DRIVERS = ["filesystem", "s3"]
 
 StoreFactory = Callable[[], BlobStore]
 
@@ -21,6 +24,34 @@ StoreFactory = Callable[[], BlobStore]
 @pytest.fixture
 def filesystem_store_factory(tmp_path: Path) -> StoreFactory:
     return lambda: FilesystemBlobStore(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedS3]:
+    """A real SeaweedFS S3 gateway with a bucket, for the whole session."""
+    with seaweedfs_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_prefix() -> str:
+    """A fresh key prefix: each test's store starts empty."""
+    return f"test-{secrets.token_hex(6)}"
+
+
+@pytest.fixture
+def s3_store_factory(seaweedfs: SeaweedS3, s3_prefix: str) -> StoreFactory:
+    def make() -> S3BlobStore:
+        return S3BlobStore(
+            seaweedfs.bucket,
+            s3_prefix,
+            endpoint_url=seaweedfs.endpoint_url,
+            region=seaweedfs.region,
+            access_key_id=seaweedfs.access_key_id,
+            secret_access_key=seaweedfs.secret_access_key,
+        )
+
+    return make
 
 
 @pytest.fixture(params=DRIVERS)
