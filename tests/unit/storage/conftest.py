@@ -5,15 +5,18 @@ store instance over one backing store private to the test (a folder, a bucket pr
 container prefix), so two instances act as two nodes sharing it.
 """
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from dockyard.storage import BlobStore
+from dockyard.storage.azure import AzureBlobStore, from_url
 from dockyard.storage.filesystem import FilesystemBlobStore
+from tests.support.azurite import Azurite, azurite_server
 
-DRIVERS = ["filesystem"]
+DRIVERS = ["filesystem", "azure"]
 
 StoreFactory = Callable[[], BlobStore]
 
@@ -21,6 +24,27 @@ StoreFactory = Callable[[], BlobStore]
 @pytest.fixture
 def filesystem_store_factory(tmp_path: Path) -> StoreFactory:
     return lambda: FilesystemBlobStore(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One real Azurite for the session (installed by scripts/test; missing fails)."""
+    with azurite_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azure_prefixes() -> Iterator[str]:
+    return (f"test-{n}" for n in itertools.count())
+
+
+@pytest.fixture
+def azure_store_factory(azurite: Azurite, azure_prefixes: Iterator[str]) -> Callable[[], AzureBlobStore]:
+    """Stores over a fresh prefix of the Azurite container (3 MiB blocks: 1 MiB writes are buffered)."""
+    url = f"azure://{azurite.container}/{next(azure_prefixes)}"
+    return lambda: from_url(
+        url, connection_string=azurite.connection_string(), env={}, block_size=3 * 1024 * 1024
+    )
 
 
 @pytest.fixture(params=DRIVERS)
