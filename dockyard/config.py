@@ -58,6 +58,22 @@ class Settings(BaseSettings):
     storage_path: Path | None = Field(
         None, description="Filesystem blob store root; default <data_dir>/storage."
     )
+    storage: str = Field(
+        "",
+        description="Blob store URL: empty for the filesystem at storage_path; azure://container/prefix for "
+        "Azure Blob Storage (docs/storage-azure.md).",
+    )
+    azure_connection_string: str = Field(
+        "", description="Azure Storage connection string; default: AZURE_STORAGE_CONNECTION_STRING."
+    )
+    azure_account: str = Field("", description="Azure Storage account name; default: AZURE_STORAGE_ACCOUNT.")
+    azure_key: str = Field("", description="Azure Storage account key; default: AZURE_STORAGE_KEY.")
+    azure_endpoint: str = Field(
+        "",
+        description="Blob endpoint override (Azurite, sovereign clouds); default: "
+        "AZURE_STORAGE_BLOB_ENDPOINT "
+        "or https://<account>.blob.core.windows.net.",
+    )
     migrate_on_start: bool = Field(True, description="Apply database migrations when the server starts.")
     log_level: LogLevel = Field(LogLevel.info, description="Log verbosity.")
     access_log: bool = Field(True, description="Log one line per request.")

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
@@ -369,7 +370,9 @@ class AzureBlobStore:
         if current.digest is not None:
             with _azure(f"commit upload {upload_id}"), contextlib.suppress(ResourceExistsError):
                 # the blob may be held already: then this upload's staged blocks expire with Azure's GC
-                self.container.get_blob_client(canonical).commit_block_list(blocks, if_none_match="*")
+                self.container.get_blob_client(canonical).commit_block_list(
+                    blocks, match_condition=MatchConditions.IfMissing
+                )
             return None
         if self.stat(digest) is not None:
             self.abort_upload(upload_id, state)
@@ -394,11 +397,11 @@ class AzureBlobStore:
         client = self.container.get_blob_client(name)
         with _azure(f"discard upload data {name}"):
             try:
-                etag = client.commit_block_list([], if_none_match="*")["etag"]
+                etag = client.commit_block_list([], match_condition=MatchConditions.IfMissing)["etag"]
             except ResourceExistsError:
                 return False
             try:
-                client.delete_blob(if_match=etag)
+                client.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
             except (ResourceNotFoundError, ResourceModifiedError):
                 return False  # gone already, or committed by someone else since
         return True
