@@ -62,13 +62,19 @@ DEV_ACCOUNT = "devstoreaccount1"
 _STATE_VERSION = 1
 
 
+def _code(exc: AzureError) -> str:
+    """Azure's error code (``BlobNotFound``…), or "" if the answer had none."""
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or "")
+
+
 def _failure(what: str, exc: AzureError) -> StorageError:
     """A StorageError (StorageFull for capacity errors) saying what failed and Azure's reason."""
     status = getattr(exc, "status_code", None)
-    code = getattr(exc, "error_code", None)
+    code = _code(exc)
     reason = str(code or status or type(exc).__name__)
     message = (getattr(exc, "reason", None) or str(exc) or "").splitlines()[0][:200]
-    if status == 507 or (code and "Quota" in str(code)):
+    if status == 507 or "Quota" in code:
         return StorageFull(f"Azure Blob Storage has no space left for {what} ({reason})")
     return StorageError(f"Azure Blob Storage failed to {what}: {reason} {message}".rstrip())
 
@@ -84,7 +90,7 @@ def _azure(what: str) -> Iterator[None]:
 
 def _blob_missing(exc: ResourceNotFoundError) -> bool:
     """True for a missing blob (not for a missing container, which is a configuration error)."""
-    return str(getattr(exc, "error_code", "") or "BlobNotFound") == "BlobNotFound"
+    return _code(exc) in ("", "BlobNotFound")
 
 
 def _check_upload_id(upload_id: str) -> str:
