@@ -26,15 +26,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     HttpResponseError,
-    ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
 )
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, ContainerClient, generate_blob_sas
+from urllib3.util.retry import Retry
 
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import RegistryError
@@ -54,6 +56,8 @@ BLOCK_SIZE = 8 * MIB
 MAX_BLOCK_SIZE = 4000 * MIB
 MAX_BLOCKS = 50_000
 READ_CHUNK = 4 * MIB
+#: Connections kept open to the blob endpoint (the HTTP layer calls the store from many threads).
+POOL_SIZE = 64
 
 UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
 CONTAINER = re.compile(r"^(?=.{3,63}\Z)[a-z0-9](?:-?[a-z0-9])*\Z")
@@ -91,6 +95,11 @@ def _azure(what: str) -> Iterator[None]:
 def _blob_missing(exc: ResourceNotFoundError) -> bool:
     """True for a missing blob (not for a missing container, which is a configuration error)."""
     return _code(exc) in ("", "BlobNotFound")
+
+
+def _already_held(exc: HttpResponseError) -> bool:
+    """True if a write conditional on ``If-None-Match: *`` failed because the blob exists."""
+    return exc.status_code in (409, 412) and _code(exc) in ("BlobAlreadyExists", "ConditionNotMet")
 
 
 def _check_upload_id(upload_id: str) -> str:
@@ -305,8 +314,12 @@ class AzureBlobStore:
     def put(self, digest: str, data: bytes) -> None:
         """Put Blob (Put Block + Put Block List above the block size); an existing blob is kept."""
         name = self._blob_name(digest)
-        with _azure(f"write {name}"), contextlib.suppress(ResourceExistsError):
-            self.container.upload_blob(name, data, length=len(data), overwrite=False)
+        with _azure(f"write {name}"):
+            try:
+                self.container.upload_blob(name, data, length=len(data), overwrite=False)
+            except HttpResponseError as exc:
+                if not _already_held(exc):
+                    raise
 
     def delete(self, digest: str, *, location: str | None = None) -> bool:
         """Delete Blob; True if it existed."""
@@ -374,11 +387,14 @@ class AzureBlobStore:
             self.put(digest, b"")
             return None
         if current.digest is not None:
-            with _azure(f"commit upload {upload_id}"), contextlib.suppress(ResourceExistsError):
-                # the blob may be held already: then this upload's staged blocks expire with Azure's GC
-                self.container.get_blob_client(canonical).commit_block_list(
-                    blocks, match_condition=MatchConditions.IfMissing
-                )
+            with _azure(f"commit upload {upload_id}"):
+                try:
+                    self.container.get_blob_client(canonical).commit_block_list(
+                        blocks, match_condition=MatchConditions.IfMissing
+                    )
+                except HttpResponseError as exc:
+                    if not _already_held(exc):  # held: this upload's blocks expire with Azure's GC
+                        raise
             return None
         if self.stat(digest) is not None:
             self.abort_upload(upload_id, state)
@@ -404,12 +420,18 @@ class AzureBlobStore:
         with _azure(f"discard upload data {name}"):
             try:
                 etag = client.commit_block_list([], match_condition=MatchConditions.IfMissing)["etag"]
-            except ResourceExistsError:
-                return False
+            except HttpResponseError as exc:
+                if _already_held(exc):
+                    return False
+                raise
             try:
                 client.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
-            except (ResourceNotFoundError, ResourceModifiedError):
-                return False  # gone already, or committed by someone else since
+            except ResourceModifiedError:
+                return False  # committed by someone else since
+            except ResourceNotFoundError as exc:
+                if _blob_missing(exc):
+                    return False
+                raise
         return True
 
     def expire_uploads(self, older_than: float, is_live: Callable[[str], bool]) -> int:
@@ -450,6 +472,19 @@ def parse_url(url: str) -> tuple[str, str]:
     return container, prefix
 
 
+def _transport() -> RequestsTransport:
+    """azure-core's requests transport with a connection pool sized for many threads."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=4,
+        pool_maxsize=POOL_SIZE,
+        max_retries=Retry(total=False, redirect=False, raise_on_status=False),  # azure-core retries
+    )
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, session_owner=True)
+
+
 def from_url(
     url: str,
     *,
@@ -472,6 +507,7 @@ def from_url(
     container, prefix = parse_url(url)
     endpoint = endpoint or env.get("AZURE_STORAGE_BLOB_ENDPOINT", "")
     options: dict[str, Any] = {
+        "transport": _transport(),
         "max_single_get_size": READ_CHUNK,
         "max_chunk_get_size": READ_CHUNK,
         "max_single_put_size": block_size,

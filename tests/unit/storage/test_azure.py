@@ -271,3 +271,25 @@ def test_stat_is_one_request(counted):
     store, requests = counted
     assert store.stat(sha256(b"x")) is None
     assert [method for method, _ in requests.take()] == ["HEAD"]
+
+
+def test_one_store_serves_many_threads(azure_store_factory):
+    store = azure_store_factory()
+    blobs = {sha256(bytes([n]) * 100_000): bytes([n]) * 100_000 for n in range(16)}
+    errors: list[BaseException] = []
+
+    def work(digest: str, data: bytes) -> None:
+        try:
+            store.put(digest, data)
+            assert b"".join(store.read(digest)) == data
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=item) for item in blobs.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert all(store.stat(digest) == 100_000 for digest in blobs)
