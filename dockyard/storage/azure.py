@@ -134,6 +134,8 @@ class _State:
             raise StorageError(f"not an Azure upload state: {state[:80]!r}") from exc
         if stored is not None and not isinstance(stored, str):
             raise StorageError("not an Azure upload state: bad digest")
+        if any(blocks < 0 or size < 0 for blocks, size in parts):
+            raise StorageError("not an Azure upload state: negative part")
         return cls(stored, parts)
 
     def dump(self) -> str:
@@ -176,10 +178,19 @@ class AzureUploadWriter:
         """Buffer ``data`` and stage every full block."""
         if self._closed:
             raise StorageError("write to a closed upload part")
-        self._buffer += data
-        while len(self._buffer) >= self._block_size:
-            self._stage(bytes(self._buffer[: self._block_size]))
-            del self._buffer[: self._block_size]
+        view = memoryview(data)
+        if self._buffer:
+            room = self._block_size - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
+            if len(self._buffer) < self._block_size:
+                return
+            self._stage(bytes(self._buffer))
+            self._buffer.clear()
+        while len(view) >= self._block_size:
+            self._stage(bytes(view[: self._block_size]))
+            view = view[self._block_size :]
+        self._buffer += view
 
     def _stage(self, data: bytes) -> None:
         if self._state.blocks + self._staged >= MAX_BLOCKS:
