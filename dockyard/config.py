@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     )
     storage: str | None = Field(
         None,
-        description="Blob store: s3://bucket/prefix for S3-compatible object storage (docs/storage.md); "
-        "a folder or file:// URL sets storage_path.",
+        description="Blob store: s3://bucket/prefix for S3-compatible object storage (docs/storage.md), "
+        "azure://container/prefix for Azure Blob Storage (docs/storage-azure.md); a folder or file:// URL "
+        "sets storage_path.",
     )
     s3_endpoint_url: str | None = Field(
         None, description="S3 endpoint, e.g. http://seaweedfs:8333; default: AWS_ENDPOINT_URL, else AWS."
@@ -89,6 +90,17 @@ class Settings(BaseSettings):
     )
     s3_max_connections: int = Field(
         64, ge=1, description="S3 connections held per process (concurrent requests to the store)."
+    )
+    azure_connection_string: str = Field(
+        "", description="Azure Storage connection string; default: AZURE_STORAGE_CONNECTION_STRING."
+    )
+    azure_account: str = Field("", description="Azure Storage account name; default: AZURE_STORAGE_ACCOUNT.")
+    azure_key: str = Field("", description="Azure Storage account key; default: AZURE_STORAGE_KEY.")
+    azure_endpoint: str = Field(
+        "",
+        description="Blob endpoint override (Azurite, sovereign clouds); default: "
+        "AZURE_STORAGE_BLOB_ENDPOINT "
+        "or https://<account>.blob.core.windows.net.",
     )
     migrate_on_start: bool = Field(True, description="Apply database migrations when the server starts.")
     log_level: LogLevel = Field(LogLevel.info, description="Log verbosity.")
@@ -267,19 +279,19 @@ class Settings(BaseSettings):
         if "://" not in value:
             return value  # a folder
         parts = urlsplit(value)
-        if parts.scheme == "s3":
+        if parts.scheme in ("s3", "azure"):
             if not parts.netloc or parts.query or parts.fragment:
-                raise ValueError(f"storage: expected s3://bucket/prefix, got {value!r}")
+                raise ValueError(f"storage: expected {parts.scheme}://bucket/prefix, got {value!r}")
         elif parts.scheme == "file":
             if parts.netloc not in ("", "localhost") or not parts.path:
                 raise ValueError(f"storage: expected file:///path, got {value!r}")
         else:
-            raise ValueError(f"storage: unsupported scheme {parts.scheme!r} (s3:// or a folder)")
+            raise ValueError(f"storage: unsupported scheme {parts.scheme!r} (s3://, azure:// or a folder)")
         return value
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
-        if self.storage and not self.storage.startswith("s3://"):
+        if self.storage and not self.storage.startswith(("s3://", "azure://")):
             folder = (
                 unquote(urlsplit(self.storage).path) if self.storage.startswith("file://") else self.storage
             )

@@ -19,7 +19,9 @@ from dockyard.config import Settings
 from dockyard.db import Database, metadata
 from dockyard.migrations import load_models, upgrade
 from tests.support.auth import ADMIN, ADMIN_PASSWORD
+from tests.support.azurite import Azurite, azurite_server
 from tests.support.postgres import private_cluster
+from tests.support.seaweedfs import SeaweedS3, seaweedfs_server
 
 #: Which database engines the API suite runs on; CI runs both. Narrow it only for a quick local run.
 BACKENDS = [b for b in os.environ.get("DOCKYARD_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
@@ -43,6 +45,20 @@ def postgres_url() -> Iterator[str]:
     finally:
         if cluster is not None:
             cluster.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedS3]:
+    """A real SeaweedFS S3 gateway with a bucket, for the whole session (missing `weed` fails)."""
+    with seaweedfs_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One real Azurite for the session (installed by scripts/test; missing fails)."""
+    with azurite_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

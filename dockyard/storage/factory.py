@@ -28,7 +28,17 @@ def parse_s3_url(url: str) -> S3Location:
 
 
 def create_blob_store(settings: Settings) -> BlobStore:
-    """The blob store ``settings`` asks for: S3 for ``storage = s3://…``, else the filesystem."""
+    """The blob store ``settings`` asks for: S3 (``s3://…``), Azure Blob (``azure://…``) or the filesystem."""
+    if settings.storage and settings.storage.startswith("azure://"):
+        from dockyard.storage.azure import from_url  # the Azure SDK loads only when Azure is used
+
+        return from_url(
+            settings.storage,
+            connection_string=settings.azure_connection_string,
+            account=settings.azure_account,
+            key=settings.azure_key,
+            endpoint=settings.azure_endpoint,
+        )
     if settings.storage and settings.storage.startswith("s3://"):
         from dockyard.storage.s3 import S3BlobStore  # boto3 loads only when S3 is used
 

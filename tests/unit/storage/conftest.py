@@ -5,6 +5,7 @@ store instance over one backing store private to the test (a folder, a bucket pr
 container prefix), so two instances act as two nodes sharing it.
 """
 
+import itertools
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from dockyard.storage import BlobStore
+from dockyard.storage.azure import AzureBlobStore, from_url
 from dockyard.storage.filesystem import FilesystemBlobStore
 from dockyard.storage.s3 import S3BlobStore
-from tests.support.seaweedfs import SeaweedS3, seaweedfs_server
+from tests.support.azurite import Azurite
+from tests.support.seaweedfs import SeaweedS3
 
-DRIVERS = ["filesystem", "s3"]
+DRIVERS = ["filesystem", "s3", "azure"]
 
 StoreFactory = Callable[[], BlobStore]
 
@@ -24,13 +27,6 @@ StoreFactory = Callable[[], BlobStore]
 @pytest.fixture
 def filesystem_store_factory(tmp_path: Path) -> StoreFactory:
     return lambda: FilesystemBlobStore(tmp_path / "store")
-
-
-@pytest.fixture(scope="session")
-def seaweedfs() -> Iterator[SeaweedS3]:
-    """A real SeaweedFS S3 gateway with a bucket, for the whole session."""
-    with seaweedfs_server() as server:
-        yield server
 
 
 @pytest.fixture
@@ -52,6 +48,20 @@ def s3_store_factory(seaweedfs: SeaweedS3, s3_prefix: str) -> StoreFactory:
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def azure_prefixes() -> Iterator[str]:
+    return (f"test-{n}" for n in itertools.count())
+
+
+@pytest.fixture
+def azure_store_factory(azurite: Azurite, azure_prefixes: Iterator[str]) -> Callable[[], AzureBlobStore]:
+    """Stores over a fresh prefix of the Azurite container (3 MiB blocks: 1 MiB writes are buffered)."""
+    url = f"azure://{azurite.container}/{next(azure_prefixes)}"
+    return lambda: from_url(
+        url, connection_string=azurite.connection_string(), env={}, block_size=3 * 1024 * 1024
+    )
 
 
 @pytest.fixture(params=DRIVERS)
