@@ -235,13 +235,13 @@ class Runtime:
             task.stop_claiming()
 
     async def drain(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds for running work to finish; return how much did not."""
-        left = 0
+        """Wait up to ``timeout`` seconds in all for running work to finish; return how much did not."""
+        deadline = anyio.current_time() + timeout
         with anyio.move_on_after(timeout):
             await self._idle.wait()
-        left += self._in_flight
+        left = self._in_flight
         for task in self.tasks:
-            left += await task.drain(timeout)
+            left += await task.drain(max(0.0, deadline - anyio.current_time()))
         return left
 
     async def run(self) -> None:

@@ -116,7 +116,7 @@ class EventService:
     ) -> None:
         """Add an event to the log in the caller's transaction."""
         row = _row(action, repository, tag, digest, media_type, artifact_type, size, origin)
-        if action in DISPATCHED_ACTIONS and any(wants(conn, action) for wants in self._subscribers):
+        if any(wants(conn, action) for wants in self._subscribers):
             self._wanted.set()
         conn.execute(INSERT_EVENT, row)
 
