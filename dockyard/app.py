@@ -6,8 +6,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -21,12 +19,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Router
 from starlette.types import Receive, Scope, Send
 
+from dockyard import health
+from dockyard.access import room as access_room
 from dockyard.access.policy import NetworkRuleMiddleware, Policy
-from dockyard.access.routes.identities import IdentityRoutes
-from dockyard.access.routes.management import ManagementRoutes
-from dockyard.access.routes.oauth import OAuthRoutes
-from dockyard.access.routes.openapi import OpenApiRoutes
-from dockyard.access.services import AccessServices, build_access_services
+from dockyard.access.services import AccessServices
 from dockyard.access.throttle import LoginThrottle
 from dockyard.asgi import (
     AccessLogMiddleware,
@@ -40,92 +36,58 @@ from dockyard.asgi import (
     storage_full_handler,
 )
 from dockyard.config import Settings
-from dockyard.db import Database, utcnow
-from dockyard.events.routes import EventRoutes
+from dockyard.db import Database
+from dockyard.events import room as events_room
+from dockyard.events.queue import JobService
+from dockyard.events.runtime import Runtime
 from dockyard.events.services import EventService
-from dockyard.health import HealthRoutes
 from dockyard.oci.errors import ErrorCode, RegistryError
-from dockyard.registry import jobs as registry_jobs
-from dockyard.registry.routes import build_routes
-from dockyard.registry.services import RegistryServices, build_registry_services
-from dockyard.storage import BlobStore, StorageFull
+from dockyard.registry import room as registry_room
+from dockyard.rooms import Dockyard, Kernel, Room
+from dockyard.storage import StorageFull
 from dockyard.storage.factory import create_blob_store
-from dockyard.webhooks.addresses import networks
-from dockyard.webhooks.jobs import DeliveryWorker
-from dockyard.webhooks.routes import WebhookRoutes
-from dockyard.webhooks.services import WebhookService
+from dockyard.webhooks import room as webhooks_room
+
+__all__ = ["ROOMS", "Dockyard", "build", "create_app"]
 
 log = logging.getLogger(__name__)
 
-#: Pull events are written in batches this often.
-PULL_FLUSH_SECONDS = 1.0
-#: How often old events and finished deliveries are deleted.
-PRUNE_LOGS_SECONDS = 3600.0
+#: Every room, in the order their services are built and their routes are tried (the registry's
+#: catch-all `/v2/…` routes last). Adding a room is one line here.
+ROOMS: tuple[Room, ...] = (
+    access_room.ROOM,
+    health.ROOM,
+    webhooks_room.ROOM,
+    events_room.ROOM,
+    registry_room.ROOM,
+)
 
 
-@dataclass(frozen=True)
-class Dockyard:
-    """Everything one running registry is made of."""
-
-    settings: Settings
-    db: Database
-    store: BlobStore
-    registry: RegistryServices
-    access: AccessServices
-    events: EventService
-    webhooks: WebhookService
-
-
-def build(settings: Settings) -> Dockyard:
-    """Create the database engine, blob store and services for ``settings``."""
+def build(settings: Settings, rooms: tuple[Room, ...] = ROOMS) -> Dockyard:
+    """Create the database engine, blob store, every room's services and the job runtime for ``settings``."""
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
-    store = create_blob_store(settings)
     events = EventService(db)
-    webhooks = build_webhook_service(settings, db)
-    events.subscribe(webhooks.wants)
-    return Dockyard(
+    jobs = JobService(db)
+    kernel = Kernel(settings=settings, db=db, store=create_blob_store(settings), events=events, jobs=jobs)
+    services: dict[str, Any] = {}
+    for room in rooms:
+        if room.services is not None:
+            services[room.name] = room.services(kernel, services)
+    runtime = Runtime(
+        db, jobs, events, poll_seconds=settings.job_poll_seconds, concurrency=settings.job_concurrency
+    )
+    parts = Dockyard(
         settings=settings,
         db=db,
-        store=store,
-        registry=build_registry_services(settings, db, store, events),
-        access=build_access_services(settings, db),
+        store=kernel.store,
         events=events,
-        webhooks=webhooks,
+        jobs=jobs,
+        runtime=runtime,
+        services=services,
     )
-
-
-def build_webhook_service(settings: Settings, db: Database) -> WebhookService:
-    return WebhookService(
-        db,
-        registry_name=settings.registry_name,
-        limit=settings.webhook_limit,
-        retry_window_seconds=settings.webhook_retry_window_seconds,
-        retry_base_seconds=settings.webhook_retry_base_seconds,
-        retry_max_seconds=settings.webhook_retry_max_seconds,
-        lease_seconds=settings.webhook_timeout_seconds * 3,
-        allowed_networks=networks(settings.webhook_allowed_networks),
-    )
-
-
-def prune_logs(parts: Dockyard) -> None:
-    """Delete events and finished deliveries past their retention."""
-    now = utcnow()
-    events = parts.events.prune(now - timedelta(days=parts.settings.event_retention_days))
-    deliveries = parts.webhooks.prune(now - timedelta(days=parts.settings.webhook_log_retention_days))
-    audits = parts.access.audit.prune(now - timedelta(days=parts.settings.audit_retention_days))
-    if events or deliveries or audits:
-        log.info("pruned %d events, %d webhook deliveries and %d audit records", events, deliveries, audits)
-
-
-def delivery_worker(parts: Dockyard) -> DeliveryWorker:
-    settings = parts.settings
-    return DeliveryWorker(
-        parts.webhooks,
-        parts.events,
-        concurrency=settings.webhook_concurrency,
-        timeout_seconds=settings.webhook_timeout_seconds,
-        poll_seconds=settings.webhook_poll_seconds,
-    )
+    for room in rooms:
+        room.work(parts, runtime)
+    return parts
 
 
 def build_policy(settings: Settings, access: AccessServices) -> Policy:
@@ -208,7 +170,7 @@ def _first_segment(route: BaseRoute) -> str | None:
     return None if "{" in segment else segment
 
 
-async def _every(interval: float, job: Callable[[], None]) -> None:
+async def _every(interval: float, job: Callable[[], Any]) -> None:
     while True:
         await anyio.sleep(interval)
         try:
@@ -218,10 +180,19 @@ async def _every(interval: float, job: Callable[[], None]) -> None:
 
 
 def create_app(
-    settings: Settings, dockyard: Dockyard | None = None, *, background_jobs: bool = True
+    settings: Settings,
+    dockyard: Dockyard | None = None,
+    *,
+    background_jobs: bool = True,
+    rooms: tuple[Room, ...] = ROOMS,
 ) -> Starlette:
-    """The ASGI application for ``settings`` (the schema must already be migrated)."""
-    parts = dockyard or build(settings)
+    """The ASGI application for ``settings`` (the schema must already be migrated).
+
+    ``background_jobs`` runs this process's memory flushes and, unless ``run_worker`` is off,
+    the job runtime (every room's jobs, event consumers, schedules and tasks).
+    """
+    parts = dockyard or build(settings, rooms)
+    runtime = parts.runtime
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -229,44 +200,29 @@ def create_app(
         listener = parts.registry.listener
         if listener is not None:
             listener.start()
-        async with anyio.create_task_group() as group:
-            if background_jobs:
-                group.start_soon(
-                    _every,
-                    registry_jobs.EXPIRE_UPLOADS_EVERY,
-                    lambda: registry_jobs.expire_uploads(parts.registry),
-                )
-                group.start_soon(_every, PULL_FLUSH_SECONDS, parts.events.flush_pulls)
-                group.start_soon(_every, settings.audit_window_seconds, parts.access.audit.flush)
-                group.start_soon(_every, PRUNE_LOGS_SECONDS, lambda: prune_logs(parts))
-                if settings.run_worker:
-                    group.start_soon(delivery_worker(parts).run)
-            try:
-                yield
-            finally:
-                group.cancel_scope.cancel()
-        if listener is not None:
-            await run_sync(listener.stop)
-        await run_sync(parts.events.flush_pulls)
-        await run_sync(parts.access.audit.flush)
+        try:
+            async with anyio.create_task_group() as group:
+                if background_jobs:
+                    for flush in runtime.flushes:
+                        group.start_soon(_every, flush.every_seconds, flush.run)
+                    if settings.run_worker:
+                        group.start_soon(runtime.run)
+                try:
+                    yield
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            if listener is not None:
+                await run_sync(listener.stop)
+        for flush in runtime.flushes:
+            await run_sync(flush.run)
         parts.db.dispose()
 
     policy = build_policy(settings, parts.access)
     middleware = [Middleware(AccessLogMiddleware)] if settings.access_log else []
     middleware.append(Middleware(DrainBodyMiddleware))
     middleware.append(Middleware(NetworkRuleMiddleware, policy=policy))
-    routes = [
-        *OAuthRoutes(parts.access, policy).routes(),
-        *ManagementRoutes(parts.access, policy, settings.registry_name).routes(),
-        *IdentityRoutes(parts.access, policy).routes(),
-        *OpenApiRoutes().routes(),
-        *HealthRoutes(parts.db, parts.store).routes(),
-        *WebhookRoutes(
-            parts.webhooks, policy, parts.access.audit, timeout_seconds=settings.webhook_timeout_seconds
-        ).routes(),
-        *EventRoutes(parts.events, policy).routes(),
-        *build_routes(parts.registry, policy),
-    ]
+    routes = [route for room in rooms for route in room.routes(parts, policy)]
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -181,8 +181,15 @@ class Settings(BaseSettings):
     )
     run_worker: bool = Field(
         True,
-        description="Run webhook delivery in `dockyard serve`; turn off when `dockyard worker` runs it.",
+        description="Run the job runtime (jobs, event consumers such as webhooks, schedules) in "
+        "`dockyard serve`; turn off when `dockyard worker` runs it.",
     )
+    job_poll_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="How often the job runtime looks for other processes' events, jobs and schedules.",
+    )
+    job_concurrency: int = Field(4, ge=1, description="Jobs run at once per process.")
     webhook_limit: int = Field(
         500,
         ge=0,

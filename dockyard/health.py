@@ -7,15 +7,17 @@ also checks that the database answers a query and the blob store answers a looku
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from dockyard.access.policy import Policy
 from dockyard.asgi import run_sync
 from dockyard.db import Database
+from dockyard.rooms import Dockyard, Room
 from dockyard.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -65,3 +67,10 @@ class HealthRoutes:
             log.warning("readiness: %s is unavailable: %s", name, (str(exc) or repr(exc)).splitlines()[0])
             return f"unavailable: {type(exc).__name__}"
         return "ok"
+
+
+def _routes(parts: Dockyard, policy: Policy) -> Sequence[BaseRoute]:
+    return HealthRoutes(parts.db, parts.store).routes()
+
+
+ROOM = Room("health", routes=_routes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +26,14 @@ from tests.support.seaweedfs import SeaweedS3, seaweedfs_server
 
 #: Which database engines the API suite runs on; CI runs both. Narrow it only for a quick local run.
 BACKENDS = [b for b in os.environ.get("DOCKYARD_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_change_listeners() -> Iterator[None]:
+    """Every app a test started stopped its PostgreSQL change listener again."""
+    yield
+    leftover = [thread for thread in threading.enumerate() if thread.name == "dockyard-changes"]
+    assert not leftover, "a content change listener outlived its app"
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,11 @@
-"""`dockyard worker`: webhook delivery without the HTTP server, for scale-out deployments.
+"""`dockyard worker`: the job runtime without the HTTP server, for scale-out deployments.
 
-`dockyard serve` delivers webhooks itself unless it runs with ``DOCKYARD_RUN_WORKER=false``;
-then one or more `dockyard worker` processes, pointed at the same database, do it. Leases in
-the database keep two workers (or a worker and a server) from sending one delivery at once.
-The worker does nothing else: no upload expiry, no pull-event flushing (those belong to the
-process that serves HTTP).
+It runs every room's jobs, event consumers (webhook dispatch), tasks (webhook delivery) and
+periodic schedules (upload expiry, pruning). `dockyard serve` runs the same runtime itself
+unless it runs with ``DOCKYARD_RUN_WORKER=false``; then one or more `dockyard worker`
+processes, pointed at the same database, do it. Leases, locked cursors and claimed schedule
+rows keep two processes from doing the same work. Pull-event flushing stays with the process
+that serves HTTP (pulls are buffered in its memory).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from dockyard.cli.output import fail
 if TYPE_CHECKING:
     from dockyard.app import Dockyard
     from dockyard.config import Settings
-    from dockyard.webhooks.jobs import DeliveryWorker
+    from dockyard.events.runtime import Runtime
 
 log = logging.getLogger("dockyard.worker")
 
-#: After SIGTERM/SIGINT, deliveries in flight get this long beyond one attempt's timeout to finish.
+#: After SIGTERM/SIGINT, work in flight gets this long beyond one delivery attempt's timeout to finish.
 DRAIN_MARGIN_SECONDS = 1.0
 
 
@@ -42,7 +43,7 @@ def worker(
     storage: StorageOption = None,
     log_level: LogLevelOption = None,
 ) -> None:
-    """Deliver webhooks (and do nothing else) until SIGTERM or SIGINT.
+    """Run jobs, event consumers, webhook delivery and schedules until SIGTERM or SIGINT.
 
     For registries whose `dockyard serve` runs with DOCKYARD_RUN_WORKER=false. Reads the same
     settings as `dockyard serve` (defaults, --config, DOCKYARD_*, then flags); the database
@@ -83,35 +84,33 @@ def _require_database(settings: Settings) -> None:
 def _run(parts: Dockyard) -> None:
     import anyio
 
-    from dockyard.app import delivery_worker
-
     settings = parts.settings
-    deliveries = delivery_worker(parts)
+    runtime = parts.runtime
     log.info(
-        "dockyard worker delivering webhooks for registry %r from %s "
-        "(%d in flight at most, polling every %gs)",
+        "dockyard worker running jobs (%s), consumers (%s) and schedules (%s) for registry %r from %s "
+        "(polling every %gs)",
+        ", ".join(runtime.kinds) or "none",
+        ", ".join(c.name for c in runtime.consumers) or "none",
+        ", ".join(s.name for s in runtime.schedules) or "none",
         settings.registry_name,
         parts.db.engine.url.render_as_string(hide_password=True),
-        settings.webhook_concurrency,
-        settings.webhook_poll_seconds,
+        settings.job_poll_seconds,
     )
-    anyio.run(_until_signalled, deliveries, settings.webhook_timeout_seconds + DRAIN_MARGIN_SECONDS)
+    anyio.run(_until_signalled, runtime, settings.webhook_timeout_seconds + DRAIN_MARGIN_SECONDS)
     log.info("dockyard worker stopped")
 
 
-async def _until_signalled(deliveries: DeliveryWorker, grace: float) -> None:
-    """Run the worker; a first signal lets attempts in flight finish (``grace`` at most), a second cuts."""
+async def _until_signalled(runtime: Runtime, grace: float) -> None:
+    """Run the runtime; a first signal lets work in flight finish (``grace`` at most), a second cuts."""
     import anyio
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as group:
-            group.start_soon(deliveries.run)
+            group.start_soon(runtime.run)
             async for signum in signals:
-                log.info(
-                    "%s: finishing the deliveries in flight, claiming no more", signal.Signals(signum).name
-                )
+                log.info("%s: finishing the work in flight, claiming no more", signal.Signals(signum).name)
                 break
-            deliveries.stop_claiming()
+            runtime.stop_claiming()
 
             async def cut_on_second_signal() -> None:
                 async for signum in signals:
@@ -119,9 +118,9 @@ async def _until_signalled(deliveries: DeliveryWorker, grace: float) -> None:
                     group.cancel_scope.cancel()
 
             group.start_soon(cut_on_second_signal)
-            left = await deliveries.drain(grace)
+            left = await runtime.drain(grace)
             if left:
                 log.warning(
-                    "%d deliveries still in flight; they are sent again once their leases expire", left
+                    "%d jobs or deliveries still in flight; they run again once their leases expire", left
                 )
             group.cancel_scope.cancel()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard.db import Database, as_utc, utcnow
-from dockyard.events.models import repository_events
+from dockyard.events.models import event_cursors, repository_events
 
 PUSH = "push"
 DELETE = "delete"
@@ -76,28 +76,28 @@ class EventService:
         self._pulls_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._subscribers: list[Callable[[Connection, str], bool]] = []
-        self._undispatched = threading.Event()
+        self._wanted = threading.Event()
 
     def on_recorded(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` (from any thread) after a dispatched event was committed here."""
+        """Call ``listener`` (from any thread) after an event someone wants was committed here."""
         self._listeners.append(listener)
 
     def committed(self) -> None:
         """Tell listeners new events are waiting (the caller's transaction has committed).
 
-        Only events someone subscribed to wake them: a registry without webhooks pays nothing.
+        Only events a subscriber wants wake them: a registry without webhooks pays nothing.
         """
-        if not self._undispatched.is_set():
+        if not self._wanted.is_set():
             return
-        self._undispatched.clear()
+        self._wanted.clear()
         for listener in self._listeners:
             listener()
 
     def subscribe(self, wants: Callable[[Connection, str], bool]) -> None:
-        """Let another room (webhooks) say, inside the recording transaction, whether it wants an action.
+        """Let a consumer say, inside the recording transaction, whether an action should wake it.
 
-        An event nobody wants is logged as already dispatched, so it costs no dispatch later; an
-        event that happens before a subscription exists is, correctly, never sent to it.
+        Only the in-process wake-up depends on it: consumers read every event from the log
+        whatever they said here (other processes' events reach them by polling anyway).
         """
         self._subscribers.append(wants)
 
@@ -116,11 +116,8 @@ class EventService:
     ) -> None:
         """Add an event to the log in the caller's transaction."""
         row = _row(action, repository, tag, digest, media_type, artifact_type, size, origin)
-        if not row["dispatched"]:
-            if any(wants(conn, action) for wants in self._subscribers):
-                self._undispatched.set()
-            else:
-                row["dispatched"] = True
+        if any(wants(conn, action) for wants in self._subscribers):
+            self._wanted.set()
         conn.execute(INSERT_EVENT, row)
 
     def note_pull(
@@ -144,15 +141,23 @@ class EventService:
             self._db.run_write(lambda conn: conn.execute(repository_events.insert(), batch), durable=False)
         return len(batch)
 
-    def prune(self, older_than: datetime) -> int:
-        """Forget dispatched events that happened before ``older_than``."""
+    def prune(self, older_than: datetime, consumers: Sequence[str] = ()) -> int:
+        """Forget events that happened before ``older_than`` and that every named consumer has read.
+
+        The newest event is always kept: SQLite hands out max(id) + 1, so an emptied table
+        would reuse ids that cursors have already passed.
+        """
 
         def work(conn: Connection) -> int:
-            return conn.execute(
-                repository_events.delete().where(
-                    repository_events.c.dispatched, repository_events.c.created_at < older_than
-                )
-            ).rowcount
+            events = repository_events.c
+            query = repository_events.delete().where(
+                events.created_at < older_than,
+                events.id < sa.select(sa.func.max(events.id)).scalar_subquery(),
+            )
+            cursors = conn.execute(sa.select(event_cursors).where(event_cursors.c.consumer.in_(consumers)))
+            for cursor in cursors.all():
+                query = query.where(read_by(conn, cursor.last_txid, cursor.last_event_id))
+            return conn.execute(query).rowcount
 
         return self._db.run_write(work, durable=False)
 
@@ -206,8 +211,16 @@ def _row(
         "request_host": origin.host,
         "request_method": origin.method,
         "user_agent": (origin.user_agent or "")[:512] or None,
-        "dispatched": action not in DISPATCHED_ACTIONS,
     }
+
+
+def read_by(conn: Connection, last_txid: int | None, last_event_id: int) -> sa.ColumnElement[bool]:
+    """Events at or before a cursor: by (txid, id) on PostgreSQL, by id on SQLite."""
+    if conn.dialect.name == "postgresql":
+        return sa.tuple_(repository_events.c.txid, repository_events.c.id) <= sa.tuple_(
+            sa.literal(last_txid or 0), sa.literal(last_event_id)
+        )
+    return repository_events.c.id <= last_event_id
 
 
 def event_from_row(row: sa.Row) -> RepositoryEvent:

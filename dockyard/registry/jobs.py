@@ -8,12 +8,13 @@ from dockyard.registry.services import RegistryServices
 
 log = logging.getLogger(__name__)
 
-#: How often stale upload sessions are looked for.
+#: How often stale upload sessions are looked for (a schedule: once per registry).
 EXPIRE_UPLOADS_EVERY = 600.0
 
 
-def expire_uploads(services: RegistryServices) -> None:
+def expire_uploads(services: RegistryServices) -> int:
     """Cancel idle upload sessions and remove upload data nobody owns."""
     removed = services.uploads.expire()
     if removed:
         log.info("expired %d stale uploads", removed)
+    return removed

@@ -1,8 +1,11 @@
-"""The delivery worker: fan events out, lease due deliveries, send them concurrently, record results.
+"""The delivery worker: lease due deliveries, send them concurrently, record results.
 
-It runs in every `dockyard serve` process (and in `dockyard worker`); leases in the
-database keep two workers from sending the same delivery at once. A process that dies
-mid-delivery leaves a lease that expires, and the delivery is sent again (at least once).
+Events become deliveries in the ``webhooks`` event consumer (``WebhookService.dispatch``, run
+by the job runtime), which wakes this worker after it queued some. The worker is a runtime
+task: it runs wherever the runtime runs (`dockyard serve` unless ``run_worker`` is off,
+`dockyard worker`); leases in the database keep two workers from sending the same delivery at
+once. A process that dies mid-delivery leaves a lease that expires, and the delivery is sent
+again (at least once).
 """
 
 from __future__ import annotations
@@ -14,14 +17,10 @@ import anyio
 import httpx
 
 from dockyard.asgi import run_sync
-from dockyard.events.services import EventService
 from dockyard.webhooks.delivery import attempt, new_client
 from dockyard.webhooks.services import DeliveryJob, WebhookService
 
 log = logging.getLogger(__name__)
-
-#: After a wake-up the worker waits this long, so a burst of pushes costs one dispatch, not one each.
-BATCH_SECONDS = 0.05
 
 
 class DeliveryWorker:
@@ -30,14 +29,12 @@ class DeliveryWorker:
     def __init__(
         self,
         service: WebhookService,
-        events: EventService,
         *,
         concurrency: int,
         timeout_seconds: float,
         poll_seconds: float,
     ) -> None:
         self.service = service
-        self.events = events
         self.concurrency = concurrency
         self.timeout = timeout_seconds
         self.poll = poll_seconds
@@ -46,6 +43,7 @@ class DeliveryWorker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def in_flight(self) -> int:
@@ -62,10 +60,14 @@ class DeliveryWorker:
             await self._idle.wait()
         return self._in_flight
 
+    def wake(self) -> None:
+        """Look for due deliveries now (from any thread): the consumer has queued some."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         wake = self._wake = asyncio.Event()
-        self.events.on_recorded(lambda: loop.call_soon_threadsafe(wake.set))
         async with (
             new_client(self.timeout, self.service.allowed_networks) as client,
             anyio.create_task_group() as group,
@@ -78,13 +80,11 @@ class DeliveryWorker:
                     log.exception("webhook delivery step failed; retrying")
                 with anyio.move_on_after(self.poll):
                     await wake.wait()
-                    await anyio.sleep(BATCH_SECONDS)  # let a burst of commits share one dispatch
 
     async def step(self, client: httpx.AsyncClient, group: anyio.abc.TaskGroup) -> int:
-        """One round: dispatch new events, start what is due. Returns how many attempts started."""
+        """One round: start the deliveries that are due. Returns how many attempts started."""
         if not self._claiming:
             return 0
-        await run_sync(self.service.dispatch)
         jobs = await run_sync(self.service.claim, self.concurrency - self._in_flight)
         for job in jobs:
             self._in_flight += 1

@@ -1,4 +1,4 @@
-"""Webhook subscriptions, fan-out of logged events into deliveries, and the delivery bookkeeping."""
+"""Webhook subscriptions, fan-out of logged events into deliveries (a consumer), delivery bookkeeping."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard.db import Database, as_utc, utcnow
-from dockyard.events.models import repository_events
-from dockyard.events.services import event_from_row
+from dockyard.events.services import DISPATCHED_ACTIONS, RepositoryEvent
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.webhooks import payloads
 from dockyard.webhooks.addresses import BoundedResolver, IPNetwork, Resolver, check_destination
@@ -103,7 +102,6 @@ class AttemptResult:
 
 
 ENABLED_ACTIONS = sa.select(webhooks.c.actions).where(webhooks.c.enabled)
-ANY_UNDISPATCHED = sa.select(repository_events.c.id).where(repository_events.c.dispatched.is_(False)).limit(1)
 ANY_DUE = (
     sa.select(deliveries.c.id)
     .select_from(deliveries.join(webhooks))
@@ -252,47 +250,29 @@ class WebhookService:
         """Whether any enabled webhook subscribes to ``action`` (asked inside the event's transaction)."""
         return any(action in hook_actions for hook_actions in conn.execute(ENABLED_ACTIONS).scalars())
 
-    def dispatch(self, limit: int = 500) -> int:
-        """Turn logged events nobody has dispatched into deliveries for matching webhooks."""
+    def dispatch(self, conn: Connection, events: list[RepositoryEvent]) -> int:
+        """The ``webhooks`` event consumer: one delivery per event and matching enabled webhook.
 
-        if not self._db.run_lookup(lambda conn: conn.execute(ANY_UNDISPATCHED).first()):
-            return 0  # nothing new: no write transaction (it would contend with pushes for the lock)
-
-        def work(conn: Connection) -> int:
-            query = (
-                sa.select(repository_events)
-                .where(repository_events.c.dispatched.is_(False))
-                .order_by(repository_events.c.id)
-                .limit(limit)
-            )
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            rows = conn.execute(query).all()
-            if not rows:
-                return 0
-            hooks = conn.execute(sa.select(webhooks).where(webhooks.c.enabled)).all()
-            now = utcnow()
-            new = []
-            for row in rows:
-                event = event_from_row(row)
-                document = payloads.acr_payload(event)
-                for hook in hooks:
-                    if event.action in hook.actions and scope_matches(
-                        hook.scope, event.repository, event.tag
-                    ):
-                        body = payloads.encode(document, hook.payload_format, self.registry_name)
-                        new.append(self._delivery(hook.id, event.uid, event.action, body, now))
-            if new:
-                conn.execute(deliveries.insert(), new)
-            conn.execute(
-                repository_events.update()
-                .where(repository_events.c.id.in_([row.id for row in rows]))
-                .values(dispatched=True)
-            )
-            return len(new)
-
-        # Not durable: lost to a power cut, the events are simply dispatched again (at least once).
-        return self._db.run_write(work, durable=False)
+        Runs in the transaction that moves the consumer's cursor past ``events``, so each event
+        becomes its deliveries exactly once. Returns how many deliveries were queued.
+        """
+        wanted = [event for event in events if event.action in DISPATCHED_ACTIONS]
+        if not wanted:
+            return 0
+        hooks = conn.execute(sa.select(webhooks).where(webhooks.c.enabled)).all()
+        if not hooks:
+            return 0
+        now = utcnow()
+        new = []
+        for event in wanted:
+            document = payloads.acr_payload(event)
+            for hook in hooks:
+                if event.action in hook.actions and scope_matches(hook.scope, event.repository, event.tag):
+                    body = payloads.encode(document, hook.payload_format, self.registry_name)
+                    new.append(self._delivery(hook.id, event.uid, event.action, body, now))
+        if new:
+            conn.execute(deliveries.insert(), new)
+        return len(new)
 
     def _delivery(
         self, webhook_id: int, event_uid: str, action: str, body: bytes, now: datetime

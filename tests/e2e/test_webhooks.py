@@ -413,7 +413,7 @@ def test_dockyard_worker_delivers_for_a_server_without_one(
             worker.wait(10)
     output = log_path.read_text()
     assert f"from sqlite:///{(data_dir / 'dockyard.db').resolve()}" in output, output
-    assert "SIGTERM: finishing the deliveries in flight" in output
+    assert "SIGTERM: finishing the work in flight" in output
     assert "dockyard worker stopped" in output
     assert "Traceback" not in output
     with httpx.Client(timeout=10) as http:  # the server is still serving, alone

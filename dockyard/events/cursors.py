@@ -1,0 +1,121 @@
+"""Event consumers: each reads every event after its own cursor, exactly once per effect.
+
+The handler gets a batch of events and the connection of the transaction that moves the
+cursor past them, so its writes and the cursor commit together (or not at all). The cursor
+row is locked for the batch (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one writer),
+so two processes never consume the same batch.
+
+Out-of-order commits: a PostgreSQL sequence hands out ids when rows are inserted, not when
+they commit, so an event with a smaller id can become visible after a larger one. Each event
+row carries the id of the transaction that wrote it (``txid``, a server default). A consumer
+reads only events whose transaction is older than the oldest transaction still running
+(``pg_snapshot_xmin``), in (txid, id) order: every transaction below that horizon has ended,
+so nothing can appear behind the cursor later. The price: a long-running writing transaction
+anywhere on the server delays consumers (never loses events). On SQLite ids are handed out
+under the single write lock, so commit order is id order and the cursor is the id alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from dockyard.db import Database, utcnow
+from dockyard.events.models import event_cursors, repository_events
+from dockyard.events.services import RepositoryEvent, event_from_row
+
+#: handler(conn, events) → how many things it did (deliveries queued, jobs enqueued…).
+ConsumerHandler = Callable[[Connection, list[RepositoryEvent]], int]
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A named reader of the event log (its cursor row is keyed by ``name``)."""
+
+    name: str
+    handler: ConsumerHandler
+    batch: int = 500
+    #: Asked inside each recording transaction whether the action should wake this process's runtime.
+    wants: Callable[[Connection, str], bool] | None = None
+    #: Called (in the runtime's thread) after a batch whose handler did something committed.
+    after_commit: Callable[[], None] | None = None
+
+
+def _horizon() -> sa.ColumnElement[int]:
+    """The oldest transaction id still running on the PostgreSQL server (as a bigint)."""
+    xmin = sa.func.pg_snapshot_xmin(sa.func.pg_current_snapshot())
+    return sa.cast(sa.cast(xmin, sa.Text), sa.BigInteger)
+
+
+def _after(conn: Connection, last_txid: int | None, last_event_id: int) -> sa.Select:
+    events = repository_events.c
+    if conn.dialect.name == "postgresql":
+        return (
+            sa.select(repository_events)
+            .where(
+                sa.tuple_(events.txid, events.id)
+                > sa.tuple_(sa.literal(last_txid or 0), sa.literal(last_event_id)),
+                events.txid < _horizon(),
+            )
+            .order_by(events.txid, events.id)
+        )
+    return sa.select(repository_events).where(events.id > last_event_id).order_by(events.id)
+
+
+def ensure_cursor(conn: Connection, name: str) -> None:
+    """Create ``name``'s cursor at the start of the log unless it exists."""
+    if conn.execute(sa.select(event_cursors.c.consumer).where(event_cursors.c.consumer == name)).first():
+        return
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(event_cursors)
+    conn.execute(
+        insert.values(
+            consumer=name, last_event_id=0, last_txid=None, updated_at=utcnow()
+        ).on_conflict_do_nothing()
+    )
+
+
+def pending(db: Database, name: str) -> bool:
+    """Whether ``name`` has events to read (a cheap read, so an idle poll takes no write lock)."""
+
+    def look(conn: Connection) -> bool:
+        cursor = conn.execute(sa.select(event_cursors).where(event_cursors.c.consumer == name)).first()
+        if cursor is None:
+            return True  # the first consume creates it
+        return conn.execute(_after(conn, cursor.last_txid, cursor.last_event_id).limit(1)).first() is not None
+
+    return db.run_lookup(look)
+
+
+def consume(db: Database, consumer: Consumer) -> tuple[int, int]:
+    """Hand the next batch to ``consumer`` and move its cursor; return (events read, handler's count)."""
+    if not pending(db, consumer.name):
+        return 0, 0
+
+    def work(conn: Connection) -> tuple[int, int]:
+        ensure_cursor(conn, consumer.name)
+        lock = sa.select(event_cursors).where(event_cursors.c.consumer == consumer.name)
+        if conn.dialect.name == "postgresql":
+            lock = lock.with_for_update(skip_locked=True)
+        cursor = conn.execute(lock).first()
+        if cursor is None:
+            return 0, 0  # another process is consuming this batch
+        rows = conn.execute(_after(conn, cursor.last_txid, cursor.last_event_id).limit(consumer.batch)).all()
+        if not rows:
+            return 0, 0
+        done = consumer.handler(conn, [event_from_row(row) for row in rows])
+        conn.execute(
+            event_cursors.update()
+            .where(event_cursors.c.consumer == consumer.name)
+            .values(last_event_id=rows[-1].id, last_txid=rows[-1].txid, updated_at=utcnow())
+        )
+        return len(rows), done
+
+    # Not durable: lost to a power cut, the batch is read again (its effects were lost with it).
+    read, done = db.run_write(work, durable=False)
+    if done and consumer.after_commit is not None:
+        consumer.after_commit()
+    return read, done

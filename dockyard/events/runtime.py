@@ -1,0 +1,289 @@
+"""The job runtime: runs every room's jobs, event consumers and schedules in one loop per process.
+
+Rooms register what they need (``job``, ``consumer``, ``schedule``, ``task``, ``flush``) while
+the app is built; ``run`` then works until cancelled: it wakes when this process commits an
+event someone wants, or after ``poll_seconds`` for other processes' work. Tests drive it by
+hand with ``step`` (or ``consume`` / ``run_due`` / ``run_jobs``) and a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+
+from dockyard.asgi import run_sync
+from dockyard.db import Database, utcnow
+from dockyard.events import cursors, schedules
+from dockyard.events.cursors import Consumer, ConsumerHandler
+from dockyard.events.queue import DEAD, Clock, Job, JobService
+from dockyard.events.schedules import Schedule
+from dockyard.events.services import EventService
+
+log = logging.getLogger(__name__)
+
+#: After a wake-up the runtime waits this long, so a burst of commits costs one round, not one each.
+BATCH_SECONDS = 0.05
+DEFAULT_LEASE_SECONDS = 300.0
+
+
+class Task(Protocol):
+    """A room's own long-running loop (webhook delivery), started and stopped with the runtime."""
+
+    async def run(self) -> None: ...
+
+    def stop_claiming(self) -> None: ...
+
+    async def drain(self, timeout: float) -> int: ...
+
+
+@dataclass(frozen=True)
+class JobKind:
+    kind: str
+    handler: Callable[[Job], Any]
+    lease_seconds: float
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Per-process work on memory (pull and audit batches): every ``every_seconds`` and at shutdown."""
+
+    every_seconds: float
+    run: Callable[[], Any]
+
+
+class Runtime:
+    """Registrations from every room, and the loop that runs them."""
+
+    def __init__(
+        self,
+        db: Database,
+        jobs: JobService,
+        events: EventService,
+        *,
+        poll_seconds: float = 0.5,
+        concurrency: int = 4,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.db = db
+        self.jobs = jobs
+        self.events = events
+        self.poll = poll_seconds
+        self.concurrency = concurrency
+        self._clock = clock
+        self.owner = f"{uuid.uuid4().hex[:12]}"
+        self.kinds: dict[str, JobKind] = {}
+        self.consumers: list[Consumer] = []
+        self.schedules: list[Schedule] = []
+        self.tasks: list[Task] = []
+        self.flushes: list[Flush] = []
+        self._prepared = False
+        self._claiming = True
+        self._in_flight = 0
+        self._running_schedules: set[str] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    # -- registration (while the app is built) ----------------------------------------------------
+
+    def job(
+        self, kind: str, handler: Callable[[Job], Any], *, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> None:
+        """Run ``handler(job)`` in a worker thread for each job of ``kind``; raising means retry."""
+        if kind in self.kinds:
+            raise ValueError(f"job kind {kind!r} is registered twice")
+        self.kinds[kind] = JobKind(kind, handler, lease_seconds)
+
+    def consumer(
+        self,
+        name: str,
+        handler: ConsumerHandler,
+        *,
+        batch: int = 500,
+        wants: Callable[..., bool] | None = None,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        """Hand every event to ``handler(conn, events)``, batch by batch, after ``name``'s cursor."""
+        if any(c.name == name for c in self.consumers):
+            raise ValueError(f"event consumer {name!r} is registered twice")
+        self.consumers.append(Consumer(name, handler, batch, wants, after_commit))
+        if wants is not None:
+            self.events.subscribe(wants)
+
+    def schedule(self, name: str, every_seconds: float, run: Callable[[], Any]) -> None:
+        """Run ``run()`` every ``every_seconds``, once per registry."""
+        if any(s.name == name for s in self.schedules):
+            raise ValueError(f"schedule {name!r} is registered twice")
+        self.schedules.append(Schedule(name, every_seconds, run))
+
+    def task(self, task: Task) -> None:
+        """Run a room's own loop alongside the runtime."""
+        self.tasks.append(task)
+
+    def flush(self, every_seconds: float, run: Callable[[], Any]) -> None:
+        """Per-process memory work: run by the serving process every ``every_seconds`` and at shutdown."""
+        self.flushes.append(Flush(every_seconds, run))
+
+    # -- one round, by hand (tests) or from ``run`` ----------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the registered schedules' rows (idempotent; every process does it once)."""
+        if not self._prepared:
+            schedules.ensure(self.db, self.schedules, self._clock())
+            self._prepared = True
+
+    def consume(self) -> int:
+        """Give each consumer its next batch; return how many events were read in all."""
+        read = 0
+        for consumer in self.consumers:
+            try:
+                count, done = cursors.consume(self.db, consumer)
+            except Exception:
+                log.exception("event consumer %s failed; its batch is read again later", consumer.name)
+                continue
+            read += count
+            if done:
+                self.wake()  # what it queued may be for us
+        return read
+
+    def due_schedules(self) -> list[Schedule]:
+        """The schedules this process just claimed to run now."""
+        self.prepare()
+        now = self._clock()
+        by_name = {s.name: s for s in self.schedules}
+        claimed = []
+        for name in schedules.due(self.db, now):
+            schedule = by_name.get(name)
+            if schedule is None or name in self._running_schedules:
+                continue
+            if schedules.claim(self.db, schedule, now):
+                claimed.append(schedule)
+        return claimed
+
+    def run_schedule(self, schedule: Schedule) -> None:
+        self._running_schedules.add(schedule.name)
+        error = None
+        try:
+            schedule.run()
+        except Exception as exc:
+            log.exception("schedule %s failed", schedule.name)
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._running_schedules.discard(schedule.name)
+        schedules.record(self.db, schedule.name, error)
+
+    def run_due(self) -> int:
+        """Run the schedules that are due, here and now; return how many ran."""
+        claimed = self.due_schedules()
+        for schedule in claimed:
+            self.run_schedule(schedule)
+        return len(claimed)
+
+    def claim_jobs(self, slots: int) -> list[Job]:
+        leases = {kind: spec.lease_seconds for kind, spec in self.kinds.items()}
+        return self.jobs.claim(list(self.kinds), self.owner, slots, leases)
+
+    def execute(self, job: Job) -> str:
+        """Run one claimed job's handler and settle it; return its new status."""
+        try:
+            self.kinds[job.kind].handler(job)
+        except Exception as exc:
+            status = self.jobs.fail(job, self.owner, f"{type(exc).__name__}: {exc}")
+            log.log(
+                logging.WARNING if status == DEAD else logging.INFO,
+                "job %d (%s) attempt %d failed: %s; now %s",
+                job.id,
+                job.kind,
+                job.attempts,
+                exc,
+                status,
+            )
+            return status
+        self.jobs.succeed(job, self.owner)
+        return "succeeded"
+
+    def run_jobs(self, slots: int | None = None) -> int:
+        """Claim due jobs and run them one after another here; return how many ran."""
+        claimed = self.claim_jobs(self.concurrency if slots is None else slots)
+        for job in claimed:
+            self.execute(job)
+        return len(claimed)
+
+    def step(self) -> int:
+        """One whole round in the calling thread: consumers, due schedules, due jobs."""
+        return self.consume() + self.run_due() + self.run_jobs()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Start the next round soon (from any thread)."""
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def stop_claiming(self) -> None:
+        """Start no more jobs or schedules (graceful shutdown); those running, and tasks' work, finish."""
+        self._claiming = False
+        for task in self.tasks:
+            task.stop_claiming()
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds in all for running work to finish; return how much did not."""
+        deadline = anyio.current_time() + timeout
+        with anyio.move_on_after(timeout):
+            await self._idle.wait()
+        left = self._in_flight
+        for task in self.tasks:
+            left += await task.drain(max(0.0, deadline - anyio.current_time()))
+        return left
+
+    async def run(self) -> None:
+        """Work until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        wake = self._wake = asyncio.Event()
+        self.events.on_recorded(self.wake)
+        async with anyio.create_task_group() as group:
+            for task in self.tasks:
+                group.start_soon(task.run)
+            while True:
+                wake.clear()
+                if self._claiming:
+                    try:
+                        await self._round(group)
+                    except Exception:
+                        log.exception("job runtime round failed; retrying")
+                with anyio.move_on_after(self.poll):
+                    await wake.wait()
+                    await anyio.sleep(BATCH_SECONDS)
+
+    async def _round(self, group: anyio.abc.TaskGroup) -> None:
+        await run_sync(self.prepare)
+        await run_sync(self.consume)
+        for schedule in await run_sync(self.due_schedules):
+            self._started()
+            group.start_soon(self._background, self.run_schedule, schedule)
+        for job in await run_sync(self.claim_jobs, self.concurrency - self._in_flight):
+            self._started()
+            group.start_soon(self._background, self.execute, job)
+
+    def _started(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    async def _background(self, work: Callable[[Any], Any], item: Any) -> None:
+        try:
+            await run_sync(work, item)
+        except Exception:
+            log.exception("background work %r failed", item)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+            self.wake()
