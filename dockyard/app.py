@@ -44,6 +44,7 @@ from dockyard.db import Database, utcnow
 from dockyard.events.routes import EventRoutes
 from dockyard.events.services import EventService
 from dockyard.health import HealthRoutes
+from dockyard.observability.metrics import Metrics, MetricsRoutes
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry import jobs as registry_jobs
 from dockyard.registry.routes import build_routes
@@ -247,7 +248,13 @@ def create_app(
         parts.db.dispose()
 
     policy = build_policy(settings, parts.access)
-    middleware = [Middleware(AccessLogMiddleware)] if settings.access_log else []
+    # The job runtime plugs in here: Metrics(..., job_stats=<JobService>.stats).
+    metrics = Metrics(parts.db, settings.metrics_dir) if settings.metrics_enabled else None
+    observer = metrics.requests if metrics else None
+    middleware = []
+    if settings.access_log or observer:
+        log_options = {"log": settings.access_log, "log_format": settings.log_format}
+        middleware.append(Middleware(AccessLogMiddleware, observer=observer, **log_options))
     middleware.append(Middleware(DrainBodyMiddleware))
     middleware.append(Middleware(NetworkRuleMiddleware, policy=policy))
     routes = [
@@ -256,6 +263,7 @@ def create_app(
         *IdentityRoutes(parts.access, policy).routes(),
         *OpenApiRoutes().routes(),
         *HealthRoutes(parts.db, parts.store).routes(),
+        *(MetricsRoutes(metrics, policy, settings.metrics_networks).routes() if metrics else []),
         *WebhookRoutes(
             parts.webhooks, policy, parts.access.audit, timeout_seconds=settings.webhook_timeout_seconds
         ).routes(),

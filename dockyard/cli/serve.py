@@ -12,6 +12,7 @@ from dockyard.cli.client import login_argument
 from dockyard.cli.options import (
     ConfigOption,
     DatabaseUrlOption,
+    LogFormatOption,
     LogLevelOption,
     StoragePathOption,
     TlsMode,
@@ -43,6 +44,7 @@ def serve(
     storage_path: StoragePathOption = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
     workers: Annotated[int, typer.Option(min=1, help="HTTP worker processes.")] = 1,
     tls: Annotated[
         TlsMode | None,
@@ -96,6 +98,7 @@ def serve(
             database_url=database_url,
             storage_path=storage_path,
             log_level=log_level,
+            log_format=log_format,
             tls_mode=tls,
             tls_cert=tls_cert,
             tls_key=tls_key,

@@ -14,7 +14,13 @@ import signal
 from typing import TYPE_CHECKING
 
 from dockyard.cli.local import DataDirOption, local_settings, open_database, require_current_schema
-from dockyard.cli.options import ConfigOption, DatabaseUrlOption, LogLevelOption, StoragePathOption
+from dockyard.cli.options import (
+    ConfigOption,
+    DatabaseUrlOption,
+    LogFormatOption,
+    LogLevelOption,
+    StoragePathOption,
+)
 from dockyard.cli.output import fail
 
 if TYPE_CHECKING:
@@ -34,6 +40,7 @@ def worker(
     database_url: DatabaseUrlOption = None,
     storage_path: StoragePathOption = None,
     log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Deliver webhooks (and do nothing else) until SIGTERM or SIGINT.
 
@@ -46,7 +53,12 @@ def worker(
     from dockyard.server import configure_logging
 
     settings = local_settings(
-        config, data_dir=data_dir, database_url=database_url, storage_path=storage_path, log_level=log_level
+        config,
+        data_dir=data_dir,
+        database_url=database_url,
+        storage_path=storage_path,
+        log_level=log_level,
+        log_format=log_format,
     )
     _require_database(settings)
     configure_logging(settings)

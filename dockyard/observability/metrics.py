@@ -1,0 +1,275 @@
+"""Prometheus metrics: per-request counters recorded by the access-log middleware, state read at scrape.
+
+Request metrics are labelled by route *template* (``/v2/{name}/manifests/{reference}``), method
+and status, never by raw path, so the number of series stays bounded whatever clients send.
+
+`dockyard serve` runs several granian worker processes; each counts its own requests. With
+``Settings.metrics_dir`` set (`dockyard serve` sets it to a fresh ``<data_dir>/metrics/<pid>``
+and exports ``PROMETHEUS_MULTIPROC_DIR`` before the workers start), prometheus_client's
+multiprocess mode keeps every worker's values in memory-mapped files there, and a scrape —
+answered by whichever worker gets it — sums them. Without it (tests, embedded use) values live
+in this app's own registry.
+
+State metrics (storage used, webhook backlog, the job queue) are read from the database when
+scraped, so every process reports the same registry-wide values: aggregate them with ``max``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Scope
+
+from dockyard.access.network import parse_address
+from dockyard.access.permissions import MANAGE_READ
+from dockyard.access.policy import Policy
+from dockyard.asgi import run_sync
+from dockyard.db import Database, as_utc, utcnow
+from dockyard.registry.models import blobs
+from dockyard.webhooks.models import deliveries
+
+#: The manifest route: a 201 to PUT is a push, a 200 to GET a pull.
+MANIFEST_ROUTE = "/v2/{name:path}/manifests/{reference}"
+#: Seconds; from a cached manifest GET (about a millisecond) to a large blob upload.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Methods counted by name; anything else a client invents is counted as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The route label of a request no route matched (404s, mostly).
+UNMATCHED = "unmatched"
+#: Delivery states that are not finished; each is reported as a gauge.
+OPEN_DELIVERY_STATES = ("pending", "delivering", "dead")
+
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")
+
+
+#: A request's labelled series: requests, latency, bytes received, bytes sent, pushes or pulls.
+_Children = tuple[Counter, Histogram, Counter, Counter, Counter | None]
+
+
+class JobQueueStats(Protocol):
+    """What the job runtime's ``JobService.stats()`` is expected to return (see ``StateCollector``)."""
+
+    queue_depth: int
+    oldest_due_age_seconds: float | None
+
+
+def route_label(route: BaseRoute | None) -> str:
+    """The template of a matched route, converters dropped (``{name:path}`` → ``{name}``)."""
+    path = getattr(route, "path", None)
+    return _CONVERTER.sub(r"{\1}", path) if isinstance(path, str) else UNMATCHED
+
+
+class RequestMetrics:
+    """The per-request series; ``record`` is called once per request by ``AccessLogMiddleware``."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        labels = ("route", "method")
+        self.requests = Counter(
+            "dockyard_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            (*labels, "status"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "dockyard_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its answer.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.received = Counter(
+            "dockyard_http_request_bytes", "Request body bytes received.", labels, registry=registry
+        )
+        self.sent = Counter(
+            "dockyard_http_response_bytes", "Response body bytes sent.", labels, registry=registry
+        )
+        self.pushes = Counter(
+            "dockyard_manifest_pushes", "Manifests pushed (PUT answered 201).", registry=registry
+        )
+        self.pulls = Counter(
+            "dockyard_manifest_pulls", "Manifests pulled (GET answered 200).", registry=registry
+        )
+        # (route, method, status) -> the labelled children: labels() takes a lock and builds a key
+        # on every call, so each combination is looked up once per process.
+        self._children: dict[
+            tuple[object, str, int], tuple[Counter, Histogram, Counter, Counter, Counter | None]
+        ]
+        self._children = {}
+
+    def record(self, scope: Scope, status: int, received: int, sent: int, seconds: float) -> None:
+        """Count one answered request."""
+        route = scope.get("route")
+        method = scope["method"]
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = self._labelled(route, method, status)
+        requests, latency, received_bytes, sent_bytes, kind = children
+        requests.inc()
+        latency.observe(seconds)
+        if received:
+            received_bytes.inc(received)
+        if sent:
+            sent_bytes.inc(sent)
+        if kind is not None:
+            kind.inc()
+
+    def _labelled(self, route: BaseRoute | None, method: str, status: int) -> _Children:
+        label = route_label(route)
+        method_label = method if method in KNOWN_METHODS else "other"
+        kind = None
+        if getattr(route, "path", None) == MANIFEST_ROUTE:
+            if method == "PUT" and status == 201:
+                kind = self.pushes
+            elif method == "GET" and status == 200:
+                kind = self.pulls
+        return (
+            self.requests.labels(label, method_label, str(status)),
+            self.latency.labels(label, method_label),
+            self.received.labels(label, method_label),
+            self.sent.labels(label, method_label),
+            kind,
+        )
+
+
+class StateCollector(Collector):
+    """Registry-wide state read from the database at each scrape (a few aggregate queries).
+
+    ``job_stats`` is the hook for the job runtime: pass ``JobService.stats`` (returning a
+    ``JobQueueStats``) and the queue depth and oldest due job's age are reported too.
+    """
+
+    def __init__(self, db: Database, job_stats: Callable[[], JobQueueStats] | None = None) -> None:
+        self.db = db
+        self.job_stats = job_stats
+
+    def collect(self) -> Iterator[Metric]:
+        now = utcnow()
+        with self.db.read() as conn:
+            count, used = conn.execute(
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
+            ).one()
+            by_state = dict(
+                conn.execute(
+                    sa.select(deliveries.c.status, sa.func.count())
+                    .where(deliveries.c.status.in_(OPEN_DELIVERY_STATES))
+                    .group_by(deliveries.c.status)
+                ).all()
+            )
+            oldest: datetime | None = conn.execute(
+                sa.select(sa.func.min(deliveries.c.created_at)).where(
+                    deliveries.c.status.in_(("pending", "delivering"))
+                )
+            ).scalar_one()
+        yield _gauge("dockyard_storage_blobs", "Blobs stored (each digest once).", count)
+        yield _gauge("dockyard_storage_used_bytes", "Sum of the sizes of the stored blobs.", used)
+        states = GaugeMetricFamily(
+            "dockyard_webhook_deliveries",
+            "Unfinished webhook deliveries by state (dead: retries exhausted, i.e. failed).",
+            labels=["state"],
+        )
+        for state in OPEN_DELIVERY_STATES:
+            states.add_metric([state], by_state.get(state, 0))
+        yield states
+        age = (now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0
+        yield _gauge(
+            "dockyard_webhook_oldest_pending_seconds",
+            "Age of the oldest delivery not yet delivered (0 when none waits).",
+            max(age, 0.0),
+        )
+        if self.job_stats is not None:
+            stats = self.job_stats()
+            yield _gauge("dockyard_jobs_queue_depth", "Background jobs waiting to run.", stats.queue_depth)
+            yield _gauge(
+                "dockyard_jobs_oldest_due_seconds",
+                "How long the oldest due job has waited (0 when none is due).",
+                stats.oldest_due_age_seconds or 0.0,
+            )
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+class Metrics:
+    """The request series and the scrape: one per app, built from Settings by the app factory."""
+
+    def __init__(
+        self,
+        db: Database,
+        multiprocess_dir: Path | None = None,
+        *,
+        job_stats: Callable[[], JobQueueStats] | None = None,
+    ) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        self.state = StateCollector(db, job_stats)
+        if multiprocess_dir is not None:
+            if not getattr(values.ValueClass, "_multiprocess", False):
+                raise RuntimeError(
+                    "metrics_dir is set but prometheus_client is not in multiprocess mode: "
+                    "PROMETHEUS_MULTIPROC_DIR must be set before the process imports it"
+                )
+            self._own = None
+        else:
+            self._own = CollectorRegistry(auto_describe=True)
+        self.requests = RequestMetrics(self._own)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every series (reads the database)."""
+        registry = CollectorRegistry(auto_describe=False)
+        if self._own is not None:
+            registry.register(_Forward(self._own))
+        else:
+            MultiProcessCollector(registry, str(self.multiprocess_dir))
+        registry.register(self.state)
+        return generate_latest(registry)
+
+
+class _Forward(Collector):
+    """Another registry's samples, so the app's own registry and the state share one scrape."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        return self.registry.collect()
+
+
+class MetricsRoutes:
+    """``GET /metrics``: without credentials from ``metrics_networks``, else for registry readers."""
+
+    def __init__(self, metrics: Metrics, policy: Policy, networks: list[str]) -> None:
+        self.metrics = metrics
+        self.policy = policy
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/metrics", self.scrape, methods=["GET"])]
+
+    def allowed_without_credentials(self, scope: Scope) -> bool:
+        """Whether the client (behind trusted proxies: the forwarded address) is in metrics_networks."""
+        client = self.policy.client_ip(scope)
+        address = parse_address(client) if client else None
+        return address is not None and any(
+            address in net for net in self.networks if net.version == address.version
+        )
+
+    async def scrape(self, request: Request) -> Response:
+        if not self.allowed_without_credentials(request.scope):
+            await self.policy.authorize(request, MANAGE_READ, None)
+        body = await run_sync(self.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
