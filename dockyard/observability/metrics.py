@@ -114,7 +114,7 @@ class RequestMetrics:
         """Count one answered request."""
         route = scope.get("route")
         method = scope["method"]
-        key = (route, method, status)
+        key = (id(route), method, status)  # routes are unhashable; each lives as long as the app
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = self._labelled(route, method, status)
