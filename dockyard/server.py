@@ -123,6 +123,7 @@ def _prepare_database(settings_json: str) -> None:
     from dockyard.access.services import bootstrap, build_access_services
     from dockyard.db import Database
     from dockyard.migrations import upgrade
+    from dockyard.observability.logs import write_notice
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings)
@@ -144,7 +145,7 @@ def _prepare_database(settings_json: str) -> None:
             "Log in with: dockyard login / docker login / podman login / skopeo --creds",
             "",
         ]
-        sys.stderr.write("\n".join(lines) + "\n")
+        write_notice("\n".join(lines), settings.log_format)
     if admin is not None and not admin.enabled:
         log.warning(
             "the admin user %r is disabled; set DOCKYARD_ADMIN_PASSWORD at first start, or run "

@@ -79,6 +79,7 @@ def serve(
     Plain HTTP on 127.0.0.1 by default; HTTPS with --tls self-signed or --tls-cert/--tls-key.
     """
     from dockyard.config import load_settings
+    from dockyard.observability.logs import write_notice
     from dockyard.server import serve as run_server
     from dockyard.tls import (
         TlsConfigError,
@@ -121,13 +122,16 @@ def serve(
     listen = f"{url_host(settings.host)}:{settings.port}"
     database = settings.database_url.split("@")[-1] if "@" in settings.database_url else settings.database_url
     scheme = "https" if server_tls else "http"
-    typer.echo(f"Dockyard {__version__} listening on {scheme}://{listen}", err=True)
-    typer.echo(f"  database: {database}", err=True)
-    typer.echo(f"  storage:  {Path(str(settings.storage_path)).resolve()}", err=True)
     login = login_argument(f"{scheme}://{address}")
-    typer.echo(f"  log in:   {cli_command()} login {login} -u {settings.admin_username}", err=True)
+    banner = [
+        f"Dockyard {__version__} listening on {scheme}://{listen}",
+        f"  database: {database}",
+        f"  storage:  {Path(str(settings.storage_path)).resolve()}",
+        f"  log in:   {cli_command()} login {login} -u {settings.admin_username}",
+    ]
     if server_tls is not None:
-        typer.echo(describe(server_tls), err=True)
+        banner.append(describe(server_tls))
         if server_tls.ca_cert is not None:
-            typer.echo(trust_instructions(server_tls, address), err=True)
+            banner.append(trust_instructions(server_tls, address))
+    write_notice("\n".join(banner), settings.log_format)
     run_server(settings, workers=workers, tls=server_tls)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from typing import Any
 
@@ -65,3 +66,13 @@ def granian_log_config() -> dict[str, Any]:
         "formatters": {"json": formatter, "generic": formatter, "access": formatter},
         "handlers": {"console": handler, "access": handler},
     }
+
+
+def write_notice(text: str, log_format: str) -> None:
+    """Write a message for the operator (the start banner) to stderr: as is, or as one JSON record."""
+    if log_format == "json":
+        record = {"time": iso_time(time.time()), "level": "info", "logger": "dockyard", "message": text}
+        sys.stderr.write(json.dumps(record, ensure_ascii=True) + "\n")
+    else:
+        sys.stderr.write(text + "\n")
+    sys.stderr.flush()
