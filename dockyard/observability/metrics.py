@@ -16,8 +16,11 @@ scraped, so every process reports the same registry-wide values: aggregate them 
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import ipaddress
 import re
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -56,10 +59,6 @@ OPEN_DELIVERY_STATES = ("pending", "delivering", "dead")
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
 
-#: A request's labelled series: requests, latency, bytes received, bytes sent, pushes or pulls.
-_Children = tuple[Counter, Histogram, Counter, Counter, Counter | None]
-
-
 class JobQueueStats(Protocol):
     """What the job runtime's ``JobService.stats()`` is expected to return (see ``StateCollector``)."""
 
@@ -73,8 +72,65 @@ def route_label(route: BaseRoute | None) -> str:
     return _CONVERTER.sub(r"{\1}", path) if isinstance(path, str) else UNMATCHED
 
 
+class _Tally:
+    """What one (route, method, status) added since the last flush, and the series it goes to."""
+
+    __slots__ = (
+        "buckets",
+        "count",
+        "kind",
+        "latency",
+        "received",
+        "received_bytes",
+        "requests",
+        "seconds",
+        "sent",
+        "sent_bytes",
+    )
+
+    def __init__(
+        self, requests: Counter, latency: Histogram, received: Counter, sent: Counter, kind: Counter | None
+    ) -> None:
+        self.requests, self.latency, self.received, self.sent, self.kind = (
+            requests,
+            latency,
+            received,
+            sent,
+            kind,
+        )
+        self.count = 0
+        self.seconds = 0.0
+        self.received_bytes = 0
+        self.sent_bytes = 0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+
+    def flush(self) -> None:
+        self.requests.inc(self.count)
+        if self.kind is not None:
+            self.kind.inc(self.count)
+        if self.received_bytes:
+            self.received.inc(self.received_bytes)
+        if self.sent_bytes:
+            self.sent.inc(self.sent_bytes)
+        # Histogram.observe writes the sum and a bucket per observation; a batch adds to them once.
+        # _sum and _buckets are prometheus_client's value objects (the API tests read them back).
+        self.latency._sum.inc(self.seconds)
+        for bucket, count in zip(self.latency._buckets, self.buckets, strict=True):
+            if count:
+                bucket.inc(count)
+
+
 class RequestMetrics:
-    """The per-request series; ``record`` is called once per request by ``AccessLogMiddleware``."""
+    """The per-request series; ``record`` is called once per request by ``AccessLogMiddleware``.
+
+    ``record`` only adds to in-memory tallies (a dict lookup and a few additions); they are written
+    to the Prometheus series at most FLUSH_SECONDS later — by a timer on the event loop, by the next
+    request once that time has passed, and before every scrape. In multiprocess mode each write is
+    a locked write to a memory-mapped file: per request that cost more than twice the rest of the
+    bookkeeping. A worker that dies loses at most its last FLUSH_SECONDS of counts.
+    """
+
+    FLUSH_SECONDS = 1.0
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         labels = ("route", "method")
@@ -103,32 +159,49 @@ class RequestMetrics:
         self.pulls = Counter(
             "dockyard_manifest_pulls", "Manifests pulled (GET answered 200).", registry=registry
         )
-        # (route, method, status) -> the labelled children: labels() takes a lock and builds a key
-        # on every call, so each combination is looked up once per process.
-        self._children: dict[
-            tuple[object, str, int], tuple[Counter, Histogram, Counter, Counter, Counter | None]
-        ]
-        self._children = {}
+        self._bounds = LATENCY_BUCKETS
+        # (id(route), method, status) -> the labelled series; labels() takes a lock and builds a key.
+        self._series: dict[tuple[int, str, int], tuple[Counter, Histogram, Counter, Counter, Counter | None]]
+        self._series = {}
+        self._pending: dict[tuple[int, str, int], _Tally] = {}
+        self._flush_at = 0.0
 
     def record(self, scope: Scope, status: int, received: int, sent: int, seconds: float) -> None:
         """Count one answered request."""
         route = scope.get("route")
-        method = scope["method"]
-        key = (id(route), method, status)  # routes are unhashable; each lives as long as the app
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = self._labelled(route, method, status)
-        requests, latency, received_bytes, sent_bytes, kind = children
-        requests.inc()
-        latency.observe(seconds)
-        if received:
-            received_bytes.inc(received)
-        if sent:
-            sent_bytes.inc(sent)
-        if kind is not None:
-            kind.inc()
+        key = (id(route), scope["method"], status)  # routes are unhashable; each lives as long as the app
+        tally = self._pending.get(key)
+        if tally is None:
+            if not self._pending:
+                self._start_window()
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = self._labelled(route, scope["method"], status)
+            tally = self._pending[key] = _Tally(*series)
+        tally.count += 1
+        tally.seconds += seconds
+        tally.received_bytes += received
+        tally.sent_bytes += sent
+        tally.buckets[bisect.bisect_left(self._bounds, seconds)] += 1
+        if time.monotonic() >= self._flush_at:
+            self.flush()
 
-    def _labelled(self, route: BaseRoute | None, method: str, status: int) -> _Children:
+    def _start_window(self) -> None:
+        self._flush_at = time.monotonic() + self.FLUSH_SECONDS
+        try:
+            asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
+        except RuntimeError:  # no event loop here: the next request or scrape flushes
+            return
+
+    def flush(self) -> None:
+        """Write the tallies to the Prometheus series (on the thread that records)."""
+        pending, self._pending = self._pending, {}
+        for tally in pending.values():
+            tally.flush()
+
+    def _labelled(
+        self, route: BaseRoute | None, method: str, status: int
+    ) -> tuple[Counter, Histogram, Counter, Counter, Counter | None]:
         label = route_label(route)
         method_label = method if method in KNOWN_METHODS else "other"
         kind = None
@@ -271,5 +344,6 @@ class MetricsRoutes:
     async def scrape(self, request: Request) -> Response:
         if not self.allowed_without_credentials(request.scope):
             await self.policy.authorize(request, MANAGE_READ, None)
+        self.metrics.requests.flush()  # this process's latest (others flush within a second)
         body = await run_sync(self.metrics.render)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
