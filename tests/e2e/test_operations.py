@@ -10,7 +10,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.support import ADMIN_PASSWORD, ADMIN_USERNAME, DockyardServer, dockyard_command, run
+from tests.e2e.support import (
+    ADMIN_PASSWORD,
+    ADMIN_USERNAME,
+    DockyardServer,
+    dockyard_command,
+    run,
+    wait_for,
+)
 from tests.support.postgres import free_port
 
 pytestmark = pytest.mark.e2e
@@ -84,15 +91,22 @@ def test_metrics_add_up_across_workers_and_logs_are_json(start_server, tmp_path:
             assert fresh.get(f"{server.url}/v2/").status_code == 401
     files = {path.name for path in (data_dir / "metrics").glob("*/*.db")}
     assert len({name.rsplit("_", 1)[1] for name in files}) == 2, files  # both workers recorded
-    scraped = httpx.get(f"{server.url}/metrics")
-    assert scraped.status_code == 200
-    counts = {
-        sample.labels["status"]: sample.value
-        for family in text_string_to_metric_families(scraped.text)
-        for sample in family.samples
-        if sample.name == "dockyard_http_requests_total" and sample.labels["route"] == "/v2/"
-    }
-    assert counts["401"] == requests  # (the start-up probe's signed-in GETs are the 200s)
+
+    def unauthorised_count() -> float:
+        scraped = httpx.get(f"{server.url}/metrics")
+        assert scraped.status_code == 200
+        counts = [
+            sample.value
+            for family in text_string_to_metric_families(scraped.text)
+            for sample in family.samples
+            if sample.name == "dockyard_http_requests_total"
+            and sample.labels == {"route": "/v2/", "method": "GET", "status": "401"}
+        ]
+        assert counts[0] <= requests
+        return counts[0]
+
+    # Each worker writes its tallies within a second; the one answering the scrape, at once.
+    wait_for(lambda: unauthorised_count() == requests, timeout=10, what="both workers' counts", interval=0.2)
     server.stop()
     assert list((data_dir / "metrics").iterdir()) == []  # the server removes its folder
     records = [json.loads(line) for line in server.stderr().splitlines() if line.strip()]
