@@ -114,3 +114,17 @@ def test_metrics_add_up_across_workers_and_logs_are_json(start_server, tmp_path:
     assert sum(r["path"] == "/v2/" and r["status"] == 401 for r in access) == requests
     assert any(r["message"].startswith("Dockyard ") for r in records if r["logger"] == "dockyard")
     assert any(r["logger"] == "_granian" for r in records)
+
+
+def test_check_health_over_https_verifies_the_certificate(start_https_server, tmp_path: Path) -> None:
+    server = start_https_server(data_dir=tmp_path / "data")
+    credentials = {"DOCKYARD_USERNAME": ADMIN_USERNAME, "DOCKYARD_PASSWORD": ADMIN_PASSWORD}
+    command = dockyard_command("check-health", "--registry", server.url)
+    untrusted = run(command, env=cli_environment(tmp_path, **credentials), check=False)
+    assert untrusted.returncode == 1
+    assert "✗ TLS: the certificate of 127.0.0.1 is not trusted" in untrusted.stdout
+    assert "SSL_CERT_FILE" in untrusted.stdout
+    trusted = run(command, env=cli_environment(tmp_path, SSL_CERT_FILE=str(server.ca_cert), **credentials))
+    assert "✓ TLS: TLSv1." in trusted.stdout
+    assert f"from https://127.0.0.1:{server.port}/oauth2/token" in trusted.stdout
+    assert trusted.stdout.splitlines()[-1] == "The registry is healthy."
