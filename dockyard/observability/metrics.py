@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import ipaddress
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +57,7 @@ UNMATCHED = "unmatched"
 #: Delivery states that are not finished; each is reported as a gauge.
 OPEN_DELIVERY_STATES = ("pending", "delivering", "dead")
 
+log = logging.getLogger(__name__)
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
 
@@ -232,6 +234,25 @@ class StateCollector(Collector):
         self.job_stats = job_stats
 
     def collect(self) -> Iterator[Metric]:
+        try:
+            state = list(self._read())
+        except (sa.exc.SQLAlchemyError, OSError) as exc:  # the request series are still worth a scrape
+            log.warning("metrics: cannot read the registry's state: %s", str(exc).splitlines()[0])
+            state = []
+        yield _gauge(
+            "dockyard_state_up", "1 if the database answered this scrape's state queries.", bool(state)
+        )
+        yield from state
+        if self.job_stats is not None:
+            stats = self.job_stats()
+            yield _gauge("dockyard_jobs_queue_depth", "Background jobs waiting to run.", stats.queue_depth)
+            yield _gauge(
+                "dockyard_jobs_oldest_due_seconds",
+                "How long the oldest due job has waited (0 when none is due).",
+                stats.oldest_due_age_seconds or 0.0,
+            )
+
+    def _read(self) -> Iterator[Metric]:
         now = utcnow()
         with self.db.read() as conn:
             count, used = conn.execute(
@@ -265,14 +286,6 @@ class StateCollector(Collector):
             "Age of the oldest delivery not yet delivered (0 when none waits).",
             max(age, 0.0),
         )
-        if self.job_stats is not None:
-            stats = self.job_stats()
-            yield _gauge("dockyard_jobs_queue_depth", "Background jobs waiting to run.", stats.queue_depth)
-            yield _gauge(
-                "dockyard_jobs_oldest_due_seconds",
-                "How long the oldest due job has waited (0 when none is due).",
-                stats.oldest_due_age_seconds or 0.0,
-            )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

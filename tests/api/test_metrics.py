@@ -171,3 +171,17 @@ def test_scrape_holds_no_secrets(client, dockyard):
     assert "dockyard_storage_used_bytes" in text
     for secret in ("password", "secret", "token", dockyard.settings.admin_password):
         assert secret not in text.lower()
+
+
+def test_a_database_outage_still_serves_the_request_series(app, dockyard, monkeypatch):
+    with TestClient(app, client=("127.0.0.1", 40000)) as local:  # no sign-in: nothing else reads
+        assert value(scrape(local), "dockyard_state_up") == 1
+
+        def down(*args, **kwargs):
+            raise ConnectionRefusedError("connection refused")
+
+        monkeypatch.setattr(dockyard.db, "read", down)
+        scraped = scrape(local)
+    assert value(scraped, "dockyard_state_up") == 0
+    assert ("dockyard_storage_used_bytes", frozenset()) not in scraped
+    assert value(scraped, "dockyard_http_requests_total", route="/metrics", method="GET", status="200") == 1
