@@ -41,6 +41,7 @@ from dockyard.events import room as events_room
 from dockyard.events.queue import JobService
 from dockyard.events.runtime import Runtime
 from dockyard.events.services import EventService
+from dockyard.observability.metrics import Metrics, MetricsRoutes
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry import room as registry_room
 from dockyard.rooms import Dockyard, Kernel, Room
@@ -219,10 +220,20 @@ def create_app(
         parts.db.dispose()
 
     policy = build_policy(settings, parts.access)
-    middleware = [Middleware(AccessLogMiddleware)] if settings.access_log else []
+    metrics = None
+    if settings.metrics_enabled:
+        metrics = Metrics(parts.db, settings.metrics_dir, job_stats=parts.jobs.stats)
+    observer = metrics.requests if metrics else None
+    middleware = []
+    if settings.access_log or observer:
+        log_options = {"log": settings.access_log, "log_format": settings.log_format}
+        middleware.append(Middleware(AccessLogMiddleware, observer=observer, **log_options))
     middleware.append(Middleware(DrainBodyMiddleware))
     middleware.append(Middleware(NetworkRuleMiddleware, policy=policy))
-    routes = [route for room in rooms for route in room.routes(parts, policy)]
+    routes = [
+        *(MetricsRoutes(metrics, policy, settings.metrics_networks).routes() if metrics else []),
+        *(route for room in rooms for route in room.routes(parts, policy)),
+    ]
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -36,6 +36,11 @@ class LogLevel(enum.StrEnum):
     error = "error"
 
 
+class LogFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
 class TlsMode(enum.StrEnum):
     """How `dockyard serve` speaks TLS (see docs/tls.md)."""
 
@@ -104,7 +109,23 @@ class Settings(BaseSettings):
     )
     migrate_on_start: bool = Field(True, description="Apply database migrations when the server starts.")
     log_level: LogLevel = Field(LogLevel.info, description="Log verbosity.")
+    log_format: LogFormat = Field(
+        LogFormat.text, description="text, or json: one JSON object per line (app, server and access logs)."
+    )
     access_log: bool = Field(True, description="Log one line per request.")
+    metrics_enabled: bool = Field(
+        True, description="Count requests and serve Prometheus metrics at /metrics."
+    )
+    metrics_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PRIVATE_NETWORKS),
+        description="CIDRs that may read /metrics without credentials (others need registry/read); "
+        "default loopback + private ranges, comma-separated in env.",
+    )
+    metrics_dir: Path | None = Field(
+        None,
+        description="Where worker processes share metric values; `dockyard serve` sets a fresh one "
+        "under <data_dir>/metrics.",
+    )
     upload_expiry_seconds: int = Field(
         24 * 3600, ge=60, description="Upload sessions idle this long are cancelled and their data removed."
     )
@@ -264,14 +285,16 @@ class Settings(BaseSettings):
                 names.append(name)
         return names
 
-    @field_validator("trusted_proxies", "private_networks", "webhook_allowed_networks", mode="before")
+    @field_validator(
+        "trusted_proxies", "private_networks", "webhook_allowed_networks", "metrics_networks", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("trusted_proxies", "private_networks", "webhook_allowed_networks")
+    @field_validator("trusted_proxies", "private_networks", "webhook_allowed_networks", "metrics_networks")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         for item in value:

@@ -17,6 +17,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -33,13 +34,15 @@ log = logging.getLogger("dockyard")
 
 
 def configure_logging(settings: Settings) -> None:
-    """Log to stderr at the configured level, one line per record."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    """Log to stderr at the configured level, one line (text or a JSON object) per record."""
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        from dockyard.observability.logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
@@ -120,6 +123,7 @@ def _prepare_database(settings_json: str) -> None:
     from dockyard.access.services import bootstrap, build_access_services
     from dockyard.db import Database
     from dockyard.migrations import upgrade
+    from dockyard.observability.logs import write_notice
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings)
@@ -141,7 +145,7 @@ def _prepare_database(settings_json: str) -> None:
             "Log in with: dockyard login / docker login / podman login / skopeo --creds",
             "",
         ]
-        sys.stderr.write("\n".join(lines) + "\n")
+        write_notice("\n".join(lines), settings.log_format)
     if admin is not None and not admin.enabled:
         log.warning(
             "the admin user %r is disabled; set DOCKYARD_ADMIN_PASSWORD at first start, or run "
@@ -184,6 +188,20 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
     if refusal is not None:
         raise SystemExit(f"ERROR: {refusal}")
     prepare(settings)
+    created_metrics_dir = None
+    if settings.metrics_enabled:
+        from dockyard.observability import multiprocess
+
+        if settings.metrics_dir is None:
+            created_metrics_dir = multiprocess.fresh_multiprocess_dir(settings.data_dir)
+            settings = settings.model_copy(update={"metrics_dir": created_metrics_dir})
+        # Before any worker exists: prometheus_client picks its multiprocess mode at import.
+        os.environ[multiprocess.ENV] = str(settings.metrics_dir)
+    log_options = {}
+    if settings.log_format == "json":
+        from dockyard.observability.logs import granian_log_config
+
+        log_options = {"log_dictconfig": granian_log_config()}
     ssl_options = {}
     if tls is not None:
         # TLS 1.2 as the floor: every registry client speaks it, and some older ones no more.
@@ -203,7 +221,12 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
         backpressure=settings.max_connections,
         http1_settings=HTTP1Settings(header_read_timeout=settings.header_timeout_seconds * 1000),
         **ssl_options,
+        **log_options,
     )
     _allow_open_files(settings.max_connections + 1024)
     loader = functools.partial(load_app, settings.model_dump_json(), os.getpid())
-    server.serve(target_loader=loader)
+    try:
+        server.serve(target_loader=loader)
+    finally:
+        if created_metrics_dir is not None:
+            shutil.rmtree(created_metrics_dir, ignore_errors=True)

@@ -10,6 +10,7 @@ from dockyard.cli import (
     admin,
     auth,
     event_commands,
+    health_commands,
     identity_commands,
     job_commands,
     registry_commands,
@@ -32,6 +33,7 @@ app.command("serve")(serve_commands.serve)
 app.command("worker")(worker_commands.worker)
 app.command("login")(auth.login)
 app.command("logout")(auth.logout)
+app.command("check-health")(health_commands.check_health)
 app.command("show")(registry_commands.show)
 app.command("update")(registry_commands.update)
 app.add_typer(registry_commands.credential_app, name="credential")

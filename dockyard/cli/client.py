@@ -139,6 +139,25 @@ def send(
     """One HTTP request with HTTP Basic ``credentials``; any status is returned, an unreachable URL fails."""
     import http.client
     import urllib.error
+
+    try:
+        return exchange(url, method, credentials=credentials, params=params, json=json, timeout=timeout)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        base = urlsplit(url)
+        raise fail(unreachable(f"{base.scheme}://{base.netloc}", exc)) from None
+
+
+def exchange(
+    url: str,
+    method: str = "GET",
+    *,
+    credentials: Credentials | None = None,
+    params: Mapping[str, Any] | None = None,
+    json: Any = None,
+    timeout: float = 30.0,
+) -> Response:
+    """Like ``send``, but an unreachable URL raises (URLError, HTTPException or OSError)."""
+    import urllib.error
     import urllib.request
 
     query = {k: v for k, v in (params or {}).items() if v is not None}
@@ -158,9 +177,6 @@ def send(
     except urllib.error.HTTPError as exc:
         with exc:
             return Response(exc.code, exc.headers, exc.read(), url)
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        base = urlsplit(url)
-        raise fail(unreachable(f"{base.scheme}://{base.netloc}", exc)) from None
 
 
 class RegistryClient:

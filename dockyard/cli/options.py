@@ -60,7 +60,15 @@ class TlsMode(enum.StrEnum):
     self_signed = "self-signed"
 
 
+class LogFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
 LogLevelOption = Annotated[LogLevel | None, typer.Option(help="Log verbosity.")]
+LogFormatOption = Annotated[
+    LogFormat | None, typer.Option(help="Log lines as text, or as one JSON object each [default: text].")
+]
 
 
 class Status(enum.StrEnum):

@@ -12,6 +12,7 @@ from dockyard.cli.client import login_argument
 from dockyard.cli.options import (
     ConfigOption,
     DatabaseUrlOption,
+    LogFormatOption,
     LogLevelOption,
     StorageOption,
     StoragePathOption,
@@ -45,6 +46,7 @@ def serve(
     storage: StorageOption = None,
     config: ConfigOption = None,
     log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
     workers: Annotated[int, typer.Option(min=1, help="HTTP worker processes.")] = 1,
     tls: Annotated[
         TlsMode | None,
@@ -79,6 +81,7 @@ def serve(
     Plain HTTP on 127.0.0.1 by default; HTTPS with --tls self-signed or --tls-cert/--tls-key.
     """
     from dockyard.config import load_settings
+    from dockyard.observability.logs import write_notice
     from dockyard.server import serve as run_server
     from dockyard.tls import (
         TlsConfigError,
@@ -99,6 +102,7 @@ def serve(
             storage_path=storage_path,
             storage=storage,
             log_level=log_level,
+            log_format=log_format,
             tls_mode=tls,
             tls_cert=tls_cert,
             tls_key=tls_key,
@@ -121,14 +125,17 @@ def serve(
     listen = f"{url_host(settings.host)}:{settings.port}"
     database = settings.database_url.split("@")[-1] if "@" in settings.database_url else settings.database_url
     scheme = "https" if server_tls else "http"
-    typer.echo(f"Dockyard {__version__} listening on {scheme}://{listen}", err=True)
-    typer.echo(f"  database: {database}", err=True)
-    where = settings.storage if settings.storage and settings.storage.startswith("s3://") else None
-    typer.echo(f"  storage:  {where or Path(str(settings.storage_path)).resolve()}", err=True)
+    where = settings.storage if settings.storage and "://" in settings.storage else None
     login = login_argument(f"{scheme}://{address}")
-    typer.echo(f"  log in:   {cli_command()} login {login} -u {settings.admin_username}", err=True)
+    banner = [
+        f"Dockyard {__version__} listening on {scheme}://{listen}",
+        f"  database: {database}",
+        f"  storage:  {where or Path(str(settings.storage_path)).resolve()}",
+        f"  log in:   {cli_command()} login {login} -u {settings.admin_username}",
+    ]
     if server_tls is not None:
-        typer.echo(describe(server_tls), err=True)
+        banner.append(describe(server_tls))
         if server_tls.ca_cert is not None:
-            typer.echo(trust_instructions(server_tls, address), err=True)
+            banner.append(trust_instructions(server_tls, address))
+    write_notice("\n".join(banner), settings.log_format)
     run_server(settings, workers=workers, tls=server_tls)

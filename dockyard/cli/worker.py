@@ -18,6 +18,7 @@ from dockyard.cli.local import DataDirOption, local_settings, open_database, req
 from dockyard.cli.options import (
     ConfigOption,
     DatabaseUrlOption,
+    LogFormatOption,
     LogLevelOption,
     StorageOption,
     StoragePathOption,
@@ -42,6 +43,7 @@ def worker(
     storage_path: StoragePathOption = None,
     storage: StorageOption = None,
     log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run jobs, event consumers, webhook delivery and schedules until SIGTERM or SIGINT.
 
@@ -60,6 +62,7 @@ def worker(
         storage_path=storage_path,
         storage=storage,
         log_level=log_level,
+        log_format=log_format,
     )
     _require_database(settings)
     configure_logging(settings)

@@ -52,6 +52,11 @@ class JobStats:
     depth: dict[str, int]
     oldest_due_age_seconds: float | None
 
+    @property
+    def queue_depth(self) -> int:
+        """Jobs queued (due or not)."""
+        return self.depth.get("queued", 0)
+
 
 def enqueue(
     conn: Connection,

@@ -15,7 +15,7 @@ import pytest
 
 from dockyard.cli import options
 from dockyard.cli.credentials import NULL_GUID, encode_auth
-from dockyard.config import LogLevel, TlsMode
+from dockyard.config import LogFormat, LogLevel, TlsMode
 from tests.cli.conftest import Cli
 from tests.e2e.support import ADMIN_PASSWORD, ADMIN_USERNAME, DockyardServer, dockyard_command
 
@@ -179,6 +179,7 @@ def test_table_output_has_no_raw_json(admin: Cli) -> None:
 def test_the_cli_choices_match_the_settings_enums() -> None:
     assert [m.value for m in options.LogLevel] == [m.value for m in LogLevel]
     assert [m.value for m in options.TlsMode] == [m.value for m in TlsMode]
+    assert [m.value for m in options.LogFormat] == [m.value for m in LogFormat]
 
 
 def test_help_and_a_listing_command_import_no_server_code(tmp_path: Path) -> None:

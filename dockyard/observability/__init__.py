@@ -1,0 +1,1 @@
+"""Operability: Prometheus metrics (``metrics.py``) and JSON logs (``logs.py``)."""
