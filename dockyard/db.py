@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -291,6 +292,25 @@ class Database:
                 log.info("retrying transaction after %s", type(exc.orig).__name__)
                 time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # noqa: S311 - jitter, not crypto
         raise AssertionError("unreachable")
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold a registry-wide lock called ``name`` (one holder across all processes and nodes).
+
+        On PostgreSQL a session advisory lock on a connection of its own, so work that must not
+        run twice at once (migrations, first-start bootstrap) waits for another node doing it. On
+        SQLite nothing: one process owns a database file.
+        """
+        if self.is_sqlite:
+            yield
+            return
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
     def dispose(self) -> None:
         if self._inline_connection is not None:

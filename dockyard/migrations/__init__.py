@@ -13,6 +13,8 @@ from alembic.script import ScriptDirectory
 from dockyard.db import Database, metadata
 
 HERE = Path(__file__).parent
+#: Held (Database.exclusive) while migrating, so nodes starting together migrate one at a time.
+MIGRATION_LOCK = "dockyard.migrations"
 
 
 def load_models() -> None:
@@ -31,8 +33,9 @@ def alembic_config(database: Database) -> Config:
 
 
 def upgrade(database: Database, revision: str = "head") -> None:
-    """Bring the schema up to ``revision``."""
-    command.upgrade(alembic_config(database), revision)
+    """Bring the schema up to ``revision``; a node starting at the same time waits, then finds it done."""
+    with database.exclusive(MIGRATION_LOCK):
+        command.upgrade(alembic_config(database), revision)
 
 
 def current_revision(database: Database) -> str | None:

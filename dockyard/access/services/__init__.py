@@ -22,6 +22,11 @@ class AccessServices:
     audit: AuditService
     tokens: TokenService
     authenticator: Authenticator
+    db: Database
+
+
+#: Held (Database.exclusive) during first-start setup, so nodes starting together create it once.
+BOOTSTRAP_LOCK = "dockyard.bootstrap"
 
 
 def build_access_services(settings: Settings, db: Database) -> AccessServices:
@@ -40,6 +45,7 @@ def build_access_services(settings: Settings, db: Database) -> AccessServices:
         audit=AuditService(db),
         tokens=tokens,
         authenticator=authenticator,
+        db=db,
     )
 
 
@@ -50,9 +56,11 @@ def bootstrap(settings: Settings, access: AccessServices) -> list[CredentialInfo
     ``DOCKYARD_ADMIN_PASSWORD`` is set; otherwise it starts disabled. Returns the admin's
     passwords when they were generated now (to be shown once), else nothing.
     """
-    access.scope_maps.ensure_system_maps()
-    access.tokens.ensure_key()
     password = settings.admin_password or None
     enabled = settings.database_url.startswith("sqlite") or password is not None
-    created = access.identities.bootstrap_admin(settings.admin_username, password, enabled=enabled)
+    # Nodes starting together on a new database: one creates, the others then find it all there.
+    with access.db.exclusive(BOOTSTRAP_LOCK):
+        access.scope_maps.ensure_system_maps()
+        access.tokens.ensure_key()
+        created = access.identities.bootstrap_admin(settings.admin_username, password, enabled=enabled)
     return [c for c in created if c.value and not (password and c.value == password)]
