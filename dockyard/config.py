@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, SerializationInfo, field_serializer, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -47,6 +47,10 @@ class TlsMode(enum.StrEnum):
     off = "off"
     files = "files"
     self_signed = "self-signed"
+
+
+#: Serialisation context key: dump secrets in clear (only for handing settings to a child process).
+_REVEAL_SECRETS = "reveal_secrets"
 
 
 class Settings(BaseSettings):
@@ -300,6 +304,21 @@ class Settings(BaseSettings):
         for item in value:
             ipaddress.ip_network(item, strict=False)
         return value
+
+    @field_serializer("s3_secret_access_key", when_used="json")
+    def _secret(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
+        if value is None:
+            return None
+        revealed = bool(info.context and info.context.get(_REVEAL_SECRETS))
+        return value.get_secret_value() if revealed else str(value)
+
+    def child_json(self) -> str:
+        """These settings as JSON for a child process (Settings.model_validate_json), secrets included.
+
+        ``model_dump_json`` masks SecretStr values as ``**********``; a worker given that would
+        sign its S3 requests with the mask.
+        """
+        return self.model_dump_json(context={_REVEAL_SECRETS: True})
 
     @field_validator("storage")
     @classmethod

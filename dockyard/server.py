@@ -169,7 +169,7 @@ def prepare(settings: Settings) -> None:
     """Create the data folder, migrate the schema and bootstrap access (in a child process)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     child = multiprocessing.get_context("fork").Process(
-        target=_prepare_database, args=(settings.model_dump_json(),)
+        target=_prepare_database, args=(settings.child_json(),)
     )
     child.start()
     child.join()
@@ -224,7 +224,7 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
         **log_options,
     )
     _allow_open_files(settings.max_connections + 1024)
-    loader = functools.partial(load_app, settings.model_dump_json(), os.getpid())
+    loader = functools.partial(load_app, settings.child_json(), os.getpid())
     try:
         server.serve(target_loader=loader)
     finally:

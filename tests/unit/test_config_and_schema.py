@@ -50,3 +50,17 @@ def test_migrations_match_the_models(database_url):
         assert schema_drift(db) == []
     finally:
         db.dispose()
+
+
+def test_settings_handed_to_a_child_process_keep_their_secrets():
+    """`dockyard serve` passes Settings to its workers as JSON: a masked secret would reach them as
+    `**********` (S3 requests then failed with SignatureDoesNotMatch on every node)."""
+    secret_fields = [
+        name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)
+    ]
+    assert secret_fields, "no SecretStr settings found: update this test"
+    given = Settings.model_validate({name: f"secret-of-{name}" for name in secret_fields})
+    in_child = Settings.model_validate_json(given.child_json())
+    for name in secret_fields:
+        assert getattr(in_child, name).get_secret_value() == f"secret-of-{name}"
+        assert f"secret-of-{name}" not in given.model_dump_json()  # an ordinary dump still masks it
