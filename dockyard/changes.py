@@ -17,9 +17,12 @@ that made the change drops its entries as soon as it commits.
 from __future__ import annotations
 
 import logging
+import os
+import select
+import selectors
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from sqlalchemy.engine import URL
@@ -40,13 +43,16 @@ class ContentCache:
         self._entries: OrderedDict[tuple[str, Hashable], Any] = OrderedDict()
         self._generation = 0
         self.enabled = False
+        #: The listener's check for notices received but not yet applied (see ChangeListener).
+        self.unapplied: Callable[[], bool] = lambda: False
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, repository: str, key: Hashable) -> Any | None:
-        """The cached value, or None (also whenever the cache is not enabled)."""
-        if not self.enabled:
+        """The cached value, or None (also whenever the cache is not enabled, or a change notice
+        has arrived that its listener has not applied yet)."""
+        if not self.enabled or self.unapplied():
             return None
         return self._entries.get((repository, key))
 
@@ -89,7 +95,15 @@ def libpq_url(url: URL) -> str:
 
 
 class ChangeListener:
-    """A daemon thread that LISTENs on ``CHANNEL`` and keeps a ContentCache true."""
+    """A daemon thread that LISTENs on ``CHANNEL`` and keeps a ContentCache true.
+
+    Another node's change must be seen at once by a client that got that node's answer and
+    now asks this one: the notice reaches this process's socket before that client's next
+    request normally does, but the listener thread may not have run yet (it waits for the GIL
+    while the event loop answers). So a cache lookup first asks ``unapplied``: is the socket
+    readable, or is the thread between reading notices and applying them? Then the lookup
+    goes to the database instead. It costs one poll(2) per cache hit.
+    """
 
     def __init__(self, conninfo: str, cache: ContentCache, *, retry_seconds: float = 1.0) -> None:
         self._conninfo = conninfo
@@ -97,44 +111,83 @@ class ChangeListener:
         self._retry = retry_seconds
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._connection: Any = None
+        self._wake: tuple[int, int] | None = None
+        #: The listening connection's socket while connected.
+        self._fd: int | None = None
+        #: True from reading the socket until its notices are applied.
+        self._applying = False
         #: The last payload received (diagnostics; tests use it to know a notice has arrived).
         self.last_notice: str | None = None
+        cache.unapplied = self.unapplied
 
     def start(self) -> None:
         """Start listening in the background (idempotent)."""
         if self._thread is None:
+            self._stopping.clear()
+            self._wake = os.pipe()
             self._thread = threading.Thread(target=self._run, name="dockyard-changes", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         """Stop listening; the cache is switched off."""
         self._stopping.set()
-        connection = self._connection
-        if connection is not None:
-            connection.cancel_safe()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        thread, wake = self._thread, self._wake
+        if wake is not None:
+            os.write(wake[1], b"x")
+        if thread is not None:
+            thread.join(timeout=5)
             self._thread = None
+        if wake is not None and (thread is None or not thread.is_alive()):
+            for fd in wake:
+                os.close(fd)
+            self._wake = None
         self._cache.set_enabled(False)
+
+    def unapplied(self) -> bool:
+        """Whether a notice may have arrived that the cache does not reflect yet."""
+        fd = self._fd
+        if self._applying or fd is None:
+            return self._applying
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))  # readable, hung up or closed: all mean "ask the database"
 
     def _run(self) -> None:
         import psycopg
 
+        assert self._wake is not None
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as connection:
-                    self._connection = connection
                     connection.execute(f"LISTEN {CHANNEL}")
+                    self._fd = connection.pgconn.socket
                     self._cache.set_enabled(True)
-                    while not self._stopping.is_set():
-                        for notice in connection.notifies(timeout=1.0):
-                            self._cache.invalidate(notice.payload or EVERYTHING)
-                            self.last_notice = notice.payload
+                    self._listen(connection.pgconn, self._fd)
             except psycopg.Error as exc:
                 if not self._stopping.is_set():
                     log.warning("content change listener lost its connection (%s); caching paused", exc)
             finally:
-                self._connection = None
                 self._cache.set_enabled(False)
+                self._fd = None
             self._stopping.wait(self._retry)
+
+    def _listen(self, pgconn: Any, fd: int) -> None:
+        assert self._wake is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            selector.register(self._wake[0], selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                if any(key.fd == fd for key, _ in selector.select(timeout=1.0)):
+                    self._apply(pgconn)
+
+    def _apply(self, pgconn: Any) -> None:
+        """Read what the socket holds and drop the entries its notices name."""
+        self._applying = True
+        try:
+            pgconn.consume_input()  # raises when the connection is lost
+            while (notice := pgconn.notifies()) is not None:
+                payload = notice.extra.decode()
+                self._cache.invalidate(payload or EVERYTHING)
+                self.last_notice = payload
+        finally:
+            self._applying = False

@@ -2,6 +2,7 @@
 
 import contextlib
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -134,6 +135,48 @@ def test_a_tag_moved_by_another_node_is_seen(client, other_node):
         ),
         "the other node's tag move to reach this node",
     )
+
+
+def test_a_tag_moved_by_another_node_is_seen_at_once_even_before_the_listener_runs(
+    client, node, other_node, monkeypatch, statements_of
+):
+    """The client got node A's 201 and asks node B at once: B's listener thread may not have run
+    yet (it waits for the GIL); a notice waiting on its socket must keep B off its cache."""
+    first, second = make_image("at-once-1"), make_image("at-once-2")
+    push_image(other_node, "atonce/app", first, tag="latest")
+    settled(node)
+    token = bearer(access_token(client, ADMIN, "repository:atonce/app:pull"))
+
+    def latest() -> str:
+        answer = client.get("/v2/atonce/app/manifests/latest", headers=token)
+        assert answer.status_code == 200
+        return answer.headers["docker-content-digest"]
+
+    assert latest() == first.digest
+    with statements_of(node) as statements:  # B answers from its cache now
+        assert latest() == first.digest
+    assert statements == []
+
+    listener = node.registry.listener
+    stalled = threading.Event()
+    original = listener._apply
+
+    def late_apply(pgconn):
+        stalled.wait(10)
+        original(pgconn)
+
+    monkeypatch.setattr(listener, "_apply", late_apply)
+    try:
+        push_image(other_node, "atonce/app", second, tag="latest")
+        eventually(listener.unapplied, "the notice to reach node B's socket")
+        assert latest() == second.digest
+    finally:
+        stalled.set()
+    settled(node)
+    assert latest() == second.digest
+    with statements_of(node) as statements:  # and caches again once the notice is applied
+        assert latest() == second.digest
+    assert statements == []
 
 
 def test_deletes_by_another_node_are_seen(client, node, other_node):
