@@ -71,7 +71,7 @@ class Nginx:
         self.root = root
         self.port = free_port()
         root.mkdir(parents=True, exist_ok=True)
-        servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=5s;" for u in upstreams)
+        servers = "\n".join(f"        server {u} max_fails=0;" for u in upstreams)
         self.conf = root / "nginx.conf"
         self.conf.write_text(NGINX_CONF.format(root=root, servers=servers, port=self.port))
         self.proc: subprocess.Popen[bytes] | None = None

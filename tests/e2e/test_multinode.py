@@ -9,6 +9,7 @@ push with two workers competing; a tag moved on one node is read at once on the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -96,17 +97,23 @@ def cluster(
             group.start(b, wait=False)
             a.wait_ready()
             b.wait_ready()
-            worker = Worker(e2e_logs / f"multinode-worker-{a.port}.log", env).start()
-            lb = Nginx(root / "nginx", [a.host, b.host]).start()
-            tools.authorize(lb.host)
-            tools.authorize(a.host)
-            tools.authorize(b.host)
-            try:
+            with contextlib.ExitStack() as cleanup:
+                cleanup.callback(tools.close)
+                worker = Worker(e2e_logs / f"multinode-worker-{a.port}.log", env)
+                cleanup.callback(lambda: _stopped_cleanly(worker))
+                worker.start()
+                lb = Nginx(root / "nginx", [a.host, b.host])
+                cleanup.callback(lb.stop)
+                lb.start()
+                for host in (lb.host, a.host, b.host):
+                    tools.authorize(host)
                 yield Cluster(a, b, lb, worker, database_url, env, tools, root)
-            finally:
-                lb.stop()
-                assert worker.stop() == 0, worker.output()
-                tools.close()
+
+
+def _stopped_cleanly(worker: Worker) -> None:
+    """Stop a started worker; it must exit 0 on SIGTERM."""
+    if worker.proc is not None:
+        assert worker.stop() == 0, worker.output()
 
 
 def _upload_ids(server: DockyardServer, repository: str) -> set[str]:
@@ -239,7 +246,7 @@ def test_webhooks_are_delivered_once_per_push_with_two_workers(cluster: Cluster)
             # every delivery has succeeded: anything more would be a duplicate already sent
             assert len(receiver.received) == len(tags)
     finally:
-        assert second_worker.stop() == 0, second_worker.output()
+        _stopped_cleanly(second_worker)
     bodies = [r.json() for r in received]
     assert sorted(b["target"]["tag"] for b in bodies) == tags
     assert len({b["id"] for b in bodies}) == len(tags)
