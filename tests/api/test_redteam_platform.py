@@ -168,6 +168,45 @@ def test_refused_sha512_digests_are_verified_on_every_path(client):
     assert client.get(f"/v2/team/app/blobs/{good}").content == DATA
 
 
+@pytest.mark.parametrize("resume", ["patch", "put", "put-with-a-chunk", "put-another-blobs-digest"])
+def test_HOLE_a_commit_that_crashed_before_its_record_leaves_a_session_that_500s_forever(
+    client, dockyard, resume
+):
+    """HOLE (closed). Attack / accident: ``dockyard serve`` is killed (or its database write fails)
+    after the store's commit moved an upload's bytes to the blob's place but before the
+    transaction that records the blob ended the session. The client retries its closing PUT
+    (or continues with a PATCH): each retry was a 500 (``upload … holds no data``) until the
+    session expired a day later. Now the session is dropped with BLOB_UPLOAD_UNKNOWN and the
+    client starts over. It must never be completed from what the store has at the digest's
+    place: a retry naming *another* repository's blob would otherwise link that blob without
+    its bytes (a mount without read access)."""
+    big = bytes(range(256)) * 8192  # 2 MiB: past the one-request paths
+    secret = push_blob(client, "private/secret", b"secret layer" * 100)
+    location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
+    assert client.patch(location, content=big).status_code == 202
+    upload_id = location.rsplit("/", 1)[1]
+    dockyard.store.commit_upload(upload_id, "file", sha256(big), len(big))  # the crashed request's step
+    if resume == "patch":
+        answer = client.patch(
+            location, content=b"more", headers={"Content-Range": f"{len(big)}-{len(big) + 3}"}
+        )
+    elif resume == "put":
+        answer = client.put(location, params={"digest": sha256(big)})
+    elif resume == "put-with-a-chunk":
+        answer = client.put(location, params={"digest": sha256(big + b"more")}, content=b"more")
+    else:
+        answer = client.put(location, params={"digest": secret})
+    if resume == "put-another-blobs-digest":  # the running digest is checked first
+        assert error_codes(answer) == ["DIGEST_INVALID"]
+    else:
+        assert answer.status_code == 404, answer.text
+        assert error_codes(answer) == ["BLOB_UPLOAD_UNKNOWN"]
+    assert _upload_row(dockyard, upload_id) is None
+    assert client.get(f"/v2/team/app/blobs/{secret}").status_code == 404
+    assert push_blob(client, "team/app", big) == sha256(big)  # starting over works
+    assert client.get(f"/v2/team/app/blobs/{sha256(big)}").content == big
+
+
 # =================================================================================================
 # Redirects
 # =================================================================================================
