@@ -12,7 +12,9 @@ import json
 import random
 import uuid
 from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
@@ -24,6 +26,7 @@ from dockyard.events.models import repository_events
 from dockyard.registry.models import uploads
 from dockyard.storage import Redirect
 from dockyard.storage.filesystem import FilesystemBlobStore
+from dockyard.storage.s3 import S3BlobStore
 from tests.support.auth import ADMIN, basic
 from tests.support.images import OCI_MANIFEST, canonical, make_artifact, make_image, sha256
 from tests.support.registry import error_codes, push_blob, push_image
@@ -252,6 +255,65 @@ def test_HOLE_a_redirect_to_a_short_lived_url_is_cacheable_for_a_year(redirectin
     assert head.status_code == 200
     assert "location" not in head.headers
     assert redirecting.get(f"/v2/team/app/blobs/{digest}", follow_redirects=False).status_code == 401
+
+
+@pytest.fixture
+def s3_redirecting(settings, monkeypatch, seaweedfs) -> Iterator[TestClient]:
+    """A registry on a real S3 (SeaweedFS) with ``storage_redirect`` on."""
+    node_settings = settings.model_copy(update={"storage_redirect": True})
+    store = S3BlobStore(
+        seaweedfs.bucket,
+        f"redteam-{uuid.uuid4().hex[:12]}",
+        endpoint_url=seaweedfs.endpoint_url,
+        region=seaweedfs.region,
+        access_key_id=seaweedfs.access_key_id,
+        secret_access_key=seaweedfs.secret_access_key,
+    )
+    monkeypatch.setattr(dockyard.app, "create_blob_store", lambda _settings: store)
+    parts = build(node_settings)
+    monkeypatch.undo()
+    bootstrap(node_settings, parts.access)
+    with TestClient(create_app(node_settings, parts, background_jobs=False)) as client:
+        yield client
+    parts.db.dispose()
+
+
+def test_refused_presigned_urls_are_given_only_after_authorisation_and_open_one_blob(
+    s3_redirecting, seaweedfs
+):
+    """Attack: get a presigned URL without credentials or with a token for another repository;
+    read the secret key out of it; edit the URL to read another blob; keep it past its expiry
+    (its lifetime is bounded); make HEAD redirect."""
+    client = s3_redirecting
+    admin = TestClient(client.app, headers=ADMIN)
+    one, other = b"first blob " * 300, b"second blob " * 300
+    for data in (one, other):
+        assert (
+            client.post(
+                "/v2/team/app/blobs/uploads/", params={"digest": sha256(data)}, content=data, headers=ADMIN
+            ).status_code
+            == 201
+        )
+    path = f"/v2/team/app/blobs/{sha256(one)}"
+    assert client.get(path, follow_redirects=False).status_code == 401
+    outsider = _token(admin, "elsewhere", "other/app", ["content/read"])
+    refused = client.get(path, headers=outsider, follow_redirects=False)
+    assert refused.status_code in (401, 403)
+    assert "location" not in refused.headers
+    answer = client.get(path, headers=ADMIN, follow_redirects=False)
+    assert answer.status_code == 307
+    url = answer.headers["location"]
+    assert seaweedfs.secret_access_key not in url
+    assert answer.headers["cache-control"] == "no-store"
+    query = parse_qs(urlsplit(url).query)
+    assert 0 < int(query["X-Amz-Expires"][0]) <= 3600
+    assert httpx.get(url).content == one
+    forged = url.replace(sha256(one).split(":")[1], sha256(other).split(":")[1])
+    assert forged != url
+    assert httpx.get(forged).status_code == 403
+    head = client.head(path, headers=ADMIN, follow_redirects=False)
+    assert head.status_code == 200
+    assert "location" not in head.headers
 
 
 # =================================================================================================
