@@ -34,6 +34,7 @@ from dockyard.storage.interfaces import (
     StorageError,
     StorageFull,
     StoredBlob,
+    UploadLost,
 )
 from dockyard.storage.s3_layout import (
     BLOB_KEY,
@@ -314,7 +315,7 @@ class S3BlobStore:
                 complete(state.parts)
             except ClientError as exc:
                 if _code(exc) == "NoSuchUpload":
-                    raise StorageError(f"upload {upload_id} is gone (aborted or expired)") from exc
+                    raise UploadLost(f"upload {upload_id} is gone (aborted or expired)") from exc
                 if _code(exc) != "InvalidPart" or state.tail is None:
                     raise
                 # A request that never got recorded replaced the tail part: upload it again
