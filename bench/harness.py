@@ -223,6 +223,11 @@ class Bench:
             self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log(f"!! {name} failed: {exc}")
             traceback.print_exc(file=sys.stderr)
+            for server in [*self.registries, self.pull_reference]:
+                if server.process is not None and server.process.poll() is not None:
+                    tail = server.log_tail(40)
+                    self.errors.append(f"{server.label} exited with {server.process.returncode}:\n{tail}")
+                    log(f"!! {server.label} exited with {server.process.returncode}:\n{tail}")
         log(f"   {name} took {time.perf_counter() - started:.1f}s")
 
     def other_load_by_phase(self) -> dict[str, float]:
