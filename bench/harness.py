@@ -18,6 +18,7 @@ from pathlib import Path
 from loadgen import build_headload
 from registry import TOKEN_MARGIN, Client, discover_auth, image_config, image_manifest, sha256_digest
 from report import Figure, Target, log
+from s3 import RequestCount, SeaweedFS
 from servers import Distribution, Dockyard, Nginx, Server, machine_busy_seconds, own_cpu_seconds
 
 MiB = 1024 * 1024
@@ -111,12 +112,16 @@ class Meter:
     shared machine (the idle servers count too, at about nothing).
     """
 
-    def __init__(self, server: Server, record: list[tuple[float, float]]) -> None:
+    def __init__(
+        self, server: Server, record: list[tuple[float, float]], store: Server | None = None
+    ) -> None:
         self.server = server
         self.record = record
-        self.elapsed = self.server_cpu = self.other_load = 0.0
+        self.store = store  # the object store behind the server: its CPU is not "other load"
+        self.elapsed = self.server_cpu = self.other_load = self.store_cpu = 0.0
 
     def __enter__(self) -> Meter:
+        self._store_cpu = self.store.tree.cpu_seconds() if self.store else 0.0
         self._cpu = self.server.tree.cpu_seconds()
         self._busy = machine_busy_seconds()
         self._own = own_cpu_seconds()
@@ -126,7 +131,10 @@ class Meter:
     def __exit__(self, *exc: object) -> None:
         self.elapsed = time.perf_counter() - self._started
         self.server_cpu = self.server.tree.cpu_seconds() - self._cpu
-        other = machine_busy_seconds() - self._busy - self.server_cpu - (own_cpu_seconds() - self._own)
+        if self.store is not None:
+            self.store_cpu = self.store.tree.cpu_seconds() - self._store_cpu
+        mine = self.server_cpu + self.store_cpu + own_cpu_seconds() - self._own
+        other = machine_busy_seconds() - self._busy - mine
         self.other_load = max(other, 0.0) / (self.elapsed * (os.cpu_count() or 1))
         if self.elapsed >= MIN_METERED:  # shorter ones are mostly CPU-tick rounding
             self.record.append((self.elapsed, self.other_load))
@@ -136,14 +144,34 @@ class Bench:
     """The servers, the workload, and the figures it produced."""
 
     def __init__(
-        self, profile: Profile, workdir: Path, *, access_log: bool, database_url: str | None = None
+        self,
+        profile: Profile,
+        workdir: Path,
+        *,
+        access_log: bool,
+        database_url: str | None = None,
+        s3: bool = False,
+        redirect: bool = False,
     ) -> None:
         self.profile = profile
         self.workdir = workdir
-        self.dockyard = Dockyard(workdir / "dockyard", access_log=access_log, database_url=database_url)
-        self.distribution = Distribution(workdir / "distribution", access_log=access_log)
+        self.redirect = redirect
+        #: With ``s3``: one SeaweedFS, both registries on it (a bucket each), and it is the pull
+        #: reference (presigned GETs) instead of nginx.
+        self.store = SeaweedFS(workdir / "seaweedfs") if s3 else None
+        store_env = self.store.dockyard_env(redirect=redirect) if self.store else None
+        self.dockyard = Dockyard(
+            workdir / "dockyard", access_log=access_log, database_url=database_url, storage_env=store_env
+        )
+        self.distribution = Distribution(
+            workdir / "distribution",
+            access_log=access_log,
+            storage=self.store.distribution_storage(redirect=redirect) if self.store else None,
+        )
         self.nginx = Nginx(workdir / "nginx")
         self.registries: list[Server] = [self.dockyard, self.distribution]
+        #: What blob pulls are held to: nginx on the filesystem, SeaweedFS's own GET on S3.
+        self.pull_reference: Server = self.store or self.nginx
         self.figures: dict[str, Figure] = {}
         self.errors: list[str] = []
         self.notes: list[str] = []
@@ -176,7 +204,12 @@ class Bench:
         return servers if rep % 2 == 0 else list(reversed(servers))
 
     def meter(self, server: Server) -> Meter:
-        return Meter(server, self.other_load.setdefault(self._phase, []))
+        store = self.store if server is not self.store else None
+        return Meter(server, self.other_load.setdefault(self._phase, []), store)
+
+    def s3_requests(self, server: Server) -> RequestCount:
+        """Counts ``server``'s S3 requests during a ``with`` block (nothing without ``--storage s3``)."""
+        return RequestCount(self.store, server)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -190,6 +223,11 @@ class Bench:
             self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
             log(f"!! {name} failed: {exc}")
             traceback.print_exc(file=sys.stderr)
+            for server in [*self.registries, self.pull_reference]:
+                if server.process is not None and server.process.poll() is not None:
+                    tail = server.log_tail(40)
+                    self.errors.append(f"{server.label} exited with {server.process.returncode}:\n{tail}")
+                    log(f"!! {server.label} exited with {server.process.returncode}:\n{tail}")
         log(f"   {name} took {time.perf_counter() - started:.1f}s")
 
     def other_load_by_phase(self) -> dict[str, float]:
@@ -242,7 +280,8 @@ class Bench:
     def servers(self) -> Iterator[None]:
         """Build headload, start the three servers, and stop them however the run ends."""
         self.headload = build_headload(self.workdir)
-        servers = [*self.registries, self.nginx]
+        # the store first (the registries need it), and it is the pull reference too on S3
+        servers = [self.store, *self.registries] if self.store else [*self.registries, self.nginx]
         try:
             for server in servers:
                 server.start()
@@ -269,14 +308,15 @@ class Bench:
                         "count": server.auth.fetched,
                         "seconds": round(server.auth.fetch_seconds, 3),
                     }
-            for server in servers:
+            for server in reversed(servers):
                 server.stop()
 
     def setup(self) -> None:
         """Give each registry the base image and the large blob; nginx gets the same blob as a file."""
         self.pull_blob = os.urandom(self.profile.large_blob)
         self.pull_digest = sha256_digest(self.pull_blob)
-        (self.nginx.folder / "www" / "blob").write_bytes(self.pull_blob)
+        if self.store is None:
+            (self.nginx.folder / "www" / "blob").write_bytes(self.pull_blob)
         for server in self.registries:
             client = self.client(server)
             client.push_monolithic(APP, self.layer, self.layer_digest)

@@ -99,15 +99,22 @@ def run_headload(
 
 
 def curl_pull(
-    url: str, *, streams: int, repeats: int, expected_size: int, headers: dict[str, str] | None = None
+    url: str,
+    *,
+    streams: int,
+    repeats: int,
+    expected_size: int,
+    headers: dict[str, str] | None = None,
+    follow: bool = False,
 ) -> float:
     """Download ``url`` ``repeats`` times on each of ``streams`` parallel curl processes.
 
     Each process reuses one connection for its downloads and sends ``headers`` (the
-    Bearer token) on each. Returns the aggregate bytes per second over the wall time
-    from the first start to the last finish.
+    Bearer token) on each; ``follow`` follows redirects (curl sends the headers to the
+    same host and port only, so the token never reaches the store). Returns the
+    aggregate bytes per second over the wall time from the first start to the last finish.
     """
-    argv = ["curl", "-s", "--http1.1", "-w", "%{http_code} %{size_download}\\n"]
+    argv = ["curl", "-s", "--http1.1", "-w", "%{http_code} %{size_download}\\n", *(["-L"] if follow else [])]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
     for _ in range(repeats):

@@ -1,4 +1,8 @@
-"""Pull phase: the large blob with curl from both registries and, as the ceiling, from nginx."""
+"""Pull phase: the large blob with curl from both registries and, as the ceiling, from nginx.
+
+On ``--storage s3`` the ceiling is SeaweedFS itself (a presigned GET of Dockyard's object),
+and with ``--redirect`` curl follows the registries' 307 to the store (``-L``).
+"""
 
 from __future__ import annotations
 
@@ -16,15 +20,26 @@ def blob_pull(bench: Bench) -> None:
     """One curl stream, then ``pull_streams`` at once, each fetching the blob repeatedly."""
     p = bench.profile
     size = len(bench.pull_blob)
-    targets: list[Server] = [bench.dockyard, bench.distribution, bench.nginx]
+    reference = bench.pull_reference
+    targets: list[Server] = [bench.dockyard, bench.distribution, reference]
     urls = {
         bench.dockyard.name: f"{bench.dockyard.base}/v2/{PULL}/blobs/{bench.pull_digest}",
         bench.distribution.name: f"{bench.distribution.base}/v2/{PULL}/blobs/{bench.pull_digest}",
-        bench.nginx.name: f"{bench.nginx.base}/blob",
+        reference.name: (
+            bench.store.presigned_blob_url(bench.pull_digest) if bench.store else f"{bench.nginx.base}/blob"
+        ),
     }
+    follow = bench.redirect
     for server in targets:  # warm the page cache and each server's code path
-        curl_pull(urls[server.name], streams=1, repeats=1, expected_size=size, headers=_auth(bench, server))
-    target = Target("nginx", ">=", 0.9)
+        curl_pull(
+            urls[server.name],
+            streams=1,
+            repeats=1,
+            expected_size=size,
+            headers=_auth(bench, server),
+            follow=follow,
+        )
+    target = Target(reference.name, ">=", 0.9)
     for streams, repeats in ((1, p.pull_repeats_single), (p.pull_streams, p.pull_repeats_parallel)):
         plural = "stream" if streams == 1 else "streams"
         figure = bench.figure(f"pull_{streams}", f"blob pull {streams} {plural}", "MB/s", target)
@@ -39,6 +54,7 @@ def blob_pull(bench: Bench) -> None:
                         repeats=repeats,
                         expected_size=size,
                         headers=headers,
+                        follow=follow,
                     )
                 cpu[server.name] += meter.server_cpu
                 figure.add(server.name, rate / MB)

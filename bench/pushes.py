@@ -21,12 +21,23 @@ def blob_push(bench: Bench) -> None:
     ):
         buffer = bytearray(os.urandom(size))
         for kind in ("monolithic", "chunked"):
+            # on S3 the issue's figure: 256 MiB at 2x Distribution's 35 MB/s
+            ratio = 2.0 if bench.store and size == p.large_blob else 1.2
             figure = bench.figure(
                 f"push_{kind}_{size // MiB}mib",
                 f"{kind} push {size // MiB} MiB",
                 "MB/s",
-                Target("distribution", ">=", 1.2),
+                Target("distribution", ">=", ratio),
             )
+            requests_figure = None
+            if bench.store:  # S3 requests per blob upload; the target is for one PutObject-sized blob
+                small = size == p.small_blob and kind == "monolithic"
+                requests_figure = bench.figure(
+                    f"s3_requests_push_{kind}_{size // MiB}mib",
+                    f"S3 requests per {kind} push {size // MiB} MiB",
+                    "requests",
+                    Target("", "<=", 4) if small else None,
+                )
             cpu = {s.name: 0.0 for s in bench.registries}
             for server in bench.registries:  # one token for the whole series, outside the timer
                 bench.fetch_token(server, [push_scope(PUSH)])
@@ -37,25 +48,30 @@ def blob_push(bench: Bench) -> None:
                     if size >= 16 * MiB:
                         os.sync()  # start each large push with no dirty pages left by the previous one
                     client = bench.client(server)  # a new connection per push, as a new client would
-                    with bench.meter(server) as meter:
+                    with bench.s3_requests(server) as count, bench.meter(server) as meter:
                         if kind == "monolithic":
                             client.push_monolithic(PUSH, buffer, digest)
                             requests = 2
                         else:
                             requests = 2 + client.push_chunked(PUSH, buffer, digest, chunk)
                     client.close()
+                    if requests_figure is not None:
+                        requests_figure.add(server.name, count.total, **{"by_type": dict(count.by_type)})
                     cpu[server.name] += meter.server_cpu
                     figure.add(server.name, size / meter.elapsed / MB, requests_per_push=requests)
             for name, seconds in cpu.items():
                 figure.detail[name]["server_cpu_ms_per_push"] = round(seconds / reps * 1000, 1)
             log_figure(figure)
+            if requests_figure is not None:
+                log_figure(requests_figure)
 
 
 def image_push(bench: Bench) -> None:
     """One client pushes images one after another: a new config blob (POST, PUT) and its manifest."""
     p = bench.profile
+    ratio = 2.0 if bench.store else 1.2  # on S3 the issue's figure: 2x Distribution's 18 images/s
     figure = bench.figure(
-        "image_push", "image push (config + manifest)", "images/s", Target("distribution", ">=", 1.2)
+        "image_push", "image push (config + manifest)", "images/s", Target("distribution", ">=", ratio)
     )
     for rep in range(p.image_push_rounds):
         for server in bench.order(rep, bench.registries):

@@ -338,7 +338,22 @@ class Client:
         self.request("POST", path, expect=(201,), scopes=mount_scopes(repository, source))
 
     def get_blob(self, repository: str, digest: str) -> bytes:
-        return self.request("GET", f"/v2/{repository}/blobs/{digest}", scopes=[pull_scope(repository)]).body
+        """The blob's bytes; a 307 (storage redirect) is followed to the store, without the token."""
+        path = f"/v2/{repository}/blobs/{digest}"
+        reply = self.request("GET", path, expect=(200, 307), scopes=[pull_scope(repository)])
+        if reply.status != 307:
+            return reply.body
+        location = urlsplit(reply.headers["Location"])
+        conn = http.client.HTTPConnection(location.hostname or "127.0.0.1", location.port, timeout=60)
+        try:
+            conn.request("GET", location.path + (f"?{location.query}" if location.query else ""))
+            answer = conn.getresponse()
+            body = answer.read()
+        finally:
+            conn.close()
+        if answer.status != 200:
+            raise RegistryFailure(f"GET {path} redirected to the store, which answered {answer.status}")
+        return body
 
     # -- manifests ----------------------------------------------------------------------------
 

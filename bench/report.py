@@ -21,9 +21,16 @@ HERE = Path(__file__).resolve().parent
 BUSY_MACHINE = 0.15
 
 
+#: Short names of the references in targets and table columns.
+SHORT = {"distribution": "Dist", "nginx": "nginx", "seaweedfs": "S3"}
+
+
 @dataclass
 class Target:
-    """What Dockyard should reach: ``value(dockyard) / value(reference) <op> ratio``."""
+    """What Dockyard should reach: ``value(dockyard) / value(reference) <op> ratio``.
+
+    An empty ``reference`` holds Dockyard's own value to ``ratio`` (a count, say ≤ 4).
+    """
 
     reference: str
     op: str  # ">=" or "<="
@@ -33,8 +40,9 @@ class Target:
         return ratio >= self.ratio if self.op == ">=" else ratio <= self.ratio
 
     def __str__(self) -> str:
-        name = {"distribution": "Dist", "nginx": "nginx"}[self.reference]
-        return f"{self.op}{self.ratio:g}x {name}"
+        if not self.reference:
+            return f"{self.op}{self.ratio:g}"
+        return f"{self.op}{self.ratio:g}x {SHORT[self.reference]}"
 
 
 @dataclass
@@ -71,6 +79,9 @@ class Figure:
     def target_met(self) -> bool | None:
         if self.target is None:
             return None
+        if not self.target.reference:
+            mine = self.values.get("dockyard")
+            return None if mine is None else self.target.met(mine)
         ratio = self.ratio(self.target.reference)
         return None if ratio is None else self.target.met(ratio)
 
@@ -102,21 +113,33 @@ def log_figure(figure: Figure) -> None:
 # -- the table --------------------------------------------------------------------------------
 
 
-def table(figures: list[Figure]) -> str:
-    header = ("figure", "unit", "Dockyard", "Distribution", "nginx", "D/Dist", "D/nginx", "target", "met")
+def table(figures: list[Figure], reference: str = "nginx") -> str:
+    """The figures; ``reference`` names the third column (nginx, or seaweedfs on S3)."""
+    label = {"nginx": "nginx", "seaweedfs": "SeaweedFS"}[reference]
+    header = (
+        "figure",
+        "unit",
+        "Dockyard",
+        "Distribution",
+        label,
+        "D/Dist",
+        f"D/{SHORT[reference]}",
+        "target",
+        "met",
+    )
     rows = [header]
     for figure in figures:
         met = figure.target_met()
-        to_dist, to_nginx = figure.ratio("distribution"), figure.ratio("nginx")
+        to_dist, to_ref = figure.ratio("distribution"), figure.ratio(reference)
         rows.append(
             (
                 figure.label,
                 figure.unit,
                 fmt(figure.values.get("dockyard")),
                 fmt(figure.values.get("distribution")),
-                fmt(figure.values.get("nginx")),
+                fmt(figure.values.get(reference)),
                 "-" if to_dist is None else f"{to_dist:.2f}x",
-                "-" if to_nginx is None else f"{to_nginx:.2f}x",
+                "-" if to_ref is None else f"{to_ref:.2f}x",
                 str(figure.target) if figure.target else "-",
                 "-" if met is None else ("yes" if met else "NO"),
             )
@@ -137,19 +160,22 @@ def report(bench: Bench, profile: Profile, elapsed: float, stamp: dt.datetime, a
     assert isinstance(env, dict)
     commit = env.get("dockyard_commit", "?") + ("+changes" if env.get("dockyard_uncommitted_changes") else "")
     print()
+    reference = bench.pull_reference.name
     print(
         f"Dockyard {commit} ({_auth_text(bench, 'dockyard')}) vs CNCF Distribution 2.8 "
-        f"({_auth_text(bench, 'distribution')}) / nginx: {profile.name} run, {elapsed:.0f} s, "
-        f"{stamp:%Y-%m-%d %H:%M} UTC, access logs {'on' if access_log else 'off'}"
+        f"({_auth_text(bench, 'distribution')}) / {bench.pull_reference.label}: {profile.name} run, "
+        f"{elapsed:.0f} s, {stamp:%Y-%m-%d %H:%M} UTC, access logs {'on' if access_log else 'off'}, "
+        f"storage {bench.info.get('storage', 'filesystem')}, database {bench.info.get('database', '?')}"
     )
     if _auth_text(bench, "dockyard") != _auth_text(bench, "distribution"):
         print(
             "Dockyard checks a Bearer token on every request, Distribution (as Debian ships it, "
             "minus htpasswd) checks nothing: the comparison is conservative for Dockyard"
         )
-    print("medians of repeated runs; D/Dist and D/nginx are Dockyard's figure divided by the other's")
+    short = SHORT[reference]
+    print(f"medians of repeated runs; D/Dist and D/{short} are Dockyard's figure divided by the other's")
     print()
-    print(table(list(bench.figures.values())))
+    print(table(list(bench.figures.values()), reference))
     print()
     shares = bench.other_load_by_phase()
     if shares:
@@ -224,6 +250,7 @@ def document(
                 "detail": f.detail,
                 "ratio_to_distribution": f.ratio("distribution"),
                 "ratio_to_nginx": f.ratio("nginx"),
+                "ratio_to_seaweedfs": f.ratio("seaweedfs"),
                 "target": None if f.target is None else {**asdict(f.target), "text": str(f.target)},
                 "target_met": f.target_met(),
             }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -37,6 +38,9 @@ from report import document, environment, log, report
 from tests.support.postgres import private_cluster
 
 HERE = Path(__file__).resolve().parent
+
+#: Tags in the tag list on --storage s3.
+S3_TAGS = 2_000
 
 PHASES = ("push", "pull", "image", "get", "listing", "memory")
 
@@ -86,6 +90,18 @@ def main(argv: list[str] | None = None) -> int:
         help="run Dockyard on a private PostgreSQL cluster (fsync on) instead of SQLite",
     )
     parser.add_argument(
+        "--storage",
+        choices=("filesystem", "s3"),
+        default="filesystem",
+        help="s3: one SeaweedFS, both registries on it (a bucket each); pulls are held to SeaweedFS",
+    )
+    parser.add_argument(
+        "--redirect",
+        action="store_true",
+        help="with --storage s3: blob GETs answer 307 to a presigned URL (Dockyard's storage_redirect, "
+        "Distribution's redirect)",
+    )
+    parser.add_argument(
         "--no-access-log", action="store_true", help="run both registries without access logs"
     )
     parser.add_argument(
@@ -93,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if args.redirect and args.storage != "s3":
+        parser.error("--redirect needs --storage s3")
     if phases - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(phases - set(PHASES)))}")
     for tool in ("wrk", "curl", "docker-registry", "nginx"):
@@ -100,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{tool} is not installed (see bench/README.md)")
 
     profile = QUICK if args.quick else FULL
+    if args.storage == "s3":  # Distribution writes several objects per tag: 10,000 take minutes
+        profile = dataclasses.replace(profile, tags=min(profile.tags, S3_TAGS))
     if args.workdir:
         args.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="dockyard-bench-", dir=args.workdir))
@@ -110,10 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         database_url = None
         if args.postgres:
             database_url = stack.enter_context(private_cluster(fsync=True))
-        bench = Bench(profile, workdir, access_log=access_log, database_url=database_url)
+        bench = Bench(
+            profile,
+            workdir,
+            access_log=access_log,
+            database_url=database_url,
+            s3=args.storage == "s3",
+            redirect=args.redirect,
+        )
         bench.info["environment"] = environment()
         bench.info["database"] = "postgresql" if args.postgres else "sqlite"
-        log(f"Dockyard benchmark ({profile.name}, {bench.info['database']}), work directory {workdir}")
+        bench.info["storage"] = args.storage + (" with redirect" if args.redirect else "")
+        log(
+            f"Dockyard benchmark ({profile.name}, {bench.info['database']}, {bench.info['storage']}), "
+            f"work directory {workdir}"
+        )
         try:
             run(bench, phases)
         finally:

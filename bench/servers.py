@@ -131,7 +131,7 @@ class Server:
 
     def start(self, timeout: float = 60.0) -> None:
         argv, extra_env = self.command()
-        env = {**os.environ, **extra_env}
+        env = {k: v for k, v in {**os.environ, **extra_env}.items() if k not in extra_env or v}  # "": unset
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 argv,
@@ -189,10 +189,19 @@ class Dockyard(Server):
 
     ready_statuses = (200, 401)
 
-    def __init__(self, folder: Path, *, access_log: bool = True, database_url: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        access_log: bool = True,
+        database_url: str | None = None,
+        storage_env: dict[str, str] | None = None,
+    ) -> None:
         super().__init__("dockyard", "Dockyard", folder)
         self.access_log = access_log
         self.database_url = database_url
+        #: DOCKYARD_STORAGE and the AWS_* variables for an S3 store (bench/s3.py); None: filesystem.
+        self.storage_env = storage_env or {}
         self.credentials = (DOCKYARD_ADMIN, secrets.token_urlsafe(24))
 
     def command(self) -> tuple[list[str], dict[str, str]]:
@@ -209,6 +218,7 @@ class Dockyard(Server):
         }
         if self.database_url:
             env["DOCKYARD_DATABASE_URL"] = self.database_url
+        env.update(self.storage_env)
         argv = [str(executable), "serve", "--data-dir", str(self.folder / "data"), "--port", str(self.port)]
         return argv, env
 
@@ -224,9 +234,7 @@ log:
 storage:
   cache:
     blobdescriptor: inmemory
-  filesystem:
-    rootdirectory: {root}
-  delete:
+{storage}  delete:
     enabled: true
 http:
   addr: 127.0.0.1:{port}
@@ -241,9 +249,11 @@ class Distribution(Server):
     No auth at all, as the reference figures were measured: it checks nothing per request.
     """
 
-    def __init__(self, folder: Path, *, access_log: bool = True) -> None:
+    def __init__(self, folder: Path, *, access_log: bool = True, storage: str | None = None) -> None:
         super().__init__("distribution", "Distribution", folder)
         self.access_log = access_log
+        #: The storage driver's section of config.yml (bench/s3.py); None: the filesystem driver.
+        self.storage = storage
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         config = self.folder / "config.yml"
@@ -251,11 +261,12 @@ class Distribution(Server):
             DISTRIBUTION_CONFIG.format(
                 level="info" if self.access_log else "warn",
                 access_disabled="false" if self.access_log else "true",
-                root=self.folder / "data",
+                storage=self.storage or f"  filesystem:\n    rootdirectory: {self.folder / 'data'}\n",
                 port=self.port,
             )
         )
-        return [shutil.which("docker-registry") or "docker-registry", "serve", str(config)], {}
+        env = {"AWS_CA_BUNDLE": ""}  # unset: a CA bundle from the environment breaks its S3 client
+        return [shutil.which("docker-registry") or "docker-registry", "serve", str(config)], env
 
 
 NGINX_CONFIG = """\

@@ -222,7 +222,12 @@ def create_app(
     policy = build_policy(settings, parts.access)
     metrics = None
     if settings.metrics_enabled:
-        metrics = Metrics(parts.db, settings.metrics_dir, job_stats=parts.jobs.stats)
+        metrics = Metrics(
+            parts.db,
+            settings.metrics_dir,
+            job_stats=parts.jobs.stats,
+            state_seconds=settings.metrics_state_seconds,
+        )
     observer = metrics.requests if metrics else None
     middleware = []
     if settings.access_log or observer:

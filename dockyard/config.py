@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         description="CIDRs that may read /metrics without credentials (others need registry/read); "
         "default loopback + private ranges, comma-separated in env.",
     )
+    metrics_state_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long a scrape's database-derived state (storage used, backlogs) is reused, "
+        "so a scrape flood costs one read per window.",
+    )
     metrics_dir: Path | None = Field(
         None,
         description="Where worker processes share metric values; `dockyard serve` sets a fresh one "

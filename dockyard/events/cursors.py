@@ -17,6 +17,7 @@ under the single write lock, so commit order is id order and the cursor is the i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,8 +26,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from dockyard.db import Database, utcnow
-from dockyard.events.models import event_cursors, repository_events
+from dockyard.events.models import event_cursors, jobs, repository_events
 from dockyard.events.services import RepositoryEvent, event_from_row
+
+#: The job kind an event is kept under when a consumer keeps failing on it.
+SET_ASIDE = "events.set-aside"
 
 #: handler(conn, events) → how many things it did (deliveries queued, jobs enqueued…).
 ConsumerHandler = Callable[[Connection, list[RepositoryEvent]], int]
@@ -90,28 +94,38 @@ def pending(db: Database, name: str) -> bool:
     return db.run_lookup(look)
 
 
-def consume(db: Database, consumer: Consumer) -> tuple[int, int]:
-    """Hand the next batch to ``consumer`` and move its cursor; return (events read, handler's count)."""
+def _locked_batch(conn: Connection, name: str, limit: int) -> list[sa.Row] | None:
+    """The next ``limit`` events after ``name``'s cursor, its row locked; None if another process has it."""
+    ensure_cursor(conn, name)
+    lock = sa.select(event_cursors).where(event_cursors.c.consumer == name)
+    if conn.dialect.name == "postgresql":
+        lock = lock.with_for_update(skip_locked=True)
+    cursor = conn.execute(lock).first()
+    if cursor is None:
+        return None
+    return list(conn.execute(_after(conn, cursor.last_txid, cursor.last_event_id).limit(limit)).all())
+
+
+def _advance(conn: Connection, name: str, last: sa.Row) -> None:
+    conn.execute(
+        event_cursors.update()
+        .where(event_cursors.c.consumer == name)
+        .values(last_event_id=last.id, last_txid=last.txid, updated_at=utcnow())
+    )
+
+
+def consume(db: Database, consumer: Consumer, limit: int | None = None) -> tuple[int, int]:
+    """Hand the next batch (at most ``limit`` events) to ``consumer`` and move its cursor;
+    return (events read, handler's count)."""
     if not pending(db, consumer.name):
         return 0, 0
 
     def work(conn: Connection) -> tuple[int, int]:
-        ensure_cursor(conn, consumer.name)
-        lock = sa.select(event_cursors).where(event_cursors.c.consumer == consumer.name)
-        if conn.dialect.name == "postgresql":
-            lock = lock.with_for_update(skip_locked=True)
-        cursor = conn.execute(lock).first()
-        if cursor is None:
-            return 0, 0  # another process is consuming this batch
-        rows = conn.execute(_after(conn, cursor.last_txid, cursor.last_event_id).limit(consumer.batch)).all()
+        rows = _locked_batch(conn, consumer.name, limit or consumer.batch)
         if not rows:
-            return 0, 0
+            return 0, 0  # nothing new, or another process is consuming this batch
         done = consumer.handler(conn, [event_from_row(row) for row in rows])
-        conn.execute(
-            event_cursors.update()
-            .where(event_cursors.c.consumer == consumer.name)
-            .values(last_event_id=rows[-1].id, last_txid=rows[-1].txid, updated_at=utcnow())
-        )
+        _advance(conn, consumer.name, rows[-1])
         return len(rows), done
 
     # Not durable: lost to a power cut, the batch is read again (its effects were lost with it).
@@ -119,3 +133,47 @@ def consume(db: Database, consumer: Consumer) -> tuple[int, int]:
     if done and consumer.after_commit is not None:
         consumer.after_commit()
     return read, done
+
+
+def set_aside(db: Database, consumer: Consumer, error: str) -> int | None:
+    """Move ``consumer``'s cursor past its next event, which its handler keeps failing on, and
+    keep that event as a dead ``SET_ASIDE`` job (``dockyard job retry`` hands it over again).
+
+    Returns the event's id, or None if there was none to set aside (another process has it).
+    """
+
+    def work(conn: Connection) -> int | None:
+        rows = _locked_batch(conn, consumer.name, 1)
+        if not rows:
+            return None
+        event = rows[0]
+        now = utcnow()
+        conn.execute(
+            jobs.insert().values(
+                kind=SET_ASIDE,
+                payload=json.dumps({"consumer": consumer.name, "event": event.id}),
+                status="dead",
+                attempts=1,
+                max_attempts=1,
+                run_at=now,
+                last_error=error[:2000],
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        _advance(conn, consumer.name, event)
+        return int(event.id)
+
+    return db.run_write(work)
+
+
+def replay(db: Database, consumer: Consumer, event_id: int) -> int:
+    """Hand one set-aside event to ``consumer`` again (its handler's writes commit with nothing else)."""
+
+    def work(conn: Connection) -> int:
+        row = conn.execute(sa.select(repository_events).where(repository_events.c.id == event_id)).first()
+        if row is None:
+            raise LookupError(f"event {event_id} is no longer in the event log")
+        return consumer.handler(conn, [event_from_row(row)])
+
+    return db.run_write(work)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import sqlalchemy as sa
 
 from dockyard.asgi import run_sync
 from dockyard.db import Database, utcnow
@@ -69,6 +70,7 @@ class Runtime:
         *,
         poll_seconds: float = 0.5,
         concurrency: int = 4,
+        consumer_attempts: int = 5,
         clock: Clock = utcnow,
     ) -> None:
         self.db = db
@@ -78,12 +80,15 @@ class Runtime:
         self.concurrency = concurrency
         self._clock = clock
         self.owner = f"{uuid.uuid4().hex[:12]}"
-        self.kinds: dict[str, JobKind] = {}
+        self.kinds: dict[str, JobKind] = {cursors.SET_ASIDE: JobKind(cursors.SET_ASIDE, self._replay, 300)}
         self.consumers: list[Consumer] = []
         self.schedules: list[Schedule] = []
         self.tasks: list[Task] = []
         self.flushes: list[Flush] = []
         self._prepared = False
+        #: Failing on the same event this many times in a row sets it aside.
+        self.consumer_attempts = consumer_attempts
+        self._consumer_failures: dict[str, int] = {}
         self._claiming = True
         self._in_flight = 0
         self._running_schedules: set[str] = set()
@@ -141,18 +146,52 @@ class Runtime:
             self._prepared = True
 
     def consume(self) -> int:
-        """Give each consumer its next batch; return how many events were read in all."""
+        """Give each consumer its next batch; return how many events were read in all.
+
+        After a handler fails, its consumer reads one event at a time, so the event it fails
+        on is found; failing on that one ``consumer_attempts`` times in a row sets it aside
+        as a dead job and the consumer goes on (a poison event never blocks the rest).
+        Database errors are not the event's fault: they are retried without counting.
+        """
         read = 0
         for consumer in self.consumers:
+            failures = self._consumer_failures.get(consumer.name, 0)
             try:
-                count, done = cursors.consume(self.db, consumer)
-            except Exception:
-                log.exception("event consumer %s failed; its batch is read again later", consumer.name)
+                count, done = cursors.consume(self.db, consumer, limit=1 if failures else None)
+            except sa.exc.DBAPIError:
+                log.exception("event consumer %s: database error; batch read again later", consumer.name)
                 continue
+            except Exception as exc:
+                self._consumer_failed(consumer, failures + 1, exc)
+                continue
+            self._consumer_failures.pop(consumer.name, None)
             read += count
             if done:
                 self.wake()  # what it queued may be for us
         return read
+
+    def _consumer_failed(self, consumer: cursors.Consumer, failures: int, exc: Exception) -> None:
+        if failures < self.consumer_attempts:
+            self._consumer_failures[consumer.name] = failures
+            log.warning("event consumer %s failed (%d in a row): %s", consumer.name, failures, exc)
+            return
+        self._consumer_failures.pop(consumer.name, None)
+        event_id = cursors.set_aside(self.db, consumer, f"{type(exc).__name__}: {exc}")
+        log.error(
+            "event consumer %s failed %d times on event %s; set aside as a dead job "
+            "(`dockyard job list --status dead`, then `dockyard job retry ID`)",
+            consumer.name,
+            failures,
+            event_id,
+        )
+
+    def _replay(self, job: Job) -> None:
+        """The handler of set-aside events: hand the event to its consumer again."""
+        name, event_id = job.payload["consumer"], int(job.payload["event"])
+        consumer = next((c for c in self.consumers if c.name == name), None)
+        if consumer is None:
+            raise LookupError(f"no event consumer {name!r} is registered")
+        cursors.replay(self.db, consumer, event_id)
 
     def due_schedules(self) -> list[Schedule]:
         """The schedules this process just claimed to run now."""

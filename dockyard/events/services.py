@@ -183,6 +183,12 @@ class EventService:
         return [event_from_row(row) for row in reversed(rows)]
 
 
+def _clip(value: str | None, column: str) -> str | None:
+    """``value`` cut to its column's length: what a client sends (Host, User-Agent…) never fails a
+    change (PostgreSQL refuses an overlong value; one such pull would sink a whole pull batch)."""
+    return value[: repository_events.c[column].type.length] or None if value else None
+
+
 def _row(
     action: str,
     repository: str,
@@ -205,12 +211,12 @@ def _row(
         "artifact_type": artifact_type,
         "size": size,
         "count": 1,
-        "actor": origin.actor,
-        "client_ip": origin.client_ip,
-        "request_id": origin.request_id,
-        "request_host": origin.host,
-        "request_method": origin.method,
-        "user_agent": (origin.user_agent or "")[:512] or None,
+        "actor": _clip(origin.actor, "actor"),
+        "client_ip": _clip(origin.client_ip, "client_ip"),
+        "request_id": _clip(origin.request_id, "request_id"),
+        "request_host": _clip(origin.host, "request_host"),
+        "request_method": _clip(origin.method, "request_method"),
+        "user_agent": _clip(origin.user_agent, "user_agent"),
     }
 
 

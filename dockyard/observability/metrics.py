@@ -21,6 +21,7 @@ import bisect
 import ipaddress
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -223,17 +224,36 @@ class RequestMetrics:
 
 
 class StateCollector(Collector):
-    """Registry-wide state read from the database at each scrape (a few aggregate queries).
+    """Registry-wide state read from the database (a few aggregate queries), at most once per
+    ``reuse_seconds``: a scrape flood costs the database one read per window, not one per scrape.
 
     ``job_stats`` is the hook for the job runtime: pass ``JobService.stats`` (returning a
     ``JobQueueStats``) and the queue depth and oldest due job's age are reported too.
     """
 
-    def __init__(self, db: Database, job_stats: Callable[[], JobQueueStats] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        job_stats: Callable[[], JobQueueStats] | None = None,
+        *,
+        reuse_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db = db
         self.job_stats = job_stats
+        self.reuse_seconds = reuse_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: tuple[float, list[Metric]] | None = None
 
     def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            now = self._clock()
+            if self._last is None or now - self._last[0] >= self.reuse_seconds:
+                self._last = (now, list(self._collect()))
+            return iter(self._last[1])
+
+    def _collect(self) -> Iterator[Metric]:
         try:
             state = list(self._read())
         except (sa.exc.SQLAlchemyError, OSError) as exc:  # the request series are still worth a scrape
@@ -305,9 +325,10 @@ class Metrics:
         multiprocess_dir: Path | None = None,
         *,
         job_stats: Callable[[], JobQueueStats] | None = None,
+        state_seconds: float = 5.0,
     ) -> None:
         self.multiprocess_dir = multiprocess_dir
-        self.state = StateCollector(db, job_stats)
+        self.state = StateCollector(db, job_stats, reuse_seconds=state_seconds)
         if multiprocess_dir is not None:
             if not getattr(values.ValueClass, "_multiprocess", False):
                 raise RuntimeError(

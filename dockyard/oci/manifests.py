@@ -80,6 +80,14 @@ def _string(document: dict[str, Any], key: str, where: str, *, required: bool = 
     return value
 
 
+def _artifact_type(document: dict[str, Any], where: str) -> str | None:
+    """An ``artifactType``: a media type (RFC 6838, so at most 255 characters), as the spec has it."""
+    value = _string(document, "artifactType", where)
+    if value and not MEDIA_TYPE_GRAMMAR.match(value):
+        raise _invalid(f"{where}: invalid artifactType {value[:100]!r}")
+    return value
+
+
 def _annotations(document: dict[str, Any], where: str) -> dict[str, str] | None:
     value = document.get("annotations")
     if value is None:
@@ -120,7 +128,7 @@ def parse_descriptor(value: Any, where: str) -> Descriptor:
         size=size,
         urls=tuple(urls),
         platform=platform,
-        artifact_type=_string(value, "artifactType", where),
+        artifact_type=_artifact_type(value, where),
         annotations=_annotations(value, where),
     )
 
@@ -137,7 +145,7 @@ def _parse_image_manifest(document: dict[str, Any], media_type: str) -> ParsedMa
     if not isinstance(raw_layers, list):
         raise _invalid("layers must be a list")
     layers = tuple(parse_descriptor(layer, f"layers[{i}]") for i, layer in enumerate(raw_layers))
-    artifact_type = _string(document, "artifactType", "manifest")
+    artifact_type = _artifact_type(document, "manifest")
     return ParsedManifest(
         media_type=media_type,
         artifact_type=artifact_type or config.media_type,
@@ -156,7 +164,7 @@ def _parse_index(document: dict[str, Any], media_type: str) -> ParsedManifest:
     children = tuple(parse_descriptor(child, f"manifests[{i}]") for i, child in enumerate(raw_children))
     return ParsedManifest(
         media_type=media_type,
-        artifact_type=_string(document, "artifactType", "index"),
+        artifact_type=_artifact_type(document, "index"),
         config=None,
         children=children,
         subject=_subject(document),

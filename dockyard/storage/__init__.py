@@ -9,6 +9,7 @@ from dockyard.storage.interfaces import (
     StorageError,
     StorageFull,
     StoredBlob,
+    UploadLost,
     UploadWriter,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "StoredBlob",
+    "UploadLost",
     "UploadWriter",
 ]

@@ -23,6 +23,7 @@ from dockyard.storage.interfaces import (
     StorageError,
     StorageFull,
     StoredBlob,
+    UploadLost,
 )
 
 READ_CHUNK = 1024 * 1024
@@ -75,11 +76,11 @@ class FilesystemUploadWriter:
             with _space(f"upload {path.name}"):
                 fd = os.open(path, flags, 0o640)
         except FileNotFoundError:
-            raise StorageError(f"upload {path.name} holds no data") from None
+            raise UploadLost(f"upload {path.name} holds no data") from None
         self._file = os.fdopen(fd, "wb", buffering=0)
         if os.fstat(fd).st_size < offset:
             self._file.close()
-            raise StorageError(f"upload {path.name} holds fewer than its {offset} recorded bytes")
+            raise UploadLost(f"upload {path.name} holds fewer than its {offset} recorded bytes")
         self._file.truncate(offset)
         self._file.seek(offset)
 
@@ -251,11 +252,11 @@ class FilesystemBlobStore:
         try:
             fd = os.open(source, os.O_RDWR)
         except FileNotFoundError:
-            raise StorageError(f"upload {upload_id} holds no data") from None
+            raise UploadLost(f"upload {upload_id} holds no data") from None
         try:
             held = os.fstat(fd).st_size
             if held < size:
-                raise StorageError(f"upload {upload_id} holds {held} bytes, expected {size}")
+                raise UploadLost(f"upload {upload_id} holds {held} bytes, expected {size}")
             if held > size:
                 os.ftruncate(fd, size)
             if target.exists():

@@ -35,6 +35,11 @@ class StorageError(Exception):
     """The store could not do what was asked (missing upload, short data, I/O failure)."""
 
 
+class UploadLost(StorageError):
+    """The store no longer holds an upload's recorded bytes (a commit that crashed before it was
+    recorded took them, or they were removed): the session can neither continue nor complete."""
+
+
 class StorageFull(StorageError):
     """The store has no space (or quota) left for what it was asked to write.
 

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import boto3
@@ -34,6 +35,7 @@ from dockyard.storage.interfaces import (
     StorageError,
     StorageFull,
     StoredBlob,
+    UploadLost,
 )
 from dockyard.storage.s3_layout import (
     BLOB_KEY,
@@ -133,6 +135,8 @@ class S3BlobStore:
                 config=config,
             )
         self.client = client
+        # Sends a writer's full part while the request's next bytes arrive (one in flight per writer).
+        self._part_sender = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="s3-part")
 
     def __repr__(self) -> str:
         return f"S3BlobStore(s3://{self.bucket}/{self.prefix})"
@@ -314,7 +318,7 @@ class S3BlobStore:
                 complete(state.parts)
             except ClientError as exc:
                 if _code(exc) == "NoSuchUpload":
-                    raise StorageError(f"upload {upload_id} is gone (aborted or expired)") from exc
+                    raise UploadLost(f"upload {upload_id} is gone (aborted or expired)") from exc
                 if _code(exc) != "InvalidPart" or state.tail is None:
                     raise
                 # A request that never got recorded replaced the tail part: upload it again
@@ -458,6 +462,8 @@ class S3UploadWriter:
         self._hasher = hashlib.new(digest.partition(":")[0]) if digest and fresh else None
         self._wrote = False
         self._closed = False
+        #: The part being sent in the background: (number, size, the future of its ETag).
+        self._pending: tuple[int, int, Future[str]] | None = None
 
     def write(self, data: bytes) -> None:
         """Buffer ``data``; upload every part that fills."""
@@ -475,10 +481,12 @@ class S3UploadWriter:
             self._hasher.update(data)
         while len(self._buffer) >= self._next_part_size():
             size = self._next_part_size()
-            self._upload_part(bytes(self._buffer[:size]))
+            self._send_part(bytes(self._buffer[:size]))
             del self._buffer[:size]
 
     def _next_number(self) -> int:
+        if self._pending is not None:
+            return self._pending[0] + 1
         return self._parts[-1][0] + 1 if self._parts else 1
 
     def _next_part_size(self) -> int:
@@ -496,23 +504,59 @@ class S3UploadWriter:
         self._stale.append(self._recorded.tail)
         self._tail_pending = False
 
-    def _upload_part(self, data: bytes) -> None:
-        store, number = self._store, self._next_number()
+    def _send_part(self, data: bytes) -> None:
+        """Start uploading the next part in the background, once the one before it is done.
+
+        So the request's next part arrives (and is hashed) while this one travels to S3:
+        at most two parts of memory per writer.
+        """
+        self._settle()
+        number = self._next_number()
         if number > MAX_PARTS:
             raise StorageError(f"upload {self._upload_id} exceeds {MAX_PARTS} parts")
+        self._start_multipart()
+        future = self._store._part_sender.submit(self._put_part, number, data)
+        self._pending = (number, len(data), future)
+
+    def _settle(self) -> None:
+        """Wait for the part in flight, if any, and record it."""
+        if self._pending is None:
+            return
+        number, size, future = self._pending
+        self._pending = None
         with _errors(f"upload part {number} of {self._upload_id}"):
-            if self._mpu is None:
+            etag = future.result()
+        self._parts.append((number, etag, size))
+
+    def _start_multipart(self) -> None:
+        if self._mpu is None:
+            store = self._store
+            with _errors(f"start the multipart upload of {self._upload_id}"):
                 answer = store.client.create_multipart_upload(Bucket=store.bucket, Key=store._key(self._key))
-                self._mpu = answer["UploadId"]
-            answer = store.client.upload_part(
-                Bucket=store.bucket,
-                Key=store._key(self._key),
-                UploadId=self._mpu,
-                PartNumber=number,
-                Body=data,
-                ContentLength=len(data),
-            )
-        self._parts.append((number, answer["ETag"], len(data)))
+            self._mpu = answer["UploadId"]
+
+    def _put_part(self, number: int, data: bytes) -> str:
+        store = self._store
+        answer = store.client.upload_part(
+            Bucket=store.bucket,
+            Key=store._key(self._key),
+            UploadId=self._mpu,
+            PartNumber=number,
+            Body=data,
+            ContentLength=len(data),
+        )
+        return str(answer["ETag"])
+
+    def _upload_part(self, data: bytes) -> None:
+        """Upload the next part now (the last one of a request)."""
+        self._settle()
+        number = self._next_number()
+        if number > MAX_PARTS:
+            raise StorageError(f"upload {self._upload_id} exceeds {MAX_PARTS} parts")
+        self._start_multipart()
+        with _errors(f"upload part {number} of {self._upload_id}"):
+            etag = self._put_part(number, data)
+        self._parts.append((number, etag, len(data)))
 
     def close(self) -> str:
         """Upload what is buffered and return the new state (see ``s3_layout``)."""
@@ -521,6 +565,7 @@ class S3UploadWriter:
         self._closed = True
         if not self._wrote:
             return self._recorded.dump()
+        self._settle()
         rest = bytes(self._buffer)
         self._buffer.clear()
         complete = self._hasher is not None and self._hasher.hexdigest() == self._digest.partition(":")[2]
@@ -550,6 +595,9 @@ class S3UploadWriter:
         ).dump()
 
     def abort(self) -> None:
-        """Forget the buffer; parts already sent are not in any recorded state."""
+        """Forget the buffer; parts already sent (or in flight) are not in any recorded state."""
         self._closed = True
         self._buffer.clear()
+        if self._pending is not None:
+            self._pending[2].cancel()  # one already travelling finishes unrecorded, like any sent part
+            self._pending = None

@@ -11,6 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from dockyard.db import Database
+from dockyard.events import cursors
+from dockyard.events.cursors import SET_ASIDE
 from dockyard.events.models import event_cursors
 from dockyard.events.queue import DEAD, QUEUED, RUNNING, SUCCEEDED, JobService, enqueue
 from dockyard.events.runtime import Runtime
@@ -225,6 +227,53 @@ def test_a_failing_consumer_keeps_its_cursor_and_its_writes_roll_back(dockyard, 
     assert runtime.consume() == 1
     assert attempts == [["a"], ["a"]]
     assert [job.payload for job in runtime.jobs.list()] == [{"tags": ["a"]}]
+
+
+def test_a_poison_event_is_set_aside_and_the_rest_flow(dockyard, clock):
+    """A handler that always fails on one event must not block every later event for good."""
+    runtime = make_runtime(dockyard.db, clock, consumer_attempts=3)
+    seen: list[str] = []
+    poisoned = {"bad"}
+
+    def handler(conn, events) -> int:
+        for event in events:
+            if event.tag in poisoned:
+                raise ValueError(f"cannot handle {event.tag}")
+        seen.extend(event.tag for event in events)
+        return len(events)
+
+    runtime.consumer("picky", handler)
+    for tag in ("a", "bad", "c", "d"):
+        record(dockyard.db, dockyard.events, "team/app", tag)
+    for _ in range(10):
+        runtime.consume()
+    assert seen == ["a", "c", "d"]
+    dead = runtime.jobs.list(status="dead")
+    assert [job.kind for job in dead] == [SET_ASIDE]
+    assert dead[0].payload["consumer"] == "picky"
+    assert "cannot handle bad" in (dead[0].last_error or "")
+    # Fixed (here: the handler accepts it now), the operator retries the dead job: the event is replayed.
+    poisoned.clear()
+    assert runtime.jobs.retry(dead[0].id)
+    assert runtime.run_jobs() == 1
+    assert seen == ["a", "c", "d", "bad"]
+    assert runtime.jobs.list(status="dead") == []
+
+
+def test_database_errors_never_set_an_event_aside(dockyard, clock, monkeypatch):
+    runtime = make_runtime(dockyard.db, clock, consumer_attempts=2)
+    runtime.consumer("patient", lambda conn, events: len(events))
+    record(dockyard.db, dockyard.events, "team/app", "a")
+
+    def outage(*args, **kwargs):
+        raise sa.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("database down"))
+
+    monkeypatch.setattr(cursors, "pending", outage)
+    for _ in range(5):
+        assert runtime.consume() == 0
+    monkeypatch.undo()
+    assert runtime.consume() == 1
+    assert runtime.jobs.list(status="dead") == []
 
 
 #: PostgreSQL only: SQLite has one writer, so neither a second consumer nor a late commit can interleave.

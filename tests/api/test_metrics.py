@@ -19,6 +19,21 @@ from tests.support.registry import push_image
 MANIFEST_ROUTE = "/v2/{name}/manifests/{reference}"
 
 
+@pytest.fixture
+def settings(settings):
+    """Fresh state at every scrape, so a test sees what it just changed."""
+    return settings.model_copy(update={"metrics_state_seconds": 0})
+
+
+def test_state_is_read_once_per_window_however_many_scrapes(dockyard, statements):
+    metrics = Metrics(dockyard.db, state_seconds=60)
+    first = list(metrics.state.collect())
+    statements.clear()
+    for _ in range(20):
+        assert [m.name for m in metrics.state.collect()] == [m.name for m in first]
+    assert statements == []
+
+
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of an exposition, keyed by name and label set."""
     return {

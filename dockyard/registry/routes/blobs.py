@@ -95,6 +95,9 @@ class BlobRoutes:
         span = byte_range(request, blob.size)
         source = self.blobs.source(blob) if self.blobs.local else await run_sync(self.blobs.source, blob)
         if isinstance(source, Redirect):
+            # The URL expires and carries a grant: no cache may replay it (the bytes are immutable,
+            # the way to them is not).
+            headers["Cache-Control"] = "no-store"
             return Response(status_code=307, headers={**headers, "Location": source.url})
         if span is None and isinstance(source, LocalFile) and "range" not in request.headers:
             try:

@@ -34,7 +34,7 @@ from dockyard.oci.resumable import HashStateError, ResumableHash
 from dockyard.registry.models import uploads
 from dockyard.registry.services.common import BlobInfo, UploadState, ensure_repository, link_blob
 from dockyard.registry.services.digests import HasherCache
-from dockyard.storage import BlobStore
+from dockyard.storage import BlobStore, UploadLost, UploadWriter
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class UploadService:
             else:
                 hasher = self._hasher_at(upload_id, recorded)
                 hasher.update(data)
-            writer = self._store.open_upload(upload_id, recorded.store_state, recorded.size)
+            writer = self._open(upload_id, recorded)
             try:
                 writer.write(data)
                 state = writer.close()
@@ -294,7 +294,10 @@ class UploadService:
             raise
         try:
             self._verify(digest, algorithm, hasher)
-            location = self._store.commit_upload(upload_id, state, digest, size)
+            try:
+                location = self._store.commit_upload(upload_id, state, digest, size)
+            except UploadLost:
+                raise _LostDigest(upload_id, state) from None
         except RegistryError:
             self._drop_session(upload_id, state)
             raise
@@ -535,9 +538,7 @@ class UploadService:
                         ErrorCode.SIZE_INVALID, f"chunk is longer than the declared {expected} bytes"
                     )
                 if writer is None:
-                    writer = self._store.open_upload(
-                        upload_id, recorded.store_state, recorded.size, digest=digest
-                    )
+                    writer = self._open(upload_id, recorded, digest)
                 writer.write(chunk)
                 hasher.update(chunk)
                 if token is not None and time.monotonic() > next_renewal:
@@ -553,6 +554,18 @@ class UploadService:
                 writer.abort()
             raise
         return recorded.size + received, state
+
+    def _open(self, upload_id: str, recorded: _Recorded, digest: str | None = None) -> UploadWriter:
+        """The store's writer after the recorded bytes; _LostDigest when the store lost them.
+
+        That happens after a crash between the store's commit and its record (the bytes moved
+        to the blob's place): the session is dropped, never completed from what the store has.
+        """
+        try:
+            return self._store.open_upload(upload_id, recorded.store_state, recorded.size, digest=digest)
+        except UploadLost:
+            log.warning("upload %s lost its recorded bytes in the store; dropping it", upload_id)
+            raise _LostDigest(upload_id, recorded.store_state) from None
 
     @staticmethod
     def _verify(digest: str, algorithm: str, hasher: ResumableHash) -> None:

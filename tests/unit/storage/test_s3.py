@@ -97,6 +97,36 @@ def test_a_large_monolithic_upload_is_four_requests(s3):
     assert b"".join(s3.read(digest, 8 * MIB - 2, 4)) == DATA[8 * MIB - 2 : 8 * MIB + 2]
 
 
+def test_parts_sent_while_the_request_goes_on_are_recorded_in_order(s3):
+    """Full parts travel in the background (one at a time) while the next bytes arrive."""
+    data = (DATA * 3)[: 30 * MIB]  # three full 8 MiB parts and a 6 MiB rest
+    digest = sha256(data)
+    state = _write(s3, "three", None, 0, data, digest=digest)
+    parts = json.loads(state)["parts"]
+    assert [part[0] for part in parts] == [1, 2, 3, 4]
+    assert [part[2] for part in parts] == [8 * MIB, 8 * MIB, 8 * MIB, 6 * MIB]
+    assert s3.commit_upload("three", state, digest, len(data)) is None
+    assert b"".join(s3.read(digest)) == data
+
+
+def test_a_part_failing_in_the_background_fails_the_request(s3):
+    data = DATA * 2  # 24 MiB: parts 1 and 2 are sent while the request goes on
+    writer = s3.open_upload("refused", None, 0)
+
+    def send() -> None:
+        for start in range(0, len(data), MIB):
+            writer.write(data[start : start + MIB])
+        writer.close()
+
+    with (
+        failing_once(s3, "UploadPart", "AccessDenied", 403),
+        pytest.raises(StorageError, match="AccessDenied"),
+    ):
+        send()
+    writer.abort()
+    assert s3.stat(sha256(data)) is None
+
+
 def test_a_known_digest_with_other_data_never_reaches_the_digests_place(s3):
     digest = sha256(b"promised")
     state = _write(s3, "liar", None, 0, b"delivered", digest=digest)
