@@ -105,12 +105,13 @@ class Nginx:
         return self
 
     def requests(self) -> list[Proxied]:
-        """Every request nginx has logged so far, in order (nginx writes a line as each one ends)."""
+        """Every request nginx has passed to a node so far, in order (logged as each one ends)."""
         path = self.root / "access.log"
         found = []
         for line in path.read_text().splitlines() if path.exists() else []:
             match = _NGINX_LINE.match(line)
-            if match:
+            # "-": answered by nginx itself (skopeo first tries TLS on the plain port: a 400)
+            if match and match["upstream"] != "-":
                 # a request retried on the next node logs "A, B": the node that answered is the last
                 upstream = match["upstream"].split(",")[-1].strip()
                 found.append(Proxied(upstream, match["method"], match["target"], int(match["status"])))
