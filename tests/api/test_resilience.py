@@ -41,7 +41,7 @@ def test_interrupted_chunk_is_not_recorded_and_the_upload_resumes(dockyard):
     assert uploads.status("team/app", state.id).size == 1000
     uploads.append("team/app", state.id, iter([DATA[1000:]]), content_range=(1000, len(DATA) - 1))
     blob = uploads.complete("team/app", state.id, sha256(DATA), iter([]))
-    assert b"".join(dockyard.registry.blobs.read(blob.digest)) == DATA
+    assert b"".join(dockyard.registry.blobs.open(blob)) == DATA
 
 
 def test_interrupted_monolithic_upload_leaves_nothing(dockyard):
@@ -71,7 +71,7 @@ def test_wrong_content_for_an_existing_digest_cannot_overwrite_it(dockyard):
     uploads.append("team/app", state.id, iter([b"evil" * 100]))
     with pytest.raises(RegistryError):
         uploads.complete("team/app", state.id, good.digest, iter([]))
-    assert b"".join(dockyard.registry.blobs.read(good.digest)) == DATA
+    assert b"".join(dockyard.registry.blobs.open(good)) == DATA
 
 
 def test_failure_while_committing_to_storage_records_nothing(dockyard, monkeypatch):
@@ -116,7 +116,7 @@ def test_a_second_writer_is_refused_while_one_is_streaming(dockyard):
         first.join(10)
     assert uploads.status("team/app", state.id).size == 200
     blob = uploads.complete("team/app", state.id, sha256(DATA[:200]), iter([]))
-    assert b"".join(dockyard.registry.blobs.read(blob.digest)) == DATA[:200]
+    assert b"".join(dockyard.registry.blobs.open(blob)) == DATA[:200]
 
 
 def test_a_stale_lease_can_be_taken_over(dockyard):

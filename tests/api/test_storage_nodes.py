@@ -268,12 +268,14 @@ def test_a_second_copy_of_a_blob_at_another_location_is_deleted(node):
     assert isinstance(parts.store.source(blob.digest, location=blob.location), LocalFile)
 
 
-def test_a_missing_blob_file_is_blob_unknown(client, dockyard, settings):
+def test_a_missing_blob_file_is_blob_unknown(client, dockyard):
     location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
     assert client.put(location, params={"digest": sha256(b"gone")}, content=b"gone").status_code == 201
     assert dockyard.store.delete(sha256(b"gone"))
-    answer = client.get(f"/v2/team/app/blobs/{sha256(b'gone')}")
-    assert answer.status_code == 404
-    assert error_codes(answer) == ["BLOB_UNKNOWN"]
+    url = f"/v2/team/app/blobs/{sha256(b'gone')}"
+    for headers in ({}, {"Range": "bytes=1-2"}):  # whole (sent as a file, or streamed) and ranged
+        answer = client.get(url, headers=headers)
+        assert answer.status_code == 404, headers
+        assert error_codes(answer) == ["BLOB_UNKNOWN"]
     with pytest.raises(StorageError):
         b"".join(dockyard.store.read(sha256(b"gone")))
