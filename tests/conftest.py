@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import boto3.session
 import pytest
 import sqlalchemy as sa
 from starlette.applications import Starlette
@@ -154,8 +155,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def boto3_session() -> boto3.session.Session:
+    """One boto3 session whose loaded service models every test's S3 store reuses."""
+    return boto3.session.Session()
+
+
 @pytest.fixture
-def store_settings(request: pytest.FixtureRequest) -> dict[str, str]:
+def store_settings(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Settings for the test's blob store: a fresh prefix of the session's S3 bucket or Azure
     container, or nothing (the filesystem under the test's data_dir)."""
     backend = backend_of(request.node)
@@ -163,6 +170,10 @@ def store_settings(request: pytest.FixtureRequest) -> dict[str, str]:
     prefix = f"api-{secrets.token_hex(6)}"
     if store == "s3":
         s3: SeaweedS3 = request.getfixturevalue("seaweedfs")
+        # A new boto3 session parses botocore's JSON models again (~0.5 s per store built);
+        # stores are built one at a time, so they can share one session's loader.
+        shared = request.getfixturevalue("boto3_session")
+        monkeypatch.setattr(boto3.session, "Session", lambda: shared)
         return {
             "storage": f"s3://{s3.bucket}/{prefix}",
             "s3_endpoint_url": s3.endpoint_url,
