@@ -532,22 +532,25 @@ def test_refused_floods_that_should_not_write(app, dockyard, statements):
     """REFUSED. Attack: floods meant to make the database write per request: garbage refresh tokens
     at the refresh grant and at exchange, NULL-GUID logins with garbage, made-up kids, and also
     valid sign-ins issuing tokens and exchanges (audited in aggregate). No INSERT/UPDATE/DELETE."""
-    attacker = TestClient(app, client=("203.0.113.9", 40000)).__enter__()
-    user = TestClient(app, client=("192.0.2.10", 40000)).__enter__()
-    identity = access_token(user, ADMIN)
-    statements.clear()
-    for n in range(20):
-        attacker.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": f"x{n}"})
-        exchange(attacker, "refresh_token", refresh_token=f"x{n}")
-        exchange(attacker, "access_token", access_token=f"y{n}")
-    for _ in range(5):
-        assert attacker.get("/v2/", headers=basic(NULL_GUID, "garbage")).status_code in (401, 429)
-    for _ in range(20):
-        assert (
-            user.get("/oauth2/token", params={"scope": "repository:a:pull"}, headers=ADMIN).status_code == 200
-        )
-        assert exchange(user, "access_token", access_token=identity).status_code == 200
-    assert writes(statements) == []
+    with (
+        TestClient(app, client=("203.0.113.9", 40000)) as attacker,
+        TestClient(app, client=("192.0.2.10", 40000)) as user,
+    ):
+        identity = access_token(user, ADMIN)
+        statements.clear()
+        for n in range(20):
+            attacker.post("/oauth2/token", data={"grant_type": "refresh_token", "refresh_token": f"x{n}"})
+            exchange(attacker, "refresh_token", refresh_token=f"x{n}")
+            exchange(attacker, "access_token", access_token=f"y{n}")
+        for _ in range(5):
+            assert attacker.get("/v2/", headers=basic(NULL_GUID, "garbage")).status_code in (401, 429)
+        for _ in range(20):
+            assert (
+                user.get("/oauth2/token", params={"scope": "repository:a:pull"}, headers=ADMIN).status_code
+                == 200
+            )
+            assert exchange(user, "access_token", access_token=identity).status_code == 200
+        assert writes(statements) == []
 
 
 def test_refused_audit_aggregator_overflow(dockyard):

@@ -121,6 +121,7 @@ class GuardedStore:
 def node(settings, monkeypatch) -> Iterator:
     """Builds extra app instances (nodes) on the test's database and blob store."""
     built: list[Dockyard] = []
+    clients: list[TestClient] = []
 
     def make(store_options=None, **setting_changes) -> tuple[TestClient, Dockyard, GuardedStore]:
         node_settings = settings.model_copy(update=setting_changes)
@@ -132,9 +133,12 @@ def node(settings, monkeypatch) -> Iterator:
         bootstrap(node_settings, parts.access)
         built.append(parts)
         client = TestClient(create_app(node_settings, parts, background_jobs=False), headers=ADMIN)
+        clients.append(client)
         return client.__enter__(), parts, store
 
     yield make
+    for client in clients:
+        client.__exit__(None, None, None)
     for parts in built:
         parts.db.dispose()
 
