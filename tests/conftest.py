@@ -1,14 +1,16 @@
-"""Fixtures shared by every test: databases (SQLite and a real PostgreSQL), settings, apps, clients."""
+"""Fixtures shared by every test: databases (SQLite, a real PostgreSQL), blob stores, settings, apps."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import boto3.session
 import pytest
 import sqlalchemy as sa
 from starlette.applications import Starlette
@@ -24,8 +26,58 @@ from tests.support.azurite import Azurite, azurite_server
 from tests.support.postgres import private_cluster
 from tests.support.seaweedfs import SeaweedS3, seaweedfs_server
 
-#: Which database engines the API suite runs on; CI runs both. Narrow it only for a quick local run.
-BACKENDS = [b for b in os.environ.get("DOCKYARD_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
+ENGINES = ("sqlite", "postgresql")
+STORES = ("filesystem", "s3", "azure")
+#: The combinations the API suite runs on: ``<engine>`` (filesystem store) or ``<engine>-<store>``.
+#: CI runs the default; narrow DOCKYARD_TEST_BACKENDS only for a quick local run.
+DEFAULT_BACKENDS = "sqlite,postgresql,sqlite-s3,sqlite-azure"
+
+
+def split_backend(name: str) -> tuple[str, str]:
+    """``"postgresql-azure"`` → ``("postgresql", "azure")``; a bare engine uses the filesystem."""
+    engine, _, store = name.partition("-")
+    store = store or "filesystem"
+    if engine not in ENGINES or store not in STORES:
+        raise pytest.UsageError(
+            f"DOCKYARD_TEST_BACKENDS: unknown combination {name!r} "
+            f"(an engine of {ENGINES}, optionally -s3 or -azure)"
+        )
+    return engine, store
+
+
+BACKENDS = [
+    b.strip() for b in os.environ.get("DOCKYARD_TEST_BACKENDS", DEFAULT_BACKENDS).split(",") if b.strip()
+]
+for _backend in BACKENDS:
+    split_backend(_backend)
+
+
+def backend_of(item: pytest.Item) -> str | None:
+    """The combination a test runs on (its ``database_url`` parameter), None if it has none."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("database_url") if callspec is not None else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (reported, never skipped) object-store runs of tests that cannot use them.
+
+    Those are tests marked ``filesystem_only`` and tests that never build ``settings`` (so
+    never a blob store): on an object store they would only repeat the filesystem run.
+    """
+    kept: list[pytest.Item] = []
+    deselected: list[pytest.Item] = []
+    for item in items:
+        backend = backend_of(item)
+        on_object_store = backend is not None and split_backend(backend)[1] != "filesystem"
+        if on_object_store and (
+            item.get_closest_marker("filesystem_only") or "settings" not in item.fixturenames
+        ):
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.fixture(autouse=True)
@@ -91,8 +143,10 @@ def _truncate_all(url: str) -> None:
 
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty, migrated database on each configured engine."""
-    if request.param == "sqlite":
+    """An empty, migrated database on each configured engine (the store half of the name is
+    ``store_settings``' business)."""
+    engine, _ = split_backend(request.param)
+    if engine == "sqlite":
         target = tmp_path / "dockyard.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), target)
         return f"sqlite:///{target}"
@@ -101,8 +155,43 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def boto3_session() -> boto3.session.Session:
+    """One boto3 session whose loaded service models every test's S3 store reuses."""
+    return boto3.session.Session()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def store_settings(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings for the test's blob store: a fresh prefix of the session's S3 bucket or Azure
+    container, or nothing (the filesystem under the test's data_dir)."""
+    backend = backend_of(request.node)
+    store = split_backend(backend)[1] if backend else "filesystem"
+    prefix = f"api-{secrets.token_hex(6)}"
+    if store == "s3":
+        s3: SeaweedS3 = request.getfixturevalue("seaweedfs")
+        # A new boto3 session parses botocore's JSON models again (~0.5 s per store built);
+        # stores are built one at a time, so they can share one session's loader.
+        shared = request.getfixturevalue("boto3_session")
+        monkeypatch.setattr(boto3.session, "Session", lambda: shared)
+        return {
+            "storage": f"s3://{s3.bucket}/{prefix}",
+            "s3_endpoint_url": s3.endpoint_url,
+            "s3_region": s3.region,
+            "s3_access_key_id": s3.access_key_id,
+            "s3_secret_access_key": s3.secret_access_key,
+        }
+    if store == "azure":
+        azure: Azurite = request.getfixturevalue("azurite")
+        return {
+            "storage": f"azure://{azure.container}/{prefix}",
+            "azure_connection_string": azure.connection_string(),
+        }
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, store_settings: dict[str, str]) -> Settings:
     return Settings.model_validate(
         {
             "data_dir": tmp_path / "data",
@@ -110,6 +199,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
             "access_log": False,
             "db_pool_size": 8,
             "admin_password": ADMIN_PASSWORD,
+            **store_settings,
         }
     )
 

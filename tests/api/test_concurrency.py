@@ -41,7 +41,7 @@ def test_same_blob_pushed_concurrently(settings, dockyard):
     assert _run(settings, WORKERS, push) == [digest] * WORKERS
     info = dockyard.registry.blobs.stat("team/app", digest)
     assert info.size == len(DATA)
-    assert b"".join(dockyard.registry.blobs.read(digest)) == DATA
+    assert b"".join(dockyard.registry.blobs.open(info)) == DATA
     with dockyard.db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(blobs)).scalar_one() == 1
 

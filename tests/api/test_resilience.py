@@ -17,6 +17,7 @@ from tests.support.auth import ADMIN
 from tests.support.images import sha256
 from tests.support.registry import error_codes, push_blob
 from tests.support.small_filesystem import SmallFilesystem, small_filesystem
+from tests.support.stores import stored_blobs, upload_leftovers
 
 DATA = bytes(range(256)) * 1024  # 256 KiB
 MiB = 1024 * 1024
@@ -40,15 +41,16 @@ def test_interrupted_chunk_is_not_recorded_and_the_upload_resumes(dockyard):
     assert uploads.status("team/app", state.id).size == 1000
     uploads.append("team/app", state.id, iter([DATA[1000:]]), content_range=(1000, len(DATA) - 1))
     blob = uploads.complete("team/app", state.id, sha256(DATA), iter([]))
-    assert b"".join(dockyard.registry.blobs.read(blob.digest)) == DATA
+    assert b"".join(dockyard.registry.blobs.open(blob)) == DATA
 
 
-def test_interrupted_monolithic_upload_leaves_nothing(dockyard, settings):
+def test_interrupted_monolithic_upload_leaves_nothing(dockyard):
     with pytest.raises(Disconnect):
         dockyard.registry.uploads.upload_whole("team/app", sha256(DATA), broken_body(DATA[:10_000]))
     with pytest.raises(RegistryError):
         dockyard.registry.blobs.stat("team/app", sha256(DATA))
-    assert list((settings.storage_path / "uploads").iterdir()) == []
+    assert stored_blobs(dockyard.store) == []
+    assert upload_leftovers(dockyard.store) == 0
 
 
 def test_short_body_is_size_invalid(dockyard):
@@ -69,7 +71,7 @@ def test_wrong_content_for_an_existing_digest_cannot_overwrite_it(dockyard):
     uploads.append("team/app", state.id, iter([b"evil" * 100]))
     with pytest.raises(RegistryError):
         uploads.complete("team/app", state.id, good.digest, iter([]))
-    assert b"".join(dockyard.registry.blobs.read(good.digest)) == DATA
+    assert b"".join(dockyard.registry.blobs.open(good)) == DATA
 
 
 def test_failure_while_committing_to_storage_records_nothing(dockyard, monkeypatch):
@@ -114,7 +116,7 @@ def test_a_second_writer_is_refused_while_one_is_streaming(dockyard):
         first.join(10)
     assert uploads.status("team/app", state.id).size == 200
     blob = uploads.complete("team/app", state.id, sha256(DATA[:200]), iter([]))
-    assert b"".join(dockyard.registry.blobs.read(blob.digest)) == DATA[:200]
+    assert b"".join(dockyard.registry.blobs.open(blob)) == DATA[:200]
 
 
 def test_a_stale_lease_can_be_taken_over(dockyard):
@@ -133,26 +135,27 @@ def test_a_stale_lease_can_be_taken_over(dockyard):
     assert uploads.append("team/app", state.id, iter([b"abc"])).size == 3
 
 
-def test_expire_removes_idle_sessions_and_orphaned_data(dockyard, settings):
+def test_expire_removes_idle_sessions_and_orphaned_data(dockyard):
     uploads = dockyard.registry.uploads
     idle = uploads.start("team/app")
     uploads.append("team/app", idle.id, iter([b"idle"]))
     fresh = uploads.start("team/app")
-    orphan = settings.storage_path / "uploads" / "orphan-from-a-crash"
-    orphan.write_bytes(b"partial")
+    orphan = dockyard.store.open_upload("orphan-from-a-crash", None, 0)  # written, never recorded
+    orphan.write(b"partial")
+    orphan.close()
     assert uploads.expire(now=utcnow()) == 0
     later = utcnow() + timedelta(days=2)
-    assert uploads.expire(now=later) == 3
+    assert uploads.expire(now=later) == 3  # the two sessions and the orphan
     with pytest.raises(RegistryError):
         uploads.status("team/app", idle.id)
     with pytest.raises(RegistryError):
         uploads.status("team/app", fresh.id)
-    assert not orphan.exists()
-    assert list((settings.storage_path / "uploads").iterdir()) == []
+    assert upload_leftovers(dockyard.store) == 0
 
 
 @pytest.fixture
 def small_disk(tmp_path, monkeypatch):
+    """An 8 MiB filesystem (its tests are ``filesystem_only``; the object stores' suites test quotas)."""
     with small_filesystem(tmp_path / "small", 8 * MiB, monkeypatch) as space:
         yield space
 
@@ -174,6 +177,7 @@ def _storage_full(response):
     assert "storage is full" in response.json()["errors"][0]["message"]
 
 
+@pytest.mark.filesystem_only
 def test_a_push_that_does_not_fit_is_507_leaves_nothing_and_can_be_retried(
     small_disk: SmallFilesystem, small_disk_client, caplog
 ):

@@ -1,8 +1,9 @@
 """The registry on the object-shaped BlobStore: uploads that move between nodes, remote stores, redirects.
 
-``GuardedStore`` wraps the filesystem driver to act like an object store: it can refuse to
-be read, hand out locations and redirects, and records every call made while a database
-transaction was open on the calling thread (there must be none on a non-local store).
+``GuardedStore`` wraps the test's blob store (filesystem, S3 or Azure) to act like an object
+store: it can refuse to be read, hand out locations and redirects, and records every call made
+while a database transaction was open on the calling thread (there must be none on a non-local
+store).
 """
 
 from __future__ import annotations
@@ -18,22 +19,25 @@ import dockyard.app
 from dockyard.access.services import bootstrap
 from dockyard.app import Dockyard, build, create_app
 from dockyard.registry.models import blobs, uploads
-from dockyard.storage import LocalFile, Redirect, StorageError
-from dockyard.storage.filesystem import FilesystemBlobStore
+from dockyard.storage import BlobStore, LocalFile, Redirect, StorageError
+from dockyard.storage.factory import create_blob_store
 from tests.support.auth import ADMIN
 from tests.support.images import make_image, sha256
 from tests.support.registry import error_codes, push_image
+from tests.support.stores import upload_leftovers
 
 MiB = 1024 * 1024
 DATA = bytes(range(256)) * (5 * MiB // 256 + 7)  # 5 MiB and a bit
 
 
-class GuardedStore(FilesystemBlobStore):
-    """The filesystem driver dressed up as an object store for tests."""
+class GuardedStore:
+    """The test's own blob store (any driver), dressed up for tests: it can pretend to be remote,
+    refuse reads, hand out redirects and (filesystem only) locations, and it records every call
+    made while a database transaction was open on the calling thread."""
 
-    def __init__(self, root, *, local=True, readable=True, redirect_to=None, locations=False):
-        super().__init__(root)
-        self.local = local
+    def __init__(self, inner: BlobStore, *, local=None, readable=True, redirect_to=None, locations=False):
+        self.inner = inner
+        self.local = inner.local if local is None else local
         self.readable = readable
         self.redirect_to = redirect_to
         self.locations = locations
@@ -57,11 +61,15 @@ class GuardedStore(FilesystemBlobStore):
         if getattr(self.in_transaction, "open", False):
             self.calls_in_transactions.append(name)
 
+    def stat(self, digest, *, location=None):
+        self._called("stat")
+        return self.inner.stat(digest, location=self._real(location))
+
     def read(self, digest, offset=0, length=None, *, location=None):
         self._called("read")
         if not self.readable:
             raise AssertionError("this node must not read blob data")
-        return super().read(digest, offset, length, location=location)
+        return self.inner.read(digest, offset, length, location=self._real(location))
 
     def source(self, digest, *, location=None, redirect=False, expires=1200):
         self._called("source")
@@ -69,41 +77,55 @@ class GuardedStore(FilesystemBlobStore):
             raise AssertionError("this node must not read blob data")
         if redirect and self.redirect_to:
             return Redirect(f"{self.redirect_to}/{digest}?expires={expires}")
-        return None if not self.local else super().source(digest, location=location)
+        if not self.local:
+            return None
+        return self.inner.source(digest, location=self._real(location))
 
     def put(self, digest, data):
         self._called("put")
-        super().put(digest, data)
+        self.inner.put(digest, data)
 
     def delete(self, digest, *, location=None):
         self._called("delete")
         self.deleted.append((digest, location))
-        return location is None and super().delete(digest)
+        if self.locations and location is not None:
+            return False  # a made-up location: nothing to delete
+        return self.inner.delete(digest, location=location)
+
+    def list_blobs(self, cursor=None, limit=1000):
+        return self.inner.list_blobs(cursor, limit)
 
     def open_upload(self, upload_id, state, size, *, digest=None):
         self._called("open_upload")
         self.opened_with_digest.append(digest)
-        return super().open_upload(upload_id, state, size, digest=digest)
+        return self.inner.open_upload(upload_id, state, size, digest=digest)
 
     def commit_upload(self, upload_id, state, digest, size):
         self._called("commit_upload")
-        super().commit_upload(upload_id, state, digest, size)
-        return f"objects/{upload_id}" if self.locations else None
+        location = self.inner.commit_upload(upload_id, state, digest, size)
+        return f"objects/{upload_id}" if self.locations else location
 
     def abort_upload(self, upload_id, state):
         self._called("abort_upload")
-        super().abort_upload(upload_id, state)
+        self.inner.abort_upload(upload_id, state)
+
+    def expire_uploads(self, older_than, is_live):
+        self._called("expire_uploads")
+        return self.inner.expire_uploads(older_than, is_live)
+
+    def _real(self, location):
+        return None if self.locations else location
 
 
 @pytest.fixture
 def node(settings, monkeypatch) -> Iterator:
-    """Builds extra app instances (nodes) on the test's database and storage folder."""
+    """Builds extra app instances (nodes) on the test's database and blob store."""
     built: list[Dockyard] = []
     clients: list[TestClient] = []
 
     def make(store_options=None, **setting_changes) -> tuple[TestClient, Dockyard, GuardedStore]:
         node_settings = settings.model_copy(update=setting_changes)
-        store = GuardedStore(settings.storage_path, **(store_options or {}))
+        store = GuardedStore(create_blob_store(settings), **(store_options or {}))
         monkeypatch.setattr(dockyard.app, "create_blob_store", lambda _settings: store)
         parts = build(node_settings)
         monkeypatch.undo()
@@ -156,7 +178,7 @@ def test_a_wrong_digest_is_still_caught_on_another_node(client, node):
     assert error_codes(wrong) == ["DIGEST_INVALID"]
 
 
-def test_a_session_without_a_hash_state_is_dropped_never_misverified(client, dockyard, node, settings):
+def test_a_session_without_a_hash_state_is_dropped_never_misverified(client, dockyard, node):
     other, _, _ = node()
     location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
     assert client.patch(location, content=DATA[:3000]).status_code == 202
@@ -166,7 +188,7 @@ def test_a_session_without_a_hash_state_is_dropped_never_misverified(client, doc
     assert refused.status_code == 404
     assert error_codes(refused) == ["BLOB_UPLOAD_UNKNOWN"]
     assert other.get(location).status_code == 404
-    assert list((settings.storage_path / "uploads").iterdir()) == []
+    assert upload_leftovers(dockyard.store) == 0
     assert client.get(f"/v2/team/app/blobs/{sha256(DATA[:3000])}").status_code == 404
 
 
@@ -230,6 +252,8 @@ def test_a_remote_store_is_never_called_inside_a_transaction(node):
     assert store.calls_in_transactions == []
 
 
+# Made-up locations over the filesystem; the object stores' real locations: tests/unit/storage.
+@pytest.mark.filesystem_only
 def test_a_second_copy_of_a_blob_at_another_location_is_deleted(node):
     client, parts, store = node({"locations": True})
     first_location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
@@ -248,12 +272,14 @@ def test_a_second_copy_of_a_blob_at_another_location_is_deleted(node):
     assert isinstance(parts.store.source(blob.digest, location=blob.location), LocalFile)
 
 
-def test_a_missing_blob_file_is_blob_unknown(client, dockyard, settings):
+def test_a_missing_blob_file_is_blob_unknown(client, dockyard):
     location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
     assert client.put(location, params={"digest": sha256(b"gone")}, content=b"gone").status_code == 201
     assert dockyard.store.delete(sha256(b"gone"))
-    answer = client.get(f"/v2/team/app/blobs/{sha256(b'gone')}")
-    assert answer.status_code == 404
-    assert error_codes(answer) == ["BLOB_UNKNOWN"]
+    url = f"/v2/team/app/blobs/{sha256(b'gone')}"
+    for headers in ({}, {"Range": "bytes=1-2"}):  # whole (sent as a file, or streamed) and ranged
+        answer = client.get(url, headers=headers)
+        assert answer.status_code == 404, headers
+        assert error_codes(answer) == ["BLOB_UNKNOWN"]
     with pytest.raises(StorageError):
         b"".join(dockyard.store.read(sha256(b"gone")))

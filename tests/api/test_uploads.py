@@ -7,6 +7,7 @@ import pytest
 from tests.support.auth import ADMIN
 from tests.support.images import sha256
 from tests.support.registry import error_codes, push_blob
+from tests.support.stores import stored_blobs, upload_leftovers
 
 DATA = bytes(range(256)) * 40  # 10 KiB
 
@@ -39,14 +40,15 @@ def test_single_post_with_digest_uploads_monolithically(client):
     assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
 
 
-def test_single_post_with_wrong_digest_stores_nothing(client, settings):
+def test_single_post_with_wrong_digest_stores_nothing(client, dockyard):
     wrong = sha256(b"something else")
     response = client.post("/v2/team/app/blobs/uploads/", params={"digest": wrong}, content=DATA)
     assert response.status_code == 400
     assert error_codes(response) == ["DIGEST_INVALID"]
     assert client.head(f"/v2/team/app/blobs/{wrong}").status_code == 404
     assert client.head(f"/v2/team/app/blobs/{sha256(DATA)}").status_code == 404
-    assert list((settings.storage_path / "uploads").iterdir()) == []
+    assert stored_blobs(dockyard.store) == []
+    assert upload_leftovers(dockyard.store) == 0
 
 
 def test_put_with_wrong_digest_fails_and_ends_the_session(client):
@@ -248,12 +250,13 @@ def test_mount_with_invalid_source_name(client):
     assert error_codes(response) == ["NAME_INVALID"]
 
 
-def test_put_in_one_request_ends_the_session_and_leaves_no_upload_data(client, settings):
+def test_put_in_one_request_ends_the_session_and_leaves_no_upload_data(client, dockyard):
     location = start(client).headers["location"]
     assert client.put(location, params={"digest": sha256(DATA)}, content=DATA).status_code == 201
     assert client.get(location).status_code == 404  # the session ended with the blob's link
     assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
-    assert list((settings.storage_path / "uploads").iterdir()) == []
+    assert [blob.size for blob in stored_blobs(dockyard.store)] == [len(DATA)]
+    assert upload_leftovers(dockyard.store) == 0
 
 
 def test_closing_put_whose_chunk_alone_has_the_digest_still_verifies_the_whole_upload(client):

@@ -115,7 +115,7 @@ class BlobRoutes:
         if span is not None:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
-        chunks = self.blobs.read(blob.digest, start, length, location=blob.location)
+        chunks = await run_sync(self.blobs.open, blob, start, length)
         return StreamingResponse(
             chunks, status_code=status, headers=headers, media_type="application/octet-stream"
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
@@ -13,7 +15,9 @@ from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, repository_blobs
 from dockyard.registry.services.common import BlobInfo, ensure_repository, link_blob, require_repository
-from dockyard.storage import BlobSource, BlobStore
+from dockyard.storage import BlobSource, BlobStore, StorageError
+
+log = logging.getLogger(__name__)
 
 #: The hot lookup, built once: a blob's size and location if the repository has it.
 BLOB_SIZE = (
@@ -68,6 +72,22 @@ class BlobService:
     ) -> Iterator[bytes]:
         """The bytes of a blob ``stat`` found (at the ``location`` it reported), from ``offset``."""
         return self._store.read(digest, offset, length, location=location)
+
+    def open(self, blob: BlobInfo, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The bytes of a blob ``stat`` found, its first chunk already read (call it in a thread).
+
+        A blob the database records but the store no longer holds is BLOB_UNKNOWN here,
+        before an answer has started; other store failures stay StorageErrors.
+        """
+        chunks = self._store.read(blob.digest, offset, length, location=blob.location)
+        try:
+            first = next(chunks, None)
+        except StorageError:
+            if self._store.stat(blob.digest, location=blob.location) is not None:
+                raise
+            log.error("blob %s is recorded but missing from storage", blob.digest)
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage") from None
+        return chunks if first is None else itertools.chain([first], chunks)
 
     def source(self, blob: BlobInfo) -> BlobSource:
         """How to serve a blob ``stat`` found: a local file, a redirect (if enabled) or None to stream."""
