@@ -44,6 +44,12 @@ async def run_sync(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
 
 
+async def run_local(inline: bool, function: Callable[..., T], *args: Any) -> T:
+    """Call ``function`` on the event loop when ``inline`` (a cheap local lookup: cheaper than a
+    thread hop), else in a worker thread (it may wait on the network)."""
+    return function(*args) if inline else await run_sync(function, *args)
+
+
 async def run_with_body(request: Request, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``function(*args, body=<iterator of bytes>, **kwargs)`` in a thread, streaming the request.
 

@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import DELETE, PULL, PUSH
 from dockyard.access.policy import Policy
-from dockyard.asgi import content_length, error_response, read_body, run_sync, run_with_body
+from dockyard.asgi import content_length, error_response, read_body, run_local, run_sync, run_with_body
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_name
@@ -78,10 +78,7 @@ class BlobRoutes:
             return Response(status_code=202, headers=API_VERSION)
         blob = self.blobs.cached(name, digest)
         if blob is None:
-            if self.blobs.reads_inline:  # one local indexed lookup: cheaper than a thread hop
-                blob = self.blobs.stat(name, digest)
-            else:
-                blob = await run_sync(self.blobs.stat, name, digest)
+            blob = await run_local(self.blobs.reads_inline, self.blobs.stat, name, digest)
         headers = {
             **API_VERSION,
             "Docker-Content-Digest": blob.digest,
@@ -93,7 +90,7 @@ class BlobRoutes:
             headers["content-length"] = str(blob.size)
             return Response(b"", headers=headers, media_type="application/octet-stream")
         span = byte_range(request, blob.size)
-        source = self.blobs.source(blob) if self.blobs.local else await run_sync(self.blobs.source, blob)
+        source = await run_local(self.blobs.local, self.blobs.source, blob)
         if isinstance(source, Redirect):
             # The URL expires and carries a grant: no cache may replay it (the bytes are immutable,
             # the way to them is not).

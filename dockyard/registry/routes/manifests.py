@@ -8,7 +8,7 @@ from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import DELETE, PULL, PUSH, UNTAG, Need
 from dockyard.access.policy import Policy
-from dockyard.asgi import read_body, run_sync
+from dockyard.asgi import read_body, run_local, run_sync
 from dockyard.oci import mediatypes as mt
 from dockyard.oci.digest import is_digest
 from dockyard.oci.manifests import MAX_MANIFEST_SIZE
@@ -67,10 +67,7 @@ class ManifestRoutes:
         accept = accept_list(request)
         record = self.manifests.cached(name, reference, accept)
         if record is None:
-            if self.manifests.reads_inline:  # one local indexed lookup: cheaper than a thread hop
-                record = self.manifests.get(name, reference, accept)
-            else:
-                record = await run_sync(self.manifests.get, name, reference, accept)
+            record = await run_local(self.manifests.reads_inline, self.manifests.get, name, reference, accept)
         headers = {
             **API_VERSION,
             "Docker-Content-Digest": record.digest,

@@ -91,7 +91,7 @@ class RepositoryService:
     ) -> None:
         self._db = db
         self._events = events
-        self._cache = cache
+        self._cache = cache if cache is not None else ContentCache(0)
         self.catalog_page_size = catalog_page_size
         self._tag_lists: OrderedDict[str, tuple[tuple[int, int], tuple[str, ...]]] = OrderedDict()
         self._tag_lists_lock = threading.Lock()
@@ -333,7 +333,6 @@ class RepositoryService:
             return DeletedRepository([row.digest for row in deleted], tag_names)
 
         result = self._db.run_write(work)
-        if self._cache is not None:
-            self._cache.invalidate(repository)
+        self._cache.invalidate(repository)
         self._events.committed()
         return result
