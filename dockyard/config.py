@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = Field(
         None,
         description="Where worker processes share metric values; `dockyard serve` sets a fresh one "
-        "under <data_dir>/metrics.",
+        "in /dev/shm (never the data disk).",
     )
     upload_expiry_seconds: int = Field(
         24 * 3600, ge=60, description="Upload sessions idle this long are cancelled and their data removed."

@@ -193,7 +193,7 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
         from dockyard.observability import multiprocess
 
         if settings.metrics_dir is None:
-            created_metrics_dir = multiprocess.fresh_multiprocess_dir(settings.data_dir)
+            created_metrics_dir = multiprocess.fresh_multiprocess_dir()
             settings = settings.model_copy(update={"metrics_dir": created_metrics_dir})
         # Before any worker exists: prometheus_client picks its multiprocess mode at import.
         os.environ[multiprocess.ENV] = str(settings.metrics_dir)

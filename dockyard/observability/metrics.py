@@ -4,7 +4,7 @@ Request metrics are labelled by route *template* (``/v2/{name}/manifests/{refere
 and status, never by raw path, so the number of series stays bounded whatever clients send.
 
 `dockyard serve` runs several granian worker processes; each counts its own requests. With
-``Settings.metrics_dir`` set (`dockyard serve` sets it to a fresh ``<data_dir>/metrics/<pid>``
+``Settings.metrics_dir`` set (`dockyard serve` sets it to a fresh ``/dev/shm/dockyard-metrics-<pid>-<random>``
 and exports ``PROMETHEUS_MULTIPROC_DIR`` before the workers start), prometheus_client's
 multiprocess mode keeps every worker's values in memory-mapped files there, and a scrape —
 answered by whichever worker gets it — sums them. Without it (tests, embedded use) values live
