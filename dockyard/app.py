@@ -41,6 +41,7 @@ from dockyard.events import room as events_room
 from dockyard.events.queue import JobService
 from dockyard.events.runtime import Runtime
 from dockyard.events.services import EventService
+from dockyard.lifecycle import room as lifecycle_room
 from dockyard.observability.metrics import Metrics, MetricsRoutes
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry import room as registry_room
@@ -53,14 +54,15 @@ __all__ = ["ROOMS", "Dockyard", "build", "create_app"]
 
 log = logging.getLogger(__name__)
 
-#: Every room, in the order their services are built and their routes are tried (the registry's
-#: catch-all `/v2/…` routes last). Adding a room is one line here.
+#: Every room, in the order their services are built and their routes are tried (routes are
+#: matched by first path segment, so `/v2/…` catch-alls shadow nothing). Adding a room is one line here.
 ROOMS: tuple[Room, ...] = (
     access_room.ROOM,
     health.ROOM,
     webhooks_room.ROOM,
     events_room.ROOM,
     registry_room.ROOM,
+    lifecycle_room.ROOM,
 )
 
 
