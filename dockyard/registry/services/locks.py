@@ -113,13 +113,13 @@ def validate_exemptions(values: Iterable[str]) -> tuple[str, ...]:
     found: list[str] = []
     for value in values:
         if not isinstance(value, str) or not value or len(value) > 128:
-            raise RegistryError(ErrorCode.UNSUPPORTED, f"invalid tag exemption {value!r}", status=400)
+            raise RegistryError(ErrorCode.INVALID_REQUEST, f"invalid tag exemption {value!r}")
         if not all(c.isascii() and (c.isalnum() or c in "._-*?[]") for c in value):
-            raise RegistryError(ErrorCode.UNSUPPORTED, f"invalid tag exemption {value!r}", status=400)
+            raise RegistryError(ErrorCode.INVALID_REQUEST, f"invalid tag exemption {value!r}")
         if value not in found:
             found.append(value)
     if len(found) > MAX_EXEMPTIONS:
-        raise RegistryError(ErrorCode.UNSUPPORTED, f"at most {MAX_EXEMPTIONS} exemptions", status=400)
+        raise RegistryError(ErrorCode.INVALID_REQUEST, f"at most {MAX_EXEMPTIONS} exemptions")
     return tuple(found)
 
 
@@ -291,12 +291,12 @@ def _json_name(column: str) -> str:
 def parse_attributes(body: Any) -> dict[str, bool]:
     """A PATCH body: any of ACR's four attribute names with a boolean (others are ignored, as ACR does)."""
     if not isinstance(body, Mapping):
-        raise RegistryError(ErrorCode.UNSUPPORTED, "the body must be a JSON object", status=400)
+        raise RegistryError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
     changes: dict[str, bool] = {}
     for key, column in FIELDS.items():
         if key in body and body[key] is not None:
             if not isinstance(body[key], bool):
-                raise RegistryError(ErrorCode.UNSUPPORTED, f"{key} must be true or false", status=400)
+                raise RegistryError(ErrorCode.INVALID_REQUEST, f"{key} must be true or false")
             changes[column] = body[key]
     return changes
 
