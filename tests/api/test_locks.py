@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.auth import create_user
-from tests.support.images import make_image
+from tests.support.images import make_artifact, make_image
 from tests.support.registry import error_codes, push_blob, push_image
 
 REPO = "team/app"
@@ -214,3 +214,14 @@ def test_changing_locks_needs_metadata_write(client, app, images):
         allowed = other.patch("/acr/v1/team/app", json={"writeEnabled": False}, headers=contributor)
         assert allowed.status_code == 200
     assert client.get("/acr/v1/team/app").json()["changeableAttributes"]["writeEnabled"] is False
+
+
+def test_unlisted_referrer_is_hidden_from_the_referrers_list(client, images):
+    one, _ = images
+    subject = {"mediaType": one.media_type, "digest": one.digest, "size": len(one.manifest)}
+    signature = make_artifact("application/example.sig", b"signed", subject=subject)
+    push_image(client, REPO, signature)
+    listed = client.get(f"/v2/team/app/referrers/{one.digest}").json()["manifests"]
+    assert [d["digest"] for d in listed] == [signature.digest]
+    _patch(client, f"team/app/_manifests/{signature.digest}", listEnabled=False)
+    assert client.get(f"/v2/team/app/referrers/{one.digest}").json()["manifests"] == []

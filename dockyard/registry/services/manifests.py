@@ -484,7 +484,11 @@ class ManifestService:
                 manifests.c.digest,
                 manifests.c.artifact_type,
                 manifests.c.annotations,
-            ).where(manifests.c.repository_id == repo_id, manifests.c.subject_digest == digest)
+            ).where(
+                manifests.c.repository_id == repo_id,
+                manifests.c.subject_digest == digest,
+                manifests.c.list_enabled,  # an unlisted referrer is hidden, as in other listings
+            )
             if artifact_type is not None:
                 query = query.where(manifests.c.artifact_type == artifact_type)
             rows = conn.execute(query.order_by(manifests.c.created_at, manifests.c.digest)).all()
