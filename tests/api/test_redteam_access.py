@@ -219,7 +219,8 @@ def _management_calls(app) -> list[tuple[str, str]]:
             continue
         path = route.path
         for param in route.param_convertors:
-            path = path.replace("{" + param + "}", "1" if param == "delivery" else "x")
+            value = "1" if param == "delivery" else "x"
+            path = path.replace("{" + param + "}", value).replace("{" + param + ":path}", value)
         calls += [(method, path) for method in sorted(route.methods or ()) if method != "HEAD"]
     return calls
 

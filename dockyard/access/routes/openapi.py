@@ -200,6 +200,19 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("/api/v1/webhooks/{id}/ping", "post", "Send a ping now and report the answer", None, 200),
     ("/api/v1/webhooks/{id}/events", "get", "Deliveries with every attempt (?status=, ?limit=)", None, 200),
     ("/api/v1/webhooks/{id}/events/{delivery}/redeliver", "post", "Send a delivery again", None, 202),
+    # {name} is a repository name; its slashes are sent as they are (or as %2F).
+    ("/api/v1/repositories/{name}/immutability", "get", "A repository's write-once tag policy", None, 200),
+    (
+        "/api/v1/repositories/{name}/immutability",
+        "put",
+        "Set the write-once tag policy (enabled null: follow the registry default)",
+        _object(
+            ["enabled"],
+            enabled={"type": ["boolean", "null"]},
+            exemptions={"type": "array", "items": {"type": "string"}},
+        ),
+        200,
+    ),
 ]
 
 

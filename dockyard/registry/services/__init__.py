@@ -9,6 +9,7 @@ from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.events.services import EventService
 from dockyard.registry.services.blobs import BlobService
+from dockyard.registry.services.locks import LockPolicy, LockService
 from dockyard.registry.services.manifests import ManifestService
 from dockyard.registry.services.repositories import RepositoryService
 from dockyard.registry.services.uploads import UploadService
@@ -23,6 +24,8 @@ class RegistryServices:
     uploads: UploadService
     manifests: ManifestService
     repositories: RepositoryService
+    #: Locks (changeableAttributes) and the write-once tag policy.
+    locks: LockService
     events: EventService
     #: Manifests and blob lookups cached in this process (enabled while a listener runs).
     cache: ContentCache
@@ -35,19 +38,22 @@ def build_registry_services(
 ) -> RegistryServices:
     """Wire the registry services for one application."""
     cache = ContentCache(settings.content_cache_entries)
+    policy = LockPolicy(settings.immutable_tags, settings.immutable_tags_exempt)
     listener = None
     if not db.is_sqlite and settings.content_cache_entries:
         listener = ChangeListener(libpq_url(db.engine.url), cache)
     return RegistryServices(
-        blobs=BlobService(db, store, cache, redirect=settings.storage_redirect),
+        blobs=BlobService(db, store, cache, redirect=settings.storage_redirect, locks=policy),
         uploads=UploadService(
             db,
             store,
             lease_seconds=settings.upload_lease_seconds,
             expiry_seconds=settings.upload_expiry_seconds,
+            locks=policy,
         ),
-        manifests=ManifestService(db, store, events, cache),
-        repositories=RepositoryService(db, events, settings.catalog_page_size, cache),
+        manifests=ManifestService(db, store, events, cache, policy),
+        repositories=RepositoryService(db, events, settings.catalog_page_size, cache, policy),
+        locks=LockService(db, policy, cache),
         events=events,
         cache=cache,
         listener=listener,

@@ -32,8 +32,9 @@ from dockyard.oci.digest import new_hasher, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.resumable import HashStateError, ResumableHash
 from dockyard.registry.models import uploads
-from dockyard.registry.services.common import BlobInfo, UploadState, ensure_repository, link_blob
+from dockyard.registry.services.common import BlobInfo, UploadState, link_blob
 from dockyard.registry.services.digests import HasherCache
+from dockyard.registry.services.locks import LockPolicy
 from dockyard.storage import BlobStore, UploadLost, UploadWriter
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,11 @@ class UploadService:
         lease_seconds: int = 60,
         expiry_seconds: int = 24 * 3600,
         hasher_cache_size: int = 512,
+        locks: LockPolicy | None = None,
     ) -> None:
         self._db = db
         self._store = store
+        self._locks = locks or LockPolicy()
         self._lease = timedelta(seconds=lease_seconds)
         self._expiry = timedelta(seconds=expiry_seconds)
         self._hashers = HasherCache(hasher_cache_size)
@@ -147,6 +150,7 @@ class UploadService:
         now = utcnow()
 
         def work(conn: Connection) -> None:
+            self._locks.refuse_if_write_locked(conn, repository)
             conn.execute(
                 INSERT_UPLOAD,
                 {"id": upload_id, "repository": repository, "size": 0, "created_at": now, "updated_at": now},
@@ -336,7 +340,7 @@ class UploadService:
             recorded = _lock_unleased(conn, repository, upload_id, now)
             if recorded.size != 0:
                 return False, None
-            repo_id = ensure_repository(conn, repository, now)
+            repo_id = self._locks.writable_repository(conn, repository, now, shared=True).id
             link_blob(conn, repo_id, digest, len(data))
             conn.execute(DELETE_UPLOAD, {"id": upload_id})
             return True, recorded.store_state
@@ -379,7 +383,7 @@ class UploadService:
         """
 
         def work(conn: Connection) -> bool:
-            repo_id = ensure_repository(conn, repository)
+            repo_id = self._locks.writable_repository(conn, repository, shared=True).id
             kept = link_blob(conn, repo_id, digest, size, location)
             if session is not None:
                 conn.execute(DELETE_UPLOAD, {"id": session})
