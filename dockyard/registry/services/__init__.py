@@ -9,6 +9,7 @@ from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.events.services import EventService
 from dockyard.registry.services.blobs import BlobService
+from dockyard.registry.services.common import ContentHooks
 from dockyard.registry.services.manifests import ManifestService
 from dockyard.registry.services.repositories import RepositoryService
 from dockyard.registry.services.uploads import UploadService
@@ -28,6 +29,8 @@ class RegistryServices:
     cache: ContentCache
     #: Keeps ``cache`` true on PostgreSQL; None on SQLite, where lookups are local and cheap.
     listener: ChangeListener | None
+    #: Delete and untag extension points other rooms register on (the lifecycle room).
+    hooks: ContentHooks
 
 
 def build_registry_services(
@@ -35,6 +38,7 @@ def build_registry_services(
 ) -> RegistryServices:
     """Wire the registry services for one application."""
     cache = ContentCache(settings.content_cache_entries)
+    hooks = ContentHooks()
     listener = None
     if not db.is_sqlite and settings.content_cache_entries:
         listener = ChangeListener(libpq_url(db.engine.url), cache)
@@ -46,9 +50,10 @@ def build_registry_services(
             lease_seconds=settings.upload_lease_seconds,
             expiry_seconds=settings.upload_expiry_seconds,
         ),
-        manifests=ManifestService(db, store, events, cache),
-        repositories=RepositoryService(db, events, settings.catalog_page_size, cache),
+        manifests=ManifestService(db, store, events, cache, hooks),
+        repositories=RepositoryService(db, events, settings.catalog_page_size, cache, hooks),
         events=events,
         cache=cache,
         listener=listener,
+        hooks=hooks,
     )

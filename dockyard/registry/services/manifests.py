@@ -28,6 +28,7 @@ from dockyard.registry.models import (
     tags,
 )
 from dockyard.registry.services.common import (
+    ContentHooks,
     ManifestRecord,
     ensure_repository,
     repository_id,
@@ -117,9 +118,15 @@ class ManifestService:
     """Stores manifests byte-exact and serves them back."""
 
     def __init__(
-        self, db: Database, store: BlobStore, events: EventService, cache: ContentCache | None = None
+        self,
+        db: Database,
+        store: BlobStore,
+        events: EventService,
+        cache: ContentCache | None = None,
+        hooks: ContentHooks | None = None,
     ) -> None:
         self._db = db
+        self.hooks = hooks if hooks is not None else ContentHooks()
         self._store = store
         self._events = events
         self._cache = cache if cache is not None else ContentCache(0)
@@ -262,6 +269,11 @@ class ManifestService:
                 manifest_id = conn.execute(
                     MANIFEST_ID, {"repository_id": repo_id, "digest": digest}
                 ).scalar_one()
+            previous = None
+            if tag is not None and self.hooks.tags_dropped:
+                previous = conn.execute(
+                    sa.select(tags.c.manifest_id).where(tags.c.repository_id == repo_id, tags.c.name == tag)
+                ).scalar()
             if tag is not None:
                 conn.execute(
                     UPSERT_TAG[dialect],
@@ -273,6 +285,8 @@ class ManifestService:
                         "updated_at": now,
                     },
                 )
+            if previous is not None and previous != manifest_id:
+                self.hooks.dropped(conn, repo_id, [previous])
             touch_repository(conn, repo_id, now)
             is_chart = parsed.config is not None and parsed.config.media_type == mt.HELM_CONFIG
             self._events.record(
@@ -378,8 +392,18 @@ class ManifestService:
 
     # -- delete -----------------------------------------------------------------------------
 
-    def delete(self, repository: str, reference: str, origin: Origin | None = None) -> None:
-        """Delete a manifest (by digest, with its tags) or just a tag (untag); log the event."""
+    def delete(
+        self,
+        repository: str,
+        reference: str,
+        origin: Origin | None = None,
+        check: Callable[[Connection, int], None] | None = None,
+    ) -> None:
+        """Delete a manifest (by digest, with its tags) or just a tag (untag); log the event.
+
+        ``check(conn, manifest_id)`` runs first inside the transaction of a delete by digest and may
+        raise to refuse it (retention re-checks there that the manifest is still deletable).
+        """
         tag, digest = parse_reference(reference)
 
         def work(conn: Connection) -> None:
@@ -393,6 +417,9 @@ class ManifestService:
                 ).first()
                 if row is None:
                     raise _manifest_unknown(repository, reference)
+                if check is not None:
+                    check(conn, row.id)
+                self.hooks.deleting(conn, repository, repo_id, [row.id])
                 conn.execute(manifests.delete().where(manifests.c.id == row.id))
                 action = CHART_DELETE if row.config_media_type == mt.HELM_CONFIG else DELETE
                 self._events.record(
@@ -400,13 +427,14 @@ class ManifestService:
                 )
             else:
                 pointed = conn.execute(
-                    sa.select(manifests.c.digest, manifests.c.media_type)
+                    sa.select(manifests.c.id, manifests.c.digest, manifests.c.media_type)
                     .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
                     .where(tags.c.repository_id == repo_id, tags.c.name == tag)
                 ).first()
                 if pointed is None:
                     raise _manifest_unknown(repository, reference)
                 conn.execute(tags.delete().where(tags.c.repository_id == repo_id, tags.c.name == tag))
+                self.hooks.dropped(conn, repo_id, [pointed.id])
                 self._events.record(
                     conn,
                     UNTAG,

@@ -19,7 +19,7 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.mediatypes import HELM_CONFIG
 from dockyard.oci.names import validate_tag
 from dockyard.registry.models import manifest_children, manifests, repositories, tags
-from dockyard.registry.services.common import Page, page_of, require_repository
+from dockyard.registry.services.common import ContentHooks, Page, page_of, require_repository
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,11 @@ class RepositoryService:
         events: EventService,
         catalog_page_size: int = 1000,
         cache: ContentCache | None = None,
+        hooks: ContentHooks | None = None,
     ) -> None:
         self._db = db
         self._events = events
+        self.hooks = hooks if hooks is not None else ContentHooks()
         self._cache = cache if cache is not None else ContentCache(0)
         self.catalog_page_size = catalog_page_size
         self._tag_lists: OrderedDict[str, tuple[tuple[int, int], tuple[str, ...]]] = OrderedDict()
@@ -315,7 +317,9 @@ class RepositoryService:
         def work(conn: Connection) -> DeletedRepository:
             repo_id = require_repository(conn, repository)
             deleted = conn.execute(
-                sa.select(manifests.c.digest, manifests.c.media_type, manifests.c.config_media_type)
+                sa.select(
+                    manifests.c.id, manifests.c.digest, manifests.c.media_type, manifests.c.config_media_type
+                )
                 .where(manifests.c.repository_id == repo_id)
                 .order_by(manifests.c.digest)
             ).all()
@@ -324,6 +328,7 @@ class RepositoryService:
                     sa.select(tags.c.name).where(tags.c.repository_id == repo_id).order_by(tags.c.name)
                 ).scalars()
             )
+            self.hooks.deleting(conn, repository, repo_id, [row.id for row in deleted])
             conn.execute(repositories.delete().where(repositories.c.id == repo_id))
             for row in deleted:
                 action = CHART_DELETE if row.config_media_type == HELM_CONFIG else DELETE
