@@ -46,9 +46,7 @@ recycled_blobs = sa.Table(
 retention_due = sa.Table(
     "retention_due",
     metadata,
-    sa.Column(
-        "manifest_id", BIGINT, sa.ForeignKey("manifests.id", ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("manifest_id", BIGINT, sa.ForeignKey("manifests.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("untagged_at", TIMESTAMP, nullable=False),
     sa.Column("due_at", TIMESTAMP, nullable=False),
     sa.Index("ix_retention_due_due_at", "due_at"),
