@@ -24,8 +24,6 @@ recycled_manifests = sa.Table(
     sa.Column("payload", sa.LargeBinary, nullable=False),
     #: Tag names that pointed at the manifest when it was deleted (a JSON list).
     sa.Column("tags", sa.JSON, nullable=False),
-    #: True when it went with its whole repository (``repository list-deleted``).
-    sa.Column("with_repository", sa.Boolean, nullable=False),
     sa.Column("deleted_at", TIMESTAMP, nullable=False),
     sa.UniqueConstraint("repository", "digest"),
     sa.Index("ix_recycled_manifests_deleted_at", "deleted_at"),

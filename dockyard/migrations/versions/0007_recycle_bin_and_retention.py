@@ -28,7 +28,6 @@ def upgrade() -> None:
         sa.Column("subject_digest", sa.String(length=200), nullable=True),
         sa.Column("payload", sa.LargeBinary(), nullable=False),
         sa.Column("tags", sa.JSON(), nullable=False),
-        sa.Column("with_repository", sa.Boolean(), nullable=False),
         sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_recycled_manifests")),
         sa.UniqueConstraint("repository", "digest", name=op.f("uq_recycled_manifests_repository")),
