@@ -100,6 +100,10 @@ def test_children_of_an_index_and_referrers_of_kept_manifests_stay(client, docky
     assert result.kept[f"team/app@{signature.digest}"] == "a referrer of a kept manifest"
     assert "index" in result.kept[f"team/app@{amd.digest}"]
     assert all(exists(client, image.digest) for image in (amd, arm, signature))
+    assert run(dockyard, 0).kept == {}  # looked at again a day later, not at every run
+    assert client.delete(f"/v2/team/app/manifests/{amd.digest}").status_code == 409  # still in the index
+    assert client.delete("/v2/team/app/manifests/multi").status_code == 202
+    assert f"team/app@{arm.digest}" in run(dockyard, 2).deleted  # the index is gone: its child goes
 
 
 def test_retention_deletes_land_in_the_recycle_bin_when_soft_delete_is_on(client, dockyard):

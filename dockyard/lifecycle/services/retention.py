@@ -20,6 +20,8 @@ from dockyard.registry.services.manifests import ManifestService
 
 #: How many due manifests one run looks at.
 BATCH = 500
+#: A due manifest kept for now (in an index, a referrer, locked) is looked at again after this.
+RECHECK = timedelta(days=1)
 RETENTION_ACTOR = "retention-policy"
 
 
@@ -139,13 +141,18 @@ class RetentionService:
             except (Kept, RegistryError) as exc:
                 reason = str(exc)
                 result.kept[f"{row.name}@{row.digest}"] = reason
-                if reason == "tagged":  # a re-tag cancels the schedule (ACR's bug #520 did not)
-                    self._db.run_write(
-                        lambda conn, i=row.manifest_id: conn.execute(
-                            retention_due.delete().where(retention_due.c.manifest_id == i)
-                        )
-                    )
+                self._db.run_write(lambda conn, i=row.manifest_id, r=reason: self._keep(conn, i, r, moment))
         return result
+
+    @staticmethod
+    def _keep(conn: Connection, manifest_id: int, reason: str, now: datetime) -> None:
+        """A re-tag cancels the schedule (ACR's bug #520 did not); other reasons are re-checked later,
+        so kept manifests never crowd due ones out of a run's batch."""
+        mine = retention_due.c.manifest_id == manifest_id
+        if reason == "tagged":
+            conn.execute(retention_due.delete().where(mine))
+        else:
+            conn.execute(retention_due.update().where(mine).values(due_at=now + RECHECK))
 
 
 def _refuse_kept(conn: Connection, manifest_id: int) -> None:
