@@ -18,7 +18,7 @@ from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_tag
 from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, tags
-from dockyard.registry.services.common import LINK_BLOB, ensure_repository
+from dockyard.registry.services.common import LINK_BLOB, ensure_repository, repository_id
 from dockyard.registry.services.manifests import ManifestService
 
 
@@ -193,7 +193,7 @@ class RecycleService:
             ).first()
             if row is None:
                 raise _unknown(repository, digest)
-            repo_id = ensure_repository(conn, repository)
+            repo_id = repository_id(conn, repository)
             if row.subject_digest is not None:
                 subject = conn.execute(
                     sa.select(manifests.c.id).where(
@@ -208,6 +208,7 @@ class RecycleService:
                         status=409,
                         detail={"digest": digest, "subject": row.subject_digest},
                     )
+            repo_id = repo_id if repo_id is not None else ensure_repository(conn, repository)
             held = sa.select(blobs.c.digest).where(
                 blobs.c.digest.in_(
                     sa.select(recycled_blobs.c.digest).where(recycled_blobs.c.recycled_id == row.id)
