@@ -1,4 +1,7 @@
-"""Management routes of soft delete and retention: the policies, the recycle bin, restore."""
+"""Management routes of soft delete and retention: the policies, the recycle bin, restore.
+
+As ACR's ``registries/deleted/read`` and ``…/restore/action``, reading the bin is a control-plane read
+(Reader) and restoring a control-plane write (Contributor, Owner)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from dockyard.access.permissions import DELETE, MANAGE_READ, MANAGE_WRITE, READ_METADATA
+from dockyard.access.permissions import MANAGE_READ, MANAGE_WRITE
 from dockyard.access.policy import Policy
 from dockyard.access.routes.common import field, invalid, iso, json_body, record_change
 from dockyard.access.services.audit import AuditService
@@ -73,17 +76,17 @@ class RecycleRoutes:
             ),
             Route(
                 "/api/v1/deleted/{name:path}/_manifests/{digest}/restore",
-                guard(self.restore, {"POST": DELETE}),
+                guard(self.restore, {"POST": MANAGE_WRITE}),
                 methods=["POST"],
             ),
             Route(
                 "/api/v1/deleted/{name:path}/_manifests",
-                guard(self.deleted_manifests, {"GET": READ_METADATA}),
+                guard(self.deleted_manifests, {"GET": MANAGE_READ}),
                 methods=["GET"],
             ),
             Route(
                 "/api/v1/deleted/{name:path}/_tags",
-                guard(self.deleted_tags, {"GET": READ_METADATA}),
+                guard(self.deleted_tags, {"GET": MANAGE_READ}),
                 methods=["GET"],
             ),
         ]

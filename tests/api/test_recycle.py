@@ -9,6 +9,7 @@ from dockyard.db import utcnow
 from dockyard.events.models import repository_events
 from dockyard.lifecycle.models import recycled_manifests
 from dockyard.registry.models import repository_blobs
+from tests.support.auth import create_user
 from tests.support.images import make_artifact, make_image, make_index
 from tests.support.registry import error_codes, push_image, push_manifest
 
@@ -207,3 +208,21 @@ def test_the_expiry_job_is_scheduled(dockyard):
 def test_anonymous_callers_are_refused(anonymous, method, path):
     response = anonymous.request(method, path, json={})
     assert response.status_code == 401
+
+
+def test_a_reader_sees_the_bin_and_only_a_contributor_restores(client, anonymous):
+    enable(client)
+    digest = push_image(client, "team/app", make_image("roles"), "v1")
+    assert client.delete(f"/v2/team/app/manifests/{digest}").status_code == 202
+    reader = create_user(client, "auditor", "Reader")
+    deleter = create_user(client, "cleaner", "AcrDelete")
+    contributor = create_user(client, "maintainer", "Contributor")
+    listed = anonymous.get("/api/v1/deleted/team/app/_manifests", headers=reader)
+    assert [m["digest"] for m in listed.json()["manifests"]] == [digest]
+    path = f"/api/v1/deleted/team/app/_manifests/{digest}/restore"
+    for refused in (reader, deleter):
+        response = anonymous.post(path, json={}, headers=refused)
+        assert response.status_code == 403
+        assert error_codes(response) == ["DENIED"]
+    assert anonymous.patch(POLICY, json={"status": "disabled"}, headers=reader).status_code == 403
+    assert anonymous.post(path, json={}, headers=contributor).status_code == 200
