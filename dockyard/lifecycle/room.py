@@ -8,6 +8,8 @@ from starlette.routing import BaseRoute
 
 from dockyard.access.policy import Policy
 from dockyard.events.runtime import Runtime
+from dockyard.lifecycle import jobs
+from dockyard.lifecycle.recycle_routes import recycle_routes
 from dockyard.lifecycle.routes import build_routes
 from dockyard.lifecycle.services import LifecycleServices, build_lifecycle_services
 from dockyard.rooms import Dockyard, Room
@@ -18,11 +20,16 @@ def _services_of(parts: Dockyard) -> LifecycleServices:
 
 
 def _routes(parts: Dockyard, policy: Policy) -> Sequence[BaseRoute]:
-    return build_routes(_services_of(parts), policy)
+    services = _services_of(parts)
+    return [*build_routes(services, policy), *recycle_routes(services.recycle, policy, parts.access.audit)]
 
 
 def _work(parts: Dockyard, runtime: Runtime) -> None:
-    return None
+    recycle = _services_of(parts).recycle
+    if recycle is not None:
+        every = jobs.EXPIRE_RECYCLE_BIN_EVERY
+        runtime.schedule("lifecycle.expire-recycle-bin", every, lambda: jobs.expire_recycle_bin(recycle))
+        runtime.schedule("lifecycle.retention", jobs.RETENTION_EVERY, lambda: jobs.apply_retention(recycle))
 
 
 ROOM = Room("lifecycle", services=build_lifecycle_services, routes=_routes, work=_work)

@@ -53,6 +53,16 @@ WEBHOOK = {
         "payloadFormat": {"type": "string", "enum": ["acr", "cloudevents"]},
     },
 }
+SOFT_DELETE = _object(status=STATUS, retentionDays={"type": "integer", "minimum": 1, "maximum": 90})
+RETENTION = _object(
+    status=STATUS,
+    days={"type": "integer", "minimum": 0, "maximum": 365},
+    type={"type": "string", "enum": ["UntaggedManifests"]},
+)
+RESTORE = _object(
+    tag={"type": "string", "description": "restore this tag instead of the ones it had"},
+    force={"type": "boolean", "description": "take back tags that now point elsewhere"},
+)
 
 #: (path, method, summary, request body schema or None, success status)
 OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
@@ -213,6 +223,16 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
         ),
         200,
     ),
+    # lifecycle: soft delete (recycle bin) and retention; {name} is a repository name with its slashes
+    ("/api/v1/registry/policies", "get", "The soft-delete and retention policies", None, 200),
+    ("/api/v1/registry/policies/soft-delete", "get", "The soft-delete policy", None, 200),
+    ("/api/v1/registry/policies/soft-delete", "patch", "Change the soft-delete policy", SOFT_DELETE, 200),
+    ("/api/v1/registry/policies/retention", "get", "The untagged-manifest retention policy", None, 200),
+    ("/api/v1/registry/policies/retention", "patch", "Change the retention policy", RETENTION, 200),
+    ("/api/v1/deleted-repositories", "get", "Repositories deleted with manifests in the bin", None, 200),
+    ("/api/v1/deleted/{name}/_manifests", "get", "A repository's manifests in the recycle bin", None, 200),
+    ("/api/v1/deleted/{name}/_tags", "get", "Tags of a repository's manifests in the bin", None, 200),
+    ("/api/v1/deleted/{name}/_manifests/{digest}/restore", "post", "Restore a manifest", RESTORE, 200),
 ]
 
 

@@ -7,7 +7,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockyard.lifecycle.interfaces import KeptBlobs
+from dockyard.lifecycle.services.policies import PolicyService
+from dockyard.lifecycle.services.recycle import RecycleService
+from dockyard.lifecycle.services.retention import RetentionService
 from dockyard.rooms import Kernel
+
+
+@dataclass(frozen=True)
+class RecycleServices:
+    """Soft delete (the recycle bin), retention of untagged manifests, and their policies."""
+
+    policies: PolicyService
+    bin: RecycleService
+    retention: RetentionService
+
+
+def build_recycle(kernel: Kernel, built: Mapping[str, Any]) -> RecycleServices:
+    """The recycle-bin and retention services, registered on the registry's delete and untag hooks."""
+    registry = built["registry"]
+    recycle = RecycleServices(
+        policies=PolicyService(kernel.db),
+        bin=RecycleService(kernel.db, registry.manifests),
+        retention=RetentionService(kernel.db, registry.manifests),
+    )
+    registry.hooks.before_delete.append(recycle.bin.on_delete)
+    registry.hooks.tags_dropped.append(recycle.retention.on_tags_dropped)
+    return recycle
 
 
 @dataclass
@@ -16,8 +41,13 @@ class LifecycleServices:
 
     #: Blob digests garbage collection must keep besides those manifests reference.
     kept_blobs: list[KeptBlobs] = field(default_factory=list)
+    #: Soft delete and retention (None only in a registry built without them).
+    recycle: RecycleServices | None = None
 
 
 def build_lifecycle_services(kernel: Kernel, built: Mapping[str, Any]) -> LifecycleServices:
     """The lifecycle services for one registry (``built`` holds the registry room's services)."""
-    return LifecycleServices()
+    services = LifecycleServices()
+    services.recycle = build_recycle(kernel, built)
+    services.kept_blobs.append(services.recycle.bin.kept_blobs)
+    return services

@@ -28,6 +28,7 @@ from dockyard.registry.models import (
     tags,
 )
 from dockyard.registry.services.common import (
+    ContentHooks,
     ManifestRecord,
     repository_id,
     require_repository,
@@ -141,9 +142,11 @@ class ManifestService:
         events: EventService,
         cache: ContentCache | None = None,
         locks: LockPolicy | None = None,
+        hooks: ContentHooks | None = None,
     ) -> None:
         self._db = db
         self._locks = locks or LockPolicy()
+        self.hooks = hooks if hooks is not None else ContentHooks()
         self._store = store
         self._events = events
         self._cache = cache if cache is not None else ContentCache(0)
@@ -287,6 +290,11 @@ class ManifestService:
                 manifest_id = conn.execute(
                     MANIFEST_ID, {"repository_id": repo_id, "digest": digest}
                 ).scalar_one()
+            previous = None
+            if tag is not None and self.hooks.tags_dropped:
+                previous = conn.execute(
+                    sa.select(tags.c.manifest_id).where(tags.c.repository_id == repo_id, tags.c.name == tag)
+                ).scalar()
             if tag is not None:
                 self._locks.check_tag_move(conn, repo, tag, manifest_id)
                 conn.execute(
@@ -299,6 +307,8 @@ class ManifestService:
                         "updated_at": now,
                     },
                 )
+            if previous is not None and previous != manifest_id:
+                self.hooks.dropped(conn, repo_id, [previous])
             touch_repository(conn, repo_id, now)
             is_chart = parsed.config is not None and parsed.config.media_type == mt.HELM_CONFIG
             self._events.record(
@@ -404,8 +414,18 @@ class ManifestService:
 
     # -- delete -----------------------------------------------------------------------------
 
-    def delete(self, repository: str, reference: str, origin: Origin | None = None) -> None:
-        """Delete a manifest (by digest, with its tags) or just a tag (untag); log the event."""
+    def delete(
+        self,
+        repository: str,
+        reference: str,
+        origin: Origin | None = None,
+        check: Callable[[Connection, int], None] | None = None,
+    ) -> None:
+        """Delete a manifest (by digest, with its tags) or just a tag (untag); log the event.
+
+        ``check(conn, manifest_id)`` runs first inside the transaction of a delete by digest and may
+        raise to refuse it (retention re-checks there that the manifest is still deletable).
+        """
         tag, digest = parse_reference(reference)
 
         def work(conn: Connection) -> None:
@@ -420,6 +440,9 @@ class ManifestService:
                 if row is None:
                     raise _manifest_unknown(repository, reference)
                 self._locks.check_manifest_delete(conn, repo_id, row.id, digest)
+                if check is not None:
+                    check(conn, row.id)
+                self.hooks.deleting(conn, repository, repo_id, [row.id])
                 conn.execute(manifests.delete().where(manifests.c.id == row.id))
                 action = CHART_DELETE if row.config_media_type == mt.HELM_CONFIG else DELETE
                 self._events.record(
@@ -427,7 +450,7 @@ class ManifestService:
                 )
             else:
                 pointed = conn.execute(
-                    sa.select(manifests.c.digest, manifests.c.media_type)
+                    sa.select(manifests.c.id, manifests.c.digest, manifests.c.media_type)
                     .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
                     .where(tags.c.repository_id == repo_id, tags.c.name == tag)
                 ).first()
@@ -435,6 +458,7 @@ class ManifestService:
                     raise _manifest_unknown(repository, reference)
                 self._locks.check_untag(conn, repo_id, tag)
                 conn.execute(tags.delete().where(tags.c.repository_id == repo_id, tags.c.name == tag))
+                self.hooks.dropped(conn, repo_id, [pointed.id])
                 self._events.record(
                     conn,
                     UNTAG,

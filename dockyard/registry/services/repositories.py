@@ -19,7 +19,7 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.mediatypes import HELM_CONFIG
 from dockyard.oci.names import validate_tag
 from dockyard.registry.models import manifest_children, manifests, repositories, tags
-from dockyard.registry.services.common import Page, page_of, require_repository
+from dockyard.registry.services.common import ContentHooks, Page, page_of, require_repository
 from dockyard.registry.services.locks import NO_POLICY, OPEN, Attributes, Immutability, LockPolicy
 
 
@@ -111,10 +111,12 @@ class RepositoryService:
         catalog_page_size: int = 1000,
         cache: ContentCache | None = None,
         locks: LockPolicy | None = None,
+        hooks: ContentHooks | None = None,
     ) -> None:
         self._db = db
         self._locks = locks or LockPolicy()
         self._events = events
+        self.hooks = hooks if hooks is not None else ContentHooks()
         self._cache = cache if cache is not None else ContentCache(0)
         self.catalog_page_size = catalog_page_size
         self._tag_lists: OrderedDict[str, tuple[tuple[int, int], tuple[str, ...]]] = OrderedDict()
@@ -353,7 +355,9 @@ class RepositoryService:
             repo_id = require_repository(conn, repository)
             self._locks.check_repository_delete(conn, repo_id)
             deleted = conn.execute(
-                sa.select(manifests.c.digest, manifests.c.media_type, manifests.c.config_media_type)
+                sa.select(
+                    manifests.c.id, manifests.c.digest, manifests.c.media_type, manifests.c.config_media_type
+                )
                 .where(manifests.c.repository_id == repo_id)
                 .order_by(manifests.c.digest)
             ).all()
@@ -362,6 +366,7 @@ class RepositoryService:
                     sa.select(tags.c.name).where(tags.c.repository_id == repo_id).order_by(tags.c.name)
                 ).scalars()
             )
+            self.hooks.deleting(conn, repository, repo_id, [row.id for row in deleted])
             conn.execute(repositories.delete().where(repositories.c.id == repo_id))
             for row in deleted:
                 action = CHART_DELETE if row.config_media_type == HELM_CONFIG else DELETE
