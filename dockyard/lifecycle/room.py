@@ -10,6 +10,10 @@ from dockyard.access.policy import Policy
 from dockyard.events.runtime import Runtime
 from dockyard.lifecycle.routes import build_routes
 from dockyard.lifecycle.services import LifecycleServices, build_lifecycle_services
+from dockyard.lifecycle.services.purge import JOB_KIND as PURGE_JOB
+from dockyard.lifecycle.services.purge import LEASE_SECONDS as PURGE_LEASE_SECONDS
+from dockyard.lifecycle.services.purge import TICK_SCHEDULE as PURGE_TICK
+from dockyard.lifecycle.services.purge import TICK_SECONDS as PURGE_TICK_SECONDS
 from dockyard.rooms import Dockyard, Room
 
 
@@ -22,7 +26,9 @@ def _routes(parts: Dockyard, policy: Policy) -> Sequence[BaseRoute]:
 
 
 def _work(parts: Dockyard, runtime: Runtime) -> None:
-    return None
+    purge = _services_of(parts).purge
+    runtime.job(PURGE_JOB, purge.handle, lease_seconds=PURGE_LEASE_SECONDS)
+    runtime.schedule(PURGE_TICK, PURGE_TICK_SECONDS, purge.tick)
 
 
 ROOM = Room("lifecycle", services=build_lifecycle_services, routes=_routes, work=_work)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockyard.lifecycle.interfaces import KeptBlobs
+from dockyard.lifecycle.services.purge import PurgeService
 from dockyard.rooms import Kernel
 
 
@@ -14,10 +15,12 @@ from dockyard.rooms import Kernel
 class LifecycleServices:
     """What the lifecycle room offers; each concern adds its service here."""
 
+    #: ``dockyard purge``: runs (once or scheduled) and purge schedules.
+    purge: PurgeService
     #: Blob digests garbage collection must keep besides those manifests reference.
     kept_blobs: list[KeptBlobs] = field(default_factory=list)
 
 
 def build_lifecycle_services(kernel: Kernel, built: Mapping[str, Any]) -> LifecycleServices:
     """The lifecycle services for one registry (``built`` holds the registry room's services)."""
-    return LifecycleServices()
+    return LifecycleServices(purge=PurgeService(kernel.db, built["registry"].manifests))
