@@ -22,7 +22,7 @@ def _services_of(parts: Dockyard) -> LifecycleServices:
 
 
 def _routes(parts: Dockyard, policy: Policy) -> Sequence[BaseRoute]:
-    return build_routes(_services_of(parts), policy)
+    return build_routes(_services_of(parts), policy, parts.access.audit)
 
 
 def _work(parts: Dockyard, runtime: Runtime) -> None:

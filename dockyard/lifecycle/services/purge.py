@@ -143,6 +143,10 @@ def check_cron(expression: str) -> str:
     return normal
 
 
+def _iso(value: datetime | None) -> str | None:
+    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
+
+
 def _run_json(row: sa.Row) -> dict[str, Any]:
     parameters = json.loads(row.parameters)
     return {
@@ -156,9 +160,9 @@ def _run_json(row: sa.Row) -> dict[str, Any]:
         "untagged": parameters.get("untagged", False),
         "untaggedOnly": parameters.get("untagged_only", False),
         "requestedBy": row.requested_by,
-        "createdTime": as_utc(row.created_at).isoformat(),
-        "startedTime": row.started_at and as_utc(row.started_at).isoformat(),
-        "finishedTime": row.finished_at and as_utc(row.finished_at).isoformat(),
+        "createdTime": _iso(row.created_at),
+        "startedTime": _iso(row.started_at),
+        "finishedTime": _iso(row.finished_at),
         "deletedTags": row.deleted_tags,
         "deletedManifests": row.deleted_manifests,
         "skipped": row.skipped,
@@ -177,11 +181,11 @@ def _schedule_json(row: sa.Row) -> dict[str, Any]:
         "keep": parameters.get("keep", 0),
         "untagged": parameters.get("untagged", False),
         "untaggedOnly": parameters.get("untagged_only", False),
-        "nextRunTime": as_utc(row.next_run_at).isoformat(),
-        "lastRunTime": row.last_run_at and as_utc(row.last_run_at).isoformat(),
+        "nextRunTime": _iso(row.next_run_at),
+        "lastRunTime": _iso(row.last_run_at),
         "lastRunId": row.last_run_id,
         "createdBy": row.created_by,
-        "createdTime": as_utc(row.created_at).isoformat(),
+        "createdTime": _iso(row.created_at),
     }
 
 
