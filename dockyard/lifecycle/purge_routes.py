@@ -38,7 +38,8 @@ def parameters_of(body: dict[str, Any]) -> PurgeParameters:
     if len(filters) > MAX_FILTERS or not all(isinstance(f, str) and 0 < len(f) <= 1024 for f in filters):
         raise invalid(f"filters must be at most {MAX_FILTERS} 'repoRegex:tagRegex' strings")
     keep = field(body, "keep", int) or 0
-    concurrency = field(body, "concurrency", int) or 1
+    concurrency = field(body, "concurrency", int)
+    concurrency = 1 if concurrency is None else concurrency
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise invalid(f"concurrency must be between 1 and {MAX_CONCURRENCY}")
     parameters = PurgeParameters(

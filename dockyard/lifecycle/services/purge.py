@@ -300,6 +300,7 @@ class PurgeService:
         cutoff = rules.cutoff_of(now, ago)
         origin = Origin(actor=actor, user_agent="dockyard-purge")
         gone_ids: list[int] = []
+        held: set[str] = set()
         concurrency = max(1, min(parameters.concurrency, MAX_CONCURRENCY))
         for repository, tag_regex in sorted(self.targets(parameters).items()):
             snapshot = self._snapshot(repository)
@@ -318,10 +319,12 @@ class PurgeService:
                 if fresh is None:
                     continue
                 snapshot, current = fresh, fresh.manifests
-            for manifest in rules.select_untagged(current, cutoff):
+            chosen = rules.select_untagged(current, cutoff)
+            held |= self._blobs_of([snapshot.ids[m.digest] for m in chosen])
+            for manifest in chosen:
                 if self._delete_manifest(repository, manifest, report, origin):
                     gone_ids.append(snapshot.ids[manifest.digest])
-        report.freed_bytes = self._freed_bytes(gone_ids)
+        report.freed_bytes = self._freed_bytes(held, gone_ids) if gone_ids else 0
 
     def _delete_tags(
         self,
@@ -451,15 +454,22 @@ class PurgeService:
             )
         )
 
-    def _freed_bytes(self, gone_ids: list[int]) -> int:
-        """Bytes of the blobs of ``gone_ids`` manifests that no other manifest references."""
-        if not gone_ids:
+    def _blobs_of(self, manifest_ids: list[int]) -> set[str]:
+        """The blob digests these manifests reference (read before they are deleted)."""
+        if not manifest_ids:
+            return set()
+        query = sa.select(manifest_blobs.c.digest).where(manifest_blobs.c.manifest_id.in_(manifest_ids))
+        return set(self._db.run_lookup(lambda conn: list(conn.execute(query).scalars())))
+
+    def _freed_bytes(self, digests: set[str], gone_ids: list[int]) -> int:
+        """Bytes of the blobs among ``digests`` that no manifest outside ``gone_ids`` references."""
+        if not digests:
             return 0
-        other = manifest_blobs.alias("other")
-        theirs = sa.select(manifest_blobs.c.digest).where(manifest_blobs.c.manifest_id.in_(gone_ids))
         query = sa.select(sa.func.coalesce(sa.func.sum(blobs.c.size), 0)).where(
-            blobs.c.digest.in_(theirs),
-            ~sa.exists().where(other.c.digest == blobs.c.digest, other.c.manifest_id.not_in(gone_ids)),
+            blobs.c.digest.in_(sorted(digests)),
+            ~sa.exists().where(
+                manifest_blobs.c.digest == blobs.c.digest, manifest_blobs.c.manifest_id.not_in(gone_ids)
+            ),
         )
         return int(self._db.run_lookup(lambda conn: conn.execute(query).scalar_one()))
 
