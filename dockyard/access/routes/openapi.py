@@ -55,6 +55,15 @@ WEBHOOK = {
 }
 
 #: (path, method, summary, request body schema or None, success status)
+#: acr purge's flags as a JSON body.
+PURGE = _object(
+    filters={"type": "array", "items": {"type": "string"}},
+    ago={"type": "string"},
+    keep={"type": "integer"},
+    untagged={"type": "boolean"},
+    untaggedOnly={"type": "boolean"},
+    concurrency={"type": "integer"},
+)
 OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("/api/v1/registry", "get", "Registry properties", None, 200),
     (
@@ -200,6 +209,29 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("/api/v1/webhooks/{id}/ping", "post", "Send a ping now and report the answer", None, 200),
     ("/api/v1/webhooks/{id}/events", "get", "Deliveries with every attempt (?status=, ?limit=)", None, 200),
     ("/api/v1/webhooks/{id}/events/{delivery}/redeliver", "post", "Send a delivery again", None, 202),
+    (
+        "/api/v1/purge",
+        "post",
+        "Start a purge as acr purge (needs delete on every matched repository); returns the run id",
+        PURGE | {"properties": PURGE["properties"] | {"dryRun": {"type": "boolean"}}},
+        202,
+    ),
+    ("/api/v1/purge/runs", "get", "Purge runs, newest first (?limit=, ?schedule=)", None, 200),
+    ("/api/v1/purge/runs/{id}", "get", "A purge run with what it deleted or skipped", None, 200),
+    ("/api/v1/purge/schedules", "get", "List purge schedules", None, 200),
+    (
+        "/api/v1/purge/schedules",
+        "post",
+        "Create a purge schedule (5-field cron in UTC)",
+        PURGE
+        | {
+            "required": ["name", "schedule"],
+            "properties": PURGE["properties"] | {"name": {"type": "string"}, "schedule": {"type": "string"}},
+        },
+        201,
+    ),
+    ("/api/v1/purge/schedules/{schedule}", "get", "Show a purge schedule", None, 200),
+    ("/api/v1/purge/schedules/{schedule}", "delete", "Delete a purge schedule", None, 204),
 ]
 
 
