@@ -310,3 +310,19 @@ def test_a_manager_with_credentials_of_a_reader_sees_runs(client, dockyard):
     assert client.get("/api/v1/purge/runs", headers=reader).json()["runs"][0]["id"] == run_id
     assert client.get(f"/api/v1/purge/runs/{run_id}", headers=reader).status_code == 200
     assert client.get("/api/v1/purge/runs/abc").status_code == 404
+
+
+def test_a_tag_already_gone_counts_as_deleted_as_acr_purge_counts_it(client, dockyard, monkeypatch):
+    push_tags(client, "app", ["v1"])
+    age_tags(dockyard, "app", {"v1": 2 * DAY})
+    manifests = dockyard.registry.manifests
+    real_delete = manifests.delete
+
+    def raced(repository, reference, origin=None):
+        real_delete(repository, reference, origin)  # someone else deleted it first
+        real_delete(repository, reference, origin)
+
+    monkeypatch.setattr(manifests, "delete", raced)
+    run = run_purge(client, dockyard, filters=["app:.*"], ago="1d")
+    assert run["deletedTags"] == 1
+    assert [i["action"] for i in run["items"]] == ["not-found"]

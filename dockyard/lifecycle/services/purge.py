@@ -110,7 +110,8 @@ class RunReport:
     items: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, kind: str, repository: str, action: str, **detail: Any) -> None:
-        if action in ("deleted", "would-delete"):
+        # as acr purge, a tag or manifest already gone (404) counts as deleted
+        if action in ("deleted", "would-delete", "not-found"):
             if kind == "tag":
                 self.deleted_tags += 1
             elif kind == "manifest":
