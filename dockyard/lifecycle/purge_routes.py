@@ -8,6 +8,7 @@ Contributor); reading runs and schedules needs Reader (a run's requester may als
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -93,7 +94,7 @@ class PurgeRoutes:
                 f"purge needs the delete action on every repository it matches, not given on {refused[0]!r}",
                 detail={"repositories": refused[:20]},
             )
-        narrowed = PurgeParameters(**{**parameters.__dict__, "repositories": tuple(sorted(targets))})
+        narrowed = dataclasses.replace(parameters, repositories=tuple(sorted(targets)))
         run_id = await run_sync(lambda: self.purge.start(narrowed, dry_run=dry_run, requested_by=caller.name))
         return JSONResponse(
             {"id": run_id, "status": "queued", "dryRun": dry_run, "repositories": sorted(targets)},
