@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from dockyard.access.permissions import DELETE, MANAGE_READ, MANAGE_WRITE, REGISTRY_READ
+from dockyard.access.permissions import CONTENT_DELETE, MANAGE_READ, MANAGE_WRITE, REGISTRY_READ, Principal
 from dockyard.access.policy import Policy
 from dockyard.access.routes.common import field, invalid, json_body, query_int, record_change
 from dockyard.access.services.audit import AuditService
@@ -27,6 +27,10 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_FILTERS = 100
 MAX_RUNS_LISTED = 1000
+SCOPED_REFUSAL = (
+    "a repository-scoped token cannot use the management API; "
+    "purge as a user or service principal with AcrDelete, Contributor or Owner"
+)
 
 
 def _no_schedule(name: str) -> RegistryError:
@@ -81,13 +85,34 @@ class PurgeRoutes:
             ),
         ]
 
+    async def _identified(self, request: Request) -> Principal:
+        """The verified identity behind the call (as the rest of /api/v1 judges callers): 401 for
+        anonymous callers, 403 for repository-scoped access tokens and tokens' own credentials."""
+        caller = await self.policy.caller(request)
+        if caller.anonymous:
+            raise self.policy.challenge(request, None)
+        principal = caller.principal
+        if caller.token is not None:
+            if not caller.token.is_identity_token:
+                raise RegistryError(ErrorCode.DENIED, SCOPED_REFUSAL)
+            principal = await run_sync(self.policy.authenticator.identity_principal, caller.token)
+            if principal is None:
+                raise self.policy.challenge(request, None, error="invalid_token")
+        if principal is None or principal.kind == "token":
+            raise RegistryError(ErrorCode.DENIED, SCOPED_REFUSAL)
+        return principal
+
     async def start(self, request: Request) -> Response:
+        caller = await self._identified(request)
+        if not any(CONTENT_DELETE in g.actions for g in caller.permissions.grants):
+            raise RegistryError(
+                ErrorCode.DENIED, "purge needs the delete action (AcrDelete, Contributor or Owner)"
+            )
         body = await json_body(request)
         parameters = parameters_of(body)
         dry_run = bool(field(body, "dryRun", bool))
-        caller = await self.policy.caller(request)
         targets = await run_sync(self.purge.targets, parameters)
-        refused = [name for name in sorted(targets) if not caller.allows(DELETE, name)]
+        refused = [name for name in sorted(targets) if not caller.permissions.allows(name, CONTENT_DELETE)]
         if refused:
             raise RegistryError(
                 ErrorCode.DENIED,
@@ -108,15 +133,17 @@ class PurgeRoutes:
         return JSONResponse({"runs": await run_sync(self.purge.list_runs, limit, schedule)})
 
     async def run(self, request: Request) -> Response:
+        caller = await self._identified(request)
         raw = request.path_params["id"]
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        valid = raw.isascii() and raw.isdigit() and len(raw) <= 18
+        found = await run_sync(lambda: self.purge.get_run(int(raw), items=True)) if valid else None
+        reader = REGISTRY_READ in caller.permissions.control
+        if not reader and (found is None or found["requestedBy"] != caller.name):
+            raise RegistryError(
+                ErrorCode.DENIED, "reading purge runs needs Reader, or to have started the run"
+            )
+        if found is None:
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"purge run {raw[:40]!r} not found", status=404)
-        caller = await self.policy.caller(request)
-        found = await run_sync(lambda: self.purge.get_run(int(raw), items=True))
-        principal = caller.principal
-        reader = principal is not None and REGISTRY_READ in principal.permissions.control
-        if found is None or not (reader or found["requestedBy"] == caller.name):
-            raise RegistryError(ErrorCode.NAME_UNKNOWN, f"purge run {raw} not found", status=404)
         return JSONResponse(found)
 
     async def schedules(self, request: Request) -> Response:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from dockyard.lifecycle.services.purge import TICK_SCHEDULE, PurgeService
 from dockyard.registry.models import manifests, repositories, tags
-from tests.support.auth import create_user
+from tests.support.auth import basic, create_user
 from tests.support.images import OCI_INDEX, make_artifact, make_image, make_index
 from tests.support.registry import error_codes, push_image, push_manifest
 
@@ -254,7 +254,7 @@ def test_purging_needs_delete_on_every_matched_repository(client, anonymous, doc
     run_path = f"/api/v1/purge/runs/{allowed.json()['id']}"
     assert anonymous.get(run_path, headers=headers).json()["status"] == "succeeded"  # its requester
     other = create_user(client, "stranger")
-    assert anonymous.get(run_path, headers=other).status_code == 404
+    assert anonymous.get(run_path, headers=other).status_code == 403
     assert anonymous.get("/api/v1/purge/runs", headers=headers).status_code == 403
     assert anonymous.post(
         "/api/v1/purge/schedules",
@@ -326,3 +326,12 @@ def test_a_tag_already_gone_counts_as_deleted_as_acr_purge_counts_it(client, doc
     run = run_purge(client, dockyard, filters=["app:.*"], ago="1d")
     assert run["deletedTags"] == 1
     assert [i["action"] for i in run["items"]] == ["not-found"]
+
+
+def test_repository_scoped_tokens_cannot_purge_even_with_delete(client, anonymous):
+    created = client.post("/api/v1/tokens", json={"name": "ci", "scopeMap": "_repositories_admin"})
+    assert created.status_code == 201, created.text
+    token = basic("ci", created.json()["credentials"][0]["value"])
+    refused = anonymous.post("/api/v1/purge", json={"untaggedOnly": True}, headers=token)
+    assert refused.status_code == 403
+    assert "repository-scoped token" in refused.json()["errors"][0]["message"]
