@@ -13,6 +13,7 @@ from dockyard.cli import (
     health_commands,
     identity_commands,
     job_commands,
+    purge_commands,
     recycle_commands,
     registry_commands,
     webhook_commands,
@@ -51,6 +52,7 @@ app.add_typer(identity_commands.role_app, name="role")
 app.add_typer(webhook_commands.app, name="webhook")
 app.add_typer(event_commands.app, name="event")
 app.add_typer(job_commands.app, name="job")
+app.add_typer(purge_commands.app, name="purge")
 app.add_typer(registry_commands.audit_app, name="audit")
 app.add_typer(registry_commands.signing_key_app, name="signing-key")
 app.add_typer(admin.app, name="admin")

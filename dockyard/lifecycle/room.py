@@ -12,6 +12,10 @@ from dockyard.lifecycle import jobs
 from dockyard.lifecycle.recycle_routes import recycle_routes
 from dockyard.lifecycle.routes import build_routes
 from dockyard.lifecycle.services import LifecycleServices, build_lifecycle_services
+from dockyard.lifecycle.services.purge import JOB_KIND as PURGE_JOB
+from dockyard.lifecycle.services.purge import LEASE_SECONDS as PURGE_LEASE_SECONDS
+from dockyard.lifecycle.services.purge import TICK_SCHEDULE as PURGE_TICK
+from dockyard.lifecycle.services.purge import TICK_SECONDS as PURGE_TICK_SECONDS
 from dockyard.rooms import Dockyard, Room
 
 
@@ -21,11 +25,17 @@ def _services_of(parts: Dockyard) -> LifecycleServices:
 
 def _routes(parts: Dockyard, policy: Policy) -> Sequence[BaseRoute]:
     services = _services_of(parts)
-    return [*build_routes(services, policy), *recycle_routes(services.recycle, policy, parts.access.audit)]
+    return [
+        *build_routes(services, policy, parts.access.audit),
+        *recycle_routes(services.recycle, policy, parts.access.audit),
+    ]
 
 
 def _work(parts: Dockyard, runtime: Runtime) -> None:
-    recycle = _services_of(parts).recycle
+    services = _services_of(parts)
+    runtime.job(PURGE_JOB, services.purge.handle, lease_seconds=PURGE_LEASE_SECONDS)
+    runtime.schedule(PURGE_TICK, PURGE_TICK_SECONDS, services.purge.tick)
+    recycle = services.recycle
     if recycle is not None:
         every = jobs.EXPIRE_RECYCLE_BIN_EVERY
         runtime.schedule("lifecycle.expire-recycle-bin", every, lambda: jobs.expire_recycle_bin(recycle))

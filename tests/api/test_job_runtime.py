@@ -398,9 +398,12 @@ def test_the_rooms_register_their_work_and_upload_expiry_runs_as_a_schedule(dock
         "registry.expire-uploads",
         "lifecycle.expire-recycle-bin",
         "lifecycle.retention",
+        "lifecycle.purge-schedules",
     }
-    assert runtime.run_due() == 6
-    assert runtime.run_due() == 0  # next due in an hour (ten minutes for uploads, five for retention)
+    assert runtime.run_due() == 7
+    assert (
+        runtime.run_due() == 0
+    )  # next due in an hour (ten minutes for uploads, five for retention, a minute for purges)
     with dockyard.db.read() as conn:
         statuses = set(conn.execute(sa.text("SELECT last_status FROM schedules")).scalars())
     assert statuses == {"succeeded"}

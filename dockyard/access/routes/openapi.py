@@ -65,6 +65,15 @@ RESTORE = _object(
 )
 
 #: (path, method, summary, request body schema or None, success status)
+#: acr purge's flags as a JSON body.
+PURGE = _object(
+    filters={"type": "array", "items": {"type": "string"}},
+    ago={"type": "string"},
+    keep={"type": "integer"},
+    untagged={"type": "boolean"},
+    untaggedOnly={"type": "boolean"},
+    concurrency={"type": "integer"},
+)
 OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("/api/v1/registry", "get", "Registry properties", None, 200),
     (
@@ -233,6 +242,29 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("/api/v1/deleted/{name}/_manifests", "get", "A repository's manifests in the recycle bin", None, 200),
     ("/api/v1/deleted/{name}/_tags", "get", "Tags of a repository's manifests in the bin", None, 200),
     ("/api/v1/deleted/{name}/_manifests/{digest}/restore", "post", "Restore a manifest", RESTORE, 200),
+    (
+        "/api/v1/purge",
+        "post",
+        "Start a purge as acr purge (needs delete on every matched repository); returns the run id",
+        PURGE | {"properties": PURGE["properties"] | {"dryRun": {"type": "boolean"}}},
+        202,
+    ),
+    ("/api/v1/purge/runs", "get", "Purge runs, newest first (?limit=, ?schedule=)", None, 200),
+    ("/api/v1/purge/runs/{id}", "get", "A purge run with what it deleted or skipped", None, 200),
+    ("/api/v1/purge/schedules", "get", "List purge schedules", None, 200),
+    (
+        "/api/v1/purge/schedules",
+        "post",
+        "Create a purge schedule (5-field cron in UTC)",
+        PURGE
+        | {
+            "required": ["name", "schedule"],
+            "properties": PURGE["properties"] | {"name": {"type": "string"}, "schedule": {"type": "string"}},
+        },
+        201,
+    ),
+    ("/api/v1/purge/schedules/{schedule}", "get", "Show a purge schedule", None, 200),
+    ("/api/v1/purge/schedules/{schedule}", "delete", "Delete a purge schedule", None, 204),
 ]
 
 

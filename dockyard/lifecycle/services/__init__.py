@@ -8,6 +8,7 @@ from typing import Any
 
 from dockyard.lifecycle.interfaces import KeptBlobs
 from dockyard.lifecycle.services.policies import PolicyService
+from dockyard.lifecycle.services.purge import PurgeService
 from dockyard.lifecycle.services.recycle import RecycleService
 from dockyard.lifecycle.services.retention import RetentionService
 from dockyard.rooms import Kernel
@@ -39,6 +40,8 @@ def build_recycle(kernel: Kernel, built: Mapping[str, Any]) -> RecycleServices:
 class LifecycleServices:
     """What the lifecycle room offers; each concern adds its service here."""
 
+    #: ``dockyard purge``: runs (once or scheduled) and purge schedules.
+    purge: PurgeService
     #: Blob digests garbage collection must keep besides those manifests reference.
     kept_blobs: list[KeptBlobs] = field(default_factory=list)
     #: Soft delete and retention (None only in a registry built without them).
@@ -47,7 +50,7 @@ class LifecycleServices:
 
 def build_lifecycle_services(kernel: Kernel, built: Mapping[str, Any]) -> LifecycleServices:
     """The lifecycle services for one registry (``built`` holds the registry room's services)."""
-    services = LifecycleServices()
+    services = LifecycleServices(purge=PurgeService(kernel.db, built["registry"].manifests))
     services.recycle = build_recycle(kernel, built)
     services.kept_blobs.append(services.recycle.bin.kept_blobs)
     return services
