@@ -14,6 +14,7 @@ from dockyard.db import Database
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, repository_blobs
+from dockyard.registry.services.blobstate import LIVE
 from dockyard.registry.services.common import BlobInfo, ensure_repository, link_blob, require_repository
 from dockyard.storage import BlobSource, BlobStore, StorageError
 
@@ -24,9 +25,13 @@ BLOB_SIZE = (
     sa.select(blobs.c.size, blobs.c.location)
     .select_from(repository_blobs.join(repositories).join(blobs))
     .where(
-        repositories.c.name == sa.bindparam("repository"), repository_blobs.c.digest == sa.bindparam("digest")
+        repositories.c.name == sa.bindparam("repository"),
+        repository_blobs.c.digest == sa.bindparam("digest"),
+        blobs.c.state == LIVE,  # a blob garbage collection is deleting exists no more
     )
 )
+#: The same, locking the link and blob rows against garbage collection until a mount commits.
+BLOB_SIZE_SHARED = BLOB_SIZE.with_for_update(read=True, of=[repository_blobs, blobs])
 
 
 def _blob_unknown(digest: str) -> RegistryError:
@@ -115,7 +120,7 @@ class BlobService:
             for candidate in candidates:
                 if candidate == repository or not can_read(candidate):
                     continue
-                size = self._lookup(conn, candidate, digest)
+                size = conn.execute(BLOB_SIZE_SHARED, {"repository": candidate, "digest": digest}).scalar()
                 if size is not None:
                     repo_id = ensure_repository(conn, repository)
                     link_blob(conn, repo_id, digest, size)
