@@ -27,7 +27,8 @@ BLOB_SIZE = (
     .where(
         repositories.c.name == sa.bindparam("repository"),
         repository_blobs.c.digest == sa.bindparam("digest"),
-        blobs.c.state == LIVE,  # a blob garbage collection is deleting exists no more
+        # a blob garbage collection is deleting exists no more (inline: lookup_row binds by name)
+        blobs.c.state == sa.literal_column(f"'{LIVE}'"),
     )
 )
 #: The same, locking the link and blob rows against garbage collection until a mount commits.
