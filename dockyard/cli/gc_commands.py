@@ -116,7 +116,7 @@ def show_usage(
     """Show the registry's storage and resource usage (as `az acr show-usage`)."""
     with connect(registry) as client:
         if repository:
-            data = client.json("GET", f"/api/v1/repositories/{client.repo_path(repository)}/usage")
+            data = client.json("GET", "/api/v1/registry/usage", params={"repository": repository})
             emit(data, output, columns=["name", "sizeBytes", "blobBytes", "manifestBytes", "manifestCount"])
             return
         data = client.json("GET", "/api/v1/registry/usage")

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from dockyard.access.permissions import MANAGE_READ, MANAGE_WRITE, READ_METADATA
+from dockyard.access.permissions import MANAGE_READ, MANAGE_WRITE
 from dockyard.access.policy import Policy
 from dockyard.access.routes.common import field, invalid, iso, json_body, query_int
 from dockyard.asgi import run_sync
@@ -54,11 +54,6 @@ class GcRoutes:
             Route(
                 "/api/v1/registry/usage", guard(self.registry_usage, {"GET": MANAGE_READ}), methods=["GET"]
             ),
-            Route(
-                "/api/v1/repositories/{name:path}/usage",
-                guard(self.repository_usage, {"GET": READ_METADATA}),
-                methods=["GET"],
-            ),
         ]
 
     async def runs(self, request: Request) -> Response:
@@ -86,6 +81,9 @@ class GcRoutes:
         return JSONResponse(run_json(found))
 
     async def registry_usage(self, request: Request) -> Response:
+        repository = request.query_params.get("repository")
+        if repository is not None:
+            return await self.repository_usage(repository)
         found = await run_sync(self.usage.registry)
         return JSONResponse(
             {
@@ -96,8 +94,8 @@ class GcRoutes:
             }
         )
 
-    async def repository_usage(self, request: Request) -> Response:
-        name = request.path_params["name"]
+    async def repository_usage(self, name: str) -> Response:
+        """A repository's size: each blob its manifests reference once, plus its manifests."""
         found = await run_sync(self.usage.repository, name)
         if found is None:
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {name!r} not known to registry")

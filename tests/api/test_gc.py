@@ -12,6 +12,7 @@ from dockyard.db import utcnow
 from dockyard.lifecycle.services.gc import GarbageCollector, Options
 from dockyard.registry.models import blobs, manifest_blobs
 from dockyard.registry.services.blobstate import GONE, LIVE
+from tests.support.auth import create_user
 from tests.support.images import make_image, sha256
 from tests.support.registry import error_codes, push_blob, push_image
 from tests.support.stores import stored_blobs
@@ -310,6 +311,11 @@ def test_a_run_requested_over_the_api_runs_as_a_job_and_reports(client, dockyard
 
 def test_gc_runs_need_the_right_roles(client, anonymous):
     assert anonymous.post("/api/v1/gc/runs", json={}).status_code == 401
+    reader = create_user(client, "gc-reader", "Reader")
+    contributor = create_user(client, "gc-contributor", "Contributor")
+    assert client.get("/api/v1/gc/runs", headers=reader).status_code == 200
+    assert client.post("/api/v1/gc/runs", json={}, headers=reader).status_code == 403
+    assert client.post("/api/v1/gc/runs", json={"dryRun": True}, headers=contributor).status_code == 202
     assert client.post("/api/v1/gc/runs", json={"gracePeriodSeconds": -1}).status_code == 400
     assert client.get("/api/v1/gc/runs/999").status_code == 404
 
@@ -325,7 +331,7 @@ def test_usage_counts_each_blob_once(client):
     assert by_name["Size"]["currentValue"] == expected
     assert by_name["Size"]["unit"] == "Bytes"
     assert by_name["Webhooks"]["limit"] == 500
-    repo = client.get("/api/v1/repositories/one/usage").json()
+    repo = client.get("/api/v1/registry/usage", params={"repository": "one"}).json()
     assert repo["sizeBytes"] == expected
     assert repo["manifestCount"] == 1
-    assert client.get("/api/v1/repositories/none/usage").status_code == 404
+    assert client.get("/api/v1/registry/usage", params={"repository": "none"}).status_code == 404
