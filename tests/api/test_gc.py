@@ -9,9 +9,9 @@ import sqlalchemy as sa
 
 from dockyard.app import Dockyard
 from dockyard.db import utcnow
-from dockyard.lifecycle.services.gc import GarbageCollector, Options
+from dockyard.lifecycle.services.gc import GarbageCollector, Options, Report
 from dockyard.registry.models import blobs, manifest_blobs
-from dockyard.registry.services.blobstate import GONE, LIVE
+from dockyard.registry.services.blobstate import DELETING, GONE, LIVE, BlobBusy, Seen, link_committed
 from tests.support.auth import create_user
 from tests.support.images import make_image, sha256
 from tests.support.registry import error_codes, push_blob, push_image
@@ -176,9 +176,7 @@ def unlinked_blob(client, parts: Dockyard, data: bytes) -> str:
     return digest
 
 
-def _report():
-    from dockyard.lifecycle.services.gc import Report
-
+def _report() -> Report:
     return Report()
 
 
@@ -335,3 +333,46 @@ def test_usage_counts_each_blob_once(client):
     assert repo["sizeBytes"] == expected
     assert repo["manifestCount"] == 1
     assert client.get("/api/v1/registry/usage", params={"repository": "none"}).status_code == 404
+
+
+# -- the linker's decision, state by state ---------------------------------------------------------
+
+DIGEST = sha256(b"decision")
+
+
+@pytest.mark.parametrize(
+    ("row", "seen", "links"),
+    [
+        (None, Seen(None), True),  # new blob
+        ((LIVE, 3), Seen(LIVE, 3), True),  # unchanged
+        ((LIVE, 4), Seen(LIVE, 3), False),  # marked and revived meanwhile: our reused bytes may be gone
+        ((DELETING, 4), Seen(LIVE, 3), False),  # being deleted now
+        ((GONE, 4), Seen(LIVE, 3), False),  # deleted after we looked: bytes we reused are gone
+        ((GONE, 4), Seen(GONE, 4), True),  # deleted before we wrote: ours are new, it comes back
+        ((DELETING, 1), Seen(None), False),  # an unrecorded object claimed for deletion meanwhile
+        (None, Seen(GONE, 4), False),  # its tombstone was pruned meanwhile
+    ],
+)
+def test_the_linker_links_only_when_collection_cannot_have_taken_its_bytes(dockyard, row, seen, links):
+    from dockyard.registry.services.common import ensure_repository
+
+    def prepare(conn):
+        if row is not None:
+            conn.execute(
+                blobs.insert().values(
+                    digest=DIGEST, size=8, created_at=utcnow(), state=row[0], generation=row[1]
+                )
+            )
+
+    def link(conn):
+        return link_committed(conn, ensure_repository(conn, "app"), DIGEST, 8, None, seen)
+
+    dockyard.db.run_write(prepare)
+    if links:
+        assert dockyard.db.run_write(link) is True
+        with dockyard.db.read() as conn:
+            assert conn.execute(sa.select(blobs.c.state).where(blobs.c.digest == DIGEST)).scalar() == LIVE
+    else:
+        with pytest.raises(BlobBusy) as refused:
+            dockyard.db.run_write(link)
+        assert refused.value.status == 503
