@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from dockyard.app import Dockyard
 from dockyard.db import utcnow
 from dockyard.lifecycle.services.gc import GarbageCollector, Options, Report
-from dockyard.registry.models import blobs, manifest_blobs
+from dockyard.registry.models import blobs, manifest_blobs, uploads
 from dockyard.registry.services.blobstate import DELETING, GONE, LIVE, BlobBusy, Seen, link_committed
 from tests.support.auth import create_user
 from tests.support.images import make_image, sha256
@@ -376,3 +376,31 @@ def test_the_linker_links_only_when_collection_cannot_have_taken_its_bytes(docky
         with pytest.raises(BlobBusy) as refused:
             dockyard.db.run_write(link)
         assert refused.value.status == 503
+
+
+def test_committed_uploads_nobody_recorded_are_removed_unless_their_session_lives(dockyard):
+    store = dockyard.store
+    committed = {}
+    for name in ("crashed", "in-flight"):
+        data = f"{name} upload bytes".encode()
+        upload_id = f"gc-{name}"
+        writer = store.open_upload(upload_id, None, 0)
+        writer.write(data)
+        state = writer.close()
+        committed[name] = (sha256(data), store.commit_upload(upload_id, state, sha256(data), len(data)))
+    now = utcnow()
+    dockyard.db.run_write(
+        lambda conn: conn.execute(
+            uploads.insert().values(
+                id="gc-in-flight", repository="app", size=0, created_at=now, updated_at=now
+            )
+        )
+    )
+
+    collector(dockyard).collect(Options(grace_seconds=HOUR))
+
+    for name, (digest, location) in committed.items():
+        # at the digest's own place an unrecorded object is an orphan whatever its session (that
+        # session has lost its bytes); at its upload's own location, a live session keeps it
+        kept = location is not None and name == "in-flight"
+        assert (store.stat(digest, location=location) is not None) == kept, (name, location)

@@ -54,6 +54,10 @@ STALE_DELETING_SECONDS = 900
 #: Index → untagged child → ... chains are followed this many levels per run.
 MAX_MANIFEST_PASSES = 8
 
+#: What ``BlobStore.delete`` is given for an object listed by location only: drivers address it by
+#: the location and merely check that the digest is well formed.
+UNKNOWN_DIGEST = "sha256:" + "0" * 64
+
 _CLAIM = per_dialect(
     lambda insert: insert(blobs).on_conflict_do_nothing(index_elements=["digest"]).returning(blobs.c.digest)
 )
@@ -464,15 +468,23 @@ class GarbageCollector:
     def _orphans_located(self, found: dict[str, int], dry_run: bool, report: Report) -> None:
         """Objects committed at an upload's own place that no row records. Their upload is over
         (no session row names it); only a crash between commit and record leaves them."""
-        recorded = set(self._read(sa.select(blobs.c.location).where(blobs.c.location.in_(list(found)))))
         owners = {location: location.rstrip("/").rsplit("/", 1)[-1] for location in found}
-        live = set(self._read(sa.select(uploads.c.id).where(uploads.c.id.in_(list(owners.values())))))
+        # One statement, so one snapshot: the transaction that records such an object also ends
+        # its session, so every object being committed right now shows up under one or the other.
+        taken = set(
+            self._read(
+                sa.union_all(
+                    sa.select(blobs.c.location.label("key")).where(blobs.c.location.in_(list(found))),
+                    sa.select(uploads.c.id.label("key")).where(uploads.c.id.in_(list(owners.values()))),
+                )
+            )
+        )
         for location, size in found.items():
-            if location in recorded or owners[location] in live:
+            if location in taken or owners[location] in taken:
                 continue
             if not dry_run:
                 try:
-                    self._store.delete("", location=location)
+                    self._store.delete(UNKNOWN_DIGEST, location=location)
                 except Exception:
                     log.exception("could not delete orphaned object %s", location)
                     report.failures += 1
@@ -511,6 +523,6 @@ class GarbageCollector:
         with self._db.read() as conn:
             return list(conn.execute(query).all())
 
-    def _read(self, query: sa.Select) -> Iterable[Any]:
+    def _read(self, query: sa.Select | sa.CompoundSelect) -> Iterable[Any]:
         with self._db.read() as conn:
             return list(conn.execute(query).scalars())
