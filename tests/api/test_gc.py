@@ -345,7 +345,10 @@ DIGEST = sha256(b"decision")
     [
         (None, Seen(None), True),  # new blob
         ((LIVE, 3), Seen(LIVE, 3), True),  # unchanged
+        ((LIVE, 0), Seen(None), True),  # a concurrent push of the same blob recorded it first
+        ((LIVE, 4), Seen(GONE, 4), True),  # a concurrent push revived it first (both wrote new bytes)
         ((LIVE, 4), Seen(LIVE, 3), False),  # marked and revived meanwhile: our reused bytes may be gone
+        ((LIVE, 1), Seen(None), False),  # an unrecorded object claimed, deleted and revived meanwhile
         ((DELETING, 4), Seen(LIVE, 3), False),  # being deleted now
         ((GONE, 4), Seen(LIVE, 3), False),  # deleted after we looked: bytes we reused are gone
         ((GONE, 4), Seen(GONE, 4), True),  # deleted before we wrote: ours are new, it comes back

@@ -9,6 +9,10 @@ A linker that commits bytes to the store (an upload) reads the row's (state, gen
 only if nothing changed since, or if the row was a tombstone already then (its bytes were
 written after the old ones were deleted: the row comes back to life with them). Anything else
 means the bytes it relied on may have been deleted under it: it fails with a retryable 503.
+
+Garbage collection deletes bytes only after bumping a generation (marking a row, or claiming an
+unrecorded object with a new row of generation 1), so a live row whose generation is the one
+seen (0 when there was no row: a concurrent push recorded it) was never marked in between.
 """
 
 from __future__ import annotations
@@ -89,9 +93,11 @@ def link_committed(
         ).first()
         if inserted is None:
             raise BlobBusy(digest)  # garbage collection claimed an unrecorded object meanwhile
-    elif (row.state, row.generation) != (seen.state, seen.generation) or row.state == DELETING:
-        raise BlobBusy(digest)
+    elif row.generation != seen.generation or row.state == DELETING:
+        raise BlobBusy(digest)  # marked since we looked: bytes we reused may be gone
     elif row.state == GONE:
+        if seen.state != GONE:
+            raise BlobBusy(digest)
         conn.execute(
             blobs.update()
             .where(blobs.c.digest == digest)

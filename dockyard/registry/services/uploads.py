@@ -291,12 +291,12 @@ class UploadService:
         upload_id = f"whole-{uuid.uuid4()}"
         hasher = ResumableHash(algorithm)
         state = None
-        seen = seen_before_commit(self._db, digest)
         try:
             size, state = self._write(
                 upload_id, None, _Recorded(0), hasher, body, expected=content_length, digest=digest
             )
             self._verify(digest, algorithm, hasher)
+            seen = seen_before_commit(self._db, digest)
             location = self._store.commit_upload(upload_id, state, digest, size)
         except BaseException:
             self._store.abort_upload(upload_id, state)
