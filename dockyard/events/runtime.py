@@ -264,7 +264,7 @@ class Runtime:
 
     def wake(self) -> None:
         """Start the next round soon (from any thread)."""
-        if self._loop is not None and self._wake is not None:
+        if self._loop is not None and self._wake is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def stop_claiming(self) -> None:

@@ -83,7 +83,6 @@ def link_committed(
     """
     now = utcnow()
     row = conn.execute(_LOCK.with_for_update(), {"digest": digest}).first()
-    surplus = False
     if row is None:
         if seen.state is not None:
             raise BlobBusy(digest)  # the tombstone was pruned meanwhile: start over, to be sure
@@ -91,8 +90,13 @@ def link_committed(
             _INSERT[conn.dialect.name],
             {"digest": digest, "size": size, "created_at": now, "location": location},
         ).first()
-        if inserted is None:
-            raise BlobBusy(digest)  # garbage collection claimed an unrecorded object meanwhile
+        if inserted is None:  # a concurrent push recorded it first (or collection claimed it)
+            row = conn.execute(_LOCK.with_for_update(), {"digest": digest}).first()
+            if row is None:
+                raise BlobBusy(digest)
+    surplus = False
+    if row is None:
+        pass  # we recorded it
     elif row.generation != seen.generation or row.state == DELETING:
         raise BlobBusy(digest)  # marked since we looked: bytes we reused may be gone
     elif row.state == GONE:
