@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from dockyard.app import Dockyard
 from dockyard.db import utcnow
+from dockyard.lifecycle.models import gc_runs
 from dockyard.lifecycle.services.gc import GarbageCollector, Options, Report
 from dockyard.registry.models import blobs, manifest_blobs, uploads
 from dockyard.registry.services.blobstate import DELETING, GONE, LIVE, BlobBusy, Seen, link_committed
@@ -407,3 +408,18 @@ def test_committed_uploads_nobody_recorded_are_removed_unless_their_session_live
         # session has lost its bytes); at its upload's own location, a live session keeps it
         kept = location is not None and name == "in-flight"
         assert (store.stat(digest, location=location) is not None) == kept, (name, location)
+
+
+def test_the_scheduled_run_collects_with_the_default_grace_and_prunes_old_records(client, dockyard):
+    gc = dockyard.service("lifecycle").gc
+    old = gc.request(dry_run=True)
+    dockyard.db.run_write(
+        lambda conn: conn.execute(
+            gc_runs.update().where(gc_runs.c.id == old.id).values(created_at=utcnow() - timedelta(days=31))
+        )
+    )
+    run = gc.scheduled()
+    assert run.status == "succeeded"
+    assert run.trigger == "schedule"
+    assert run.grace_seconds == dockyard.settings.gc_grace_seconds
+    assert [r.id for r in gc.list()] == [run.id]

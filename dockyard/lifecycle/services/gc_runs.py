@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 JOB_KIND = "lifecycle.gc"
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+#: Run records older than this are removed by the scheduled run.
+KEEP_RUNS_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,14 @@ class GcService:
         self.execute(int(job.payload["run"]))
 
     def scheduled(self) -> GcRun | None:
-        """The schedule's run (default grace, blobs only), executed at once."""
-        run_id = self._db.run_write(lambda conn: self._insert(conn, None, False, False, "schedule"))
-        return self.execute(run_id)
+        """The schedule's run (default grace, blobs only), executed at once; old run records pruned."""
+        kept_since = utcnow() - timedelta(days=KEEP_RUNS_DAYS)
+
+        def work(conn: Connection) -> int:
+            conn.execute(gc_runs.delete().where(gc_runs.c.created_at < kept_since))
+            return self._insert(conn, None, False, False, "schedule")
+
+        return self.execute(self._db.run_write(work))
 
     def execute(self, run_id: int) -> GcRun | None:
         """Run a recorded run (once: a run already finished is left alone); failures are recorded."""
