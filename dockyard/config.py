@@ -149,6 +149,16 @@ class Settings(BaseSettings):
         description="Manifests and blob lookups each process caches on PostgreSQL (kept true by "
         "LISTEN/NOTIFY); 0 turns the cache off.",
     )
+    immutable_tags: bool = Field(
+        False,
+        description="Write-once tags in every repository without a policy of its own "
+        "(`dockyard repository immutability set`).",
+    )
+    immutable_tags_exempt: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Tags (fnmatch patterns, e.g. latest) exempt from the default write-once policy; "
+        "comma-separated in env.",
+    )
     max_connections: int = Field(
         8192,
         ge=16,
@@ -309,7 +319,12 @@ class Settings(BaseSettings):
         return names
 
     @field_validator(
-        "trusted_proxies", "private_networks", "webhook_allowed_networks", "metrics_networks", mode="before"
+        "trusted_proxies",
+        "private_networks",
+        "webhook_allowed_networks",
+        "metrics_networks",
+        "immutable_tags_exempt",
+        mode="before",
     )
     @classmethod
     def _comma_separated(cls, value: object) -> object:

@@ -212,7 +212,7 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
         port=settings.port,
         interface=Interfaces.ASGI,
         workers=workers,
-        loop=Loops.auto,
+        loop=Loops.auto,  # uvloop (a dependency) when importable: about a quarter less CPU per request
         log_level=settings.log_level.value,
         log_access=False,
         websockets=False,

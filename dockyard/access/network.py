@@ -9,6 +9,7 @@ from ``X-Forwarded-For`` only when the direct peer is a configured trusted proxy
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,10 +23,13 @@ def networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(value, strict=False) for value in values)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(value: str) -> IPAddress | None:
     """An IP address, also as proxies write it in X-Forwarded-For: ``[v6]``, ``[v6]:port``, ``v4:port``.
 
-    IPv4-mapped IPv6 addresses become IPv4. None when ``value`` is no address.
+    IPv4-mapped IPv6 addresses become IPv4. None when ``value`` is no address. Memoised: a
+    registry sees the same few peers again and again, and the parse costs more than the request's
+    database read.
     """
     text = value.strip()
     if text.startswith("["):

@@ -41,6 +41,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 NeedFor = Need | Callable[[Request], Need] | None
 
 
+#: Where a request's client address is kept once worked out (scope key).
+CLIENT_IP = "dockyard.client_ip"
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who made a request: a principal (Basic auth or anonymous) or an access token's bearer."""
@@ -89,10 +93,14 @@ class Policy:
     # -- who is calling -----------------------------------------------------------------------
 
     def client_ip(self, scope: Scope) -> str | None:
+        """The real client's address (``X-Forwarded-For`` read through trusted proxies), once per request."""
+        if CLIENT_IP in scope:
+            return scope[CLIENT_IP]
         peer = scope.get("client")
         forwarded = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"]
         address = client_address(peer[0] if peer else None, forwarded, self.trusted_proxies)
-        return str(address) if address is not None else None
+        scope[CLIENT_IP] = ip = str(address) if address is not None else None
+        return ip
 
     async def caller(self, request: Request) -> Caller:
         """The caller behind the Authorization header; 401 for credentials that do not check out."""

@@ -14,6 +14,8 @@ from dockyard.cli import (
     health_commands,
     identity_commands,
     job_commands,
+    purge_commands,
+    recycle_commands,
     registry_commands,
     webhook_commands,
 )
@@ -40,6 +42,9 @@ app.command("update")(registry_commands.update)
 app.add_typer(registry_commands.credential_app, name="credential")
 app.add_typer(registry_commands.network_rule_app, name="network-rule")
 app.add_typer(repository_commands.app, name="repository")
+repository_commands.app.command("list-deleted")(recycle_commands.list_deleted_repositories)
+app.add_typer(recycle_commands.config_app, name="config")
+app.add_typer(recycle_commands.manifest_app, name="manifest")
 app.add_typer(access_commands.scope_map_app, name="scope-map")
 app.add_typer(access_commands.token_app, name="token")
 app.add_typer(identity_commands.user_app, name="user")
@@ -48,6 +53,7 @@ app.add_typer(identity_commands.role_app, name="role")
 app.add_typer(webhook_commands.app, name="webhook")
 app.add_typer(event_commands.app, name="event")
 app.add_typer(job_commands.app, name="job")
+app.add_typer(purge_commands.app, name="purge")
 app.add_typer(gc_commands.app, name="gc")
 app.command("show-usage")(gc_commands.show_usage)
 app.add_typer(registry_commands.audit_app, name="audit")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dockyard.cli.client import connect
+from dockyard.cli.client import RegistryClient, connect
 from dockyard.cli.options import RegistryOption, TopOption, TrueFalse, shown_once
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 
@@ -40,9 +40,14 @@ class PasswordNumber(enum.StrEnum):
 
 
 def show(registry: RegistryOption = None, output: OutputFormat = output_option) -> None:
-    """Show the registry's properties: login server, admin user, anonymous pull, network rules."""
+    """Show the registry's properties: login server, admin user, anonymous pull, network rules, policies."""
     with connect(registry) as client:
-        emit(client.json("GET", REGISTRY), output, PROPERTY_COLUMNS)
+        emit(_with_policies(client, client.json("GET", REGISTRY)), output, PROPERTY_COLUMNS)
+
+
+def _with_policies(client: RegistryClient, properties: dict[str, Any]) -> dict[str, Any]:
+    """The properties with the lifecycle policies (ACR's ``policies`` object) added."""
+    return {**properties, "policies": client.json("GET", f"{REGISTRY}/policies")}
 
 
 def update(
@@ -76,7 +81,7 @@ def update(
     if not body:
         raise fail("nothing to update: give at least one property to change", 2)
     with connect(registry) as client:
-        emit(client.json("PATCH", REGISTRY, json=body), output, PROPERTY_COLUMNS)
+        emit(_with_policies(client, client.json("PATCH", REGISTRY, json=body)), output, PROPERTY_COLUMNS)
 
 
 # -- dockyard credential -------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`dockyard repository …`: list, show, show-tags, show-manifests, delete, untag (as `az acr repository`)."""
+"""`dockyard repository …`: list, show, show-tags, show-manifests, delete, untag, update (as `az acr
+repository`), and the write-once tag policy (`repository immutability show|set`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from dockyard.cli.client import confirm_delete, connect
 from dockyard.cli.options import RegistryOption, TopOption
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 
-app = typer.Typer(help="Manage repositories: list, inspect, untag and delete images.", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage repositories: list, inspect, lock, untag and delete images.", no_args_is_help=True
+)
+immutability_app = typer.Typer(
+    help="Write-once tags: a repository's tag immutability policy.", no_args_is_help=True
+)
+app.add_typer(immutability_app, name="immutability")
 
 
 class OrderBy(enum.StrEnum):
@@ -170,3 +177,100 @@ def untag(
     with connect(registry) as client:
         client.request("DELETE", f"/acr/v1/{client.repo_path(name)}/_tags/{tag}")
     emit({"untagged": f"{name}:{tag}"}, output)
+
+
+def _flag(name: str, what: str) -> Any:
+    return typer.Option(f"--{name}", help=f"{what} (true or false).")
+
+
+def _boolean(value: str | None, flag: str) -> bool | None:
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise fail(f"{flag} must be true or false", 2)
+
+
+@app.command("update")
+def update(
+    registry: RegistryOption = None,
+    repository: Annotated[str | None, typer.Option("--repository", help="Lock a whole repository.")] = None,
+    image: Annotated[
+        str | None, typer.Option("--image", help="Lock a tag (repo:tag) or a manifest (repo@digest).")
+    ] = None,
+    write_enabled: Annotated[str | None, _flag("write-enabled", "Allow overwrite and delete")] = None,
+    delete_enabled: Annotated[str | None, _flag("delete-enabled", "Allow delete")] = None,
+    read_enabled: Annotated[str | None, _flag("read-enabled", "Allow pulls")] = None,
+    list_enabled: Annotated[str | None, _flag("list-enabled", "Show in listings")] = None,
+    output: OutputFormat = output_option,
+) -> None:
+    """Lock or unlock a repository, tag or manifest (ACR's changeable attributes)."""
+    if bool(repository) == bool(image):
+        raise fail("give exactly one of --repository or --image", 2)
+    changes = {
+        key: value
+        for key, value in {
+            "writeEnabled": _boolean(write_enabled, "--write-enabled"),
+            "deleteEnabled": _boolean(delete_enabled, "--delete-enabled"),
+            "readEnabled": _boolean(read_enabled, "--read-enabled"),
+            "listEnabled": _boolean(list_enabled, "--list-enabled"),
+        }.items()
+        if value is not None
+    }
+    if not changes:
+        raise fail(
+            "give at least one of --write-enabled, --delete-enabled, --read-enabled, --list-enabled", 2
+        )
+    with connect(registry) as client:
+        if repository:
+            data = client.request("PATCH", f"/acr/v1/{client.repo_path(repository)}", json=changes).json()
+        else:
+            assert image is not None
+            name, tag, digest = parse_image(image)
+            if digest:
+                path = f"/acr/v1/{client.repo_path(name)}/_manifests/{digest}"
+                data = client.request("PATCH", path, json=changes).json()["manifest"]
+            else:
+                path = f"/acr/v1/{client.repo_path(name)}/_tags/{tag or 'latest'}"
+                data = client.request("PATCH", path, json=changes).json()["tag"]
+    emit(data, output)
+
+
+def _policy_path(client: Any, repository: str) -> str:
+    return f"/api/v1/repositories/{client.repo_path(repository)}/immutability"
+
+
+@immutability_app.command("show")
+def immutability_show(
+    repository: RepositoryOption, registry: RegistryOption = None, output: OutputFormat = output_option
+) -> None:
+    """Show a repository's write-once tag policy (its own, or the registry default it inherits)."""
+    with connect(registry) as client:
+        emit(client.request("GET", _policy_path(client, repository)).json(), output)
+
+
+@immutability_app.command("set")
+def immutability_set(
+    repository: RepositoryOption,
+    enabled: Annotated[
+        str, typer.Option("--enabled", help="true, false, or default (follow the registry-wide setting).")
+    ],
+    exempt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exempt", help="A tag (or fnmatch pattern, e.g. 'dev-*') that stays movable; repeatable."
+        ),
+    ] = None,
+    registry: RegistryOption = None,
+    output: OutputFormat = output_option,
+) -> None:
+    """Make a repository's tags write-once: a pushed tag never moves to another digest (exemptions may)."""
+    state = None if enabled.strip().lower() == "default" else _boolean(enabled, "--enabled")
+    body: dict[str, Any] = {"enabled": state}
+    if exempt is not None:
+        body["exemptions"] = exempt
+    with connect(registry) as client:
+        emit(client.request("PUT", _policy_path(client, repository), json=body).json(), output)

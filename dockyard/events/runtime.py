@@ -264,6 +264,7 @@ class Runtime:
 
     def wake(self) -> None:
         """Start the next round soon (from any thread)."""
+        # a loop that already closed (an app that shut down while its work finished) needs no wake-up
         if self._loop is not None and self._wake is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake.set)
 

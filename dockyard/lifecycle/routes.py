@@ -11,7 +11,9 @@ from starlette.routing import BaseRoute, Route
 from dockyard.access.permissions import MANAGE_READ, MANAGE_WRITE
 from dockyard.access.policy import Policy
 from dockyard.access.routes.common import field, invalid, iso, json_body, query_int
+from dockyard.access.services.audit import AuditService
 from dockyard.asgi import run_sync
+from dockyard.lifecycle.purge_routes import PurgeRoutes
 from dockyard.lifecycle.services import LifecycleServices
 from dockyard.lifecycle.services.gc_runs import GcRun, GcService
 from dockyard.lifecycle.services.usage import UsageService
@@ -102,9 +104,9 @@ class GcRoutes:
         return JSONResponse({"name": name, **found})
 
 
-def build_routes(services: LifecycleServices, policy: Policy) -> list[BaseRoute]:
+def build_routes(services: LifecycleServices, policy: Policy, audit: AuditService) -> list[BaseRoute]:
     """Every route of the lifecycle room."""
-    routes: list[BaseRoute] = []
+    routes: list[BaseRoute] = [*PurgeRoutes(services.purge, policy, audit).routes()]
     if services.gc is not None and services.usage is not None:
         routes += GcRoutes(services.gc, services.usage, policy).routes()
     return routes

@@ -7,6 +7,14 @@ import sqlalchemy as sa
 from dockyard.db import BIGINT, TIMESTAMP, metadata
 
 
+def lock_columns() -> list[sa.Column[bool]]:
+    """ACR's changeableAttributes: what may be done to a repository, tag or manifest (all true by default)."""
+    return [
+        sa.Column(name, sa.Boolean, nullable=False, server_default=sa.true())
+        for name in ("read_enabled", "write_enabled", "delete_enabled", "list_enabled")
+    ]
+
+
 def ordered_string(length: int) -> sa.types.TypeEngine[str]:
     """A string column that sorts byte-wise ("ASCIIbetical") on every engine, as the spec lists."""
     return sa.String(length).with_variant(sa.String(length, collation="C"), "postgresql")
@@ -21,6 +29,11 @@ repositories = sa.Table(
     sa.Column("updated_at", TIMESTAMP, nullable=False),
     #: Bumped by every change to the repository's tags; lets processes cache tag lists safely.
     sa.Column("tag_version", sa.BigInteger, nullable=False, server_default="0"),
+    *lock_columns(),
+    #: Write-once tags: None follows the registry-wide default (settings), else on or off.
+    sa.Column("immutable_tags", sa.Boolean),
+    #: Tag names (fnmatch patterns) exempt from immutability, e.g. ["latest"]; None = the default's.
+    sa.Column("immutable_exemptions", sa.JSON(none_as_null=True)),
 )
 
 #: Blobs the store holds, registry-wide; a repository sees one only through repository_blobs.
@@ -70,6 +83,7 @@ manifests = sa.Table(
     sa.Column("subject_digest", sa.String(200)),
     sa.Column("annotations", sa.JSON(none_as_null=True)),
     sa.Column("created_at", TIMESTAMP, nullable=False),
+    *lock_columns(),
     sa.UniqueConstraint("repository_id", "digest"),
     sa.Index("ix_manifests_subject", "repository_id", "subject_digest"),
 )
@@ -107,6 +121,7 @@ tags = sa.Table(
     sa.Column("manifest_id", BIGINT, sa.ForeignKey("manifests.id", ondelete="CASCADE"), nullable=False),
     sa.Column("created_at", TIMESTAMP, nullable=False),
     sa.Column("updated_at", TIMESTAMP, nullable=False),
+    *lock_columns(),
     sa.Index("ix_tags_manifest_id", "manifest_id"),
 )
 

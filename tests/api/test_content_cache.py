@@ -220,3 +220,31 @@ def test_a_lost_listener_pauses_the_cache_until_it_reconnects(client, node, othe
     push_image(other_node, "lost/app", second, tag="latest")  # while nobody may be listening
     settled(node)  # the listener is back (it received the sentinel)
     assert client.get("/v2/lost/app/manifests/latest").headers["docker-content-digest"] == second.digest
+
+
+def test_a_read_lock_is_served_from_no_cache(client, node, other_node):
+    """A lock set on one node ends pulls of cached content on every node (the 0004 triggers fire
+    on the attribute columns too); on the node that set it, at once."""
+    image = make_image("locked")
+    push_image(client, "locked/app", image, tag="v1")
+    settled(node)
+    layer = image.config.digest
+    for path in ("manifests/v1", f"manifests/{image.digest}", f"blobs/{layer}"):
+        assert client.head(f"/v2/locked/app/{path}").status_code == 200
+    assert node.registry.cache.get("locked/app", ("b", layer)) is not None
+    assert other_node.patch("/acr/v1/locked/app/_tags/v1", json={"readEnabled": False}).status_code == 200
+    settled(node)
+    assert client.get("/v2/locked/app/manifests/v1").status_code == 403
+    assert client.get(f"/v2/locked/app/manifests/{image.digest}").status_code == 200
+    assert other_node.patch("/acr/v1/locked/app", json={"readEnabled": False}).status_code == 200
+    settled(node)
+    assert client.get(f"/v2/locked/app/manifests/{image.digest}").status_code == 403
+    assert client.head(f"/v2/locked/app/blobs/{layer}").status_code == 403
+    assert client.patch("/acr/v1/locked/app", json={"readEnabled": True}).status_code == 200
+    assert client.head(f"/v2/locked/app/blobs/{layer}").status_code == 200
+    assert client.patch("/acr/v1/locked/app/_tags/v1", json={"readEnabled": True}).status_code == 200
+    settled(node)
+    assert client.get("/v2/locked/app/manifests/v1").status_code == 200
+    assert node.registry.cache.get("locked/app", ("m", "v1")) is not None
+    assert client.patch("/acr/v1/locked/app/_tags/v1", json={"readEnabled": False}).status_code == 200
+    assert client.get("/v2/locked/app/manifests/v1").status_code == 403  # the local change: no wait

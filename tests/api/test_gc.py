@@ -26,7 +26,7 @@ def collector(parts: Dockyard, *, ahead: float = 2 * HOUR) -> GarbageCollector:
     return GarbageCollector(
         parts.db,
         parts.store,
-        parts.events,
+        parts.registry.manifests,
         parts.service("lifecycle").kept_blobs,
         batch=2,  # several batches even in small tests
         clock=lambda: utcnow() + timedelta(seconds=ahead),
@@ -136,6 +136,31 @@ def test_untagged_manifests_go_only_when_asked(client, dockyard):
     deletes = client.get("/api/v1/events", params={"action": "delete"}).json()["value"]
     assert [event["digest"] for event in deletes] == [index_child.digest]
     assert_consistent(dockyard)
+
+
+def test_untagged_collection_respects_locks_and_the_recycle_bin(client, dockyard):
+    locked = make_image("locked-untagged")
+    binned = make_image("binned-untagged")
+    push_image(client, "app", locked)
+    push_image(client, "app", binned)
+    patched = client.patch(f"/acr/v1/app/_manifests/{locked.digest}", json={"deleteEnabled": False})
+    assert patched.status_code == 200, patched.text
+    enabled = client.patch("/api/v1/registry/policies/soft-delete", json={"status": "enabled", "days": 7})
+    assert enabled.status_code == 200, enabled.text
+
+    report = collector(dockyard).collect(Options(grace_seconds=HOUR, untagged=True))
+
+    assert report.freed["manifests"].items == 1
+    assert client.get(f"/v2/app/manifests/{locked.digest}").status_code == 200
+    assert client.get(f"/v2/app/manifests/{binned.digest}").status_code == 404
+    deleted = client.get("/api/v1/deleted/app/_manifests").json()
+    assert binned.digest in str(deleted)  # soft-deleted: in the bin, its blobs kept
+    assert report.freed["blobs"].items == 0
+    assert_consistent(dockyard)
+    restored = client.post(f"/api/v1/deleted/app/_manifests/{binned.digest}/restore", json={})
+    assert restored.status_code == 200, restored.text
+    for blob in binned.blobs:
+        assert client.get(f"/v2/app/blobs/{blob.digest}").content == blob.data
 
 
 def test_store_objects_without_a_row_are_removed(client, dockyard):

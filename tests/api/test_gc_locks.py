@@ -67,7 +67,7 @@ def _old_blobs(parts: Dockyard, image) -> int:
 
 
 def _collector(parts: Dockyard) -> GarbageCollector:
-    return GarbageCollector(parts.db, parts.store, parts.events, [])
+    return GarbageCollector(parts.db, parts.store, parts.registry.manifests, [])
 
 
 def test_a_manifest_push_holding_its_blobs_keeps_the_collector_out(pg):

@@ -396,10 +396,15 @@ def test_the_rooms_register_their_work_and_upload_expiry_runs_as_a_schedule(dock
         "webhooks.prune-deliveries",
         "events.prune",
         "registry.expire-uploads",
+        "lifecycle.expire-recycle-bin",
+        "lifecycle.retention",
+        "lifecycle.purge-schedules",
         "lifecycle.gc",
     }
-    assert runtime.run_due() == 5
-    assert runtime.run_due() == 0  # next due in an hour (ten minutes for uploads)
+    assert runtime.run_due() == 8
+    assert (
+        runtime.run_due() == 0
+    )  # next due in an hour (ten minutes for uploads, five for retention, a minute for purges)
     with dockyard.db.read() as conn:
         statuses = set(conn.execute(sa.text("SELECT last_status FROM schedules")).scalars())
     assert statuses == {"succeeded"}

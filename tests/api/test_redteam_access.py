@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -217,9 +218,7 @@ def _management_calls(app) -> list[tuple[str, str]]:
     for route in app.routes:
         if not isinstance(route, Route) or not route.path.startswith("/api/v1") or "openapi" in route.path:
             continue
-        path = route.path
-        for param in route.param_convertors:
-            path = path.replace("{" + param + "}", "1" if param == "delivery" else "x")
+        path = re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: "1" if m.group(1) == "delivery" else "x", route.path)
         calls += [(method, path) for method in sorted(route.methods or ()) if method != "HEAD"]
     return calls
 

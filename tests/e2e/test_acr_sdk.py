@@ -150,3 +150,43 @@ def test_sdk_gets_the_413_for_an_oversized_manifest(
         client.set_manifest("sdk/big", manifest, tag="huge")
     assert failure.value.status_code == 413
     assert "larger than" in str(failure.value)
+
+
+def test_sdk_sets_and_reads_changeable_attributes(
+    start_https_server: Callable[..., HttpsServer], tmp_path
+) -> None:
+    """update_*_properties send ACR's PATCHes; the locks they set are kept and enforced."""
+    server = start_https_server(data_dir=tmp_path / "data")
+    v1, v2 = make_image("sdk-lock-1"), make_image("sdk-lock-2")
+    with server.http(timeout=30) as http:
+        push_image(http, "sdk/lock", "v1", v1)
+        push_image(http, "sdk/lock", "v2", v2)
+    credential = IdentityTokenCredential(server, *ADMIN)
+    with _client(server, credential) as client:
+        repository = client.update_repository_properties("sdk/lock", can_list=False)
+        assert (repository.can_list, repository.can_write, repository.can_delete) == (False, True, True)
+        assert client.get_repository_properties("sdk/lock").can_list is False
+        assert list(client.list_repository_names()) == []
+        client.update_repository_properties("sdk/lock", can_list=True)
+
+        tag = client.update_tag_properties("sdk/lock", "v1", can_delete=False, can_write=False)
+        assert (tag.can_delete, tag.can_write, tag.can_read, tag.digest) == (False, False, True, v1.digest)
+        assert client.get_tag_properties("sdk/lock", "v1").can_write is False
+        with pytest.raises(HttpResponseError) as refused:
+            client.delete_tag("sdk/lock", "v1")
+        assert refused.value.status_code == 403
+        with pytest.raises(HttpResponseError) as overwrite:
+            client.set_manifest("sdk/lock", v2.manifest, tag="v1", media_type=OCI_MANIFEST)
+        assert overwrite.value.status_code == 403
+
+        manifest = client.update_manifest_properties("sdk/lock", "v2", can_read=False)
+        assert (manifest.digest, manifest.can_read) == (v2.digest, False)
+        with pytest.raises(HttpResponseError) as unreadable:
+            client.get_manifest("sdk/lock", v2.digest)
+        assert unreadable.value.status_code == 403
+        client.update_manifest_properties("sdk/lock", v2.digest, can_read=True)
+        assert client.get_manifest("sdk/lock", v2.digest).digest == v2.digest
+
+        client.update_tag_properties("sdk/lock", "v1", can_delete=True, can_write=True)
+        client.delete_tag("sdk/lock", "v1")
+        assert [t.name for t in client.list_tag_properties("sdk/lock")] == ["v2"]

@@ -53,8 +53,27 @@ WEBHOOK = {
         "payloadFormat": {"type": "string", "enum": ["acr", "cloudevents"]},
     },
 }
+SOFT_DELETE = _object(status=STATUS, retentionDays={"type": "integer", "minimum": 1, "maximum": 90})
+RETENTION = _object(
+    status=STATUS,
+    days={"type": "integer", "minimum": 0, "maximum": 365},
+    type={"type": "string", "enum": ["UntaggedManifests"]},
+)
+RESTORE = _object(
+    tag={"type": "string", "description": "restore this tag instead of the ones it had"},
+    force={"type": "boolean", "description": "take back tags that now point elsewhere"},
+)
 
 #: (path, method, summary, request body schema or None, success status)
+#: acr purge's flags as a JSON body.
+PURGE = _object(
+    filters={"type": "array", "items": {"type": "string"}},
+    ago={"type": "string"},
+    keep={"type": "integer"},
+    untagged={"type": "boolean"},
+    untaggedOnly={"type": "boolean"},
+    concurrency={"type": "integer"},
+)
 OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("/api/v1/registry", "get", "Registry properties", None, 200),
     (
@@ -200,6 +219,52 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("/api/v1/webhooks/{id}/ping", "post", "Send a ping now and report the answer", None, 200),
     ("/api/v1/webhooks/{id}/events", "get", "Deliveries with every attempt (?status=, ?limit=)", None, 200),
     ("/api/v1/webhooks/{id}/events/{delivery}/redeliver", "post", "Send a delivery again", None, 202),
+    # {name} is a repository name; its slashes are sent as they are (or as %2F).
+    ("/api/v1/repositories/{name}/immutability", "get", "A repository's write-once tag policy", None, 200),
+    (
+        "/api/v1/repositories/{name}/immutability",
+        "put",
+        "Set the write-once tag policy (enabled null: follow the registry default)",
+        _object(
+            ["enabled"],
+            enabled={"type": ["boolean", "null"]},
+            exemptions={"type": "array", "items": {"type": "string"}},
+        ),
+        200,
+    ),
+    # lifecycle: soft delete (recycle bin) and retention; {name} is a repository name with its slashes
+    ("/api/v1/registry/policies", "get", "The soft-delete and retention policies", None, 200),
+    ("/api/v1/registry/policies/soft-delete", "get", "The soft-delete policy", None, 200),
+    ("/api/v1/registry/policies/soft-delete", "patch", "Change the soft-delete policy", SOFT_DELETE, 200),
+    ("/api/v1/registry/policies/retention", "get", "The untagged-manifest retention policy", None, 200),
+    ("/api/v1/registry/policies/retention", "patch", "Change the retention policy", RETENTION, 200),
+    ("/api/v1/deleted-repositories", "get", "Repositories deleted with manifests in the bin", None, 200),
+    ("/api/v1/deleted/{name}/_manifests", "get", "A repository's manifests in the recycle bin", None, 200),
+    ("/api/v1/deleted/{name}/_tags", "get", "Tags of a repository's manifests in the bin", None, 200),
+    ("/api/v1/deleted/{name}/_manifests/{digest}/restore", "post", "Restore a manifest", RESTORE, 200),
+    (
+        "/api/v1/purge",
+        "post",
+        "Start a purge as acr purge (needs delete on every matched repository); returns the run id",
+        PURGE | {"properties": PURGE["properties"] | {"dryRun": {"type": "boolean"}}},
+        202,
+    ),
+    ("/api/v1/purge/runs", "get", "Purge runs, newest first (?limit=, ?schedule=)", None, 200),
+    ("/api/v1/purge/runs/{id}", "get", "A purge run with what it deleted or skipped", None, 200),
+    ("/api/v1/purge/schedules", "get", "List purge schedules", None, 200),
+    (
+        "/api/v1/purge/schedules",
+        "post",
+        "Create a purge schedule (5-field cron in UTC)",
+        PURGE
+        | {
+            "required": ["name", "schedule"],
+            "properties": PURGE["properties"] | {"name": {"type": "string"}, "schedule": {"type": "string"}},
+        },
+        201,
+    ),
+    ("/api/v1/purge/schedules/{schedule}", "get", "Show a purge schedule", None, 200),
+    ("/api/v1/purge/schedules/{schedule}", "delete", "Delete a purge schedule", None, 204),
     ("/api/v1/gc/runs", "get", "Latest garbage-collection runs, newest first (?limit=)", None, 200),
     (
         "/api/v1/gc/runs",

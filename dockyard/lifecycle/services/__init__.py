@@ -9,26 +9,58 @@ from typing import Any
 from dockyard.lifecycle.interfaces import KeptBlobs
 from dockyard.lifecycle.services.gc import GarbageCollector
 from dockyard.lifecycle.services.gc_runs import GcService
+from dockyard.lifecycle.services.policies import PolicyService
+from dockyard.lifecycle.services.purge import PurgeService
+from dockyard.lifecycle.services.recycle import RecycleService
+from dockyard.lifecycle.services.retention import RetentionService
 from dockyard.lifecycle.services.usage import UsageService
 from dockyard.rooms import Kernel
+
+
+@dataclass(frozen=True)
+class RecycleServices:
+    """Soft delete (the recycle bin), retention of untagged manifests, and their policies."""
+
+    policies: PolicyService
+    bin: RecycleService
+    retention: RetentionService
+
+
+def build_recycle(kernel: Kernel, built: Mapping[str, Any]) -> RecycleServices:
+    """The recycle-bin and retention services, registered on the registry's delete and untag hooks."""
+    registry = built["registry"]
+    recycle = RecycleServices(
+        policies=PolicyService(kernel.db),
+        bin=RecycleService(kernel.db, registry.manifests),
+        retention=RetentionService(kernel.db, registry.manifests),
+    )
+    registry.hooks.before_delete.append(recycle.bin.on_delete)
+    registry.hooks.tags_dropped.append(recycle.retention.on_tags_dropped)
+    return recycle
 
 
 @dataclass
 class LifecycleServices:
     """What the lifecycle room offers; each concern adds its service here."""
 
+    #: ``dockyard purge``: runs (once or scheduled) and purge schedules.
+    purge: PurgeService
     #: Blob digests garbage collection must keep besides those manifests reference.
     kept_blobs: list[KeptBlobs] = field(default_factory=list)
     #: Garbage-collection runs (``gc.collector`` holds the phases); set by build_lifecycle_services.
     gc: GcService | None = None
     usage: UsageService | None = None
+    #: Soft delete and retention (None only in a registry built without them).
+    recycle: RecycleServices | None = None
 
 
 def build_lifecycle_services(kernel: Kernel, built: Mapping[str, Any]) -> LifecycleServices:
     """The lifecycle services for one registry (``built`` holds the registry room's services)."""
-    services = LifecycleServices()
+    services = LifecycleServices(purge=PurgeService(kernel.db, built["registry"].manifests))
+    services.recycle = build_recycle(kernel, built)
+    services.kept_blobs.append(services.recycle.bin.kept_blobs)
     settings = kernel.settings
-    collector = GarbageCollector(kernel.db, kernel.store, kernel.events, services.kept_blobs)
+    collector = GarbageCollector(kernel.db, kernel.store, built["registry"].manifests, services.kept_blobs)
     services.gc = GcService(kernel.db, collector, grace_seconds=settings.gc_grace_seconds)
     services.usage = UsageService(
         kernel.db, storage_limit=settings.storage_limit_bytes, webhook_limit=settings.webhook_limit

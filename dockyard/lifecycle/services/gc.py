@@ -3,7 +3,7 @@
 Phases, each in batches (one short transaction per batch, never store I/O inside one):
 
 1. (``untagged`` only) manifests with no tag, in no index and with no live subject, older than
-   the grace period, are deleted (DELETE events are logged as for a client's delete);
+   the grace period, are deleted through the registry's delete (locks, recycle bin, events);
 2. ``repository_blobs`` links older than the grace period that no manifest of their repository
    references are removed;
 3. ``blobs`` rows with no link, no manifest reference and no ``kept_blobs`` claim, older than
@@ -28,8 +28,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard.db import Database, per_dialect, utcnow
-from dockyard.events.services import DELETE, EventService
 from dockyard.lifecycle.interfaces import KeptBlobs
+from dockyard.lifecycle.services.retention import lock_allows_delete
+from dockyard.oci.errors import RegistryError
 from dockyard.registry.models import (
     blobs,
     manifest_blobs,
@@ -41,6 +42,7 @@ from dockyard.registry.models import (
     uploads,
 )
 from dockyard.registry.services.blobstate import DELETING, GONE, LIVE
+from dockyard.registry.services.manifests import ManifestService
 from dockyard.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -148,6 +150,10 @@ def _collectable_manifest() -> sa.ColumnElement[bool]:
     )
 
 
+class _Kept(Exception):
+    """A manifest that stopped being collectable (or is locked) before its delete."""
+
+
 class GarbageCollector:
     """Finds and frees garbage; each phase is a public method so tests can interleave them."""
 
@@ -155,7 +161,7 @@ class GarbageCollector:
         self,
         db: Database,
         store: BlobStore,
-        events: EventService,
+        manifests: ManifestService,
         kept: list[KeptBlobs],
         *,
         batch: int = 500,
@@ -163,7 +169,7 @@ class GarbageCollector:
     ) -> None:
         self._db = db
         self._store = store
-        self._events = events
+        self._manifests = manifests
         self._kept = kept
         self._batch = batch
         self._clock = clock
@@ -187,55 +193,50 @@ class GarbageCollector:
     # -- manifests ------------------------------------------------------------------------------
 
     def collect_manifests(self, cutoff: datetime, dry_run: bool, report: Report) -> None:
-        """Delete untagged manifests (repeated, so an index's children follow it)."""
+        """Delete untagged manifests (repeated, so an index's children follow it).
+
+        Each goes through the registry's delete (locks, the recycle bin, events), which re-checks
+        inside its transaction that the manifest is still collectable and not locked.
+        """
         for _ in range(MAX_MANIFEST_PASSES):
             found = 0
             after = 0
             while True:
-                ids = list(
-                    self._read(
-                        sa.select(manifests.c.id)
-                        .where(
-                            manifests.c.id > after, manifests.c.created_at < cutoff, _collectable_manifest()
-                        )
-                        .order_by(manifests.c.id)
-                        .limit(self._batch)
-                    )
+                rows = self._rows(
+                    sa.select(manifests.c.id, manifests.c.digest, manifests.c.size, repositories.c.name)
+                    .select_from(manifests.join(repositories))
+                    .where(manifests.c.id > after, manifests.c.created_at < cutoff, _collectable_manifest())
+                    .order_by(manifests.c.id)
+                    .limit(self._batch)
                 )
-                if not ids:
+                if not rows:
                     break
-                after = ids[-1]
-                if dry_run:
-                    for size in self._read(sa.select(manifests.c.size).where(manifests.c.id.in_(ids))):
-                        report.freed["manifests"].add(size)
-                    continue
-                deleted = self._db.run_write(lambda conn, ids=ids: self._delete_manifests(conn, ids, cutoff))
-                self._events.committed()
-                for size in deleted:
-                    report.freed["manifests"].add(size)
-                found += len(deleted)
+                after = rows[-1].id
+                for row in rows:
+                    if dry_run:
+                        report.freed["manifests"].add(row.size)
+                    elif self._delete_manifest(row.name, row.digest, cutoff):
+                        report.freed["manifests"].add(row.size)
+                        found += 1
             if dry_run or not found:
                 return
 
-    def _delete_manifests(self, conn: Connection, ids: list[int], cutoff: datetime) -> list[int]:
-        conn.execute(sa.select(manifests.c.id).where(manifests.c.id.in_(ids)).with_for_update())
-        rows = conn.execute(
-            sa.select(
-                manifests.c.id,
-                manifests.c.digest,
-                manifests.c.media_type,
-                manifests.c.size,
-                repositories.c.name,
-            )
-            .select_from(manifests.join(repositories))
-            .where(manifests.c.id.in_(ids), manifests.c.created_at < cutoff, _collectable_manifest())
-        ).all()
-        if not rows:
-            return []
-        conn.execute(manifests.delete().where(manifests.c.id.in_([row.id for row in rows])))
-        for row in rows:
-            self._events.record(conn, DELETE, row.name, digest=row.digest, media_type=row.media_type)
-        return [row.size for row in rows]
+    def _delete_manifest(self, repository: str, digest: str, cutoff: datetime) -> bool:
+        def still_collectable(conn: Connection, manifest_id: int) -> None:
+            conn.execute(sa.select(manifests.c.id).where(manifests.c.id == manifest_id).with_for_update())
+            collectable = conn.execute(
+                sa.select(manifests.c.id).where(
+                    manifests.c.id == manifest_id, manifests.c.created_at < cutoff, _collectable_manifest()
+                )
+            ).first()
+            if collectable is None or not lock_allows_delete(conn, manifest_id):
+                raise _Kept(digest)
+
+        try:
+            self._manifests.delete(repository, digest, check=still_collectable)
+        except (_Kept, RegistryError):
+            return False  # tagged, listed, locked or deleted meanwhile
+        return True
 
     # -- links ----------------------------------------------------------------------------------
 

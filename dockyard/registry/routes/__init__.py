@@ -9,6 +9,7 @@ from dockyard.registry.routes.acr import AcrRoutes
 from dockyard.registry.routes.blobs import BlobRoutes
 from dockyard.registry.routes.listing import ListingRoutes
 from dockyard.registry.routes.manifests import ManifestRoutes
+from dockyard.registry.routes.policies import PolicyRoutes
 from dockyard.registry.services import RegistryServices
 
 
@@ -22,4 +23,5 @@ def build_routes(services: RegistryServices, policy: Policy) -> list[BaseRoute]:
         *BlobRoutes(services, policy).routes(),
         *ListingRoutes(services, policy).routes(),
         *AcrRoutes(services, policy).routes(),
+        *PolicyRoutes(services, policy).routes(),
     ]

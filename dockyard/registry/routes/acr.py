@@ -9,16 +9,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from dockyard.access.permissions import CATALOG, DELETE, READ_METADATA, UNTAG
+from dockyard.access.permissions import CATALOG, DELETE, READ_METADATA, UNTAG, WRITE_METADATA
 from dockyard.access.policy import Policy
+from dockyard.access.routes.common import json_body
 from dockyard.asgi import run_sync
 from dockyard.oci.digest import parse_digest
 from dockyard.registry.routes.headers import next_link, origin, page_size, repository_name
 from dockyard.registry.services import RegistryServices
+from dockyard.registry.services.locks import parse_attributes
 from dockyard.registry.services.repositories import ManifestInfo, RepositoryInfo, TagInfo
-
-#: Until locks arrive every attribute is enabled.
-CHANGEABLE = {"deleteEnabled": True, "writeEnabled": True, "readEnabled": True, "listEnabled": True}
 
 
 def acr_time(value: datetime) -> str:
@@ -34,7 +33,9 @@ def repository_json(info: RepositoryInfo, registry: str) -> dict[str, Any]:
         "lastUpdateTime": acr_time(info.updated_at),
         "manifestCount": info.manifest_count,
         "tagCount": info.tag_count,
-        "changeableAttributes": CHANGEABLE,
+        "changeableAttributes": info.attributes.as_json(),
+        # Dockyard's own: the write-once tag policy (the SDK ignores unknown keys).
+        "tagImmutability": info.immutability.as_json(),
     }
 
 
@@ -45,7 +46,7 @@ def tag_json(tag: TagInfo) -> dict[str, Any]:
         "createdTime": acr_time(tag.created_at),
         "lastUpdateTime": acr_time(tag.updated_at),
         "signed": False,
-        "changeableAttributes": CHANGEABLE,
+        "changeableAttributes": tag.attributes.as_json(),
     }
 
 
@@ -57,7 +58,7 @@ def manifest_json(manifest: ManifestInfo) -> dict[str, Any]:
         "lastUpdateTime": acr_time(manifest.created_at),
         "mediaType": manifest.media_type,
         "tags": manifest.tags,
-        "changeableAttributes": CHANGEABLE,
+        "changeableAttributes": manifest.attributes.as_json(),
     }
     optional = {
         "architecture": manifest.architecture,
@@ -90,30 +91,35 @@ class AcrRoutes:
     def __init__(self, services: RegistryServices, policy: Policy) -> None:
         self.repositories = services.repositories
         self.manifests = services.manifests
+        self.locks = services.locks
         self.policy = policy
 
     def routes(self) -> list[BaseRoute]:
         guard = self.policy.guard
-        read_or_delete = {"GET": READ_METADATA, "DELETE": DELETE}
+        read_or_delete = {"GET": READ_METADATA, "DELETE": DELETE, "PATCH": WRITE_METADATA}
         return [
             Route("/acr/v1/_catalog", guard(self.catalog, {"GET": CATALOG}), methods=["GET"]),
             Route(
                 "/acr/v1/{name:path}/_tags/{tag}",
-                guard(self.tag, {"GET": READ_METADATA, "DELETE": UNTAG}),
-                methods=["GET", "DELETE"],
+                guard(self.tag, {"GET": READ_METADATA, "DELETE": UNTAG, "PATCH": WRITE_METADATA}),
+                methods=["GET", "DELETE", "PATCH"],
             ),
             Route("/acr/v1/{name:path}/_tags", guard(self.tags, {"GET": READ_METADATA}), methods=["GET"]),
             Route(
                 "/acr/v1/{name:path}/_manifests/{digest}",
                 guard(self.manifest, read_or_delete),
-                methods=["GET", "DELETE"],
+                methods=["GET", "DELETE", "PATCH"],
             ),
             Route(
                 "/acr/v1/{name:path}/_manifests",
                 guard(self.manifest_list, {"GET": READ_METADATA}),
                 methods=["GET"],
             ),
-            Route("/acr/v1/{name:path}", guard(self.repository, read_or_delete), methods=["GET", "DELETE"]),
+            Route(
+                "/acr/v1/{name:path}",
+                guard(self.repository, read_or_delete),
+                methods=["GET", "DELETE", "PATCH"],
+            ),
         ]
 
     async def catalog(self, request: Request) -> Response:
@@ -129,6 +135,9 @@ class AcrRoutes:
             return JSONResponse(
                 {"manifestsDeleted": deleted.manifests, "tagsDeleted": deleted.tags}, status_code=202
             )
+        if request.method == "PATCH":
+            changes = parse_attributes(await json_body(request))
+            await run_sync(self.locks.update_repository, name, changes)
         info = await run_sync(self.repositories.info, name)
         return JSONResponse(repository_json(info, _registry(request)))
 
@@ -155,6 +164,9 @@ class AcrRoutes:
         if request.method == "DELETE":
             await run_sync(self.manifests.delete, name, tag, origin(request, self.policy))
             return Response(status_code=202)
+        if request.method == "PATCH":
+            changes = parse_attributes(await json_body(request))
+            await run_sync(self.locks.update_tag, name, tag, changes)
         found = await run_sync(self.repositories.tag_detail, name, tag)
         return JSONResponse({"registry": _registry(request), "imageName": name, "tag": tag_json(found)})
 
@@ -181,6 +193,9 @@ class AcrRoutes:
         if request.method == "DELETE":
             await run_sync(self.manifests.delete, name, digest, origin(request, self.policy))
             return Response(status_code=202)
+        if request.method == "PATCH":
+            changes = parse_attributes(await json_body(request))
+            await run_sync(self.locks.update_manifest, name, digest, changes)
         found = await run_sync(self.repositories.manifest_detail, name, digest)
         return JSONResponse(
             {"registry": _registry(request), "imageName": name, "manifest": manifest_json(found)}

@@ -9,6 +9,8 @@ from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.events.services import EventService
 from dockyard.registry.services.blobs import BlobService
+from dockyard.registry.services.common import ContentHooks
+from dockyard.registry.services.locks import LockPolicy, LockService
 from dockyard.registry.services.manifests import ManifestService
 from dockyard.registry.services.repositories import RepositoryService
 from dockyard.registry.services.uploads import UploadService
@@ -23,11 +25,15 @@ class RegistryServices:
     uploads: UploadService
     manifests: ManifestService
     repositories: RepositoryService
+    #: Locks (changeableAttributes) and the write-once tag policy.
+    locks: LockService
     events: EventService
     #: Manifests and blob lookups cached in this process (enabled while a listener runs).
     cache: ContentCache
     #: Keeps ``cache`` true on PostgreSQL; None on SQLite, where lookups are local and cheap.
     listener: ChangeListener | None
+    #: Delete and untag extension points other rooms register on (the lifecycle room).
+    hooks: ContentHooks
 
 
 def build_registry_services(
@@ -35,20 +41,25 @@ def build_registry_services(
 ) -> RegistryServices:
     """Wire the registry services for one application."""
     cache = ContentCache(settings.content_cache_entries)
+    policy = LockPolicy(settings.immutable_tags, settings.immutable_tags_exempt)
+    hooks = ContentHooks()
     listener = None
     if not db.is_sqlite and settings.content_cache_entries:
         listener = ChangeListener(libpq_url(db.engine.url), cache)
     return RegistryServices(
-        blobs=BlobService(db, store, cache, redirect=settings.storage_redirect),
+        blobs=BlobService(db, store, cache, redirect=settings.storage_redirect, locks=policy),
         uploads=UploadService(
             db,
             store,
             lease_seconds=settings.upload_lease_seconds,
             expiry_seconds=settings.upload_expiry_seconds,
+            locks=policy,
         ),
-        manifests=ManifestService(db, store, events, cache),
-        repositories=RepositoryService(db, events, settings.catalog_page_size, cache),
+        manifests=ManifestService(db, store, events, cache, policy, hooks),
+        repositories=RepositoryService(db, events, settings.catalog_page_size, cache, policy, hooks),
+        locks=LockService(db, policy, cache),
         events=events,
         cache=cache,
         listener=listener,
+        hooks=hooks,
     )

@@ -15,14 +15,15 @@ from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, repository_blobs
 from dockyard.registry.services.blobstate import LIVE
-from dockyard.registry.services.common import BlobInfo, ensure_repository, link_blob, require_repository
+from dockyard.registry.services.common import BlobInfo, link_blob, require_repository
+from dockyard.registry.services.locks import LockPolicy, denied
 from dockyard.storage import BlobSource, BlobStore, StorageError
 
 log = logging.getLogger(__name__)
 
 #: The hot lookup, built once: a blob's size and location if the repository has it.
 BLOB_SIZE = (
-    sa.select(blobs.c.size, blobs.c.location)
+    sa.select(blobs.c.size, blobs.c.location, repositories.c.read_enabled)
     .select_from(repository_blobs.join(repositories).join(blobs))
     .where(
         repositories.c.name == sa.bindparam("repository"),
@@ -45,9 +46,16 @@ class BlobService:
     """Read, mount and delete blobs within repositories."""
 
     def __init__(
-        self, db: Database, store: BlobStore, cache: ContentCache | None = None, *, redirect: bool = False
+        self,
+        db: Database,
+        store: BlobStore,
+        cache: ContentCache | None = None,
+        *,
+        redirect: bool = False,
+        locks: LockPolicy | None = None,
     ) -> None:
         self._db = db
+        self._locks = locks or LockPolicy()
         self._store = store
         self._cache = cache if cache is not None else ContentCache(0)
         self._redirect = redirect
@@ -70,6 +78,8 @@ class BlobService:
         row = self._db.lookup_row(BLOB_SIZE, {"repository": repository, "digest": digest})
         if row is None:
             raise _blob_unknown(digest)
+        if not row[2]:
+            raise denied(f"repository {repository!r}", "readEnabled", "pulling from it")
         self._cache.put(repository, ("b", digest), tuple(row), generation)
         return BlobInfo(digest, row[0], row[1])
 
@@ -121,9 +131,10 @@ class BlobService:
             for candidate in candidates:
                 if candidate == repository or not can_read(candidate):
                     continue
-                size = conn.execute(BLOB_SIZE_SHARED, {"repository": candidate, "digest": digest}).scalar()
-                if size is not None:
-                    repo_id = ensure_repository(conn, repository)
+                found = conn.execute(BLOB_SIZE_SHARED, {"repository": candidate, "digest": digest}).first()
+                if found is not None and found.read_enabled:  # a read-locked repository is no source
+                    size = found.size
+                    repo_id = self._locks.writable_repository(conn, repository, shared=True).id
                     link_blob(conn, repo_id, digest, size)
                     return BlobInfo(digest, size)
             return None
@@ -151,6 +162,7 @@ class BlobService:
 
         def work(conn: Connection) -> None:
             repo_id = require_repository(conn, repository)
+            self._locks.check_blob_delete(conn, repo_id, digest)
             in_use = conn.execute(
                 sa.select(manifests.c.digest)
                 .select_from(manifest_blobs.join(manifests))

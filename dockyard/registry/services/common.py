@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -49,6 +50,32 @@ class Page:
     more: bool
     #: Identifies the exact data the page came from, for callers that cache what they build from it.
     version: object = None
+
+
+#: Called inside a delete's write transaction before manifests go: (conn, repository, repository id,
+#: manifest ids). Its rows (tags, references) are still there; raising aborts the delete.
+BeforeDelete = Callable[[Connection, str, int, Sequence[int]], None]
+#: Called inside a write transaction after tags were removed from or moved off manifests:
+#: (conn, repository id, ids of the manifests that lost a tag).
+TagsDropped = Callable[[Connection, int, Sequence[int]], None]
+
+
+@dataclass
+class ContentHooks:
+    """Extension points other rooms register on at build time (e.g. the recycle bin, retention)."""
+
+    before_delete: list[BeforeDelete] = field(default_factory=list)
+    tags_dropped: list[TagsDropped] = field(default_factory=list)
+
+    def deleting(self, conn: Connection, repository: str, repo_id: int, manifest_ids: Sequence[int]) -> None:
+        """Run every ``before_delete`` hook."""
+        for hook in self.before_delete:
+            hook(conn, repository, repo_id, manifest_ids)
+
+    def dropped(self, conn: Connection, repo_id: int, manifest_ids: Sequence[int]) -> None:
+        """Run every ``tags_dropped`` hook."""
+        for hook in self.tags_dropped:
+            hook(conn, repo_id, manifest_ids)
 
 
 REPOSITORY_ID = sa.select(repositories.c.id).where(repositories.c.name == sa.bindparam("name"))

@@ -29,12 +29,13 @@ from dockyard.registry.models import (
 )
 from dockyard.registry.services.blobstate import LIVE, BlobBusy
 from dockyard.registry.services.common import (
+    ContentHooks,
     ManifestRecord,
-    ensure_repository,
     repository_id,
     require_repository,
     touch_repository,
 )
+from dockyard.registry.services.locks import LockPolicy, denied
 from dockyard.storage import BlobStore, StorageError
 
 #: Config blobs larger than this are not read for platform details.
@@ -43,15 +44,21 @@ IMAGE_CONFIG_TYPES = (mt.OCI_CONFIG, mt.DOCKER_CONFIG)
 DEFAULT_PLATFORM = ("linux", "amd64")
 
 
-_MANIFEST_COLUMNS = (manifests.c.digest, manifests.c.media_type, manifests.c.payload)
-#: The two hot lookups, built once: a manifest by digest, and by tag.
+_MANIFEST_COLUMNS = (
+    manifests.c.digest,
+    manifests.c.media_type,
+    manifests.c.payload,
+    repositories.c.read_enabled,
+    manifests.c.read_enabled,
+)
+#: The two hot lookups, built once: a manifest by digest, and by tag (with the read locks on the way).
 MANIFEST_BY_DIGEST = (
-    sa.select(*_MANIFEST_COLUMNS)
+    sa.select(*_MANIFEST_COLUMNS, sa.true())
     .select_from(manifests.join(repositories))
     .where(repositories.c.name == sa.bindparam("repository"), manifests.c.digest == sa.bindparam("digest"))
 )
 MANIFEST_BY_TAG = (
-    sa.select(*_MANIFEST_COLUMNS)
+    sa.select(*_MANIFEST_COLUMNS, tags.c.read_enabled)
     .select_from(tags.join(repositories).join(manifests, manifests.c.id == tags.c.manifest_id))
     .where(repositories.c.name == sa.bindparam("repository"), tags.c.name == sa.bindparam("tag"))
 )
@@ -122,6 +129,18 @@ def _manifest_unknown(repository: str, reference: str) -> RegistryError:
     )
 
 
+def _readable(row: Sequence[Any], repository: str, reference: str) -> ManifestRecord:
+    """The record of a looked-up row, or DENIED when the repository, manifest or tag is read-locked."""
+    for position, what in (
+        (3, f"repository {repository!r}"),
+        (4, f"manifest {row[0]}"),
+        (5, f"tag {reference!r}"),
+    ):
+        if not row[position]:
+            raise denied(what, "readEnabled", "pulling it")
+    return ManifestRecord(row[0], row[1], bytes(row[2]))
+
+
 def accepts(accept: Sequence[str], media_type: str) -> bool:
     """Whether an Accept list admits ``media_type`` (an empty list admits anything)."""
     return not accept or media_type in accept or "*/*" in accept
@@ -131,9 +150,17 @@ class ManifestService:
     """Stores manifests byte-exact and serves them back."""
 
     def __init__(
-        self, db: Database, store: BlobStore, events: EventService, cache: ContentCache | None = None
+        self,
+        db: Database,
+        store: BlobStore,
+        events: EventService,
+        cache: ContentCache | None = None,
+        locks: LockPolicy | None = None,
+        hooks: ContentHooks | None = None,
     ) -> None:
         self._db = db
+        self._locks = locks or LockPolicy()
+        self.hooks = hooks if hooks is not None else ContentHooks()
         self._store = store
         self._events = events
         self._cache = cache if cache is not None else ContentCache(0)
@@ -166,7 +193,7 @@ class ManifestService:
             row = self._db.lookup_row(MANIFEST_BY_DIGEST, {"repository": repository, "digest": digest})
         else:
             row = self._db.lookup_row(MANIFEST_BY_TAG, {"repository": repository, "tag": tag})
-        record = ManifestRecord(row[0], row[1], bytes(row[2])) if row is not None else None
+        record = _readable(row, repository, reference) if row is not None else None
         if record is not None:
             self._cache.put(repository, ("m", reference), record, generation)
         if record is not None and (digest is not None or accepts(accept, record.media_type)):
@@ -193,7 +220,7 @@ class ManifestService:
             row = conn.execute(MANIFEST_BY_DIGEST, {"repository": repository, "digest": digest}).first()
         else:
             row = conn.execute(MANIFEST_BY_TAG, {"repository": repository, "tag": tag}).first()
-        return ManifestRecord(row.digest, row.media_type, bytes(row.payload)) if row else None
+        return _readable(row, repository, tag or digest or "") if row else None
 
     def _platform_child(
         self, conn: Connection, repository: str, index_digest: str, accept: Sequence[str]
@@ -251,7 +278,8 @@ class ManifestService:
 
         def work(conn: Connection) -> None:
             now = utcnow()
-            repo_id = ensure_repository(conn, repository, now)
+            repo = self._locks.writable_repository(conn, repository, now)
+            repo_id = repo.id
             self._check_references(conn, repo_id, parsed)
             dialect = conn.dialect.name
             row = {
@@ -276,7 +304,13 @@ class ManifestService:
                 manifest_id = conn.execute(MANIFEST_ID, {"repository_id": repo_id, "digest": digest}).scalar()
                 if manifest_id is None:  # garbage collection deleted it between the two statements
                     raise BlobBusy(digest)
+            previous = None
+            if tag is not None and self.hooks.tags_dropped:
+                previous = conn.execute(
+                    sa.select(tags.c.manifest_id).where(tags.c.repository_id == repo_id, tags.c.name == tag)
+                ).scalar()
             if tag is not None:
+                self._locks.check_tag_move(conn, repo, tag, manifest_id)
                 conn.execute(
                     UPSERT_TAG[dialect],
                     {
@@ -287,6 +321,8 @@ class ManifestService:
                         "updated_at": now,
                     },
                 )
+            if previous is not None and previous != manifest_id:
+                self.hooks.dropped(conn, repo_id, [previous])
             touch_repository(conn, repo_id, now)
             is_chart = parsed.config is not None and parsed.config.media_type == mt.HELM_CONFIG
             self._events.record(
@@ -392,8 +428,18 @@ class ManifestService:
 
     # -- delete -----------------------------------------------------------------------------
 
-    def delete(self, repository: str, reference: str, origin: Origin | None = None) -> None:
-        """Delete a manifest (by digest, with its tags) or just a tag (untag); log the event."""
+    def delete(
+        self,
+        repository: str,
+        reference: str,
+        origin: Origin | None = None,
+        check: Callable[[Connection, int], None] | None = None,
+    ) -> None:
+        """Delete a manifest (by digest, with its tags) or just a tag (untag); log the event.
+
+        ``check(conn, manifest_id)`` runs first inside the transaction of a delete by digest and may
+        raise to refuse it (retention re-checks there that the manifest is still deletable).
+        """
         tag, digest = parse_reference(reference)
 
         def work(conn: Connection) -> None:
@@ -407,6 +453,10 @@ class ManifestService:
                 ).first()
                 if row is None:
                     raise _manifest_unknown(repository, reference)
+                self._locks.check_manifest_delete(conn, repo_id, row.id, digest)
+                if check is not None:
+                    check(conn, row.id)
+                self.hooks.deleting(conn, repository, repo_id, [row.id])
                 conn.execute(manifests.delete().where(manifests.c.id == row.id))
                 action = CHART_DELETE if row.config_media_type == mt.HELM_CONFIG else DELETE
                 self._events.record(
@@ -414,13 +464,15 @@ class ManifestService:
                 )
             else:
                 pointed = conn.execute(
-                    sa.select(manifests.c.digest, manifests.c.media_type)
+                    sa.select(manifests.c.id, manifests.c.digest, manifests.c.media_type)
                     .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
                     .where(tags.c.repository_id == repo_id, tags.c.name == tag)
                 ).first()
                 if pointed is None:
                     raise _manifest_unknown(repository, reference)
+                self._locks.check_untag(conn, repo_id, tag)
                 conn.execute(tags.delete().where(tags.c.repository_id == repo_id, tags.c.name == tag))
+                self.hooks.dropped(conn, repo_id, [pointed.id])
                 self._events.record(
                     conn,
                     UNTAG,
@@ -470,7 +522,11 @@ class ManifestService:
                 manifests.c.digest,
                 manifests.c.artifact_type,
                 manifests.c.annotations,
-            ).where(manifests.c.repository_id == repo_id, manifests.c.subject_digest == digest)
+            ).where(
+                manifests.c.repository_id == repo_id,
+                manifests.c.subject_digest == digest,
+                manifests.c.list_enabled,  # an unlisted referrer is hidden, as in other listings
+            )
             if artifact_type is not None:
                 query = query.where(manifests.c.artifact_type == artifact_type)
             rows = conn.execute(query.order_by(manifests.c.created_at, manifests.c.digest)).all()

@@ -19,7 +19,8 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.mediatypes import HELM_CONFIG
 from dockyard.oci.names import validate_tag
 from dockyard.registry.models import manifest_children, manifests, repositories, tags
-from dockyard.registry.services.common import Page, page_of, require_repository
+from dockyard.registry.services.common import ContentHooks, Page, page_of, require_repository
+from dockyard.registry.services.locks import NO_POLICY, OPEN, Attributes, Immutability, LockPolicy
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class RepositoryInfo:
     updated_at: datetime
     manifest_count: int
     tag_count: int
+    attributes: Attributes = OPEN
+    immutability: Immutability = NO_POLICY
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class TagInfo:
     digest: str
     created_at: datetime
     updated_at: datetime
+    attributes: Attributes = OPEN
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class ManifestInfo:
     subject: str | None
     tags: list[str] = field(default_factory=list)
     references: list[PlatformRef] = field(default_factory=list)
+    attributes: Attributes = OPEN
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,26 @@ TAG_LISTS_CACHED = 128
 TAG_VERSION = sa.select(repositories.c.id, repositories.c.tag_version).where(
     repositories.c.name == sa.bindparam("name")
 )
+#: Listed tags only (listEnabled); a change of a tag's attributes bumps ``tag_version``.
 TAG_NAMES = (
-    sa.select(tags.c.name).where(tags.c.repository_id == sa.bindparam("repository_id")).order_by(tags.c.name)
+    sa.select(tags.c.name)
+    .where(tags.c.repository_id == sa.bindparam("repository_id"), tags.c.list_enabled)
+    .order_by(tags.c.name)
 )
+_TAG_COLUMNS = (
+    tags.c.name,
+    manifests.c.digest,
+    tags.c.created_at,
+    tags.c.updated_at,
+    tags.c.read_enabled,
+    tags.c.write_enabled,
+    tags.c.delete_enabled,
+    tags.c.list_enabled,
+)
+
+
+def _tag_info(row: sa.Row) -> TagInfo:
+    return TagInfo(row.name, row.digest, as_utc(row.created_at), as_utc(row.updated_at), Attributes.of(row))
 
 
 class RepositoryService:
@@ -88,9 +110,13 @@ class RepositoryService:
         events: EventService,
         catalog_page_size: int = 1000,
         cache: ContentCache | None = None,
+        locks: LockPolicy | None = None,
+        hooks: ContentHooks | None = None,
     ) -> None:
         self._db = db
+        self._locks = locks or LockPolicy()
         self._events = events
+        self.hooks = hooks if hooks is not None else ContentHooks()
         self._cache = cache if cache is not None else ContentCache(0)
         self.catalog_page_size = catalog_page_size
         self._tag_lists: OrderedDict[str, tuple[tuple[int, int], tuple[str, ...]]] = OrderedDict()
@@ -101,7 +127,12 @@ class RepositoryService:
     def catalog(self, n: int | None = None, last: str | None = None) -> Page:
         """Repository names in byte order, at most ``n`` (capped at the catalog page size)."""
         limit = min(self.catalog_page_size if n is None else n, self.catalog_page_size)
-        query = sa.select(repositories.c.name).order_by(repositories.c.name).limit(limit + 1)
+        query = (
+            sa.select(repositories.c.name)
+            .where(repositories.c.list_enabled)
+            .order_by(repositories.c.name)
+            .limit(limit + 1)
+        )
         if last:
             query = query.where(repositories.c.name > last)
         with self._db.read() as conn:
@@ -151,8 +182,15 @@ class RepositoryService:
             tag_count = conn.execute(
                 sa.select(sa.func.count()).select_from(tags).where(tags.c.repository_id == row.id)
             ).scalar_one()
+            policy = self._locks.read(conn, repository).immutability
         return RepositoryInfo(
-            row.name, as_utc(row.created_at), as_utc(row.updated_at), manifest_count, tag_count
+            row.name,
+            as_utc(row.created_at),
+            as_utc(row.updated_at),
+            manifest_count,
+            tag_count,
+            Attributes.of(row),
+            policy,
         )
 
     def tag_details(
@@ -173,9 +211,9 @@ class RepositoryService:
         with self._db.read() as conn:
             repo_id = require_repository(conn, repository)
             query = (
-                sa.select(tags.c.name, manifests.c.digest, tags.c.created_at, tags.c.updated_at)
+                sa.select(*_TAG_COLUMNS)
                 .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
-                .where(tags.c.repository_id == repo_id)
+                .where(tags.c.repository_id == repo_id, tags.c.list_enabled)
             )
             if digest is not None:
                 query = query.where(manifests.c.digest == digest)
@@ -185,7 +223,7 @@ class RepositoryService:
             rows = conn.execute(query).all()
         more = bool(n) and len(rows) > n
         rows = rows[:n] if n is not None else rows
-        return [TagInfo(r.name, r.digest, as_utc(r.created_at), as_utc(r.updated_at)) for r in rows], more
+        return [_tag_info(r) for r in rows], more
 
     @staticmethod
     def _keyset(
@@ -213,7 +251,7 @@ class RepositoryService:
         with self._db.read() as conn:
             repo_id = require_repository(conn, repository)
             row = conn.execute(
-                sa.select(tags.c.name, manifests.c.digest, tags.c.created_at, tags.c.updated_at)
+                sa.select(*_TAG_COLUMNS)
                 .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
                 .where(tags.c.repository_id == repo_id, tags.c.name == tag)
             ).first()
@@ -221,7 +259,7 @@ class RepositoryService:
             raise RegistryError(
                 ErrorCode.MANIFEST_UNKNOWN, f"tag {tag!r} unknown in repository {repository!r}"
             )
-        return TagInfo(row.name, row.digest, as_utc(row.created_at), as_utc(row.updated_at))
+        return _tag_info(row)
 
     def manifest_details(
         self, repository: str, n: int | None = None, last: str | None = None, orderby: str | None = None
@@ -233,7 +271,7 @@ class RepositoryService:
             )
         with self._db.read() as conn:
             repo_id = require_repository(conn, repository)
-            query = sa.select(manifests).where(manifests.c.repository_id == repo_id)
+            query = sa.select(manifests).where(manifests.c.repository_id == repo_id, manifests.c.list_enabled)
             if orderby is None:
                 if last:
                     query = query.where(manifests.c.digest > last)
@@ -303,6 +341,7 @@ class RepositoryService:
                 subject=row.subject_digest,
                 tags=tag_names[row.id],
                 references=references[row.id],
+                attributes=Attributes.of(row),
             )
             for row in rows
         ]
@@ -314,8 +353,11 @@ class RepositoryService:
 
         def work(conn: Connection) -> DeletedRepository:
             repo_id = require_repository(conn, repository)
+            self._locks.check_repository_delete(conn, repo_id)
             deleted = conn.execute(
-                sa.select(manifests.c.digest, manifests.c.media_type, manifests.c.config_media_type)
+                sa.select(
+                    manifests.c.id, manifests.c.digest, manifests.c.media_type, manifests.c.config_media_type
+                )
                 .where(manifests.c.repository_id == repo_id)
                 .order_by(manifests.c.digest)
             ).all()
@@ -324,6 +366,7 @@ class RepositoryService:
                     sa.select(tags.c.name).where(tags.c.repository_id == repo_id).order_by(tags.c.name)
                 ).scalars()
             )
+            self.hooks.deleting(conn, repository, repo_id, [row.id for row in deleted])
             conn.execute(repositories.delete().where(repositories.c.id == repo_id))
             for row in deleted:
                 action = CHART_DELETE if row.config_media_type == HELM_CONFIG else DELETE

@@ -31,8 +31,9 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.resumable import HashStateError, ResumableHash
 from dockyard.registry.models import uploads
 from dockyard.registry.services.blobstate import BlobBusy, Seen, link_committed, seen_before_commit
-from dockyard.registry.services.common import BlobInfo, UploadState, ensure_repository
+from dockyard.registry.services.common import BlobInfo, UploadState
 from dockyard.registry.services.digests import HasherCache
+from dockyard.registry.services.locks import LockPolicy
 from dockyard.registry.services.upload_sessions import (
     DELETE_UPLOAD,
     INSERT_UPLOAD,
@@ -60,9 +61,11 @@ class UploadService:
         lease_seconds: int = 60,
         expiry_seconds: int = 24 * 3600,
         hasher_cache_size: int = 512,
+        locks: LockPolicy | None = None,
     ) -> None:
         self._db = db
         self._store = store
+        self._locks = locks or LockPolicy()
         self._lease = timedelta(seconds=lease_seconds)
         self._expiry = timedelta(seconds=expiry_seconds)
         self._hashers = HasherCache(hasher_cache_size)
@@ -75,6 +78,7 @@ class UploadService:
         now = utcnow()
 
         def work(conn: Connection) -> None:
+            self._locks.refuse_if_write_locked(conn, repository)
             conn.execute(
                 INSERT_UPLOAD,
                 {"id": upload_id, "repository": repository, "size": 0, "created_at": now, "updated_at": now},
@@ -270,7 +274,7 @@ class UploadService:
             recorded = _lock_unleased(conn, repository, upload_id, now)
             if recorded.size != 0:
                 return False, None
-            repo_id = ensure_repository(conn, repository, now)
+            repo_id = self._locks.writable_repository(conn, repository, now, shared=True).id
             link_committed(conn, repo_id, digest, len(data), None, seen)
             conn.execute(DELETE_UPLOAD, {"id": upload_id})
             return True, recorded.store_state
@@ -323,7 +327,7 @@ class UploadService:
         """
 
         def work(conn: Connection) -> bool:
-            repo_id = ensure_repository(conn, repository)
+            repo_id = self._locks.writable_repository(conn, repository, shared=True).id
             kept = link_committed(conn, repo_id, digest, size, location, seen)
             if session is not None:
                 conn.execute(DELETE_UPLOAD, {"id": session})

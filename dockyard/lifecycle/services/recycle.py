@@ -1,0 +1,260 @@
+"""Soft delete: deleted manifests go to a recycle bin, from which they are restored or expire."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dockyard.db import Database, as_utc, utcnow
+from dockyard.events.services import Origin
+from dockyard.lifecycle.models import recycled_blobs, recycled_manifests
+from dockyard.lifecycle.services.policies import SOFT_DELETE, read_policy
+from dockyard.oci.digest import parse_digest
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.oci.names import validate_tag
+from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, tags
+from dockyard.registry.services.common import LINK_BLOB, ensure_repository, repository_id
+from dockyard.registry.services.manifests import ManifestService
+
+
+@dataclass(frozen=True)
+class DeletedManifest:
+    """One manifest in the bin."""
+
+    repository: str
+    digest: str
+    media_type: str
+    size: int
+    total_size: int
+    tags: list[str]
+    subject: str | None
+    deleted_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a restore brought back, and the tags it left where they now point."""
+
+    digest: str
+    tags: list[str] = field(default_factory=list)
+    skipped_tags: list[str] = field(default_factory=list)
+
+
+def _unknown(repository: str, digest: str) -> RegistryError:
+    return RegistryError(
+        ErrorCode.MANIFEST_UNKNOWN,
+        f"manifest {digest} is not in the recycle bin of {repository!r}",
+        detail={"name": repository, "digest": digest},
+    )
+
+
+class RecycleService:
+    """The recycle bin: filled by the registry's delete path while soft delete is enabled."""
+
+    def __init__(
+        self, db: Database, manifests: ManifestService, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        self._db = db
+        self._manifests = manifests
+        self._clock = clock
+
+    # -- filling the bin (a ContentHooks.before_delete hook) --------------------------------------
+
+    def on_delete(self, conn: Connection, repository: str, repo_id: int, manifest_ids: Sequence[int]) -> None:
+        """Copy the manifests about to be deleted into the bin, with their tags and blobs."""
+        if not manifest_ids or not read_policy(conn, SOFT_DELETE).enabled:
+            return
+        now = self._clock()
+        ids = list(manifest_ids)
+        rows = conn.execute(sa.select(manifests).where(manifests.c.id.in_(ids))).all()
+        tag_names: dict[int, list[str]] = {i: [] for i in ids}
+        for manifest_id, name in conn.execute(
+            sa.select(tags.c.manifest_id, tags.c.name)
+            .where(tags.c.manifest_id.in_(ids))
+            .order_by(tags.c.name)
+        ):
+            tag_names[manifest_id].append(name)
+        blob_digests: dict[int, list[str]] = {i: [] for i in ids}
+        for manifest_id, digest in conn.execute(
+            sa.select(manifest_blobs.c.manifest_id, manifest_blobs.c.digest).where(
+                manifest_blobs.c.manifest_id.in_(ids)
+            )
+        ):
+            blob_digests[manifest_id].append(digest)
+        digests = [row.digest for row in rows]
+        conn.execute(
+            recycled_manifests.delete().where(
+                recycled_manifests.c.repository == repository, recycled_manifests.c.digest.in_(digests)
+            )
+        )
+        for row in rows:
+            recycled_id = conn.execute(
+                recycled_manifests.insert().returning(recycled_manifests.c.id),
+                {
+                    "repository": repository,
+                    "digest": row.digest,
+                    "media_type": row.media_type,
+                    "artifact_type": row.artifact_type,
+                    "size": row.size,
+                    "total_size": row.total_size,
+                    "subject_digest": row.subject_digest,
+                    "payload": row.payload,
+                    "tags": tag_names[row.id],
+                    "deleted_at": now,
+                },
+            ).scalar_one()
+            if blob_digests[row.id]:
+                conn.execute(
+                    recycled_blobs.insert(),
+                    [{"recycled_id": recycled_id, "digest": d} for d in blob_digests[row.id]],
+                )
+
+    def kept_blobs(self) -> sa.Select:
+        """Blob digests garbage collection keeps while a manifest that references them is in the bin."""
+        return sa.select(recycled_blobs.c.digest)
+
+    # -- listing ---------------------------------------------------------------------------------
+
+    def deleted_manifests(self, repository: str) -> list[DeletedManifest]:
+        """The repository's manifests in the bin, newest deletion first."""
+        with self._db.read() as conn:
+            days = read_policy(conn, SOFT_DELETE).days
+            rows = conn.execute(
+                sa.select(recycled_manifests)
+                .where(recycled_manifests.c.repository == repository)
+                .order_by(recycled_manifests.c.deleted_at.desc(), recycled_manifests.c.digest)
+            ).all()
+        return [self._describe(row, days) for row in rows]
+
+    def deleted_tags(self, repository: str) -> list[tuple[str, DeletedManifest]]:
+        """(tag, manifest) for every tag the repository's manifests in the bin had."""
+        found = [(tag, item) for item in self.deleted_manifests(repository) for tag in item.tags]
+        return sorted(found, key=lambda pair: pair[0])
+
+    def deleted_repositories(self) -> list[str]:
+        """Names with manifests in the bin and no live repository (deleted as a whole)."""
+        live = sa.select(repositories.c.name).where(repositories.c.name == recycled_manifests.c.repository)
+        with self._db.read() as conn:
+            return list(
+                conn.execute(
+                    sa.select(recycled_manifests.c.repository)
+                    .where(~live.exists())
+                    .distinct()
+                    .order_by(recycled_manifests.c.repository)
+                ).scalars()
+            )
+
+    @staticmethod
+    def _describe(row: Any, days: int) -> DeletedManifest:
+        deleted_at = as_utc(row.deleted_at)
+        return DeletedManifest(
+            repository=row.repository,
+            digest=row.digest,
+            media_type=row.media_type,
+            size=row.size,
+            total_size=row.total_size,
+            tags=list(row.tags or []),
+            subject=row.subject_digest,
+            deleted_at=deleted_at,
+            expires_at=deleted_at + timedelta(days=days),
+        )
+
+    # -- restore ---------------------------------------------------------------------------------
+
+    def restore(
+        self,
+        repository: str,
+        digest: str,
+        tag: str | None = None,
+        force: bool = False,
+        origin: Origin | None = None,
+    ) -> Restored:
+        """Push a manifest from the bin again (the registry's insert path, push events) with its tags.
+
+        Its blobs are linked to the repository again when the registry still holds them. A tag that
+        now points at another manifest is taken back only with ``force``. ``tag`` restores that one
+        tag instead of those it had. Not recursive: an index needs its children, a referrer its subject.
+        """
+        parse_digest(digest)
+        if tag is not None:
+            validate_tag(tag)
+
+        def prepare(conn: Connection) -> tuple[Any, list[str], list[str]]:
+            row = conn.execute(
+                sa.select(recycled_manifests).where(
+                    recycled_manifests.c.repository == repository, recycled_manifests.c.digest == digest
+                )
+            ).first()
+            if row is None:
+                raise _unknown(repository, digest)
+            repo_id = repository_id(conn, repository)
+            if row.subject_digest is not None:
+                subject = conn.execute(
+                    sa.select(manifests.c.id).where(
+                        manifests.c.repository_id == repo_id, manifests.c.digest == row.subject_digest
+                    )
+                ).first()
+                if subject is None:
+                    raise RegistryError(
+                        ErrorCode.DENIED,
+                        f"manifest {digest} refers to {row.subject_digest}, which is not in the repository;"
+                        " restore the subject first",
+                        status=409,
+                        detail={"digest": digest, "subject": row.subject_digest},
+                    )
+            repo_id = repo_id if repo_id is not None else ensure_repository(conn, repository)
+            held = sa.select(blobs.c.digest).where(
+                blobs.c.digest.in_(
+                    sa.select(recycled_blobs.c.digest).where(recycled_blobs.c.recycled_id == row.id)
+                ),
+                blobs.c.state == "live",  # not what garbage collection is deleting or deleted
+            )
+            now = self._clock()
+            for blob in conn.execute(held).scalars():
+                conn.execute(
+                    LINK_BLOB[conn.dialect.name],
+                    {"repository_id": repo_id, "digest": blob, "created_at": now},
+                )
+            wanted = [tag] if tag is not None else list(row.tags or [])
+            taken, skipped = [], []
+            for name in wanted:
+                current = conn.execute(
+                    sa.select(manifests.c.digest)
+                    .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
+                    .where(tags.c.repository_id == repo_id, tags.c.name == name)
+                ).scalar()
+                (skipped if current not in (None, digest) and not force else taken).append(name)
+            return row, taken, skipped
+
+        row, taken, skipped = self._db.run_write(prepare)
+        payload = bytes(row.payload)
+        self._manifests.put(repository, digest, payload, row.media_type, origin)
+        for name in taken:
+            self._manifests.put(repository, name, payload, row.media_type, origin)
+
+        def forget(conn: Connection) -> None:
+            conn.execute(recycled_manifests.delete().where(recycled_manifests.c.id == row.id))
+
+        self._db.run_write(forget)
+        return Restored(digest, taken, skipped)
+
+    # -- expiry ----------------------------------------------------------------------------------
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        """Forget bin entries older than the policy's current days (even while it is disabled)."""
+        moment = now or self._clock()
+
+        def work(conn: Connection) -> int:
+            cutoff = moment - timedelta(days=read_policy(conn, SOFT_DELETE).days)
+            result = conn.execute(
+                recycled_manifests.delete().where(recycled_manifests.c.deleted_at <= cutoff)
+            )
+            return result.rowcount or 0
+
+        return self._db.run_write(work)

@@ -1,0 +1,228 @@
+"""Soft delete (the recycle bin), restore and its expiry, through the management API."""
+
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from dockyard.db import utcnow
+from dockyard.events.models import repository_events
+from dockyard.lifecycle.models import recycled_manifests
+from dockyard.registry.models import repository_blobs
+from tests.support.auth import create_user
+from tests.support.images import make_artifact, make_image, make_index
+from tests.support.registry import error_codes, push_image, push_manifest
+
+POLICY = "/api/v1/registry/policies/soft-delete"
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def enable(client, days=7):
+    response = client.patch(POLICY, json={"status": "enabled", "retentionDays": days})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def bin_of(client, repository="team/app"):
+    response = client.get(f"/api/v1/deleted/{repository}/_manifests")
+    assert response.status_code == 200, response.text
+    return response.json()["manifests"]
+
+
+def restore(client, digest, repository="team/app", **body):
+    return client.post(f"/api/v1/deleted/{repository}/_manifests/{digest}/restore", json=body)
+
+
+def kept_blobs(dockyard):
+    lifecycle = dockyard.service("lifecycle")
+    with dockyard.db.read() as conn:
+        return {d for source in lifecycle.kept_blobs for d in conn.execute(source()).scalars()}
+
+
+def test_policy_is_off_by_default_and_validated(client):
+    shown = client.get(POLICY).json()
+    assert shown["status"] == "disabled"
+    assert shown["retentionDays"] == 7
+    for bad in ({"retentionDays": 0}, {"retentionDays": 91}, {"status": "on"}, {"retentionDays": "7"}):
+        response = client.patch(POLICY, json=bad)
+        assert response.status_code == 400, bad
+        assert error_codes(response) == ["INVALID_REQUEST"]
+    assert enable(client, 30)["retentionDays"] == 30
+    both = client.get("/api/v1/registry/policies").json()
+    assert both["softDeletePolicy"]["status"] == "enabled"
+    assert both["retentionPolicy"]["status"] == "disabled"
+
+
+def test_without_soft_delete_a_delete_is_final(client, dockyard):
+    image = make_image("final")
+    digest = push_image(client, "team/app", image, "v1")
+    assert client.delete(f"/v2/team/app/manifests/{digest}").status_code == 202
+    assert bin_of(client) == []
+    assert restore(client, digest).status_code == 404
+
+
+def test_delete_by_digest_goes_to_the_bin_and_restores_with_its_tags(client, dockyard):
+    enable(client)
+    image = make_image("binned")
+    digest = push_image(client, "team/app", image, "v1")
+    push_manifest(client, "team/app", "stable", image.manifest, image.media_type)
+    assert client.delete(f"/v2/team/app/manifests/{digest}").status_code == 202
+    assert client.get("/v2/team/app/manifests/v1").status_code == 404
+
+    [entry] = bin_of(client)
+    assert entry["digest"] == digest
+    assert entry["tags"] == ["stable", "v1"]
+    assert entry["expiresTime"] > entry["deletedTime"]
+    tags = client.get("/api/v1/deleted/team/app/_tags").json()["tags"]
+    assert [(t["tag"], t["digest"]) for t in tags] == [("stable", digest), ("v1", digest)]
+    assert {b.digest for b in image.blobs} <= kept_blobs(dockyard)
+
+    response = restore(client, digest)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"digest": digest, "restoredTags": ["stable", "v1"], "skippedTags": []}
+    pulled = client.get("/v2/team/app/manifests/v1", headers={"Accept": image.media_type})
+    assert pulled.status_code == 200
+    assert pulled.content == image.manifest
+    assert bin_of(client) == []
+    assert not kept_blobs(dockyard)
+    with dockyard.db.read() as conn:
+        actions = conn.execute(
+            sa.select(repository_events.c.action, repository_events.c.tag)
+            .where(repository_events.c.digest == digest)
+            .order_by(repository_events.c.id)
+        ).all()
+    assert [a for a, _ in actions][-4:] == ["delete", "push", "push", "push"]
+    assert {t for _, t in actions[-3:]} == {None, "stable", "v1"}
+
+
+def test_restore_takes_back_a_moved_tag_only_with_force(client):
+    enable(client)
+    first, second = make_image("first"), make_image("second")
+    digest = push_image(client, "team/app", first, "v1")
+    push_manifest(client, "team/app", "old", first.manifest, first.media_type)
+    assert client.delete(f"/v2/team/app/manifests/{digest}").status_code == 202
+    other = push_image(client, "team/app", second, "v1")
+
+    body = restore(client, digest).json()
+    assert body["restoredTags"] == ["old"]
+    assert body["skippedTags"] == ["v1"]
+    assert client.get("/acr/v1/team/app/_tags/v1").json()["tag"]["digest"] == other
+
+    assert client.delete(f"/v2/team/app/manifests/{digest}").status_code == 202
+    body = restore(client, digest, force=True).json()
+    assert body["restoredTags"] == ["old"]
+    assert body["skippedTags"] == []
+    assert client.delete(f"/v2/team/app/manifests/{digest}").status_code == 202
+    body = restore(client, digest, tag="v1", force=True).json()
+    assert body["restoredTags"] == ["v1"]
+    assert client.get("/acr/v1/team/app/_tags/v1").json()["tag"]["digest"] == digest
+
+
+def test_untag_is_not_a_soft_delete(client):
+    enable(client)
+    push_image(client, "team/app", make_image("untag"), "v1")
+    assert client.delete("/v2/team/app/manifests/v1").status_code == 202
+    assert bin_of(client) == []
+
+
+def test_whole_repository_goes_to_the_bin_and_comes_back(client, dockyard):
+    enable(client)
+    image = make_image("whole")
+    digest = push_image(client, "team/app", image, "v1")
+    assert client.delete("/acr/v1/team/app").status_code == 202
+    assert client.get("/api/v1/deleted-repositories").json() == {"repositories": ["team/app"]}
+    with dockyard.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(repository_blobs)).scalar_one() == 0
+
+    assert restore(client, digest).status_code == 200
+    assert client.get("/api/v1/deleted-repositories").json() == {"repositories": []}
+    for blob in image.blobs:
+        assert client.get(f"/v2/team/app/blobs/{blob.digest}").content == blob.data
+
+
+def test_index_restore_is_not_recursive_and_a_referrer_needs_its_subject(client):
+    enable(client)
+    amd, arm = make_image("amd"), make_image("arm", architecture="arm64")
+    push_image(client, "team/app", amd)
+    push_image(client, "team/app", arm)
+    index = make_index([amd, arm])
+    assert push_manifest(client, "team/app", "multi", index, INDEX).status_code == 201
+    signature = make_artifact("application/vnd.example.sig", b"sig", subject=amd.descriptor())
+    sig_digest = push_image(client, "team/app", signature)
+    assert client.delete("/acr/v1/team/app").status_code == 202
+
+    index_digest = next(m["digest"] for m in bin_of(client) if m["mediaType"] == INDEX)
+    response = restore(client, sig_digest)
+    assert response.status_code == 409
+    assert error_codes(response) == ["DENIED"]
+    assert client.get("/acr/v1/team/app").status_code == 404  # a refused restore created nothing
+    response = restore(client, index_digest)
+    assert response.status_code == 400
+    assert error_codes(response) == ["MANIFEST_BLOB_UNKNOWN"]
+
+    for image in (amd, arm):
+        assert restore(client, image.digest).status_code == 200
+    assert restore(client, index_digest).json()["restoredTags"] == ["multi"]
+    assert restore(client, sig_digest).status_code == 200
+    assert bin_of(client) == []
+
+
+def test_pushing_a_binned_digest_again_is_allowed(client):
+    enable(client)
+    image = make_image("again")
+    digest = push_image(client, "team/app", image, "v1")
+    assert client.delete(f"/v2/team/app/manifests/{digest}").status_code == 202
+    push_image(client, "team/app", image, "v2")
+    response = restore(client, digest)
+    assert response.status_code == 200
+    assert sorted(client.get("/v2/team/app/tags/list").json()["tags"]) == ["v1", "v2"]
+
+
+def test_expired_entries_are_purged_with_the_current_days(client, dockyard):
+    enable(client, days=3)
+    image = make_image("expire")
+    digest = push_image(client, "team/app", image, "v1")
+    assert client.delete(f"/v2/team/app/manifests/{digest}").status_code == 202
+    recycle = dockyard.service("lifecycle").recycle
+    assert recycle.bin.purge_expired(utcnow() + timedelta(days=2)) == 0
+    enable(client, days=1)  # the purge uses the policy's current value, as ACR's does
+    assert recycle.bin.purge_expired(utcnow() + timedelta(days=2)) == 1
+    assert bin_of(client) == []
+    assert not kept_blobs(dockyard)
+    with dockyard.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(recycled_manifests)).scalar_one() == 0
+
+
+def test_the_expiry_job_is_scheduled(dockyard):
+    names = {schedule.name for schedule in dockyard.runtime.schedules}
+    assert {"lifecycle.expire-recycle-bin", "lifecycle.retention"} <= names
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PATCH", POLICY),
+        ("POST", "/api/v1/deleted/team/app/_manifests/sha256:" + "a" * 64 + "/restore"),
+    ],
+)
+def test_anonymous_callers_are_refused(anonymous, method, path):
+    response = anonymous.request(method, path, json={})
+    assert response.status_code == 401
+
+
+def test_a_reader_sees_the_bin_and_only_a_contributor_restores(client, anonymous):
+    enable(client)
+    digest = push_image(client, "team/app", make_image("roles"), "v1")
+    assert client.delete(f"/v2/team/app/manifests/{digest}").status_code == 202
+    reader = create_user(client, "auditor", "Reader")
+    deleter = create_user(client, "cleaner", "AcrDelete")
+    contributor = create_user(client, "maintainer", "Contributor")
+    listed = anonymous.get("/api/v1/deleted/team/app/_manifests", headers=reader)
+    assert [m["digest"] for m in listed.json()["manifests"]] == [digest]
+    path = f"/api/v1/deleted/team/app/_manifests/{digest}/restore"
+    for refused in (reader, deleter):
+        response = anonymous.post(path, json={}, headers=refused)
+        assert response.status_code == 403
+        assert error_codes(response) == ["DENIED"]
+    assert anonymous.patch(POLICY, json={"status": "disabled"}, headers=reader).status_code == 403
+    assert anonymous.post(path, json={}, headers=contributor).status_code == 200
