@@ -231,6 +231,19 @@ class Settings(BaseSettings):
         description="How often the job runtime looks for other processes' events, jobs and schedules.",
     )
     job_concurrency: int = Field(4, ge=1, description="Jobs run at once per process.")
+    gc_grace_seconds: int = Field(
+        3600,
+        ge=0,
+        description="Garbage collection leaves alone anything newer than this (links, blobs, store objects).",
+    )
+    gc_interval_seconds: int = Field(
+        3600, ge=0, description="How often garbage collection runs, once per registry (0: never by itself)."
+    )
+    storage_limit_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="The storage size `dockyard show-usage` reports as the limit (none: no limit).",
+    )
     webhook_limit: int = Field(
         500,
         ge=0,

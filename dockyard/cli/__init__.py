@@ -10,6 +10,7 @@ from dockyard.cli import (
     admin,
     auth,
     event_commands,
+    gc_commands,
     health_commands,
     identity_commands,
     job_commands,
@@ -53,6 +54,8 @@ app.add_typer(webhook_commands.app, name="webhook")
 app.add_typer(event_commands.app, name="event")
 app.add_typer(job_commands.app, name="job")
 app.add_typer(purge_commands.app, name="purge")
+app.add_typer(gc_commands.app, name="gc")
+app.command("show-usage")(gc_commands.show_usage)
 app.add_typer(registry_commands.audit_app, name="audit")
 app.add_typer(registry_commands.signing_key_app, name="signing-key")
 app.add_typer(admin.app, name="admin")

@@ -280,7 +280,9 @@ class StateCollector(Collector):
         now = utcnow()
         with self.db.read() as conn:
             count, used = conn.execute(
-                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(blobs.c.size), 0))
+                sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(blobs.c.size), 0)).where(
+                    blobs.c.state == "live"  # not what garbage collection is deleting or deleted
+                )
             ).one()
             by_state = dict(
                 conn.execute(

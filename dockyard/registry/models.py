@@ -45,6 +45,14 @@ blobs = sa.Table(
     sa.Column("created_at", TIMESTAMP, nullable=False),
     #: Where the store keeps the bytes when not at the digest's own place (what commit returned).
     sa.Column("location", sa.String(1024)),
+    #: 'live' (readable), 'deleting' (garbage collection is removing the bytes) or 'gone' (a
+    #: tombstone: the bytes were deleted); only 'live' rows exist for readers (docs/lifecycle.md).
+    sa.Column("state", sa.String(16), nullable=False, server_default="live"),
+    #: Bumped each time garbage collection marks the row, so a linker sees it was marked meanwhile.
+    sa.Column("generation", sa.BigInteger, nullable=False, server_default="0"),
+    #: When ``state`` last changed to 'deleting' or 'gone' (tombstones are pruned a day later).
+    sa.Column("state_at", TIMESTAMP),
+    sa.Index("ix_blobs_location", "location"),
 )
 
 repository_blobs = sa.Table(

@@ -265,6 +265,24 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ),
     ("/api/v1/purge/schedules/{schedule}", "get", "Show a purge schedule", None, 200),
     ("/api/v1/purge/schedules/{schedule}", "delete", "Delete a purge schedule", None, 204),
+    ("/api/v1/gc/runs", "get", "Latest garbage-collection runs, newest first (?limit=)", None, 200),
+    (
+        "/api/v1/gc/runs",
+        "post",
+        "Queue a garbage-collection run",
+        _object(
+            gracePeriodSeconds={"type": "integer"}, dryRun={"type": "boolean"}, untagged={"type": "boolean"}
+        ),
+        202,
+    ),
+    ("/api/v1/gc/runs/{run_id}", "get", "A garbage-collection run: status, items and bytes freed", None, 200),
+    (
+        "/api/v1/registry/usage",
+        "get",
+        "Storage and resource usage (as az acr show-usage); ?repository= gives one repository's size",
+        None,
+        200,
+    ),
 ]
 
 

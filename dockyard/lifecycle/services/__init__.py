@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockyard.lifecycle.interfaces import KeptBlobs
+from dockyard.lifecycle.services.gc import GarbageCollector
+from dockyard.lifecycle.services.gc_runs import GcService
 from dockyard.lifecycle.services.policies import PolicyService
 from dockyard.lifecycle.services.purge import PurgeService
 from dockyard.lifecycle.services.recycle import RecycleService
 from dockyard.lifecycle.services.retention import RetentionService
+from dockyard.lifecycle.services.usage import UsageService
 from dockyard.rooms import Kernel
 
 
@@ -44,6 +47,9 @@ class LifecycleServices:
     purge: PurgeService
     #: Blob digests garbage collection must keep besides those manifests reference.
     kept_blobs: list[KeptBlobs] = field(default_factory=list)
+    #: Garbage-collection runs (``gc.collector`` holds the phases); set by build_lifecycle_services.
+    gc: GcService | None = None
+    usage: UsageService | None = None
     #: Soft delete and retention (None only in a registry built without them).
     recycle: RecycleServices | None = None
 
@@ -53,4 +59,10 @@ def build_lifecycle_services(kernel: Kernel, built: Mapping[str, Any]) -> Lifecy
     services = LifecycleServices(purge=PurgeService(kernel.db, built["registry"].manifests))
     services.recycle = build_recycle(kernel, built)
     services.kept_blobs.append(services.recycle.bin.kept_blobs)
+    settings = kernel.settings
+    collector = GarbageCollector(kernel.db, kernel.store, built["registry"].manifests, services.kept_blobs)
+    services.gc = GcService(kernel.db, collector, grace_seconds=settings.gc_grace_seconds)
+    services.usage = UsageService(
+        kernel.db, storage_limit=settings.storage_limit_bytes, webhook_limit=settings.webhook_limit
+    )
     return services

@@ -212,7 +212,8 @@ class RecycleService:
             held = sa.select(blobs.c.digest).where(
                 blobs.c.digest.in_(
                     sa.select(recycled_blobs.c.digest).where(recycled_blobs.c.recycled_id == row.id)
-                )
+                ),
+                blobs.c.state == "live",  # not what garbage collection is deleting or deleted
             )
             now = self._clock()
             for blob in conn.execute(held).scalars():

@@ -18,7 +18,7 @@ from dockyard.oci.names import validate_name
 from dockyard.registry.routes.headers import API_VERSION, byte_range, content_range, repository_name
 from dockyard.registry.services import RegistryServices
 from dockyard.registry.services.common import BlobInfo, UploadState
-from dockyard.registry.services.uploads import SMALL_CHUNK, range_header
+from dockyard.registry.services.upload_sessions import SMALL_CHUNK, range_header
 from dockyard.storage import LocalFile, Redirect
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from dockyard.db import Database
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, repository_blobs
+from dockyard.registry.services.blobstate import LIVE
 from dockyard.registry.services.common import BlobInfo, link_blob, require_repository
 from dockyard.registry.services.locks import LockPolicy, denied
 from dockyard.storage import BlobSource, BlobStore, StorageError
@@ -25,9 +26,14 @@ BLOB_SIZE = (
     sa.select(blobs.c.size, blobs.c.location, repositories.c.read_enabled)
     .select_from(repository_blobs.join(repositories).join(blobs))
     .where(
-        repositories.c.name == sa.bindparam("repository"), repository_blobs.c.digest == sa.bindparam("digest")
+        repositories.c.name == sa.bindparam("repository"),
+        repository_blobs.c.digest == sa.bindparam("digest"),
+        # a blob garbage collection is deleting exists no more (inline: lookup_row binds by name)
+        blobs.c.state == sa.literal_column(f"'{LIVE}'"),
     )
 )
+#: The same, locking the link and blob rows against garbage collection until a mount commits.
+BLOB_SIZE_SHARED = BLOB_SIZE.with_for_update(read=True, of=[repository_blobs, blobs])
 
 
 def _blob_unknown(digest: str) -> RegistryError:
@@ -125,7 +131,7 @@ class BlobService:
             for candidate in candidates:
                 if candidate == repository or not can_read(candidate):
                     continue
-                found = conn.execute(BLOB_SIZE, {"repository": candidate, "digest": digest}).first()
+                found = conn.execute(BLOB_SIZE_SHARED, {"repository": candidate, "digest": digest}).first()
                 if found is not None and found.read_enabled:  # a read-locked repository is no source
                     size = found.size
                     repo_id = self._locks.writable_repository(conn, repository, shared=True).id

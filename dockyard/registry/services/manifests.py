@@ -27,6 +27,7 @@ from dockyard.registry.models import (
     repository_blobs,
     tags,
 )
+from dockyard.registry.services.blobstate import LIVE, BlobBusy
 from dockyard.registry.services.common import (
     ContentHooks,
     ManifestRecord,
@@ -70,8 +71,13 @@ INSERT_MANIFEST = per_dialect(
         .returning(manifests.c.id)
     )
 )
-MANIFEST_ID = sa.select(manifests.c.id).where(
-    manifests.c.repository_id == sa.bindparam("repository_id"), manifests.c.digest == sa.bindparam("digest")
+MANIFEST_ID = (
+    sa.select(manifests.c.id)
+    .where(
+        manifests.c.repository_id == sa.bindparam("repository_id"),
+        manifests.c.digest == sa.bindparam("digest"),
+    )
+    .with_for_update(read=True)  # kept from garbage collection of untagged manifests until tagged
 )
 
 #: A config blob's recorded size and location, read before a manifest's transaction.
@@ -87,17 +93,25 @@ def _upsert_tag(insert: Callable[[sa.Table], Any]) -> Any:
 
 
 UPSERT_TAG = per_dialect(_upsert_tag)
+#: A manifest's blobs and children are locked (FOR SHARE) until it commits, so garbage collection
+#: either waits and then sees its references, or finished first and they are not found.
 HELD_BLOBS = (
     sa.select(blobs.c.digest, blobs.c.size)
     .select_from(repository_blobs.join(blobs))
     .where(
         repository_blobs.c.repository_id == sa.bindparam("repository_id"),
         repository_blobs.c.digest.in_(sa.bindparam("digests", expanding=True)),
+        blobs.c.state == LIVE,
     )
+    .with_for_update(read=True, of=[repository_blobs, blobs])
 )
-PRESENT_MANIFESTS = sa.select(manifests.c.digest).where(
-    manifests.c.repository_id == sa.bindparam("repository_id"),
-    manifests.c.digest.in_(sa.bindparam("digests", expanding=True)),
+PRESENT_MANIFESTS = (
+    sa.select(manifests.c.digest)
+    .where(
+        manifests.c.repository_id == sa.bindparam("repository_id"),
+        manifests.c.digest.in_(sa.bindparam("digests", expanding=True)),
+    )
+    .with_for_update(read=True)
 )
 
 
@@ -287,9 +301,9 @@ class ManifestService:
             if manifest_id is not None:
                 self._insert_references(conn, manifest_id, parsed)
             else:
-                manifest_id = conn.execute(
-                    MANIFEST_ID, {"repository_id": repo_id, "digest": digest}
-                ).scalar_one()
+                manifest_id = conn.execute(MANIFEST_ID, {"repository_id": repo_id, "digest": digest}).scalar()
+                if manifest_id is None:  # garbage collection deleted it between the two statements
+                    raise BlobBusy(digest)
             previous = None
             if tag is not None and self.hooks.tags_dropped:
                 previous = conn.execute(

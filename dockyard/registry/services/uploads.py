@@ -17,109 +17,37 @@ Invariants that keep a failed or interrupted push from damaging anything:
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dockyard.db import Database, as_utc, utcnow
+from dockyard.db import Database, utcnow
 from dockyard.oci.digest import new_hasher, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.resumable import HashStateError, ResumableHash
 from dockyard.registry.models import uploads
-from dockyard.registry.services.common import BlobInfo, UploadState, link_blob
+from dockyard.registry.services.blobstate import BlobBusy, Seen, link_committed, seen_before_commit
+from dockyard.registry.services.common import BlobInfo, UploadState
 from dockyard.registry.services.digests import HasherCache
 from dockyard.registry.services.locks import LockPolicy
+from dockyard.registry.services.upload_sessions import (
+    DELETE_UPLOAD,
+    INSERT_UPLOAD,
+    SMALL_CHUNK,
+    _lock_unleased,
+    _LostDigest,
+    _out_of_order,
+    _read_exactly,
+    _Recorded,
+    _unknown,
+)
 from dockyard.storage import BlobStore, UploadLost, UploadWriter
 
 log = logging.getLogger(__name__)
-
-
-#: Chunks up to this size are read into memory and appended in a single transaction.
-SMALL_CHUNK = 1024 * 1024
-#: The statements every push runs, built once.
-INSERT_UPLOAD = uploads.insert()
-LOCK_UPLOAD = (
-    sa.select(
-        uploads.c.size,
-        uploads.c.store_state,
-        uploads.c.hash_state,
-        uploads.c.lease_token,
-        uploads.c.lease_until,
-    )
-    .where(uploads.c.id == sa.bindparam("id"), uploads.c.repository == sa.bindparam("repository"))
-    .with_for_update()
-)
-DELETE_UPLOAD = uploads.delete().where(uploads.c.id == sa.bindparam("id"))
-
-
-@dataclass(frozen=True, slots=True)
-class _Recorded:
-    """What the session row records: the size, the store's state for it, the digest's state."""
-
-    size: int
-    store_state: str | None = None
-    hash_state: bytes | None = None
-
-
-class _LostDigest(RegistryError):
-    """The session holds bytes whose running digest cannot be resumed (a session from before
-    hash states were recorded, or a corrupt state): it is dropped and the client starts over."""
-
-    def __init__(self, upload_id: str, store_state: str | None) -> None:
-        super().__init__(
-            ErrorCode.BLOB_UPLOAD_UNKNOWN,
-            f"upload {upload_id[:80]!r} cannot be resumed; start the upload again",
-        )
-        self.store_state = store_state
-
-
-def _read_exactly(body: Iterable[bytes], length: int) -> bytes:
-    """The whole body, which must be exactly ``length`` bytes (else SIZE_INVALID)."""
-    data = bytearray()
-    for chunk in body:
-        data += chunk
-        if len(data) > length:
-            raise RegistryError(ErrorCode.SIZE_INVALID, f"chunk is longer than the declared {length} bytes")
-    if len(data) != length:
-        raise RegistryError(ErrorCode.SIZE_INVALID, f"received {len(data)} bytes but {length} were declared")
-    return bytes(data)
-
-
-def range_header(size: int) -> str:
-    """The ``Range`` header value for an upload holding ``size`` bytes (Distribution's convention)."""
-    return f"0-{max(size - 1, 0)}"
-
-
-def _unknown(upload_id: str) -> RegistryError:
-    return RegistryError(ErrorCode.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id[:80]!r} not known to registry")
-
-
-def _out_of_order(size: int, why: str) -> RegistryError:
-    return RegistryError(
-        ErrorCode.BLOB_UPLOAD_INVALID, why, status=416, headers={"Range": range_header(size)}
-    )
-
-
-def _lock_unleased(conn: Connection, repository: str, upload_id: str, now: datetime) -> _Recorded:
-    """Lock the upload's row for this transaction and return what it records.
-
-    Refused with a 416 (and ``Retry-After``) while another request's lease on it is live.
-    """
-    row = conn.execute(LOCK_UPLOAD, {"id": upload_id, "repository": repository}).first()
-    if row is None:
-        raise _unknown(upload_id)
-    if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:
-        busy = _out_of_order(row.size, "another request is writing to this upload")
-        wait = (as_utc(row.lease_until) - now).total_seconds()
-        busy.headers["Retry-After"] = str(max(1, math.ceil(wait)))
-        raise busy
-    return _Recorded(row.size, row.store_state, row.hash_state)
 
 
 class UploadService:
@@ -297,6 +225,11 @@ class UploadService:
             self._release(upload_id, token)
             raise
         try:
+            seen = seen_before_commit(self._db, digest)
+        except BaseException:
+            self._release(upload_id, token)
+            raise
+        try:
             self._verify(digest, algorithm, hasher)
             try:
                 location = self._store.commit_upload(upload_id, state, digest, size)
@@ -308,7 +241,7 @@ class UploadService:
         except BaseException:
             self._release(upload_id, token)
             raise
-        self._link(repository, digest, size, location, session=upload_id)
+        self._link(repository, digest, size, location, seen, session=upload_id)
         return BlobInfo(digest, size, location)
 
     def _complete_in_one(
@@ -333,6 +266,7 @@ class UploadService:
         hasher.update(data)
         if f"{algorithm}:{hasher.hexdigest()}" != digest:
             return None
+        seen = seen_before_commit(self._db, digest)
         self._store.put(digest, data)
         now = utcnow()
 
@@ -341,7 +275,7 @@ class UploadService:
             if recorded.size != 0:
                 return False, None
             repo_id = self._locks.writable_repository(conn, repository, now, shared=True).id
-            link_blob(conn, repo_id, digest, len(data))
+            link_committed(conn, repo_id, digest, len(data), None, seen)
             conn.execute(DELETE_UPLOAD, {"id": upload_id})
             return True, recorded.store_state
 
@@ -366,30 +300,49 @@ class UploadService:
                 upload_id, None, _Recorded(0), hasher, body, expected=content_length, digest=digest
             )
             self._verify(digest, algorithm, hasher)
+            seen = seen_before_commit(self._db, digest)
             location = self._store.commit_upload(upload_id, state, digest, size)
         except BaseException:
             self._store.abort_upload(upload_id, state)
             raise
-        self._link(repository, digest, size, location)
+        self._link(repository, digest, size, location, seen)
         return BlobInfo(digest, size, location)
 
     def _link(
-        self, repository: str, digest: str, size: int, location: str | None, *, session: str | None = None
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        location: str | None,
+        seen: Seen,
+        *,
+        session: str | None = None,
     ) -> None:
         """Make a committed blob visible in ``repository`` (ending ``session``), in one transaction.
 
         If the blob was already recorded at another location, the existing record wins and the
-        object just committed at ``location`` is deleted once the transaction is over.
+        object just committed at ``location`` is deleted once the transaction is over. If garbage
+        collection marked the blob since ``seen`` (BlobBusy), the session ends and the client
+        pushes again.
         """
 
         def work(conn: Connection) -> bool:
             repo_id = self._locks.writable_repository(conn, repository, shared=True).id
-            kept = link_blob(conn, repo_id, digest, size, location)
+            kept = link_committed(conn, repo_id, digest, size, location, seen)
             if session is not None:
                 conn.execute(DELETE_UPLOAD, {"id": session})
             return kept
 
-        if not self._db.run_write(work):
+        try:
+            kept = self._db.run_write(work)
+        except BlobBusy:
+            if session is not None:
+                self._db.run_write(lambda conn: conn.execute(DELETE_UPLOAD, {"id": session}), durable=False)
+                self._hashers.forget(session)
+            if location is not None:
+                self._store.delete(digest, location=location)  # our own object, never linked
+            raise
+        if not kept:
             self._store.delete(digest, location=location)
         if session is not None:
             self._hashers.forget(session)

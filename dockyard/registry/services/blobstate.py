@@ -1,0 +1,115 @@
+"""The blob state protocol shared by uploads, mounts, manifest pushes and garbage collection.
+
+A ``blobs`` row is 'live', 'deleting' (garbage collection marked it and is deleting its bytes)
+or 'gone' (a tombstone: the bytes were deleted). Garbage collection bumps ``generation`` each
+time it marks a row. Only 'live' rows exist for readers.
+
+A linker that commits bytes to the store (an upload) reads the row's (state, generation)
+*before* its store commit (``seen``), and in its linking transaction locks the row and links
+only if nothing changed since, or if the row was a tombstone already then (its bytes were
+written after the old ones were deleted: the row comes back to life with them). Anything else
+means the bytes it relied on may have been deleted under it: it fails with a retryable 503.
+
+Garbage collection deletes bytes only after bumping a generation (marking a row, or claiming an
+unrecorded object with a new row of generation 1), so a live row whose generation is the one
+seen (0 when there was no row: a concurrent push recorded it) was never marked in between.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dockyard.db import Database, per_dialect, utcnow
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.registry.models import blobs
+from dockyard.registry.services.common import LINK_BLOB
+
+LIVE = "live"
+DELETING = "deleting"
+GONE = "gone"
+
+#: Seconds a client is told to wait before pushing a blob garbage collection is deleting.
+RETRY_AFTER = 5
+
+_STATE = sa.select(blobs.c.state, blobs.c.generation).where(blobs.c.digest == sa.bindparam("digest"))
+_LOCK = sa.select(blobs.c.state, blobs.c.generation, blobs.c.location).where(
+    blobs.c.digest == sa.bindparam("digest")
+)
+_INSERT = per_dialect(
+    lambda insert: insert(blobs).on_conflict_do_nothing(index_elements=["digest"]).returning(blobs.c.digest)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A blob row's state and generation as read before a store commit (state None: no row)."""
+
+    state: str | None
+    generation: int = 0
+
+
+class BlobBusy(RegistryError):
+    """Garbage collection is deleting (or just deleted) this blob's bytes: push it again shortly."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(
+            ErrorCode.UNKNOWN,
+            f"blob {digest} is being garbage collected; push it again",
+            status=503,
+            headers={"Retry-After": str(RETRY_AFTER)},
+            detail={"digest": digest},
+        )
+
+
+def seen_before_commit(db: Database, digest: str) -> Seen:
+    """The row's state before the caller commits bytes; BlobBusy while it is being deleted."""
+    row = db.lookup_row(_STATE, {"digest": digest})
+    seen = Seen(None) if row is None else Seen(row[0], row[1])
+    if seen.state == DELETING:
+        raise BlobBusy(digest)
+    return seen
+
+
+def link_committed(
+    conn: Connection, repo_id: int, digest: str, size: int, location: str | None, seen: Seen
+) -> bool:
+    """Record committed bytes and link them into repository ``repo_id``, inside the caller's transaction.
+
+    Returns False when the row is live at another location: the caller's object at ``location``
+    is surplus (delete it after the transaction). BlobBusy when the row changed since ``seen``.
+    """
+    now = utcnow()
+    row = conn.execute(_LOCK.with_for_update(), {"digest": digest}).first()
+    if row is None:
+        if seen.state is not None:
+            raise BlobBusy(digest)  # the tombstone was pruned meanwhile: start over, to be sure
+        inserted = conn.execute(
+            _INSERT[conn.dialect.name],
+            {"digest": digest, "size": size, "created_at": now, "location": location},
+        ).first()
+        if inserted is None:  # a concurrent push recorded it first (or collection claimed it)
+            row = conn.execute(_LOCK.with_for_update(), {"digest": digest}).first()
+            if row is None:
+                raise BlobBusy(digest)
+    surplus = False
+    if row is None:
+        pass  # we recorded it
+    elif row.generation != seen.generation or row.state == DELETING:
+        raise BlobBusy(digest)  # marked since we looked: bytes we reused may be gone
+    elif row.state == GONE:
+        if seen.state != GONE:
+            raise BlobBusy(digest)
+        conn.execute(
+            blobs.update()
+            .where(blobs.c.digest == digest)
+            .values(state=LIVE, size=size, location=location, created_at=now, state_at=now)
+        )
+    else:
+        surplus = location is not None and row.location != location
+    conn.execute(
+        LINK_BLOB[conn.dialect.name], {"repository_id": repo_id, "digest": digest, "created_at": now}
+    )
+    return not surplus
