@@ -1,0 +1,254 @@
+"""Red-team attacks on the image-lifecycle surfaces (issue #9): locks, immutable tags, the recycle
+bin, purge, garbage collection.
+
+``test_hole_…`` tests reproduce attacks that worked when they were written (each failed until its
+hole was closed, or is marked ``xfail(strict=True)`` with the reason while it is open);
+``test_refused_…`` tests are attacks that were correctly refused and guard against regressions.
+Every test's docstring names the attack.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from dockyard.lifecycle import purge_rules
+from dockyard.registry.models import repositories, repository_blobs
+from tests.support.auth import access_token, basic, bearer, create_user
+from tests.support.images import OCI_INDEX, make_image, make_index
+from tests.support.registry import error_codes, push_blob, push_image, push_manifest
+
+REPO = "team/app"
+SOFT_DELETE = "/api/v1/registry/policies/soft-delete"
+
+
+def soft_delete_on(client) -> None:
+    response = client.patch(SOFT_DELETE, json={"status": "enabled", "retentionDays": 7})
+    assert response.status_code == 200, response.text
+
+
+def lock(client, path: str, **attributes: bool) -> None:
+    response = client.patch(f"/acr/v1/{path}", json=attributes)
+    assert response.status_code == 200, response.text
+
+
+def oci_error(response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert error_codes(response) == [code]
+
+
+def repository_row(dockyard, name: str):
+    with dockyard.db.read() as conn:
+        return conn.execute(sa.select(repositories).where(repositories.c.name == name)).first()
+
+
+def scoped_token(client, name: str, actions: list[str], repository: str = REPO) -> dict[str, str]:
+    """A repository-scoped token (its own scope map) as Basic credentials."""
+    scope_map = client.post(
+        "/api/v1/scope-maps",
+        json={"name": f"{name}-map", "actions": {repository: actions}},
+    )
+    assert scope_map.status_code == 201, scope_map.text
+    created = client.post("/api/v1/tokens", json={"name": name, "scopeMap": f"{name}-map"})
+    assert created.status_code == 201, created.text
+    return basic(name, created.json()["credentials"][0]["value"])
+
+
+# =================================================================================================
+# A. HOLES
+# =================================================================================================
+
+
+def test_hole_gc_run_id_with_a_unicode_digit_is_a_500(client):
+    """HOLE (closed). Attack: ``GET /api/v1/gc/runs/²``. ``str.isdigit`` accepts superscripts and
+    other Unicode digits that ``int`` refuses, so the route raised ValueError: 500. Expected: 404."""
+    for raw in ("²", "١٢", "𝟙"):
+        oci_error(client.get(f"/api/v1/gc/runs/{raw}"), 404, "NOT_FOUND")
+
+
+def test_hole_gc_grace_period_beyond_any_clock_is_a_500(client):
+    """HOLE (closed). Attack: ``POST /api/v1/gc/runs`` with a grace period of 10^30 seconds. Only
+    negatives were refused: the database cannot hold it (500) or ``timedelta`` overflows in the job.
+    Expected: 400 INVALID_REQUEST and no run recorded."""
+    for grace in (10**30, 2**63):
+        oci_error(client.post("/api/v1/gc/runs", json={"gracePeriodSeconds": grace}), 400, "INVALID_REQUEST")
+    assert client.get("/api/v1/gc/runs").json()["value"] == []
+
+
+def test_hole_purge_repository_regex_timeout_is_a_500(client, monkeypatch):
+    """HOLE (closed). Attack: ``POST /api/v1/purge`` with a catastrophically backtracking repository
+    regex against a repository name built for it. The match times out (the ``regex`` module's
+    timeout, shortened here) and the TimeoutError escaped the request: 500. Expected: 400 naming
+    the filter, nothing queued."""
+    monkeypatch.setattr(purge_rules, "MATCH_TIMEOUT_SECONDS", 0.05)
+    push_image(client, "a" * 40 + "/x", make_image("redos"), "v1")
+    response = client.post("/api/v1/purge", json={"filters": ["(a|aa)+(a|aa)+b/?x*:.*"], "ago": "0d"})
+    oci_error(response, 400, "INVALID_REQUEST")
+    assert "timed out" in response.json()["errors"][0]["message"]
+    assert client.get("/api/v1/purge/runs").json()["runs"] == []
+
+
+def test_hole_purge_tag_regex_timeout_fails_the_run_cleanly(client, dockyard, monkeypatch):
+    """Attack: a tag regex that backtracks catastrophically on a tag the attacker pushed. The job
+    must end as a failed run with a readable error (not hang the runtime, not delete anything)."""
+    monkeypatch.setattr(purge_rules, "MATCH_TIMEOUT_SECONDS", 0.05)
+    push_image(client, REPO, make_image("redos-tag"), "a" * 60)
+    started = client.post("/api/v1/purge", json={"filters": [f"{REPO}:^(a|aa)+(a|aa)+b$"], "ago": "0d"})
+    assert started.status_code == 202, started.text
+    assert dockyard.runtime.run_jobs() == 1
+    run = client.get(f"/api/v1/purge/runs/{started.json()['id']}").json()
+    assert run["status"] == "failed"
+    assert "timed out" in run["error"] or "Timeout" in run["error"]
+    assert client.get(f"/v2/{REPO}/tags/list").json()["tags"] == ["a" * 60]
+
+
+def test_hole_failed_restore_recreates_a_deleted_repository(client, dockyard):
+    """HOLE (closed). Attack: restore, from a repository deleted as a whole, an index whose children
+    are still in the bin. The restore fails (MANIFEST_BLOB_UNKNOWN, as documented), but its first
+    transaction had already re-created the repository and linked blobs to it: the repository
+    vanished from ``deleted-repositories`` and an empty live one appeared. Expected: a failed restore
+    changes nothing."""
+    soft_delete_on(client)
+    amd, arm = make_image("rt-amd"), make_image("rt-arm", architecture="arm64")
+    push_image(client, REPO, amd)
+    push_image(client, REPO, arm)
+    index = make_index([amd, arm])
+    assert push_manifest(client, REPO, "multi", index, OCI_INDEX).status_code == 201
+    assert client.delete(f"/acr/v1/{REPO}").status_code == 202
+    index_digest = next(
+        m["digest"] for m in client.get(f"/api/v1/deleted/{REPO}/_manifests").json()["manifests"]
+        if m["mediaType"] == OCI_INDEX
+    )  # fmt: skip
+    response = client.post(f"/api/v1/deleted/{REPO}/_manifests/{index_digest}/restore", json={})
+    oci_error(response, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert repository_row(dockyard, REPO) is None
+    assert client.get("/api/v1/deleted-repositories").json() == {"repositories": [REPO]}
+
+
+def test_hole_failed_restore_into_a_live_repository_leaves_no_links(client, dockyard):
+    """HOLE (closed). Attack: restore into a write-locked repository. The push is refused (403), but
+    the blob links the restore made first stayed: the repository now serves blobs of a manifest it
+    refused. Expected: refused, and the repository's links exactly as before."""
+    soft_delete_on(client)
+    kept, gone = make_image("rt-kept"), make_image("rt-gone")
+    push_image(client, REPO, kept, "keep")
+    digest = push_image(client, REPO, gone, "gone")
+    assert client.delete(f"/v2/{REPO}/manifests/{digest}").status_code == 202
+    repo_id = repository_row(dockyard, REPO).id
+
+    def links() -> set[str]:
+        with dockyard.db.read() as conn:
+            query = sa.select(repository_blobs.c.digest).where(repository_blobs.c.repository_id == repo_id)
+            return set(conn.execute(query).scalars())
+
+    with dockyard.db.write() as conn:  # as if GC had meanwhile unlinked the deleted image's blobs
+        conn.execute(
+            repository_blobs.delete().where(
+                repository_blobs.c.repository_id == repo_id,
+                repository_blobs.c.digest.in_([b.digest for b in gone.blobs]),
+            )
+        )
+    before = links()
+    lock(client, "team%2Fapp", writeEnabled=False)
+    response = client.post(f"/api/v1/deleted/{REPO}/_manifests/{digest}/restore", json={})
+    oci_error(response, 403, "DENIED")
+    assert links() == before
+    for blob in gone.blobs:
+        assert client.head(f"/v2/{REPO}/blobs/{blob.digest}").status_code == 404
+
+
+# =================================================================================================
+# B. REFUSED
+# =================================================================================================
+
+
+def test_refused_restore_bad_input_gets_oci_errors(client):
+    """Attack: malformed digests, bodies and tag names on restore: 400 with the OCI shape, no 500."""
+    soft_delete_on(client)
+    digest = push_image(client, REPO, make_image("rt-bad"), "v1")
+    assert client.delete(f"/v2/{REPO}/manifests/{digest}").status_code == 202
+    url = f"/api/v1/deleted/{REPO}/_manifests"
+    oci_error(client.post(f"{url}/sha256:zz/restore", json={}), 400, "DIGEST_INVALID")
+    oci_error(client.post(f"{url}/md5:{'0' * 32}/restore", json={}), 400, "DIGEST_INVALID")
+    oci_error(client.post(f"{url}/{digest}/restore", content=b"{nope"), 400, "INVALID_REQUEST")
+    oci_error(client.post(f"{url}/{digest}/restore", content=b"[]"), 400, "INVALID_REQUEST")
+    oci_error(client.post(f"{url}/{digest}/restore", json={"tag": 5}), 400, "INVALID_REQUEST")
+    oci_error(client.post(f"{url}/{digest}/restore", json={"force": "yes"}), 400, "INVALID_REQUEST")
+    oci_error(client.post(f"{url}/{digest}/restore", json={"tag": "../x"}), 400, "MANIFEST_INVALID")
+    oci_error(client.post(f"{url}/{digest}/restore", json={"tag": "a" * 200}), 400, "MANIFEST_INVALID")
+    oci_error(client.post(f"/api/v1/deleted/Team/App/_manifests/{digest}/restore", json={}), 400, "NAME_INVALID")
+    oci_error(client.post(f"/api/v1/deleted/other/_manifests/{digest}/restore", json={}), 404, "MANIFEST_UNKNOWN")
+    for bad in ({"retentionDays": -1}, {"retentionDays": 10**20}, {"days": 91}):
+        oci_error(client.patch(SOFT_DELETE, json=bad), 400, "INVALID_REQUEST")
+    for bad in ({"days": -1}, {"days": 366}, {"days": 10**20}, {"type": "All"}):
+        oci_error(client.patch("/api/v1/registry/policies/retention", json=bad), 400, "INVALID_REQUEST")
+    # nothing was restored by any of it
+    assert client.get(f"/v2/{REPO}/manifests/{digest}").status_code == 404
+
+
+def test_refused_restore_force_over_a_locked_tag(client):
+    """Attack: restore with ``force`` to take back a tag a Contributor write-locked on another
+    manifest. Expected: the tag stays where it is (refused as a push would be)."""
+    soft_delete_on(client)
+    old, new = make_image("rt-old"), make_image("rt-new")
+    old_digest = push_image(client, REPO, old, "v1")
+    assert client.delete(f"/v2/{REPO}/manifests/{old_digest}").status_code == 202
+    new_digest = push_image(client, REPO, new, "v1")
+    lock(client, "team/app/_tags/v1", writeEnabled=False)
+    response = client.post(f"/api/v1/deleted/{REPO}/_manifests/{old_digest}/restore", json={"force": True})
+    oci_error(response, 403, "DENIED")
+    assert client.head(f"/v2/{REPO}/manifests/v1").headers["docker-content-digest"] == new_digest
+
+
+def test_refused_lifecycle_routes_for_data_plane_callers(client, anonymous):
+    """Attack: every lifecycle management route with no credentials, a repository-scoped token
+    holding every action, and AcrPull/AcrPush/AcrDelete users. Only control-plane roles pass."""
+    soft_delete_on(client)
+    digest = push_image(client, REPO, make_image("rt-routes"), "v1")
+    assert client.delete(f"/v2/{REPO}/manifests/{digest}").status_code == 202
+    token = scoped_token(client, "allpowerful", ["content/read", "content/write", "content/delete",
+                                                 "metadata/read", "metadata/write"])  # fmt: skip
+    token_bearer = bearer(access_token(anonymous, token, f"repository:{REPO}:pull,push,delete"))
+    callers = {
+        "token": token,
+        "token-bearer": token_bearer,
+        "AcrPull": create_user(client, "puller", "AcrPull"),
+        "AcrPush": create_user(client, "pusher", "AcrPush"),
+        "AcrDelete": create_user(client, "deleter", "AcrDelete"),
+    }
+    writes = [
+        ("PATCH", SOFT_DELETE, {"status": "disabled"}),
+        ("PATCH", "/api/v1/registry/policies/retention", {"status": "enabled", "days": 0}),
+        ("POST", f"/api/v1/deleted/{REPO}/_manifests/{digest}/restore", {}),
+        ("POST", "/api/v1/gc/runs", {"untagged": True, "gracePeriodSeconds": 0}),
+        ("POST", "/api/v1/purge/schedules", {"name": "x", "schedule": "* * * * *", "filters": [f"{REPO}:.*"],
+                                             "ago": "0d"}),
+    ]  # fmt: skip
+    reads = [
+        "/api/v1/registry/policies",
+        SOFT_DELETE,
+        "/api/v1/deleted-repositories",
+        f"/api/v1/deleted/{REPO}/_manifests",
+        f"/api/v1/deleted/{REPO}/_tags",
+        "/api/v1/gc/runs",
+        "/api/v1/registry/usage",
+        f"/api/v1/registry/usage?repository={REPO}",
+        "/api/v1/purge/runs",
+        "/api/v1/purge/schedules",
+    ]
+    for method, url, body in writes:
+        assert anonymous.request(method, url, json=body).status_code == 401, url
+        for name, headers in callers.items():
+            response = anonymous.request(method, url, json=body, headers=headers)
+            assert response.status_code == 403, (name, url, response.text)
+    for url in reads:
+        assert anonymous.get(url).status_code == 401, url
+        for name in ("token", "token-bearer", "AcrPull", "AcrPush"):
+            assert anonymous.get(url, headers=callers[name]).status_code == 403, (name, url)
+    for name in ("token", "token-bearer"):
+        response = anonymous.post("/api/v1/purge", json={"filters": [f"{REPO}:.*"], "ago": "0d"},
+                                  headers=callers[name])  # fmt: skip
+        assert response.status_code == 403, (name, response.text)
+    assert client.get(f"/v2/{REPO}/manifests/{digest}").status_code == 404  # still in the bin
+    assert client.get(SOFT_DELETE).json()["status"] == "enabled"
+    assert client.get("/api/v1/gc/runs").json()["value"] == []
