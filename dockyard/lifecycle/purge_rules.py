@@ -111,6 +111,16 @@ def parse_ago(text: str) -> timedelta:
     return min(timedelta(days=min(days, MAX_AGO_DAYS)) + extra, timedelta(days=MAX_AGO_DAYS))
 
 
+def _search(pattern: regex.Pattern[str], text: str, source: str) -> bool:
+    """Whether ``pattern`` matches in ``text``; PurgeInputError when it runs out of time."""
+    try:
+        return pattern.search(text, timeout=MATCH_TIMEOUT_SECONDS) is not None
+    except TimeoutError:
+        raise PurgeInputError(
+            f"regular expression {source[:200]!r} timed out after {MATCH_TIMEOUT_SECONDS:g} s on {text[:200]!r}"
+        ) from None
+
+
 def tag_filters(filters: Sequence[Filter], repositories: Iterable[str]) -> dict[str, str]:
     """Repository → the tag regex to apply there, as acr-cli's ``CollectTagFilters``.
 
@@ -124,7 +134,7 @@ def tag_filters(filters: Sequence[Filter], repositories: Iterable[str]) -> dict[
             matched = [item.repository]
         else:
             pattern = regex.compile("^" + item.repository + "$")
-            matched = [n for n in names if pattern.search(n, timeout=MATCH_TIMEOUT_SECONDS)]
+            matched = [n for n in names if _search(pattern, n, item.repository)]
         for name in matched:
             result[name] = f"{result[name]}|{item.tag}" if name in result else item.tag
     return result
@@ -162,7 +172,7 @@ def select_tags(tags: Sequence[TagRow], tag_regex: str, cutoff: datetime | None,
     eligible = [
         tag
         for tag in newest_first
-        if pattern.search(tag.name, timeout=MATCH_TIMEOUT_SECONDS)
+        if _search(pattern, tag.name, tag_regex)
         and (cutoff is None or tag.updated_at < cutoff)
         and not tag.locked
     ]

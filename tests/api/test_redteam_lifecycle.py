@@ -176,8 +176,12 @@ def test_refused_restore_bad_input_gets_oci_errors(client):
     oci_error(client.post(f"{url}/{digest}/restore", json={"force": "yes"}), 400, "INVALID_REQUEST")
     oci_error(client.post(f"{url}/{digest}/restore", json={"tag": "../x"}), 400, "MANIFEST_INVALID")
     oci_error(client.post(f"{url}/{digest}/restore", json={"tag": "a" * 200}), 400, "MANIFEST_INVALID")
-    oci_error(client.post(f"/api/v1/deleted/Team/App/_manifests/{digest}/restore", json={}), 400, "NAME_INVALID")
-    oci_error(client.post(f"/api/v1/deleted/other/_manifests/{digest}/restore", json={}), 404, "MANIFEST_UNKNOWN")
+    oci_error(
+        client.post(f"/api/v1/deleted/Team/App/_manifests/{digest}/restore", json={}), 400, "NAME_INVALID"
+    )
+    oci_error(
+        client.post(f"/api/v1/deleted/other/_manifests/{digest}/restore", json={}), 404, "MANIFEST_UNKNOWN"
+    )
     for bad in ({"retentionDays": -1}, {"retentionDays": 10**20}, {"days": 91}):
         oci_error(client.patch(SOFT_DELETE, json=bad), 400, "INVALID_REQUEST")
     for bad in ({"days": -1}, {"days": 366}, {"days": 10**20}, {"type": "All"}):

@@ -207,7 +207,10 @@ class PurgeService:
         filters, _ = parameters.parsed()
         names = self._db.run_lookup(lambda conn: list(conn.execute(sa.select(repositories.c.name)).scalars()))
         chosen: dict[str, str | None]
-        chosen = dict(rules.tag_filters(filters, names)) if filters else dict.fromkeys(names)
+        try:
+            chosen = dict(rules.tag_filters(filters, names)) if filters else dict.fromkeys(names)
+        except rules.PurgeInputError as exc:  # a repository regex that timed out
+            raise PurgeError(str(exc)) from None
         if parameters.untagged_only:
             chosen = dict.fromkeys(chosen)
         if parameters.repositories is not None:

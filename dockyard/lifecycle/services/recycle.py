@@ -18,7 +18,7 @@ from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_tag
 from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, tags
-from dockyard.registry.services.common import LINK_BLOB, ensure_repository, repository_id
+from dockyard.registry.services.common import LINK_BLOB, repository_id
 from dockyard.registry.services.manifests import ManifestService
 
 
@@ -208,7 +208,22 @@ class RecycleService:
                         status=409,
                         detail={"digest": digest, "subject": row.subject_digest},
                     )
-            repo_id = repo_id if repo_id is not None else ensure_repository(conn, repository)
+            wanted = [tag] if tag is not None else list(row.tags or [])
+            taken, skipped = [], []
+            for name in wanted:
+                current = conn.execute(
+                    sa.select(manifests.c.digest)
+                    .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
+                    .where(tags.c.repository_id == repo_id, tags.c.name == name)
+                ).scalar()
+                (skipped if current not in (None, digest) and not force else taken).append(name)
+            return row, taken, skipped
+
+        with self._db.read() as conn:
+            row, taken, skipped = prepare(conn)
+
+        def link_blobs(conn: Connection, repo_id: int) -> None:
+            # in the push's own transaction: a refused or failed push leaves no links behind
             held = sa.select(blobs.c.digest).where(
                 blobs.c.digest.in_(
                     sa.select(recycled_blobs.c.digest).where(recycled_blobs.c.recycled_id == row.id)
@@ -221,20 +236,9 @@ class RecycleService:
                     LINK_BLOB[conn.dialect.name],
                     {"repository_id": repo_id, "digest": blob, "created_at": now},
                 )
-            wanted = [tag] if tag is not None else list(row.tags or [])
-            taken, skipped = [], []
-            for name in wanted:
-                current = conn.execute(
-                    sa.select(manifests.c.digest)
-                    .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
-                    .where(tags.c.repository_id == repo_id, tags.c.name == name)
-                ).scalar()
-                (skipped if current not in (None, digest) and not force else taken).append(name)
-            return row, taken, skipped
 
-        row, taken, skipped = self._db.run_write(prepare)
         payload = bytes(row.payload)
-        self._manifests.put(repository, digest, payload, row.media_type, origin)
+        self._manifests.put(repository, digest, payload, row.media_type, origin, before=link_blobs)
         for name in taken:
             self._manifests.put(repository, name, payload, row.media_type, origin)
 

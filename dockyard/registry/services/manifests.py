@@ -254,9 +254,19 @@ class ManifestService:
     # -- push -------------------------------------------------------------------------------
 
     def put(
-        self, repository: str, reference: str, payload: bytes, content_type: str, origin: Origin | None = None
+        self,
+        repository: str,
+        reference: str,
+        payload: bytes,
+        content_type: str,
+        origin: Origin | None = None,
+        *,
+        before: Callable[[Connection, int], None] | None = None,
     ) -> PushedManifest:
-        """Validate and store a manifest, tagging it if ``reference`` is a tag; log a push event."""
+        """Validate and store a manifest, tagging it if ``reference`` is a tag; log a push event.
+
+        ``before(conn, repository_id)`` runs in the push's transaction once the repository is locked
+        for writing, before the references are checked (a restore links its blobs there)."""
         tag, claimed = parse_reference(reference)
         parsed = parse_manifest(payload, content_type)
         if claimed is not None:
@@ -280,6 +290,8 @@ class ManifestService:
             now = utcnow()
             repo = self._locks.writable_repository(conn, repository, now)
             repo_id = repo.id
+            if before is not None:
+                before(conn, repo_id)
             self._check_references(conn, repo_id, parsed)
             dialect = conn.dialect.name
             row = {
