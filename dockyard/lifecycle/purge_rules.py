@@ -117,7 +117,8 @@ def _search(pattern: regex.Pattern[str], text: str, source: str) -> bool:
         return pattern.search(text, timeout=MATCH_TIMEOUT_SECONDS) is not None
     except TimeoutError:
         raise PurgeInputError(
-            f"regular expression {source[:200]!r} timed out after {MATCH_TIMEOUT_SECONDS:g} s on {text[:200]!r}"
+            f"regular expression {source[:200]!r} timed out after {MATCH_TIMEOUT_SECONDS:g} s"
+            f" on {text[:200]!r}"
         ) from None
 
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from dockyard.lifecycle.services.gc import Options
 
 from dockyard.app import build
+from dockyard.lifecycle.services.gc import Options
 from dockyard.lifecycle.services.policies import RETENTION
 from dockyard.lifecycle.services.purge import PurgeParameters
 from dockyard.oci.errors import ErrorCode, RegistryError

@@ -9,14 +9,13 @@ Every test's docstring names the attack.
 
 from __future__ import annotations
 
-import pytest
 import sqlalchemy as sa
 
 from dockyard.lifecycle import purge_rules
 from dockyard.registry.models import repositories, repository_blobs
 from tests.support.auth import access_token, basic, bearer, create_user
 from tests.support.images import OCI_INDEX, make_image, make_index
-from tests.support.registry import error_codes, push_blob, push_image, push_manifest
+from tests.support.registry import error_codes, push_image, push_manifest
 
 REPO = "team/app"
 SOFT_DELETE = "/api/v1/registry/policies/soft-delete"
@@ -62,7 +61,7 @@ def scoped_token(client, name: str, actions: list[str], repository: str = REPO) 
 def test_hole_gc_run_id_with_a_unicode_digit_is_a_500(client):
     """HOLE (closed). Attack: ``GET /api/v1/gc/runs/²``. ``str.isdigit`` accepts superscripts and
     other Unicode digits that ``int`` refuses, so the route raised ValueError: 500. Expected: 404."""
-    for raw in ("²", "١٢", "𝟙"):
+    for raw in ("\u00b2", "\u0661\u0662", "\U0001d7d9"):  # superscript 2, Arabic-Indic 12, double-struck 1
         oci_error(client.get(f"/api/v1/gc/runs/{raw}"), 404, "NOT_FOUND")
 
 
