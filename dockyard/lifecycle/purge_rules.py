@@ -97,7 +97,8 @@ def parse_ago(text: str) -> timedelta:
     rest = text
     head = std_re.match(r"([0-9]+)d", text)
     if head is not None:
-        days, rest = int(head.group(1)), text[head.end() :]
+        digits = head.group(1).lstrip("0") or "0"  # int() refuses over 4,300 digits; all cap anyway
+        days, rest = (int(digits) if len(digits) <= 9 else MAX_AGO_DAYS), text[head.end() :]
     elif "d" in text:
         raise PurgeInputError(f"invalid --ago {text!r}: days come first, as in 2d3h6m")
     if not text:

@@ -9,12 +9,13 @@ Every test's docstring names the attack.
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from dockyard.lifecycle import purge_rules
 from dockyard.registry.models import repositories, repository_blobs
 from tests.support.auth import access_token, basic, bearer, create_user
-from tests.support.images import OCI_INDEX, make_image, make_index
+from tests.support.images import OCI_INDEX, make_artifact, make_image, make_index
 from tests.support.registry import error_codes, push_image, push_manifest
 
 REPO = "team/app"
@@ -255,3 +256,140 @@ def test_refused_lifecycle_routes_for_data_plane_callers(client, anonymous):
     assert client.get(f"/v2/{REPO}/manifests/{digest}").status_code == 404  # still in the bin
     assert client.get(SOFT_DELETE).json()["status"] == "enabled"
     assert client.get("/api/v1/gc/runs").json()["value"] == []
+
+
+def test_hole_purge_ago_with_thousands_of_digits_is_a_500(client):
+    """HOLE (closed). Attack: ``--ago`` of 5,000 digits then ``d``. ``int()`` refuses strings over
+    4,300 digits with a ValueError the parser did not expect: 500. Expected: 400 (or the cap)."""
+    push_image(client, REPO, make_image("rt-ago"), "v1")
+    for ago in ("9" * 5000 + "d", "1d" + "9" * 5000 + "h", "9" * 400 + "h"):
+        response = client.post("/api/v1/purge", json={"filters": [f"{REPO}:.*"], "ago": ago, "dryRun": True})
+        assert response.status_code in (202, 400), response.text
+        if response.status_code == 400:
+            assert error_codes(response) == ["INVALID_REQUEST"]
+
+
+@pytest.mark.parametrize("cron", ["0 0 31 2 *", "0 0 30 2 *", "*/0 * * * *", "60 * * * *", "0 0 * * 8"])
+def test_hole_purge_schedule_cron_that_never_fires(client, dockyard, cron):
+    """HOLE (closed). Attack: a schedule whose cron names no real time (February 31st) or is
+    malformed. croniter's ``is_valid`` accepts February 31st; computing its next time then raises
+    (500 on create, or every tick fails). Expected: 400, no schedule stored."""
+    body = {"name": "never", "schedule": cron, "filters": [f"{REPO}:.*"], "ago": "1d"}
+    oci_error(client.post("/api/v1/purge/schedules", json=body), 400, "INVALID_REQUEST")
+    assert client.get("/api/v1/purge/schedules").json()["schedules"] == []
+
+
+def test_refused_reading_another_callers_purge_run(client, anonymous, dockyard):
+    """Attack: an AcrDelete user (no Reader) reads a run another AcrDelete user started, by id,
+    and lists runs. Expected: 403 for both; its own run is readable."""
+    push_image(client, REPO, make_image("rt-run"), "v1")
+    alice = create_user(client, "alice", "AcrDelete")
+    mallory = create_user(client, "mallory", "AcrDelete")
+    started = anonymous.post(
+        "/api/v1/purge", json={"filters": [f"{REPO}:.*"], "ago": "0d", "dryRun": True}, headers=alice
+    )
+    assert started.status_code == 202, started.text
+    run = f"/api/v1/purge/runs/{started.json()['id']}"
+    assert anonymous.get(run, headers=alice).status_code == 200
+    oci_error(anonymous.get(run, headers=mallory), 403, "DENIED")
+    oci_error(anonymous.get("/api/v1/purge/runs", headers=mallory), 403, "DENIED")
+    oci_error(anonymous.get("/api/v1/purge/runs/999", headers=mallory), 403, "DENIED")
+
+
+def test_refused_purge_filter_reaching_repositories_the_caller_cannot_delete_in(client, anonymous, dockyard):
+    """Attack: an AcrDelete user scoped to ``team/*`` purges with filters that also reach
+    ``secret/db``: an alternation that escapes the anchors, a case-insensitive flag group, an
+    untagged-only run without filter. Expected: 403 naming the repository, nothing queued."""
+    for name in (REPO, "secret/db"):
+        push_image(client, name, make_image(f"rt-{name}"), "v1")
+    created = client.post("/api/v1/users", json={"name": "teamdel"})
+    assert created.status_code == 201
+    scoped = client.post(
+        "/api/v1/role-assignments",
+        json={"assignee": "teamdel", "role": "AcrDelete", "scope": "repository:team/*"},
+    )
+    assert scoped.status_code == 201, scoped.text
+    teamdel = basic("teamdel", created.json()["credentials"][0]["value"])
+    for body in (
+        {"filters": ["team/app|secret/db:.*"], "ago": "0d"},
+        {"filters": ["team/.*|.*:.*"], "ago": "0d"},
+        {"filters": ["(?i)SECRET/DB:.*"], "ago": "0d"},
+        {"filters": ["team/app:.*", "s.*:.*"], "ago": "0d"},
+        {"untaggedOnly": True},
+    ):
+        response = anonymous.post("/api/v1/purge", json=body, headers=teamdel)
+        oci_error(response, 403, "DENIED")
+        assert "secret/db" in response.text, body
+    assert client.get("/api/v1/purge/runs").json()["runs"] == []
+    allowed = anonymous.post("/api/v1/purge", json={"filters": ["team/.*:.*"], "ago": "0d"}, headers=teamdel)
+    assert allowed.status_code == 202, allowed.text
+    assert dockyard.runtime.run_jobs() == 1
+    assert client.get("/v2/secret/db/tags/list").json()["tags"] == ["v1"]
+
+
+def test_refused_mounts_across_locks(client):
+    """Attack: mount a blob out of a read-locked repository into an open one, and into a
+    write-locked repository from an open one. Expected: no 201 mount from the read-locked source
+    (an upload session instead), 403 into the write-locked target; no link either way."""
+    image = make_image("rt-mount")
+    push_image(client, REPO, image, "v1")
+    layer = image.layers[0].digest
+    lock(client, "team%2Fapp", readEnabled=False)
+    mounted = client.post(f"/v2/other/app/blobs/uploads/?mount={layer}&from={REPO}")
+    assert mounted.status_code == 202, mounted.text
+    assert client.head(f"/v2/other/app/blobs/{layer}").status_code == 404
+    lock(client, "team%2Fapp", readEnabled=True)
+    push_image(client, "locked/app", make_image("rt-locked"), "v1")
+    lock(client, "locked%2Fapp", writeEnabled=False)
+    into = client.post(f"/v2/locked/app/blobs/uploads/?mount={layer}&from={REPO}")
+    oci_error(into, 403, "DENIED")
+    assert client.head(f"/v2/locked/app/blobs/{layer}").status_code == 404
+
+
+def test_hole_read_lock_bypasses(client):
+    """HOLE (closed for referrers: they were listed, annotations and all). Attack: get around a
+    repository read lock with HEAD, referrers and an encoded ``%2F`` name. Expected: every content
+    read refused with 403 DENIED."""
+    image = make_image("rt-read")
+    digest = push_image(client, REPO, image, "v1")
+    signature = make_artifact("application/vnd.example.sbom", b"sbom", subject=image.descriptor(),
+                              annotations={"secret": "internal build host"})  # fmt: skip
+    push_image(client, REPO, signature)
+    lock(client, "team%2Fapp", readEnabled=False)
+    for url in (
+        f"/v2/{REPO}/manifests/v1",
+        f"/v2/{REPO}/manifests/{digest}",
+        f"/v2/team%2Fapp/manifests/{digest}",
+        f"/v2/{REPO}/blobs/{image.config.digest}",
+    ):
+        for method in ("GET", "HEAD"):
+            response = client.request(method, url)
+            assert response.status_code == 403, (method, url, response.status_code)
+    referrers = client.get(f"/v2/{REPO}/referrers/{digest}")
+    oci_error(referrers, 403, "DENIED")  # HOLE (closed): listed the referrers and their annotations
+
+
+def test_refused_unlisted_items_leak_through_pagination(client):
+    """Attack: find unlisted tags and repositories through ``n``/``last`` pagination of the tag
+    list and both catalogs (a ``last=`` just before the hidden name). Expected: never shown."""
+    for name in ("a", "b", "c"):
+        push_image(client, "hidden/repo", make_image(f"rt-h-{name}"), name)
+    push_image(client, "visible/repo", make_image("rt-visible"), "v1")
+    lock(client, "hidden/repo/_tags/b", listEnabled=False)
+    lock(client, "hidden%2Frepo", listEnabled=False)
+    seen: list[str] = []
+    last = ""
+    for _ in range(5):
+        page = client.get("/v2/hidden/repo/tags/list", params={"n": 1, "last": last}).json()["tags"] or []
+        if not page:
+            break
+        seen += page
+        last = page[-1]
+    assert "b" not in seen
+    assert "b" not in (client.get("/v2/hidden/repo/tags/list", params={"last": "a"}).json()["tags"] or [])
+    assert "b" not in [
+        t["name"] for t in client.get("/acr/v1/hidden/repo/_tags", params={"last": "a"}).json()["tags"]
+    ]
+    for url in ("/v2/_catalog", "/acr/v1/_catalog"):
+        for params in ({}, {"n": 1}, {"n": 1, "last": "hidden/rep"}, {"last": "a"}):
+            assert "hidden/repo" not in client.get(url, params=params).json()["repositories"], (url, params)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from croniter import croniter
+from croniter import CroniterError, croniter
 from sqlalchemy.engine import Connection
 
 from dockyard.db import Database, as_utc, utcnow
@@ -139,8 +139,13 @@ def cron_next(expression: str, after: datetime) -> datetime:
 def check_cron(expression: str) -> str:
     """A valid 5-field cron expression, normalised; else PurgeError."""
     normal = " ".join(expression.split())
+    message = f"invalid schedule {expression!r}: use 5 cron fields in UTC, e.g. '0 1 * * Sun'"
     if len(normal.split(" ")) != 5 or not croniter.is_valid(normal):
-        raise PurgeError(f"invalid schedule {expression!r}: use 5 cron fields in UTC, e.g. '0 1 * * Sun'")
+        raise PurgeError(message)
+    try:  # is_valid accepts times that never come (February 31st); the next run time then fails
+        cron_next(normal, utcnow())
+    except CroniterError:
+        raise PurgeError(f"{message} (it names no time that ever comes)") from None
     return normal
 
 

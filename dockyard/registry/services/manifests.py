@@ -31,7 +31,6 @@ from dockyard.registry.services.blobstate import LIVE, BlobBusy
 from dockyard.registry.services.common import (
     ContentHooks,
     ManifestRecord,
-    repository_id,
     require_repository,
     touch_repository,
 )
@@ -525,9 +524,16 @@ class ManifestService:
         """Descriptors of the manifests in ``repository`` whose subject is ``digest``."""
         parse_digest(digest)
         with self._db.read() as conn:
-            repo_id = repository_id(conn, repository)
-            if repo_id is None:
+            repo = conn.execute(
+                sa.select(repositories.c.id, repositories.c.read_enabled).where(
+                    repositories.c.name == repository
+                )
+            ).first()
+            if repo is None:
                 return []
+            if not repo.read_enabled:  # the list is a manifest the registry serves, with their annotations
+                raise denied(f"repository {repository!r}", "readEnabled", "pulling it")
+            repo_id = repo.id
             query = sa.select(
                 manifests.c.media_type,
                 manifests.c.size,
