@@ -9,11 +9,18 @@ Every test's docstring names the attack.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import sqlalchemy as sa
 
+from dockyard.app import build
 from dockyard.lifecycle import purge_rules
+from dockyard.lifecycle.services.gc import Options
 from dockyard.registry.models import repositories, repository_blobs
+from dockyard.storage import StorageError
+from tests.api.test_gc import HOUR, assert_consistent, stored_digests
+from tests.api.test_gc import collector as gc_collector
 from tests.support.auth import access_token, basic, bearer, create_user
 from tests.support.images import OCI_INDEX, make_artifact, make_image, make_index
 from tests.support.registry import error_codes, push_image, push_manifest
@@ -393,3 +400,56 @@ def test_refused_unlisted_items_leak_through_pagination(client):
     for url in ("/v2/_catalog", "/acr/v1/_catalog"):
         for params in ({}, {"n": 1}, {"n": 1, "last": "hidden/rep"}, {"last": "a"}):
             assert "hidden/repo" not in client.get(url, params=params).json()["repositories"], (url, params)
+
+
+def test_hole_gc_run_flood_queues_a_run_per_request(client, anonymous, dockyard):
+    """HOLE (closed). Attack: flood ``POST /api/v1/gc/runs``. Anonymous floods get 401 and queue
+    nothing; but every Contributor request queued another full run (each marks the whole registry
+    under the registry-wide GC lock), so a loop of requests kept GC busy for hours. Expected: a
+    request identical to a run still queued gets that run back."""
+    for _ in range(20):
+        assert anonymous.post("/api/v1/gc/runs", json={"gracePeriodSeconds": 0}).status_code == 401
+    assert client.get("/api/v1/gc/runs").json()["value"] == []
+    ids = {client.post("/api/v1/gc/runs", json={"dryRun": True}).json()["id"] for _ in range(20)}
+    assert len(ids) == 1
+    other = client.post("/api/v1/gc/runs", json={"dryRun": False}).json()["id"]
+    assert other not in ids
+    assert dockyard.runtime.run_jobs() == 2
+    assert client.post("/api/v1/gc/runs", json={"dryRun": True}).json()["id"] not in ids  # finished: new
+
+
+def test_refused_two_collectors_at_once_and_a_failing_store_keep_state_consistent(
+    client, dockyard, settings, monkeypatch
+):
+    """Attack: run GC from two registry instances (``build(settings)`` twice) at the same time
+    while the store refuses some deletes. Expected: no live row without bytes, no reference to a
+    non-live blob, the kept image pulls; a later run frees what the failures left."""
+    keep, drop = make_image("rt-keep", layers=3), make_image("rt-drop", layers=3)
+    push_image(client, REPO, keep, "v1")
+    push_image(client, REPO, drop, "v2")
+    assert client.delete(f"/v2/{REPO}/manifests/{drop.digest}").status_code == 202
+    second = build(settings)
+    try:
+        calls = {"n": 0}
+        real_delete = second.store.delete
+
+        def flaky_delete(digest, *, location=None):
+            calls["n"] += 1
+            if calls["n"] % 2:
+                raise StorageError("the store said no")
+            return real_delete(digest, location=location)
+
+        monkeypatch.setattr(second.store, "delete", flaky_delete)
+        with ThreadPoolExecutor(2) as pool:
+            reports = list(pool.map(lambda parts: gc_collector(parts).collect(Options(grace_seconds=HOUR)),
+                                    (dockyard, second)))  # fmt: skip
+        assert all(report is not None for report in reports)
+        assert_consistent(dockyard)
+        # rows left 'deleting' by the refusals are finished by a run 15 minutes later
+        gc_collector(dockyard, ahead=3 * HOUR).collect(Options(grace_seconds=HOUR))
+        assert_consistent(dockyard)
+        assert not stored_digests(dockyard) & {b.digest for b in drop.blobs}
+        for blob in keep.blobs:
+            assert client.get(f"/v2/{REPO}/blobs/{blob.digest}").content == blob.data
+    finally:
+        second.db.dispose()
