@@ -10,11 +10,13 @@ Every test's docstring names the attack.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 
 from dockyard.app import build
+from dockyard.db import utcnow
 from dockyard.lifecycle import purge_rules
 from dockyard.lifecycle.services.gc import Options
 from dockyard.registry.models import repositories, repository_blobs
@@ -23,7 +25,7 @@ from tests.api.test_gc import HOUR, assert_consistent, stored_digests
 from tests.api.test_gc import collector as gc_collector
 from tests.support.auth import access_token, basic, bearer, create_user
 from tests.support.images import OCI_INDEX, make_artifact, make_image, make_index
-from tests.support.registry import error_codes, push_image, push_manifest
+from tests.support.registry import error_codes, push_blob, push_image, push_manifest
 
 REPO = "team/app"
 SOFT_DELETE = "/api/v1/registry/policies/soft-delete"
@@ -453,3 +455,75 @@ def test_refused_two_collectors_at_once_and_a_failing_store_keep_state_consisten
             assert client.get(f"/v2/{REPO}/blobs/{blob.digest}").content == blob.data
     finally:
         second.db.dispose()
+
+
+def test_refused_nul_characters_in_lifecycle_inputs(client):
+    """Attack: NUL characters where the lifecycle API puts text into queries or
+    rows: a schedule name in the path, ``?schedule=``, purge filters, immutability exemptions.
+    PostgreSQL refuses NUL in text (a 500 there). Expected: 4xx with the OCI error shape."""
+    push_image(client, REPO, make_image("rt-nul"), "v1")
+    answers = [
+        client.get("/api/v1/purge/schedules/a%00b"),
+        client.delete("/api/v1/purge/schedules/a%00b"),
+        client.get("/api/v1/purge/runs", params={"schedule": "a\x00b"}),
+        client.post("/api/v1/purge", json={"filters": [f"{REPO}:v\x00"], "ago": "0d", "dryRun": True}),
+        client.post("/api/v1/purge", json={"filters": ["te\x00am/.*:v"], "ago": "0d", "dryRun": True}),
+        client.put(
+            f"/api/v1/repositories/{REPO}/immutability", json={"enabled": True, "exemptions": ["a\x00"]}
+        ),
+        client.get("/api/v1/registry/usage", params={"repository": "a\x00"}),
+    ]
+    for response in answers:
+        assert response.status_code < 500, (response.request.url, response.text)
+        if response.status_code >= 400:
+            assert response.json()["errors"][0]["code"], response.text
+
+
+def test_refused_immutable_tag_delete_and_repush(client, dockyard):
+    """Attack: move a write-once tag by deleting it first, in every way a delete can be asked for
+    (untag, delete by digest, the ACR tag and repository deletes, a purge), then pushing another
+    digest under it. Expected: every delete refused, the tag keeps its digest."""
+    soft_delete_on(client)
+    first, second = make_image("rt-imm-1"), make_image("rt-imm-2")
+    digest = push_image(client, REPO, first, "v1")
+    policy = client.put(f"/api/v1/repositories/{REPO}/immutability", json={"enabled": True})
+    assert policy.status_code == 200, policy.text
+    for method, url in (
+        ("DELETE", f"/v2/{REPO}/manifests/v1"),
+        ("DELETE", f"/v2/{REPO}/manifests/{digest}"),
+        ("DELETE", f"/v2/team%2Fapp/manifests/{digest}"),
+        ("DELETE", f"/acr/v1/{REPO}/_tags/v1"),
+        ("DELETE", f"/acr/v1/{REPO}/_manifests/{digest}"),
+        ("DELETE", f"/acr/v1/{REPO}"),
+    ):
+        oci_error(client.request(method, url), 403, "DENIED")
+    started = client.post("/api/v1/purge", json={"filters": [f"{REPO}:.*"], "ago": "0d", "untagged": True})
+    assert started.status_code == 202, started.text
+    assert dockyard.runtime.run_jobs() == 1
+    run = client.get(f"/api/v1/purge/runs/{started.json()['id']}").json()
+    assert run["deletedTags"] == run["deletedManifests"] == 0, run
+    for blob in second.blobs:
+        push_blob(client, REPO, blob.data)
+    oci_error(push_manifest(client, REPO, "v1", second.manifest, second.media_type), 403, "DENIED")
+    assert client.head(f"/v2/{REPO}/manifests/v1").headers["docker-content-digest"] == digest
+    assert client.get(f"/api/v1/deleted/{REPO}/_manifests").json()["manifests"] == []
+
+
+def test_refused_retention_and_purge_untagged_take_no_locked_manifest(client, dockyard):
+    """Attack: leave a delete-locked manifest untagged and let retention, ``purge --untagged-only``
+    and GC ``--untagged`` at it. Expected: it survives all three."""
+    client.patch("/api/v1/registry/policies/retention", json={"status": "enabled", "days": 0})
+    image = make_image("rt-untagged-locked")
+    digest = push_image(client, REPO, image, "v1")
+    push_image(client, REPO, make_image("rt-other"), "other")
+    lock(client, f"team/app/_manifests/{digest}", deleteEnabled=False)
+    assert client.delete(f"/v2/{REPO}/manifests/v1").status_code == 202  # untag: now untagged
+    retention = dockyard.service("lifecycle").recycle.retention
+    retention.run(utcnow() + timedelta(days=1))
+    started = client.post("/api/v1/purge", json={"untaggedOnly": True})
+    assert started.status_code == 202, started.text
+    assert dockyard.runtime.run_jobs() == 1
+    gc_collector(dockyard).collect(Options(grace_seconds=HOUR, untagged=True))
+    assert client.get(f"/v2/{REPO}/manifests/{digest}").status_code == 200
+    for blob in image.blobs:
+        assert client.get(f"/v2/{REPO}/blobs/{blob.digest}").content == blob.data
