@@ -527,3 +527,61 @@ def test_refused_retention_and_purge_untagged_take_no_locked_manifest(client, do
     assert client.get(f"/v2/{REPO}/manifests/{digest}").status_code == 200
     for blob in image.blobs:
         assert client.get(f"/v2/{REPO}/blobs/{blob.digest}").content == blob.data
+
+
+def test_refused_restore_twice_at_once(client, dockyard):
+    """Attack: restore the same bin entry from several requests at once. Expected: no 5xx, the
+    manifest live once with its tag, the entry gone, a later restore 404."""
+    soft_delete_on(client)
+    digest = push_image(client, REPO, make_image("rt-twice"), "v1")
+    assert client.delete(f"/v2/{REPO}/manifests/{digest}").status_code == 202
+    url = f"/api/v1/deleted/{REPO}/_manifests/{digest}/restore"
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda _: client.post(url, json={}).status_code, range(4)))
+    assert 200 in codes, codes
+    assert set(codes) <= {200, 404}, codes
+    assert client.head(f"/v2/{REPO}/manifests/v1").headers["docker-content-digest"] == digest
+    assert client.get(f"/api/v1/deleted/{REPO}/_manifests").json()["manifests"] == []
+    oci_error(client.post(url, json={}), 404, "MANIFEST_UNKNOWN")
+
+
+def test_hole_listing_a_huge_bin_reads_every_payload(client, dockyard):
+    """HOLE (closed; the listing is still unpaginated). Attack: fill the bin with large manifests
+    (up to 4 MiB each), then have a Reader list it repeatedly: each listing read every payload
+    into memory only to drop it. Expected: the listing never selects the payloads."""
+    soft_delete_on(client)
+    for n in range(3):
+        digest = push_image(client, REPO, make_image(f"rt-bin-{n}"), f"v{n}")
+        assert client.delete(f"/v2/{REPO}/manifests/{digest}").status_code == 202
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:
+        seen.append(statement)
+
+    sa.event.listen(dockyard.db.engine, "before_cursor_execute", record)
+    try:
+        assert len(client.get(f"/api/v1/deleted/{REPO}/_manifests").json()["manifests"]) == 3
+        assert len(client.get(f"/api/v1/deleted/{REPO}/_tags").json()["tags"]) == 3
+    finally:
+        sa.event.remove(dockyard.db.engine, "before_cursor_execute", record)
+    reads = [s for s in seen if "recycled_manifests" in s]
+    assert reads
+    assert not [s for s in reads if "payload" in s], reads
+
+
+def test_refused_purge_at_full_concurrency_deletes_every_tag(client, dockyard):
+    """Attack: a purge with the highest concurrency over many tags (more threads than database
+    connections). Expected: every tag deleted or reported, none skipped for a pool or lock error."""
+    image = make_image("rt-many")
+    push_image(client, REPO, image, "keep")
+    for n in range(60):
+        assert push_manifest(client, REPO, f"t{n}", image.manifest, image.media_type).status_code == 201
+    started = client.post("/api/v1/purge", json={"filters": [f"{REPO}:^t"], "ago": "0d", "concurrency": 32})
+    assert started.status_code == 202, started.text
+    assert dockyard.runtime.run_jobs() == 1
+    run = client.get(f"/api/v1/purge/runs/{started.json()['id']}").json()
+    assert run["status"] == "succeeded", run
+    assert (run["deletedTags"], run["skipped"]) == (60, 0), [
+        i for i in run["items"] if i["action"] != "deleted"
+    ]
+    assert client.get(f"/v2/{REPO}/tags/list").json()["tags"] == ["keep"]

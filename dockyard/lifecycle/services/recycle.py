@@ -125,8 +125,9 @@ class RecycleService:
         """The repository's manifests in the bin, newest deletion first."""
         with self._db.read() as conn:
             days = read_policy(conn, SOFT_DELETE).days
+            listed = [c for c in recycled_manifests.c if c.name != "payload"]  # up to 4 MiB each
             rows = conn.execute(
-                sa.select(recycled_manifests)
+                sa.select(*listed)
                 .where(recycled_manifests.c.repository == repository)
                 .order_by(recycled_manifests.c.deleted_at.desc(), recycled_manifests.c.digest)
             ).all()
