@@ -585,3 +585,28 @@ def test_refused_purge_at_full_concurrency_deletes_every_tag(client, dockyard):
         i for i in run["items"] if i["action"] != "deleted"
     ]
     assert client.get(f"/v2/{REPO}/tags/list").json()["tags"] == ["keep"]
+
+
+def test_hole_purge_filter_regex_that_compiles_into_gigabytes(client):
+    """HOLE (closed). Attack: one AcrDelete user posts a 17-character filter, ``(a{1000}){1000}``.
+    The ``regex`` module expands counted repeats when it compiles, with no timeout: ~300 MiB for
+    this one (gigabytes with one more level or a few such filters), in the request's thread: the
+    registry runs out of memory. Expected: refused before compiling, as RE2 (acr-cli) refuses
+    counts over 1000 and programs too large."""
+    deleter = create_user(client, "regex-bomber", "AcrDelete")
+    push_image(client, REPO, make_image("rt-bomb"), "v1")
+    for filters in (
+        [f"{REPO}:(a{{1000}}){{1000}}"],
+        [f"{REPO}:a{{1001}}"],
+        ["(x{1000}){100}:.*"],
+        [f"{REPO}:a{{1000}}"] * 30,  # each fine, too large together (they are joined into one)
+    ):
+        response = client.post("/api/v1/purge", json={"filters": filters, "ago": "0d"}, headers=deleter)
+        oci_error(response, 400, "INVALID_REQUEST")
+        body = {"name": "bomb", "schedule": "0 1 * * *", "filters": filters, "ago": "0d"}
+        oci_error(client.post("/api/v1/purge/schedules", json=body), 400, "INVALID_REQUEST")
+    fine = {
+        "filters": [f"{REPO}:^v[0-9]{{1,3}}$", f"{REPO}:[[:alpha:]]{{2}}", f"{REPO}:a{{1000}}"],
+        "ago": "0d",
+    }
+    assert client.post("/api/v1/purge", json={**fine, "dryRun": True}, headers=deleter).status_code == 202

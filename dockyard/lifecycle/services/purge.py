@@ -71,6 +71,9 @@ class PurgeParameters:
             ago = rules.parse_ago(self.ago) if self.ago is not None else None
         except rules.PurgeInputError as exc:
             raise PurgeError(str(exc)) from None
+        size = sum(rules.expanded_size(f.repository) + rules.expanded_size(f.tag) for f in filters)
+        if size > rules.MAX_EXPANDED:  # several filters on one repository are joined into one regex
+            raise PurgeError("the filters' regular expressions are too large together")
         if not self.untagged_only:
             if not filters:
                 raise PurgeError("--filter is required (unless --untagged-only)")
