@@ -610,3 +610,30 @@ def test_hole_purge_filter_regex_that_compiles_into_gigabytes(client):
         "ago": "0d",
     }
     assert client.post("/api/v1/purge", json={**fine, "dryRun": True}, headers=deleter).status_code == 202
+
+
+def test_hole_repush_and_delete_again_erases_the_bins_tag_record(client, anonymous):
+    """HOLE (closed). Attack: after a Contributor's image was deleted into the bin with its tags, a
+    user with only AcrPush and AcrDelete pushes the same manifest by digest (allowed while it is in
+    the bin) and deletes it again. The new delete replaced the bin entry with one without tags, so
+    the restore no longer brings ``prod`` back. Expected: the entry keeps the tags it had."""
+    soft_delete_on(client)
+    image = make_image("rt-erase")
+    digest = push_image(client, REPO, image, "prod")
+    assert client.delete(f"/v2/{REPO}/manifests/{digest}").status_code == 202
+    created = client.post("/api/v1/users", json={"name": "eraser"})
+    for role in ("AcrPush", "AcrDelete"):
+        assigned = client.post("/api/v1/role-assignments", json={"assignee": "eraser", "role": role})
+        assert assigned.status_code == 201, assigned.text
+    eraser = basic("eraser", created.json()["credentials"][0]["value"])
+    pushed = anonymous.put(
+        f"/v2/{REPO}/manifests/{digest}",
+        content=image.manifest,
+        headers={"Content-Type": image.media_type, **eraser},
+    )
+    assert pushed.status_code == 201, pushed.text
+    assert anonymous.delete(f"/v2/{REPO}/manifests/{digest}", headers=eraser).status_code == 202
+    [entry] = client.get(f"/api/v1/deleted/{REPO}/_manifests").json()["manifests"]
+    assert entry["tags"] == ["prod"]
+    restored = client.post(f"/api/v1/deleted/{REPO}/_manifests/{digest}/restore", json={})
+    assert restored.json()["restoredTags"] == ["prod"], restored.text

@@ -88,6 +88,13 @@ class RecycleService:
         ):
             blob_digests[manifest_id].append(digest)
         digests = [row.digest for row in rows]
+        earlier: dict[str, list[str]] = {}  # a replaced entry's tags stay restorable
+        for digest, names in conn.execute(
+            sa.select(recycled_manifests.c.digest, recycled_manifests.c.tags).where(
+                recycled_manifests.c.repository == repository, recycled_manifests.c.digest.in_(digests)
+            )
+        ):
+            earlier.setdefault(digest, []).extend(names or [])
         conn.execute(
             recycled_manifests.delete().where(
                 recycled_manifests.c.repository == repository, recycled_manifests.c.digest.in_(digests)
@@ -105,7 +112,7 @@ class RecycleService:
                     "total_size": row.total_size,
                     "subject_digest": row.subject_digest,
                     "payload": row.payload,
-                    "tags": tag_names[row.id],
+                    "tags": sorted(set(tag_names[row.id]) | set(earlier.get(row.digest, []))),
                     "deleted_at": now,
                 },
             ).scalar_one()
