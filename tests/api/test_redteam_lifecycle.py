@@ -637,3 +637,34 @@ def test_hole_repush_and_delete_again_erases_the_bins_tag_record(client, anonymo
     assert entry["tags"] == ["prod"]
     restored = client.post(f"/api/v1/deleted/{REPO}/_manifests/{digest}/restore", json={})
     assert restored.json()["restoredTags"] == ["prod"], restored.text
+
+
+def test_refused_lock_changes_outside_the_tokens_repository(client, anonymous):
+    """Attack: a token whose scope map grants ``metadata/write`` on ``team/app`` only unlocks a
+    tag and a repository in ``other/app`` (plain, ``%2F``-encoded, through a bearer token for its
+    own repository) or sets the other repository's immutability. Expected: 401/403, nothing changed."""
+    image = make_image("rt-cross")
+    digest = push_image(client, "other/app", image, "v1")
+    push_image(client, REPO, make_image("rt-own"), "v1")
+    lock(client, "other/app/_tags/v1", writeEnabled=False)
+    lock(client, "other%2Fapp", deleteEnabled=False)
+    token = scoped_token(client, "meta", ["metadata/read", "metadata/write", "content/read"])
+    own_bearer = bearer(access_token(anonymous, token, f"repository:{REPO}:pull,push,delete"))
+    unlock = {"writeEnabled": True, "deleteEnabled": True}
+    for headers in (token, own_bearer):
+        for path in ("other/app/_tags/v1", "other%2Fapp", "other/app", f"other/app/_manifests/{digest}"):
+            response = anonymous.patch(f"/acr/v1/{path}", json=unlock, headers=headers)
+            assert response.status_code in (401, 403), (path, response.text)
+        response = anonymous.put(
+            "/api/v1/repositories/other/app/immutability", json={"enabled": False}, headers=headers
+        )
+        assert response.status_code in (401, 403), response.text
+    assert (
+        client.get("/acr/v1/other/app/_tags/v1").json()["tag"]["changeableAttributes"]["writeEnabled"]
+        is False
+    )
+    assert client.get("/acr/v1/other/app").json()["changeableAttributes"]["deleteEnabled"] is False
+    assert (
+        anonymous.patch(f"/acr/v1/{REPO}/_tags/v1", json={"listEnabled": False}, headers=token).status_code
+        == 200
+    )
