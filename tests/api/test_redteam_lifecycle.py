@@ -199,9 +199,11 @@ def test_refused_restore_bad_input_gets_oci_errors(client):
     assert client.get(f"/v2/{REPO}/manifests/{digest}").status_code == 404
 
 
-def test_refused_restore_force_over_a_locked_tag(client):
-    """Attack: restore with ``force`` to take back a tag a Contributor write-locked on another
-    manifest. Expected: the tag stays where it is (refused as a push would be)."""
+def test_hole_restore_force_over_a_locked_tag(client):
+    """HOLE (closed). Attack: restore with ``force`` to take back a tag a Contributor write-locked
+    on another manifest. The tag stayed, but the answer was 403 although the manifest had been
+    restored (live again, and still in the bin). Expected: the tag stays where it is and is
+    reported in ``skippedTags``; the manifest is restored and leaves the bin."""
     soft_delete_on(client)
     old, new = make_image("rt-old"), make_image("rt-new")
     old_digest = push_image(client, REPO, old, "v1")
@@ -209,8 +211,11 @@ def test_refused_restore_force_over_a_locked_tag(client):
     new_digest = push_image(client, REPO, new, "v1")
     lock(client, "team/app/_tags/v1", writeEnabled=False)
     response = client.post(f"/api/v1/deleted/{REPO}/_manifests/{old_digest}/restore", json={"force": True})
-    oci_error(response, 403, "DENIED")
+    assert response.status_code == 200, response.text
+    assert (response.json()["restoredTags"], response.json()["skippedTags"]) == ([], ["v1"])
     assert client.head(f"/v2/{REPO}/manifests/v1").headers["docker-content-digest"] == new_digest
+    assert client.head(f"/v2/{REPO}/manifests/{old_digest}").status_code == 200
+    assert client.get(f"/api/v1/deleted/{REPO}/_manifests").json()["manifests"] == []
 
 
 def test_refused_lifecycle_routes_for_data_plane_callers(client, anonymous):

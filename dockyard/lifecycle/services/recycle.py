@@ -247,8 +247,16 @@ class RecycleService:
 
         payload = bytes(row.payload)
         self._manifests.put(repository, digest, payload, row.media_type, origin, before=link_blobs)
-        for name in taken:
-            self._manifests.put(repository, name, payload, row.media_type, origin)
+        for name in list(taken):
+            try:
+                self._manifests.put(repository, name, payload, row.media_type, origin)
+            except RegistryError as exc:
+                if exc.code != ErrorCode.DENIED:
+                    raise
+                # a locked or write-once tag, even with force: left alone and reported, as the
+                # manifest itself is back (a 403 here would hide that the restore happened)
+                taken.remove(name)
+                skipped.append(name)
 
         def forget(conn: Connection) -> None:
             conn.execute(recycled_manifests.delete().where(recycled_manifests.c.id == row.id))
