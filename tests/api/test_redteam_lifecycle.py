@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from dockyard.app import build
 from dockyard.db import utcnow
 from dockyard.lifecycle import purge_rules
+from dockyard.lifecycle.models import purge_runs
 from dockyard.lifecycle.services.gc import Options
 from dockyard.registry.models import repositories, repository_blobs
 from dockyard.storage import StorageError
@@ -673,3 +674,27 @@ def test_refused_lock_changes_outside_the_tokens_repository(client, anonymous):
         anonymous.patch(f"/acr/v1/{REPO}/_tags/v1", json={"listEnabled": False}, headers=token).status_code
         == 200
     )
+
+
+def test_hole_purge_runs_are_kept_forever(client, dockyard):
+    """HOLE (closed). Attack: any AcrDelete user (or a ``* * * * *`` schedule) starts purge after
+    purge; every run is a ``purge_runs`` row with up to 10,000 items and none was ever removed, so
+    the database grew without bound. Expected: finished runs older than 30 days are forgotten by
+    the schedule tick; recent ones stay."""
+    push_image(client, REPO, make_image("rt-runs"), "v1")
+    ids = [
+        client.post("/api/v1/purge", json={"filters": [f"{REPO}:.*"], "ago": "0d", "dryRun": True}).json()[
+            "id"
+        ]
+        for _ in range(2)
+    ]
+    assert dockyard.runtime.run_jobs() == 2
+    with dockyard.db.write() as conn:
+        conn.execute(
+            purge_runs.update()
+            .where(purge_runs.c.id == ids[0])
+            .values(finished_at=utcnow() - timedelta(days=31))
+        )
+    dockyard.service("lifecycle").purge.tick()
+    oci_error(client.get(f"/api/v1/purge/runs/{ids[0]}"), 404, "NAME_UNKNOWN")
+    assert client.get(f"/api/v1/purge/runs/{ids[1]}").status_code == 200

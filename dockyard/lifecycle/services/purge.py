@@ -40,6 +40,8 @@ LEASE_SECONDS = 3600.0
 MAX_CONCURRENCY = 32
 MAX_ITEMS = 10_000
 MAX_ERROR = 2048
+#: Finished runs are kept this long (as garbage collection's), then the tick forgets them.
+KEEP_RUNS_DAYS = 30
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 #: Tags with their repository and manifest (for the checks made just before each delete).
 TAGGED = tags.join(repositories).join(manifests, manifests.c.id == tags.c.manifest_id)
@@ -566,8 +568,14 @@ class PurgeService:
         )
 
     def tick(self, now: datetime | None = None) -> list[int]:
-        """Queue a run of every due schedule (each claimed once, however many processes tick)."""
+        """Queue a run of every due schedule (each claimed once, however many processes tick);
+        forget finished runs older than KEEP_RUNS_DAYS (each may hold 10,000 items)."""
         now = now or self.clock()
+        self._db.run_write(
+            lambda conn: conn.execute(
+                purge_runs.delete().where(purge_runs.c.finished_at < now - timedelta(days=KEEP_RUNS_DAYS))
+            )
+        )
         due = self._db.run_lookup(
             lambda conn: conn.execute(
                 sa.select(purge_schedules).where(purge_schedules.c.next_run_at <= now)
