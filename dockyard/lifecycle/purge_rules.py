@@ -56,6 +56,73 @@ class Filter:
         return bool(_LITERAL.fullmatch(self.repository))
 
 
+#: RE2's (so acr-cli's) largest repeat count, and a bound on a regex's size once its counted
+#: repeats are expanded: ``regex`` compiles ``(a{1000}){1000}`` into ~300 MiB, with no timeout.
+MAX_REPEAT = 1000
+MAX_EXPANDED = 20_000  # for all filters of a purge together
+_COUNTED = std_re.compile(r"\{([0-9]*)(?:,([0-9]*))?\}")
+
+
+def _skip_atom(pattern: str, position: int) -> int:
+    """The end of the escape or character class starting at ``position`` (else ``position``)."""
+    if pattern[position] == "\\":
+        end = position + 2
+        if pattern[position + 1 : end] in ("p", "P", "x", "N", "u", "U") and pattern[end : end + 1] == "{":
+            end = pattern.find("}", end) + 1 or len(pattern)
+        return end
+    if pattern[position] != "[":
+        return position
+    first = position + (2 if pattern[position + 1 : position + 2] == "^" else 1)  # "[]…]": "]" literal
+    depth, end = 1, first
+    while end < len(pattern) and depth:
+        if pattern[end] == "\\":
+            end += 1
+        elif pattern[end] == "[":
+            depth += 1
+        elif pattern[end] == "]" and end > first:
+            depth -= 1
+        end += 1
+    return end
+
+
+def expanded_size(pattern: str) -> int:
+    """An upper bound of ``pattern``'s size with counted repeats (``{n,m}``) expanded.
+
+    Groups nest; a character class, escape or other atom counts 1; ``{n}``/``{n,m}`` multiplies
+    the atom before it. PurgeInputError when a count exceeds MAX_REPEAT, as in RE2."""
+    stack: list[list[int]] = [[]]  # per open group: the sizes of its atoms so far
+    position = 0
+    while position < len(pattern):
+        char, atoms = pattern[position], stack[-1]
+        end = _skip_atom(pattern, position)
+        counted = _COUNTED.match(pattern, position) if char == "{" else None
+        if end > position:
+            atoms.append(1)
+            position = end
+            continue
+        if counted is not None and counted.group(0) != "{}":
+            low, high = counted.group(1), counted.group(2)
+            count = max(int(low[:6] or 0), int(high[:6] or 0) if high else 0)
+            if count > MAX_REPEAT:
+                raise PurgeInputError(f"repeat count {counted.group(0)[:20]!r} is over {MAX_REPEAT}")
+            if atoms:
+                atoms[-1] *= max(count, 1)
+            position = counted.end()
+            continue
+        if char == "(":
+            stack.append([])
+        elif char == ")" and len(stack) > 1:
+            inner = stack.pop()
+            stack[-1].append(max(sum(inner), 1))
+        elif char not in "|*+?^$":
+            atoms.append(1)
+        position += 1
+    while len(stack) > 1:
+        inner = stack.pop()
+        stack[-1].append(max(sum(inner), 1))
+    return sum(stack[0])
+
+
 def parse_filter(text: str) -> Filter:
     """``repoRegex:tagRegex`` → a ``Filter`` (both regexes compiled once to check them)."""
     parts = _FILTER_COLON.split(text)
@@ -68,6 +135,10 @@ def parse_filter(text: str) -> Filter:
         raise PurgeInputError(f"filter {text!r}: missing tag name/expression")
     for part in (repository, tag):
         try:
+            if expanded_size(part) > MAX_EXPANDED:
+                raise PurgeInputError(
+                    f"filter {text[:200]!r}: regular expression {part[:200]!r} is too large"
+                )
             regex.compile(part)
         except regex.error as exc:
             raise PurgeInputError(f"filter {text!r}: invalid regular expression {part!r}: {exc}") from None
@@ -97,7 +168,8 @@ def parse_ago(text: str) -> timedelta:
     rest = text
     head = std_re.match(r"([0-9]+)d", text)
     if head is not None:
-        days, rest = int(head.group(1)), text[head.end() :]
+        digits = head.group(1).lstrip("0") or "0"  # int() refuses over 4,300 digits; all cap anyway
+        days, rest = (int(digits) if len(digits) <= 9 else MAX_AGO_DAYS), text[head.end() :]
     elif "d" in text:
         raise PurgeInputError(f"invalid --ago {text!r}: days come first, as in 2d3h6m")
     if not text:
@@ -109,6 +181,17 @@ def parse_ago(text: str) -> timedelta:
             f"invalid --ago {text!r}: use [days]d then a Go duration, e.g. 2d3h6m"
         ) from None
     return min(timedelta(days=min(days, MAX_AGO_DAYS)) + extra, timedelta(days=MAX_AGO_DAYS))
+
+
+def _search(pattern: regex.Pattern[str], text: str, source: str) -> bool:
+    """Whether ``pattern`` matches in ``text``; PurgeInputError when it runs out of time."""
+    try:
+        return pattern.search(text, timeout=MATCH_TIMEOUT_SECONDS) is not None
+    except TimeoutError:
+        raise PurgeInputError(
+            f"regular expression {source[:200]!r} timed out after {MATCH_TIMEOUT_SECONDS:g} s"
+            f" on {text[:200]!r}"
+        ) from None
 
 
 def tag_filters(filters: Sequence[Filter], repositories: Iterable[str]) -> dict[str, str]:
@@ -124,7 +207,7 @@ def tag_filters(filters: Sequence[Filter], repositories: Iterable[str]) -> dict[
             matched = [item.repository]
         else:
             pattern = regex.compile("^" + item.repository + "$")
-            matched = [n for n in names if pattern.search(n, timeout=MATCH_TIMEOUT_SECONDS)]
+            matched = [n for n in names if _search(pattern, n, item.repository)]
         for name in matched:
             result[name] = f"{result[name]}|{item.tag}" if name in result else item.tag
     return result
@@ -162,7 +245,7 @@ def select_tags(tags: Sequence[TagRow], tag_regex: str, cutoff: datetime | None,
     eligible = [
         tag
         for tag in newest_first
-        if pattern.search(tag.name, timeout=MATCH_TIMEOUT_SECONDS)
+        if _search(pattern, tag.name, tag_regex)
         and (cutoff is None or tag.updated_at < cutoff)
         and not tag.locked
     ]

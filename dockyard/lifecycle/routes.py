@@ -19,6 +19,9 @@ from dockyard.lifecycle.services.gc_runs import GcRun, GcService
 from dockyard.lifecycle.services.usage import UsageService
 from dockyard.oci.errors import ErrorCode, RegistryError
 
+#: The longest grace period a run may ask for (10 years: fits every database and ``timedelta``).
+MAX_GRACE_SECONDS = 10 * 365 * 86400
+
 
 def run_json(run: GcRun) -> dict[str, Any]:
     return {
@@ -62,8 +65,8 @@ class GcRoutes:
         if request.method == "POST":
             body = await json_body(request)
             grace = field(body, "gracePeriodSeconds", int)
-            if grace is not None and grace < 0:
-                raise invalid("gracePeriodSeconds must not be negative")
+            if grace is not None and not 0 <= grace <= MAX_GRACE_SECONDS:
+                raise invalid(f"gracePeriodSeconds must be between 0 and {MAX_GRACE_SECONDS}")
             run = await run_sync(
                 lambda: self.gc.request(
                     grace_seconds=grace,
@@ -77,7 +80,8 @@ class GcRoutes:
 
     async def run(self, request: Request) -> Response:
         raw = request.path_params["run_id"]
-        found = await run_sync(self.gc.get, int(raw)) if raw.isdigit() and len(raw) < 19 else None
+        valid = raw.isascii() and raw.isdigit() and len(raw) < 19  # not '²': isdigit() takes it
+        found = await run_sync(self.gc.get, int(raw)) if valid else None
         if found is None:
             raise RegistryError(ErrorCode.NOT_FOUND, f"no garbage-collection run {raw[:40]!r}")
         return JSONResponse(run_json(found))

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from dockyard.lifecycle import purge_rules as rules
 from dockyard.lifecycle.purge_rules import (
     Filter,
     ManifestRow,
@@ -254,3 +255,27 @@ def test_without_tags_projects_the_tag_deletions():
     assert [m.tags for m in projected] == [1, 0, 0]
     assert projected[2] is rows[2]
     assert chosen(projected) == ["b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "size"),
+    [
+        ("v1", 2),
+        ("^v[0-9]{1,3}$", 4),
+        ("(ab){3}", 6),
+        ("((a{10})b){10}", 110),
+        ("[[:alpha:]]{2}x", 3),
+        ("[]a]{3}", 3),
+        (r"\p{L}{5}", 5),
+        ("a{}", 3),  # not a quantifier: literal characters
+    ],
+)
+def test_expanded_size_bounds_counted_repeats(pattern, size):
+    assert rules.expanded_size(pattern) == size
+
+
+def test_repeat_counts_over_re2s_limit_and_huge_expansions_are_refused():
+    with pytest.raises(rules.PurgeInputError, match="over 1000"):
+        rules.expanded_size("a{1001}")
+    with pytest.raises(rules.PurgeInputError, match="too large"):
+        rules.parse_filter("app:(a{1000}){1000}")

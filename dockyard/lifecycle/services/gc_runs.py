@@ -56,10 +56,24 @@ class GcService:
         untagged: bool = False,
         trigger: str = "api",
     ) -> GcRun:
-        """Record a queued run and its job, in one transaction."""
+        """Record a queued run and its job, in one transaction; a run with the same options still
+        queued is returned instead (so a flood of requests queues one run, not thousands)."""
+        grace = self.grace_seconds if grace_seconds is None else grace_seconds
 
         def work(conn: Connection) -> int:
-            run_id = self._insert(conn, grace_seconds, dry_run, untagged, trigger)
+            queued = conn.execute(
+                sa.select(gc_runs.c.id)
+                .where(
+                    gc_runs.c.status == QUEUED,
+                    gc_runs.c.dry_run == dry_run,
+                    gc_runs.c.untagged == untagged,
+                    gc_runs.c.grace_seconds == grace,
+                )
+                .limit(1)
+            ).scalar()
+            if queued is not None:
+                return int(queued)
+            run_id = self._insert(conn, grace, dry_run, untagged, trigger)
             enqueue(conn, JOB_KIND, {"run": run_id})
             return run_id
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from croniter import croniter
+from croniter import CroniterError, croniter
 from sqlalchemy.engine import Connection
 
 from dockyard.db import Database, as_utc, utcnow
@@ -40,6 +40,8 @@ LEASE_SECONDS = 3600.0
 MAX_CONCURRENCY = 32
 MAX_ITEMS = 10_000
 MAX_ERROR = 2048
+#: Finished runs are kept this long (as garbage collection's), then the tick forgets them.
+KEEP_RUNS_DAYS = 30
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 #: Tags with their repository and manifest (for the checks made just before each delete).
 TAGGED = tags.join(repositories).join(manifests, manifests.c.id == tags.c.manifest_id)
@@ -71,6 +73,9 @@ class PurgeParameters:
             ago = rules.parse_ago(self.ago) if self.ago is not None else None
         except rules.PurgeInputError as exc:
             raise PurgeError(str(exc)) from None
+        size = sum(rules.expanded_size(f.repository) + rules.expanded_size(f.tag) for f in filters)
+        if size > rules.MAX_EXPANDED:  # several filters on one repository are joined into one regex
+            raise PurgeError("the filters' regular expressions are too large together")
         if not self.untagged_only:
             if not filters:
                 raise PurgeError("--filter is required (unless --untagged-only)")
@@ -139,8 +144,13 @@ def cron_next(expression: str, after: datetime) -> datetime:
 def check_cron(expression: str) -> str:
     """A valid 5-field cron expression, normalised; else PurgeError."""
     normal = " ".join(expression.split())
+    message = f"invalid schedule {expression!r}: use 5 cron fields in UTC, e.g. '0 1 * * Sun'"
     if len(normal.split(" ")) != 5 or not croniter.is_valid(normal):
-        raise PurgeError(f"invalid schedule {expression!r}: use 5 cron fields in UTC, e.g. '0 1 * * Sun'")
+        raise PurgeError(message)
+    try:  # is_valid accepts times that never come (February 31st); the next run time then fails
+        cron_next(normal, utcnow())
+    except CroniterError:
+        raise PurgeError(f"{message} (it names no time that ever comes)") from None
     return normal
 
 
@@ -207,7 +217,10 @@ class PurgeService:
         filters, _ = parameters.parsed()
         names = self._db.run_lookup(lambda conn: list(conn.execute(sa.select(repositories.c.name)).scalars()))
         chosen: dict[str, str | None]
-        chosen = dict(rules.tag_filters(filters, names)) if filters else dict.fromkeys(names)
+        try:
+            chosen = dict(rules.tag_filters(filters, names)) if filters else dict.fromkeys(names)
+        except rules.PurgeInputError as exc:  # a repository regex that timed out
+            raise PurgeError(str(exc)) from None
         if parameters.untagged_only:
             chosen = dict.fromkeys(chosen)
         if parameters.repositories is not None:
@@ -555,8 +568,14 @@ class PurgeService:
         )
 
     def tick(self, now: datetime | None = None) -> list[int]:
-        """Queue a run of every due schedule (each claimed once, however many processes tick)."""
+        """Queue a run of every due schedule (each claimed once, however many processes tick);
+        forget finished runs older than KEEP_RUNS_DAYS (each may hold 10,000 items)."""
         now = now or self.clock()
+        self._db.run_write(
+            lambda conn: conn.execute(
+                purge_runs.delete().where(purge_runs.c.finished_at < now - timedelta(days=KEEP_RUNS_DAYS))
+            )
+        )
         due = self._db.run_lookup(
             lambda conn: conn.execute(
                 sa.select(purge_schedules).where(purge_schedules.c.next_run_at <= now)

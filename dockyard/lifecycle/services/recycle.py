@@ -18,7 +18,7 @@ from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_tag
 from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, tags
-from dockyard.registry.services.common import LINK_BLOB, ensure_repository, repository_id
+from dockyard.registry.services.common import LINK_BLOB, repository_id
 from dockyard.registry.services.manifests import ManifestService
 
 
@@ -88,6 +88,13 @@ class RecycleService:
         ):
             blob_digests[manifest_id].append(digest)
         digests = [row.digest for row in rows]
+        earlier: dict[str, list[str]] = {}  # a replaced entry's tags stay restorable
+        for digest, names in conn.execute(
+            sa.select(recycled_manifests.c.digest, recycled_manifests.c.tags).where(
+                recycled_manifests.c.repository == repository, recycled_manifests.c.digest.in_(digests)
+            )
+        ):
+            earlier.setdefault(digest, []).extend(names or [])
         conn.execute(
             recycled_manifests.delete().where(
                 recycled_manifests.c.repository == repository, recycled_manifests.c.digest.in_(digests)
@@ -105,7 +112,7 @@ class RecycleService:
                     "total_size": row.total_size,
                     "subject_digest": row.subject_digest,
                     "payload": row.payload,
-                    "tags": tag_names[row.id],
+                    "tags": sorted(set(tag_names[row.id]) | set(earlier.get(row.digest, []))),
                     "deleted_at": now,
                 },
             ).scalar_one()
@@ -125,8 +132,9 @@ class RecycleService:
         """The repository's manifests in the bin, newest deletion first."""
         with self._db.read() as conn:
             days = read_policy(conn, SOFT_DELETE).days
+            listed = [c for c in recycled_manifests.c if c.name != "payload"]  # up to 4 MiB each
             rows = conn.execute(
-                sa.select(recycled_manifests)
+                sa.select(*listed)
                 .where(recycled_manifests.c.repository == repository)
                 .order_by(recycled_manifests.c.deleted_at.desc(), recycled_manifests.c.digest)
             ).all()
@@ -208,7 +216,22 @@ class RecycleService:
                         status=409,
                         detail={"digest": digest, "subject": row.subject_digest},
                     )
-            repo_id = repo_id if repo_id is not None else ensure_repository(conn, repository)
+            wanted = [tag] if tag is not None else list(row.tags or [])
+            taken, skipped = [], []
+            for name in wanted:
+                current = conn.execute(
+                    sa.select(manifests.c.digest)
+                    .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
+                    .where(tags.c.repository_id == repo_id, tags.c.name == name)
+                ).scalar()
+                (skipped if current not in (None, digest) and not force else taken).append(name)
+            return row, taken, skipped
+
+        with self._db.read() as conn:
+            row, taken, skipped = prepare(conn)
+
+        def link_blobs(conn: Connection, repo_id: int) -> None:
+            # in the push's own transaction: a refused or failed push leaves no links behind
             held = sa.select(blobs.c.digest).where(
                 blobs.c.digest.in_(
                     sa.select(recycled_blobs.c.digest).where(recycled_blobs.c.recycled_id == row.id)
@@ -221,22 +244,19 @@ class RecycleService:
                     LINK_BLOB[conn.dialect.name],
                     {"repository_id": repo_id, "digest": blob, "created_at": now},
                 )
-            wanted = [tag] if tag is not None else list(row.tags or [])
-            taken, skipped = [], []
-            for name in wanted:
-                current = conn.execute(
-                    sa.select(manifests.c.digest)
-                    .select_from(tags.join(manifests, manifests.c.id == tags.c.manifest_id))
-                    .where(tags.c.repository_id == repo_id, tags.c.name == name)
-                ).scalar()
-                (skipped if current not in (None, digest) and not force else taken).append(name)
-            return row, taken, skipped
 
-        row, taken, skipped = self._db.run_write(prepare)
         payload = bytes(row.payload)
-        self._manifests.put(repository, digest, payload, row.media_type, origin)
-        for name in taken:
-            self._manifests.put(repository, name, payload, row.media_type, origin)
+        self._manifests.put(repository, digest, payload, row.media_type, origin, before=link_blobs)
+        for name in list(taken):
+            try:
+                self._manifests.put(repository, name, payload, row.media_type, origin)
+            except RegistryError as exc:
+                if exc.code != ErrorCode.DENIED:
+                    raise
+                # a locked or write-once tag, even with force: left alone and reported, as the
+                # manifest itself is back (a 403 here would hide that the restore happened)
+                taken.remove(name)
+                skipped.append(name)
 
         def forget(conn: Connection) -> None:
             conn.execute(recycled_manifests.delete().where(recycled_manifests.c.id == row.id))

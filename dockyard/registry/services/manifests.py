@@ -31,7 +31,6 @@ from dockyard.registry.services.blobstate import LIVE, BlobBusy
 from dockyard.registry.services.common import (
     ContentHooks,
     ManifestRecord,
-    repository_id,
     require_repository,
     touch_repository,
 )
@@ -254,9 +253,19 @@ class ManifestService:
     # -- push -------------------------------------------------------------------------------
 
     def put(
-        self, repository: str, reference: str, payload: bytes, content_type: str, origin: Origin | None = None
+        self,
+        repository: str,
+        reference: str,
+        payload: bytes,
+        content_type: str,
+        origin: Origin | None = None,
+        *,
+        before: Callable[[Connection, int], None] | None = None,
     ) -> PushedManifest:
-        """Validate and store a manifest, tagging it if ``reference`` is a tag; log a push event."""
+        """Validate and store a manifest, tagging it if ``reference`` is a tag; log a push event.
+
+        ``before(conn, repository_id)`` runs in the push's transaction once the repository is locked
+        for writing, before the references are checked (a restore links its blobs there)."""
         tag, claimed = parse_reference(reference)
         parsed = parse_manifest(payload, content_type)
         if claimed is not None:
@@ -280,6 +289,8 @@ class ManifestService:
             now = utcnow()
             repo = self._locks.writable_repository(conn, repository, now)
             repo_id = repo.id
+            if before is not None:
+                before(conn, repo_id)
             self._check_references(conn, repo_id, parsed)
             dialect = conn.dialect.name
             row = {
@@ -513,9 +524,16 @@ class ManifestService:
         """Descriptors of the manifests in ``repository`` whose subject is ``digest``."""
         parse_digest(digest)
         with self._db.read() as conn:
-            repo_id = repository_id(conn, repository)
-            if repo_id is None:
+            repo = conn.execute(
+                sa.select(repositories.c.id, repositories.c.read_enabled).where(
+                    repositories.c.name == repository
+                )
+            ).first()
+            if repo is None:
                 return []
+            if not repo.read_enabled:  # the list is a manifest the registry serves, with their annotations
+                raise denied(f"repository {repository!r}", "readEnabled", "pulling it")
+            repo_id = repo.id
             query = sa.select(
                 manifests.c.media_type,
                 manifests.c.size,
