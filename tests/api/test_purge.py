@@ -346,3 +346,16 @@ def test_a_write_locked_tag_is_never_selected_nor_counted_for_keep(client, docky
     run = run_purge(client, dockyard, filters=["app:.*"], ago="1d", keep=1)
     assert tag_names(client, "app") == ["v2", "v3"]  # v3 locked; v2 the one kept of v1, v2
     assert run["deletedTags"] == 1
+
+
+def test_a_registry_holds_a_bounded_number_of_schedules(client, monkeypatch):
+    """A Contributor cannot fill the database with every-minute schedules."""
+    monkeypatch.setattr("dockyard.lifecycle.services.purge.MAX_SCHEDULES", 3)
+    body = {"schedule": "* * * * *", "filters": ["app:.*"], "ago": "1d"}
+    for name in ("a", "b", "c"):
+        assert client.post("/api/v1/purge/schedules", json={**body, "name": name}).status_code == 201
+    refused = client.post("/api/v1/purge/schedules", json={**body, "name": "d"})
+    assert refused.status_code == 409
+    assert "at most 3 purge schedules" in refused.json()["errors"][0]["message"]
+    assert client.delete("/api/v1/purge/schedules/a").status_code == 204
+    assert client.post("/api/v1/purge/schedules", json={**body, "name": "d"}).status_code == 201

@@ -18,12 +18,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from croniter import CroniterError, croniter
 from sqlalchemy.engine import Connection
 
 from dockyard.db import Database, as_utc, utcnow
 from dockyard.events.queue import Job, enqueue
 from dockyard.events.services import Origin
+from dockyard.lifecycle import cron as crontab
 from dockyard.lifecycle import purge_rules as rules
 from dockyard.lifecycle.models import purge_runs, purge_schedules
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -45,6 +45,10 @@ KEEP_RUNS_DAYS = 30
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 #: Tags with their repository and manifest (for the checks made just before each delete).
 TAGGED = tags.join(repositories).join(manifests, manifests.c.id == tags.c.manifest_id)
+
+
+#: Purge schedules one registry may hold (each may run every minute).
+MAX_SCHEDULES = 100
 
 
 class PurgeError(RegistryError):
@@ -136,22 +140,12 @@ class Snapshot:
     ids: dict[str, int]
 
 
-def cron_next(expression: str, after: datetime) -> datetime:
-    """The first time after ``after`` that a 5-field UTC cron expression names."""
-    return as_utc(croniter(expression, as_utc(after)).get_next(datetime))
-
-
 def check_cron(expression: str) -> str:
     """A valid 5-field cron expression, normalised; else PurgeError."""
-    normal = " ".join(expression.split())
-    message = f"invalid schedule {expression!r}: use 5 cron fields in UTC, e.g. '0 1 * * Sun'"
-    if len(normal.split(" ")) != 5 or not croniter.is_valid(normal):
-        raise PurgeError(message)
-    try:  # is_valid accepts times that never come (February 31st); the next run time then fails
-        cron_next(normal, utcnow())
-    except CroniterError:
-        raise PurgeError(f"{message} (it names no time that ever comes)") from None
-    return normal
+    try:
+        return crontab.check_cron(expression, utcnow())
+    except crontab.CronError as exc:
+        raise PurgeError(str(exc)) from None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -528,12 +522,17 @@ class PurgeService:
         def work(conn: Connection) -> None:
             if conn.execute(sa.select(purge_schedules.c.name).where(purge_schedules.c.name == name)).first():
                 raise PurgeError(f"a purge schedule named {name!r} already exists", 409)
+            held = conn.execute(sa.select(sa.func.count()).select_from(purge_schedules)).scalar_one()
+            if held >= MAX_SCHEDULES:
+                raise PurgeError(
+                    f"a registry holds at most {MAX_SCHEDULES} purge schedules; delete one first", 409
+                )
             conn.execute(
                 purge_schedules.insert().values(
                     name=name,
                     cron=cron,
                     parameters=parameters.to_json(),
-                    next_run_at=cron_next(cron, now),
+                    next_run_at=crontab.cron_next(cron, now),
                     created_by=created_by,
                     created_at=now,
                 )
@@ -590,7 +589,7 @@ class PurgeService:
                     .where(
                         purge_schedules.c.name == row.name, purge_schedules.c.next_run_at == row.next_run_at
                     )
-                    .values(next_run_at=cron_next(row.cron, now), last_run_at=now)
+                    .values(next_run_at=crontab.cron_next(row.cron, now), last_run_at=now)
                 ).rowcount
                 if not claimed:
                     return None
