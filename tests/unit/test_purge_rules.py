@@ -368,8 +368,8 @@ def test_ago_edge_values(text, expected):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "--ago is empty"),
-        ("   ", "--ago is empty"),
+        ("", "^--ago is empty$"),
+        ("   ", "^--ago is empty$"),
         ("3h2d", "days come first"),
         ("1x", r"use \[days\]d then a Go duration"),
         (".s", r"use \[days\]d then a Go duration"),
