@@ -193,20 +193,25 @@ class LockPolicy:
             raise denied(f"repository {name!r}", "writeEnabled", "pushing to it")
 
     @staticmethod
-    def check_tag_move(conn: Connection, repo: RepositoryLocks, tag: str, manifest_id: int) -> None:
-        """Refuse pointing ``tag`` at ``manifest_id`` if that moves a locked or write-once tag."""
+    def check_tag_move(conn: Connection, repo: RepositoryLocks, tag: str, manifest_id: int) -> int | None:
+        """Refuse pointing ``tag`` at ``manifest_id`` if that moves a locked or write-once tag.
+
+        Returns the manifest the tag points at now (None for a new tag), so the caller can tell
+        which manifest the move leaves behind without reading the row again.
+        """
         row = conn.execute(
             sa.select(tags.c.manifest_id, tags.c.write_enabled).where(
                 tags.c.repository_id == repo.id, tags.c.name == tag
             )
         ).first()
         if row is None or row.manifest_id == manifest_id:
-            return
+            return None if row is None else row.manifest_id
         what = f"tag {tag!r} in {repo.name!r}"
         if not row.write_enabled:
             raise denied(what, "writeEnabled", "overwriting it")
         if repo.immutability.protects(tag):
             raise immutable(what, "pointing it at another manifest")
+        return row.manifest_id
 
     # -- delete paths -----------------------------------------------------------------------
 

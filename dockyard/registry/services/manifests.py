@@ -316,12 +316,8 @@ class ManifestService:
                 if manifest_id is None:  # garbage collection deleted it between the two statements
                     raise BlobBusy(digest)
             previous = None
-            if tag is not None and self.hooks.tags_dropped:
-                previous = conn.execute(
-                    sa.select(tags.c.manifest_id).where(tags.c.repository_id == repo_id, tags.c.name == tag)
-                ).scalar()
             if tag is not None:
-                self._locks.check_tag_move(conn, repo, tag, manifest_id)
+                previous = self._locks.check_tag_move(conn, repo, tag, manifest_id)
                 conn.execute(
                     UPSERT_TAG[dialect],
                     {
