@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard.access.models import registry_settings
-from dockyard.db import Database, per_dialect, utcnow
+from dockyard.access.services.settings import UPSERT_SETTING
+from dockyard.db import Database, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
 
 ENABLED, DISABLED = "enabled", "disabled"
@@ -45,17 +45,6 @@ class PolicyState:
     @property
     def enabled(self) -> bool:
         return self.status == ENABLED
-
-
-def _upsert(insert: Callable[[sa.Table], Any]) -> Any:
-    statement = insert(registry_settings)
-    return statement.on_conflict_do_update(
-        index_elements=["key"],
-        set_={"value": statement.excluded.value, "updated_at": statement.excluded.updated_at},
-    )
-
-
-UPSERT = per_dialect(_upsert)
 
 
 def read_policy(conn: Connection, kind: PolicyKind) -> PolicyState:
@@ -97,7 +86,9 @@ class PolicyService:
             current = read_policy(conn, kind)
             value = {"status": status or current.status, "days": current.days if days is None else days}
             now = self._clock()
-            conn.execute(UPSERT[conn.dialect.name], {"key": kind.key, "value": value, "updated_at": now})
+            conn.execute(
+                UPSERT_SETTING[conn.dialect.name], {"key": kind.key, "value": value, "updated_at": now}
+            )
             return PolicyState(kind, value["status"], value["days"], now)
 
         return self._db.run_write(work)
