@@ -40,24 +40,12 @@ class Kept(Exception):
     """Why a due manifest is not deleted (raised inside the delete's transaction to refuse it)."""
 
 
-def lock_allows_delete(conn: Connection, manifest_id: int) -> bool:
-    """Whether locks allow deleting the manifest: neither it nor its repository has
-    ``writeEnabled`` or ``deleteEnabled`` false (ACR's retention skips such manifests)."""
-    row = conn.execute(
-        sa.select(
-            manifests.c.write_enabled,
-            manifests.c.delete_enabled,
-            repositories.c.write_enabled.label("repo_write"),
-            repositories.c.delete_enabled.label("repo_delete"),
-        )
-        .join(repositories, repositories.c.id == manifests.c.repository_id)
-        .where(manifests.c.id == manifest_id)
-    ).first()
-    return row is None or all(row)
-
-
 def why_kept(conn: Connection, manifest_id: int) -> str | None:
-    """Why the manifest must stay (tagged again, in an index, a referrer of a kept manifest, locked)."""
+    """Why the manifest must stay (tagged again, in an index, a referrer of a kept manifest).
+
+    Locks need no check here: ``ManifestService.delete`` refuses a locked manifest (DENIED) in the
+    same transaction before it calls this precondition.
+    """
     row = conn.execute(
         sa.select(manifests.c.repository_id, manifests.c.digest, manifests.c.subject_digest).where(
             manifests.c.id == manifest_id
@@ -83,8 +71,6 @@ def why_kept(conn: Connection, manifest_id: int) -> str | None:
         ).first()
         if subject is not None:
             return "a referrer of a kept manifest"
-    if not lock_allows_delete(conn, manifest_id):
-        return "locked"
     return None
 
 
