@@ -51,14 +51,12 @@ SUPERVISOR_POLL_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1
 
 
-def load_app(settings_json: str, supervisor: int, _target: str) -> object:
+def load_app(settings_json: str, _target: str) -> object:
     """Granian's target loader, run inside each worker process."""
     from dockyard.app import create_app
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings)
-    if os.getpid() != supervisor:  # a worker process (not a thread of the supervisor)
-        stop_with_supervisor(supervisor, grace=settings.shutdown_timeout_seconds)
     return create_app(settings)
 
 
@@ -224,7 +222,11 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
         **log_options,
     )
     _allow_open_files(settings.max_connections + 1024)
-    loader = functools.partial(load_app, settings.child_json(), os.getpid())
+    loader = functools.partial(load_app, settings.child_json())
+    # Armed in each worker the moment it is forked, not when granian gets round to the loader: a
+    # supervisor killed while a worker still boots (or imports the app) must not leave it orphaned.
+    supervisor, grace = os.getpid(), settings.shutdown_timeout_seconds
+    os.register_at_fork(after_in_child=lambda: stop_with_supervisor(supervisor, grace=grace))
     try:
         server.serve(target_loader=loader)
     finally:

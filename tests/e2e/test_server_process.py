@@ -114,6 +114,31 @@ def test_workers_exit_when_the_supervisor_is_killed(
         assert http.get("/v2/").status_code == 200
 
 
+def test_workers_still_booting_exit_when_the_supervisor_is_killed(
+    start_server: Callable[..., DockyardServer], tmp_path: Path
+) -> None:
+    """The supervisor dies the moment its workers are forked, before any has loaded the app: a
+    watcher armed only by the app loader never ran, and such a worker was orphaned for good."""
+    server = start_server(
+        data_dir=tmp_path / "data",
+        extra_args=["--workers", "2"],
+        env={"DOCKYARD_SHUTDOWN_TIMEOUT_SECONDS": "5"},
+        wait=False,
+    )
+    assert server.proc is not None
+    supervisor = server.proc.pid
+    workers = wait_for(
+        lambda: len(children(supervisor)) == 2 and children(supervisor), timeout=60, what="forked workers"
+    )
+    assert isinstance(workers, list)
+    server.stopped_on_purpose = True
+    os.kill(supervisor, signal.SIGKILL)
+    server.proc.wait(10)
+    wait_for(
+        lambda: not any(alive(w) for w in workers), timeout=EXIT_DEADLINE, what="booting workers to exit"
+    )
+
+
 def test_a_second_server_refuses_a_port_a_running_one_holds(
     start_server: Callable[..., DockyardServer], tmp_path: Path
 ) -> None:
