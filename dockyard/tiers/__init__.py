@@ -1,0 +1,1 @@
+"""Service tiers (SKUs), their limits, request-rate limits and the storage quota."""

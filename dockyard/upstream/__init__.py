@@ -1,0 +1,1 @@
+"""Clients for other registries: import and the pull-through cache read through these."""
