@@ -48,6 +48,7 @@ from dockyard.registry import room as registry_room
 from dockyard.rooms import Dockyard, Kernel, Room
 from dockyard.storage import StorageFull
 from dockyard.storage.factory import create_blob_store
+from dockyard.tiers import room as tiers_room
 from dockyard.webhooks import room as webhooks_room
 
 __all__ = ["ROOMS", "Dockyard", "build", "create_app"]
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 #: Every room, in the order their services are built and their routes are tried (routes are
 #: matched by first path segment, so `/v2/…` catch-alls shadow nothing). Adding a room is one line here.
 ROOMS: tuple[Room, ...] = (
+    tiers_room.ROOM,
     access_room.ROOM,
     health.ROOM,
     webhooks_room.ROOM,

@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dockyard.tiers.table import Sku, tier_table
+
 #: ACR's private endpoints, here: loopback, RFC 1918 and IPv6 unique local addresses.
 DEFAULT_PRIVATE_NETWORKS = (
     "127.0.0.0/8",
@@ -244,6 +246,17 @@ class Settings(BaseSettings):
         ge=0,
         description="The storage size `dockyard show-usage` reports as the limit (none: no limit).",
     )
+    sku: str = Field(
+        "Premium",
+        description="A new registry's tier (Basic, Standard, Premium), changed by `dockyard update --sku`.",
+    )
+    tiers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Overrides of the tier table, e.g. [tiers.Premium] webhooks = 1000 (-1: unlimited).",
+    )
+    rate_limits_enabled: bool = Field(
+        True, description="Enforce the tier's request rates (429 TOOMANYREQUESTS with Retry-After)."
+    )
     webhook_limit: int = Field(
         500,
         ge=0,
@@ -337,6 +350,17 @@ class Settings(BaseSettings):
     def _cidrs(cls, value: list[str]) -> list[str]:
         for item in value:
             ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("sku")
+    @classmethod
+    def _sku(cls, value: str) -> str:
+        return Sku(value).value
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        tier_table(value)  # raises TierTableError (a ValueError) naming the bad entry
         return value
 
     @field_serializer("s3_secret_access_key", when_used="json")
