@@ -241,11 +241,6 @@ class Settings(BaseSettings):
     gc_interval_seconds: int = Field(
         3600, ge=0, description="How often garbage collection runs, once per registry (0: never by itself)."
     )
-    storage_limit_bytes: int | None = Field(
-        None,
-        ge=0,
-        description="The storage size `dockyard show-usage` reports as the limit (none: no limit).",
-    )
     sku: str = Field(
         "Premium",
         description="A new registry's tier (Basic, Standard, Premium), changed by `dockyard update --sku`.",
@@ -256,11 +251,6 @@ class Settings(BaseSettings):
     )
     rate_limits_enabled: bool = Field(
         True, description="Enforce the tier's request rates (429 TOOMANYREQUESTS with Retry-After)."
-    )
-    webhook_limit: int = Field(
-        500,
-        ge=0,
-        description="How many webhooks the registry allows (ACR tiers: Basic 2, Standard 10, Premium 500).",
     )
     webhook_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="Time allowed for one delivery attempt."

@@ -26,7 +26,7 @@ PRUNE_AUDIT_SECONDS = 3600.0
 
 
 def _services(kernel: Kernel, built: Mapping[str, Any]) -> AccessServices:
-    return build_access_services(kernel.settings, kernel.db)
+    return build_access_services(kernel.settings, kernel.db, built["tiers"])
 
 
 def _routes(parts: Dockyard, policy: Policy) -> Sequence[BaseRoute]:

@@ -16,7 +16,8 @@ from dockyard.rooms import Dockyard, Kernel, Room
 
 
 def _services(kernel: Kernel, built: Mapping[str, Any]) -> RegistryServices:
-    return build_registry_services(kernel.settings, kernel.db, kernel.store, kernel.events)
+    quota = built["tiers"].quota if "tiers" in built else None
+    return build_registry_services(kernel.settings, kernel.db, kernel.store, kernel.events, quota)
 
 
 def _routes(parts: Dockyard, policy: Policy) -> Sequence[BaseRoute]:

@@ -29,7 +29,7 @@ def _services(kernel: Kernel, built: Mapping[str, Any]) -> WebhookService:
     return WebhookService(
         kernel.db,
         registry_name=settings.registry_name,
-        limit=settings.webhook_limit,
+        tiers=built["tiers"],
         retry_window_seconds=settings.webhook_retry_window_seconds,
         retry_base_seconds=settings.webhook_retry_base_seconds,
         retry_max_seconds=settings.webhook_retry_max_seconds,

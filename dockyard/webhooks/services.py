@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from dockyard.db import Database, as_utc, utcnow
 from dockyard.events.services import DISPATCHED_ACTIONS, RepositoryEvent
 from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.tiers.services import TierService
 from dockyard.webhooks import payloads
 from dockyard.webhooks.addresses import BoundedResolver, IPNetwork, Resolver, check_destination
 from dockyard.webhooks.models import deliveries, delivery_attempts, webhooks
@@ -127,7 +128,7 @@ class WebhookService:
         db: Database,
         *,
         registry_name: str,
-        limit: int,
+        tiers: TierService,
         retry_window_seconds: float,
         retry_base_seconds: float,
         retry_max_seconds: float,
@@ -140,7 +141,7 @@ class WebhookService:
         self.allowed_networks = allowed_networks
         self._resolve = resolve or BoundedResolver()
         self.registry_name = registry_name
-        self.limit = limit
+        self._tiers = tiers
         self._window = timedelta(seconds=retry_window_seconds)
         self._base = retry_base_seconds
         self._max = retry_max_seconds
@@ -160,7 +161,7 @@ class WebhookService:
         secret: str | None = None,
         payload_format: str = "acr",
     ) -> WebhookInfo:
-        """A new webhook; refused past the registry's webhook limit (a tier limit)."""
+        """A new webhook; refused past the tier's webhook limit (409 LIMIT_EXCEEDED)."""
         values = self._validated(
             name=check_name(name),
             uri=uri,
@@ -175,11 +176,7 @@ class WebhookService:
         def work(conn: Connection) -> None:
             if conn.execute(sa.select(webhooks.c.id).where(webhooks.c.name == name)).first():
                 raise RegistryError(ErrorCode.ALREADY_EXISTS, f"webhook {name!r} already exists")
-            count = conn.execute(sa.select(sa.func.count()).select_from(webhooks)).scalar_one()
-            if count >= self.limit:
-                raise RegistryError(
-                    ErrorCode.LIMIT_EXCEEDED, f"this registry allows {self.limit} webhooks; delete one first"
-                )
+            self._tiers.check_count(conn, "webhooks")
             conn.execute(webhooks.insert().values(**values, enabled=enabled, created_at=now, updated_at=now))
 
         self._db.run_write(work)

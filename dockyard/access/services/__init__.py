@@ -12,6 +12,7 @@ from dockyard.access.services.settings import RegistrySettingsService
 from dockyard.access.tokens import TokenService
 from dockyard.config import Settings
 from dockyard.db import Database
+from dockyard.tiers.services import TierService
 
 
 @dataclass(frozen=True)
@@ -23,13 +24,18 @@ class AccessServices:
     tokens: TokenService
     authenticator: Authenticator
     db: Database
+    #: The tiers room's service (limits every create checks).
+    tiers: TierService
 
 
 #: Held (Database.exclusive) during first-start setup, so nodes starting together create it once.
 BOOTSTRAP_LOCK = "dockyard.bootstrap"
 
 
-def build_access_services(settings: Settings, db: Database) -> AccessServices:
+def build_access_services(
+    settings: Settings, db: Database, tiers: TierService | None = None
+) -> AccessServices:
+    tiers = tiers or TierService(db, settings)
     tokens = TokenService(
         db,
         service=settings.registry_name,
@@ -39,13 +45,14 @@ def build_access_services(settings: Settings, db: Database) -> AccessServices:
     )
     authenticator = Authenticator(db, tokens)
     return AccessServices(
-        identities=IdentityService(db, on_change=authenticator.forget),
-        scope_maps=ScopeMapService(db, on_change=authenticator.forget),
-        settings=RegistrySettingsService(db),
+        identities=IdentityService(db, tiers, on_change=authenticator.forget),
+        scope_maps=ScopeMapService(db, tiers, on_change=authenticator.forget),
+        settings=RegistrySettingsService(db, tiers),
         audit=AuditService(db),
         tokens=tokens,
         authenticator=authenticator,
         db=db,
+        tiers=tiers,
     )
 
 

@@ -16,6 +16,7 @@ from dockyard.access.permissions import ROLES, valid_role_scope
 from dockyard.access.services.generation import write_and_bump
 from dockyard.db import Database, as_utc, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.tiers.services import TierService
 
 ADMIN = "admin"
 USER = "user"
@@ -73,8 +74,11 @@ def _invalid(message: str) -> RegistryError:
 class IdentityService:
     """Creates and manages identities; every change calls ``on_change`` so caches drop what they hold."""
 
-    def __init__(self, db: Database, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, db: Database, tiers: TierService, on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self._db = db
+        self._tiers = tiers
         self.on_change = on_change
 
     # -- reading ----------------------------------------------------------------------------
@@ -246,6 +250,7 @@ class IdentityService:
 
         def work(conn: sa.Connection) -> None:
             map_id = self._scope_map_id(conn, scope_map)
+            self._tiers.check_count(conn, "tokens")
             identity_id = self._insert_identity(conn, TOKEN, name, enabled, map_id, None, now)
             for credential, secret in values.items():
                 self._insert_credential(conn, identity_id, credential, secret, expires, now)

@@ -13,6 +13,7 @@ from dockyard.access.permissions import DATA_ACTIONS, SYSTEM_SCOPE_MAPS, valid_p
 from dockyard.access.services.generation import write_and_bump
 from dockyard.db import Database, as_utc, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.tiers.services import TierService
 
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 
@@ -67,8 +68,11 @@ def _user_map_id(conn: sa.Connection, name: str, verb: str) -> int:
 class ScopeMapService:
     """Creates, changes, lists and deletes scope maps."""
 
-    def __init__(self, db: Database, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, db: Database, tiers: TierService, on_change: Callable[[], None] = lambda: None
+    ) -> None:
         self._db = db
+        self._tiers = tiers
         self.on_change = on_change
 
     def ensure_system_maps(self) -> None:
@@ -112,6 +116,7 @@ class ScopeMapService:
         def work(conn: sa.Connection) -> None:
             if conn.execute(sa.select(scope_maps.c.id).where(scope_maps.c.name == name)).first():
                 raise RegistryError(ErrorCode.ALREADY_EXISTS, f"scope map {name!r} already exists")
+            self._tiers.check_count(conn, "scope_maps")
             map_id = conn.execute(
                 scope_maps.insert()
                 .values(name=name, description=description, system=False, created_at=now, updated_at=now)

@@ -1,4 +1,9 @@
-"""Registry-wide settings changed at run time: anonymous pull and network rules."""
+"""Registry-wide settings changed at run time: the SKU, anonymous pull and network rules.
+
+Each change is checked against the tier inside its transaction (``TierService.lock`` first):
+a feature the tier lacks or a count past its limit is 409 LIMIT_EXCEEDED, and so is a SKU
+change while the registry holds more than the new tier allows.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,11 @@ import sqlalchemy as sa
 from dockyard.access.models import registry_settings
 from dockyard.db import Database, per_dialect, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.tiers.services import SKU_KEY, TierService, limit_exceeded
+from dockyard.tiers.table import Sku
 
 #: Other processes see a change within this many seconds; this process at once.
 CACHE_SECONDS = 5.0
-MAX_IP_RULES = 200
 DEFAULT_ACTIONS = ("Allow", "Deny")
 
 
@@ -60,8 +66,9 @@ def normalize_rule(rule: str) -> str:
 class RegistrySettingsService:
     """Reads (cached) and changes the registry's run-time settings."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, tiers: TierService) -> None:
         self._db = db
+        self._tiers = tiers
         self._cached: tuple[RegistrySettings, float] | None = None
         self._lock = threading.Lock()
 
@@ -96,22 +103,28 @@ class RegistrySettingsService:
                     raise _invalid("default_action must be Allow or Deny")
                 values[name] = value
             elif name == "ip_rules":
-                rules = sorted({normalize_rule(rule) for rule in value})
-                if len(rules) > MAX_IP_RULES:
-                    raise RegistryError(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_IP_RULES} IP rules")
-                values[name] = rules
+                values[name] = sorted({normalize_rule(rule) for rule in value})
+            elif name == "sku":
+                if value not in tuple(Sku):
+                    raise _invalid(f"sku must be one of {', '.join(Sku)}")
+                values[SKU_KEY] = value
             else:
                 raise _invalid(f"unknown setting {name!r}")
         now = utcnow()
 
         def work(conn: sa.Connection) -> None:
+            self._tiers.lock(conn)
             for key, value in values.items():
                 conn.execute(
                     UPSERT_SETTING[conn.dialect.name], {"key": key, "value": value, "updated_at": now}
                 )
+            self._check_tier(conn, values)
 
         self._db.run_write(work)
-        updated = replace(current, **{k: tuple(v) if k == "ip_rules" else v for k, v in values.items()})
+        if SKU_KEY in values:
+            self._tiers.forget()
+        kept = {k: tuple(v) if k == "ip_rules" else v for k, v in values.items() if k != SKU_KEY}
+        updated = replace(current, **kept)
         with self._lock:
             self._cached = (updated, time.monotonic())
         return updated
@@ -130,8 +143,7 @@ class RegistrySettingsService:
                 locked = locked.with_for_update()
             rules = list(conn.execute(locked).scalar_one())
             if add and rule not in rules:
-                if len(rules) >= MAX_IP_RULES:
-                    raise RegistryError(ErrorCode.LIMIT_EXCEEDED, f"at most {MAX_IP_RULES} IP rules")
+                self._tiers.check_count(conn, "ip_rules", len(rules))
                 rules = sorted([*rules, rule])
             elif not add:
                 if rule not in rules:
@@ -149,6 +161,33 @@ class RegistrySettingsService:
         with self._lock:
             self._cached = (updated, time.monotonic())
         return updated
+
+    def _check_tier(self, conn: sa.Connection, values: dict[str, Any]) -> None:
+        """Refuse what the (possibly new) tier does not allow, in the changing transaction."""
+        tiers = self._tiers
+        if values.get("anonymous_pull_enabled") is True:
+            tiers.require(conn, "anonymous_pull", "anonymous pull")
+        if values.get("public_network_access") is False:
+            tiers.require(conn, "private_only", "disabling public network access")
+        if values.get("default_action") == "Deny":
+            tier = tiers.read(conn)
+            if tier.ip_rules == 0:
+                raise limit_exceeded(
+                    f"network rules (default action Deny) need the {tiers.lowest('ip_rules')} tier or higher;"
+                    f" this registry is {tier.sku}",
+                    tier=str(tier.sku),
+                    limit="ip_rules",
+                )
+        if values.get("ip_rules"):
+            tiers.check_count(conn, "ip_rules", 0, adding=len(values["ip_rules"]))
+        if SKU_KEY in values:
+            problems = tiers.violations(conn, tiers.read(conn))
+            if problems:
+                raise limit_exceeded(
+                    f"cannot change the SKU to {values[SKU_KEY]}: " + "; ".join(problems),
+                    tier=values[SKU_KEY],
+                    problems=problems,
+                )
 
     @staticmethod
     def _insert_if_missing(dialect: str) -> sa.Insert:

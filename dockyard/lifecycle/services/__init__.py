@@ -62,7 +62,5 @@ def build_lifecycle_services(kernel: Kernel, built: Mapping[str, Any]) -> Lifecy
     settings = kernel.settings
     collector = GarbageCollector(kernel.db, kernel.store, built["registry"].manifests, services.kept_blobs)
     services.gc = GcService(kernel.db, collector, grace_seconds=settings.gc_grace_seconds)
-    services.usage = UsageService(
-        kernel.db, storage_limit=settings.storage_limit_bytes, webhook_limit=settings.webhook_limit
-    )
+    services.usage = UsageService(kernel.db, built["tiers"])
     return services

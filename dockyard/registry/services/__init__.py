@@ -9,7 +9,7 @@ from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.events.services import EventService
 from dockyard.registry.services.blobs import BlobService
-from dockyard.registry.services.common import ContentHooks
+from dockyard.registry.services.common import BlobQuota, ContentHooks
 from dockyard.registry.services.locks import LockPolicy, LockService
 from dockyard.registry.services.manifests import ManifestService
 from dockyard.registry.services.repositories import RepositoryService
@@ -37,7 +37,7 @@ class RegistryServices:
 
 
 def build_registry_services(
-    settings: Settings, db: Database, store: BlobStore, events: EventService
+    settings: Settings, db: Database, store: BlobStore, events: EventService, quota: BlobQuota | None = None
 ) -> RegistryServices:
     """Wire the registry services for one application."""
     cache = ContentCache(settings.content_cache_entries)
@@ -54,6 +54,7 @@ def build_registry_services(
             lease_seconds=settings.upload_lease_seconds,
             expiry_seconds=settings.upload_expiry_seconds,
             locks=policy,
+            quota=quota,
         ),
         manifests=ManifestService(db, store, events, cache, policy, hooks),
         repositories=RepositoryService(db, events, settings.catalog_page_size, cache, policy, hooks),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -58,6 +59,14 @@ BeforeDelete = Callable[[Connection, str, int, Sequence[int]], None]
 #: Called inside a write transaction after tags were removed from or moved off manifests:
 #: (conn, repository id, ids of the manifests that lost a tag).
 TagsDropped = Callable[[Connection, int, Sequence[int]], None]
+
+
+class BlobQuota(Protocol):
+    """The storage quota uploads consult (the tiers room's StorageQuota): each raises to refuse."""
+
+    def check_start(self) -> None: ...
+    def check_new_blob(self, size: int) -> None: ...
+    def added(self, size: int) -> None: ...
 
 
 @dataclass

@@ -30,8 +30,8 @@ from dockyard.oci.digest import new_hasher, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.resumable import HashStateError, ResumableHash
 from dockyard.registry.models import uploads
-from dockyard.registry.services.blobstate import BlobBusy, Seen, link_committed, seen_before_commit
-from dockyard.registry.services.common import BlobInfo, UploadState
+from dockyard.registry.services.blobstate import LIVE, BlobBusy, Seen, link_committed, seen_before_commit
+from dockyard.registry.services.common import BlobInfo, BlobQuota, UploadState
 from dockyard.registry.services.digests import HasherCache
 from dockyard.registry.services.locks import LockPolicy
 from dockyard.registry.services.upload_sessions import (
@@ -62,9 +62,11 @@ class UploadService:
         expiry_seconds: int = 24 * 3600,
         hasher_cache_size: int = 512,
         locks: LockPolicy | None = None,
+        quota: BlobQuota | None = None,
     ) -> None:
         self._db = db
         self._store = store
+        self._quota = quota
         self._locks = locks or LockPolicy()
         self._lease = timedelta(seconds=lease_seconds)
         self._expiry = timedelta(seconds=expiry_seconds)
@@ -74,6 +76,8 @@ class UploadService:
 
     def start(self, repository: str) -> UploadState:
         """Open an upload session for ``repository``."""
+        if self._quota is not None:
+            self._quota.check_start()
         upload_id = str(uuid.uuid4())
         now = utcnow()
 
@@ -226,6 +230,7 @@ class UploadService:
             raise
         try:
             seen = seen_before_commit(self._db, digest)
+            self._check_quota(seen, size)  # refused: the session stays, to be closed again later
         except BaseException:
             self._release(upload_id, token)
             raise
@@ -267,6 +272,7 @@ class UploadService:
         if f"{algorithm}:{hasher.hexdigest()}" != digest:
             return None
         seen = seen_before_commit(self._db, digest)
+        self._check_quota(seen, len(data))
         self._store.put(digest, data)
         now = utcnow()
 
@@ -282,6 +288,7 @@ class UploadService:
         done, state = self._db.run_write(work)
         if not done:
             return None  # the blob stored above is unlinked data, as after any failed push
+        self._count_quota(seen, len(data))
         self._hashers.forget(upload_id)
         if self._store.local or state is not None:
             self._store.abort_upload(upload_id, state)
@@ -292,6 +299,8 @@ class UploadService:
     ) -> BlobInfo:
         """A single-request monolithic upload (POST ?digest=): no session row is needed."""
         algorithm, _ = parse_digest(digest)
+        if self._quota is not None:
+            self._quota.check_start()
         upload_id = f"whole-{uuid.uuid4()}"
         hasher = ResumableHash(algorithm)
         state = None
@@ -301,6 +310,7 @@ class UploadService:
             )
             self._verify(digest, algorithm, hasher)
             seen = seen_before_commit(self._db, digest)
+            self._check_quota(seen, size)
             location = self._store.commit_upload(upload_id, state, digest, size)
         except BaseException:
             self._store.abort_upload(upload_id, state)
@@ -344,8 +354,19 @@ class UploadService:
             raise
         if not kept:
             self._store.delete(digest, location=location)
+        else:
+            self._count_quota(seen, size)
         if session is not None:
             self._hashers.forget(session)
+
+    def _check_quota(self, seen: Seen, size: int) -> None:
+        """A blob not stored yet must fit the storage quota (one already stored adds nothing)."""
+        if self._quota is not None and seen.state != LIVE:
+            self._quota.check_new_blob(size)
+
+    def _count_quota(self, seen: Seen, size: int) -> None:
+        if self._quota is not None and seen.state != LIVE:
+            self._quota.added(size)
 
     # -- housekeeping -----------------------------------------------------------------------
 
