@@ -11,10 +11,12 @@ import typer
 from dockyard.cli.client import RegistryClient, connect
 from dockyard.cli.options import RegistryOption, TopOption, TrueFalse, shown_once
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
+from dockyard.tiers.table import Sku
 
 REGISTRY = "/api/v1/registry"
 PROPERTY_COLUMNS = [
     "name",
+    "sku",
     "loginServer",
     "adminUserEnabled",
     "anonymousPullEnabled",
@@ -40,7 +42,8 @@ class PasswordNumber(enum.StrEnum):
 
 
 def show(registry: RegistryOption = None, output: OutputFormat = output_option) -> None:
-    """Show the registry's properties: login server, admin user, anonymous pull, network rules, policies."""
+    """Show the registry's properties: SKU, login server, admin user, anonymous pull, network rules,
+    policies."""
     with connect(registry) as client:
         emit(_with_policies(client, client.json("GET", REGISTRY)), output, PROPERTY_COLUMNS)
 
@@ -66,10 +69,16 @@ def update(
         DefaultAction | None,
         typer.Option("--default-action", help="What happens to public clients no IP rule matches."),
     ] = None,
+    sku: Annotated[
+        Sku | None,
+        typer.Option("--sku", help="The service tier; a downgrade is refused while the registry exceeds it."),
+    ] = None,
     output: OutputFormat = output_option,
 ) -> None:
     """Change the registry's properties."""
     body: dict[str, Any] = {}
+    if sku is not None:
+        body["sku"] = {"name": sku.value}
     if admin_enabled is not None:
         body["adminUserEnabled"] = admin_enabled is TrueFalse.true
     if anonymous_pull_enabled is not None:

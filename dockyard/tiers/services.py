@@ -159,7 +159,7 @@ class TierService:
     def check_count(
         self, conn: sa.Connection, limit: str, count: int | None = None, *, adding: int = 1
     ) -> Tier:
-        """Lock (``lock``), then refuse (409 LIMIT_EXCEEDED) if ``count + adding`` exceeds the tier's ``limit``.
+        """Lock, then refuse (409 LIMIT_EXCEEDED) if ``count + adding`` passes the tier's ``limit``.
 
         ``limit`` is a Tier count field (``webhooks``, ``tokens``, ``scope_maps``, ``ip_rules``,
         ``replicas``, ``cache_rules``); ``count`` is what the registry has now, counted by the

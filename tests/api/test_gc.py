@@ -350,11 +350,15 @@ def test_usage_counts_each_blob_once(client):
     push_image(client, "two", shared, tag="v1")
     usage = client.get("/api/v1/registry/usage").json()["value"]
     by_name = {item["name"]: item for item in usage}
-    assert set(by_name) == {"Size", "Webhooks", "ScopeMaps", "Tokens"}
+    assert list(by_name) == [
+        "Size", "Webhooks", "Tokens", "ScopeMaps", "IPRules", "Geo-replications", "CacheRules"
+    ]  # fmt: skip
     expected = sum(len(b.data) for b in shared.blobs) + len(shared.manifest)
     assert by_name["Size"]["currentValue"] == expected
     assert by_name["Size"]["unit"] == "Bytes"
+    assert by_name["Size"]["limit"] == 500 * 1024**3  # the default Premium tier
     assert by_name["Webhooks"]["limit"] == 500
+    assert by_name["Geo-replications"]["limit"] == -1
     repo = client.get("/api/v1/registry/usage", params={"repository": "one"}).json()
     assert repo["sizeBytes"] == expected
     assert repo["manifestCount"] == 1

@@ -133,8 +133,8 @@ def test_invalid_webhooks_are_refused_at_creation(client, body):
     assert error_codes(response) == ["INVALID_REQUEST"]
 
 
-def test_the_webhook_limit_is_a_setting(client, dockyard):
-    dockyard.webhooks.limit = 2
+def test_the_webhook_limit_is_the_tiers(client):
+    assert client.patch("/api/v1/registry", json={"sku": {"name": "Basic"}}).status_code == 200
     for name in ("first1", "second2"):
         create(client, name, serviceUri="http://x.example/h", actions=["push"])
     response = client.post(
@@ -142,6 +142,7 @@ def test_the_webhook_limit_is_a_setting(client, dockyard):
     )
     assert response.status_code == 409
     assert error_codes(response) == ["LIMIT_EXCEEDED"]
+    assert "the Basic tier allows 2 webhooks" in response.json()["errors"][0]["message"]
 
 
 def test_push_and_delete_payloads_are_acrs(client, dockyard, receiver):

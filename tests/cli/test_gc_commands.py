@@ -40,6 +40,8 @@ def test_gc_run_refuses_a_bad_grace_period(admin):
 
 def test_show_usage(admin):
     usage = admin.json("show-usage")
-    assert [item["name"] for item in usage["value"]] == ["Size", "Webhooks", "ScopeMaps", "Tokens"]
+    assert [item["name"] for item in usage["value"]] == [
+        "Size", "Webhooks", "Tokens", "ScopeMaps", "IPRules", "Geo-replications", "CacheRules"
+    ]  # fmt: skip
     assert all(item["currentValue"] >= 0 for item in usage["value"])
     admin.fails("show-usage", "--repository", "no/such-repository")

@@ -65,8 +65,10 @@ class ManagementRoutes:
     async def _properties(self, request: Request) -> dict[str, Any]:
         settings = await run_sync(self.access.settings.get)
         admin = await run_sync(self.access.identities.admin)
+        tier = await run_sync(self.access.tiers.current)
         return {
             "name": self.registry_name,
+            "sku": {"name": str(tier.sku), "tier": str(tier.sku)},
             "loginServer": request.url.netloc,
             "adminUserEnabled": bool(admin and admin.enabled),
             "anonymousPullEnabled": settings.anonymous_pull_enabled,
@@ -95,6 +97,9 @@ class ManagementRoutes:
     @staticmethod
     def _settings_changes(body: dict[str, Any]) -> dict[str, Any]:
         changes: dict[str, Any] = {"anonymous_pull_enabled": field(body, "anonymousPullEnabled", bool)}
+        sku = field(body, "sku", dict)
+        if sku is not None:
+            changes["sku"] = field(sku, "name", str, required=True)
         public = field(body, "publicNetworkAccess", str)
         if public is not None:
             if public not in ("Enabled", "Disabled"):

@@ -79,8 +79,9 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     (
         "/api/v1/registry",
         "patch",
-        "Change registry properties",
+        "Change registry properties (a SKU change is refused while the registry exceeds the new tier)",
         _object(
+            sku=_object(["name"], name={"type": "string", "enum": ["Basic", "Standard", "Premium"]}),
             adminUserEnabled={"type": "boolean"},
             anonymousPullEnabled={"type": "boolean"},
             publicNetworkAccess={"type": "string", "enum": ["Enabled", "Disabled"]},
@@ -279,7 +280,8 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     (
         "/api/v1/registry/usage",
         "get",
-        "Storage and resource usage (as az acr show-usage); ?repository= gives one repository's size",
+        "The tier's limits with current use (as az acr show-usage; -1: unlimited); ?repository= gives one"
+        " repository's size",
         None,
         200,
     ),
