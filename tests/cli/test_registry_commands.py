@@ -43,13 +43,35 @@ def test_show_and_update(admin: Cli, registry: DockyardServer) -> None:
     assert httpx.get(f"{registry.url}/v2/", timeout=10).status_code == 401
 
     table = admin.ok("show", "-o", "table").stdout.splitlines()
-    assert table[0].split()[:2] == ["Name", "LoginServer"]
-    assert table[1].split()[:2] == ["dockyard", registry.host]
+    assert table[0].split()[:3] == ["Name", "Sku", "LoginServer"]
+    assert table[1].split()[0] == "dockyard"
+    assert registry.host in table[1]
 
     nothing = admin.fails("update", code=2)
     assert "nothing to update" in nothing.stderr
     bad = admin.run("update", "--admin-enabled", "maybe")
     assert bad.exit_code == 2
+
+
+def test_the_sku_is_shown_and_changed(admin: Cli) -> None:
+    assert admin.json("show")["sku"] == {"name": "Premium", "tier": "Premium"}
+    table = admin.ok("show", "-o", "table").stdout.splitlines()
+    assert table[0].split()[:3] == ["Name", "Sku", "LoginServer"]
+    try:
+        assert admin.json("update", "--sku", "Standard")["sku"] == {"name": "Standard", "tier": "Standard"}
+        admin.json("update", "--anonymous-pull-enabled", "true")
+        refused = admin.fails("update", "--sku", "Basic")
+        assert "cannot change the SKU to Basic" in refused.output
+        assert "does not allow anonymous pull" in refused.output
+        assert admin.json("show")["sku"]["name"] == "Standard"
+        both = admin.json("update", "--sku", "Basic", "--anonymous-pull-enabled", "false")
+        assert (both["sku"]["name"], both["anonymousPullEnabled"]) == ("Basic", False)
+        usage = {u["name"]: u["limit"] for u in admin.json("show-usage")["value"]}
+        assert (usage["Webhooks"], usage["IPRules"], usage["CacheRules"]) == (2, 0, 0)
+        assert usage["Size"] == 10 * 1024**3
+        assert admin.run("update", "--sku", "Gold").exit_code == 2
+    finally:
+        assert admin.json("update", "--sku", "Premium")["sku"]["name"] == "Premium"
 
 
 def test_network_rules_round_trip(admin: Cli) -> None:
