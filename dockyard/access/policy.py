@@ -112,7 +112,7 @@ class Policy:
         scheme = scheme.lower()
         if not header:
             caller = Caller(
-                principal=ANONYMOUS_CALLER if self.settings.get().anonymous_pull_enabled else None
+                principal=ANONYMOUS_CALLER if self.settings.anonymous_pull() else None
             )
         elif scheme == "bearer":
             try:

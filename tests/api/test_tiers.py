@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -192,6 +193,17 @@ def test_rooms_without_routes_yet_check_through_the_tier_service(client, dockyar
     usage = {u["name"]: u for u in client.get("/api/v1/registry/usage").json()["value"]}
     assert (usage["CacheRules"]["limit"], usage["CacheRules"]["currentValue"]) == (1000, 1)
     assert (usage["Webhooks"]["limit"], usage["Tokens"]["limit"], usage["IPRules"]["limit"]) == (3, 3, 2)
+
+
+def test_anonymous_pull_is_off_while_the_tier_lacks_it(client, anonymous, dockyard: Dockyard):
+    assert client.patch("/api/v1/registry", json={"anonymousPullEnabled": True}).status_code == 200
+    assert anonymous.get("/v2/").status_code == 200
+    tiers: TierService = dockyard.service("tiers")
+    premium = tiers.current()
+    tiers.table[premium.sku] = dataclasses.replace(premium, anonymous_pull=False)  # an operator's override
+    tiers.forget()
+    assert anonymous.get("/v2/").status_code == 401
+    assert anonymous.get("/oauth2/token", params={"service": "dockyard"}).status_code == 401
 
 
 def test_reading_the_sku_needs_reader_and_changing_it_owner_or_contributor(client, anonymous):

@@ -90,7 +90,7 @@ class OAuthRoutes:
             caller = await self.policy.caller(request)
             assert caller.principal is not None
             return caller.principal
-        if self.access.settings.get().anonymous_pull_enabled:
+        if self.access.settings.anonymous_pull():
             return ANONYMOUS_CALLER
         raise self.policy.challenge(request, None)
 

@@ -87,6 +87,13 @@ class RegistrySettingsService:
             self._cached = (current, time.monotonic())
         return current
 
+    def anonymous_pull(self) -> bool:
+        """Whether anonymous pull is in effect: switched on, and allowed by the current tier.
+
+        A tier lacking it (an operator's settings change, not a refused downgrade) turns it off.
+        """
+        return self.get().anonymous_pull_enabled and self._tiers.current().anonymous_pull
+
     def update(self, **changes: Any) -> RegistrySettings:
         """Change some settings; unknown names and bad values are INVALID_REQUEST."""
         current = self.get()
