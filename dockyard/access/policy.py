@@ -111,9 +111,7 @@ class Policy:
         scheme, _, value = header.partition(" ")
         scheme = scheme.lower()
         if not header:
-            caller = Caller(
-                principal=ANONYMOUS_CALLER if self.settings.anonymous_pull() else None
-            )
+            caller = Caller(principal=ANONYMOUS_CALLER if self.settings.anonymous_pull() else None)
         elif scheme == "bearer":
             try:
                 caller = Caller(token=self.authenticator.access_caller(value.strip()))

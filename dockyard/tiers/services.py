@@ -22,6 +22,7 @@ from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs, manifests
+from dockyard.registry.services.blobstate import LIVE
 from dockyard.tiers.table import UNLIMITED, Sku, Tier, tier_table
 from dockyard.webhooks.models import webhooks
 
@@ -66,7 +67,7 @@ def stored_bytes(conn: sa.Connection) -> int:
     """What the registry stores: each live blob once, plus each distinct manifest once."""
     distinct_manifests = sa.select(manifests.c.digest, manifests.c.size).distinct().subquery()
     blob_bytes = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(blobs.c.size), 0)).where(blobs.c.state == "live")
+        sa.select(sa.func.coalesce(sa.func.sum(blobs.c.size), 0)).where(blobs.c.state == LIVE)
     ).scalar_one()
     manifest_bytes = conn.execute(
         sa.select(sa.func.coalesce(sa.func.sum(distinct_manifests.c.size), 0))

@@ -106,6 +106,11 @@ def test_an_already_stored_blob_is_pushed_again_at_the_quota(client, dockyard):
     quota.added(LIMIT)  # as if another push took the rest: new blobs no longer fit
     started = client.post("/v2/two/blobs/uploads/")
     denied(started)
+    # a single-request push names its digest: a stored blob goes in, a new one is refused up front
+    whole = client.post("/v2/two/blobs/uploads/", params={"digest": sha256(first)}, content=first)
+    assert whole.status_code == 201, whole.text
+    new = data("new", 100)
+    denied(client.post("/v2/two/blobs/uploads/", params={"digest": sha256(new)}, content=new))
     quota.forget()
     push_blob(client, "two", data("small", 100))  # room again after a fresh read
     quota.added(LIMIT - 3100 - 50)

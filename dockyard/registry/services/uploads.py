@@ -299,8 +299,8 @@ class UploadService:
     ) -> BlobInfo:
         """A single-request monolithic upload (POST ?digest=): no session row is needed."""
         algorithm, _ = parse_digest(digest)
-        if self._quota is not None:
-            self._quota.check_start()
+        if self._quota is not None:  # refused before the body is read, unless the blob is stored already
+            self._check_quota(seen_before_commit(self._db, digest), content_length or 0)
         upload_id = f"whole-{uuid.uuid4()}"
         hasher = ResumableHash(algorithm)
         state = None
