@@ -3,9 +3,9 @@
 The hot path (``check``) is a few dictionary look-ups on the event loop. Only when a process has no
 leased tokens left for a key does it lease more: one short write transaction in a worker thread
 (``_lease``), at most one in flight per key. A database error fails open: the request is admitted,
-a warning is logged and ``dockyard_rate_limit_errors_total`` counts it, and the process admits from
-an assumed lease until the next attempt (``LEASE_SECONDS`` later), so a broken database costs one
-attempt per key per second rather than one per request.
+a warning is logged and ``dockyard_rate_limit_errors_total`` counts it, and the process admits up to
+a bucket's capacity from an assumed lease until the next attempt (``LEASE_SECONDS`` later), so a
+broken database costs one attempt per key per second rather than one per request.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class RateLimiter:
         )
         if self.errors is not None:
             self.errors.inc()
-        return Grant(batch_size(bucket.capacity), 0.0)
+        return Grant(bucket.capacity, 0.0)  # for LEASE_SECONDS: one attempt per key per second
 
     def _sweep(self) -> None:
         now = self.clock()
