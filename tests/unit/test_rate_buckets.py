@@ -30,7 +30,8 @@ def test_a_lease_takes_whole_tokens_up_to_the_batch():
     assert take_lease(50.0, 12, rate) == Grant(12, 38.0)
     assert take_lease(5.7, 12, rate) == Grant(5, pytest.approx(0.7))
     empty = take_lease(0.25, 12, rate)
-    assert empty.tokens == 0 and empty.tokens_left == 0.25
+    assert empty.tokens == 0
+    assert empty.tokens_left == 0.25
     assert empty.wait_seconds == pytest.approx(0.075)  # 0.75 of a token at 10 a second
 
 
@@ -53,7 +54,8 @@ def test_a_local_lease_spends_refunds_and_lapses():
     lease = LocalLease()
     assert not lease.take(0.0)  # nothing leased yet
     lease.granted(Grant(2, 0.0), 100.0)
-    assert lease.take(100.1) and lease.take(100.2)
+    assert lease.take(100.1)
+    assert lease.take(100.2)
     assert not lease.take(100.3)
     lease.refund(100.4)
     assert lease.take(100.5)
@@ -71,7 +73,8 @@ def test_an_empty_grant_blocks_until_a_token_is_due():
     assert lease.blocked_until == 56.0
     assert not lease.take(51.0)
     lease.granted(Grant(1, 0.0), 56.0)
-    assert lease.blocked_until == 0.0 and lease.take(56.0)
+    assert lease.blocked_until == 0.0
+    assert lease.take(56.0)
 
 
 def test_the_admitted_total_stays_within_the_bucket_however_leases_interleave():
