@@ -105,6 +105,18 @@ def test_identity_then_registry(client, connect, clock):
     assert statuses(bob, "/v2/", 2) == [200, 429]
 
 
+def test_idle_buckets_are_pruned_and_start_full(client, dockyard, clock):
+    assert statuses(client, "/v2/", 4)[-1] == 429
+    limiter = dockyard.service("ratelimits")
+    clock.now += 599
+    assert limiter.prune() == 0  # touched within ten minutes: kept
+    clock.now += 2
+    assert limiter.prune() == 2  # the admin's read bucket and the registry's
+    with dockyard.db.read() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM rate_buckets")).scalar_one() == 0
+    assert statuses(client, "/v2/", 4) == [200, 200, 200, 429]
+
+
 def test_management_api_is_not_limited(client, clock):
     assert statuses(client, "/v2/", 4)[-1] == 429
     assert statuses(client, "/api/v1/registry", 10) == [200] * 10
