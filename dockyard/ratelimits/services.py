@@ -102,6 +102,8 @@ class RateLimiter:
         if need is not None and need.control is not None:
             return  # the management API is not rate limited
         tier = await self._current_tier()
+        if tier is None:
+            return
         buckets = self.buckets(request, caller, tier)
         if not buckets:
             return
@@ -158,11 +160,17 @@ class RateLimiter:
             headers={"Retry-After": str(seconds)},
         )
 
-    async def _current_tier(self) -> Tier:
-        """The tier's rates, re-read (in a worker thread) every few seconds."""
+    async def _current_tier(self) -> Tier | None:
+        """The tier's rates, re-read (in a worker thread) every few seconds; the last one held if
+        the database cannot be read (None before the first read succeeded)."""
         if self._tier is None or self.clock() >= self._tier_until:
-            self._tier = await run_sync(self._tier_source)
-            self._tier_until = self.clock() + CACHE_SECONDS
+            self._tier_until = self.clock() + CACHE_SECONDS  # meanwhile others use the one held
+            try:
+                self._tier = await run_sync(self._tier_source)
+            except (sa.exc.SQLAlchemyError, OSError) as exc:  # fail open: no tier yet, no limits
+                log.warning("rate limits: cannot read the tier (fail open): %s", str(exc).splitlines()[0])
+                if self.errors is not None:
+                    self.errors.inc()
         return self._tier
 
     # -- local leases -------------------------------------------------------------------------

@@ -220,6 +220,23 @@ def test_a_database_error_fails_open(client, clock, dockyard, monkeypatch, caplo
     assert "dockyard_rate_limit_errors_total 3.0" in scraped
 
 
+def test_an_unreadable_tier_fails_open_and_the_last_one_is_kept(client, clock, dockyard, monkeypatch):
+    limiter = dockyard.service("ratelimits")
+
+    def broken() -> None:
+        raise sa.exc.OperationalError("SELECT registry_settings", {}, Exception("database is down"))
+
+    source = limiter._tier_source
+    monkeypatch.setattr(limiter, "_tier_source", broken)
+    assert statuses(client, "/v2/", 5) == [200] * 5  # no tier read yet: no limits
+    monkeypatch.setattr(limiter, "_tier_source", source)
+    clock.now += 5
+    assert statuses(client, "/v2/", 4) == [200, 200, 200, 429]
+    monkeypatch.setattr(limiter, "_tier_source", broken)
+    clock.now += 5
+    assert client.get("/v2/").status_code == 429  # the tier read before still applies
+
+
 def test_limits_can_be_switched_off(settings, dockyard):
     switched_off = settings.model_copy(update={"rate_limits_enabled": False})
     parts = build(switched_off)
