@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import sqlalchemy as sa
 from starlette.requests import Request
+from starlette.types import Scope
 
 from dockyard.access.permissions import Need
 from dockyard.access.policy import Caller
@@ -75,6 +76,8 @@ class RateLimiter:
         self._tier: Tier | None = None
         self._tier_until = 0.0
         self._leases: dict[str, LocalLease] = {}
+        #: (categories, identity key) -> (the tier they were worked out for, the buckets)
+        self._buckets: dict[tuple[tuple[RateCategory, ...], str | None], tuple[Tier, list[Bucket]]] = {}
         self.throttled: Any = None  # Counter by category, once metrics are attached
         self.errors: Any = None
         self.leases_taken = 0  # database leases this process made (tests, benchmarks)
@@ -119,23 +122,15 @@ class RateLimiter:
 
     def buckets(self, request: Request, caller: Caller | None, tier: Tier) -> list[Bucket]:
         """The buckets ``request`` draws from, identity buckets first."""
-        scope = request.scope
-        if caller is None:  # the token service
-            categories: tuple[RateCategory, ...] = (RateCategory.oauth,)
-        else:
-            method = scope["method"]
-            if method in READ_METHODS:
-                route = scope.get("route")
-                categories = (RateCategory.read,)
-                if getattr(route, "path", None) == REFERRERS_ROUTE:
-                    categories = (RateCategory.read, RateCategory.referrers)
-            elif method in WRITE_METHODS:
-                categories = (RateCategory.write,)
-            elif method == "DELETE":
-                categories = (RateCategory.delete,)
-            else:
-                return []
+        categories = categories_of(request.scope) if caller is not None else (RateCategory.oauth,)
+        if not categories:
+            return []
         identity = identity_key(caller) if caller is not None else None
+        cached = self._buckets.get((categories, identity))
+        if cached is not None and cached[0] is tier:
+            return cached[1]
+        if len(self._buckets) >= SWEEP_AT:
+            self._buckets.clear()
         mine: list[Bucket] = []
         registry: list[Bucket] = []
         for category in categories:
@@ -146,7 +141,8 @@ class RateLimiter:
                 mine.append(Bucket(f"{category}:identity:{identity}", category, rate.identity))
             if rate.registry != UNLIMITED:
                 registry.append(Bucket(f"{category}:registry", category, rate.registry))
-        return mine + registry
+        found = self._buckets[categories, identity] = (tier, mine + registry)
+        return found[1]
 
     def _refuse(self, bucket: Bucket, wait: float) -> None:
         if self.throttled is not None:
@@ -266,6 +262,20 @@ class RateLimiter:
         cutoff = self.clock() - PRUNE_AFTER_SECONDS
         with self.db.write() as conn:
             return conn.execute(rate_buckets.delete().where(rate_buckets.c.updated_at < cutoff)).rowcount
+
+
+def categories_of(scope: Scope) -> tuple[RateCategory, ...]:
+    """What a data-plane request counts against, by its method (and route: referrers are reads too)."""
+    method = scope["method"]
+    if method in READ_METHODS:
+        if getattr(scope.get("route"), "path", None) == REFERRERS_ROUTE:
+            return (RateCategory.read, RateCategory.referrers)
+        return (RateCategory.read,)
+    if method in WRITE_METHODS:
+        return (RateCategory.write,)
+    if method == "DELETE":
+        return (RateCategory.delete,)
+    return ()
 
 
 def identity_key(caller: Caller) -> str:
