@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 WRITE_METHODS = frozenset({"PUT", "PATCH", "POST"})
+DATA_PLANE = ("/v2/", "/acr/")
 REFERRERS_ROUTE = "/v2/{name:path}/referrers/{digest}"
 #: Rows untouched this long are full again (capacity is one minute's refill) and are deleted.
 PRUNE_AFTER_SECONDS = 600.0
@@ -103,7 +104,7 @@ class RateLimiter:
         A refused request gives back the tokens it took from the other buckets.
         """
         if need is not None and need.control is not None:
-            return  # the management API is not rate limited
+            return  # the management API is not rate limited (nor is anything outside the data plane)
         tier = await self._current_tier()
         if tier is None:
             return
@@ -265,7 +266,10 @@ class RateLimiter:
 
 
 def categories_of(scope: Scope) -> tuple[RateCategory, ...]:
-    """What a data-plane request counts against, by its method (and route: referrers are reads too)."""
+    """What a data-plane request (``/v2/…``, ``/acr/…``) counts against, by its method (and route:
+    referrers are reads too). Anything else (the management API) counts against nothing."""
+    if not scope["path"].startswith(DATA_PLANE):
+        return ()
     method = scope["method"]
     if method in READ_METHODS:
         if getattr(scope.get("route"), "path", None) == REFERRERS_ROUTE:

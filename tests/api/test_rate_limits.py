@@ -120,6 +120,7 @@ def test_idle_buckets_are_pruned_and_start_full(client, dockyard, clock):
 def test_management_api_is_not_limited(client, clock):
     assert statuses(client, "/v2/", 4)[-1] == 429
     assert statuses(client, "/api/v1/registry", 10) == [200] * 10
+    assert [client.get("/api/v1/purge/runs/nope").status_code for _ in range(4)] == [404] * 4  # need None
 
 
 def test_the_admin_passwords_share_one_bucket(client, connect, clock):
