@@ -20,7 +20,7 @@ import base64
 import binascii
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,6 +37,9 @@ from dockyard.access.tokens import InvalidToken
 from dockyard.asgi import error_response, run_sync
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import is_valid_name
+
+if TYPE_CHECKING:
+    from dockyard.observability.metrics import Metrics
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 NeedFor = Need | Callable[[Request], Need] | None
@@ -97,8 +100,8 @@ class Policy:
         self.private_networks = networks(private_networks)
         #: Registered by rooms when their routes are built (``add_check``); run in order.
         self.checks: list[Check] = []
-        #: The app's Prometheus series (``observability.metrics.Metrics``) when metrics are on.
-        self.metrics: Any = None
+        #: The app's Prometheus series when metrics are on (set by the app factory before routes).
+        self.metrics: Metrics | None = None
 
     def add_check(self, check: Check) -> None:
         """Run ``check`` on every guarded request after authorisation, and on token requests."""

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import sqlalchemy as sa
@@ -38,6 +38,9 @@ from dockyard.ratelimits.buckets import (
 from dockyard.ratelimits.models import rate_buckets
 from dockyard.tiers.services import CACHE_SECONDS
 from dockyard.tiers.table import UNLIMITED, RateCategory, Tier
+
+if TYPE_CHECKING:
+    from dockyard.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class RateLimiter:
         self.errors: Any = None
         self.leases_taken = 0  # database leases this process made (tests, benchmarks)
 
-    def attach_metrics(self, metrics: Any) -> None:
+    def attach_metrics(self, metrics: Metrics) -> None:
         """Count throttled requests and fail-open database errors in the app's Prometheus series."""
         self.throttled = metrics.counter(
             "dockyard_rate_limited_requests",
