@@ -19,8 +19,8 @@ DIGEST = "sha256:" + "ab" * 32
 #: Tiny per-minute rates: read 3 per identity and 6 for the registry (one token per 20 s and 10 s).
 RATES = {
     "read": {"registry": 6, "identity": 3},
-    "write": {"registry": 60, "identity": 60},
-    "delete": {"registry": 60, "identity": 60},
+    "write": {"registry": 60, "identity": 2},
+    "delete": {"registry": 60, "identity": 1},
     "referrers": {"registry": 100, "identity": 2},
     "oauth": {"registry": 2},
 }
@@ -115,6 +115,17 @@ def test_idle_buckets_are_pruned_and_start_full(client, dockyard, clock):
     with dockyard.db.read() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM rate_buckets")).scalar_one() == 0
     assert statuses(client, "/v2/", 4) == [200, 200, 200, 429]
+
+
+def test_writes_and_deletes_have_buckets_of_their_own(client, clock):
+    assert [client.post("/v2/app/blobs/uploads/").status_code for _ in range(3)] == [202, 202, 429]
+    refused = client.patch("/v2/app/blobs/uploads/whatever")
+    assert refused.status_code == 429
+    assert "too many write requests" in refused.json()["errors"][0]["message"]
+    assert refused.headers["Retry-After"] == "30"
+    manifest = f"/v2/app/manifests/{DIGEST}"
+    assert [client.delete(manifest).status_code for _ in range(2)] == [404, 429]
+    assert statuses(client, "/v2/", 3) == [200, 200, 200]  # reads are counted apart
 
 
 def test_management_api_is_not_limited(client, clock):
