@@ -152,6 +152,7 @@ class Bench:
         database_url: str | None = None,
         s3: bool = False,
         redirect: bool = False,
+        rate_limits: bool = False,
     ) -> None:
         self.profile = profile
         self.workdir = workdir
@@ -161,7 +162,11 @@ class Bench:
         self.store = SeaweedFS(workdir / "seaweedfs") if s3 else None
         store_env = self.store.dockyard_env(redirect=redirect) if self.store else None
         self.dockyard = Dockyard(
-            workdir / "dockyard", access_log=access_log, database_url=database_url, storage_env=store_env
+            workdir / "dockyard",
+            access_log=access_log,
+            database_url=database_url,
+            storage_env=store_env,
+            rate_limits=rate_limits,
         )
         self.distribution = Distribution(
             workdir / "distribution",

@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-access-log", action="store_true", help="run both registries without access logs"
     )
     parser.add_argument(
+        "--rate-limits",
+        action="store_true",
+        help="Dockyard with its request-rate limits on, at rates the bench never reaches (default: off)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="JSON results file (default: bench/results/<time>-<profile>.json)"
     )
     args = parser.parse_args(argv)
@@ -137,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             database_url=database_url,
             s3=args.storage == "s3",
             redirect=args.redirect,
+            rate_limits=args.rate_limits,
         )
         bench.info["environment"] = environment()
         bench.info["database"] = "postgresql" if args.postgres else "sqlite"
         bench.info["storage"] = args.storage + (" with redirect" if args.redirect else "")
+        bench.info["rate_limits"] = args.rate_limits
         log(
             f"Dockyard benchmark ({profile.name}, {bench.info['database']}, {bench.info['storage']}), "
             f"work directory {workdir}"

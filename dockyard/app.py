@@ -44,6 +44,7 @@ from dockyard.events.services import EventService
 from dockyard.lifecycle import room as lifecycle_room
 from dockyard.observability.metrics import Metrics, MetricsRoutes
 from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.ratelimits import room as ratelimits_room
 from dockyard.registry import room as registry_room
 from dockyard.rooms import Dockyard, Kernel, Room
 from dockyard.storage import StorageFull
@@ -65,6 +66,7 @@ ROOMS: tuple[Room, ...] = (
     events_room.ROOM,
     registry_room.ROOM,
     lifecycle_room.ROOM,
+    ratelimits_room.ROOM,
 )
 
 
@@ -233,6 +235,7 @@ def create_app(
             state_seconds=settings.metrics_state_seconds,
         )
     observer = metrics.requests if metrics else None
+    policy.metrics = metrics
     middleware = []
     if settings.access_log or observer:
         log_options = {"log": settings.access_log, "log_format": settings.log_format}

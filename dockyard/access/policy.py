@@ -20,6 +20,7 @@ import base64
 import binascii
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,6 +37,9 @@ from dockyard.access.tokens import InvalidToken
 from dockyard.asgi import error_response, run_sync
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import is_valid_name
+
+if TYPE_CHECKING:
+    from dockyard.observability.metrics import Metrics
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 NeedFor = Need | Callable[[Request], Need] | None
@@ -68,6 +72,11 @@ class Caller:
         return self.principal is not None and need.satisfied_by(self.principal.permissions, repository)
 
 
+#: A check run after authorisation (rate limits, quotas): raises a RegistryError to refuse. The token
+#: service calls the checks before it signs anyone in, with no caller and no need.
+Check = Callable[[Request, Caller | None, Need | None], Awaitable[None]]
+
+
 class Policy:
     """Authenticates requests and checks each route's needs."""
 
@@ -89,6 +98,19 @@ class Policy:
         self.throttle = throttle
         self.trusted_proxies = networks(trusted_proxies)
         self.private_networks = networks(private_networks)
+        #: Registered by rooms when their routes are built (``add_check``); run in order.
+        self.checks: list[Check] = []
+        #: The app's Prometheus series when metrics are on (set by the app factory before routes).
+        self.metrics: Metrics | None = None
+
+    def add_check(self, check: Check) -> None:
+        """Run ``check`` on every guarded request after authorisation, and on token requests."""
+        self.checks.append(check)
+
+    async def run_checks(self, request: Request, caller: Caller | None, need: Need | None) -> None:
+        """The registered checks for this request (a RegistryError from one refuses it)."""
+        for check in self.checks:
+            await check(request, caller, need)
 
     # -- who is calling -----------------------------------------------------------------------
 
@@ -270,7 +292,9 @@ class Policy:
             repository = request.path_params.get(repository_param)
             if repository is not None and not is_valid_name(repository):
                 raise RegistryError(ErrorCode.NAME_INVALID, f"invalid repository name {repository[:300]!r}")
-            await self.authorize(request, need, repository)
+            caller = await self.authorize(request, need, repository)
+            if self.checks:
+                await self.run_checks(request, caller, need)
             return await endpoint(request)
 
         guarded.__name__ = getattr(endpoint, "__name__", "guarded")

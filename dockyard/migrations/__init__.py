@@ -22,6 +22,7 @@ def load_models() -> None:
     import dockyard.access.models
     import dockyard.events.models
     import dockyard.lifecycle.models
+    import dockyard.ratelimits.models
     import dockyard.registry.models
     import dockyard.webhooks.models  # noqa: F401
 

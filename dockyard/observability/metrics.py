@@ -342,6 +342,10 @@ class Metrics:
             self._own = CollectorRegistry(auto_describe=True)
         self.requests = RequestMetrics(self._own)
 
+    def counter(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> Counter:
+        """A counter of a room's own (e.g. throttled requests), scraped with the rest."""
+        return Counter(name, documentation, labels, registry=self._own)
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every series (reads the database)."""
         registry = CollectorRegistry(auto_describe=False)

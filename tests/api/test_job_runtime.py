@@ -400,8 +400,9 @@ def test_the_rooms_register_their_work_and_upload_expiry_runs_as_a_schedule(dock
         "lifecycle.retention",
         "lifecycle.purge-schedules",
         "lifecycle.gc",
+        "ratelimits.prune",
     }
-    assert runtime.run_due() == 8
+    assert runtime.run_due() == 9
     assert (
         runtime.run_due() == 0
     )  # next due in an hour (ten minutes for uploads, five for retention, a minute for purges)

@@ -46,6 +46,8 @@ class OAuthRoutes:
             raise RegistryError(ErrorCode.INVALID_REQUEST, "the form is not UTF-8") from None
 
     async def token(self, request: Request) -> Response:
+        if self.policy.checks:
+            await self.policy.run_checks(request, None, None)
         if request.method == "GET":
             principal = await self._basic_or_anonymous(request)
             scopes = request.query_params.getlist("scope")
@@ -141,6 +143,8 @@ class OAuthRoutes:
         ``access_token_refresh_token`` take a refresh token. The new refresh token keeps the
         old one's sign-in time, so a chain of exchanges ends ``refresh_chain_seconds`` after it.
         """
+        if self.policy.checks:
+            await self.policy.run_checks(request, None, None)
         form = await self._form(request)
         grant = (form.get("grant_type") or [""])[0]
         if grant not in ("access_token", "access_token_refresh_token", "refresh_token"):
