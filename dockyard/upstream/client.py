@@ -308,7 +308,11 @@ class HttpUpstream:
         return response
 
     def _authorization(self, scope: str, challenge: Challenge | None) -> str | None:
-        """The Authorization header for ``scope``: a cached or new Bearer token, or Basic, or None."""
+        """The Authorization header for ``scope``: a cached or new Bearer token, or Basic, or None.
+
+        ``challenge`` is the one this request was just answered with (its ``scope`` is asked for);
+        without it, a challenge seen earlier is answered ahead (for our own scope only)."""
+        asked = challenge.params.get("scope") if challenge is not None else None
         with self._lock:
             challenge = challenge or self._challenge
             if challenge is None:
@@ -318,7 +322,7 @@ class HttpUpstream:
             cached = self._tokens.get(scope)
             if cached is not None and cached[1] > self._clock():
                 return f"Bearer {cached[0]}"
-        token, seconds = self._fetch_token(challenge, challenge.params.get("scope") or scope)
+        token, seconds = self._fetch_token(challenge, asked or scope)
         with self._lock:
             self._tokens[scope] = (token, self._clock() + max(seconds - 5, 1))
         return f"Bearer {token}"

@@ -149,6 +149,7 @@ def test_token_flow_with_credentials(dockyard_server: DockyardServer, tmp_path: 
     with dockyard_server.http() as http:
         digest = push_image(http, "upstream-client/app", "v1", image)
         push_image(http, "upstream-client/app", tagged.digest, tagged)
+        other_digest = push_image(http, "upstream-client/other", "v2", make_image("token-flow-other"))
     settings = settings_for(tmp_path, dockyard_server.host)
     client = open_upstream(dockyard_server.host, ADMIN_CREDENTIALS, settings)
     try:
@@ -161,6 +162,9 @@ def test_token_flow_with_credentials(dockyard_server: DockyardServer, tmp_path: 
         assert client._tokens["repository:upstream-client/app:pull"] == token  # reused, not fetched again
         assert [r["digest"] for r in client.referrers("upstream-client/app", digest)] == [tagged.digest]
         assert "v1" in client.list_tags("upstream-client/app")
+        # another repository: its own token, fetched ahead with its own scope
+        assert client.get_manifest("upstream-client/other", "v2", MANIFEST_TYPES).digest == other_digest
+        assert "repository:upstream-client/other:pull" in client._tokens
     finally:
         client.close()
 
