@@ -14,13 +14,12 @@ import pytest
 
 from dockyard.config import Settings
 from dockyard.oci.mediatypes import MANIFEST_TYPES
-from dockyard.upstream.client import HttpUpstream, open_upstream, parse_challenge, parse_source
+from dockyard.upstream.client import HttpUpstream, open_upstream, parse_challenge
 from dockyard.upstream.interfaces import (
     Credentials,
     UpstreamDenied,
     UpstreamError,
     UpstreamNotFound,
-    UpstreamRef,
     UpstreamUnavailable,
 )
 from tests.e2e.support import ADMIN_PASSWORD, ADMIN_USERNAME, DockyardServer, push_image, put_manifest
@@ -44,45 +43,6 @@ def settings_for(tmp_path: Path, *insecure: str, allowed: tuple[str, ...] = ("12
 def upstream_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribution]:
     with distribution(tmp_path_factory.mktemp("distribution")) as server:
         yield server
-
-
-def test_parse_source() -> None:
-    assert parse_source("docker.io/nginx") == UpstreamRef("registry-1.docker.io", "library/nginx", "latest")
-    assert parse_source("docker.io/bitnami/redis:7") == UpstreamRef(
-        "registry-1.docker.io", "bitnami/redis", "7"
-    )
-    digest = "sha256:" + "a" * 64
-    assert parse_source(f"localhost:5000/a/b@{digest}") == UpstreamRef("localhost:5000", "a/b", digest)
-    assert parse_source("Reg.Example.com/app:v1.2") == UpstreamRef("reg.example.com", "app", "v1.2")
-    for bad in (
-        "nginx",
-        "nginx:latest",
-        "library/nginx",
-        "docker.io/",
-        "reg.io/App",
-        "reg.io/a:b:c",
-        "reg.io/a@sha256:12",
-        "reg.io/a:-x",
-        "",
-        "reg.io/a b",
-    ):
-        with pytest.raises(ValueError, match=r"source|digest|tag|repository|registry"):
-            parse_source(bad)
-
-
-def test_parse_challenge() -> None:
-    challenge = parse_challenge(
-        'Bearer realm="https://auth.io/token",service="registry.io",scope="repository:a:pull"'
-    )
-    assert challenge is not None
-    assert challenge.scheme == "bearer"
-    assert challenge.params == {
-        "realm": "https://auth.io/token",
-        "service": "registry.io",
-        "scope": "repository:a:pull",
-    }
-    assert parse_challenge('Basic realm="x"') is not None
-    assert parse_challenge("Negotiate abc") is None
 
 
 def test_distribution_index_and_blobs(upstream_registry: Distribution, tmp_path: Path) -> None:
