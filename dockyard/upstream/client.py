@@ -478,6 +478,10 @@ def _transport_error(url: httpx.URL, exc: httpx.TransportError) -> UpstreamError
         isinstance(exc, httpx.ConnectError) and "refused to connect:" in str(exc)
     ):
         return UpstreamError(str(exc), code="DENIED")
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # not transient: no stale copy should hide it
+        return UpstreamError(
+            f"the certificate of {url.host} is not trusted (upstream_ca_file can add a CA)", code="UNTRUSTED"
+        )
     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
     return UpstreamUnavailable(f"the connection to {url.host} {kind}: {type(exc).__name__}")
 

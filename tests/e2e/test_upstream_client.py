@@ -8,6 +8,7 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -302,3 +303,26 @@ def test_upstream_down_is_unavailable(tmp_path: Path) -> None:
         assert caught.value.status is None
     finally:
         client.close()
+
+
+def test_https_upstream_trusted_through_upstream_ca_file(start_https_server: Any, tmp_path: Path) -> None:
+    """A TLS upstream with a private CA: refused (unverified) by default, verified with upstream_ca_file."""
+    server = start_https_server(data_dir=tmp_path / "tls-upstream")
+    with server.http() as http:
+        digest = push_image(http, "tls/app", "v1", make_image("tls-upstream"))
+    plain = settings_for(tmp_path)
+    untrusted = open_upstream(server.host, ADMIN_CREDENTIALS, plain)
+    try:
+        with pytest.raises(UpstreamError, match="not trusted") as caught:
+            untrusted.get_manifest("tls/app", "v1", MANIFEST_TYPES)
+        assert not isinstance(caught.value, UpstreamUnavailable)
+    finally:
+        untrusted.close()
+    trusted = open_upstream(
+        server.host, ADMIN_CREDENTIALS, plain.model_copy(update={"upstream_ca_file": server.ca_cert})
+    )
+    try:
+        assert trusted.base.scheme == "https"
+        assert trusted.get_manifest("tls/app", "v1", MANIFEST_TYPES).digest == digest
+    finally:
+        trusted.close()
