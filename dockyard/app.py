@@ -41,6 +41,7 @@ from dockyard.events import room as events_room
 from dockyard.events.queue import JobService
 from dockyard.events.runtime import Runtime
 from dockyard.events.services import EventService
+from dockyard.imports import room as imports_room
 from dockyard.lifecycle import room as lifecycle_room
 from dockyard.observability.metrics import Metrics, MetricsRoutes
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -67,6 +68,7 @@ ROOMS: tuple[Room, ...] = (
     registry_room.ROOM,
     lifecycle_room.ROOM,
     ratelimits_room.ROOM,
+    imports_room.ROOM,
 )
 
 

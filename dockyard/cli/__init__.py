@@ -13,6 +13,7 @@ from dockyard.cli import (
     gc_commands,
     health_commands,
     identity_commands,
+    import_commands,
     job_commands,
     purge_commands,
     recycle_commands,
@@ -56,6 +57,7 @@ app.add_typer(job_commands.app, name="job")
 app.add_typer(purge_commands.app, name="purge")
 app.add_typer(gc_commands.app, name="gc")
 app.command("show-usage")(gc_commands.show_usage)
+app.command("import")(import_commands.import_image)
 app.add_typer(registry_commands.audit_app, name="audit")
 app.add_typer(registry_commands.signing_key_app, name="signing-key")
 app.add_typer(admin.app, name="admin")

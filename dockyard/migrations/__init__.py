@@ -21,6 +21,7 @@ def load_models() -> None:
     """Import every room's models so ``metadata`` holds the whole schema."""
     import dockyard.access.models
     import dockyard.events.models
+    import dockyard.imports.models
     import dockyard.lifecycle.models
     import dockyard.ratelimits.models
     import dockyard.registry.models

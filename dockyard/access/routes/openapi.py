@@ -285,6 +285,29 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
         None,
         200,
     ),
+    ("/api/v1/imports", "get", "Latest imports, newest first (?limit=)", None, 200),
+    (
+        "/api/v1/imports",
+        "post",
+        "Import an image from another registry (as az acr import); runs as a job",
+        _object(
+            source={"type": "string"},
+            targetTags={"type": "array", "items": {"type": "string"}},
+            repository={"type": "string"},
+            username={"type": "string"},
+            password={"type": "string"},
+            force={"type": "boolean"},
+            includeReferrers={"type": "boolean"},
+        ),
+        202,
+    ),
+    (
+        "/api/v1/imports/{import_id}",
+        "get",
+        "An import: status, progress (manifests and bytes), error",
+        None,
+        200,
+    ),
 ]
 
 

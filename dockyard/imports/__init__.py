@@ -1,0 +1,1 @@
+"""``dockyard import``: copy images from another registry (as ``az acr import``)."""
