@@ -35,6 +35,7 @@ from dockyard.asgi import (
     server_error_handler,
     storage_full_handler,
 )
+from dockyard.cache import room as cache_room
 from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.events import room as events_room
@@ -65,6 +66,7 @@ ROOMS: tuple[Room, ...] = (
     events_room.ROOM,
     registry_room.ROOM,
     lifecycle_room.ROOM,
+    cache_room.ROOM,
 )
 
 

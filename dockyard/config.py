@@ -257,6 +257,12 @@ class Settings(BaseSettings):
     rate_limits_enabled: bool = Field(
         True, description="Enforce the tier's request rates (429 TOOMANYREQUESTS with Retry-After)."
     )
+    cache_ttl_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A tag cached by a cache rule is served without asking its upstream for this long; "
+        "then one HEAD upstream confirms or moves it (docs/cache.md).",
+    )
     webhook_limit: int = Field(
         500,
         ge=0,
