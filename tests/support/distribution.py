@@ -69,7 +69,8 @@ class Distribution:
 
     def start(self) -> Distribution:
         log = (self.folder / "registry.log").open("ab")
-        env = {key: value for key, value in os.environ.items() if key != "AWS_CA_BUNDLE"}
+        # Distribution reads REGISTRY_* variables as configuration (REGISTRY_AUTH_FILE would be `auth`)
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("REGISTRY_")}
         self.process = subprocess.Popen(
             [DOCKER_REGISTRY, "serve", str(self.config)], stdout=log, stderr=log, env=env
         )
