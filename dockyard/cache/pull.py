@@ -32,7 +32,14 @@ from dockyard.oci import mediatypes as mt
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import parse_reference
-from dockyard.registry.models import blobs, manifests, repositories, repository_blobs, tags
+from dockyard.registry.models import (
+    blobs,
+    manifest_children,
+    manifests,
+    repositories,
+    repository_blobs,
+    tags,
+)
 from dockyard.registry.services import RegistryServices
 from dockyard.upstream.interfaces import (
     Credentials,
@@ -66,6 +73,22 @@ TAG_STATE = (
         )
     )
     .where(repositories.c.name == sa.bindparam("repository"), tags.c.name == sa.bindparam("tag"))
+)
+#: The linux/amd64 child of the index a tag points at (the one a client without index support gets).
+PLATFORM_CHILD = (
+    sa.select(manifest_children.c.child_digest)
+    .select_from(
+        tags.join(repositories)
+        .join(manifests, manifests.c.id == tags.c.manifest_id)
+        .join(manifest_children, manifest_children.c.manifest_id == manifests.c.id)
+    )
+    .where(
+        repositories.c.name == sa.bindparam("repository"),
+        tags.c.name == sa.bindparam("tag"),
+        manifest_children.c.os == sa.literal_column("'linux'"),
+        manifest_children.c.architecture == sa.literal_column("'amd64'"),
+    )
+    .limit(1)
 )
 HAS_MANIFEST = (
     sa.select(manifests.c.id)
@@ -190,7 +213,13 @@ class PullThroughCache:
         if digest is not None:
             return self._by_digest(match, repository, digest)
         assert tag is not None
-        return self._by_tag(match, repository, tag)
+        fetched = self._by_tag(match, repository, tag)
+        if accept and not any(kind in accept for kind in (*mt.INDEXES, "*/*")):
+            # A client that takes no index gets the index's linux/amd64 image: that child must be here.
+            child = self._db.lookup_row(PLATFORM_CHILD, {"repository": repository, "tag": tag})
+            if child is not None:
+                fetched = self._by_digest(match, repository, child[0]) or fetched
+        return fetched
 
     def blob(self, repository: str, digest: str) -> bool:
         match = self._config.rules().match(repository)

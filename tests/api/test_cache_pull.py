@@ -121,6 +121,20 @@ def test_an_index_fetches_each_child_on_its_own_read(client, upstream, upstream_
     assert pull(client, "hub/multi", "v1").status_code == 200
 
 
+def test_a_client_without_index_support_gets_the_amd64_image(client, upstream, upstream_http):
+    amd = make_image("plain", architecture="amd64")
+    arm = make_image("plain", architecture="arm64")
+    for image in (amd, arm):
+        push_upstream(upstream_http, "team/multi", image)
+    put_upstream_manifest(upstream_http, "team/multi", "v1", make_index([amd, arm]), OCI_INDEX)
+    make_rule(client, "team-rule", f"{upstream.host}/team/*", "hub/*")
+    only_images = {"Accept": amd.media_type}
+    answer = client.get("/v2/hub/multi/manifests/v1", headers=only_images)
+    assert answer.status_code == 200, answer.text
+    assert answer.content == amd.manifest
+    assert answer.headers["x-dockyard-origin"] == "upstream"
+
+
 @pytest.fixture
 def proxied(upstream):
     with UpstreamProxy(upstream.port) as proxy:
