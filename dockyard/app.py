@@ -235,6 +235,9 @@ def create_app(
             state_seconds=settings.metrics_state_seconds,
         )
     observer = metrics.requests if metrics else None
+    if metrics is not None and "cache" in parts.services:
+        cache_counter = metrics.requests.cache
+        parts.service("cache").pull.observer = lambda outcome: cache_counter.labels(outcome).inc()
     middleware = []
     if settings.access_log or observer:
         log_options = {"log": settings.access_log, "log_format": settings.log_format}

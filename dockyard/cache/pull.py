@@ -190,6 +190,14 @@ class PullThroughCache:
         self._fresh: dict[tuple[str, str], float] = {}
         #: What the read path did: upstream fetches, checks, stale copies served (also logged).
         self.stats: Counter[str] = Counter()
+        #: Also told each outcome (the app factory points it at the Prometheus counter).
+        self.observer: Callable[[str], None] | None = None
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            self.stats[outcome] += 1
+        if self.observer is not None:
+            self.observer(outcome)
 
     # -- the hook ---------------------------------------------------------------------------
 
@@ -238,12 +246,12 @@ class PullThroughCache:
             except UpstreamNotFound:
                 return False
             except UpstreamError as exc:
-                self.stats["upstream_errors"] += 1
+                self._count("upstream_errors")
                 log.warning(
                     "cache rule %s: blob %s from %s failed: %s", match.rule.name, digest, match.registry, exc
                 )
                 raise _unavailable(exc, f"blob {digest}") from None
-        self.stats["blobs_fetched"] += 1
+        self._count("blobs_fetched")
         self._registry.cache.invalidate(repository)
         return True
 
@@ -260,7 +268,7 @@ class PullThroughCache:
             except UpstreamNotFound:
                 return False
             except UpstreamError as exc:
-                self.stats["upstream_errors"] += 1
+                self._count("upstream_errors")
                 raise _unavailable(exc, f"manifest {digest}") from None
             self._store(match, repository, digest, fetched, None)
         return True
@@ -288,7 +296,7 @@ class PullThroughCache:
         except UpstreamNotFound:
             return False  # the registry answers MANIFEST_UNKNOWN / NAME_UNKNOWN
         except UpstreamError as exc:
-            self.stats["upstream_errors"] += 1
+            self._count("upstream_errors")
             log.warning(
                 "cache rule %s: %s:%s from %s failed: %s",
                 match.rule.name,
@@ -304,7 +312,7 @@ class PullThroughCache:
     def _revalidate(self, match: Match, repository: str, tag: str, local_digest: str) -> bool:
         """One HEAD upstream for a tag past its TTL; the cached copy is served if it fails."""
         client = self._client(match)
-        self.stats["checks"] += 1
+        self._count("checks")
         try:
             head = client.head_manifest(match.repository, tag, ACCEPT)
             if head.digest == local_digest:
@@ -312,7 +320,7 @@ class PullThroughCache:
                 return False
             fetched = client.get_manifest(match.repository, tag, ACCEPT)
         except UpstreamError as exc:
-            self.stats["stale_served"] += 1
+            self._count("stale_served")
             log.warning(
                 "cache rule %s: serving cached %s:%s, the upstream %s did not answer the check: %s",
                 match.rule.name, repository, tag, match.registry, exc,
@@ -339,7 +347,7 @@ class PullThroughCache:
         self._registry.manifests.put(
             repository, reference, fetched.payload, fetched.media_type, origin, before=confirm, lazy=True
         )
-        self.stats["manifests_fetched"] += 1
+        self._count("manifests_fetched")
         if tag is not None:
             self._remember((repository, tag), self._ttl)
 

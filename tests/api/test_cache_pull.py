@@ -180,6 +180,7 @@ def test_a_failing_upstream_serves_the_cached_copy(client, dockyard, upstream, u
     before = stats["stale_served"]
     assert pull_image(client, "hub/app", "v1", image) == [None] * 3
     assert stats["stale_served"] == before + 1
+    assert 'dockyard_cache_upstream_total{outcome="stale_served"} 1.0' in client.get("/metrics").text
     # what was never cached fails with the upstream's reason
     missing = pull(client, "hub/other", "v1")
     if mode == "429":
