@@ -1,6 +1,7 @@
 """The pull-through cache's read path against real upstreams (CNCF Distribution), through the real client."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -215,3 +216,17 @@ def test_anonymous_pull_of_a_cached_repository(client, anonymous, upstream, upst
     assert pull_image(anonymous, "hub/app", "v1", image)[0] == "upstream"
     started = anonymous.post("/v2/hub/app/blobs/uploads/")
     assert started.status_code == 401
+
+
+def test_concurrent_pulls_of_a_missing_blob_fetch_it_once(client, upstream_http, proxied):
+    image = make_image("together", layer_size=256 * 1024)
+    push_upstream(upstream_http, "team/app", image, "v1")
+    make_rule(client, "team-rule", f"{proxied.host}/team/*", "hub/*")
+    assert pull(client, "hub/app", "v1").status_code == 200
+    layer = image.layers[0]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: client.get(f"/v2/hub/app/blobs/{layer.digest}"), range(4)))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert all(a.content == layer.data for a in answers)
+    fetches = [path for method, path in proxied.requests if method == "GET" and layer.digest in path]
+    assert len(fetches) == 1, proxied.requests
