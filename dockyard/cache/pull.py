@@ -327,7 +327,14 @@ class PullThroughCache:
             )  # fmt: skip
             self._remember((repository, tag), min(self._ttl, RETRY_SECONDS))
             return False
-        self._store(match, repository, tag, fetched, tag)
+        try:
+            self._store(match, repository, tag, fetched, tag)
+        except RegistryError as exc:  # e.g. a write-once tag or a write lock on the repository
+            self._count("stale_served")
+            log.warning("cache rule %s: serving cached %s:%s, the moved tag cannot be stored: %s",
+                        match.rule.name, repository, tag, exc.message)  # fmt: skip
+            self._remember((repository, tag), min(self._ttl, RETRY_SECONDS))
+            return False
         return True
 
     def _store(

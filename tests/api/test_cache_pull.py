@@ -230,3 +230,17 @@ def test_concurrent_pulls_of_a_missing_blob_fetch_it_once(client, upstream_http,
     assert all(a.content == layer.data for a in answers)
     fetches = [path for method, path in proxied.requests if method == "GET" and layer.digest in path]
     assert len(fetches) == 1, proxied.requests
+
+
+def test_a_moved_tag_that_cannot_be_stored_serves_the_cached_copy(client, dockyard, upstream, upstream_http):
+    first, second = make_image("locked-one"), make_image("locked-two")
+    push_upstream(upstream_http, "team/app", first, "v1")
+    make_rule(client, "team-rule", f"{upstream.host}/team/*", "hub/*")
+    ttl(dockyard, 0.0)
+    assert pull(client, "hub/app", "v1").content == first.manifest
+    assert client.patch("/acr/v1/hub/app", json={"writeEnabled": False}).status_code == 200
+    push_upstream(upstream_http, "team/app", second, "v1")
+    answer = pull(client, "hub/app", "v1")
+    assert answer.status_code == 200
+    assert answer.content == first.manifest
+    assert dockyard.service("cache").pull.stats["stale_served"] == 1
