@@ -9,13 +9,17 @@ import httpx
 import pytest
 
 from tests.cli.conftest import Cli
-from tests.e2e.support import DockyardServer
 from tests.support.distribution import Distribution, push_upstream
 from tests.support.images import make_image
 
 pytestmark = pytest.mark.e2e
 
 PASSWORD = "cli-upstream-password-123"
+#: Settings that let a server reach the test upstreams (plain HTTP on 127.0.0.1).
+UPSTREAM_ENV = {
+    "DOCKYARD_INSECURE_UPSTREAMS": "127.0.0.1",
+    "DOCKYARD_UPSTREAM_ALLOWED_NETWORKS": "127.0.0.0/8",
+}
 
 
 @pytest.fixture
@@ -58,8 +62,12 @@ def test_credential_sets_round_trip_without_showing_the_password(admin: Cli) -> 
 
 
 def test_cache_rules_round_trip_and_a_pull_through_them(
-    admin: Cli, registry: DockyardServer, upstream: Distribution
+    cli: Cli, start_server, tmp_path: Path, upstream: Distribution
 ) -> None:
+    # a server of its own: it must be allowed to reach a plain-HTTP upstream on loopback
+    registry = start_server(data_dir=tmp_path / "data", env=UPSTREAM_ENV)
+    admin = Cli(folder=cli.folder, registry=registry.url)
+    admin.login()
     image = make_image("cli-cache")
     with httpx.Client(base_url=upstream.url, timeout=30) as http:
         push_upstream(http, "team/cli", image, "v1")

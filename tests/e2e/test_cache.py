@@ -19,6 +19,12 @@ from tests.support.images import make_image, make_index, write_oci_layout
 
 pytestmark = pytest.mark.e2e
 
+#: Settings that let the cache reach the test upstreams (plain HTTP on 127.0.0.1).
+UPSTREAM_ENV = {
+    "DOCKYARD_INSECURE_UPSTREAMS": "127.0.0.1",
+    "DOCKYARD_UPSTREAM_ALLOWED_NETWORKS": "127.0.0.0/8",
+}
+
 
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[Distribution]:
@@ -69,7 +75,7 @@ def test_skopeo_pulls_through_the_cache_and_later_without_the_upstream(
         f"oci:{path}:multi",
         f"docker://{upstream.host}/team/multi:v1",
     )
-    server = start_server(data_dir=tmp_path / "cache-data")
+    server = start_server(data_dir=tmp_path / "cache-data", env=UPSTREAM_ENV)
     tools.authorize(server.host)
     create_rule(server, "team-cache", f"{upstream.host}/team/*", "hub/*")
 
@@ -116,7 +122,7 @@ def test_a_private_upstream_through_a_credential_set(
     )
     with httpx.Client(base_url=private.url, timeout=30) as anonymous:
         assert anonymous.get("/v2/secret/app/manifests/v1").status_code == 401
-    server = start_server(data_dir=tmp_path / "cache-data")
+    server = start_server(data_dir=tmp_path / "cache-data", env=UPSTREAM_ENV)
     tools.authorize(server.host)
     with server.http(timeout=30) as http:
         made = http.post(
