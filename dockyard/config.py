@@ -290,6 +290,22 @@ class Settings(BaseSettings):
         description="CIDRs webhooks may be sent to although they are loopback, link-local, cloud metadata "
         "or unspecified addresses (comma-separated in env).",
     )
+    upstream_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs imports and the pull-through cache may reach although they are loopback, "
+        "link-local, cloud metadata or unspecified addresses (comma-separated in env).",
+    )
+    insecure_upstreams: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Upstream registries (host or host:port) reached over plain HTTP, like docker's "
+        "insecure-registries (comma-separated in env).",
+    )
+    upstream_ca_file: Path | None = Field(
+        None, description="PEM CA certificates trusted for upstream registries, besides the system's."
+    )
+    upstream_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, description="Time allowed to connect to an upstream and between two reads."
+    )
     webhook_log_retention_days: int = Field(
         30, ge=1, description="Finished webhook deliveries (and their attempts) older than this are deleted."
     )
@@ -343,6 +359,8 @@ class Settings(BaseSettings):
         "webhook_allowed_networks",
         "metrics_networks",
         "immutable_tags_exempt",
+        "upstream_allowed_networks",
+        "insecure_upstreams",
         mode="before",
     )
     @classmethod
@@ -351,7 +369,13 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("trusted_proxies", "private_networks", "webhook_allowed_networks", "metrics_networks")
+    @field_validator(
+        "trusted_proxies",
+        "private_networks",
+        "webhook_allowed_networks",
+        "metrics_networks",
+        "upstream_allowed_networks",
+    )
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         for item in value:

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.support.distribution import Distribution, UpstreamProxy, push_upstream, put_upstream_manifest
+from tests.support.cache_upstreams import Distribution, UpstreamProxy, push_upstream, put_upstream_manifest
 from tests.support.images import make_image, make_index
 from tests.support.registry import error_codes, push_manifest
 
@@ -25,7 +25,13 @@ ACCEPT = {
 
 @pytest.fixture
 def settings(settings):
-    return settings.model_copy(update={"cache_ttl_seconds": 3600.0})
+    return settings.model_copy(
+        update={
+            "cache_ttl_seconds": 3600.0,
+            "insecure_upstreams": ["127.0.0.1"],  # the upstreams speak plain HTTP on loopback
+            "upstream_allowed_networks": ["127.0.0.0/8"],
+        }
+    )
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.cli.conftest import Cli
-from tests.support.distribution import Distribution, push_upstream
+from tests.support.cache_upstreams import Distribution, push_upstream
 from tests.support.images import make_image
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.support import ADMIN_PASSWORD, ADMIN_USERNAME, ContainerTools, DockyardServer, fetch_manifest
-from tests.support.distribution import Distribution
+from tests.support.cache_upstreams import Distribution
 from tests.support.images import make_image, make_index, write_oci_layout
 
 pytestmark = pytest.mark.e2e
