@@ -34,6 +34,7 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import parse_reference
 from dockyard.registry.models import (
     blobs,
+    manifest_blobs,
     manifest_children,
     manifests,
     repositories,
@@ -94,6 +95,16 @@ HAS_MANIFEST = (
     sa.select(manifests.c.id)
     .select_from(manifests.join(repositories))
     .where(repositories.c.name == sa.bindparam("repository"), manifests.c.digest == sa.bindparam("digest"))
+)
+#: Whether a manifest of the repository (so one its upstream served) references the blob.
+REFERENCED = (
+    sa.select(manifest_blobs.c.digest)
+    .select_from(manifest_blobs.join(manifests).join(repositories))
+    .where(
+        repositories.c.name == sa.bindparam("repository"),
+        manifest_blobs.c.digest == sa.bindparam("digest"),
+    )
+    .limit(1)
 )
 HAS_BLOB = (
     sa.select(repository_blobs.c.digest)
@@ -229,14 +240,24 @@ class PullThroughCache:
                 fetched = self._by_digest(match, repository, child[0]) or fetched
         return fetched
 
-    def blob(self, repository: str, digest: str) -> bool:
+    def blob(self, repository: str, digest: str) -> bool | None:
         match = self._config.rules().match(repository)
         if match is None:
-            return False
+            return None
         parse_digest(digest)
-        with self._flights.one("b", repository, digest):
-            if self._db.lookup_row(HAS_BLOB, {"repository": repository, "digest": digest}) is not None:
-                return True  # another request fetched it while this one waited
+        params = {"repository": repository, "digest": digest}
+        with self._flights.one("b", digest):
+            if self._db.lookup_row(HAS_BLOB, params) is not None:
+                return False  # another request fetched it while this one waited
+            # The registry has the bytes and a manifest that came from the upstream names them: link.
+            referenced = self._db.lookup_row(REFERENCED, params) is not None
+            if (
+                referenced
+                and self._registry.blobs.mount(repository, digest, None, lambda _: True) is not None
+            ):
+                self._count("blobs_linked")
+                self._registry.cache.invalidate(repository)
+                return False
             client = self._client(match)
             try:
                 with client.open_blob(match.repository, digest) as stream:
@@ -244,7 +265,7 @@ class PullThroughCache:
                         repository, digest, stream.chunks, content_length=stream.size
                     )
             except UpstreamNotFound:
-                return False
+                return None
             except UpstreamError as exc:
                 self._count("upstream_errors")
                 log.warning(

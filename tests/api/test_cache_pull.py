@@ -8,7 +8,7 @@ import pytest
 
 from tests.support.cache_upstreams import Distribution, UpstreamProxy, push_upstream, put_upstream_manifest
 from tests.support.images import make_image, make_index
-from tests.support.registry import error_codes, push_manifest
+from tests.support.registry import error_codes, push_image, push_manifest
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 ACCEPT = {
@@ -250,3 +250,19 @@ def test_a_moved_tag_that_cannot_be_stored_serves_the_cached_copy(client, dockya
     assert answer.status_code == 200
     assert answer.content == first.manifest
     assert dockyard.service("cache").pull.stats["stale_served"] == 1
+
+
+def test_blobs_the_registry_already_has_are_linked_not_fetched(client, upstream_http, proxied):
+    image = make_image("shared-layers", layers=2)
+    push_upstream(upstream_http, "team/app", image, "v1")
+    make_rule(client, "team-rule", f"{proxied.host}/team/*", "hub/*")
+    make_rule(client, "mirror-rule", f"{proxied.host}/team/app", "mirror")
+    assert pull_image(client, "hub/app", "v1", image) == ["upstream"] * 4
+    proxied.requests.clear()
+    assert pull_image(client, "mirror", "v1", image) == ["upstream", None, None, None]
+    fetched = [path for method, path in proxied.requests if "/blobs/" in path]
+    assert fetched == []  # the manifest came from upstream; its blobs were linked
+    # a digest no manifest here names is not linked from elsewhere: it is asked of the upstream
+    own = make_image("own-content")
+    push_image(client, "private/app", own, "v1")
+    assert client.get(f"/v2/mirror/blobs/{own.layers[0].digest}").status_code == 404

@@ -87,9 +87,10 @@ class BlobRoutes:
                 if exc.code is not ErrorCode.BLOB_UNKNOWN:
                     raise
                 pull = await cache_for(self.hooks, name)
-                if pull is None or not await run_sync(pull.blob, name, digest):
+                got = None if pull is None else await run_sync(pull.blob, name, digest)
+                if got is None:
                     raise
-                fetched = True
+                fetched = got
                 blob = await run_sync(self.blobs.stat, name, digest)
         headers = {
             **API_VERSION,

@@ -80,8 +80,9 @@ class PullThrough(Protocol):
         """Make the manifest local and current before a read; True if it came from upstream now."""
         ...
 
-    def blob(self, repository: str, digest: str) -> bool:
-        """Fetch a blob the repository lacks into the store; True if it came from upstream now."""
+    def blob(self, repository: str, digest: str) -> bool | None:
+        """Make a blob the repository lacks local: True if it came from upstream now, False if it was
+        found here (linked), None if it is not to be had."""
         ...
 
 
