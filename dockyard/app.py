@@ -35,6 +35,7 @@ from dockyard.asgi import (
     server_error_handler,
     storage_full_handler,
 )
+from dockyard.cache import room as cache_room
 from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.events import room as events_room
@@ -69,6 +70,7 @@ ROOMS: tuple[Room, ...] = (
     lifecycle_room.ROOM,
     ratelimits_room.ROOM,
     imports_room.ROOM,
+    cache_room.ROOM,
 )
 
 
@@ -238,6 +240,9 @@ def create_app(
         )
     observer = metrics.requests if metrics else None
     policy.metrics = metrics
+    if metrics is not None and "cache" in parts.services:
+        cache_counter = metrics.requests.cache
+        parts.service("cache").pull.observer = lambda outcome: cache_counter.labels(outcome).inc()
     middleware = []
     if settings.access_log or observer:
         log_options = {"log": settings.access_log, "log_format": settings.log_format}

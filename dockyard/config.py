@@ -55,6 +55,13 @@ class TlsMode(enum.StrEnum):
 _REVEAL_SECRETS = "reveal_secrets"
 
 
+#: Settings that no longer exist and what took their place (a clear error instead of "extra input").
+REPLACED_SETTINGS = {
+    "webhook_limit": "the tier table sets it; override with [tiers.<SKU>] webhooks = N (docs/tiers.md)",
+    "storage_limit_bytes": "the tier table sets it; override with [tiers.<SKU>] storage_bytes = N",
+}
+
+
 class Settings(BaseSettings):
     """Everything a Dockyard process needs to know, read once at start-up."""
 
@@ -252,6 +259,12 @@ class Settings(BaseSettings):
     rate_limits_enabled: bool = Field(
         True, description="Enforce the tier's request rates (429 TOOMANYREQUESTS with Retry-After)."
     )
+    cache_ttl_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A tag cached by a cache rule is served without asking its upstream for this long; "
+        "then one HEAD upstream confirms or moves it (docs/cache.md).",
+    )
     webhook_timeout_seconds: float = Field(
         10.0, gt=0, le=120, description="Time allowed for one delivery attempt."
     )
@@ -409,6 +422,15 @@ class Settings(BaseSettings):
         else:
             raise ValueError(f"storage: unsupported scheme {parts.scheme!r} (s3://, azure:// or a folder)")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in REPLACED_SETTINGS.items():
+                if old in data:
+                    raise ValueError(f"the {old} setting was replaced: {new}")
+        return data
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:

@@ -9,6 +9,7 @@ from dockyard.cli import (
     access_commands,
     admin,
     auth,
+    cache_commands,
     event_commands,
     gc_commands,
     health_commands,
@@ -62,6 +63,8 @@ app.add_typer(registry_commands.audit_app, name="audit")
 app.add_typer(registry_commands.signing_key_app, name="signing-key")
 app.add_typer(admin.app, name="admin")
 app.add_typer(db_commands.app, name="db")
+app.add_typer(cache_commands.cache_app, name="cache")
+app.add_typer(cache_commands.credential_set_app, name="credential-set")
 
 
 @app.command("version")

@@ -163,6 +163,13 @@ class RequestMetrics:
         self.pulls = Counter(
             "dockyard_manifest_pulls", "Manifests pulled (GET answered 200).", registry=registry
         )
+        self.cache = Counter(
+            "dockyard_cache_upstream",
+            "Pull-through cache outcomes: manifests_fetched, blobs_fetched, checks, stale_served, "
+            "upstream_errors.",
+            ("outcome",),
+            registry=registry,
+        )
         self._bounds = LATENCY_BUCKETS
         # (id(route), method, status) -> the labelled series; labels() takes a lock and builds a key.
         self._series: dict[tuple[int, str, int], tuple[Counter, Histogram, Counter, Counter, Counter | None]]

@@ -64,3 +64,9 @@ def test_settings_handed_to_a_child_process_keep_their_secrets():
     for name in secret_fields:
         assert getattr(in_child, name).get_secret_value() == f"secret-of-{name}"
         assert f"secret-of-{name}" not in given.model_dump_json()  # an ordinary dump still masks it
+
+
+@pytest.mark.parametrize("name", ["webhook_limit", "storage_limit_bytes"])
+def test_a_replaced_setting_says_what_replaced_it(name: str) -> None:
+    with pytest.raises(ValueError, match=rf"the {name} setting was replaced: .*\[tiers\.<SKU>\]"):
+        Settings(**{name: 3})

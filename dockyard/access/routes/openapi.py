@@ -220,6 +220,57 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("/api/v1/webhooks/{id}/ping", "post", "Send a ping now and report the answer", None, 200),
     ("/api/v1/webhooks/{id}/events", "get", "Deliveries with every attempt (?status=, ?limit=)", None, 200),
     ("/api/v1/webhooks/{id}/events/{delivery}/redeliver", "post", "Send a delivery again", None, 202),
+    # the pull-through cache (docs/cache.md); a credential set's password is write-only
+    ("/api/v1/cache-rules", "get", "List cache rules", None, 200),
+    (
+        "/api/v1/cache-rules",
+        "post",
+        "Create a cache rule (sourceRepository: login-server/repo or login-server/prefix/*)",
+        _object(
+            ["name", "sourceRepository", "targetRepository"],
+            name={"type": "string"},
+            sourceRepository={"type": "string"},
+            targetRepository={"type": "string"},
+            credentialSetName={"type": "string"},
+        ),
+        201,
+    ),
+    ("/api/v1/cache-rules/{name}", "get", "Show a cache rule", None, 200),
+    (
+        "/api/v1/cache-rules/{name}",
+        "patch",
+        "Change a cache rule's credential set (null: none)",
+        _object(credentialSetName={"type": ["string", "null"]}),
+        200,
+    ),
+    ("/api/v1/cache-rules/{name}", "delete", "Delete a cache rule (what it cached stays)", None, 204),
+    ("/api/v1/credential-sets", "get", "List credential sets (never their passwords)", None, 200),
+    (
+        "/api/v1/credential-sets",
+        "post",
+        "Create a credential set for an upstream registry",
+        _object(
+            ["name", "loginServer", "username", "password"],
+            name={"type": "string"},
+            loginServer={"type": "string"},
+            username={"type": "string"},
+            password={"type": "string", "writeOnly": True},
+        ),
+        201,
+    ),
+    ("/api/v1/credential-sets/{name}", "get", "Show a credential set", None, 200),
+    (
+        "/api/v1/credential-sets/{name}",
+        "patch",
+        "Change a credential set",
+        _object(
+            loginServer={"type": "string"},
+            username={"type": "string"},
+            password={"type": "string", "writeOnly": True},
+        ),
+        200,
+    ),
+    ("/api/v1/credential-sets/{name}", "delete", "Delete a credential set no rule uses", None, 204),
     # {name} is a repository name; its slashes are sent as they are (or as %2F).
     ("/api/v1/repositories/{name}/immutability", "get", "A repository's write-once tag policy", None, 200),
     (

@@ -16,6 +16,7 @@ from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_name
 from dockyard.registry.routes.headers import API_VERSION, byte_range, content_range, repository_name
+from dockyard.registry.routes.pullthrough import ORIGIN_HEADER, cache_for, refuse_cache_push
 from dockyard.registry.services import RegistryServices
 from dockyard.registry.services.common import BlobInfo, UploadState
 from dockyard.registry.services.upload_sessions import SMALL_CHUNK, range_header
@@ -47,6 +48,7 @@ class BlobRoutes:
     def __init__(self, services: RegistryServices, policy: Policy) -> None:
         self.blobs = services.blobs
         self.uploads = services.uploads
+        self.hooks = services.hooks
         self.policy = policy
 
     def routes(self) -> list[BaseRoute]:
@@ -76,9 +78,20 @@ class BlobRoutes:
         if request.method == "DELETE":
             await run_sync(self.blobs.delete, name, digest)
             return Response(status_code=202, headers=API_VERSION)
+        fetched = False
         blob = self.blobs.cached(name, digest)
         if blob is None:
-            blob = await run_local(self.blobs.reads_inline, self.blobs.stat, name, digest)
+            try:
+                blob = await run_local(self.blobs.reads_inline, self.blobs.stat, name, digest)
+            except RegistryError as exc:
+                if exc.code is not ErrorCode.BLOB_UNKNOWN:
+                    raise
+                pull = await cache_for(self.hooks, name)
+                got = None if pull is None else await run_sync(pull.blob, name, digest)
+                if got is None:
+                    raise
+                fetched = got
+                blob = await run_sync(self.blobs.stat, name, digest)
         headers = {
             **API_VERSION,
             "Docker-Content-Digest": blob.digest,
@@ -86,6 +99,8 @@ class BlobRoutes:
             "ETag": f'"{blob.digest}"',
             "Cache-Control": "max-age=31536000",
         }
+        if fetched:
+            headers[ORIGIN_HEADER] = "upstream"
         if request.method == "HEAD":
             headers["content-length"] = str(blob.size)
             return Response(b"", headers=headers, media_type="application/octet-stream")
@@ -121,6 +136,7 @@ class BlobRoutes:
 
     async def start_upload(self, request: Request) -> Response:
         name = repository_name(request)
+        await refuse_cache_push(self.hooks, name)
         query = request.query_params
         mount = query.get("mount")
         if mount:

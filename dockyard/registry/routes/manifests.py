@@ -13,6 +13,7 @@ from dockyard.oci import mediatypes as mt
 from dockyard.oci.digest import is_digest
 from dockyard.oci.manifests import MAX_MANIFEST_SIZE
 from dockyard.registry.routes.headers import API_VERSION, accept_list, origin, repository_name
+from dockyard.registry.routes.pullthrough import ORIGIN_HEADER, cache_for, refuse_cache_push
 from dockyard.registry.services import RegistryServices
 
 
@@ -27,6 +28,7 @@ class ManifestRoutes:
     def __init__(self, services: RegistryServices, policy: Policy) -> None:
         self.manifests = services.manifests
         self.events = services.events
+        self.hooks = services.hooks
         self.policy = policy
 
     def routes(self) -> list[BaseRoute]:
@@ -48,6 +50,7 @@ class ManifestRoutes:
         reference = request.path_params["reference"]
         method = request.method
         if method == "PUT":
+            await refuse_cache_push(self.hooks, name)
             payload = await read_body(request, MAX_MANIFEST_SIZE)
             content_type = request.headers.get("content-type", "")
             pushed = await run_sync(
@@ -65,6 +68,10 @@ class ManifestRoutes:
             await run_sync(self.manifests.delete, name, reference, origin(request, self.policy))
             return Response(status_code=202, headers=API_VERSION)
         accept = accept_list(request)
+        fetched = False
+        pull = await cache_for(self.hooks, name)
+        if pull is not None:
+            fetched = await run_sync(pull.manifest, name, reference, accept)
         record = self.manifests.cached(name, reference, accept)
         if record is None:
             record = await run_local(self.manifests.reads_inline, self.manifests.get, name, reference, accept)
@@ -73,6 +80,8 @@ class ManifestRoutes:
             "Docker-Content-Digest": record.digest,
             "ETag": f'"{record.digest}"',
         }
+        if fetched:
+            headers[ORIGIN_HEADER] = "upstream"
         if method == "HEAD":
             headers["content-length"] = str(len(record.payload))
             return Response(b"", headers=headers, media_type=record.media_type)

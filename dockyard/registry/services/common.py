@@ -69,12 +69,40 @@ class BlobQuota(Protocol):
     def added(self, size: int) -> None: ...
 
 
+class PullThrough(Protocol):
+    """What the registry asks a pull-through cache (the cache room) before reads and pushes.
+
+    ``covers`` answers from memory (safe on the event loop); the others may do network I/O and
+    run in worker threads, never inside a transaction.
+    """
+
+    def covers(self, repository: str) -> bool | None:
+        """Whether a rule caches ``repository``; None when only ``covered`` (which reads) can tell."""
+        ...
+
+    def covered(self, repository: str) -> bool:
+        """Whether a rule caches ``repository`` (reads the rules if this process's copy is old)."""
+        ...
+
+    def manifest(self, repository: str, reference: str, accept: Sequence[str]) -> bool:
+        """Make the manifest local and current before a read; True if it came from upstream now."""
+        ...
+
+    def blob(self, repository: str, digest: str) -> bool | None:
+        """Make a blob the repository lacks local: True if it came from upstream now, False if it was
+        found here (linked), None if it is not to be had."""
+        ...
+
+
 @dataclass
 class ContentHooks:
     """Extension points other rooms register on at build time (e.g. the recycle bin, retention)."""
 
     before_delete: list[BeforeDelete] = field(default_factory=list)
     tags_dropped: list[TagsDropped] = field(default_factory=list)
+    #: The pull-through cache, if a room provides one: asked before manifest reads, on blob misses,
+    #: and before pushes (a cache target refuses them).
+    pull_through: PullThrough | None = None
 
     def deleting(self, conn: Connection, repository: str, repo_id: int, manifest_ids: Sequence[int]) -> None:
         """Run every ``before_delete`` hook."""

@@ -261,11 +261,14 @@ class ManifestService:
         origin: Origin | None = None,
         *,
         before: Callable[[Connection, int], None] | None = None,
+        lazy: bool = False,
     ) -> PushedManifest:
         """Validate and store a manifest, tagging it if ``reference`` is a tag; log a push event.
 
         ``before(conn, repository_id)`` runs in the push's transaction once the repository is locked
-        for writing, before the references are checked (a restore links its blobs there)."""
+        for writing, before the references are checked (a restore links its blobs there). ``lazy``
+        stores a manifest whose blobs and children are not here yet (the pull-through cache fetches
+        each on its first read)."""
         tag, claimed = parse_reference(reference)
         parsed = parse_manifest(payload, content_type)
         if claimed is not None:
@@ -291,7 +294,8 @@ class ManifestService:
             repo_id = repo.id
             if before is not None:
                 before(conn, repo_id)
-            self._check_references(conn, repo_id, parsed)
+            if not lazy:
+                self._check_references(conn, repo_id, parsed)
             dialect = conn.dialect.name
             row = {
                 "repository_id": repo_id,
