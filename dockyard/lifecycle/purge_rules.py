@@ -85,6 +85,11 @@ def _skip_atom(pattern: str, position: int) -> int:
     return end
 
 
+def _repeat_count(digits: str) -> int:
+    """A repeat count's value, read from at most 7 significant digits (enough to exceed MAX_REPEAT)."""
+    return int(digits.lstrip("0")[:7] or 0)
+
+
 def expanded_size(pattern: str) -> int:
     """An upper bound of ``pattern``'s size with counted repeats (``{n,m}``) expanded.
 
@@ -102,7 +107,7 @@ def expanded_size(pattern: str) -> int:
             continue
         if counted is not None and counted.group(0) != "{}":
             low, high = counted.group(1), counted.group(2)
-            count = max(int(low[:6] or 0), int(high[:6] or 0) if high else 0)
+            count = max(_repeat_count(low), _repeat_count(high) if high else 0)
             if count > MAX_REPEAT:
                 raise PurgeInputError(f"repeat count {counted.group(0)[:20]!r} is over {MAX_REPEAT}")
             if atoms:

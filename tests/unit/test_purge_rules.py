@@ -321,18 +321,12 @@ def test_repeat_count_errors_quote_the_repeat():
     assert str(info.value) == "repeat count '{1,99999999999999999' is over 1000"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: leading zeros hide a repeat count from the size guard ({0000001000} counts as 0), "
-    "while regex still compiles it as 1000 repeats (Go's RE2 takes {01} as literal text)",
-)
 def test_leading_zeros_do_not_hide_a_repeat_count():
     pattern = "(a{0000001000}){0000001000}"  # regex compiles it as (a{1000}){1000}
-    try:
-        size = rules.expanded_size(pattern)
-    except PurgeInputError:
-        return  # refusing it (as RE2 would not repeat) is fine too
-    assert size > rules.MAX_EXPANDED
+    assert rules.expanded_size(pattern) == 1000 * 1000
+    with pytest.raises(PurgeInputError, match="is over 1000"):
+        rules.expanded_size("a{00000000000000001001}")
+    assert rules.expanded_size("a{0002}") == 2
 
 
 def test_the_size_limit_is_inclusive_and_the_message_is_bounded():
