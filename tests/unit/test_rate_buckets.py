@@ -99,3 +99,28 @@ def test_the_admitted_total_stays_within_the_bucket_however_leases_interleave():
         now += 0.01
     assert admitted <= capacity + rate * 30.0
     assert admitted >= capacity + rate * 30.0 - 2 * batch_size(capacity) - 2
+
+
+def test_a_lease_grants_a_single_whole_token():
+    rate = per_second(60)
+    assert take_lease(1.0, 12, rate) == Grant(1, 0.0)
+    assert take_lease(1.75, 12, rate) == Grant(1, pytest.approx(0.75))
+    assert take_lease(0.999, 12, rate).tokens == 0
+
+
+def test_a_new_lease_holds_nothing_and_blocks_nothing():
+    lease = LocalLease()
+    assert lease.blocked_until == 0.0  # the limiter asks the shared bucket at once
+    assert lease.expires == 0.0
+    assert lease.pending is None
+    lease.refund(0.5)  # nothing was taken from it: a refund has nothing to go back to
+    assert not lease.take(0.5)
+    assert lease.leftover() == 0
+
+
+def test_a_refund_gives_back_exactly_one_token():
+    lease = LocalLease()
+    lease.granted(Grant(3, 0.0), 10.0)
+    assert lease.take(10.1)
+    lease.refund(10.2)
+    assert lease.leftover() == 3
