@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 
 import pytest
@@ -90,6 +91,55 @@ def test_parse_source_errors_name_the_bad_part() -> None:
         parse_source("reg.io/a//b")
     with pytest.raises(ValueError, match=r"^invalid source"):
         parse_source("reg.io/" + "a" * 1100)
+
+
+def test_parse_source_limits_and_where_a_tag_starts() -> None:
+    host = "a" * (1024 - len(".io/app")) + ".io"
+    assert parse_source(f"{host}/app") == UpstreamRef(host, "app", "latest")  # 1024 characters
+    with pytest.raises(ValueError, match=r"^invalid source 'a"):
+        parse_source(f"a{host}/app")  # 1025
+    assert parse_source("reg.io/" + "a" * 255).repository == "a" * 255
+    with pytest.raises(ValueError, match=r"^invalid repository name 'a"):
+        parse_source("reg.io/" + "a" * 256)
+    # the tag follows the last colon of the last path component only
+    with pytest.raises(ValueError, match=r"^invalid repository name 'a:b' in source 'reg.io/a:b:c'$"):
+        parse_source("reg.io/a:b:c")
+    with pytest.raises(ValueError, match=r"^invalid repository name 'a/b:c/d' in source 'reg.io/a/b:c/d'$"):
+        parse_source("reg.io/a/b:c/d")
+    with pytest.raises(ValueError, match=r"^invalid repository name 'a/' in source 'reg.io/a/:c'$"):
+        parse_source("reg.io/a/:c")
+
+
+def cut(text: str, length: int = 100) -> str:
+    """How an error message quotes a long input."""
+    return repr(text[:length])
+
+
+EXAMPLE = ", e.g. docker.io/library/nginx:latest or myregistry.example.com/team/app@sha256:…"
+LONG = "x" * 150
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("reg.io/", "source 'reg.io/' must name its registry" + EXAMPLE),
+        (f"{LONG}/a", f"source {cut(f'{LONG}/a')} must name its registry" + EXAMPLE),
+        (
+            f"reg.io/a {LONG}",
+            f"invalid source {cut(f'reg.io/a {LONG}')}: expected registry/repository[:tag|@digest]",
+        ),
+        (
+            f"reg.io/a@sha256:{LONG}",
+            f"invalid digest {cut(f'sha256:{LONG}')} in source {cut(f'reg.io/a@sha256:{LONG}')}",
+        ),
+        (f"{LONG}_.io/a", f"invalid registry host {cut(f'{LONG}_.io')} in source {cut(f'{LONG}_.io/a')}"),
+        (f"reg.io/a:-{LONG}", f"invalid tag {cut(f'-{LONG}', 140)} in source {cut(f'reg.io/a:-{LONG}')}"),
+        (f"reg.io/A{LONG}", f"invalid repository name {cut(f'A{LONG}')} in source {cut(f'reg.io/A{LONG}')}"),
+    ],
+)
+def test_parse_source_messages_in_full_and_cut_to_length(source: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_source(source)
 
 
 def test_parse_challenge_quoting_case_and_unquoted_values() -> None:
