@@ -12,6 +12,7 @@ fetch per manifest or blob per process at a time.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import Counter
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 ACCEPT = (*mt.MANIFEST_TYPES,)
 #: After a failed check a tag is served from the cache this long before the upstream is asked again.
 RETRY_SECONDS = 10.0
+#: The longest Retry-After passed on from a throttling upstream.
+MAX_RETRY_AFTER = 3600.0
 #: Tags whose freshness this process remembers (the database is the truth; this only saves reads).
 MAX_REMEMBERED = 10_000
 
@@ -141,7 +144,8 @@ def _unavailable(exc: UpstreamError, what: str) -> RegistryError:
             ErrorCode.DENIED, f"the upstream registry refused {what}: check the credential set"
         )
     if isinstance(exc, UpstreamUnavailable) and exc.status == 429:
-        headers = {"Retry-After": str(int(exc.retry_after or 1))}
+        wait = min(exc.retry_after or 1.0, MAX_RETRY_AFTER)
+        headers = {"Retry-After": str(max(1, math.ceil(wait)))}  # whole seconds, never 0
         return RegistryError(
             ErrorCode.TOOMANYREQUESTS, f"the upstream registry throttles {what}", headers=headers
         )

@@ -13,6 +13,7 @@ import base64
 import email.utils
 import hashlib
 import json
+import math
 import re
 import ssl
 import threading
@@ -126,9 +127,11 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
