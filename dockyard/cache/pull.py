@@ -99,9 +99,9 @@ HAS_MANIFEST = (
     .select_from(manifests.join(repositories))
     .where(repositories.c.name == sa.bindparam("repository"), manifests.c.digest == sa.bindparam("digest"))
 )
-#: Whether a manifest of the repository (so one its upstream served) references the blob.
+#: The blob's size as a manifest of the repository (so one its upstream served) declares it.
 REFERENCED = (
-    sa.select(manifest_blobs.c.digest)
+    sa.select(manifest_blobs.c.size)
     .select_from(manifest_blobs.join(manifests).join(repositories))
     .where(
         repositories.c.name == sa.bindparam("repository"),
@@ -254,9 +254,9 @@ class PullThroughCache:
             if self._db.lookup_row(HAS_BLOB, params) is not None:
                 return False  # another request fetched it while this one waited
             # The registry has the bytes and a manifest that came from the upstream names them: link.
-            referenced = self._db.lookup_row(REFERENCED, params) is not None
+            declared = self._db.lookup_row(REFERENCED, params)
             if (
-                referenced
+                declared is not None
                 and self._registry.blobs.mount(repository, digest, None, lambda _: True) is not None
             ):
                 self._count("blobs_linked")
@@ -265,16 +265,35 @@ class PullThroughCache:
             client = self._client(match)
             try:
                 with client.open_blob(match.repository, digest) as stream:
+                    # At most the size a manifest declared (else the upstream's own): an endless
+                    # body stops there.
+                    size = int(declared[0]) if declared is not None else stream.size
+                    if size is None or (stream.size is not None and stream.size != size):
+                        raise UpstreamError(
+                            f"the upstream sent {stream.size} bytes for a blob of {size}",
+                            code="SIZE_INVALID",
+                        )
                     self._registry.uploads.upload_whole(
-                        repository, digest, stream.chunks, content_length=stream.size
+                        repository, digest, stream.chunks, content_length=size
                     )
             except UpstreamNotFound:
                 return None
-            except UpstreamError as exc:
+            except (UpstreamError, RegistryError) as exc:
+                if isinstance(exc, RegistryError) and exc.code not in (
+                    ErrorCode.DIGEST_INVALID,
+                    ErrorCode.SIZE_INVALID,
+                ):
+                    raise  # the registry's own refusal (a quota, a lock): the caller's error
                 self._count("upstream_errors")
                 log.warning(
                     "cache rule %s: blob %s from %s failed: %s", match.rule.name, digest, match.registry, exc
                 )
+                if isinstance(exc, RegistryError):  # the bytes did not match the digest or size
+                    raise RegistryError(
+                        ErrorCode.UNKNOWN,
+                        f"the upstream registry sent bad bytes for blob {digest}: {exc.message}"[:500],
+                        status=502,
+                    ) from None
                 raise _unavailable(exc, f"blob {digest}") from None
         self._count("blobs_fetched")
         self._registry.cache.invalidate(repository)
@@ -424,7 +443,10 @@ class PullThroughCache:
             held = self._clients.get(key)
             if held is not None and held[1] == changed:
                 return held[0]
-        client = self._open(match.registry, credentials, self._settings)
+        try:
+            client = self._open(match.registry, credentials, self._settings)
+        except UpstreamError as exc:
+            raise _unavailable(exc, f"rule {match.rule.name!r}") from None
         with self._lock:
             old = self._clients.get(key)
             self._clients[key] = (client, changed)

@@ -7,6 +7,7 @@ A static rule may overlap a wildcard; the most specific rule wins (static, then 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,9 +42,22 @@ def normal_login_server(server: str) -> str:
     for prefix in ("https://", "http://"):
         server = server.removeprefix(prefix)
     server = server.rstrip("/")
-    if not LOGIN_SERVER.match(server) or len(server) > 255:
+    if not LOGIN_SERVER.match(server) or len(server) > 255 or not _plain_address(server):
         raise invalid(f"login server {server[:80]!r} is not host[:port]")
     return DOCKER_HUB if server in DOCKER_HUB_NAMES else server
+
+
+def _plain_address(server: str) -> bool:
+    """A host ending in a number must be a dotted-quad IPv4 address (URL parsers read ``0177.0.0.1``,
+    ``2130706433`` or ``127.1`` as addresses, or refuse them)."""
+    host = server.rsplit(":", 1)[0] if ":" in server else server
+    last = host.rsplit(".", 1)[-1]
+    if not (last.isdigit() or last.startswith("0x")):
+        return True
+    try:
+        return str(ipaddress.IPv4Address(host)) == host
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

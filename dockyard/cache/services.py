@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import manifests, repositories
 from dockyard.tiers.services import TierService
 from dockyard.upstream.interfaces import Credentials
+
+log = logging.getLogger(__name__)
 
 #: Other processes see a rule change within this many seconds; this process at once.
 SNAPSHOT_SECONDS = 3.0
@@ -109,16 +112,7 @@ class CacheConfigService:
         read_at = self._clock()
         with self._db.read() as conn:
             rows = conn.execute(RULES).all()
-        rules = RuleSet(
-            Rule(
-                row.id,
-                row.name,
-                check_rule(row.source_repo, row.target_repo),
-                *parse_target(row.target_repo),
-                row.credential_set,
-            )
-            for row in rows
-        )
+        rules = RuleSet(rule for rule in map(_rule_of, rows) if rule is not None)
         with self._lock:
             self._snapshot = (rules, read_at)
         return rules
@@ -338,6 +332,22 @@ class CacheConfigService:
 
         self._db.run_write(work)
         self.forget()
+
+
+def _rule_of(row: Any) -> Rule | None:
+    """A stored rule for the read path; one the grammar no longer takes is skipped (logged), never
+    an error for every request."""
+    try:
+        return Rule(
+            row.id,
+            row.name,
+            check_rule(row.source_repo, row.target_repo),
+            *parse_target(row.target_repo),
+            row.credential_set,
+        )
+    except RegistryError as exc:
+        log.warning("cache rule %s is skipped: %s", row.name, exc.message)
+        return None
 
 
 def _under(column: Any, target: str, wildcard: bool) -> Any:

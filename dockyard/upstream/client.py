@@ -59,6 +59,9 @@ MAX_REDIRECTS = 5
 #: Seconds a token is assumed valid when the token endpoint does not say (the Docker spec's 60).
 DEFAULT_TOKEN_SECONDS = 60
 CHUNK = 1024 * 1024
+#: An answer's body must bring at least this many bytes (or its end) per read timeout: a per-read
+#: timeout alone lets an upstream dripping a byte at a time hold a request for ever.
+MIN_PROGRESS = CHUNK
 
 
 def parse_source(text: str) -> UpstreamRef:
@@ -159,6 +162,7 @@ class HttpUpstream:
         self._credentials = credentials
         self._insecure = insecure_hosts
         self._clock = clock
+        self._timeout = timeout
         self._lock = threading.Lock()
         self._challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}
@@ -452,11 +456,12 @@ class HttpUpstream:
             text = body[:SNIPPET].decode("utf-8", "replace")
             return None, "".join(c if c.isprintable() else " " for c in text).strip()
 
-    @staticmethod
-    def _read_capped(response: httpx.Response, limit: int, what: str, *, truncate: bool = False) -> bytes:
+    def _read_capped(
+        self, response: httpx.Response, limit: int, what: str, *, truncate: bool = False
+    ) -> bytes:
         buffer = bytearray()
         try:
-            for chunk in response.iter_bytes():
+            for chunk in self._paced(response):
                 buffer += chunk
                 if len(buffer) > limit:
                     if truncate:
@@ -468,12 +473,34 @@ class HttpUpstream:
             raise _transport_error(response.request.url, exc) from None
         return bytes(buffer)
 
-    @staticmethod
-    def _chunks(response: httpx.Response) -> Iterator[bytes]:
+    def _chunks(self, response: httpx.Response) -> Iterator[bytes]:
+        buffer = bytearray()
         try:
-            yield from response.iter_bytes(CHUNK)
+            for piece in self._paced(response):
+                buffer += piece
+                if len(buffer) >= CHUNK:
+                    yield bytes(buffer)
+                    buffer.clear()
         except httpx.TransportError as exc:
             raise _transport_error(response.request.url, exc) from None
+        if buffer:
+            yield bytes(buffer)
+
+    def _paced(self, response: httpx.Response) -> Iterator[bytes]:
+        """The body as it arrives; UpstreamUnavailable when less than MIN_PROGRESS bytes (and not the
+        end) came within one read timeout, however steadily they trickle."""
+        started, received = time.monotonic(), 0
+        for piece in response.iter_bytes():
+            received += len(piece)
+            now = time.monotonic()
+            if received >= MIN_PROGRESS:
+                started, received = now, 0
+            elif now - started > self._timeout:
+                raise UpstreamUnavailable(
+                    f"the connection to {response.request.url.host} is too slow "
+                    f"(less than {MIN_PROGRESS // 1024} KiB in {self._timeout:g} s)"
+                )
+            yield piece
 
 
 def _transport_error(url: httpx.URL, exc: httpx.TransportError) -> UpstreamError:
@@ -509,12 +536,15 @@ def open_upstream(registry: str, credentials: Credentials | None, settings: Sett
     host = registry.lower()
     scheme = "http" if host in insecure or host.rsplit(":", 1)[0] in insecure else "https"
     ca_file = str(settings.upstream_ca_file) if settings.upstream_ca_file else None
-    return HttpUpstream(
-        host,
-        credentials,
-        scheme=scheme,
-        ssl_context=_ssl_context(ca_file),
-        allowed=networks(settings.upstream_allowed_networks),
-        insecure_hosts=insecure,
-        timeout=settings.upstream_timeout_seconds,
-    )
+    try:
+        return HttpUpstream(
+            host,
+            credentials,
+            scheme=scheme,
+            ssl_context=_ssl_context(ca_file),
+            allowed=networks(settings.upstream_allowed_networks),
+            insecure_hosts=insecure,
+            timeout=settings.upstream_timeout_seconds,
+        )
+    except httpx.InvalidURL as exc:  # e.g. 0177.0.0.1, which no URL parser takes
+        raise UpstreamError(f"invalid registry host {registry[:100]!r}: {exc}", code="UNSUPPORTED") from None
