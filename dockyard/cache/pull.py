@@ -203,6 +203,9 @@ class PullThroughCache:
         self._clients: dict[tuple[str, str | None], tuple[UpstreamClient, datetime | None]] = {}
         #: (repository, tag) → monotonic time until which this process knows the tag is current.
         self._fresh: dict[tuple[str, str], float] = {}
+        #: (repository, tag or digest) → monotonic time until which the upstream's 404 stands: a flood
+        #: of pulls of something missing costs one upstream request per RETRY_SECONDS, not one each.
+        self._missing: dict[tuple[str, str], float] = {}
         #: What the read path did: upstream fetches, checks, stale copies served (also logged).
         self.stats: Counter[str] = Counter()
         #: Also told each outcome (the app factory points it at the Prometheus counter).
@@ -304,12 +307,15 @@ class PullThroughCache:
     def _by_digest(self, match: Match, repository: str, digest: str) -> bool:
         if self._has_manifest(repository, digest):
             return False  # cached content by digest never goes upstream
+        if self._clock() < self._missing.get((repository, digest), 0.0):
+            return False
         with self._flights.one("m", repository, digest):
             if self._has_manifest(repository, digest):
                 return False
             try:
                 fetched = self._client(match).get_manifest(match.repository, digest, ACCEPT)
             except UpstreamNotFound:
+                self._remember((repository, digest), RETRY_SECONDS, self._missing)
                 return False
             except UpstreamError as exc:
                 self._count("upstream_errors")
@@ -319,7 +325,7 @@ class PullThroughCache:
 
     def _by_tag(self, match: Match, repository: str, tag: str) -> bool:
         key = (repository, tag)
-        if self._clock() < self._fresh.get(key, 0.0):
+        if self._clock() < self._fresh.get(key, 0.0) or self._clock() < self._missing.get(key, 0.0):
             return False
         with self._flights.one("t", repository, tag):
             if self._clock() < self._fresh.get(key, 0.0):
@@ -338,6 +344,7 @@ class PullThroughCache:
         try:
             fetched = self._client(match).get_manifest(match.repository, tag, ACCEPT)
         except UpstreamNotFound:
+            self._remember((repository, tag), RETRY_SECONDS, self._missing)
             return False  # the registry answers MANIFEST_UNKNOWN / NAME_UNKNOWN
         except UpstreamError as exc:
             self._count("upstream_errors")
@@ -413,13 +420,17 @@ class PullThroughCache:
         )
         self._remember((repository, tag), self._ttl)
 
-    def _remember(self, key: tuple[str, str], seconds: float) -> None:
+    def _remember(
+        self, key: tuple[str, str], seconds: float, memory: dict[tuple[str, str], float] | None = None
+    ) -> None:
+        """Note ``key`` in ``memory`` (default: the fresh tags) for ``seconds``; bounded in size."""
         if seconds <= 0:
             return
+        memory = self._fresh if memory is None else memory
         with self._lock:
-            if len(self._fresh) >= MAX_REMEMBERED:
-                self._fresh.clear()
-            self._fresh[key] = self._clock() + seconds
+            if len(memory) >= MAX_REMEMBERED:
+                memory.clear()
+            memory[key] = self._clock() + seconds
 
     def _has_manifest(self, repository: str, digest: str) -> bool:
         return self._db.lookup_row(HAS_MANIFEST, {"repository": repository, "digest": digest}) is not None

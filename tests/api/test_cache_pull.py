@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from dockyard.cache.pull import RETRY_SECONDS
 from tests.support.cache_upstreams import Distribution, UpstreamProxy, push_upstream, put_upstream_manifest
 from tests.support.images import make_image, make_index
 from tests.support.registry import error_codes, push_image, push_manifest
@@ -104,6 +105,23 @@ def test_an_unknown_tag_upstream_is_manifest_unknown(client, upstream):
     assert missing.status_code == 404
     assert error_codes(missing)[0] in ("MANIFEST_UNKNOWN", "NAME_UNKNOWN")
     assert client.get("/v2/hub/nothing/blobs/sha256:" + "0" * 64).status_code == 404
+
+
+def test_a_missing_tag_is_asked_for_again_only_after_the_retry_window(
+    client, dockyard, upstream_http, proxied
+):
+    cache = dockyard.service("cache").pull
+    now = [1000.0]
+    cache._clock = lambda: now[0]
+    make_rule(client, "team-rule", f"{proxied.host}/team/*", "hub/*")
+    assert pull(client, "hub/app", "later").status_code == 404
+    image = make_image("later")
+    push_upstream(upstream_http, "team/app", image, "later")
+    proxied.requests.clear()
+    assert pull(client, "hub/app", "later").status_code == 404  # the upstream's 404 still stands
+    assert proxied.requests == []
+    now[0] += RETRY_SECONDS + 0.1
+    assert pull_image(client, "hub/app", "later", image)[0] == "upstream"
 
 
 def test_an_index_fetches_each_child_on_its_own_read(client, upstream, upstream_http):

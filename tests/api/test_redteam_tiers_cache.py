@@ -267,13 +267,8 @@ def test_refused_credentials_never_follow_a_redirect_to_another_host(client, evi
         other.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a miss is not remembered, so each pull of a missing tag costs one upstream request "
-    "(an anonymous puller can spend a credential set's upstream pull quota); needs a negative cache",
-)
 def test_hole_flooding_a_missing_tag_costs_an_upstream_request_each(client, anonymous, evil):
-    """HOLE (open). Attack: with anonymous pull on, pull the same missing tag 20 times. Expected:
+    """HOLE (fixed). Attack: with anonymous pull on, pull the same missing tag 20 times. Expected:
     the upstream is asked once within a short window, not 20 times."""
     client.patch("/api/v1/registry", json={"anonymousPullEnabled": True})
     make_rule(client, f"{evil.host}/team/*", "hub/*")
