@@ -475,13 +475,8 @@ def test_refused_readers_never_see_a_password(client, anonymous, dockyard, evil)
 # =================================================================================================
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (a design choice in docs/tiers.md: manifest pushes keep working at the quota): "
-    "distinct manifests of up to 4 MiB each are stored in the database past the quota without bound",
-)
 def test_hole_manifest_only_pushes_pass_the_quota_without_bound(settings, tmp_path, database_url):
-    """HOLE (open). Attack: at a 5,000-byte quota, push 8 distinct ~1 MiB manifests (one tiny blob,
+    """HOLE (fixed). Attack: at a 5,000-byte quota, push 8 distinct ~1 MiB manifests (one tiny blob,
     huge annotations). Expected: refused once the registry is past its quota."""
     limited = settings.model_copy(update={"tiers": {"Premium": {"storage_bytes": 5000}}})
     parts = build(limited)

@@ -56,7 +56,7 @@ def build_registry_services(
             locks=policy,
             quota=quota,
         ),
-        manifests=ManifestService(db, store, events, cache, policy, hooks),
+        manifests=ManifestService(db, store, events, cache, policy, hooks, quota),
         repositories=RepositoryService(db, events, settings.catalog_page_size, cache, policy, hooks),
         locks=LockService(db, policy, cache),
         events=events,

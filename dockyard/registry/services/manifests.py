@@ -29,6 +29,7 @@ from dockyard.registry.models import (
 )
 from dockyard.registry.services.blobstate import LIVE, BlobBusy
 from dockyard.registry.services.common import (
+    BlobQuota,
     ContentHooks,
     ManifestRecord,
     require_repository,
@@ -156,8 +157,10 @@ class ManifestService:
         cache: ContentCache | None = None,
         locks: LockPolicy | None = None,
         hooks: ContentHooks | None = None,
+        quota: BlobQuota | None = None,
     ) -> None:
         self._db = db
+        self._quota = quota
         self._locks = locks or LockPolicy()
         self.hooks = hooks if hooks is not None else ContentHooks()
         self._store = store
@@ -288,7 +291,11 @@ class ManifestService:
             len(payload) + sum(d.size for d in ((parsed.config,) if parsed.config else ()) + parsed.layers),
         )
 
+        self._check_quota(repository, digest, len(payload))
+        inserted = False
+
         def work(conn: Connection) -> None:
+            nonlocal inserted
             now = utcnow()
             repo = self._locks.writable_repository(conn, repository, now)
             repo_id = repo.id
@@ -313,6 +320,7 @@ class ManifestService:
                 "created_at": now,
             }
             manifest_id = conn.execute(INSERT_MANIFEST[dialect], row).scalar()
+            inserted = manifest_id is not None
             if manifest_id is not None:
                 self._insert_references(conn, manifest_id, parsed)
             else:
@@ -349,9 +357,22 @@ class ManifestService:
             )
 
         self._db.run_write(work)
+        if inserted and self._quota is not None:
+            self._quota.added(len(payload))
         self._cache.invalidate(repository)
         self._events.committed()
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+
+    def _check_quota(self, repository: str, digest: str, size: int) -> None:
+        """A manifest the repository does not hold yet must fit the storage quota (manifests count too)."""
+        if self._quota is None:
+            return
+        try:
+            self._quota.check_new_blob(size)
+        except RegistryError:
+            # Looked up only when refused: a re-push of a manifest the repository holds adds nothing.
+            if self._db.lookup_row(MANIFEST_BY_DIGEST, {"repository": repository, "digest": digest}) is None:
+                raise
 
     @staticmethod
     def _check_references(conn: Connection, repo_id: int, parsed: ParsedManifest) -> None:
