@@ -28,6 +28,7 @@ def _routes(parts: Dockyard, policy: Policy) -> Sequence[BaseRoute]:
         limiter: RateLimiter = parts.service("ratelimits")
         if policy.metrics is not None:
             limiter.attach_metrics(policy.metrics)
+        limiter.client_ip = policy.client_ip
         policy.add_check(limiter.check)
     return ()
 

@@ -23,6 +23,7 @@ from starlette.types import Scope
 
 from dockyard.access.permissions import Need
 from dockyard.access.policy import Caller
+from dockyard.access.throttle import TokenBuckets, client_bucket
 from dockyard.asgi import run_sync
 from dockyard.db import Database
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -52,6 +53,8 @@ REFERRERS_ROUTE = "/v2/{name:path}/referrers/{digest}"
 PRUNE_AFTER_SECONDS = 600.0
 #: Local leases kept before expired ones are swept.
 SWEEP_AT = 4096
+#: One client address may use at most 1/CLIENT_SHARE of the registry's token-request rate.
+CLIENT_SHARE = 2
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,10 @@ class RateLimiter:
         self.throttled: Any = None  # Counter by category, once metrics are attached
         self.errors: Any = None
         self.leases_taken = 0  # database leases this process made (tests, benchmarks)
+        #: The caller's address (the policy's, X-Forwarded-For through trusted proxies; set by the room).
+        self.client_ip: Callable[[Scope], str | None] = _peer
+        #: Token requests per client address, in this process's memory: (capacity, buckets).
+        self._clients: tuple[int, TokenBuckets] | None = None
 
     def attach_metrics(self, metrics: Metrics) -> None:
         """Count throttled requests and fail-open database errors in the app's Prometheus series."""
@@ -114,6 +121,8 @@ class RateLimiter:
         buckets = self.buckets(request, caller, tier)
         if not buckets:
             return
+        if caller is None:
+            self._client_share(request.scope, tier)
         taken: list[LocalLease] = []
         for bucket in buckets:
             lease, wait = await self._take(bucket)
@@ -148,11 +157,39 @@ class RateLimiter:
         found = self._buckets[categories, identity] = (tier, mine + registry)
         return found[1]
 
+    def _client_share(self, scope: Scope, tier: Tier) -> None:
+        """Token requests: one client address may use at most a share of the registry's rate.
+
+        The registry's oauth bucket is counted before anyone is signed in, so without this a
+        stranger's flood would leave every user without a token. The share is kept in this
+        process's memory (no database write for a caller nobody knows; N processes allow N shares).
+        """
+        rate = tier.rates.get(RateCategory.oauth)
+        if rate is None or rate.registry == UNLIMITED:
+            return
+        capacity = max(1, rate.registry // CLIENT_SHARE)
+        if self._clients is None or self._clients[0] != capacity:
+            self._clients = (capacity, TokenBuckets(capacity, 60.0 / capacity))
+        clients = self._clients[1]
+        key = client_bucket(self.client_ip(scope))
+        now = self.clock()
+        wait = clients.wait(key, now)
+        if wait > 0:
+            bucket = Bucket(f"oauth:client:{key}", RateCategory.oauth, capacity)
+            self._refuse(bucket, wait)
+        clients.take(key, now)
+
     def _refuse(self, bucket: Bucket, wait: float) -> None:
         if self.throttled is not None:
             self.throttled.labels(bucket.category.value).inc()
         seconds = retry_after(wait)
-        whose = "this identity" if ":identity:" in bucket.key else "the registry"
+        whose = (
+            "this identity"
+            if ":identity:" in bucket.key
+            else "this client"
+            if ":client:" in bucket.key
+            else "the registry"
+        )
         raise RegistryError(
             ErrorCode.TOOMANYREQUESTS,
             f"too many {bucket.category.value} requests for {whose} "
@@ -283,6 +320,11 @@ def categories_of(scope: Scope) -> tuple[RateCategory, ...]:
     if method == "DELETE":
         return (RateCategory.delete,)
     return ()
+
+
+def _peer(scope: Scope) -> str | None:
+    peer = scope.get("client")
+    return peer[0] if peer else None
 
 
 def identity_key(caller: Caller) -> str:

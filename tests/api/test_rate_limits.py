@@ -181,15 +181,29 @@ def test_referrers_count_as_read_and_referrers(client, clock):
 def test_token_requests_are_limited_per_registry(client, connect, clock):
     alice = create_user(client, "alice", "AcrPull")
     assert client.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200
-    assert connect().get("/oauth2/token", params={"service": "dockyard"}, headers=alice).status_code == 200
-    refused = client.post("/oauth2/token", data={"grant_type": "password"})
+    elsewhere = connect(address="198.51.100.7")  # one address may use half the registry's token rate
+    assert elsewhere.get("/oauth2/token", params={"service": "dockyard"}, headers=alice).status_code == 200
+    refused = connect(address="198.51.100.8").post("/oauth2/token", data={"grant_type": "password"})
     assert refused.status_code == 429
     assert error_codes(refused) == ["TOOMANYREQUESTS"]
     assert refused.headers["Retry-After"] == "30"
     assert client.post("/oauth2/exchange", data={"grant_type": "refresh_token"}).status_code == 429
     assert statuses(client, "/v2/", 3) == [200, 200, 200]  # token requests are not reads
-    clock.now += 30
-    assert client.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200
+    clock.now += 30  # the registry's bucket has a token again (this address's share needs 60 s)
+    fresh = connect(address="198.51.100.9")  # no credentials: admitted by the limits, then a 401
+    assert fresh.get("/oauth2/token", params={"service": "dockyard"}).status_code == 401
+
+
+def test_one_address_gets_at_most_half_of_the_token_rate(client, connect, clock):
+    stranger = connect(address="203.0.113.5")  # no credentials: admitted by the limits, then a 401
+    assert stranger.get("/oauth2/token", params={"service": "dockyard"}).status_code == 401
+    refused = stranger.get("/oauth2/token", params={"service": "dockyard"})
+    assert refused.status_code == 429
+    assert "this client" in refused.json()["errors"][0]["message"]
+    assert refused.headers["Retry-After"] == "60"
+    assert client.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200  # others still can
+    clock.now += 60
+    assert stranger.get("/oauth2/token", params={"service": "dockyard"}).status_code == 401
 
 
 def test_throttled_requests_are_counted_by_category(client, clock):

@@ -553,19 +553,20 @@ def test_refused_bogus_bearer_tokens_do_not_spend_a_bucket(limited):
     assert [admin.get("/v2/").status_code for _ in range(2)] == [200, 200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (a design choice in docs/rate-limits.md: token requests count against the registry "
-    "before any password is checked): unauthenticated token requests drain the one oauth bucket, "
-    "so a stranger denies every user a token",
-)
 def test_hole_strangers_drain_the_token_bucket_for_everyone(limited):
-    """HOLE (open). Attack: with no valid credentials, request /oauth2/token until 429. Expected: the
-    admin can still get a token."""
+    """HOLE (fixed). Attack: with no valid credentials, from one address, request /oauth2/token until
+    429. Expected: a user at another address can still get a token (one address may use at most
+    half of the registry's token rate), and the stranger is told it is throttled as a client."""
     _parts, admin, _ = limited
-    stranger = basic("nobody", "wrong")
-    for _ in range(5):
-        admin.get("/oauth2/token", params={"service": "dockyard"}, headers=stranger)
+    stranger_headers = basic("nobody", "wrong")
+    with TestClient(admin.app, client=("203.0.113.9", 40000)) as stranger:
+        answers = [
+            stranger.get("/oauth2/token", params={"service": "dockyard"}, headers=stranger_headers)
+            for _ in range(5)
+        ]
+    assert answers[0].status_code == 401
+    assert {a.status_code for a in answers[1:]} == {429}
+    assert "this client" in answers[-1].json()["errors"][0]["message"]
     assert admin.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200
 
 
