@@ -149,9 +149,8 @@ def _unavailable(exc: UpstreamError, what: str) -> RegistryError:
         return RegistryError(
             ErrorCode.TOOMANYREQUESTS, f"the upstream registry throttles {what}", headers=headers
         )
-    return RegistryError(
-        ErrorCode.UNKNOWN, f"the upstream registry did not serve {what}: {exc}"[:500], status=502
-    )
+    # The reason (which may name internal hosts and addresses) is logged, not told to the puller.
+    return RegistryError(ErrorCode.UNKNOWN, f"the upstream registry did not serve {what}"[:500], status=502)
 
 
 class _Flights:
@@ -319,6 +318,13 @@ class PullThroughCache:
                 return False
             except UpstreamError as exc:
                 self._count("upstream_errors")
+                log.warning(
+                    "cache rule %s: manifest %s from %s failed: %s",
+                    match.rule.name,
+                    digest,
+                    match.registry,
+                    exc,
+                )
                 raise _unavailable(exc, f"manifest {digest}") from None
             self._store(match, repository, digest, fetched, None)
         return True
@@ -457,6 +463,7 @@ class PullThroughCache:
         try:
             client = self._open(match.registry, credentials, self._settings)
         except UpstreamError as exc:
+            log.warning("cache rule %s: cannot reach %s: %s", match.rule.name, match.registry, exc)
             raise _unavailable(exc, f"rule {match.rule.name!r}") from None
         with self._lock:
             old = self._clients.get(key)

@@ -125,8 +125,14 @@ class ImportService:
             targets = [ref.repository if ref.is_digest else f"{ref.repository}:{ref.reference}"]
         if len(targets) > MAX_TARGETS:
             raise _invalid(f"at most {MAX_TARGETS} targets per import")
+        cache = self._registry.hooks.pull_through
         for target in targets:
-            parse_target(target)
+            repository, _ = parse_target(target)
+            if cache is not None and cache.covered(repository):
+                raise RegistryError(
+                    ErrorCode.DENIED,
+                    f"{repository} is a cache rule's target: its content comes from the rule's upstream",
+                )
         targets = list(dict.fromkeys(targets))
         import_id = str(uuid.uuid4())
 

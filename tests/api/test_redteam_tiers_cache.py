@@ -228,6 +228,40 @@ def test_refused_redirect_to_a_forbidden_address(client, dockyard, evil, bystand
     assert not blob_recorded(dockyard, LAYER.digest)
 
 
+def test_hole_a_failed_pull_tells_the_puller_internal_addresses(client, anonymous, evil, bystander):
+    """HOLE (fixed). Attack: as an anonymous puller, make the cache follow an upstream's redirect to an
+    internal address and read the 502. Expected: the answer says the upstream failed, not where the
+    registry was refused to connect (the reason is logged for the operator)."""
+    client.patch("/api/v1/registry", json={"anonymousPullEnabled": True})
+    serve_image(evil)
+    make_rule(client, f"{evil.host}/team/app", "mirror")
+    assert anonymous.get("/v2/mirror/manifests/v1", headers=ACCEPT).status_code == 200
+    evil.routes[("GET", f"/v2/team/app/blobs/{LAYER.digest}")] = lambda request: answer(
+        request, 307, b"", {"Location": f"http://{bystander.host}/steal"}
+    )
+    got = anonymous.get(f"/v2/mirror/blobs/{LAYER.digest}")
+    assert got.status_code == 502
+    message = got.json()["errors"][0]["message"]
+    assert "127.0.0.1" not in message, message
+    assert "loopback" not in message, message
+    assert bystander.requests == []
+
+
+def test_hole_an_import_writes_into_a_cache_target(client, evil):
+    """HOLE (fixed). Attack: a Contributor imports into a cache rule's target repository (pushes there
+    are refused). Expected: the import is refused up front with DENIED."""
+    make_rule(client, f"{evil.host}/team/*", "hub/*")
+    refused = client.post(
+        "/api/v1/imports", json={"source": f"{evil.host}/team/app:v1", "targetTags": ["hub/app:v1"]}
+    )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["errors"][0]["code"] == "DENIED"
+    allowed = client.post(
+        "/api/v1/imports", json={"source": f"{evil.host}/team/app:v1", "targetTags": ["own/app:v1"]}
+    )
+    assert allowed.status_code == 202, allowed.text
+
+
 def test_refused_credentials_never_follow_a_redirect_to_another_host(client, evil, bystander, settings):
     """Refused. Attack: the upstream asks for Basic credentials (a credential set's), then redirects
     the blob to another origin (a presigned-URL look-alike) it controls. Expected: the other origin
