@@ -160,19 +160,21 @@ class ImportService:
 
     def handle(self, job: Job) -> None:
         """The ``imports.run`` job handler."""
-        self.execute(str(job.payload["import"]))
+        self.execute(str(job.payload["import"]), last_attempt=job.attempts >= job.max_attempts)
 
-    def execute(self, import_id: str) -> ImportRecord | None:
+    def execute(self, import_id: str, *, last_attempt: bool = True) -> ImportRecord | None:
         """Run a recorded import (a finished one is left alone); the outcome is recorded and the
-        password scrubbed whatever happens."""
+        password scrubbed whatever happens. On the job's last attempt the password is scrubbed from
+        the row as the run starts (held in memory only), so a process killed then leaves none behind."""
 
         def start(conn: Connection) -> Any:
             row = conn.execute(sa.select(imports).where(imports.c.id == import_id).with_for_update()).first()
             if row is None or row.status in (SUCCEEDED, FAILED):
                 return None
-            conn.execute(
-                imports.update().where(imports.c.id == import_id).values(status=RUNNING, started_at=utcnow())
-            )
+            values: dict[str, Any] = {"status": RUNNING, "started_at": utcnow()}
+            if last_attempt:
+                values["password"] = None
+            conn.execute(imports.update().where(imports.c.id == import_id).values(**values))
             return row
 
         row = self._db.run_write(start)

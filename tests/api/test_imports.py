@@ -170,6 +170,37 @@ def test_password_is_scrubbed_and_never_returned(client, dockyard: Dockyard, ups
         assert conn.execute(sa.select(imports.c.password).where(imports.c.id == done["id"])).scalar() is None
 
 
+@pytest.mark.parametrize("last_attempt", [False, True])
+def test_the_last_attempt_holds_the_password_in_memory_only(
+    client, dockyard: Dockyard, upstream: Distribution, last_attempt: bool
+) -> None:
+    """A worker killed during the job's last attempt must not leave the password in the row."""
+    service: ImportService = dockyard.service("imports")
+    created = client.post(
+        "/api/v1/imports",
+        json={
+            "source": f"{upstream.host}/team/app:v1",
+            "targetTags": [f"held/app:{int(last_attempt)}"],
+            "username": "u",
+            "password": "s3cret",
+        },
+    ).json()
+    stored_while_running: list[str | None] = []
+    given: list[str | None] = []
+
+    def spying(registry, credentials, settings):
+        given.append(credentials.password if credentials else None)
+        with dockyard.db.read() as conn:
+            stored = conn.execute(sa.select(imports.c.password).where(imports.c.id == created["id"]))
+            stored_while_running.append(stored.scalar())
+        return open_upstream(registry, credentials, settings)
+
+    service._open = spying
+    assert service.execute(created["id"], last_attempt=last_attempt).status == "succeeded"
+    assert given == ["s3cret"]  # the run itself still has it
+    assert stored_while_running == [None if last_attempt else "s3cret"]
+
+
 def test_upstream_down_midway_tags_nothing(
     client, dockyard: Dockyard, upstream: Distribution, tmp_path: Path
 ) -> None:
