@@ -7,7 +7,8 @@ import httpx
 import pytest
 
 from dockyard.cache.pull import RETRY_SECONDS
-from tests.support.cache_upstreams import Distribution, UpstreamProxy, push_upstream, put_upstream_manifest
+from tests.support.cache_upstreams import UpstreamProxy, push_upstream, put_upstream_manifest
+from tests.support.distribution import Distribution
 from tests.support.images import make_image, make_index
 from tests.support.registry import error_codes, push_image, push_manifest
 

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from tests.cli.conftest import Cli
-from tests.support.cache_upstreams import Distribution, push_upstream
+from tests.support.cache_upstreams import push_upstream
+from tests.support.distribution import Distribution
 from tests.support.images import make_image
 
 pytestmark = pytest.mark.e2e

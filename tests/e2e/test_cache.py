@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.support import ADMIN_PASSWORD, ADMIN_USERNAME, ContainerTools, DockyardServer, fetch_manifest
-from tests.support.cache_upstreams import Distribution
+from tests.support.distribution import Distribution
 from tests.support.images import make_image, make_index, write_oci_layout
 
 pytestmark = pytest.mark.e2e
@@ -30,8 +30,7 @@ UPSTREAM_ENV = {
 def upstream(tmp_path: Path) -> Iterator[Distribution]:
     running = Distribution(tmp_path / "upstream").start()
     yield running
-    if running.process is not None:
-        running.stop()
+    running.stop()
 
 
 @pytest.fixture

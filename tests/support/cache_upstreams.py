@@ -1,99 +1,22 @@
-"""Upstream registries for the pull-through cache tests: CNCF Distribution (restartable, with a clean
-environment), and a proxy that can throttle.
+"""For the pull-through cache tests: a proxy in front of an upstream that can throttle.
 
-``Distribution`` runs Debian's ``docker-registry`` (plain HTTP, no auth) on a port of its own; it can
-be stopped and started again on the same port and storage. ``UpstreamProxy`` forwards to it and can
-be switched to answer every request with 429 or 503, as an overloaded upstream does.
+``UpstreamProxy`` forwards to an upstream (``tests.support.distribution.Distribution``) and can be
+switched to answer every request with 429 or 503, as an overloaded upstream does.
 """
 
 from __future__ import annotations
 
 import http.client
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
-import pytest
 
+from tests.support.distribution import push_to
+from tests.support.distribution import put_raw as put_upstream_manifest
 from tests.support.images import Image
 
-DOCKER_REGISTRY = "/usr/bin/docker-registry"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _answers(port: int) -> bool:
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        connection.request("GET", "/v2/")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
-
-
-class Distribution:
-    """``docker-registry serve`` on 127.0.0.1 (a missing binary fails the test: scripts/test installs it)."""
-
-    def __init__(self, folder: Path) -> None:
-        if shutil.which(DOCKER_REGISTRY) is None:
-            pytest.fail("docker-registry is not installed (apt-get install docker-registry)")
-        self.folder = folder
-        self.port = free_port()
-        self.config = folder / "config.yml"
-        (folder / "data").mkdir(parents=True, exist_ok=True)
-        self.config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: error\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
-
-    def start(self) -> Distribution:
-        log = (self.folder / "registry.log").open("ab")
-        # Distribution reads REGISTRY_* variables as configuration (REGISTRY_AUTH_FILE would be `auth`)
-        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("REGISTRY_")}
-        self.process = subprocess.Popen(
-            [DOCKER_REGISTRY, "serve", str(self.config)], stdout=log, stderr=log, env=env
-        )
-        deadline = time.monotonic() + 20
-        while not _answers(self.port):
-            if self.process.poll() is not None:
-                pytest.fail(f"docker-registry exited: {(self.folder / 'registry.log').read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("docker-registry did not answer within 20 s")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
+__all__ = ["UpstreamProxy", "push_upstream", "put_upstream_manifest"]
 
 
 class UpstreamProxy:
@@ -162,22 +85,6 @@ class UpstreamProxy:
 
 
 def push_upstream(http: httpx.Client, repository: str, image: Image, reference: str | None = None) -> str:
-    """Push ``image`` to an upstream (POST, then one PUT per blob); its manifest digest."""
-    for blob in image.blobs:
-        started = http.post(f"/v2/{repository}/blobs/uploads/")
-        assert started.status_code == 202, started.text
-        location = started.headers["location"]
-        separator = "&" if "?" in location else "?"
-        stored = http.put(f"{location}{separator}digest={blob.digest}", content=blob.data)
-        assert stored.status_code == 201, stored.text
-    put_upstream_manifest(http, repository, reference or image.digest, image.manifest, image.media_type)
+    """Push ``image`` to an upstream, by ``reference`` (default: its digest); its manifest digest."""
+    push_to(http, repository, reference or image.digest, image)
     return image.digest
-
-
-def put_upstream_manifest(
-    http: httpx.Client, repository: str, reference: str, payload: bytes, media_type: str
-) -> None:
-    stored = http.put(
-        f"/v2/{repository}/manifests/{reference}", content=payload, headers={"Content-Type": media_type}
-    )
-    assert stored.status_code == 201, stored.text

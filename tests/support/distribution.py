@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -17,11 +18,14 @@ BINARY = "/usr/bin/docker-registry"
 
 
 class Distribution:
-    """One running ``docker-registry serve`` on 127.0.0.1."""
+    """``docker-registry serve`` on 127.0.0.1, plain HTTP, no auth; stop() and start() again keep its
+    port and storage (an upstream that goes down and comes back)."""
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(self, root: Path, port: int | None = None) -> None:
+        if shutil.which(BINARY) is None:  # scripts/test installs it: never a silent skip
+            raise RuntimeError("docker-registry is not installed: apt-get install -y docker-registry")
         self.root = root
-        self.port = port
+        self.port = port if port is not None else free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -32,8 +36,9 @@ class Distribution:
     def url(self) -> str:
         return f"http://{self.host}"
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0) -> Distribution:
         """Start the server and poll GET /v2/ until it answers (fails with its log otherwise)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.yml"
         config.write_text(
             "version: 0.1\n"
@@ -43,11 +48,14 @@ class Distribution:
             f"http:\n  addr: 127.0.0.1:{self.port}\n"
         )
         log = (self.root / "registry.log").open("ab")
+        # Distribution reads REGISTRY_* variables as configuration (REGISTRY_AUTH_FILE would be `auth`)
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("REGISTRY_")}
         self.proc = subprocess.Popen(
             [BINARY, "serve", str(config)],
             stdout=log,
             stderr=log,
             stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -56,7 +64,7 @@ class Distribution:
                 raise RuntimeError(f"docker-registry exited: {self.log()}")
             try:
                 if httpx.get(f"{self.url}/v2/", timeout=1.0).status_code == 200:
-                    return
+                    return self
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
@@ -72,6 +80,7 @@ class Distribution:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self.proc = None
 
     def log(self) -> str:
         path = self.root / "registry.log"
@@ -81,11 +90,7 @@ class Distribution:
 @contextmanager
 def distribution(root: Path) -> Iterator[Distribution]:
     """A started Distribution registry under ``root``; fails (never skips) when the binary is missing."""
-    if shutil.which(BINARY) is None:
-        raise RuntimeError("docker-registry is not installed: apt-get install -y docker-registry")
-    root.mkdir(parents=True, exist_ok=True)
-    server = Distribution(root, free_port())
-    server.start()
+    server = Distribution(root).start()
     try:
         yield server
     finally:
