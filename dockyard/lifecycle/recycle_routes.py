@@ -5,6 +5,8 @@ As ACR's ``registries/deleted/read`` and ``…/restore/action``, reading the bin
 
 from __future__ import annotations
 
+import base64
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -18,11 +20,13 @@ from dockyard.access.services.audit import AuditService
 from dockyard.asgi import run_sync
 from dockyard.lifecycle.services import RecycleServices
 from dockyard.lifecycle.services.policies import RETENTION, SOFT_DELETE, UNTAGGED_MANIFESTS, PolicyState
-from dockyard.lifecycle.services.recycle import DeletedManifest
+from dockyard.lifecycle.services.recycle import DEFAULT_PAGE, MAX_PAGE, BinCursor, DeletedManifest
 from dockyard.oci.digest import parse_digest
-from dockyard.registry.routes.headers import origin, repository_name
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.registry.routes.headers import next_link, origin, page_size, repository_name
 
 POLICIES = "/api/v1/registry/policies"
+MAX_NAME = 255
 
 
 def soft_delete_json(state: PolicyState) -> dict[str, Any]:
@@ -38,6 +42,51 @@ def retention_json(state: PolicyState) -> dict[str, Any]:
         "type": UNTAGGED_MANIFESTS,
         "lastUpdatedTime": iso(state.last_updated),
     }
+
+
+def bin_page(request: Request) -> int:
+    """``?n=``: 1 to MAX_PAGE, DEFAULT_PAGE when absent."""
+    n = page_size(request)
+    if n is None:
+        return DEFAULT_PAGE
+    if not 1 <= n <= MAX_PAGE:
+        raise bad_query(f"query parameter n must be between 1 and {MAX_PAGE}")
+    return n
+
+
+def name_cursor(request: Request) -> str | None:
+    """``?last=`` of the name-ordered listings: a tag or repository name (printable, at most 255)."""
+    last = request.query_params.get("last") or None
+    if last is not None and (len(last) > MAX_NAME or not last.isprintable()):
+        raise bad_query("query parameter last is not a tag or repository name")
+    return last
+
+
+def encode_cursor(deleted_at: datetime, digest: str) -> str:
+    """The opaque ``last`` of a page of a repository's bin: its last entry's sort key."""
+    moment = deleted_at.astimezone(UTC).isoformat(timespec="microseconds")
+    return base64.urlsafe_b64encode(f"{moment} {digest}".encode()).decode().rstrip("=")
+
+
+def manifest_cursor(request: Request) -> BinCursor | None:
+    """``?last=`` of a repository's bin: a cursor from a previous page's Link header."""
+    last = request.query_params.get("last") or None
+    if last is None:
+        return None
+    try:
+        moment, digest = base64.urlsafe_b64decode(last + "=" * (-len(last) % 4)).decode().split(" ")
+        deleted_at = datetime.fromisoformat(moment)
+        parse_digest(digest)
+    except (ValueError, RegistryError):  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise bad_query("query parameter last is not a cursor of this listing") from None
+    if deleted_at.tzinfo is None:
+        raise bad_query("query parameter last is not a cursor of this listing")
+    return BinCursor(deleted_at.astimezone(UTC), digest)
+
+
+def bad_query(message: str) -> RegistryError:
+    """A 400 with the OCI error JSON, as the registry's own listings answer a bad ``n``."""
+    return RegistryError(ErrorCode.UNSUPPORTED, message, status=400)
 
 
 def deleted_json(item: DeletedManifest) -> dict[str, Any]:
@@ -127,17 +176,27 @@ class RecycleRoutes:
         return JSONResponse(retention_json(state))
 
     async def deleted_repositories(self, request: Request) -> Response:
-        names = await run_sync(self.recycle.bin.deleted_repositories)
-        return JSONResponse({"repositories": names})
+        n, last = bin_page(request), name_cursor(request)
+        names, more = await run_sync(self.recycle.bin.deleted_repositories, n, last)
+        headers = {"Link": next_link("/api/v1/deleted-repositories", n, names[-1])} if more else {}
+        return JSONResponse({"repositories": names}, headers=headers)
 
     async def deleted_manifests(self, request: Request) -> Response:
         name = repository_name(request)
-        found = await run_sync(self.recycle.bin.deleted_manifests, name)
-        return JSONResponse({"imageName": name, "manifests": [deleted_json(item) for item in found]})
+        n, after = bin_page(request), manifest_cursor(request)
+        found, more = await run_sync(self.recycle.bin.deleted_manifests, name, n, after)
+        headers = {}
+        if more:
+            path = f"/api/v1/deleted/{name}/_manifests"
+            headers["Link"] = next_link(path, n, encode_cursor(found[-1].deleted_at, found[-1].digest))
+        return JSONResponse(
+            {"imageName": name, "manifests": [deleted_json(item) for item in found]}, headers=headers
+        )
 
     async def deleted_tags(self, request: Request) -> Response:
         name = repository_name(request)
-        found = await run_sync(self.recycle.bin.deleted_tags, name)
+        n, last = bin_page(request), name_cursor(request)
+        found, more = await run_sync(self.recycle.bin.deleted_tags, name, n, last)
         shown = [
             {
                 "tag": tag,
@@ -147,7 +206,8 @@ class RecycleRoutes:
             }
             for tag, item in found
         ]
-        return JSONResponse({"imageName": name, "tags": shown})
+        headers = {"Link": next_link(f"/api/v1/deleted/{name}/_tags", n, found[-1][0])} if more else {}
+        return JSONResponse({"imageName": name, "tags": shown}, headers=headers)
 
     async def restore(self, request: Request) -> Response:
         name = repository_name(request)

@@ -1,5 +1,6 @@
 """Soft delete (the recycle bin), restore and its expiry, through the management API."""
 
+import base64
 from datetime import timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from dockyard.lifecycle.models import recycled_manifests
 from dockyard.registry.models import repository_blobs
 from tests.support.auth import create_user
 from tests.support.images import make_artifact, make_image, make_index
-from tests.support.registry import error_codes, push_image, push_manifest
+from tests.support.registry import error_codes, push_blob, push_image, push_manifest
 
 POLICY = "/api/v1/registry/policies/soft-delete"
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -226,3 +227,164 @@ def test_a_reader_sees_the_bin_and_only_a_contributor_restores(client, anonymous
         assert error_codes(response) == ["DENIED"]
     assert anonymous.patch(POLICY, json={"status": "disabled"}, headers=reader).status_code == 403
     assert anonymous.post(path, json={}, headers=contributor).status_code == 200
+
+
+# -- paging the bin's listings -----------------------------------------------------------------------
+
+
+def pages(client, path, key, n):
+    """Each page of ``path`` with ``?n=``, following the Link headers to the end."""
+    found, url, params = [], path, ({"n": n} if n else None)
+    while url:
+        response = client.get(url, params=params)
+        assert response.status_code == 200, response.text
+        found.append(response.json()[key])
+        link = response.headers.get("link")
+        url, params = (link[link.index("<") + 1 : link.index(">")] if link else None), None
+        assert link is None or link.endswith('; rel="next"')
+    return found
+
+
+def fill_bin(client, repository, count, tags=lambda i: [f"t{i:02d}"], batch=""):
+    """Push ``count`` manifests sharing one config and layer, tagged by ``tags(i)``; return their digests."""
+    base = make_image("paging")
+    for blob in base.blobs:
+        push_blob(client, repository, blob.data)
+    digests = []
+    for i in range(count):
+        image = make_image("paging", annotations={"i": f"{repository}-{batch}{i}"})
+        for reference in tags(i) or [image.digest]:
+            response = push_manifest(client, repository, reference, image.manifest, image.media_type)
+            assert response.status_code == 201, response.text
+        digests.append(image.digest)
+    return digests
+
+
+def test_paging_the_bin_returns_every_entry_once_in_order(client):
+    enable(client)
+    # three deleted one by one, each with "latest": one tag name on several bin entries
+    alone = []
+    for i in range(3):
+        alone += fill_bin(client, "team/app", 1, tags=lambda _, i=i: [f"v{i}", "latest"], batch=f"a{i}")
+        assert client.delete(f"/v2/team/app/manifests/{alone[-1]}").status_code == 202
+    # twenty more in one repository delete: one deletion time, ordered by digest; every fourth untagged
+    fill_bin(client, "team/app", 20, tags=lambda i: [] if i % 4 == 0 else [f"t{i:02d}"], batch="b")
+    assert client.delete("/acr/v1/team/app").status_code == 202
+
+    whole = client.get("/api/v1/deleted/team/app/_manifests")
+    assert "link" not in whole.headers
+    everything = whole.json()["manifests"]
+    assert len(everything) == len({m["digest"] for m in everything}) == 23
+    keys = [(m["deletedTime"], m["digest"]) for m in everything]
+    assert keys == sorted(sorted(keys, key=lambda k: k[1]), key=lambda k: k[0], reverse=True)
+    assert {m["digest"] for m in everything[-3:]} == set(alone)  # deleted first, listed last
+    paged = pages(client, "/api/v1/deleted/team/app/_manifests", "manifests", 4)
+    assert [len(page) for page in paged] == [4, 4, 4, 4, 4, 3]
+    assert [m for page in paged for m in page] == everything
+
+    all_tags = client.get("/api/v1/deleted/team/app/_tags").json()["tags"]
+    names = [t["tag"] for t in all_tags]
+    assert names == sorted(names)
+    assert names.count("latest") == 3
+    assert len(names) == 3 + 3 + 15
+    tag_pages = pages(client, "/api/v1/deleted/team/app/_tags", "tags", 2)
+    assert [t for page in tag_pages for t in page] == all_tags
+    assert all(len({t["tag"] for t in page}) == 2 for page in tag_pages[:-1])
+    [latest_page] = [page for page in tag_pages if any(t["tag"] == "latest" for t in page)]
+    assert [t["digest"] for t in latest_page if t["tag"] == "latest"] == alone[::-1]  # newest first
+
+
+def test_a_bin_cursor_is_stable_under_restores_and_new_deletions(client):
+    enable(client)
+    digests = fill_bin(client, "team/app", 12)
+    for digest in digests:
+        assert client.delete(f"/v2/team/app/manifests/{digest}").status_code == 202
+    listed = [m["digest"] for m in bin_of(client)]
+    first = client.get("/api/v1/deleted/team/app/_manifests", params={"n": 4})
+    assert [m["digest"] for m in first.json()["manifests"]] == listed[:4]
+    link = first.headers["link"]
+    # meanwhile: one entry already seen and one not yet seen are restored, a new one is deleted
+    for digest in (listed[1], listed[9]):
+        assert restore(client, digest).status_code == 200
+    [late] = fill_bin(client, "team/app", 1, tags=lambda i: ["late"], batch="late")
+    assert client.delete(f"/v2/team/app/manifests/{late}").status_code == 202
+    rest = pages(client, link[link.index("<") + 1 : link.index(">")], "manifests", None)
+    assert [m["digest"] for page in rest for m in page] == [d for d in listed[4:] if d != listed[9]]
+
+
+def test_deleted_repositories_page_by_name(client):
+    enable(client)
+    for name in ("bin/r3", "bin/r0", "bin/r4", "bin/r1", "bin/r2"):
+        fill_bin(client, name, 1)
+        assert client.delete(f"/acr/v1/{name}").status_code == 202
+    paged = pages(client, "/api/v1/deleted-repositories", "repositories", 2)
+    assert paged == [["bin/r0", "bin/r1"], ["bin/r2", "bin/r3"], ["bin/r4"]]
+    after = client.get("/api/v1/deleted-repositories", params={"last": "bin/r1"})
+    assert after.json() == {"repositories": ["bin/r2", "bin/r3", "bin/r4"]}
+
+
+def test_the_default_page_is_100_and_n_at_most_1000(client, dockyard):
+    enable(client)
+    moment = utcnow()
+    with dockyard.db.write() as conn:
+        conn.execute(
+            recycled_manifests.insert(),
+            [
+                {
+                    "repository": "team/app",
+                    "digest": f"sha256:{i:064x}",
+                    "media_type": "application/vnd.oci.image.manifest.v1+json",
+                    "size": 2,
+                    "total_size": 2,
+                    "payload": b"{}",
+                    "tags": [f"t{i:03d}"],
+                    "deleted_at": moment - timedelta(seconds=i // 10),  # ties of ten
+                }
+                for i in range(105)
+            ],
+        )
+    for path, key in (
+        ("/api/v1/deleted/team/app/_manifests", "manifests"),
+        ("/api/v1/deleted/team/app/_tags", "tags"),
+    ):
+        first = client.get(path)
+        assert len(first.json()[key]) == 100
+        assert 'rel="next"' in first.headers["link"]
+        assert len(client.get(path, params={"n": 1000}).json()[key]) == 105
+        assert [len(page) for page in pages(client, path, key, 100)] == [100, 5]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/deleted-repositories", "/api/v1/deleted/team/app/_manifests", "/api/v1/deleted/team/app/_tags"],
+)
+def test_bad_n_and_last_are_400s(client, path):
+    for bad in ("0", "1001", "-1", "ten", "1e3", "٣"):
+        response = client.get(path, params={"n": bad})
+        assert response.status_code == 400, bad
+        assert error_codes(response) == ["UNSUPPORTED"]
+    cursor = "garbage!" if path.endswith("_manifests") else "x" * 256
+    for bad, code in ((cursor, "UNSUPPORTED"), ("line\nbreak", "UNSUPPORTED"), ("a\x00b", "INVALID_REQUEST")):
+        response = client.get(path, params={"last": bad})
+        assert response.status_code == 400, bad
+        assert error_codes(response) == [code]
+    assert client.get(path, params={"n": "1000"}).status_code == 200
+
+
+def test_a_forged_manifest_cursor_is_refused(client):
+    def encoded(text):
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    digest = "sha256:" + "a" * 64
+    for bad in (
+        encoded(f"2024-01-01T00:00:00 {digest}"),  # no time zone
+        encoded("2024-01-01T00:00:00+00:00 sha256:short"),
+        encoded(f"yesterday {digest}"),
+        encoded(f"2024-01-01T00:00:00+00:00{digest}"),
+        "%%%",
+    ):
+        response = client.get("/api/v1/deleted/team/app/_manifests", params={"last": bad})
+        assert response.status_code == 400, bad
+        assert error_codes(response) == ["UNSUPPORTED"]
+    fine = encoded(f"2024-01-01T00:00:00.000000+00:00 {digest}")
+    assert client.get("/api/v1/deleted/team/app/_manifests", params={"last": fine}).json()["manifests"] == []

@@ -21,6 +21,10 @@ from dockyard.registry.models import blobs, manifest_blobs, manifests, repositor
 from dockyard.registry.services.common import LINK_BLOB, repository_id
 from dockyard.registry.services.manifests import ManifestService
 
+#: Page size of the bin's listings when the caller names none, and the largest it may name.
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
 
 @dataclass(frozen=True)
 class DeletedManifest:
@@ -38,12 +42,37 @@ class DeletedManifest:
 
 
 @dataclass(frozen=True)
+class BinCursor:
+    """Where a page of a repository's bin ended: the sort key (deletion time, digest) of its last entry."""
+
+    deleted_at: datetime
+    digest: str
+
+
+@dataclass(frozen=True)
 class Restored:
     """What a restore brought back, and the tags it left where they now point."""
 
     digest: str
     tags: list[str] = field(default_factory=list)
     skipped_tags: list[str] = field(default_factory=list)
+
+
+def _bytewise(conn: Connection, column: Any) -> Any:
+    """``column`` compared and sorted by bytes (PostgreSQL's default collation is not)."""
+    return column.collate("C") if conn.dialect.name == "postgresql" else column
+
+
+def _with_tags(conn: Connection) -> tuple[sa.FromClause, Any]:
+    """The bin with one row per tag name of an entry (its JSON list expanded), and that name's column."""
+    if conn.dialect.name == "postgresql":
+        function = sa.func.json_array_elements_text(recycled_manifests.c.tags).table_valued("tag")
+        expanded = function.render_derived()
+        tag = _bytewise(conn, expanded.c.tag)
+    else:
+        expanded = sa.func.json_each(recycled_manifests.c.tags).table_valued("value")
+        tag = expanded.c.value
+    return recycled_manifests.join(expanded, sa.true()), tag
 
 
 def _unknown(repository: str, digest: str) -> RegistryError:
@@ -128,35 +157,72 @@ class RecycleService:
 
     # -- listing ---------------------------------------------------------------------------------
 
-    def deleted_manifests(self, repository: str) -> list[DeletedManifest]:
-        """The repository's manifests in the bin, newest deletion first."""
+    def deleted_manifests(
+        self, repository: str, n: int = DEFAULT_PAGE, after: BinCursor | None = None
+    ) -> tuple[list[DeletedManifest], bool]:
+        """The repository's manifests in the bin, newest deletion first: at most ``n`` after ``after``,
+        and whether more follow. The cursor holds the sort key, not a row: a restore or expiry meanwhile
+        moves nothing."""
+        query = (
+            sa.select(*[c for c in recycled_manifests.c if c.name != "payload"])  # up to 4 MiB each
+            .where(recycled_manifests.c.repository == repository)
+            .order_by(recycled_manifests.c.deleted_at.desc(), recycled_manifests.c.digest)
+            .limit(n + 1)
+        )
+        if after is not None:
+            query = query.where(
+                sa.or_(
+                    recycled_manifests.c.deleted_at < after.deleted_at,
+                    sa.and_(
+                        recycled_manifests.c.deleted_at == after.deleted_at,
+                        recycled_manifests.c.digest > after.digest,
+                    ),
+                )
+            )
         with self._db.read() as conn:
             days = read_policy(conn, SOFT_DELETE).days
-            listed = [c for c in recycled_manifests.c if c.name != "payload"]  # up to 4 MiB each
-            rows = conn.execute(
-                sa.select(*listed)
-                .where(recycled_manifests.c.repository == repository)
-                .order_by(recycled_manifests.c.deleted_at.desc(), recycled_manifests.c.digest)
-            ).all()
-        return [self._describe(row, days) for row in rows]
+            rows = conn.execute(query).all()
+        return [self._describe(row, days) for row in rows[:n]], len(rows) > n
 
-    def deleted_tags(self, repository: str) -> list[tuple[str, DeletedManifest]]:
-        """(tag, manifest) for every tag the repository's manifests in the bin had."""
-        found = [(tag, item) for item in self.deleted_manifests(repository) for tag in item.tags]
-        return sorted(found, key=lambda pair: pair[0])
-
-    def deleted_repositories(self) -> list[str]:
-        """Names with manifests in the bin and no live repository (deleted as a whole)."""
-        live = sa.select(repositories.c.name).where(repositories.c.name == recycled_manifests.c.repository)
+    def deleted_tags(
+        self, repository: str, n: int = DEFAULT_PAGE, last: str | None = None
+    ) -> tuple[list[tuple[str, DeletedManifest]], bool]:
+        """(tag, manifest) for the tags the repository's manifests in the bin had, by tag then newest
+        deletion: the next ``n`` tag *names* after ``last`` with every bin entry of each (a tag that
+        pointed at several deleted manifests is never split across pages), and whether more follow."""
         with self._db.read() as conn:
-            return list(
+            days = read_policy(conn, SOFT_DELETE).days
+            source, tag = _with_tags(conn)
+            where = [recycled_manifests.c.repository == repository]
+            if last is not None:
+                where.append(tag > last)
+            names = list(
                 conn.execute(
-                    sa.select(recycled_manifests.c.repository)
-                    .where(~live.exists())
-                    .distinct()
-                    .order_by(recycled_manifests.c.repository)
+                    sa.select(tag).select_from(source).where(*where).distinct().order_by(tag).limit(n + 1)
                 ).scalars()
             )
+            if not names:
+                return [], False
+            listed = [c for c in recycled_manifests.c if c.name != "payload"]
+            rows = conn.execute(
+                sa.select(tag.label("tag_name"), *listed)
+                .select_from(source)
+                .where(*where, tag <= names[:n][-1])
+                .order_by(tag, recycled_manifests.c.deleted_at.desc(), recycled_manifests.c.digest)
+            ).all()
+        return [(row.tag_name, self._describe(row, days)) for row in rows], len(names) > n
+
+    def deleted_repositories(self, n: int = DEFAULT_PAGE, last: str | None = None) -> tuple[list[str], bool]:
+        """Names with manifests in the bin and no live repository (deleted as a whole), in byte order:
+        at most ``n`` after ``last``, and whether more follow."""
+        live = sa.select(repositories.c.name).where(repositories.c.name == recycled_manifests.c.repository)
+        with self._db.read() as conn:
+            name = _bytewise(conn, recycled_manifests.c.repository)
+            query = sa.select(name).where(~live.exists()).distinct().order_by(name).limit(n + 1)
+            if last is not None:
+                query = query.where(name > last)
+            found = list(conn.execute(query).scalars())
+        return found[:n], len(found) > n
 
     @staticmethod
     def _describe(row: Any, days: int) -> DeletedManifest:
