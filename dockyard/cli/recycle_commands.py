@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from dockyard.cli.client import connect
-from dockyard.cli.options import RegistryOption
+from dockyard.cli.options import RegistryOption, TopOption
 from dockyard.cli.output import OutputFormat, emit, output_option
 
 POLICIES = "/api/v1/registry/policies"
@@ -83,22 +83,29 @@ def retention_update(
 
 @manifest_app.command("list-deleted")
 def list_deleted(
-    repository: RepositoryOption, registry: RegistryOption = None, output: OutputFormat = output_option
+    repository: RepositoryOption,
+    registry: RegistryOption = None,
+    top: TopOption = None,
+    output: OutputFormat = output_option,
 ) -> None:
-    """List a repository's manifests in the recycle bin."""
+    """List a repository's manifests in the recycle bin, newest deletion first."""
     with connect(registry) as client:
-        found = client.json("GET", f"/api/v1/deleted/{client.repo_path(repository)}/_manifests")
-    emit(found["manifests"], output, DELETED_COLUMNS)
+        path = f"/api/v1/deleted/{client.repo_path(repository)}/_manifests"
+        found = list(client.pages(path, "manifests", {}, top))
+    emit(found, output, DELETED_COLUMNS)
 
 
 @manifest_app.command("list-deleted-tags")
 def list_deleted_tags(
-    repository: RepositoryOption, registry: RegistryOption = None, output: OutputFormat = output_option
+    repository: RepositoryOption,
+    registry: RegistryOption = None,
+    top: TopOption = None,
+    output: OutputFormat = output_option,
 ) -> None:
     """List the tags the repository's manifests in the recycle bin had."""
     with connect(registry) as client:
-        found = client.json("GET", f"/api/v1/deleted/{client.repo_path(repository)}/_tags")
-    emit(found["tags"], output, ["tag", "digest", "deletedTime", "expiresTime"])
+        found = list(client.pages(f"/api/v1/deleted/{client.repo_path(repository)}/_tags", "tags", {}, top))
+    emit(found, output, ["tag", "digest", "deletedTime", "expiresTime"])
 
 
 @manifest_app.command("restore")
@@ -120,7 +127,10 @@ def restore(
         emit(client.json("POST", path, json={"tag": tag, "force": force}), output)
 
 
-def list_deleted_repositories(registry: RegistryOption = None, output: OutputFormat = output_option) -> None:
+def list_deleted_repositories(
+    registry: RegistryOption = None, top: TopOption = None, output: OutputFormat = output_option
+) -> None:
     """List repositories deleted as a whole whose manifests are in the recycle bin."""
     with connect(registry) as client:
-        emit(client.json("GET", "/api/v1/deleted-repositories")["repositories"], output)
+        names = list(client.pages("/api/v1/deleted-repositories", "repositories", {}, top))
+    emit(names, output)
