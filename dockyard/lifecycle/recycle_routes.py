@@ -185,7 +185,7 @@ class RecycleRoutes:
         name = repository_name(request)
         n, after = bin_page(request), manifest_cursor(request)
         found, more = await run_sync(self.recycle.bin.deleted_manifests, name, n, after)
-        headers = {}
+        headers: dict[str, str] = {}
         if more:
             path = f"/api/v1/deleted/{name}/_manifests"
             headers["Link"] = next_link(path, n, encode_cursor(found[-1].deleted_at, found[-1].digest))
