@@ -303,6 +303,48 @@ class Settings(BaseSettings):
     upstream_timeout_seconds: float = Field(
         30.0, gt=0, le=600, description="Time allowed to connect to an upstream and between two reads."
     )
+    builds_enabled: bool = Field(
+        True,
+        description="Run build tasks in this process's job runtime (buildah; podman + runc for cmd steps).",
+    )
+    builds_dir: Path | None = Field(
+        None,
+        description="Where runs keep their context and private container store; default <data_dir>/builds.",
+    )
+    builds_registry: str | None = Field(
+        None,
+        description="host:port builders reach this registry at ({{.Run.Registry}}); "
+        "default from host and port (127.0.0.1 for an unspecified address).",
+    )
+    builds_concurrency: int = Field(2, ge=1, le=64, description="Runs running at once in the whole registry.")
+    builds_source_max_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        description="Largest uploaded build context (POST /api/v1/builds/sources).",
+    )
+    builds_context_max_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="Largest context a run unpacks or clones (bytes on disk)."
+    )
+    builds_source_retention_hours: int = Field(
+        24, ge=1, description="Uploaded build contexts are kept this long, then collected."
+    )
+    builds_log_retention_days: int = Field(
+        30, ge=1, description="Finished runs and their logs older than this are deleted."
+    )
+    builds_heartbeat_seconds: float = Field(
+        10.0, gt=0, le=300, description="How often a running run proves its worker alive; 3 missed = Error."
+    )
+    builds_base_poll_seconds: int = Field(
+        600, ge=10, description="How often base images on other registries are checked for a new digest."
+    )
+    builds_local_git_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders under which a task's context may be a local git repository path "
+        "(comma-separated in env); empty: local paths are refused.",
+    )
+    builds_network: Literal["none", "host"] = Field(
+        "none", description="Network of cmd-step containers: none, or the worker's own (host)."
+    )
     webhook_log_retention_days: int = Field(
         30, ge=1, description="Finished webhook deliveries (and their attempts) older than this are deleted."
     )
@@ -358,6 +400,7 @@ class Settings(BaseSettings):
         "immutable_tags_exempt",
         "upstream_allowed_networks",
         "insecure_upstreams",
+        "builds_local_git_roots",
         mode="before",
     )
     @classmethod
@@ -443,6 +486,8 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'dockyard.db').resolve()}"
         if self.storage_path is None:
             self.storage_path = self.data_dir / "storage"
+        if self.builds_dir is None:
+            self.builds_dir = self.data_dir / "builds"
         if not self.admin_username:
             self.admin_username = self.registry_name
         return self
