@@ -14,7 +14,8 @@ build_tasks = sa.Table(
     sa.Column("name", sa.String(50), nullable=False, unique=True),
     #: Enabled | Disabled
     sa.Column("status", sa.String(16), nullable=False),
-    #: As given: a git URL (``…#ref:folder``), a local repository path, a tarball URL, ``oci://…``, ``/dev/null``.
+    #: As given: a git URL (``…#ref:folder``), a local repository path, a tarball URL, ``oci://…``,
+    #: or ``/dev/null``.
     sa.Column("context", sa.String(2048), nullable=False),
     #: In clear text, as credential sets' passwords (no encryption at rest yet). Never returned.
     sa.Column("git_access_token", sa.String(4096)),
