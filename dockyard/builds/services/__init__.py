@@ -6,10 +6,9 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dockyard.builds.credentials import TaskCredentials
-from dockyard.builds.jobs import BuildJobs
 from dockyard.builds.services.engine import DefaultEngine, RunEngine
 from dockyard.builds.services.handler import RunHandler
 from dockyard.builds.services.quick import QuickRuns
@@ -17,6 +16,9 @@ from dockyard.builds.services.runs import RunService
 from dockyard.builds.services.sources import SourceService
 from dockyard.builds.services.tasks import TaskService
 from dockyard.rooms import Kernel
+
+if TYPE_CHECKING:
+    from dockyard.builds.jobs import BuildJobs
 
 
 @dataclass
@@ -42,6 +44,8 @@ class BuildServices:
 
 def build_builds_services(kernel: Kernel, built: Mapping[str, Any]) -> BuildServices:
     """The builds services of one registry; uploaded sources are kept from garbage collection."""
+    from dockyard.builds.jobs import BuildJobs  # it builds on these services' modules
+
     settings, db = kernel.settings, kernel.db
     runs = RunService(db, kernel.events)
     tasks = TaskService(db, settings, runs, kernel.events)
