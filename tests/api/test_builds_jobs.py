@@ -72,11 +72,9 @@ def test_timers_fire_once_across_two_runtimes(client, settings, dockyard) -> Non
         assert sorted(fired) == [0, 1]
         assert sum(node.service("builds").jobs.fire_timers() for node in nodes) == 0  # not due again yet
         runs = runs_of(client, "timed-task")
-        assert (
-            len(runs) == 1
-            and runs[0]["trigger"] == "Timer"
-            and runs[0]["triggerDetail"] == {"timer": "every"}
-        )
+        assert len(runs) == 1
+        assert runs[0]["trigger"] == "Timer"
+        assert runs[0]["triggerDetail"] == {"timer": "every"}
         assert runs_of(client, "idle-task") == []  # a disabled timer moves on without firing
         for node in nodes:
             node.service("builds").jobs.clock = lambda: later + timedelta(minutes=1)
@@ -88,7 +86,9 @@ def test_timers_fire_once_across_two_runtimes(client, settings, dockyard) -> Non
 
 def test_the_timers_schedule_is_registered(dockyard) -> None:
     names = {schedule.name: schedule.every_seconds for schedule in dockyard.runtime.schedules}
-    assert names["builds.timers"] == 60 and "builds.recover" in names and "builds.base-poll" in names
+    assert names["builds.timers"] == 60
+    assert "builds.recover" in names
+    assert "builds.base-poll" in names
     assert any(consumer.name == "builds" for consumer in dockyard.runtime.consumers)
     assert "builds.run" in dockyard.runtime.kinds
 
@@ -114,9 +114,11 @@ def test_a_push_of_a_base_queues_its_dependents_not_itself(client, dockyard) -> 
     push_image(client, "base", make_image("base-v2"), tag="1")
     dockyard.runtime.consume()
     runs = runs_of(client, "dependent")
-    assert len(runs) == 1 and runs[0]["trigger"] == "BaseImageUpdate"
+    assert len(runs) == 1
+    assert runs[0]["trigger"] == "BaseImageUpdate"
     assert runs[0]["triggerDetail"] == {"baseImage": BASE}
-    assert runs_of(client, "producer") == [] and runs_of(client, "untriggered") == []
+    assert runs_of(client, "producer") == []
+    assert runs_of(client, "untriggered") == []
     push_image(client, "base", make_image("base-v3"), tag="1")  # while one is queued: no second
     dockyard.runtime.consume()
     assert len(runs_of(client, "dependent")) == 1
@@ -159,7 +161,8 @@ def test_poll_of_other_registries(client, dockyard) -> None:
     upstream.digests["org/img"] = "sha256:" + "9" * 64
     assert jobs.poll_bases() == 1
     runs = runs_of(client, "polled-task")
-    assert len(runs) == 1 and runs[0]["triggerDetail"] == {"baseImage": "quay.example/org/img:3"}
+    assert len(runs) == 1
+    assert runs[0]["triggerDetail"] == {"baseImage": "quay.example/org/img:3"}
     assert jobs.poll_bases() == 0  # the new digest is recorded
 
 
@@ -200,7 +203,8 @@ def test_prune_old_runs(client, dockyard) -> None:
 def test_run_credentials_push_and_pull_but_never_manage(client, dockyard) -> None:
     credentials = dockyard.service("builds").credentials
     access = credentials.mint(600)
-    assert access.username == "00000000-0000-0000-0000-000000000000" and access.plain_http
+    assert access.username == "00000000-0000-0000-0000-000000000000"
+    assert access.plain_http
     login = basic(access.username, access.password)
     token = client.get(
         "/oauth2/token",

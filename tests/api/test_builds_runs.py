@@ -45,23 +45,31 @@ def test_quick_run_is_queued_run_and_recorded(client, dockyard, engine, settings
         base_images=(("127.0.0.1:5000/base:1", "sha256:" + "b" * 64),),
     )
     run = queue(client, {**CMD_RUN, "values": {"v": "1"}, "secretValues": {"pw": "hunter2-secret"}})
-    assert run["status"] == "Queued" and run["runId"].startswith("dy") and run["trigger"] == "Manual"
+    assert run["status"] == "Queued"
+    assert run["runId"].startswith("dy")
+    assert run["trigger"] == "Manual"
     with dockyard.db.read() as conn:  # the secret is kept apart from the request, and only until the run ends
         row = conn.execute(sa.select(build_runs)).one()
-    assert "hunter2-secret" not in json.dumps(row.request) and "hunter2-secret" in row.secrets
+    assert "hunter2-secret" not in json.dumps(row.request)
+    assert "hunter2-secret" in row.secrets
     assert dockyard.runtime.run_jobs() == 1
     done = client.get(f"/api/v1/runs/{run['runId']}").json()
     assert done["status"] == "Succeeded", done
     assert done["outputImages"] == [{"repository": "app", "tag": "dy1", "digest": "sha256:" + "a" * 64}]
-    assert done["steps"][0]["id"] == "acb_step_0" and done["steps"][0]["exitCode"] == 0
-    assert done["startTime"] and done["finishTime"] and done["logSize"] > 0
+    assert done["steps"][0]["id"] == "acb_step_0"
+    assert done["steps"][0]["exitCode"] == 0
+    assert done["startTime"]
+    assert done["finishTime"]
+    assert done["logSize"] > 0
     with dockyard.db.read() as conn:
         assert conn.execute(sa.select(build_runs.c.secrets)).scalar() is None
     variables = engine.variables[0]
-    assert variables.run_id == run["runId"] and variables.values == {"v": "1", "pw": "hunter2-secret"}
+    assert variables.run_id == run["runId"]
+    assert variables.values == {"v": "1", "pw": "hunter2-secret"}
     assert variables.secret_values == frozenset({"pw"})
     assert engine.registries[0].username == "00000000-0000-0000-0000-000000000000"
-    assert engine.registries[0].plain_http and engine.registries[0].host == "127.0.0.1:5000"
+    assert engine.registries[0].plain_http
+    assert engine.registries[0].host == "127.0.0.1:5000"
     assert not engine.workdirs[0].exists()  # the run's folder is removed at the end
 
 
@@ -78,7 +86,8 @@ def test_failed_and_crashed_runs(client, dockyard, engine) -> None:
     crashed = queue(client)
     dockyard.runtime.run_jobs()
     shown = client.get(f"/api/v1/runs/{crashed['runId']}").json()
-    assert shown["status"] == "Error" and "engine exploded" in shown["error"]
+    assert shown["status"] == "Error"
+    assert "engine exploded" in shown["error"]
 
 
 def test_request_validation(client, engine) -> None:
@@ -115,7 +124,8 @@ def test_git_location_is_split(client, dockyard, engine) -> None:
 def test_cancel_queued_and_running(client, dockyard, engine) -> None:
     queued = queue(client)
     canceled = client.post(f"/api/v1/runs/{queued['runId']}/cancel")
-    assert canceled.status_code == 202 and canceled.json()["status"] == "Canceled"
+    assert canceled.status_code == 202
+    assert canceled.json()["status"] == "Canceled"
     assert client.post(f"/api/v1/runs/{queued['runId']}/cancel").status_code == 409
     assert dockyard.runtime.run_jobs() == 1  # its job finds it ended and does nothing
     assert engine.variables == []
@@ -139,7 +149,8 @@ def test_logs_by_offset_and_follow(client, dockyard, engine) -> None:
     run = queue(client)
     dockyard.runtime.run_jobs()
     whole = client.get(f"/api/v1/runs/{run['runId']}/logs")
-    assert whole.status_code == 200 and whole.headers["X-Run-Status"] == "Succeeded"
+    assert whole.status_code == 200
+    assert whole.headers["X-Run-Status"] == "Succeeded"
     text = whole.content
     assert b"first line\nsecond \xc3\xbcn\xc3\xafcode line\n" in text
     assert (
@@ -148,7 +159,8 @@ def test_logs_by_offset_and_follow(client, dockyard, engine) -> None:
         == client.get(f"/api/v1/runs/{run['runId']}").json()["logSize"]
     )
     rest = client.get(f"/api/v1/runs/{run['runId']}/logs", params={"offset": 11})
-    assert rest.content == text[11:] and int(rest.headers["X-Log-Offset"]) == len(text)
+    assert rest.content == text[11:]
+    assert int(rest.headers["X-Log-Offset"]) == len(text)
     assert client.get(f"/api/v1/runs/{run['runId']}/logs", params={"offset": len(text)}).content == b""
 
     engine.hold = threading.Event()
@@ -171,7 +183,8 @@ def test_logs_by_offset_and_follow(client, dockyard, engine) -> None:
         engine.hold.set()
         worker.join()
     assert streamed.headers["X-Run-Status"] in ("Running", "Started")
-    assert b"first line" in streamed.content and streamed.content.endswith(b"Succeeded\n")
+    assert b"first line" in streamed.content
+    assert streamed.content.endswith(b"Succeeded\n")
 
 
 def test_logs_mask_secret_values(client, dockyard, engine) -> None:
@@ -179,7 +192,8 @@ def test_logs_mask_secret_values(client, dockyard, engine) -> None:
     run = queue(client, {**CMD_RUN, "secretValues": {"pw": "hunter2-secret"}})
     dockyard.runtime.run_jobs()
     log = client.get(f"/api/v1/runs/{run['runId']}/logs").text
-    assert "the password is ***" in log and "hunter2" not in log
+    assert "the password is ***" in log
+    assert "hunter2" not in log
 
 
 def test_list_runs_filters_and_pages(client, dockyard, engine) -> None:
@@ -187,7 +201,8 @@ def test_list_runs_filters_and_pages(client, dockyard, engine) -> None:
     client.post(f"/api/v1/runs/{ids[0]}/cancel")
     page = client.get("/api/v1/runs", params={"top": 2})
     assert [r["runId"] for r in page.json()["runs"]] == [ids[2], ids[1]]
-    assert 'rel="next"' in page.headers["Link"] and f"last={ids[1]}" in page.headers["Link"]
+    assert 'rel="next"' in page.headers["Link"]
+    assert f"last={ids[1]}" in page.headers["Link"]
     assert [r["runId"] for r in client.get("/api/v1/runs", params={"last": ids[1]}).json()["runs"]] == [
         ids[0]
     ]
@@ -212,12 +227,14 @@ def test_concurrency_limit_across_two_nodes(settings, engine, dockyard) -> None:
             assert first_engine.running.wait(10)
             second = builds.runs.get_seq(builds.quick.request(CMD_RUN)).run_id
             assert nodes[1].runtime.run_jobs() == 1  # its job ran, found the registry at capacity
-            assert run_status(nodes[1], second) == "Queued" and second_engine.variables == []
+            assert run_status(nodes[1], second) == "Queued"
+            assert second_engine.variables == []
             with nodes[1].db.read() as conn:
                 again = conn.execute(
                     sa.select(jobs.c.run_at).where(jobs.c.kind == "builds.run", jobs.c.status == "queued")
                 ).all()
-            assert len(again) == 1 and again[0].run_at.replace(tzinfo=None) > utcnow().replace(tzinfo=None)
+            assert len(again) == 1
+            assert again[0].run_at.replace(tzinfo=None) > utcnow().replace(tzinfo=None)
         finally:
             first_engine.hold.set()
             worker.join()
@@ -237,13 +254,15 @@ def test_dead_worker_runs_end_in_error(client, dockyard, engine, settings) -> No
     set_run(dockyard, fresh, status="Running", heartbeat_at=utcnow(), worker="alive")
     assert builds.jobs.recover() == 1
     shown = client.get(f"/api/v1/runs/{stale}").json()
-    assert shown["status"] == "Error" and shown["error"] == "the worker running it stopped"
+    assert shown["status"] == "Error"
+    assert shown["error"] == "the worker running it stopped"
     assert run_status(dockyard, fresh) == "Running"
     # a job claimed again after its worker died finds the run Started: Error, never a second run
     orphan = queue(client)["runId"]
     set_run(dockyard, orphan, status="Started", heartbeat_at=utcnow(), worker="gone")
     builds.handler.execute(int(orphan[2:], 36))
-    assert run_status(dockyard, orphan) == "Error" and engine.variables == []
+    assert run_status(dockyard, orphan) == "Error"
+    assert engine.variables == []
 
 
 def test_a_queued_run_resumes_on_a_new_app(settings, dockyard) -> None:
@@ -254,7 +273,8 @@ def test_a_queued_run_resumes_on_a_new_app(settings, dockyard) -> None:
     try:
         engine = use_engine(restarted, FakeEngine())
         assert restarted.runtime.run_jobs() == 1
-        assert run_status(restarted, run_id) == "Succeeded" and engine.variables[0].run_id == run_id
+        assert run_status(restarted, run_id) == "Succeeded"
+        assert engine.variables[0].run_id == run_id
     finally:
         restarted.db.dispose()
 

@@ -54,23 +54,26 @@ def github(client, name: str, secret: str | None, event: str, payload: dict, *, 
 
 def test_create_show_update_delete(client, dockyard, engine) -> None:
     created = create(client)
-    assert created["triggerSecret"] and created["status"] == "Enabled"
+    assert created["triggerSecret"]
+    assert created["status"] == "Enabled"
     assert created["triggerUrls"]["github"] == "/api/v1/tasks/hello-task/triggers/github"
-    assert created["timers"][0]["name"] == "nightly" and created["timers"][0]["nextRunTime"]
+    assert created["timers"][0]["name"] == "nightly"
+    assert created["timers"][0]["nextRunTime"]
     shown = client.get("/api/v1/tasks/hello-task").json()
     text = json.dumps(shown) + json.dumps(client.get("/api/v1/tasks").json())
     for secret in ("s3cret-arg", "s3cret-value", "ghp_s3cret", created["triggerSecret"]):
         assert secret not in text  # secrets never come back
-    assert shown["secretArgs"] == ["TOKEN"] and shown["secretValues"] == ["pw"] and shown["hasGitAccessToken"]
+    assert shown["secretArgs"] == ["TOKEN"]
+    assert shown["secretValues"] == ["pw"]
+    assert shown["hasGitAccessToken"]
     assert "triggerSecret" not in shown
     changed = client.patch("/api/v1/tasks/hello-task", json={"status": "Disabled", "timeout": 600})
-    assert (
-        changed.status_code == 200
-        and changed.json()["status"] == "Disabled"
-        and changed.json()["timeout"] == 600
-    )
+    assert changed.status_code == 200
+    assert changed.json()["status"] == "Disabled"
+    assert changed.json()["timeout"] == 600
     renewed = client.post("/api/v1/tasks/hello-task/trigger-secret").json()["triggerSecret"]
-    assert renewed and renewed != created["triggerSecret"]
+    assert renewed
+    assert renewed != created["triggerSecret"]
     assert client.post("/api/v1/tasks", json=TASK).status_code == 409
     queued = client.post("/api/v1/tasks/hello-task/runs", json={}).json()
     assert client.delete("/api/v1/tasks/hello-task").status_code == 204
@@ -131,7 +134,8 @@ def test_manual_task_run_uses_the_tasks_secrets(client, dockyard, engine) -> Non
         "/api/v1/tasks/hello-task/runs", json={"values": {"v": "y"}, "secretValues": {"extra": "more-secret"}}
     )
     assert run.status_code == 202, run.text
-    assert run.json()["task"] == "hello-task" and run.json()["trigger"] == "Manual"
+    assert run.json()["task"] == "hello-task"
+    assert run.json()["trigger"] == "Manual"
     dockyard.runtime.run_jobs()
     assert client.get(f"/api/v1/runs/{run.json()['runId']}").json()["status"] == "Succeeded"
     source = engine.sources[0]
@@ -141,17 +145,20 @@ def test_manual_task_run_uses_the_tasks_secrets(client, dockyard, engine) -> Non
         "src",
         "ghp_s3cret",
     )
-    assert ("TOKEN", "s3cret-arg") in engine.build_args[0] and ("A", "1") in engine.build_args[0]
+    assert ("TOKEN", "s3cret-arg") in engine.build_args[0]
+    assert ("A", "1") in engine.build_args[0]
     variables = engine.variables[0]
     assert variables.values == {"v": "y", "pw": "s3cret-value", "extra": "more-secret"}
-    assert variables.secret_values == frozenset({"pw", "extra"}) and variables.task_name == "hello-task"
-    assert client.get(f"/api/v1/runs?task=hello-task").json()["runs"][0]["runId"] == run.json()["runId"]
+    assert variables.secret_values == frozenset({"pw", "extra"})
+    assert variables.task_name == "hello-task"
+    assert client.get("/api/v1/runs?task=hello-task").json()["runs"][0]["runId"] == run.json()["runId"]
 
 
 def test_timers_routes(client) -> None:
     create(client)
     added = client.post("/api/v1/tasks/hello-task/timers", json={"name": "hourly", "schedule": "0 * * * *"})
-    assert added.status_code == 201 and added.json()["enabled"] is True
+    assert added.status_code == 201
+    assert added.json()["enabled"] is True
     assert (
         client.post(
             "/api/v1/tasks/hello-task/timers", json={"name": "hourly", "schedule": "0 * * * *"}
@@ -159,11 +166,9 @@ def test_timers_routes(client) -> None:
         == 409
     )
     changed = client.patch("/api/v1/tasks/hello-task/timers/hourly", json={"enabled": False})
-    assert (
-        changed.status_code == 200
-        and changed.json()["enabled"] is False
-        and changed.json()["schedule"] == "0 * * * *"
-    )
+    assert changed.status_code == 200
+    assert changed.json()["enabled"] is False
+    assert changed.json()["schedule"] == "0 * * * *"
     assert (
         client.patch("/api/v1/tasks/hello-task/timers/hourly", json={"schedule": "61 * * * *"}).status_code
         == 400
@@ -207,16 +212,16 @@ def test_github_signature_checked_before_anything(client, anonymous, dockyard) -
     )
     assert github(anonymous, "hello-task", "wrong", "push", push).status_code == 401
     unknown = github(anonymous, "no-such-task", secret, "push", push)
-    assert (
-        unknown.status_code == 401
-        and unknown.json() == github(anonymous, "hello-task", "x", "push", push).json()
-    )
+    assert unknown.status_code == 401
+    assert unknown.json() == github(anonymous, "hello-task", "x", "push", push).json()
     assert client.get("/api/v1/runs").json()["runs"] == []
     assert github(anonymous, "hello-task", secret, "ping", {"zen": "hi"}).status_code == 200
     other = github(anonymous, "hello-task", secret, "push", {"ref": "refs/heads/dev", "after": "b" * 40})
-    assert other.status_code == 200 and "ignored" in other.json()
+    assert other.status_code == 200
+    assert "ignored" in other.json()
     tag = github(anonymous, "hello-task", secret, "push", {"ref": "refs/tags/v1", "after": "c" * 40})
-    assert tag.status_code == 200 and "ignored" in tag.json()
+    assert tag.status_code == 200
+    assert "ignored" in tag.json()
     deleted = github(
         anonymous,
         "hello-task",
@@ -228,7 +233,8 @@ def test_github_signature_checked_before_anything(client, anonymous, dockyard) -
     assert client.get("/api/v1/runs").json()["runs"] == []
     queued = github(anonymous, "hello-task", secret, "push", push)
     assert queued.status_code == 202, queued.text
-    assert queued.json()["trigger"] == "Commit" and queued.json()["triggerDetail"] == {
+    assert queued.json()["trigger"] == "Commit"
+    assert queued.json()["triggerDetail"] == {
         "commit": "a" * 40,
         "branch": "main",
     }
@@ -240,11 +246,13 @@ def test_pull_request_trigger_off_then_on(client, anonymous) -> None:
     assert github(anonymous, "hello-task", secret, "pull_request", event).status_code == 409
     client.patch("/api/v1/tasks/hello-task", json={"pullRequestTriggerEnabled": True})
     queued = github(anonymous, "hello-task", secret, "pull_request", event)
-    assert queued.status_code == 202 and queued.json()["trigger"] == "PullRequest"
+    assert queued.status_code == 202
+    assert queued.json()["trigger"] == "PullRequest"
     assert queued.json()["triggerDetail"]["pullRequest"] == 5
     assert queued.json()["triggerDetail"]["ref"] == "refs/pull/5/head"
     closed = github(anonymous, "hello-task", secret, "pull_request", {**event, "action": "closed"})
-    assert closed.status_code == 200 and "ignored" in closed.json()
+    assert closed.status_code == 200
+    assert "ignored" in closed.json()
 
 
 def test_generic_git_trigger(client, anonymous, dockyard, engine) -> None:
@@ -254,7 +262,8 @@ def test_generic_git_trigger(client, anonymous, dockyard, engine) -> None:
     assert anonymous.post(url, json=body).status_code == 401
     assert anonymous.post(url, json=body, headers={"X-Dockyard-Trigger-Token": "nope"}).status_code == 401
     queued = anonymous.post(url, json=body, headers={"X-Dockyard-Trigger-Token": secret})
-    assert queued.status_code == 202 and queued.json()["trigger"] == "Commit"
+    assert queued.status_code == 202
+    assert queued.json()["trigger"] == "Commit"
     dockyard.runtime.run_jobs()
     assert engine.sources[0].ref == "e" * 40  # the commit is what gets checked out
     raw = json.dumps(body).encode()
