@@ -231,3 +231,15 @@ def test_run_credentials_push_and_pull_but_never_manage(client, dockyard) -> Non
     credentials.ensure_identity()  # idempotent
     with pytest.raises(RegistryError):  # a user name cannot hold ':'
         dockyard.access.identities.create("user", SYSTEM_IDENTITY)
+
+
+def test_run_credentials_follow_the_servers_tls(settings, dockyard) -> None:
+    from dockyard.builds.credentials import TaskCredentials
+
+    tls = settings.model_copy(update={"tls_mode": "self-signed", "host": "0.0.0.0", "port": 5443})
+    access = TaskCredentials(tls, dockyard.access).mint(300)
+    assert not access.plain_http
+    assert access.ca_file == settings.data_dir / "tls" / "ca.crt"
+    assert access.host == "127.0.0.1:5443"
+    named = settings.model_copy(update={"builds_registry": "registry.internal:8443", "tls_cert": None})
+    assert TaskCredentials(named, dockyard.access).mint(300).host == "registry.internal:8443"
