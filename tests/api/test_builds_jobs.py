@@ -84,6 +84,27 @@ def test_timers_fire_once_across_two_runtimes(client, settings, dockyard) -> Non
             node.db.dispose()
 
 
+def test_timers_through_the_runtimes_schedules(client, settings, dockyard) -> None:
+    """Two runtimes' run_due: the builds.timers schedule runs on one of them, the timer fires once."""
+    task(client, "timed-task", timers=[{"name": "every", "schedule": "* * * * *"}])
+    nodes = [build(settings) for _ in range(2)]
+    try:
+        later = utcnow() + timedelta(minutes=2)
+        for node in nodes:
+            node.service("builds").jobs.clock = lambda: later
+        ran = [{s.name for s in node.runtime.due_schedules()} for node in nodes]
+        assert sum("builds.timers" in names for names in ran) == 1
+        for node, names in zip(nodes, ran, strict=True):
+            for schedule in node.runtime.schedules:
+                if schedule.name in names:
+                    node.runtime.run_schedule(schedule)
+        runs = runs_of(client, "timed-task")
+        assert [r["trigger"] for r in runs] == ["Timer"]
+    finally:
+        for node in nodes:
+            node.db.dispose()
+
+
 def test_the_timers_schedule_is_registered(dockyard) -> None:
     names = {schedule.name: schedule.every_seconds for schedule in dockyard.runtime.schedules}
     assert names["builds.timers"] == 60
