@@ -152,7 +152,10 @@ def _parse_yaml(text: str) -> Any:
     if "\x00" in text:
         raise TaskFileError("the task file contains a NUL character")
     protected, restore = _protect_templates(text)
-    loader = _Loader(protected)
+    try:
+        loader = _Loader(protected)
+    except yaml.YAMLError as exc:
+        raise TaskFileError(f"invalid YAML: {exc}") from None
     try:
         document = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
@@ -377,7 +380,9 @@ def load_task_file(text: str) -> TaskSpec:
         working_directory = _string(document["workingDirectory"], "workingDirectory")
     env = _env(document.get("env", []), "env")
     _secrets(document.get("secrets"))
-    raw_steps = document.get("steps", [])
+    raw_steps = document.get("steps")
+    if raw_steps is None:
+        raw_steps = []
     if not isinstance(raw_steps, list):
         raise TaskFileError(f"steps: expected a list, got {_kind_name(raw_steps)}")
     if not raw_steps:
