@@ -1,4 +1,4 @@
-"""Task files (dockyard.builds.taskfile): acr-task.yaml → TaskSpec, dependencies, quick build/cmd/patch specs."""
+"""Task files (dockyard.builds.taskfile): acr-task.yaml → TaskSpec, dependencies, quick and patch specs."""
 
 from __future__ import annotations
 
@@ -491,7 +491,8 @@ def test_when_may_name_a_later_step() -> None:
 
 def test_cycle_through_explicit_whens() -> None:
     refused(
-        "steps:\n  - {id: a, cmd: x, when: [c]}\n  - {id: b, cmd: y, when: [a]}\n  - {id: c, cmd: z, when: [b]}\n",
+        "steps:\n  - {id: a, cmd: x, when: [c]}\n  - {id: b, cmd: y, when: [a]}\n"
+        "  - {id: c, cmd: z, when: [b]}\n",
         "steps[0].when: the steps wait for each other: a -> c -> b -> a",
     )
 
@@ -679,7 +680,7 @@ def test_malformed_yaml(text: str, pattern: str) -> None:
 
 
 def test_not_text() -> None:
-    with pytest.raises(TaskFileError, match="^the task file must be text$"):
+    with pytest.raises(TaskFileError, match=r"^the task file must be text$"):
         load_task_file(b"steps: []")  # type: ignore[arg-type]
 
 
@@ -768,7 +769,7 @@ def test_quick_build_bad_images(image: str, message: str) -> None:
 
 
 def test_quick_build_images_as_a_string_is_refused() -> None:
-    with pytest.raises(TaskFileError, match="^images: expected a list of images, got a string$"):
+    with pytest.raises(TaskFileError, match=r"^images: expected a list of images, got a string$"):
         quick_build_spec("app", None, [], None, no_push=False)
 
 
@@ -786,9 +787,9 @@ def test_quick_build_bad_build_args(key: str, message: str) -> None:
 
 
 def test_quick_build_bad_dockerfile_and_platform() -> None:
-    with pytest.raises(TaskFileError, match="^file: must not be empty$"):
+    with pytest.raises(TaskFileError, match=r"^file: must not be empty$"):
         quick_build_spec(["app"], "", [], None, no_push=False)
-    with pytest.raises(TaskFileError, match="^platform: must not be empty$"):
+    with pytest.raises(TaskFileError, match=r"^platform: must not be empty$"):
         quick_build_spec(["app"], None, [], "", no_push=False)
 
 
@@ -833,7 +834,7 @@ def test_patch_spec() -> None:
 
 
 def test_patch_spec_errors() -> None:
-    with pytest.raises(TaskFileError, match="^image: give the repository without a registry host"):
+    with pytest.raises(TaskFileError, match=r"^image: give the repository without a registry host"):
         patch_spec("other.io/app:1", "app:1-patched")
-    with pytest.raises(TaskFileError, match="^tag: must not be empty$"):
+    with pytest.raises(TaskFileError, match=r"^tag: must not be empty$"):
         patch_spec("app:1", "")
