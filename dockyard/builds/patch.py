@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 
-from dockyard.oci.digest import is_digest
+from dockyard.oci.digest import parse_digest
+from dockyard.oci.errors import RegistryError
 from dockyard.oci.names import TAG_GRAMMAR
 
 NO_PACKAGE_MANAGER = "no supported package manager (apt-get, apk, dnf, microdnf, yum, zypper)"
@@ -63,8 +64,11 @@ def patched_tag(image: str) -> str:
     if not image or any(char.isspace() for char in image):
         raise ValueError(f"invalid image reference {image[:120]!r}")
     name, at, digest = image.partition("@")
-    if at and not is_digest(digest):
-        raise ValueError(f"invalid digest in {image[:120]!r}")
+    if at:
+        try:
+            parse_digest(digest)
+        except RegistryError:
+            raise ValueError(f"invalid digest in {image[:120]!r}") from None
     slash = name.rfind("/")
     colon = name.rfind(":")
     if colon > slash:
