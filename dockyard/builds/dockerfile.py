@@ -230,7 +230,8 @@ class _Expander:
             (op for op in (":-", ":+", ":?", "-", "+", "?") if text.startswith(op, self.index)), None
         )
         if operator is None:
-            raise self.error(f"unsupported substitution in {text[:120]!r}")
+            problem = "missing '}'" if self.index >= len(text) else "unsupported substitution"
+            raise self.error(f"{problem} in {text[:120]!r}")
         self.index += len(operator)
         word = self.word("}")
         self.index += 1
