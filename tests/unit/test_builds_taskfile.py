@@ -630,7 +630,10 @@ def test_an_anchor_alone_is_harmless() -> None:
 def test_deep_nesting_is_refused() -> None:
     with pytest.raises(TaskFileError, match=r"^line 1: nested too deeply$"):
         load_task_file("steps: " + "[" * 100 + "]" * 100)
-    with pytest.raises(TaskFileError, match=r"nested too deeply"):
+    # libyaml stops at its own limit (1000) while scanning ahead; either way it is refused quickly.
+    with pytest.raises(
+        TaskFileError, match=r"^line 1: (nested too deeply|invalid YAML: exceeded maximum nesting)"
+    ):
         load_task_file("[" * 50000)
 
 
