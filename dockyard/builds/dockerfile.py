@@ -22,7 +22,6 @@ MAX_VALUE_LENGTH = 64 * 1024
 
 _DIRECTIVE = re.compile(r"#\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*(.*?)\s*\Z")
 _KNOWN_DIRECTIVES = {"syntax", "escape", "check"}
-_INSTRUCTION = re.compile(r"\s*(\S+)(?:\s+(.*))?\Z", re.DOTALL)
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _HEREDOC = re.compile(r"\d*<<(-?)(['\"]?)([^\s'\"<>|&;]+)\2\Z")
 _HEREDOC_INSTRUCTIONS = {"run", "copy", "add"}
@@ -68,7 +67,7 @@ def _instructions(text: str) -> tuple[str, list[tuple[int, str]]]:
     """The escape character and the logical lines (continuations joined, comments and heredocs dropped)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCKERFILE_BYTES:
         raise DockerfileError(f"the Dockerfile is larger than {MAX_DOCKERFILE_BYTES // 1024} KiB")
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = text.replace("\r\n", "\n").split("\n")
     escape, index = _directives(lines)
     result: list[tuple[int, str]] = []
     while index < len(lines):
@@ -95,12 +94,18 @@ def _instructions(text: str) -> tuple[str, list[tuple[int, str]]]:
     return escape, result
 
 
+def _keyword(instruction: str) -> tuple[str, str]:
+    """An instruction's keyword (lower-cased) and its arguments."""
+    words = instruction.split(None, 1)
+    return words[0].lower(), words[1] if len(words) > 1 else ""
+
+
 def _skip_heredocs(instruction: str, lines: list[str], index: int) -> int:
     """The index of the line after the heredoc bodies (``RUN <<EOF`` … ``EOF``) of ``instruction``."""
-    match = _INSTRUCTION.match(instruction)
-    if not match or match.group(1).lower() not in _HEREDOC_INSTRUCTIONS:
+    keyword, arguments = _keyword(instruction)
+    if keyword not in _HEREDOC_INSTRUCTIONS:
         return index
-    for word in (match.group(2) or "").split():
+    for word in arguments.split():
         heredoc = _HEREDOC.match(word)
         if not heredoc:
             continue
@@ -250,8 +255,8 @@ def _expand(word: str, env: Mapping[str, str], escape: str, line: int) -> str:
 
 
 def _platform_args(platform: str) -> dict[str, str]:
-    parts = platform.split("/")
-    os_, arch, variant = [*parts, "", "", ""][:3]
+    os_, _, rest = platform.partition("/")
+    arch, _, variant = rest.partition("/")
     values = {"PLATFORM": platform, "OS": os_, "ARCH": arch, "VARIANT": variant}
     return {f"{scope}{key}": value for scope in ("TARGET", "BUILD") for key, value in values.items()}
 
@@ -262,10 +267,7 @@ def stages(text: str, build_args: Mapping[str, str], *, platform: str = DEFAULT_
     env: dict[str, str] = _platform_args(platform)
     result: list[Stage] = []
     for line, instruction in instructions:
-        match = _INSTRUCTION.match(instruction)
-        if not match:
-            continue
-        keyword, arguments = match.group(1).lower(), match.group(2) or ""
+        keyword, arguments = _keyword(instruction)
         if keyword == "arg" and not result:
             for word in _split_words(arguments, escape):
                 name, has_default, default = _expand(word, env, escape, line).partition("=")

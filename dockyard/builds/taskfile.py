@@ -241,7 +241,7 @@ def _secrets(value: Any) -> None:
         raise TaskFileError(f"secrets: expected a list, got {_kind_name(value)}")
     for index, entry in enumerate(value):
         path = f"secrets[{index}]"
-        if isinstance(entry, dict) and ("keyvault" in entry or "akv" in entry):
+        if isinstance(entry, dict) and "keyvault" in entry:
             raise TaskFileError(
                 f"{path}.keyvault: Key Vault secrets are not supported; "
                 "use --set-secret NAME=value and {{.Values.NAME}}"

@@ -242,6 +242,72 @@ def test_comments_blank_lines_and_indentation() -> None:
     assert final_stage_bases(text, {}) == ("alpine:1",)
 
 
+def test_comments_and_blank_lines_inside_a_from_continuation() -> None:
+    text = "FROM a \\\n# comment\n   # indented comment\n\n AS b\nFROM b\n"
+    assert final_stage_bases(text, {}) == ("a",)
+
+
+def test_continuation_without_space_before_the_escape() -> None:
+    assert stages("FROM alpine:3\\\n AS b\n", {}) == [Stage("alpine:3", "b", 1)]
+
+
+def test_explicit_backslash_escape_directive() -> None:
+    assert final_stage_bases("# escape=\\\nFROM a \\\n AS b\nFROM b\n", {}) == ("a",)
+
+
+def test_lone_carriage_returns_are_not_line_breaks() -> None:
+    # BuildKit splits lines on \n (dropping a \r before it), not on a lone \r.
+    with pytest.raises(DockerfileError, match="expected FROM"):
+        final_stage_bases("FROM a\rFROM b\n", {})
+
+
+def test_size_bound_is_inclusive() -> None:
+    text = "FROM a\n#"
+    text += "x" * (dockerfile.MAX_DOCKERFILE_BYTES - len(text))
+    assert final_stage_bases(text, {}) == ("a",)
+
+
+def test_arg_words_keep_escaped_and_quoted_spaces() -> None:
+    message = r"^line 2: the base image '\$A' expands to 'x y'$"
+    with pytest.raises(DockerfileError, match=message):
+        final_stage_bases("ARG A=x\\ y\nFROM $A\n", {})
+    with pytest.raises(DockerfileError, match=message):
+        final_stage_bases('ARG A="x y"\nFROM $A\n', {})
+    with pytest.raises(DockerfileError, match=message):
+        final_stage_bases("ARG A='x y'\nFROM $A\n", {})
+    with pytest.raises(DockerfileError, match=message.replace("line 2", "line 3")):
+        final_stage_bases("# escape=`\nARG A=x` y\nFROM $A\n", {})
+
+
+def test_arg_values_with_escapes_and_quotes() -> None:
+    assert final_stage_bases("# escape=`\nARG A=x`$y\nFROM $A\n", {}) == ("x$y",)
+    assert final_stage_bases('ARG A="q\\"x" B=2\nFROM x/$A:$B\n', {}) == ('x/q"x:2',)
+    assert final_stage_bases("ARG A='a\\b' B=\\'c\nFROM x/$A$B\n", {}) == ("x/a\\b'c",)
+    assert final_stage_bases("ARG A='a'-'b' B=''c\nFROM x/$A$B\n", {}) == ("x/a-bc",)
+
+
+def test_arg_errors_name_their_line() -> None:
+    with pytest.raises(DockerfileError, match=r"^line 2: B: missing$"):
+        final_stage_bases("# c\nARG A=${B:?missing}\nFROM a\n", {})
+
+
+def test_value_length_bound_is_inclusive() -> None:
+    limit = dockerfile.MAX_VALUE_LENGTH
+    assert final_stage_bases("ARG A\nFROM $A\n", {"A": "x" * limit}) == ("x" * limit,)
+    with pytest.raises(DockerfileError, match="too long"):
+        final_stage_bases("ARG A\nFROM $A\n", {"A": "x" * (limit + 1)})
+
+
+def test_all_stage_bases_use_build_args() -> None:
+    assert all_stage_bases("ARG V=1\nFROM a:$V\nFROM b:$V\n", {"V": "2"}) == ("a:2", "b:2")
+
+
+def test_platform_without_architecture() -> None:
+    assert final_stage_bases(
+        "FROM x:${TARGETOS}-${TARGETARCH:-none}-${TARGETVARIANT:-none}", {}, platform="linux"
+    ) == ("x:linux-none-none",)
+
+
 def test_line_continuations() -> None:
     text = "FROM \\\n  alpine:3 \\\n  AS base\nRUN echo a \\\n# a comment inside\n\n  b\nFROM \\\n base\n"
     assert final_stage_bases(text, {}) == ("alpine:3",)
@@ -314,11 +380,23 @@ def test_heredoc_bodies_are_not_instructions() -> None:
         one
         FROM evil:4
         two
-        FROM base
+        FROM busybox:1
         """
     )
-    assert final_stage_bases(text, {}) == ("alpine:3",)
-    assert all_stage_bases(text, {}) == ("alpine:3",)
+    assert final_stage_bases(text, {}) == ("busybox:1",)
+    assert all_stage_bases(text, {}) == ("alpine:3", "busybox:1")
+
+
+def test_heredoc_dash_strips_tabs_only_with_dash() -> None:
+    assert final_stage_bases("FROM a\nRUN <<-EOF\n\techo\n\tEOF\nFROM b\n", {}) == ("b",)
+    # Without "-", a tab-indented terminator does not end the body.
+    text = "FROM a\nRUN <<EOF\n\tEOF\nFROM evil\nEOF\nFROM b\n"
+    assert all_stage_bases(text, {}) == ("a", "b")
+
+
+def test_heredoc_with_fd_and_quotes() -> None:
+    text = 'FROM a\nRUN 3<<"X" cat <&3\nFROM evil\nX\nFROM b\n'
+    assert all_stage_bases(text, {}) == ("a", "b")
 
 
 def test_shell_shift_is_not_a_heredoc() -> None:

@@ -650,6 +650,12 @@ def test_size_bound() -> None:
         load_task_file(padding + "steps: [{cmd: x}]\n" + "#" * 40)
 
 
+def test_size_bound_is_inclusive() -> None:
+    text = "steps: [{cmd: x}]\n#"
+    text += "x" * (taskfile.MAX_TASK_FILE_BYTES - len(text))
+    assert load_task_file(text).steps[0].command == "x"
+
+
 def test_size_bound_counts_bytes_not_characters() -> None:
     text = "steps: [{cmd: x}]\n#" + "é" * (taskfile.MAX_TASK_FILE_BYTES // 2)
     with pytest.raises(TaskFileError, match="larger than"):
@@ -733,6 +739,22 @@ def test_quick_build_spec() -> None:
         "--no-cache",
         ".",
     ]
+
+
+def test_quick_build_timeouts() -> None:
+    spec = quick_build_spec(["app"], None, [], None, no_push=False)
+    assert spec.step_timeout == 28800
+    assert [step.timeout for step in spec.steps] == [28800, 3600]
+
+
+def test_quick_build_dotted_path_components_are_not_hosts() -> None:
+    spec = quick_build_spec(["team/app.web/x:1"], None, [], None, no_push=False)
+    assert spec.steps[1].images == ("{{.Run.Registry}}/team/app.web/x:1",)
+
+
+def test_quick_build_argument_values_must_be_strings() -> None:
+    with pytest.raises(TaskFileError, match=r"^args\[1\]: expected a string, got null$"):
+        quick_build_spec(["app"], None, [("A", "1"), ("B", None)], None, no_push=False)  # type: ignore[list-item]
 
 
 def test_quick_build_minimal_and_no_push() -> None:
@@ -831,6 +853,7 @@ def test_patch_spec() -> None:
         ".",
     ]
     assert push.images == ("{{.Run.Registry}}/app:1-patched",)
+    assert (build.timeout, push.timeout, spec.step_timeout) == (28800, 3600, 28800)
     assert dockerfile.startswith("ARG DOCKYARD_PATCH_IMAGE\nFROM ${DOCKYARD_PATCH_IMAGE}\nUSER root\nRUN ")
     # The recorded base of the patch run is the image being patched.
     assert final_stage_bases(dockerfile, {"DOCKYARD_PATCH_IMAGE": "reg:5000/app:1"}) == ("reg:5000/app:1",)
