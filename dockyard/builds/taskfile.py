@@ -116,16 +116,18 @@ def _protect_templates(text: str) -> tuple[str, Callable[[str], str]]:
     templates back into the parsed strings.
     """
     actions: list[str] = []
-    prefix = "dyTPL"
-    while prefix in text:
-        prefix += "x"
+    used = set(text)
+    # A private-use character the text does not hold marks the tokens (YAML takes it as plain text).
+    mark = next((chr(code) for code in range(0xE000, 0xF900) if chr(code) not in used), None)
+    if mark is None:
+        raise TaskFileError("the task file uses every private-use character")
 
     def token(match: re.Match[str]) -> str:
         actions.append(match.group(0))
-        return f"{prefix}{len(actions) - 1}Z"
+        return f"{mark}{len(actions) - 1}{mark}"
 
     protected = _ACTION.sub(token, text)
-    pattern = re.compile(re.escape(prefix) + r"(\d+)Z")
+    pattern = re.compile(mark + r"(\d+)" + mark)
 
     def restore(value: str) -> str:
         return pattern.sub(lambda m: actions[int(m.group(1))], value)

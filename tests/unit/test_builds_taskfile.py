@@ -594,9 +594,25 @@ def test_template_in_a_number_field_is_a_type_error() -> None:
     )
 
 
-def test_placeholder_text_in_the_file_is_not_confused_with_templates() -> None:
-    spec = load("steps:\n  - cmd: echo dyTPL0Z {{.Run.ID}} dyTPLx1Z\n")
-    assert spec.steps[0].command == "echo dyTPL0Z {{.Run.ID}} dyTPLx1Z"
+def test_private_use_characters_in_the_file_are_not_confused_with_templates() -> None:
+    text = "steps:\n  - cmd: echo \ue0000\ue000 {{.Run.ID}} \ue0010\ue001\n"
+    assert load_task_file(text).steps[0].command == "echo \ue0000\ue000 {{.Run.ID}} \ue0010\ue001"
+
+
+def test_a_file_holding_every_private_use_character_is_refused() -> None:
+    every = "".join(chr(code) for code in range(0xE000, 0xF900))
+    with pytest.raises(TaskFileError, match=r"^the task file uses every private-use character$"):
+        load_task_file(f"steps: [{{cmd: x}}]\n# {every}\n")
+    almost = every.replace("\uf8ff", "")
+    assert (
+        load_task_file(f"steps: [{{cmd: '{{{{.Run.ID}}}}'}}]\n# {almost}\n").steps[0].command == "{{.Run.ID}}"
+    )
+
+
+def test_many_templates_stay_cheap() -> None:
+    text = "steps: [{cmd: '" + "{{}}" * 20000 + "'}]"
+    with pytest.raises(TaskFileError, match=r"^steps\[0\]\.cmd: unsupported template \{\{\}\}"):
+        load_task_file(text)
 
 
 def test_template_in_a_key_is_restored_and_refused() -> None:
