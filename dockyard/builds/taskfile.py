@@ -95,18 +95,28 @@ _CLOSE = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
 
 def _check_events(text: str) -> None:
-    """Refuse aliases (no billion-laughs expansion) and deep nesting before anything is built."""
-    depth = 0
+    """Refuse aliases (no billion-laughs expansion), deep nesting and duplicate keys, before building."""
+    # One entry per open collection: the keys seen so far (a mapping) or None (a sequence), and
+    # whether the mapping's next node is a key.
+    stack: list[tuple[set[str] | None, list[bool]]] = []
     for event in yaml.parse(text, Loader=_FAST_LOADER):
+        line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
-            line = event.start_mark.line + 1
             raise TaskFileError(f"line {line}: YAML aliases (*{event.anchor}) are not supported")
+        if isinstance(event, _CLOSE):
+            stack.pop()
+            continue
+        if stack and stack[-1][0] is not None:
+            keys, expect_key = stack[-1]
+            if expect_key[0] and isinstance(event, yaml.ScalarEvent):
+                if event.value in keys:
+                    raise TaskFileError(f"line {line}: {event.value[:80]} is given twice")
+                keys.add(event.value)
+            expect_key[0] = not expect_key[0]
         if isinstance(event, _OPEN):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise TaskFileError(f"line {event.start_mark.line + 1}: nested too deeply")
-        elif isinstance(event, _CLOSE):
-            depth -= 1
+            if len(stack) >= MAX_DEPTH:
+                raise TaskFileError(f"line {line}: nested too deeply")
+            stack.append((set() if isinstance(event, yaml.MappingStartEvent) else None, [True]))
 
 
 def _protect_templates(text: str) -> tuple[str, Callable[[str], str]]:

@@ -639,6 +639,21 @@ def test_merge_keys_need_aliases_and_are_refused() -> None:
         load_task_file(text)
 
 
+def test_same_keys_in_different_mappings_are_fine() -> None:
+    spec = load("steps:\n  - {id: a, cmd: x, env: [A=1]}\n  - {id: b, cmd: y, env: [A=1]}\nenv: [A=1]\n")
+    assert [step.id for step in spec.steps] == ["a", "b"]
+    spec = load("steps:\n  - cmd: x\n    env:\n      - id=1\n    id: a\n")
+    assert spec.steps[0].id == "a"
+
+
+def test_complex_keys_are_not_confused_with_values() -> None:
+    # The "cmd" inside the sequence key is not a key of the step: no "given twice" here.
+    with pytest.raises(TaskFileError, match=r"^line 2: invalid YAML: found unhashable key$"):
+        load("steps:\n  - ? [cmd]\n    : x\n    cmd: y\n")
+    with pytest.raises(TaskFileError, match=r"^line 1: invalid YAML: found unhashable key$"):
+        load("? {cmd: 1, id: 2}\n: {cmd: 3}\ncmd: 4\n")
+
+
 def test_an_anchor_alone_is_harmless() -> None:
     assert load("steps: &s [{cmd: x}]\n").steps[0].command == "x"
 
@@ -694,7 +709,9 @@ def test_many_steps_are_refused() -> None:
         ("steps: [{cmd: x}\n", r"^line 2: invalid YAML: "),
         ("steps:\n\t- cmd: x\n", r"^line 2: invalid YAML: "),
         ("steps: [{cmd: !!python/object:os.system x}]", r"^line 1: invalid YAML: "),
-        ("a: 1\na: 2\n", r"^a: unknown property$"),
+        ("a: 1\na: 2\n", r"^line 2: a is given twice$"),
+        ("steps: [{cmd: a}]\nsteps: [{cmd: b}]\n", r"^line 2: steps is given twice$"),
+        ("steps:\n  - cmd: a\n    id: x\n    cmd: b\n", r"^line 4: cmd is given twice$"),
         ('steps: [{cmd: "\x00"}]', r"^the task file contains a NUL character$"),
         ('steps: [{cmd: "\x07"}]', r"^invalid YAML: unacceptable character #x0007"),
     ],
