@@ -129,7 +129,14 @@ class BuildahBuilder:
             "REGISTRY_AUTH_FILE": str(self.auth_file),
             "BUILDAH_ISOLATION": "chroot",
         }
-        self._store_flags = ["--root", str(self.store), "--runroot", str(self.runroot), "--storage-driver", "vfs"]
+        self._store_flags = [
+            "--root",
+            str(self.store),
+            "--runroot",
+            str(self.runroot),
+            "--storage-driver",
+            "vfs",
+        ]
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -176,7 +183,14 @@ class BuildahBuilder:
         dockerfile = self._dockerfile(context, build_dir, request.dockerfile)
         iidfile = Path(tempfile.mkstemp(prefix="iid-", dir=self.workdir / "tmp")[1])
         args = ["bud", "--isolation", "chroot", "--layers=false", "--iidfile", str(iidfile)]
-        args += ["--signature-policy", str(self.policy), "--authfile", str(self.auth_file), "-f", str(dockerfile)]
+        args += [
+            "--signature-policy",
+            str(self.policy),
+            "--authfile",
+            str(self.auth_file),
+            "-f",
+            str(dockerfile),
+        ]
         args += self._tls_flags()
         for tag in request.tags:
             args += ["-t", tag]

@@ -153,6 +153,10 @@ def check_host(host: str, settings: Settings) -> None:
     """BuildError when ``host`` is, or resolves to, an address the upstream rules refuse."""
     if not host:
         raise BuildError("the URL names no host")
+    allowed = networks(settings.upstream_allowed_networks)
+    reason = host_refusal(host, [], allowed)  # metadata names and literal addresses, before any lookup
+    if reason is not None:
+        raise BuildError(f"refused to connect: {reason} (upstream_allowed_networks can allow it)")
     if parse_address(host) is not None:
         addresses = [host.strip("[]")]
     else:
@@ -160,7 +164,7 @@ def check_host(host: str, settings: Settings) -> None:
             addresses = list({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
         except (OSError, UnicodeError) as exc:
             raise BuildError(f"cannot resolve {host}: {exc}") from None
-    reason = host_refusal(host, addresses, networks(settings.upstream_allowed_networks))
+    reason = host_refusal(host, addresses, allowed)
     if reason is not None:
         raise BuildError(f"refused to connect: {reason} (upstream_allowed_networks can allow it)")
 
