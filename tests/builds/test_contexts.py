@@ -138,7 +138,7 @@ def test_upload_bounds(tmp_path: Path) -> None:
 
 
 def test_upload_file_count_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dockyard.builds.contexts as contexts
+    from dockyard.builds import contexts
 
     monkeypatch.setattr(contexts, "MAX_FILES", 3)
     data = tar_bytes(*[(member(f"f{i}"), b"") for i in range(4)])
@@ -204,7 +204,7 @@ def repo(tmp_path: Path) -> tuple[Path, str, str]:
     return path, first, git(path, "rev-parse", "HEAD")
 
 
-def clone(tmp_path: Path, source: ContextSource, dest: str = "ctx", **values: object):  # noqa: ANN201
+def clone(tmp_path: Path, source: ContextSource, dest: str = "ctx", **values: object):
     values.setdefault("builds_local_git_roots", [tmp_path / "roots"])
     return prepare_context(
         source,
@@ -306,12 +306,12 @@ def test_git_refused_refs(tmp_path: Path, repo: tuple[Path, str, str]) -> None:
 def test_git_token_never_in_argv_or_log(
     tmp_path: Path, repo: tuple[Path, str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dockyard.builds.contexts as contexts
+    from dockyard.builds import contexts
 
     calls: list[tuple[list[str], dict[str, str]]] = []
     real = contexts.run_process
 
-    def spy(argv, **kwargs):  # noqa: ANN001, ANN202
+    def spy(argv, **kwargs):
         calls.append((list(argv), dict(kwargs["env"])))
         return real(argv, **kwargs)
 
