@@ -179,7 +179,8 @@ class Executor:
                 for step in [s for s in pending if all(d in passed for d in graph.get(s.id, ()))]:
                     pending.remove(step)
                     thread = threading.Thread(
-                        target=lambda s=step: done.put(self._step(run, s)),
+                        target=self._guarded,
+                        args=(run, step, done),
                         name=f"step {step.id}",
                         daemon=True,
                     )
@@ -204,6 +205,16 @@ class Executor:
         if status == SUCCEEDED and pending:
             status, error = FAILED, "steps could not start: " + ", ".join(s.id for s in pending)
         return outcomes, status, error
+
+    def _guarded(self, run: _Run, step: Step, done: queue.Queue[tuple[StepOutcome, str | None]]) -> None:
+        """``_step``, whose unexpected exceptions (a bug, the machine failing) end the run as Error."""
+        try:
+            result = self._step(run, step)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            run.log.write(f"Step ID: {step.id} crashed: {message}\n")
+            result = StepOutcome(id=step.id, status=FAILED, finished_at=time.time(), error=message), ERROR
+        done.put(result)
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -310,8 +321,9 @@ class Executor:
 
     def _cmd(self, run: _Run, step: Step, env: dict[str, str], deadline: Deadline) -> int:
         aliases, variables = run.spec.aliases, run.variables
+        text = render(step.command, variables, aliases=aliases)
         try:
-            words = shlex.split(render(step.command, variables, aliases=aliases))
+            words = shlex.split(text)
         except ValueError as exc:
             raise BuildError(f"cannot parse the command: {exc}") from None
         if not words:
