@@ -273,6 +273,7 @@ class BuildahBuilder:
             scheme="http" if self.registry.plain_http else "https",
             ssl_context=context,
             allowed=networks(["0.0.0.0/0", "::/0"]),  # this registry itself
+            insecure_hosts=frozenset({self.registry.host}) if self.registry.plain_http else frozenset(),
             timeout=30.0,
         )
         try:

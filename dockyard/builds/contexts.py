@@ -393,6 +393,7 @@ def fetch_oci(
             scheme="http" if registry.plain_http else "https",
             ssl_context=context,
             allowed=networks(["0.0.0.0/0", "::/0"]),  # this registry itself, wherever it listens
+            insecure_hosts=frozenset({registry.host}) if registry.plain_http else frozenset(),
             timeout=settings.upstream_timeout_seconds,
         )
     else:
