@@ -336,3 +336,68 @@ def test_git_token_never_in_argv_or_log(
         assert "protocol.allow=never" in argv
         assert "protocol.file.allow=always" in argv
     assert "s3cr3t" not in log.text
+
+
+# -- tarball URLs ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tar_server() -> Iterator[str]:
+    """http://127.0.0.1:PORT serving /ctx.tar.gz, /redirect (to /ctx.tar.gz) and 404s."""
+    import http.server
+    import threading
+
+    body = tar_bytes((member("Dockerfile"), b"FROM scratch\n"), gz=True)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/ctx.tar.gz":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "/ctx.tar.gz")
+                self.end_headers()
+            else:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def fetch(tmp_path: Path, url: str, **values: object) -> Path:
+    return prepare_context(
+        ContextSource(kind="tarball", location=url),
+        tmp_path / "ctx",
+        log=Log(),
+        read_source=lambda _d: iter(()),
+        settings=settings(tmp_path, **values),
+        deadline=later(),
+    ).path
+
+
+def test_tarball_fetched_through_the_address_rules(tmp_path: Path, tar_server: str) -> None:
+    trusted = {"upstream_allowed_networks": ["127.0.0.0/8"], "insecure_upstreams": [tar_server]}
+    path = fetch(tmp_path, f"http://{tar_server}/redirect", **trusted)
+    assert (path / "Dockerfile").read_text() == "FROM scratch\n"
+    with pytest.raises(BuildError, match="refused plain-http"):
+        fetch(tmp_path, f"http://{tar_server}/ctx.tar.gz", upstream_allowed_networks=["127.0.0.0/8"])
+    with pytest.raises(BuildError, match="loopback"):
+        fetch(tmp_path, f"http://{tar_server}/ctx.tar.gz", insecure_upstreams=[tar_server])
+    with pytest.raises(BuildError, match="HTTP 404"):
+        fetch(tmp_path, f"http://{tar_server}/missing", **trusted)
+    with pytest.raises(BuildError, match="only http"):
+        fetch(tmp_path, "file:///etc/passwd", **trusted)

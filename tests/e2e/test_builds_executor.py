@@ -232,3 +232,60 @@ def test_git_context_build(base_image: str, dockyard_server: DockyardServer, tmp
     assert outcome.status == SUCCEEDED, text
     assert "v1" in text
     assert outcome.images == ()  # built and run, never pushed
+
+
+def test_oci_artifact_context_on_this_registry(
+    dockyard_server: DockyardServer, registry_http: httpx.Client, tmp_path: Path
+) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    from tests.e2e.support import push_blob, put_manifest
+
+    def layer(name: str, data: bytes) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as archive:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        return gzip.compress(out.getvalue(), mtime=0)
+
+    layers = [layer("Dockerfile", b"FROM scratch\n"), layer("Dockerfile", b"FROM scratch\nLABEL second=1\n")]
+    config = b"{}"
+    repository = "executor/context"
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.dockyard.context",
+        "config": {
+            "mediaType": "application/vnd.oci.empty.v1+json",
+            "digest": push_blob(registry_http, repository, config),
+            "size": len(config),
+        },
+        "layers": [
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": push_blob(registry_http, repository, data),
+                "size": len(data),
+            }
+            for data in layers
+        ],
+    }
+    put_manifest(
+        registry_http,
+        repository,
+        "v1",
+        json.dumps(manifest).encode(),
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    prepared = prepare_context(
+        ContextSource(kind="oci", location=f"oci://{dockyard_server.host}/{repository}:v1"),
+        tmp_path / "oci-ctx",
+        log=Log(),
+        read_source=lambda _d: iter(()),
+        settings=Settings(data_dir=tmp_path / "data"),
+        deadline=Deadline(at=time.monotonic() + 60),
+        registry=access(dockyard_server),
+    )
+    assert (prepared.path / "Dockerfile").read_text() == "FROM scratch\nLABEL second=1\n"  # layers in order
