@@ -445,9 +445,13 @@ def prepare_context(
         pass
     elif source.kind == "upload":
         log.write(f"Unpacking the uploaded context {source.location}\n")
-        extract_tar(
-            read_source(source.location), dest, max_bytes=settings.builds_context_max_bytes, deadline=deadline
-        )
+        stream = read_source(source.location)
+        try:
+            extract_tar(stream, dest, max_bytes=settings.builds_context_max_bytes, deadline=deadline)
+        finally:
+            close = getattr(stream, "close", None)
+            if callable(close):
+                close()  # a generator holding the blob open
     elif source.kind == "git":
         log.write("Cloning the git context\n")
         commit, branch = clone_git(source, dest, log=log, settings=settings, deadline=deadline)
