@@ -103,8 +103,8 @@ class DefaultEngine:
         from dockyard.builds.buildah import BuildahBuilder
         from dockyard.builds.executor import Executor
 
-        builder = BuildahBuilder(workdir, registry, platform)
-        try:
-            return Executor(builder, registry, log).execute(spec, context, variables, canceled, run_deadline)
-        finally:
-            builder.close()
+        builder = BuildahBuilder(
+            workdir / "builder", registry, platform, network=self._settings.builds_network
+        )
+        # the executor closes the builder (its processes, containers and private store) however it ends
+        return Executor(builder, registry, log).execute(spec, context, variables, canceled, run_deadline)

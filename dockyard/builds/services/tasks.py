@@ -28,6 +28,7 @@ from dockyard.builds.services.common import (
 )
 from dockyard.builds.services.runs import RunService, queue_run
 from dockyard.builds.spec import MANUAL
+from dockyard.builds.taskfile import load_task_file
 from dockyard.config import Settings
 from dockyard.db import Database, as_utc, utcnow
 from dockyard.events.services import EventService
@@ -499,11 +500,7 @@ class TaskService:
 
 
 def _check_task_file(text: str) -> None:
-    """Parse a task file when the task-file parser is installed (400 naming the bad path)."""
-    try:
-        from dockyard.builds.taskfile import load_task_file
-    except ImportError:  # the parser lands separately; the run reports errors meanwhile
-        return
+    """400 naming the bad path when ``text`` is not a valid task file."""
     try:
         load_task_file(text)
     except ValueError as exc:
