@@ -102,6 +102,8 @@ def test_request_validation(client, engine) -> None:
         {"type": "build", "images": ["a"], "source": {"kind": "upload", "location": "sha256:" + "0" * 64}},
         {"type": "build", "images": ["a"], "source": {"kind": "git", "location": "/srv/not/allowed"}},
         {"type": "cmd", "cmd": "x", "platform": "Linux AMD"},
+        {"type": "file", "taskFile": "steps:\n  - build: -t a .\n    when: [nope]\n"},
+        {"type": "file"},
     ]
     for body in bad:
         response = client.post("/api/v1/runs", json=body)
