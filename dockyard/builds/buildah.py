@@ -47,6 +47,14 @@ _CONTAINERS_CONF = (
 CLEANUP_SECONDS = 60.0
 
 
+def image_word(image: str, what: str) -> str:
+    """``image`` as one argv word for buildah or podman: BuildError when it is empty, starts with
+    ``-`` (it would be read as a flag: ``--privileged``, ``--volume=/:/host``) or holds blanks."""
+    if not image or image.startswith("-") or any(c.isspace() or ord(c) < 32 or c == "\x7f" for c in image):
+        raise BuildError(f"{what} {image[:100]!r}: not an image reference")
+    return image
+
+
 def _container_name(step: str | None) -> str:
     base = "".join(c if c.isalnum() or c in "_.-" else "-" for c in (step or "step")).lstrip("_.-")
     return f"{(base or 'step')[:40]}-{secrets.token_hex(4)}"
@@ -231,6 +239,7 @@ class BuildahBuilder:
 
     def push(self, image: str, log: LogSink, deadline: Deadline) -> str:
         """``buildah push`` of the local image ``image`` to ``docker://image``; the manifest digest."""
+        image_word(image, "push")
         digestfile = Path(tempfile.mkstemp(prefix="digest-", dir=self.workdir / "tmp")[1])
         args = ["push", "--signature-policy", str(self.policy), "--authfile", str(self.auth_file)]
         args += [*self._tls_flags(), "--digestfile", str(digestfile), image, f"docker://{image}"]
@@ -286,6 +295,9 @@ class BuildahBuilder:
 
     def _run_args(self, request: ContainerRequest, name: str) -> list[str]:
         args = ["--name", name, "--network", self.network, "--pull", "never"]
+        workdir = request.workdir
+        if workdir and (not workdir.startswith("/") or any(c in workdir for c in ":,\n")):
+            raise BuildError(f"working directory {workdir[:100]!r}: an absolute path without ':' or ','")
         if request.mount is not None and request.workdir:
             args += ["-v", f"{request.mount}:{request.workdir}", "-w", request.workdir]
         elif request.workdir:
@@ -298,9 +310,10 @@ class BuildahBuilder:
             args += ["--entrypoint", request.entry_point]
         if request.user:
             args += ["--user", request.user]
-        return [*args, request.image, *request.args]
+        return [*args, image_word(request.image, "cmd image"), *request.args]
 
     def _ensure_image(self, request: ContainerRequest, log: LogSink, deadline: Deadline) -> None:
+        image_word(request.image, "cmd image")
         if not request.pull:
             code, _ = self._run("podman", ["image", "exists", request.image], None, deadline)
             if code == 0:

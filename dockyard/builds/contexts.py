@@ -13,9 +13,12 @@ the upstream address rules (loopback, link-local and metadata refused unless
 from __future__ import annotations
 
 import base64
+import bz2
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import re
 import socket
@@ -23,6 +26,7 @@ import ssl
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,6 +102,45 @@ def _check_deadline(deadline: Deadline, what: str) -> None:
         raise StepTimedOut(f"{what}: timed out")
 
 
+def _tar_bound(max_bytes: int) -> int:
+    """Most bytes of uncompressed tar a context of ``max_bytes`` may need: contents, one header and
+    padding block per member, and slack for long names (pax/GNU headers)."""
+    return max_bytes + MAX_FILES * 2048 + 16 * _CHUNK
+
+
+class _Bounded(io.RawIOBase):
+    """Reads ``inner`` (uncompressed tar) and refuses past ``limit`` bytes: a compressed bomb, or huge
+    pax/GNU long-name headers (tarfile holds those in memory), ends early instead of filling it."""
+
+    def __init__(self, inner: io.BufferedIOBase, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+        self.read_bytes = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._inner.read(min(len(target), _CHUNK))
+        self.read_bytes += len(data)
+        if self.read_bytes > self._limit:
+            raise BuildError(f"the context unpacks to more than {self._limit} bytes of tar")
+        target[: len(data)] = data
+        return len(data)
+
+
+def _decompressed(raw: io.BufferedReader) -> io.BufferedIOBase:
+    """``raw`` uncompressed: gzip, bzip2 and xz sniffed by their magic bytes, else as it is."""
+    head = raw.peek(6)[:6]
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(raw)
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(raw)
+    return raw
+
+
 def _check_member(member: tarfile.TarInfo) -> None:
     name = member.name
     parts = name.replace("\\", "/").split("/")
@@ -128,7 +171,8 @@ def extract_tar(chunks: Iterable[bytes], dest: Path, *, max_bytes: int, deadline
     unpacked = 0
     count = 0
     try:
-        with tarfile.open(fileobj=io.BufferedReader(reader, _CHUNK), mode="r|*") as archive:
+        plain = _Bounded(_decompressed(io.BufferedReader(reader, _CHUNK)), _tar_bound(max_bytes))
+        with tarfile.open(fileobj=io.BufferedReader(plain, _CHUNK), mode="r|") as archive:
             for member in archive:
                 count += 1
                 if count > MAX_FILES:
@@ -142,7 +186,7 @@ def extract_tar(chunks: Iterable[bytes], dest: Path, *, max_bytes: int, deadline
                 archive.extract(member, dest, filter="data")
     except tarfile.FilterError as exc:
         raise BuildError(f"the archive is refused: {exc}") from None
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
         raise BuildError(f"the context is not a readable tar archive: {exc}") from None
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dockyard.builds.services.common import split_git_location
+from dockyard.builds.services.common import GIT_SHA, split_git_location, valid_branch
 from dockyard.builds.spec import COMMIT, PULL_REQUEST
 
 SIGNATURE_HEADER = "x-hub-signature-256"
@@ -22,8 +21,7 @@ TOKEN_HEADER = "x-dockyard-trigger-token"  # noqa: S105 - a header name
 EVENT_HEADER = "x-github-event"
 MAX_BODY = 1024 * 1024
 PR_ACTIONS = frozenset({"opened", "synchronize", "reopened"})
-SHA = re.compile(r"^[0-9a-f]{7,64}\Z")
-BRANCH = re.compile(r"^[^\x00-\x1f\x7f ~^:?*\[\\]{1,255}\Z")
+SHA = GIT_SHA
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -84,6 +82,8 @@ def _push(payload: Mapping[str, Any], task: Any) -> Decision:
     if payload.get("deleted") or not isinstance(after, str) or not SHA.match(after) or set(after) == {"0"}:
         return Decision("ignored", "a branch deletion")
     branch = ref.removeprefix("refs/heads/")
+    if not valid_branch(branch):
+        return Decision("invalid", "ref must name a valid branch")
     wanted = _branch_of(task.context)
     if wanted is not None and branch != wanted:
         return Decision("ignored", f"a push to {branch}, not {wanted}")
@@ -94,12 +94,12 @@ def _push(payload: Mapping[str, Any], task: Any) -> Decision:
 
 def _pull_request(payload: Mapping[str, Any], task: Any) -> Decision:
     action = payload.get("action")
-    if action not in PR_ACTIONS:
+    if not isinstance(action, str) or action not in PR_ACTIONS:
         return Decision("ignored", f"pull request action {str(action)[:40]}")
     pull, number = payload.get("pull_request"), payload.get("number")
     head = pull.get("head") if isinstance(pull, Mapping) else None
     sha = head.get("sha") if isinstance(head, Mapping) else None
-    if not isinstance(number, int) or not isinstance(sha, str) or not SHA.match(sha):
+    if type(number) is not int or not 0 < number < 2**31 or not isinstance(sha, str) or not SHA.match(sha):
         return Decision("ignored", "a pull request event without number and head sha")
     if not task.pull_request_trigger:
         return Decision("off", "the pull request trigger is off")
@@ -112,7 +112,7 @@ def git_decision(payload: Mapping[str, Any], task: Any) -> Decision:
     commit, branch = payload.get("commit"), payload.get("branch")
     if commit is not None and (not isinstance(commit, str) or not SHA.match(commit)):
         return Decision("invalid", "commit must be a hexadecimal sha")
-    if branch is not None and (not isinstance(branch, str) or not BRANCH.match(branch)):
+    if branch is not None and (not valid_branch(branch)):
         return Decision("invalid", "branch must be a branch name")
     wanted = _branch_of(task.context)
     if wanted is not None and branch is not None and branch != wanted:

@@ -18,6 +18,9 @@ RUN_TYPES = ("build", "file", "cmd", "patch")
 SOURCE_KINDS = ("none", "upload", "git", "tarball", "oci")
 TASK_NAME = re.compile(r"^[A-Za-z0-9_-]{5,50}\Z")
 TIMER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,50}\Z")
+#: A commit id as triggers and manual runs give it (abbreviated or whole, sha1 or sha256).
+GIT_SHA = re.compile(r"^[0-9a-f]{7,64}\Z")
+_BRANCH = re.compile(r"^[^\x00-\x20\x7f ~^:?*\[\\]{1,255}\Z")
 MAX_MAP_ENTRIES = 100
 MAX_VALUE = 4096
 STOPPED_WORKER = "the worker running it stopped"
@@ -49,6 +52,22 @@ def conflict(message: str) -> RegistryError:
 
 def not_found(what: str) -> RegistryError:
     return RegistryError(ErrorCode.NOT_FOUND, f"{what} not found")
+
+
+def valid_branch(name: object) -> bool:
+    """Whether ``name`` is a branch name git accepts (``git check-ref-format --branch``'s main rules):
+    no blanks or control characters, no ``..``, ``@{``, leading ``-``/``/``/``.``, ``.lock`` ends."""
+    if not isinstance(name, str) or not _BRANCH.match(name):
+        return False
+    parts = name.split("/")
+    return not (
+        ".." in name
+        or "@{" in name
+        or name == "@"
+        or name.startswith("-")
+        or name.endswith((".", ".lock"))
+        or any(not part or part.startswith(".") or part.endswith(".lock") for part in parts)
+    )
 
 
 def check_map(value: object, name: str) -> dict[str, str]:

@@ -220,6 +220,7 @@ class RunHandler:
         deadline = Deadline(at=run_deadline, canceled=monitor.canceled)
         try:
             registry = self._credentials.mint(timeout)
+            sink.add_secret(registry.password)
             context = engine.prepare_context(
                 source, workdir / "context", log=sink, read_source=self._sources.read, deadline=deadline
             )

@@ -23,12 +23,23 @@ log = logging.getLogger(__name__)
 
 FLUSH_BYTES = 32 * 1024
 FLUSH_SECONDS = 0.5
+#: Most bytes a run's log keeps; past them one notice is written and the rest dropped.
+MAX_LOG_BYTES = 64 * 1024 * 1024
+TRUNCATED = "\n[dockyard] the log passed {limit} bytes; the rest of this run's output is dropped\n"
 
 
 class DbLogSink:
     """The LogSink of one run: thread-safe, masking, buffered."""
 
-    def __init__(self, db: Database, seq: int, secrets: Iterable[str] = (), *, start: int = 0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        seq: int,
+        secrets: Iterable[str] = (),
+        *,
+        start: int = 0,
+        max_bytes: int = MAX_LOG_BYTES,
+    ) -> None:
         self._db = db
         self._seq = seq
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
@@ -39,6 +50,15 @@ class DbLogSink:
         self._size = start
         self._chunk = 0
         self._flushed_at = time.monotonic()
+        self._max_bytes = max_bytes
+        self._accepted = start  # bytes taken so far (flushed or buffered)
+        self._truncated = False
+
+    def add_secret(self, secret: str) -> None:
+        """Mask ``secret`` too from now on (the run's registry credential, once minted)."""
+        if secret:
+            with self._lock:
+                self._secrets = sorted({*self._secrets, secret}, key=len, reverse=True)
 
     def mask(self, text: str) -> str:
         for secret in self._secrets:
@@ -50,8 +70,16 @@ class DbLogSink:
             return
         text = self.mask(text)
         with self._lock:
+            if self._truncated:
+                return
+            size = len(text.encode())
+            if self._accepted + size > self._max_bytes:
+                self._truncated = True
+                text = TRUNCATED.format(limit=self._max_bytes)
+                size = len(text)
+            self._accepted += size
             self._buffer.append(text)
-            self._buffered += len(text)
+            self._buffered += size
             due = self._buffered >= FLUSH_BYTES
         if due:
             self.flush()

@@ -244,7 +244,11 @@ class RunService:
             ).scalar()
             rows = conn.execute(
                 sa.select(build_run_logs.c.offset, build_run_logs.c.text)
-                .where(build_run_logs.c.run_seq == record.seq, build_run_logs.c.chunk >= (first or 0))
+                .where(
+                    build_run_logs.c.run_seq == record.seq,
+                    build_run_logs.c.chunk >= (first or 0),
+                    build_run_logs.c.offset < offset + limit,  # never the whole rest of a long log
+                )
                 .order_by(build_run_logs.c.chunk)
             ).all()
         pieces: list[bytes] = []

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from dockyard.access.passwords import new_secret
 from dockyard.builds.models import build_task_bases, build_tasks, build_timers
 from dockyard.builds.services.common import (
+    GIT_SHA,
     TASK_NAME,
     TIMER_NAME,
     TaskRecord,
@@ -25,6 +26,7 @@ from dockyard.builds.services.common import (
     invalid,
     not_found,
     split_git_location,
+    valid_branch,
 )
 from dockyard.builds.services.runs import RunService, queue_run
 from dockyard.builds.spec import MANUAL
@@ -319,6 +321,10 @@ class TaskService:
         args = check_map(overrides.get("args"), "args")
         commit = _text(overrides.get("commit"), "commit", 64)
         branch = _text(overrides.get("branch"), "branch", 255)
+        if commit is not None and not GIT_SHA.match(commit):
+            raise invalid("commit must be a hexadecimal commit id")
+        if branch is not None and not valid_branch(branch):
+            raise invalid("branch must be a valid git branch name")
         no_push = overrides.get("noPush")
         if no_push is not None:
             _bool(no_push, "noPush")
