@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard.access.passwords import new_secret
-from dockyard.builds.models import build_task_bases, build_tasks, build_timers
+from dockyard.builds.models import build_runs, build_task_bases, build_tasks, build_timers
 from dockyard.builds.services.common import (
     GIT_SHA,
     TASK_NAME,
@@ -29,7 +29,7 @@ from dockyard.builds.services.common import (
     valid_branch,
 )
 from dockyard.builds.services.runs import RunService, queue_run
-from dockyard.builds.spec import MANUAL
+from dockyard.builds.spec import COMMIT, MANUAL, PULL_REQUEST, QUEUED
 from dockyard.builds.taskfile import load_task_file
 from dockyard.config import Settings
 from dockyard.db import Database, as_utc, utcnow
@@ -340,6 +340,18 @@ class TaskService:
                 raise not_found(f"task {name[:60]!r}")
             if require_enabled and row.status != ENABLED:
                 raise conflict(f"task {name} is disabled")
+            if trigger in (COMMIT, PULL_REQUEST) and detail.get("commit"):
+                # a replayed or repeated delivery: the run of that commit already waiting answers it
+                waiting = conn.execute(
+                    sa.select(build_runs.c.seq, build_runs.c.trigger_detail).where(
+                        build_runs.c.task_id == row.id,
+                        build_runs.c.status == QUEUED,
+                        build_runs.c.trigger == trigger,
+                    )
+                ).all()
+                for seq, queued in waiting:
+                    if (queued or {}).get("commit") == detail["commit"]:
+                        return int(seq)
             request = {
                 "type": task_type(row),
                 "source": task_source(row),
