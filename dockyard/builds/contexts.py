@@ -193,8 +193,8 @@ def extract_tar(chunks: Iterable[bytes], dest: Path, *, max_bytes: int, deadline
 # -- hosts -------------------------------------------------------------------------------------
 
 
-def check_host(host: str, settings: Settings) -> None:
-    """BuildError when ``host`` is, or resolves to, an address the upstream rules refuse."""
+def check_host(host: str, settings: Settings) -> list[str]:
+    """The addresses ``host`` is or resolves to; BuildError when the upstream rules refuse one."""
     if not host:
         raise BuildError("the URL names no host")
     allowed = networks(settings.upstream_allowed_networks)
@@ -211,6 +211,20 @@ def check_host(host: str, settings: Settings) -> None:
     reason = host_refusal(host, addresses, allowed)
     if reason is not None:
         raise BuildError(f"refused to connect: {reason} (upstream_allowed_networks can allow it)")
+    return sorted(addresses)
+
+
+def _pinned_resolve(url: str, settings: Settings) -> str | None:
+    """``http.curloptResolve`` pinning ``url``'s host to the addresses just checked, so that git
+    cannot be sent elsewhere by a second DNS answer (rebinding to loopback or metadata)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    addresses = check_host(host, settings)
+    if parse_address(host) is not None:
+        return None  # a literal address: nothing to resolve
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    listed = ",".join(f"[{a}]" if ":" in a else a for a in addresses)
+    return f"http.curloptResolve={host}:{port}:{listed}"
 
 
 # -- git ---------------------------------------------------------------------------------------
@@ -296,6 +310,8 @@ def clone_git(
     protocols = ["protocol.allow=never", "protocol.https.allow=always", "protocol.http.allow=always"]
     if local:
         protocols.append("protocol.file.allow=always")
+    elif (pin := _pinned_resolve(url, settings)) is not None:
+        protocols.append(pin)
     config = [
         *protocols,
         "http.followRedirects=false",

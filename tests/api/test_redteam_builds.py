@@ -680,3 +680,31 @@ def test_refused_concurrency_cap_under_parallel_requests(client, dockyard) -> No
     for worker in workers:
         worker.join(30)
     assert 1 <= busy <= dockyard.settings.builds_concurrency
+
+
+def test_hole_git_dns_rebinding(tmp_path: Path, settings, monkeypatch) -> None:
+    """HOLE (closed; high where loopback or metadata hold secrets). Attack: a git context on a
+    host whose DNS answers a public address to the server's check, then 127.0.0.1 (or
+    169.254.169.254) to git's own lookup a moment later: ``check_host`` resolved once, git
+    resolved again. Expected: git is told (``http.curloptResolve``) to use the checked address."""
+    from dockyard.builds import contexts
+
+    answers = iter([["93.184.216.34"]] * 2 + [["127.0.0.1"]] * 10)
+
+    def rebinding(host, *args, **kwargs):
+        return [(2, 1, 6, "", (address, 0)) for address in next(answers)]
+
+    calls: list[list[str]] = []
+
+    def fake_process(argv, **kwargs):
+        calls.append(list(argv))
+        return 1, ""
+
+    monkeypatch.setattr(contexts.socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(contexts, "run_process", fake_process)
+    source = ContextSource(kind="git", location="https://rebind.example/app.git", ref="main")
+    with pytest.raises(BuildError):
+        clone_git(source, tmp_path / "clone", log=ListLog(), settings=settings, deadline=far())
+    flags = calls[0]
+    assert "http.curloptResolve=rebind.example:443:93.184.216.34" in flags
+    assert not any("127.0.0.1" in flag for flag in flags)
