@@ -121,12 +121,13 @@ def far() -> Deadline:
     ["--privileged", "--volume=/:/host", "--network=host", "-v/:/host", "--pid=host", " --user=0"],
 )
 def test_hole_cmd_text_becomes_podman_flags(tmp_path: Path, cmd_image: str) -> None:
-    """HOLE (closed; critical: a Contributor, or a task file in a git repo a trigger builds, owns
-    the build host). Attack: ``cmd: "--privileged busybox sh -c …"`` or ``--volume=/:/host busybox``:
-    the executor takes the first word of the cmd text as the image and BuildahBuilder put it after
-    ``podman run``'s own flags, where podman reads it as one more flag — a privileged container,
-    the host's root mounted, the host network (loopback, metadata). Expected: BuildError, podman
-    never started."""
+    """HOLE (closed; low: defence in depth). Attack: ``cmd: "--privileged busybox sh -c …"`` or
+    ``--volume=/:/host busybox``: the executor takes the first word of the cmd text as the image
+    and BuildahBuilder put it after ``podman run``'s own flags, where podman reads it as a flag (a
+    privileged container, the host's root mounted, the host network). Only the pre-pull saved the
+    host: ``podman image exists``/``podman pull`` of that same word fail for want of an image
+    argument, so ``podman run`` was never reached — by accident. Expected: an explicit BuildError,
+    no tool started."""
     calls: list[list[str]] = []
     builder = recording_builder(tmp_path, calls)
     request = ContainerRequest(image=cmd_image, args=("busybox", "cat", "/host/etc/shadow"), pull=True)
@@ -138,7 +139,8 @@ def test_hole_cmd_text_becomes_podman_flags(tmp_path: Path, cmd_image: str) -> N
 
 
 def test_hole_cmd_working_directory_adds_mount_options(tmp_path: Path) -> None:
-    """HOLE (closed; medium). Attack: ``workingDirectory: "/w:O"`` (or ``/w,ro=false``,
+    """HOLE (closed; low). Attack: ``workingDirectory: "/w:U"`` (chown the host's context folder),
+    ``/w:O`` (or ``/w:rw,z``,
     a relative path): the step's working directory is spliced into ``-v <context>:<workdir>``, so
     ``:``/``,`` add mount options podman honours. Expected: BuildError before podman runs."""
     calls: list[list[str]] = []
@@ -155,9 +157,10 @@ def test_hole_cmd_working_directory_adds_mount_options(tmp_path: Path) -> None:
 
 
 def test_hole_push_image_becomes_buildah_flag(tmp_path: Path) -> None:
-    """HOLE (closed; high). Attack: a task file ``push: ["--authfile=/root/.docker/config.json"]``
-    (or ``{{.Values.img}}`` rendering to a flag): ``buildah push … <image> docker://<image>`` read
-    it as an option (another auth file, ``--creds``, ``--cert-dir``…). Expected: BuildError."""
+    """HOLE (closed; low: defence in depth). Attack: a task file ``push: ["--authfile=/x"]`` (or
+    ``{{.Values.img}}`` rendering to a flag): ``buildah push … <image> docker://<image>`` read it
+    as an option (another auth file, ``--creds``, ``--digestfile=/etc/…``); the push then failed
+    for want of a local image, so no harm was seen. Expected: BuildError, buildah not started."""
     calls: list[list[str]] = []
     builder = recording_builder(tmp_path, calls)
     for image in ("--authfile=/root/.docker/config.json", "-q", "app:1 --creds=a:b", ""):
@@ -298,7 +301,7 @@ def test_hole_log_read_loads_the_whole_rest(dockyard, client, engine) -> None:
 
 
 def test_hole_registry_token_not_masked_by_the_run_log(client, dockyard) -> None:
-    """HOLE (closed; medium). Attack: get the run's ``system:tasks`` refresh token printed by
+    """HOLE (closed; low: defence in depth). Attack: get the run's ``system:tasks`` refresh token printed by
     anything that writes to the run's log outside the executor's masked writer (context
     preparation, the handler's own error lines): the run sink masked only secret args/values and
     the git token. Expected: the registry credential is ``***`` in the stored log."""

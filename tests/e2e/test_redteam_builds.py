@@ -19,10 +19,11 @@ def test_hole_cmd_step_flags_reach_podman(
     dockyard_server: DockyardServer,
     tmp_path: Path,
 ) -> None:
-    """HOLE (closed; critical). Attack: a task file's ``cmd: "--volume=/:/host <image> cat
-    /host/<file>"``: podman read the first word as its own flag and mounted the host's root into the
-    step's container. Expected: the step fails before podman runs; the host file never appears in
-    the log. A ``workingDirectory`` carrying mount options fails the same way; a plain step works."""
+    """HOLE (closed; low: defence in depth). Attack: a task file's ``cmd: "--volume=/:/host <image>
+    cat /host/<file>"``: the first word went after ``podman run``'s flags, where podman reads it as
+    a flag; only the pre-pull of the same word (``podman pull --volume=…``: unknown flag) stopped
+    it. Expected: refused explicitly before any tool runs, the host file never in the log; a
+    ``workingDirectory`` carrying mount options fails the same way; a plain step still works."""
     marker = tmp_path / "host-only.txt"
     marker.write_text("host-secret-marker\n")
     image = "{{.Run.Registry}}/" + base_image.split("/", 1)[1]
