@@ -102,6 +102,30 @@ def _check_deadline(deadline: Deadline, what: str) -> None:
         raise StepTimedOut(f"{what}: timed out")
 
 
+#: Largest pax or GNU long-name header (tarfile reads one whole into memory).
+MAX_TAR_HEADER = 1024 * 1024
+_LONG_HEADERS = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo refusing pax/GNU long-name headers past MAX_TAR_HEADER before tarfile reads them."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type in _LONG_HEADERS and self.size > MAX_TAR_HEADER:
+            raise BuildError(
+                f"the archive holds a {self.size}-byte extended header (at most {MAX_TAR_HEADER})"
+            )
+        return super()._proc_member(archive)  # type: ignore[misc]
+
+
 def _tar_bound(max_bytes: int) -> int:
     """Most bytes of uncompressed tar a context of ``max_bytes`` may need: contents, one header and
     padding block per member, and slack for long names (pax/GNU headers)."""
@@ -172,7 +196,8 @@ def extract_tar(chunks: Iterable[bytes], dest: Path, *, max_bytes: int, deadline
     count = 0
     try:
         plain = _Bounded(_decompressed(io.BufferedReader(reader, _CHUNK)), _tar_bound(max_bytes))
-        with tarfile.open(fileobj=io.BufferedReader(plain, _CHUNK), mode="r|") as archive:
+        stream = io.BufferedReader(plain, _CHUNK)
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo) as archive:
             for member in archive:
                 count += 1
                 if count > MAX_FILES:

@@ -321,35 +321,36 @@ def test_hole_registry_token_not_masked_by_the_run_log(client, dockyard) -> None
     assert password not in text
 
 
-def _tar_with_pax_header(size: int) -> bytes:
+def _tar_with_pax_headers(size: int, members: int = 1) -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        info = tarfile.TarInfo("a.txt")
-        info.size = 1
-        info.pax_headers = {"comment": "x" * size}
-        archive.addfile(info, io.BytesIO(b"a"))
+        for index in range(members):
+            info = tarfile.TarInfo(f"a{index}.txt")
+            info.size = 1
+            info.pax_headers = {"comment": "x" * size}
+            archive.addfile(info, io.BytesIO(b"a"))
     return gzip.compress(out.getvalue(), mtime=0)
 
 
-def test_hole_gzip_bomb_of_tar_headers(tmp_path: Path) -> None:
-    """HOLE (closed; high: an uploaded or tarball context). Attack: a small .tar.gz whose pax
-    header holds 16 MiB (or gigabytes) of zeros-like text: the context bound counted compressed
-    bytes read and member sizes, not what the tar headers decompress to, and tarfile holds a pax
-    header in memory. Expected: BuildError once the uncompressed tar passes its bound."""
-    bomb = _tar_with_pax_header(64 * 1024 * 1024)
-    assert len(bomb) < 200 * 1024
+def test_hole_gzip_bomb_of_tar_headers(tmp_path: Path, monkeypatch) -> None:
+    """HOLE (closed; high: an uploaded or tarball context). Attack: a 70 KiB .tar.gz whose pax
+    header holds 64 MiB (gigabytes at scale) of text: the context bounds counted compressed bytes
+    and member sizes, never what the headers decompress to — and tarfile reads a pax header whole
+    into memory (a worker OOM). Also many headers each under any per-header bound. Expected:
+    BuildError past 1 MiB per header, and once the uncompressed tar passes its overall bound."""
     from dockyard.builds import contexts
 
-    original = contexts.MAX_FILES
-    contexts.MAX_FILES = 10
-    try:
-        with pytest.raises(BuildError, match="more than"):
-            extract_tar([bomb], tmp_path / "out", max_bytes=1024 * 1024, deadline=far())
-    finally:
-        contexts.MAX_FILES = original
-    small = _tar_with_pax_header(1000)
+    bomb = _tar_with_pax_headers(64 * 1024 * 1024)
+    assert len(bomb) < 200 * 1024
+    with pytest.raises(BuildError, match="extended header"):
+        extract_tar([bomb], tmp_path / "one", max_bytes=1024**3, deadline=far())
+    monkeypatch.setattr(contexts, "MAX_FILES", 10)
+    many = _tar_with_pax_headers(900 * 1024, members=25)  # 22 MiB of headers > 64 KiB + slack
+    with pytest.raises(BuildError, match="more than"):
+        extract_tar([many], tmp_path / "many", max_bytes=64 * 1024, deadline=far())
+    small = _tar_with_pax_headers(1000)
     extract_tar([small], tmp_path / "ok", max_bytes=1024 * 1024, deadline=far())
-    assert (tmp_path / "ok" / "a.txt").read_bytes() == b"a"
+    assert (tmp_path / "ok" / "a0.txt").read_bytes() == b"a"
 
 
 # =================================================================================================
