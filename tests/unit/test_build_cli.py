@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -155,3 +156,121 @@ def test_a_local_folder_is_not_remote() -> None:
 
 def test_final_statuses_match_the_builds_room() -> None:
     assert build_commands.FINAL_STATUSES == FINAL_STATUSES
+
+
+# -- following a run's log: a stream that is cut is resumed from its byte offset ---------------------
+
+
+class _FakeRegistry:
+    """A tiny HTTP server: a run whose log stream is cut after each line until the run has ended."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.log = b"step one\nstep two\nstep three\n"
+        self.offsets: list[tuple[str, int]] = []
+        self.status_calls = 0
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_args: object) -> None:
+                return None
+
+            def do_GET(self) -> None:
+                from urllib.parse import parse_qs, urlsplit
+
+                parts = urlsplit(self.path)
+                query = parse_qs(parts.query)
+                if parts.path.endswith("/logs"):
+                    offset = int(query["offset"][0])
+                    follow = query.get("follow") == ["true"]
+                    fake.offsets.append(("follow" if follow else "tail", offset))
+                    rest = fake.log[offset:]
+                    body = rest[: rest.index(b"\n") + 1] if follow and rest else rest
+                    self._answer(body, "text/plain; charset=utf-8")
+                else:
+                    fake.status_calls += 1
+                    status = "Running" if fake.status_calls < 2 else "Succeeded"
+                    run = {"runId": "dy5", "status": status, "outputImages": [], "error": None}
+                    self._answer(json.dumps(run).encode(), "application/json")
+
+            def _answer(self, body: bytes, content_type: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_the_log_is_resumed_from_its_offset_and_its_tail_read_once(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    from dockyard.cli.client import RegistryClient
+
+    fake = _FakeRegistry()
+    try:
+        ended = build_commands.stream_log(RegistryClient(fake.url), "dy5")
+    finally:
+        fake.close()
+    assert ended["status"] == "Succeeded"
+    assert capsysbinary.readouterr().out == fake.log
+    assert fake.offsets == [("follow", 0), ("follow", 9), ("tail", 18)]
+
+
+def test_ctrl_c_stops_following_and_says_how_to_follow_again(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import typer
+
+    from dockyard.cli.client import RegistryClient
+    from dockyard.cli.output import OutputFormat
+
+    def interrupted(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_commands, "stream_log", interrupted)
+    with pytest.raises(typer.Exit) as exited:
+        build_commands.follow(
+            RegistryClient("http://127.0.0.1:1"),
+            {"runId": "dy9"},
+            logs=True,
+            wait=True,
+            output=OutputFormat.json,
+        )
+    assert exited.value.exit_code == 130
+    assert "dockyard task logs --run-id dy9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("status", "code"), [("Succeeded", None), ("Failed", 1), ("Timeout", 1)])
+def test_the_exit_code_is_the_runs_outcome(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], status: str, code: int | None
+) -> None:
+    import typer
+
+    from dockyard.cli.client import RegistryClient
+    from dockyard.cli.output import OutputFormat
+
+    image = {"repository": "app", "tag": "dy3", "digest": "sha256:" + "a" * 64}
+    ended = {"runId": "dy3", "status": status, "outputImages": [image], "error": None}
+    monkeypatch.setattr(build_commands, "stream_log", lambda *_a: ended)
+    client = RegistryClient("http://127.0.0.1:5000")
+    if code is None:
+        build_commands.follow(client, {"runId": "dy3"}, logs=True, wait=True, output=OutputFormat.json)
+    else:
+        with pytest.raises(typer.Exit) as exited:
+            build_commands.follow(client, {"runId": "dy3"}, logs=True, wait=True, output=OutputFormat.json)
+        assert exited.value.exit_code == code
+    err = capsys.readouterr().err
+    assert f"pushed 127.0.0.1:5000/app:dy3@sha256:{'a' * 64}" in err
+    assert ("was successful" in err) is (status == "Succeeded")
