@@ -168,7 +168,9 @@ class Env:
         shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
         for applet in APPLETS:
             (rootfs / "bin" / applet).symlink_to("busybox")
-        for name, text in extra.items():
+        # `USER root` (patch Dockerfiles) needs a passwd file
+        base_files = {"etc/passwd": "root:x:0:0:root:/root:/bin/sh\n", "etc/group": "root:x:0:\n", **extra}
+        for name, text in base_files.items():
             (rootfs / name).parent.mkdir(parents=True, exist_ok=True)
             (rootfs / name).write_text(text)
         store = self.root / "base-store"
