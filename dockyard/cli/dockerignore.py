@@ -126,8 +126,9 @@ def context_files(root: Path, dockerfile: str | None = "Dockerfile") -> Iterator
             skipped = rel not in always and excluded(rel, patterns)
             if not skipped:
                 yield rel
-            # an excluded folder may still hold re-included files (``!`` lines), as docker walks it
-            if is_dir and (not skipped or any_exclusion):
+            # an excluded folder may still hold re-included files (``!`` lines), as docker walks
+            # it, or the Dockerfile
+            if is_dir and (not skipped or any_exclusion or any(a.startswith(rel + "/") for a in always)):
                 yield from walk(Path(entry.path), rel + "/")
 
     yield from walk(root, "")
@@ -145,6 +146,8 @@ def write_context(root: Path, out: BinaryIO, dockerfile: str | None = "Dockerfil
     ):
         for rel in context_files(root, dockerfile):
             info = tar.gettarinfo(str(root / rel), arcname=rel)
+            if info is None:  # a socket: not a file a build can use
+                continue
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             if info.isreg():

@@ -274,3 +274,11 @@ def test_the_exit_code_is_the_runs_outcome(
     err = capsys.readouterr().err
     assert f"pushed 127.0.0.1:5000/app:dy3@sha256:{'a' * 64}" in err
     assert ("was successful" in err) is (status == "Succeeded")
+
+
+def test_a_dockerfile_in_an_excluded_folder_is_still_sent(tmp_path: Path) -> None:
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM base\n")
+    (tmp_path / "docker" / "other.txt").write_text("x")
+    (tmp_path / ".dockerignore").write_text("docker\n")
+    assert _names(context_bytes(tmp_path, "docker/Dockerfile")) == {".dockerignore", "docker/Dockerfile"}
