@@ -316,10 +316,9 @@ def test_a_github_push_webhook_needs_the_right_signature(env: Env) -> None:
     assert accepted.status_code == 202, accepted.text
     run = accepted.json()
     assert (run["trigger"], run["triggerDetail"]["commit"]) == ("Commit", head)
-    # the run is not needed: cancel it from the CLI
-    canceled = env.cli_json("task", "cancel-run", "--run-id", run["runId"])
-    assert canceled["status"] in ("Canceled", "Succeeded")  # it may have finished first on a fast machine
-    assert env.wait_run(run["runId"])["status"] in ("Canceled", "Succeeded")
+    # the run is not needed: cancel it from the CLI (a running run stops within a second)
+    assert env.cli_json("task", "cancel-run", "--run-id", run["runId"])["runId"] == run["runId"]
+    assert env.wait_run(run["runId"])["status"] == "Canceled"
 
 
 # -- b. a new base image rebuilds the dependent image ----------------------------------------------
