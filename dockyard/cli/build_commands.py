@@ -265,12 +265,12 @@ def _seconds(run: dict[str, Any]) -> str:
     return f" after {int(took.total_seconds())}s"
 
 
-def summary(run: dict[str, Any], registry_host: str) -> str:
-    """az's closing lines: the outcome and the images pushed."""
+def summary(run: dict[str, Any], registry_host: str, *, status: bool = True) -> str:
+    """The outcome (az's closing line; the streamed log already ends with it) and the images pushed."""
     lines = []
-    if run["status"] == "Succeeded":
+    if status and run["status"] == "Succeeded":
         lines.append(f"Run ID: {run['runId']} was successful{_seconds(run)}")
-    else:
+    elif status:
         reason = f": {run['error']}" if run.get("error") else ""
         lines.append(f"Run ID: {run['runId']} ended {run['status']}{_seconds(run)}{reason}")
     for image in run.get("outputImages") or []:
@@ -298,7 +298,9 @@ def follow(
             err=True,
         )
         raise typer.Exit(130) from None
-    typer.echo(summary(ended, urlsplit(client.base_url).netloc), err=True)
+    closing = summary(ended, urlsplit(client.base_url).netloc, status=not logs)
+    if closing:
+        typer.echo(closing, err=True)
     if not logs:
         emit(ended, output, RUN_COLUMNS)
     if ended["status"] != "Succeeded":

@@ -346,7 +346,9 @@ def logs(
             ended = stream_log(client, run_id)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
-        typer.echo(summary(ended, urlsplit(client.base_url).netloc), err=True)
+        closing = summary(ended, urlsplit(client.base_url).netloc, status=False)
+        if closing:
+            typer.echo(closing, err=True)
 
 
 @app.command("list-runs")

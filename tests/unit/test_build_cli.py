@@ -264,16 +264,22 @@ def test_the_exit_code_is_the_runs_outcome(
     image = {"repository": "app", "tag": "dy3", "digest": "sha256:" + "a" * 64}
     ended = {"runId": "dy3", "status": status, "outputImages": [image], "error": None}
     monkeypatch.setattr(build_commands, "stream_log", lambda *_a: ended)
+    monkeypatch.setattr(build_commands, "wait_run", lambda *_a: ended)
     client = RegistryClient("http://127.0.0.1:5000")
-    if code is None:
-        build_commands.follow(client, {"runId": "dy3"}, logs=True, wait=True, output=OutputFormat.json)
-    else:
-        with pytest.raises(typer.Exit) as exited:
-            build_commands.follow(client, {"runId": "dy3"}, logs=True, wait=True, output=OutputFormat.json)
-        assert exited.value.exit_code == code
-    err = capsys.readouterr().err
-    assert f"pushed 127.0.0.1:5000/app:dy3@sha256:{'a' * 64}" in err
-    assert ("was successful" in err) is (status == "Succeeded")
+    for logs in (True, False):
+        if code is None:
+            build_commands.follow(client, {"runId": "dy3"}, logs=logs, wait=True, output=OutputFormat.json)
+        else:
+            with pytest.raises(typer.Exit) as exited:
+                build_commands.follow(
+                    client, {"runId": "dy3"}, logs=logs, wait=True, output=OutputFormat.json
+                )
+            assert exited.value.exit_code == code
+        err = capsys.readouterr().err
+        assert f"pushed 127.0.0.1:5000/app:dy3@sha256:{'a' * 64}" in err
+        # the streamed log ends with the outcome; without it the command says it
+        assert ("was successful" in err) is (status == "Succeeded" and not logs)
+        assert (f"ended {status}" in err) is (status != "Succeeded" and not logs)
 
 
 def test_a_dockerfile_in_an_excluded_folder_is_still_sent(tmp_path: Path) -> None:
