@@ -311,6 +311,17 @@ def test_a_github_push_webhook_needs_the_right_signature(env: Env) -> None:
     assert refused.status_code == 401
     assert len(env.runs("hooked-task")) == runs_before  # nothing was queued
 
+    def signed(payload: bytes) -> str:
+        return "sha256=" + hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
+
+    ping = b'{"zen": "Keep it logically awesome."}'
+    pinged = httpx.post(
+        url, content=ping, headers={"X-GitHub-Event": "ping", "X-Hub-Signature-256": signed(ping)}
+    )
+    assert pinged.status_code == 200, pinged.text
+    unsigned = httpx.post(url, content=body, headers=headers)
+    assert unsigned.status_code == 401
+
     right = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     accepted = httpx.post(url, content=body, headers={**headers, "X-Hub-Signature-256": f"sha256={right}"})
     assert accepted.status_code == 202, accepted.text
