@@ -20,6 +20,8 @@ _ALIASES = (
     "ID",
 )
 _ALIAS = re.compile(r"\$(" + "|".join(_ALIASES) + r")(?![A-Za-z0-9_])")
+#: One pass over templates and (``$``-escaped) aliases, so substituted values are never re-scanned.
+_ANY = re.compile(_TEMPLATE.pattern + r"|(\$?)" + _ALIAS.pattern)
 _RUN_FIELDS = {
     "ID": "run_id",
     "Registry": "registry",
@@ -55,16 +57,16 @@ def render(text: str, variables: RunVariables, *, aliases: bool = False) -> str:
             raise UnknownVariable(f"no value for {{{{.Values.{name}}}}}: give it with --set {name}=…")
         return variables.values[name]
 
-    text = _TEMPLATE.sub(template, text)
-    if aliases:
-        text = re.sub(
-            r"\$?" + _ALIAS.pattern,
-            lambda m: (
-                m.group(0)[1:] if m.group(0).startswith("$$") else template_alias(m.group(1), variables)
-            ),
-            text,
-        )
-    return text
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(1) is not None:
+            return template(match)
+        if not aliases:
+            return match.group(0)
+        if match.group(3):  # ``$$ID``: a literal ``$ID``
+            return match.group(0)[1:]
+        return template_alias(match.group(4), variables)
+
+    return _ANY.sub(substitute, text)
 
 
 def template_alias(name: str, variables: RunVariables) -> str:
@@ -74,8 +76,7 @@ def template_alias(name: str, variables: RunVariables) -> str:
 
 def mask(text: str, variables: RunVariables) -> str:
     """``text`` with every secret value (``--set-secret``) replaced by ``***``."""
-    for key in sorted(variables.secret_values, key=lambda k: -len(variables.values.get(k, ""))):
-        secret = variables.values.get(key, "")
-        if secret:
-            text = text.replace(secret, "***")
+    secrets = {variables.values.get(key, "") for key in variables.secret_values} - {""}
+    for secret in sorted(secrets, key=lambda value: (-len(value), value)):
+        text = text.replace(secret, "***")
     return text
