@@ -672,6 +672,8 @@ def test_nesting_at_the_limit_parses() -> None:
     depth = taskfile.MAX_DEPTH - 1  # the top mapping is one level
     with pytest.raises(TaskFileError, match=r"^steps\[0\]: expected a mapping, got a list$"):
         load_task_file("steps: " + "[" * depth + "]" * depth)
+    with pytest.raises(TaskFileError, match=r"^line 1: nested too deeply$"):
+        load_task_file("steps: " + "[" * (depth + 1) + "]" * (depth + 1))
 
 
 def test_size_bound() -> None:
