@@ -35,6 +35,7 @@ from dockyard.asgi import (
     server_error_handler,
     storage_full_handler,
 )
+from dockyard.builds import room as builds_room
 from dockyard.cache import room as cache_room
 from dockyard.config import Settings
 from dockyard.db import Database
@@ -71,6 +72,7 @@ ROOMS: tuple[Room, ...] = (
     ratelimits_room.ROOM,
     imports_room.ROOM,
     cache_room.ROOM,
+    builds_room.ROOM,
 )
 
 

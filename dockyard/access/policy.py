@@ -8,7 +8,8 @@ The management API (needs with a ``control`` action) is judged by a verified ide
 only: Basic credentials of an admin, user or service principal (a password, or the null
 GUID and a refresh token), or an identity token (``TokenService.issue_access``) whose
 identity, enablement generation and credential still check out. Access tokens scoped to
-repositories, repository-scoped tokens and anonymous callers never manage.
+repositories, repository-scoped tokens and anonymous callers never manage. The one exception is
+``self_authenticated``: build triggers, authenticated by a task's trigger secret instead.
 
 Failed sign-ins are throttled per client and per user name (``throttle.py``) and counted
 for the audit log in memory: a client without valid credentials causes no database write.
@@ -299,6 +300,21 @@ class Policy:
 
         guarded.__name__ = getattr(endpoint, "__name__", "guarded")
         return guarded
+
+    def self_authenticated(self, endpoint: Endpoint) -> Endpoint:
+        """The one exception to ``guard`` under ``/api/v1``: a route that takes no registry credentials
+        and authenticates each request itself (build triggers: a task's trigger secret, checked on the
+        raw body before anything is written). The registered checks run as for a sign-in (no caller)."""
+
+        async def open_route(request: Request) -> Response:
+            if _has_nul(request):
+                raise RegistryError(ErrorCode.INVALID_REQUEST, "NUL characters are not allowed in a request")
+            if self.checks:
+                await self.run_checks(request, None, None)
+            return await endpoint(request)
+
+        open_route.__name__ = getattr(endpoint, "__name__", "open_route")
+        return open_route
 
 
 ANONYMOUS_CALLER = Principal(ANONYMOUS.name, ANONYMOUS.kind, ANONYMOUS_PULL)

@@ -212,15 +212,17 @@ class TokenService:
             claims.update(use=IDENTITY_TOKEN, auth_time=principal.auth_time or claims["iat"])
         return IssuedToken(self._sign(claims), self.access_lifetime)
 
-    def issue_refresh(self, principal: Principal) -> IssuedToken:
+    def issue_refresh(self, principal: Principal, lifetime: int | None = None) -> IssuedToken:
         """A refresh token for the credential the principal signed in with.
 
         It ends no later than ``refresh_chain`` seconds after that credential was last checked,
-        however often it is exchanged for a new one. Its payload segment has no ``-`` or ``_``
-        (see the module doc). InvalidToken when the chain has run out.
+        however often it is exchanged for a new one, and lives ``lifetime`` seconds when that is
+        shorter than the configured refresh lifetime (a build run's credential). Its payload segment
+        has no ``-`` or ``_`` (see the module doc). InvalidToken when the chain has run out.
         """
         auth_time = principal.auth_time or int(time.time())
-        lifetime = min(self.refresh_lifetime, auth_time + self.refresh_chain - int(time.time()))
+        longest = self.refresh_lifetime if lifetime is None else min(lifetime, self.refresh_lifetime)
+        lifetime = min(longest, auth_time + self.refresh_chain - int(time.time()))
         if lifetime <= 0:
             raise InvalidToken("sign in again: this chain of refresh tokens has reached its end")
         while True:

@@ -16,7 +16,7 @@ from dockyard.cli.client import RegistryClient, connect, delete_confirmed
 from dockyard.cli.options import RegistryOption, Status, TopOption, YesOption, rewrite_variadic
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 
-ACTIONS = ("push", "delete", "quarantine", "chart_push", "chart_delete")
+ACTIONS = ("push", "delete", "quarantine", "chart_push", "chart_delete", "build_succeeded", "build_failed")
 #: Options that take several words, as az's do: ``--actions push delete``, ``--headers a=1 b=2``.
 VARIADIC_OPTIONS = ("--actions", "--headers")
 WEBHOOK_COLUMNS = ["name", "status", "actions", "scope", "payloadFormat", "hasSecret", "creationTime"]

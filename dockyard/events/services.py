@@ -29,9 +29,12 @@ PULL = "pull"
 CHART_PUSH = "chart_push"
 CHART_DELETE = "chart_delete"
 QUARANTINE = "quarantine"
-ACTIONS = (PUSH, DELETE, UNTAG, PULL, CHART_PUSH, CHART_DELETE, QUARANTINE)
+#: A build run ended (the builds room); the run's {id, task, status, trigger} is JSON in artifact_type.
+BUILD_SUCCEEDED = "build_succeeded"
+BUILD_FAILED = "build_failed"
+ACTIONS = (PUSH, DELETE, UNTAG, PULL, CHART_PUSH, CHART_DELETE, QUARANTINE, BUILD_SUCCEEDED, BUILD_FAILED)
 #: Actions other rooms subscribe to; pulls and untags are only logged, as in ACR.
-DISPATCHED_ACTIONS = (PUSH, DELETE, CHART_PUSH, CHART_DELETE, QUARANTINE)
+DISPATCHED_ACTIONS = (PUSH, DELETE, CHART_PUSH, CHART_DELETE, QUARANTINE, BUILD_SUCCEEDED, BUILD_FAILED)
 MAX_PULL_BUFFER = 10_000
 INSERT_EVENT = repository_events.insert()
 

@@ -20,6 +20,7 @@ MIGRATION_LOCK = "dockyard.migrations"
 def load_models() -> None:
     """Import every room's models so ``metadata`` holds the whole schema."""
     import dockyard.access.models
+    import dockyard.builds.models
     import dockyard.cache.models
     import dockyard.events.models
     import dockyard.imports.models

@@ -10,7 +10,16 @@ from datetime import datetime
 from typing import Any
 
 from dockyard.db import utcnow
-from dockyard.events.services import CHART_DELETE, CHART_PUSH, DELETE, PUSH, QUARANTINE, RepositoryEvent
+from dockyard.events.services import (
+    BUILD_FAILED,
+    BUILD_SUCCEEDED,
+    CHART_DELETE,
+    CHART_PUSH,
+    DELETE,
+    PUSH,
+    QUARANTINE,
+    RepositoryEvent,
+)
 
 SIGNATURE_HEADER = "X-Dockyard-Signature-256"
 ACR_CHART_MEDIA_TYPE = "application/vnd.acr.helm.chart"
@@ -20,6 +29,8 @@ CLOUDEVENT_TYPES = {
     CHART_PUSH: "Microsoft.ContainerRegistry.ChartPushed",
     CHART_DELETE: "Microsoft.ContainerRegistry.ChartDeleted",
     QUARANTINE: "Microsoft.ContainerRegistry.ImageQuarantined",
+    BUILD_SUCCEEDED: "Dockyard.Builds.RunSucceeded",
+    BUILD_FAILED: "Dockyard.Builds.RunFailed",
     "ping": "Dockyard.Webhook.Ping",
 }
 
@@ -43,6 +54,8 @@ def acr_payload(event: RepositoryEvent) -> dict[str, Any]:
         }
         document["target"] = {k: v for k, v in target.items() if v is not None}
         return document
+    if event.action in (BUILD_SUCCEEDED, BUILD_FAILED):
+        return _build_payload(document, event)
     if event.action == DELETE:
         document["target"] = {
             "mediaType": event.media_type,
@@ -60,6 +73,25 @@ def acr_payload(event: RepositoryEvent) -> dict[str, Any]:
         if event.tag:
             target["tag"] = event.tag
         document["target"] = target
+    origin = event.origin
+    document["request"] = {
+        "id": origin.request_id,
+        "host": origin.host,
+        "method": origin.method,
+        "useragent": origin.user_agent,
+    }
+    return document
+
+
+def _build_payload(document: dict[str, Any], event: RepositoryEvent) -> dict[str, Any]:
+    """A build event: the ACR shape (target = the first image the run pushed) plus the ``run``."""
+    target = {"repository": event.repository, "tag": event.tag, "digest": event.digest}
+    document["target"] = {k: v for k, v in target.items() if v is not None}
+    try:
+        run = json.loads(event.artifact_type or "{}")
+    except ValueError:
+        run = {}
+    document["run"] = {key: run.get(key) for key in ("id", "task", "status", "trigger")}
     origin = event.origin
     document["request"] = {
         "id": origin.request_id,

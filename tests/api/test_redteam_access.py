@@ -297,7 +297,9 @@ def test_refused_every_management_endpoint_against_every_non_identity_caller(
         assert refused.status_code == 401, (method, path, refused.status_code)
         for name, headers in callers.items():
             response = anonymous.request(method, path, json={}, headers=headers)
-            assert response.status_code == 403, (name, method, path, response.status_code, response.text)
+            # build triggers take no registry credentials at all: only the task's trigger secret
+            expected = 401 if "/triggers/" in path else 403
+            assert response.status_code == expected, (name, method, path, response.status_code, response.text)
 
 
 def test_refused_forged_tokens_on_the_management_api_and_the_registry(anonymous, dockyard, statements):

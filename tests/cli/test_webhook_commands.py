@@ -297,3 +297,11 @@ def test_a_scope_without_a_tag_is_explained(admin: Cli, receiver: Receiver) -> N
     assert json.loads(tagged.stdout)["scope"] == "team/*:*"
     assert "NOTE" not in tagged.stderr
     admin.json("webhook", "delete", "-n", "cliScopeNote", "--yes")
+
+
+def test_build_actions_can_be_subscribed(admin: Cli, receiver: Receiver) -> None:
+    created = admin.json(
+        "webhook", "create", "--name", "buildHook", "--uri", receiver.url,
+        "--actions", "build_succeeded", "build_failed",
+    )  # fmt: skip
+    assert created["actions"] == ["build_failed", "build_succeeded"]

@@ -43,7 +43,15 @@ WEBHOOK = {
             "type": "array",
             "items": {
                 "type": "string",
-                "enum": ["push", "delete", "quarantine", "chart_push", "chart_delete"],
+                "enum": [
+                    "push",
+                    "delete",
+                    "quarantine",
+                    "chart_push",
+                    "chart_delete",
+                    "build_succeeded",
+                    "build_failed",
+                ],
             },
         },
         "scope": {"type": "string", "description": "repo:tag, repo:* or repo (= repo:latest); * wildcards"},
@@ -53,6 +61,64 @@ WEBHOOK = {
         "payloadFormat": {"type": "string", "enum": ["acr", "cloudevents"]},
     },
 }
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+STRINGS = {"type": "array", "items": {"type": "string"}}
+TIMER = _object(name={"type": "string"}, schedule={"type": "string"}, enabled={"type": "boolean"})
+TASK = _object(
+    name={"type": "string", "pattern": "^[A-Za-z0-9_-]{5,50}$"},
+    context={
+        "type": "string",
+        "description": "git URL (#ref:folder), local repository, tarball URL, oci://, /dev/null",
+    },
+    file={"type": "string"},
+    taskFile={"type": "string"},
+    cmd={"type": "string"},
+    images=STRINGS,
+    args=STRING_MAP,
+    secretArgs=STRING_MAP,
+    values=STRING_MAP,
+    secretValues=STRING_MAP,
+    platform={"type": "string"},
+    noPush={"type": "boolean"},
+    timeout={"type": "integer", "minimum": 300, "maximum": 28800},
+    status={"type": "string", "enum": ["Enabled", "Disabled"]},
+    gitAccessToken={"type": "string"},
+    commitTriggerEnabled={"type": "boolean"},
+    pullRequestTriggerEnabled={"type": "boolean"},
+    baseImageTriggerEnabled={"type": "boolean"},
+    timers={"type": "array", "items": TIMER},
+)
+TASK_RUN = _object(
+    values=STRING_MAP,
+    secretValues=STRING_MAP,
+    args=STRING_MAP,
+    commit={"type": "string"},
+    branch={"type": "string"},
+    noPush={"type": "boolean"},
+)
+RUN_REQUEST = _object(
+    type={"type": "string", "enum": ["build", "file", "cmd", "patch"]},
+    source=_object(
+        kind={"type": "string", "enum": ["upload", "git", "tarball", "oci", "none"]},
+        location={"type": "string"},
+        ref={"type": "string"},
+        folder={"type": "string"},
+    ),
+    images=STRINGS,
+    file={"type": "string"},
+    taskFile={"type": "string"},
+    cmd={"type": "string"},
+    args=STRING_MAP,
+    secretArgs=STRING_MAP,
+    values=STRING_MAP,
+    secretValues=STRING_MAP,
+    platform={"type": "string"},
+    noPush={"type": "boolean"},
+    noCache={"type": "boolean"},
+    timeout={"type": "integer", "minimum": 300, "maximum": 28800},
+    image={"type": "string"},
+    tag={"type": "string"},
+)
 SOFT_DELETE = _object(status=STATUS, retentionDays={"type": "integer", "minimum": 1, "maximum": 90})
 RETENTION = _object(
     status=STATUS,
@@ -358,6 +424,75 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
         "An import: status, progress (manifests and bytes), error",
         None,
         200,
+    ),
+    # -- builds (docs/tasks.md) -----------------------------------------------------------------
+    (
+        "/api/v1/builds/sources",
+        "post",
+        "Upload a build context (a tar, optionally gzip'd; raw body)",
+        None,
+        201,
+    ),
+    ("/api/v1/runs", "get", "Runs, newest first (?task=&status=&top=&last=, Link rel=next)", None, 200),
+    ("/api/v1/runs", "post", "Queue a quick build, task-file run, cmd run or patch", RUN_REQUEST, 202),
+    ("/api/v1/runs/{run_id}", "get", "A run: status, trigger, steps, output and base images", None, 200),
+    (
+        "/api/v1/runs/{run_id}/cancel",
+        "post",
+        "Cancel a run (queued: at once; running: within a second)",
+        None,
+        202,
+    ),
+    (
+        "/api/v1/runs/{run_id}/logs",
+        "get",
+        "A run's log from ?offset=, text/plain; ?follow=true streams it",
+        None,
+        200,
+    ),
+    ("/api/v1/tasks", "get", "List tasks (no secrets)", None, 200),
+    (
+        "/api/v1/tasks",
+        "post",
+        "Create a task (as az acr task create); answers its trigger secret once",
+        TASK,
+        201,
+    ),
+    (
+        "/api/v1/tasks/{task}",
+        "get",
+        "Show a task (no secrets), its timers and recorded base images",
+        None,
+        200,
+    ),
+    ("/api/v1/tasks/{task}", "patch", "Change a task (any create field but name and timers)", TASK, 200),
+    ("/api/v1/tasks/{task}", "delete", "Delete a task; its queued runs are canceled", None, 204),
+    ("/api/v1/tasks/{task}/runs", "post", "Run a task now, with overrides", TASK_RUN, 202),
+    (
+        "/api/v1/tasks/{task}/trigger-secret",
+        "post",
+        "Renew the task's trigger secret (shown once)",
+        None,
+        200,
+    ),
+    ("/api/v1/tasks/{task}/timers", "get", "A task's timers", None, 200),
+    ("/api/v1/tasks/{task}/timers", "post", "Add a timer (5-field cron, UTC)", TIMER, 201),
+    ("/api/v1/tasks/{task}/timers/{timer}", "patch", "Change a timer's schedule or enabled", TIMER, 200),
+    ("/api/v1/tasks/{task}/timers/{timer}", "delete", "Remove a timer", None, 204),
+    (
+        "/api/v1/tasks/{task}/triggers/github",
+        "post",
+        "GitHub webhook (push, pull_request, ping); no credentials: X-Hub-Signature-256 by the trigger"
+        " secret",
+        None,
+        202,
+    ),
+    (
+        "/api/v1/tasks/{task}/triggers/git",
+        "post",
+        "Generic push {commit, branch}; no credentials: X-Dockyard-Trigger-Token or X-Hub-Signature-256",
+        _object(commit={"type": "string"}, branch={"type": "string"}),
+        202,
     ),
 ]
 

@@ -22,6 +22,8 @@ ADMIN = "admin"
 USER = "user"
 SERVICE_PRINCIPAL = "service_principal"
 TOKEN = "token"  # noqa: S105 - an identity kind, not a secret
+#: The system identities build runs push with (``system:tasks``): never listed or changed here.
+TASK = "task"
 KINDS = (ADMIN, USER, SERVICE_PRINCIPAL, TOKEN)
 PASSWORD_NAMES = ("password", "password2")
 SECRET = "secret"  # noqa: S105 - a credential name, not a secret
@@ -86,12 +88,12 @@ class IdentityService:
     def get(self, name: str, kind: str | None = None) -> IdentityInfo:
         with self._db.read() as conn:
             row = conn.execute(sa.select(identities).where(identities.c.name == name)).first()
-            if row is None or (kind is not None and row.kind != kind):
+            if row is None or (kind is not None and row.kind != kind) or row.kind == TASK:
                 raise _not_found(name, kind)
             return self._info(conn, row)
 
     def list(self, kind: str | None = None) -> list[IdentityInfo]:
-        query = sa.select(identities).order_by(identities.c.name)
+        query = sa.select(identities).where(identities.c.kind != TASK).order_by(identities.c.name)
         if kind is not None:
             query = query.where(identities.c.kind == kind)
         with self._db.read() as conn:
@@ -186,7 +188,7 @@ class IdentityService:
     def delete(self, name: str, kind: str | None = None) -> None:
         def work(conn: sa.Connection) -> None:
             row = conn.execute(sa.select(identities).where(identities.c.name == name)).first()
-            if row is None or (kind is not None and row.kind != kind) or row.kind == ADMIN:
+            if row is None or (kind is not None and row.kind != kind) or row.kind in (ADMIN, TASK):
                 raise _not_found(name, kind)
             conn.execute(identities.delete().where(identities.c.id == row.id))
 
@@ -195,7 +197,7 @@ class IdentityService:
     def set_enabled(self, name: str, enabled: bool, kind: str | None = None) -> IdentityInfo:
         def work(conn: sa.Connection) -> None:
             row = conn.execute(sa.select(identities).where(identities.c.name == name)).first()
-            if row is None or (kind is not None and row.kind != kind):
+            if row is None or (kind is not None and row.kind != kind) or row.kind == TASK:
                 raise _not_found(name, kind)
             conn.execute(
                 identities.update()
@@ -225,7 +227,7 @@ class IdentityService:
             if kind == ADMIN:
                 query = sa.select(identities).where(identities.c.kind == ADMIN)
             row = conn.execute(query).first()
-            if row is None or (kind is not None and row.kind != kind):
+            if row is None or (kind is not None and row.kind != kind) or row.kind == TASK:
                 raise _not_found(name, kind)
             conn.execute(
                 credentials.delete().where(
@@ -318,6 +320,7 @@ class IdentityService:
         query = (
             sa.select(role_assignments, identities.c.name)
             .select_from(role_assignments.join(identities))
+            .where(identities.c.kind != TASK)
             .order_by(identities.c.name, role_assignments.c.role, role_assignments.c.scope)
         )
         if assignee is not None:
@@ -330,8 +333,11 @@ class IdentityService:
 
     def delete_role_assignment(self, assignment_id: str) -> None:
         def work(conn: sa.Connection) -> None:
+            system = sa.select(identities.c.id).where(identities.c.kind == TASK)
             if not conn.execute(
-                role_assignments.delete().where(role_assignments.c.id == assignment_id)
+                role_assignments.delete().where(
+                    role_assignments.c.id == assignment_id, role_assignments.c.identity_id.not_in(system)
+                )
             ).rowcount:
                 raise RegistryError(ErrorCode.NOT_FOUND, f"role assignment {assignment_id!r} not found")
 

@@ -132,7 +132,8 @@ def test_actions_are_deduplicated_and_sorted():
 
 def test_no_actions_is_refused():
     assert refused(check_actions, []) == (
-        "give at least one action: push, delete, chart_push, chart_delete, quarantine"
+        "give at least one action: push, delete, chart_push, chart_delete, quarantine, build_succeeded,"
+        " build_failed"
     )
 
 
@@ -141,7 +142,8 @@ def test_no_actions_is_refused():
 )
 def test_unknown_actions_are_refused(actions, shown):
     assert refused(check_actions, actions) == (
-        f"unknown actions {shown}; use push, delete, chart_push, chart_delete, quarantine"
+        f"unknown actions {shown}; use push, delete, chart_push, chart_delete, quarantine, build_succeeded,"
+        " build_failed"
     )
 
 
