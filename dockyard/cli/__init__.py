@@ -9,6 +9,7 @@ from dockyard.cli import (
     access_commands,
     admin,
     auth,
+    build_commands,
     cache_commands,
     event_commands,
     gc_commands,
@@ -19,6 +20,7 @@ from dockyard.cli import (
     purge_commands,
     recycle_commands,
     registry_commands,
+    task_commands,
     webhook_commands,
 )
 from dockyard.cli import db as db_commands
@@ -65,6 +67,10 @@ app.add_typer(admin.app, name="admin")
 app.add_typer(db_commands.app, name="db")
 app.add_typer(cache_commands.cache_app, name="cache")
 app.add_typer(cache_commands.credential_set_app, name="credential-set")
+app.command("build")(build_commands.build)
+app.command("run")(build_commands.run)
+app.command("patch")(build_commands.patch)
+app.add_typer(task_commands.app, name="task")
 
 
 @app.command("version")
