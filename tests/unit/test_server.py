@@ -149,3 +149,55 @@ def test_sigterm_is_repeated_until_the_worker_drains() -> None:
         _wait_gone(worker, timeout=10)
         assert supervisor.stdout is not None
         assert supervisor.stdout.read() == "draining\n"
+
+
+ARENA_PROBE = textwrap.dedent(
+    """
+    import ctypes, os, sys, tempfile, threading
+    from dockyard.server import limit_malloc_arenas
+
+    print(limit_malloc_arenas() if sys.argv[1] == "limit" else "-")
+    barrier = threading.Barrier(12)
+    kept = []
+
+    def allocate():
+        barrier.wait()
+        kept.append([bytearray(4096) for _ in range(200)])  # above pymalloc's 512 bytes: glibc malloc
+
+    threads = [threading.Thread(target=allocate) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    libc = ctypes.CDLL(None)
+    libc.fdopen.restype = ctypes.c_void_p
+    with tempfile.TemporaryFile() as out:
+        stream = libc.fdopen(os.dup(out.fileno()), b"w")
+        libc.malloc_info(0, ctypes.c_void_p(stream))
+        libc.fclose(ctypes.c_void_p(stream))
+        out.seek(0)
+        print(out.read().count(b"<heap nr="))
+    """
+)
+
+
+def _arenas(mode: str, **env: str) -> tuple[str, int]:
+    child_env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env
+    out = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, check=True, env=child_env
+    ).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc arenas exist on Linux only")
+def test_malloc_arenas_are_capped_for_many_threads() -> None:
+    applied, capped = _arenas("limit")
+    assert applied == "True"
+    assert capped <= 2
+    _, default = _arenas("none")
+    assert default > 2  # the probe's threads do spread over more arenas without the cap
+
+
+def test_an_operators_malloc_arena_max_is_left_alone() -> None:
+    applied, _ = _arenas("limit", MALLOC_ARENA_MAX="4")
+    assert applied == "False"
