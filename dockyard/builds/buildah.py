@@ -207,8 +207,7 @@ class BuildahBuilder:
         for key, value in request.labels:
             args += ["--label", f"{key}={value}"]
         platform = request.platform or self.platform
-        if platform:
-            args += ["--platform", platform]
+        args += platform_flags(platform, os.uname().machine)
         if request.target:
             args += ["--target", request.target]
         if request.no_cache:
@@ -356,3 +355,15 @@ class BuildahBuilder:
             self._run("buildah", ["rm", "--all"], None, self._cleanup_deadline())
         remove_tree(self.workdir)
         remove_tree(self.runroot)
+
+
+#: ``uname -m`` → the OCI platform buildah builds for when given no ``--platform``.
+_NATIVE = {"x86_64": "linux/amd64", "aarch64": "linux/arm64", "armv7l": "linux/arm/v7", "i686": "linux/386"}
+
+
+def platform_flags(platform: str | None, machine: str) -> list[str]:
+    """``--platform`` for buildah, left out when it is this machine's own (buildah 1.28 would then
+    warn in every log that TARGETARCH, TARGETOS and TARGETPLATFORM were not consumed)."""
+    if not platform or platform == _NATIVE.get(machine):
+        return []
+    return ["--platform", platform]

@@ -100,3 +100,20 @@ def test_relative_path_normalises() -> None:
         relative_path("", "x")
     with pytest.raises(BuildError):
         relative_path("a\x00b", "x")
+
+
+@pytest.mark.parametrize(
+    ("platform", "machine", "flags"),
+    [
+        (None, "x86_64", []),
+        ("linux/amd64", "x86_64", []),
+        ("linux/arm64", "x86_64", ["--platform", "linux/arm64"]),
+        ("linux/arm64", "aarch64", []),
+        ("linux/amd64", "aarch64", ["--platform", "linux/amd64"]),
+        ("linux/amd64", "riscv64", ["--platform", "linux/amd64"]),
+    ],
+)
+def test_platform_flag_only_for_another_platform(platform, machine, flags):
+    from dockyard.builds.buildah import platform_flags
+
+    assert platform_flags(platform, machine) == flags
