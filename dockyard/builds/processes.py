@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from dockyard.builds.interfaces import Deadline, LogSink, RunCanceled, StepTimedOut
+from dockyard.builds.interfaces import BuildError, Deadline, LogSink, RunCanceled, StepTimedOut
 
 #: How often a running tool's deadline and the run's cancel flag are checked (seconds).
 POLL_SECONDS = 0.2
@@ -67,15 +67,21 @@ def run_process(
     logged). Past ``deadline.at`` the process group is killed and StepTimedOut raised; when
     ``deadline.canceled()`` turns true, RunCanceled.
     """
-    proc = subprocess.Popen(
-        list(argv),
-        env=dict(env),
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise BuildError(
+            f"{argv[0]} is not installed on this worker ({os.uname().nodename}): "
+            "apt-get install -y buildah podman runc git"
+        ) from None
     if groups is not None:
         groups.add(proc)
     captured: list[str] = []

@@ -373,3 +373,13 @@ def test_ignore_errors_does_not_hide_a_failing_run_deadline(tmp_path: Path) -> N
 def test_bad_cmd_text(tmp_path: Path, command: str) -> None:
     outcome, _log, _builder = execute(tmp_path, Step(id="s", kind="cmd", command=command))
     assert outcome.status == FAILED
+
+
+def test_a_missing_tool_is_a_build_error_naming_it() -> None:
+    with pytest.raises(BuildError, match="dockyard-no-such-tool is not installed on this worker"):
+        run_process(
+            ["dockyard-no-such-tool", "bud"],
+            env={"PATH": "/usr/bin:/bin"},
+            log=None,
+            deadline=Deadline(at=time.monotonic() + 10),
+        )
