@@ -445,3 +445,25 @@ class ContainerTools:
     def buildah(self, store: Path, *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
         binary = require_tool("buildah", "buildah")
         return run([binary, *self._store_flags(store), *args], timeout=timeout, env=self.env)
+
+
+BUSYBOX = Path("/bin/busybox")
+
+
+def push_busybox_base(tools: ContainerTools, store: Path, name: str, reference: str) -> str:
+    """A base image built from scratch: busybox as /bin/busybox and /bin/sh, committed as
+    ``localhost/<name>:1`` in ``store`` and pushed over plain HTTP to ``reference``; returns ``reference``."""
+    if not BUSYBOX.is_file():
+        pytest.fail("/bin/busybox is missing: apt-get install -y busybox-static", pytrace=False)
+    policy = f"--signature-policy={tools.policy}"
+
+    def buildah(*args: str) -> str:
+        return tools.buildah(store, *args).stdout.strip()
+
+    container = buildah("from", policy, "--name", name, "scratch")
+    buildah("copy", container, str(BUSYBOX), "/bin/busybox")
+    buildah("copy", container, str(BUSYBOX), "/bin/sh")
+    buildah("config", "--cmd", json.dumps(["/bin/sh"]), "--arch", "amd64", "--os", "linux", container)
+    buildah("commit", policy, container, f"localhost/{name}:1")
+    buildah("push", policy, "--tls-verify=false", f"localhost/{name}:1", f"docker://{reference}")
+    return reference

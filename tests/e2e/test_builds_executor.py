@@ -19,11 +19,17 @@ from dockyard.builds.executor import SKIPPED, Executor
 from dockyard.builds.interfaces import ContextSource, Deadline, PreparedContext, RegistryAccess
 from dockyard.builds.spec import CANCELED, FAILED, SUCCEEDED, TIMEOUT, RunVariables, Step, TaskSpec
 from dockyard.config import Settings
-from tests.e2e.support import ADMIN_PASSWORD, ADMIN_USERNAME, ContainerTools, DockyardServer, fetch_manifest
+from tests.e2e.support import (
+    ADMIN_PASSWORD,
+    ADMIN_USERNAME,
+    ContainerTools,
+    DockyardServer,
+    fetch_manifest,
+    push_busybox_base,
+)
 
 pytestmark = pytest.mark.e2e
 
-BUSYBOX = Path("/bin/busybox")
 BASE = "executor/busybox:1"
 SECRET = "s3cr3t-build-value"
 CHECK = 'test -f /built && cat /workspace/hello.txt && test "$(cat /msg)" = "$EXPECTED" && echo secret-ok'
@@ -43,22 +49,8 @@ def base_image(
     container_tools: ContainerTools, dockyard_server: DockyardServer, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
     """``host/executor/busybox:1``: busybox (as /bin/busybox and /bin/sh) from scratch, pushed to Dockyard."""
-    if not BUSYBOX.is_file():
-        pytest.fail("/bin/busybox is missing: apt-get install -y busybox-static", pytrace=False)
     store = tmp_path_factory.mktemp("base-store")
-    policy = f"--signature-policy={container_tools.policy}"
-
-    def buildah(*args: str) -> str:
-        return container_tools.buildah(store, *args).stdout.strip()
-
-    container = buildah("from", policy, "--name", "executor-base", "scratch")
-    buildah("copy", container, str(BUSYBOX), "/bin/busybox")
-    buildah("copy", container, str(BUSYBOX), "/bin/sh")
-    buildah("config", "--cmd", json.dumps(["/bin/sh"]), "--arch", "amd64", "--os", "linux", container)
-    buildah("commit", policy, container, "localhost/executor-base:1")
-    reference = f"{dockyard_server.host}/{BASE}"
-    buildah("push", policy, "--tls-verify=false", "localhost/executor-base:1", f"docker://{reference}")
-    return reference
+    return push_busybox_base(container_tools, store, "executor-base", f"{dockyard_server.host}/{BASE}")
 
 
 def access(server: DockyardServer) -> RegistryAccess:

@@ -7,16 +7,14 @@ import io
 import json
 import tarfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.support import ContainerTools, DockyardServer, fetch_manifest
+from tests.e2e.support import ContainerTools, DockyardServer, fetch_manifest, push_busybox_base
 
 pytestmark = pytest.mark.e2e
 
-BUSYBOX = Path("/bin/busybox")
 BASE = "serverbuild/busybox:1"
 
 
@@ -25,22 +23,8 @@ def base_image(
     container_tools: ContainerTools, dockyard_server: DockyardServer, tmp_path_factory: pytest.TempPathFactory
 ) -> str:
     """``host/serverbuild/busybox:1``: busybox from scratch, pushed to the shared Dockyard."""
-    if not BUSYBOX.is_file():
-        pytest.fail("/bin/busybox is missing: apt-get install -y busybox-static", pytrace=False)
     store = tmp_path_factory.mktemp("server-base-store")
-    policy = f"--signature-policy={container_tools.policy}"
-
-    def buildah(*args: str) -> str:
-        return container_tools.buildah(store, *args).stdout.strip()
-
-    container = buildah("from", policy, "--name", "server-base", "scratch")
-    buildah("copy", container, str(BUSYBOX), "/bin/busybox")
-    buildah("copy", container, str(BUSYBOX), "/bin/sh")
-    buildah("config", "--cmd", json.dumps(["/bin/sh"]), "--arch", "amd64", "--os", "linux", container)
-    buildah("commit", policy, container, "localhost/server-base:1")
-    reference = f"{dockyard_server.host}/{BASE}"
-    buildah("push", policy, "--tls-verify=false", "localhost/server-base:1", f"docker://{reference}")
-    return reference
+    return push_busybox_base(container_tools, store, "server-base", f"{dockyard_server.host}/{BASE}")
 
 
 def context_tar(files: dict[str, str]) -> bytes:
