@@ -153,6 +153,7 @@ class Bench:
         s3: bool = False,
         redirect: bool = False,
         rate_limits: bool = False,
+        workers: int = 1,
     ) -> None:
         self.profile = profile
         self.workdir = workdir
@@ -167,6 +168,7 @@ class Bench:
             database_url=database_url,
             storage_env=store_env,
             rate_limits=rate_limits,
+            workers=workers,
         )
         self.distribution = Distribution(
             workdir / "distribution",

@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         help="Dockyard with its request-rate limits on, at rates the bench never reaches (default: off)",
     )
     parser.add_argument(
+        "--workers", type=int, default=1, help="Dockyard's HTTP worker processes (`dockyard serve --workers`)"
+    )
+    parser.add_argument(
         "--out", type=Path, help="JSON results file (default: bench/results/<time>-<profile>.json)"
     )
     args = parser.parse_args(argv)
@@ -143,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
             s3=args.storage == "s3",
             redirect=args.redirect,
             rate_limits=args.rate_limits,
+            workers=args.workers,
         )
         bench.info["environment"] = environment()
         bench.info["database"] = "postgresql" if args.postgres else "sqlite"
         bench.info["storage"] = args.storage + (" with redirect" if args.redirect else "")
         bench.info["rate_limits"] = args.rate_limits
+        bench.info["workers"] = args.workers
         log(
             f"Dockyard benchmark ({profile.name}, {bench.info['database']}, {bench.info['storage']}), "
             f"work directory {workdir}"

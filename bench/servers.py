@@ -204,8 +204,10 @@ class Dockyard(Server):
         database_url: str | None = None,
         storage_env: dict[str, str] | None = None,
         rate_limits: bool = False,
+        workers: int = 1,
     ) -> None:
         super().__init__("dockyard", "Dockyard", folder)
+        self.workers = workers
         self.access_log = access_log
         #: Off by default (the bench floods far past any tier's rates); on: at rates it never reaches.
         self.rate_limits = rate_limits
@@ -233,6 +235,8 @@ class Dockyard(Server):
             env["DOCKYARD_DATABASE_URL"] = self.database_url
         env.update(self.storage_env)
         argv = [str(executable), "serve", "--data-dir", str(self.folder / "data"), "--port", str(self.port)]
+        if self.workers != 1:
+            argv += ["--workers", str(self.workers)]
         return argv, env
 
 

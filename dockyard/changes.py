@@ -1,4 +1,5 @@
-"""Content caches that every process keeps true through PostgreSQL's LISTEN/NOTIFY.
+"""Content caches that every process keeps true: through PostgreSQL's LISTEN/NOTIFY, or SQLite's
+``data_version``.
 
 Hot reads (a manifest by tag or digest, a blob's size) would otherwise cost a database
 round trip each. On PostgreSQL, triggers on the content tables (migration 0004) send a
@@ -23,9 +24,12 @@ import selectors
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
+
+if TYPE_CHECKING:
+    from dockyard.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -191,3 +195,40 @@ class ChangeListener:
                 self.last_notice = payload
         finally:
             self._applying = False
+
+
+class SqliteChangeWatch:
+    """Keeps a ContentCache true on SQLite, where there is no LISTEN: every cache lookup first
+    reads ``PRAGMA data_version`` on the event loop's connection, which changes whenever any
+    other connection, in this process or another, has committed. A change empties the whole
+    cache (the version does not say which repository changed); a lookup off the loop's thread
+    goes to the database. One pragma costs a fraction of the lookup it replaces.
+
+    A row read before a commit and stored after the lookup that noticed that commit is refused
+    by the cache's generation, as with the PostgreSQL listener.
+    """
+
+    def __init__(self, db: Database, cache: ContentCache) -> None:
+        self._db = db
+        self._cache = cache
+        self._seen: int | None = None
+        cache.unapplied = self.unapplied
+
+    def start(self) -> None:
+        """Switch the cache on (call on the event loop's thread, after ``serve_lookups_inline``)."""
+        self._seen = None
+        self._cache.set_enabled(True)
+
+    def stop(self) -> None:
+        """Switch the cache off (emptied)."""
+        self._cache.set_enabled(False)
+
+    def unapplied(self) -> bool:
+        """Apply any commit made since the last lookup; True (ask the database) off the loop's thread."""
+        version = self._db.data_version()
+        if version is None:
+            return True
+        if version != self._seen:
+            self._cache.invalidate(EVERYTHING)
+            self._seen = version
+        return False

@@ -251,6 +251,21 @@ class Database:
         finally:
             cursor.close()
 
+    def data_version(self) -> int | None:
+        """SQLite's ``PRAGMA data_version`` on the event loop's connection: it changes whenever
+        another connection (of any process) commits. None off SQLite or off the loop's thread."""
+        if not self.is_sqlite or threading.get_ident() != self._inline_thread:
+            return None
+        conn = self._inline_connection
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._inline_connection = conn
+        cursor = conn.connection.dbapi_connection.execute("PRAGMA data_version")  # type: ignore[union-attr]
+        try:
+            return int(cursor.fetchone()[0])
+        finally:
+            cursor.close()
+
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE).

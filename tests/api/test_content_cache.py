@@ -1,4 +1,4 @@
-"""Hot reads from the in-process content cache on PostgreSQL, kept true across processes."""
+"""Hot reads from the in-process content cache, kept true across processes (PostgreSQL and SQLite)."""
 
 import contextlib
 import shutil
@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from dockyard.access.services import bootstrap
 from dockyard.app import Dockyard, build, create_app
+from dockyard.changes import SqliteChangeWatch
 from dockyard.config import Settings
 from tests.conftest import _truncate_all
 from tests.support.auth import ADMIN, ADMIN_PASSWORD, access_token, bearer
@@ -91,18 +92,96 @@ def settled(node: Dockyard, timeout: float = 10.0) -> None:
     raise AssertionError("the change listener received no sentinel notification")
 
 
-def test_sqlite_reads_inline_and_uncached(tmp_path, sqlite_template):
+@pytest.fixture
+def sqlite_settings(tmp_path, sqlite_template) -> Settings:
     shutil.copy(sqlite_template, tmp_path / "dockyard.db")
-    settings = node_settings(tmp_path, f"sqlite:///{tmp_path / 'dockyard.db'}")
-    parts = build(settings)
-    bootstrap(settings, parts.access)
-    with TestClient(create_app(settings, parts, background_jobs=False), headers=ADMIN) as client:
-        push_image(client, "inline/app", make_image("inline"), tag="v1")
-        assert client.get("/v2/inline/app/manifests/v1").status_code == 200
-    assert parts.registry.listener is None
-    assert len(parts.registry.cache) == 0
-    assert parts.registry.manifests.reads_inline
+    return node_settings(tmp_path, f"sqlite:///{tmp_path / 'dockyard.db'}")
+
+
+@pytest.fixture
+def sqlite_node(sqlite_settings) -> Iterator[tuple[Dockyard, TestClient]]:
+    parts = build(sqlite_settings)
+    bootstrap(sqlite_settings, parts.access)
+    with TestClient(create_app(sqlite_settings, parts, background_jobs=False), headers=ADMIN) as client:
+        yield parts, client
     parts.db.dispose()
+
+
+@pytest.fixture
+def sqlite_other(sqlite_settings) -> Iterator[TestClient]:
+    """A second process's registry on the same SQLite file (its own engine and connections)."""
+    parts = build(sqlite_settings)
+    with TestClient(create_app(sqlite_settings, parts, background_jobs=False), headers=ADMIN) as client:
+        yield client
+    parts.db.dispose()
+
+
+def lookups_of(node: Dockyard, monkeypatch) -> list[str]:
+    """Every hot lookup ``node`` sends to SQLite from now on (its statement's first table)."""
+    seen: list[str] = []
+    original = node.db.lookup_row
+
+    def counting(statement, params):
+        seen.append(str(statement).split("FROM", 1)[1].split()[0])
+        return original(statement, params)
+
+    monkeypatch.setattr(node.db, "lookup_row", counting)
+    return seen
+
+
+def test_sqlite_caches_hot_reads_on_the_event_loop(sqlite_node, monkeypatch):
+    parts, client = sqlite_node
+    image = make_image("inline")
+    push_image(client, "inline/app", image, tag="v1")
+    assert client.get("/v2/inline/app/manifests/v1").status_code == 200
+    assert client.head(f"/v2/inline/app/blobs/{image.config.digest}").status_code == 200
+    assert isinstance(parts.registry.listener, SqliteChangeWatch)
+    assert parts.registry.cache.enabled
+    assert len(parts.registry.cache) >= 2
+    lookups = lookups_of(parts, monkeypatch)
+    for _ in range(3):
+        answer = client.get("/v2/inline/app/manifests/v1")
+        assert answer.headers["docker-content-digest"] == image.digest
+        assert client.head(f"/v2/inline/app/blobs/{image.config.digest}").status_code == 200
+    assert lookups == []
+    assert parts.registry.manifests.reads_inline
+
+
+def test_sqlite_cache_sees_a_commit_of_another_process_at_once(sqlite_node, sqlite_other, monkeypatch):
+    parts, client = sqlite_node
+    first, second = make_image("sqlite-1"), make_image("sqlite-2")
+    push_image(client, "moving/app", first, tag="latest")
+    extra = push_blob(client, "moving/app", b"loose blob")
+    assert client.get("/v2/moving/app/manifests/latest").headers["docker-content-digest"] == first.digest
+    assert client.head(f"/v2/moving/app/blobs/{extra}").status_code == 200
+    push_image(sqlite_other, "moving/app", second, tag="latest")
+    lookups = lookups_of(parts, monkeypatch)
+    # No waiting: the first read after the other process's commit goes to the database.
+    assert client.get("/v2/moving/app/manifests/latest").headers["docker-content-digest"] == second.digest
+    assert lookups
+    assert sqlite_other.delete(f"/v2/moving/app/blobs/{extra}").status_code == 202
+    assert client.head(f"/v2/moving/app/blobs/{extra}").status_code == 404
+    assert sqlite_other.delete(f"/v2/moving/app/manifests/{second.digest}").status_code == 202
+    assert client.get("/v2/moving/app/manifests/latest").status_code == 404
+
+
+def test_sqlite_cache_drops_a_row_read_before_a_commit(sqlite_node, sqlite_other):
+    """A row read, then a commit elsewhere, then the row stored: the next lookup must not serve it."""
+    parts, client = sqlite_node
+    first, second = make_image("race-1"), make_image("race-2")
+    push_image(client, "race/app", first, tag="v1")
+    cache = parts.registry.cache
+    generation = cache.generation()  # the reader's token, taken before its (stale) read
+    push_image(sqlite_other, "race/app", second, tag="v1")
+    assert client.get("/v2/race/app/manifests/v1").headers["docker-content-digest"] == second.digest
+
+    def on_the_loop(work):  # the cache answers only on the event loop's thread
+        return client.portal.call(work)
+
+    assert on_the_loop(lambda: parts.registry.manifests.cached("race/app", "v1")).digest == second.digest
+    on_the_loop(lambda: cache.put("race/app", ("m", "v1"), "stale", generation))
+    assert on_the_loop(lambda: parts.registry.manifests.cached("race/app", "v1")).digest == second.digest
+    assert parts.registry.manifests.cached("race/app", "v1") is None  # off the loop: the database
 
 
 def test_a_repeated_pull_costs_no_query(client, node, statements_of):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dockyard.changes import ChangeListener, ContentCache, libpq_url
+from dockyard.changes import ChangeListener, ContentCache, SqliteChangeWatch, libpq_url
 from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.events.services import EventService
@@ -30,8 +30,8 @@ class RegistryServices:
     events: EventService
     #: Manifests and blob lookups cached in this process (enabled while a listener runs).
     cache: ContentCache
-    #: Keeps ``cache`` true on PostgreSQL; None on SQLite, where lookups are local and cheap.
-    listener: ChangeListener | None
+    #: Keeps ``cache`` true (PostgreSQL: LISTEN/NOTIFY; SQLite: data_version); None if caching is off.
+    listener: ChangeListener | SqliteChangeWatch | None
     #: Delete and untag extension points other rooms register on (the lifecycle room).
     hooks: ContentHooks
 
@@ -43,9 +43,12 @@ def build_registry_services(
     cache = ContentCache(settings.content_cache_entries)
     policy = LockPolicy(settings.immutable_tags, settings.immutable_tags_exempt)
     hooks = ContentHooks()
-    listener = None
-    if not db.is_sqlite and settings.content_cache_entries:
-        listener = ChangeListener(libpq_url(db.engine.url), cache)
+    listener: ChangeListener | SqliteChangeWatch | None = None
+    if settings.content_cache_entries:
+        if db.is_sqlite:
+            listener = SqliteChangeWatch(db, cache)
+        else:
+            listener = ChangeListener(libpq_url(db.engine.url), cache)
     return RegistryServices(
         blobs=BlobService(db, store, cache, redirect=settings.storage_redirect, locks=policy),
         uploads=UploadService(
