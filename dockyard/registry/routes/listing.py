@@ -53,7 +53,9 @@ class ListingRoutes:
         name = repository_name(request)
         n = page_size(request)
         last = request.query_params.get("last") or None
-        page = await run_sync(self.repositories.tag_names, name, n, last)
+        page = self.repositories.cached_tag_names(name, n, last)
+        if page is None:
+            page = await run_sync(self.repositories.tag_names, name, n, last)
         headers = dict(API_VERSION)
         if page.more and page.items:
             headers["Link"] = next_link(f"/v2/{name}/tags/list", n, page.items[-1])

@@ -140,10 +140,19 @@ class RepositoryService:
 
     def tag_names(self, repository: str, n: int | None = None, last: str | None = None) -> Page:
         """Tag names of ``repository`` in byte order after ``last``; all of them when ``n`` is None."""
-        version, names = self._tag_list(repository)
-        start = bisect.bisect_right(names, last) if last else 0
-        stop = len(names) if n is None else start + n
-        return Page(list(names[start:stop]), stop < len(names), version)
+        return _page(*self._tag_list(repository), n, last)
+
+    def cached_tag_names(self, repository: str, n: int | None = None, last: str | None = None) -> Page | None:
+        """``tag_names`` from this process's caches when the content cache vouches for the
+        repository's tag version (no I/O), else None."""
+        version = self._cache.get(repository, ("tag_version",))
+        if version is None:
+            return None
+        with self._tag_lists_lock:
+            cached = self._tag_lists.get(repository)
+        if cached is None or cached[0] != version:
+            return None
+        return _page(*cached, n, last)
 
     def _tag_list(self, repository: str) -> tuple[tuple[int, int], tuple[str, ...]]:
         """All tag names, sorted; kept in memory while the repository's ``tag_version`` stands.
@@ -151,10 +160,12 @@ class RepositoryService:
         Every process checks the version in the database on each call, so a tag pushed
         through any process is seen at once.
         """
+        generation = self._cache.generation()
         row = self._db.run_lookup(lambda conn: conn.execute(TAG_VERSION, {"name": repository}).first())
         if row is None:
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {repository!r} not known to registry")
         version = (row.id, row.tag_version)
+        self._cache.put(repository, ("tag_version",), version, generation)
         with self._tag_lists_lock:
             cached = self._tag_lists.get(repository)
         if cached is not None and cached[0] == version:
@@ -379,3 +390,9 @@ class RepositoryService:
         self._cache.invalidate(repository)
         self._events.committed()
         return result
+
+
+def _page(version: tuple[int, int], names: tuple[str, ...], n: int | None, last: str | None) -> Page:
+    start = bisect.bisect_right(names, last) if last else 0
+    stop = len(names) if n is None else start + n
+    return Page(list(names[start:stop]), stop < len(names), version)
