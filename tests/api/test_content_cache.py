@@ -327,3 +327,25 @@ def test_a_read_lock_is_served_from_no_cache(client, node, other_node):
     assert node.registry.cache.get("locked/app", ("m", "v1")) is not None
     assert client.patch("/acr/v1/locked/app/_tags/v1", json={"readEnabled": False}).status_code == 200
     assert client.get("/v2/locked/app/manifests/v1").status_code == 403  # the local change: no wait
+
+
+def test_sqlite_tag_list_from_the_cache_sees_another_process_tag(sqlite_node, sqlite_other, monkeypatch):
+    parts, client = sqlite_node
+    image = make_image("listed")
+    push_image(client, "listed/app", image, tag="a")
+    assert client.get("/v2/listed/app/tags/list").json()["tags"] == ["a"]
+    assert client.get("/v2/listed/app/tags/list").json()["tags"] == ["a"]
+    queried: list[str] = []
+    original = parts.registry.repositories.tag_names
+    monkeypatch.setattr(
+        parts.registry.repositories,
+        "tag_names",
+        lambda *args: queried.append("tag_names") or original(*args),
+    )
+    assert client.get("/v2/listed/app/tags/list?n=1").json()["tags"] == ["a"]
+    assert queried == []  # answered from the caches
+    push_image(sqlite_other, "listed/app", image, tag="b")
+    assert client.get("/v2/listed/app/tags/list").json()["tags"] == ["a", "b"]
+    assert queried == ["tag_names"]
+    assert sqlite_other.delete("/v2/listed/app/manifests/b").status_code == 202
+    assert client.get("/v2/listed/app/tags/list").json()["tags"] == ["a"]
