@@ -349,3 +349,22 @@ def test_sqlite_tag_list_from_the_cache_sees_another_process_tag(sqlite_node, sq
     assert queried == ["tag_names"]
     assert sqlite_other.delete("/v2/listed/app/manifests/b").status_code == 202
     assert client.get("/v2/listed/app/tags/list").json()["tags"] == ["a"]
+
+
+def test_sqlite_a_read_lock_set_by_another_process_ends_cached_pulls(sqlite_node, sqlite_other):
+    parts, client = sqlite_node
+    image = make_image("sqlite-locked")
+    push_image(client, "locked/app", image, tag="v1")
+    layer = image.config.digest
+    for path in ("manifests/v1", f"manifests/{image.digest}", f"blobs/{layer}"):
+        assert client.head(f"/v2/locked/app/{path}").status_code == 200
+    assert len(parts.registry.cache) >= 3
+    assert sqlite_other.patch("/acr/v1/locked/app/_tags/v1", json={"readEnabled": False}).status_code == 200
+    assert client.get("/v2/locked/app/manifests/v1").status_code == 403
+    assert client.get(f"/v2/locked/app/manifests/{image.digest}").status_code == 200
+    assert sqlite_other.patch("/acr/v1/locked/app", json={"readEnabled": False}).status_code == 200
+    assert client.get(f"/v2/locked/app/manifests/{image.digest}").status_code == 403
+    assert client.head(f"/v2/locked/app/blobs/{layer}").status_code == 403
+    assert client.get("/v2/locked/app/tags/list").status_code == 200  # listing is not reading
+    assert sqlite_other.patch("/acr/v1/locked/app", json={"listEnabled": False}).status_code == 200
+    assert client.get("/v2/_catalog").json()["repositories"] == []
