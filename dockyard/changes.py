@@ -211,7 +211,7 @@ class SqliteChangeWatch:
     def __init__(self, db: Database, cache: ContentCache) -> None:
         self._db = db
         self._cache = cache
-        self._seen: int | None = None
+        self._seen: tuple[int, int] | None = None
         cache.unapplied = self.unapplied
 
     def start(self) -> None:

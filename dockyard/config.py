@@ -155,8 +155,8 @@ class Settings(BaseSettings):
     content_cache_entries: int = Field(
         20_000,
         ge=0,
-        description="Manifests and blob lookups each process caches on PostgreSQL (kept true by "
-        "LISTEN/NOTIFY); 0 turns the cache off.",
+        description="Manifests, blob lookups and tag-list versions each process caches (kept true by "
+        "LISTEN/NOTIFY on PostgreSQL, PRAGMA data_version on SQLite); 0 turns the cache off.",
     )
     immutable_tags: bool = Field(
         False,

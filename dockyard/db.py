@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -169,6 +170,8 @@ class Database:
         self.dialect = self.engine.dialect.name
         self._inline_thread: int | None = None
         self._inline_connection: Connection | None = None
+        #: How many inline connections there have been: ``data_version`` is per connection.
+        self._inline_epoch = 0
         self._driver_sql: dict[sa.Executable, tuple[str, tuple[str, ...]]] = {}
         self._group: GroupSync | None = None
         # SQLite has one writer at a time and its busy handler polls with sleeps of up to
@@ -202,6 +205,15 @@ class Database:
         """Give the calling thread (the event loop's) a dedicated connection for ``lookup``."""
         self._inline_thread = threading.get_ident()
 
+    def _inline(self) -> Connection:
+        """The event loop's connection, replaced if it was closed or invalidated."""
+        conn = self._inline_connection
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._inline_connection = conn
+            self._inline_epoch += 1
+        return conn
+
     def run_lookup(self, work: Callable[[Connection], T]) -> T:
         """Run a one-statement read outside any transaction (autocommit).
 
@@ -214,10 +226,7 @@ class Database:
             with self.engine.connect() as conn:
                 return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
         for attempt in (1, 2):
-            conn = self._inline_connection
-            if conn is None or conn.closed or conn.invalidated:
-                conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-                self._inline_connection = conn
+            conn = self._inline()
             try:
                 return work(conn)
             except sa.exc.DBAPIError as exc:
@@ -235,10 +244,7 @@ class Database:
         """
         if not self.is_sqlite or threading.get_ident() != self._inline_thread:
             return self.run_lookup(lambda conn: _first(conn.execute(statement, params)))
-        conn = self._inline_connection
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._inline_connection = conn
+        conn = self._inline()
         compiled = self._driver_sql.get(statement)
         if compiled is None:
             built = statement.compile(dialect=self.engine.dialect)
@@ -251,20 +257,23 @@ class Database:
         finally:
             cursor.close()
 
-    def data_version(self) -> int | None:
-        """SQLite's ``PRAGMA data_version`` on the event loop's connection: it changes whenever
-        another connection (of any process) commits. None off SQLite or off the loop's thread."""
+    def data_version(self) -> tuple[int, int] | None:
+        """SQLite's ``PRAGMA data_version`` on the event loop's connection, with that connection's
+        number: the pair changes whenever another connection (of any process) has committed (the
+        pragma's value means something only on one connection, so a new one changes the pair too).
+        None off SQLite, off the loop's thread, or if the pragma fails (ask the database)."""
         if not self.is_sqlite or threading.get_ident() != self._inline_thread:
             return None
-        conn = self._inline_connection
-        if conn is None or conn.closed or conn.invalidated:
-            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._inline_connection = conn
-        cursor = conn.connection.dbapi_connection.execute("PRAGMA data_version")  # type: ignore[union-attr]
         try:
-            return int(cursor.fetchone()[0])
-        finally:
-            cursor.close()
+            conn = self._inline()
+            cursor = conn.connection.dbapi_connection.execute("PRAGMA data_version")  # type: ignore[union-attr]
+            try:
+                return self._inline_epoch, int(cursor.fetchone()[0])
+            finally:
+                cursor.close()
+        except (sa.exc.SQLAlchemyError, sqlite3.Error):
+            self._inline_connection = None
+            return None
 
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[Connection]:

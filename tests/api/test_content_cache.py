@@ -368,3 +368,44 @@ def test_sqlite_a_read_lock_set_by_another_process_ends_cached_pulls(sqlite_node
     assert client.get("/v2/locked/app/tags/list").status_code == 200  # listing is not reading
     assert sqlite_other.patch("/acr/v1/locked/app", json={"listEnabled": False}).status_code == 200
     assert client.get("/v2/_catalog").json()["repositories"] == []
+
+
+def test_sqlite_cache_survives_a_new_loop_connection(sqlite_node, sqlite_other):
+    """``data_version`` counts per connection: a replaced loop connection must not vouch for
+    entries cached before a commit it never saw."""
+    parts, client = sqlite_node
+    first, second = make_image("epoch-1"), make_image("epoch-2")
+    push_image(client, "epoch/app", first, tag="v1")
+    assert client.get("/v2/epoch/app/manifests/v1").headers["docker-content-digest"] == first.digest
+    assert client.get("/v2/epoch/app/manifests/v1").headers["docker-content-digest"] == first.digest
+    client.portal.call(parts.db._inline_connection.close)  # as after a dropped connection
+    push_image(sqlite_other, "epoch/app", second, tag="v1")
+    assert client.get("/v2/epoch/app/manifests/v1").headers["docker-content-digest"] == second.digest
+
+
+def test_tag_list_of_a_recreated_repository_is_not_the_deleted_ones(sqlite_node):
+    """SQLite reuses the id of the newest row once it is deleted: the tag list's version must
+    tell the new repository from the deleted one."""
+    _, client = sqlite_node
+    image = make_image("recreated")
+    push_image(client, "reborn/app", image, tag="old")
+    assert client.get("/v2/reborn/app/tags/list").json()["tags"] == ["old"]
+    assert client.delete("/acr/v1/reborn/app").status_code in (200, 202, 204)
+    push_image(client, "reborn/app", image, tag="new")
+    assert client.get("/v2/reborn/app/tags/list").json()["tags"] == ["new"]
+
+
+def test_a_new_loop_connection_changes_the_data_version(sqlite_node):
+    parts, client = sqlite_node
+
+    def versions():
+        before = parts.db.data_version()
+        parts.db._inline_connection.close()
+        return before, parts.db.data_version(), parts.db.data_version()
+
+    before, after, again = client.portal.call(versions)
+    assert before is not None
+    assert after is not None
+    assert after != before  # nothing committed, but the counter is another connection's
+    assert again == after
+    assert parts.db.data_version() is None  # off the loop's thread

@@ -76,9 +76,11 @@ class DeletedRepository:
 ORDERINGS = ("timedesc", "timeasc")
 #: How many repositories' tag lists a process keeps in memory.
 TAG_LISTS_CACHED = 128
-TAG_VERSION = sa.select(repositories.c.id, repositories.c.tag_version).where(
+TAG_VERSION = sa.select(repositories.c.id, repositories.c.created_at, repositories.c.tag_version).where(
     repositories.c.name == sa.bindparam("name")
 )
+#: A repository's tag list is current while this stands: (id, created_at, tag_version).
+TagVersion = tuple[int, str, int]
 #: Listed tags only (listEnabled); a change of a tag's attributes bumps ``tag_version``.
 TAG_NAMES = (
     sa.select(tags.c.name)
@@ -119,7 +121,7 @@ class RepositoryService:
         self.hooks = hooks if hooks is not None else ContentHooks()
         self._cache = cache if cache is not None else ContentCache(0)
         self.catalog_page_size = catalog_page_size
-        self._tag_lists: OrderedDict[str, tuple[tuple[int, int], tuple[str, ...]]] = OrderedDict()
+        self._tag_lists: OrderedDict[str, tuple[TagVersion, tuple[str, ...]]] = OrderedDict()
         self._tag_lists_lock = threading.Lock()
 
     # -- OCI listings -----------------------------------------------------------------------
@@ -154,7 +156,7 @@ class RepositoryService:
             return None
         return _page(*cached, n, last)
 
-    def _tag_list(self, repository: str) -> tuple[tuple[int, int], tuple[str, ...]]:
+    def _tag_list(self, repository: str) -> tuple[TagVersion, tuple[str, ...]]:
         """All tag names, sorted; kept in memory while the repository's ``tag_version`` stands.
 
         Every process checks the version in the database on each call, so a tag pushed
@@ -164,7 +166,7 @@ class RepositoryService:
         row = self._db.run_lookup(lambda conn: conn.execute(TAG_VERSION, {"name": repository}).first())
         if row is None:
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {repository!r} not known to registry")
-        version = (row.id, row.tag_version)
+        version = (row.id, str(row.created_at), row.tag_version)  # SQLite reuses a deleted row's id
         self._cache.put(repository, ("tag_version",), version, generation)
         with self._tag_lists_lock:
             cached = self._tag_lists.get(repository)
@@ -392,7 +394,7 @@ class RepositoryService:
         return result
 
 
-def _page(version: tuple[int, int], names: tuple[str, ...], n: int | None, last: str | None) -> Page:
+def _page(version: TagVersion, names: tuple[str, ...], n: int | None, last: str | None) -> Page:
     start = bisect.bisect_right(names, last) if last else 0
     stop = len(names) if n is None else start + n
     return Page(list(names[start:stop]), stop < len(names), version)
