@@ -145,6 +145,15 @@ class GroupSync:
             os.close(fd)
 
 
+def _driver_row(conn: Connection, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The first row of ``sql`` run on the driver's own cursor, past SQLAlchemy's machinery."""
+    cursor = conn.connection.dbapi_connection.execute(sql, params)  # type: ignore[union-attr]
+    try:
+        return cursor.fetchone()
+    finally:
+        cursor.close()
+
+
 def _first(result: sa.CursorResult[Any]) -> tuple[Any, ...] | None:
     row = result.first()
     return tuple(row) if row is not None else None
@@ -251,11 +260,7 @@ class Database:
             compiled = (built.string, tuple(built.positiontup or ()))
             self._driver_sql[statement] = compiled
         sql, names = compiled
-        cursor = conn.connection.dbapi_connection.execute(sql, tuple(params[name] for name in names))  # type: ignore[union-attr]
-        try:
-            return cursor.fetchone()
-        finally:
-            cursor.close()
+        return _driver_row(conn, sql, tuple(params[name] for name in names))
 
     def data_version(self) -> tuple[int, int] | None:
         """SQLite's ``PRAGMA data_version`` on the event loop's connection, with that connection's
@@ -265,15 +270,14 @@ class Database:
         if not self.is_sqlite or threading.get_ident() != self._inline_thread:
             return None
         try:
-            conn = self._inline()
-            cursor = conn.connection.dbapi_connection.execute("PRAGMA data_version")  # type: ignore[union-attr]
-            try:
-                return self._inline_epoch, int(cursor.fetchone()[0])
-            finally:
-                cursor.close()
+            row = _driver_row(self._inline(), "PRAGMA data_version", ())
         except (sa.exc.SQLAlchemyError, sqlite3.Error):
-            self._inline_connection = None
+            dropped, self._inline_connection = self._inline_connection, None
+            if dropped is not None:
+                dropped.close()
             return None
+        assert row is not None
+        return self._inline_epoch, int(row[0])
 
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[Connection]:

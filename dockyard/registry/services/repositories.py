@@ -81,6 +81,8 @@ TAG_VERSION = sa.select(repositories.c.id, repositories.c.created_at, repositori
 )
 #: A repository's tag list is current while this stands: (id, created_at, tag_version).
 TagVersion = tuple[int, str, int]
+#: A repository's tag names, sorted, with the version they were read at.
+TagList = tuple[TagVersion, tuple[str, ...]]
 #: Listed tags only (listEnabled); a change of a tag's attributes bumps ``tag_version``.
 TAG_NAMES = (
     sa.select(tags.c.name)
@@ -121,7 +123,7 @@ class RepositoryService:
         self.hooks = hooks if hooks is not None else ContentHooks()
         self._cache = cache if cache is not None else ContentCache(0)
         self.catalog_page_size = catalog_page_size
-        self._tag_lists: OrderedDict[str, tuple[TagVersion, tuple[str, ...]]] = OrderedDict()
+        self._tag_lists: OrderedDict[str, TagList] = OrderedDict()
         self._tag_lists_lock = threading.Lock()
 
     # -- OCI listings -----------------------------------------------------------------------
@@ -148,15 +150,16 @@ class RepositoryService:
         """``tag_names`` from this process's caches when the content cache vouches for the
         repository's tag version (no I/O), else None."""
         version = self._cache.get(repository, ("tag_version",))
-        if version is None:
-            return None
-        with self._tag_lists_lock:
-            cached = self._tag_lists.get(repository)
-        if cached is None or cached[0] != version:
-            return None
-        return _page(*cached, n, last)
+        held = None if version is None else self._held_tag_list(repository, version)
+        return None if held is None else _page(*held, n, last)
 
-    def _tag_list(self, repository: str) -> tuple[TagVersion, tuple[str, ...]]:
+    def _held_tag_list(self, repository: str, version: TagVersion) -> TagList | None:
+        """This process's tag list of ``repository`` if it was read at ``version``."""
+        with self._tag_lists_lock:
+            held = self._tag_lists.get(repository)
+        return held if held is not None and held[0] == version else None
+
+    def _tag_list(self, repository: str) -> TagList:
         """All tag names, sorted; kept in memory while the repository's ``tag_version`` stands.
 
         Every process checks the version in the database on each call, so a tag pushed
@@ -168,10 +171,9 @@ class RepositoryService:
             raise RegistryError(ErrorCode.NAME_UNKNOWN, f"repository {repository!r} not known to registry")
         version = (row.id, str(row.created_at), row.tag_version)  # SQLite reuses a deleted row's id
         self._cache.put(repository, ("tag_version",), version, generation)
-        with self._tag_lists_lock:
-            cached = self._tag_lists.get(repository)
-        if cached is not None and cached[0] == version:
-            return cached
+        held = self._held_tag_list(repository, version)
+        if held is not None:
+            return held
         with self._db.read() as conn:
             names = tuple(conn.execute(TAG_NAMES, {"repository_id": row.id}).scalars())
         with self._tag_lists_lock:
