@@ -20,6 +20,8 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from dockyard import prepared
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -89,7 +91,10 @@ def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
         options = connection.get_execution_options()
         if options.get("isolation_level") == "AUTOCOMMIT":
             return
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if options.get("dockyard_write") else "BEGIN")
+        # On the driver's cursor: the statement SQLAlchemy would send, without its per-call machinery.
+        connection.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+            "BEGIN IMMEDIATE" if options.get("dockyard_write") else "BEGIN"
+        )
 
 
 class GroupSync:
@@ -154,11 +159,6 @@ def _driver_row(conn: Connection, sql: str, params: tuple[Any, ...]) -> tuple[An
         cursor.close()
 
 
-def _first(result: sa.CursorResult[Any]) -> tuple[Any, ...] | None:
-    row = result.first()
-    return tuple(row) if row is not None else None
-
-
 class Database:
     """One engine plus read/write transaction helpers that hide dialect differences."""
 
@@ -181,7 +181,6 @@ class Database:
         self._inline_connection: Connection | None = None
         #: How many inline connections there have been: ``data_version`` is per connection.
         self._inline_epoch = 0
-        self._driver_sql: dict[sa.Executable, tuple[str, tuple[str, ...]]] = {}
         self._group: GroupSync | None = None
         # SQLite has one writer at a time and its busy handler polls with sleeps of up to
         # 100 ms: this process's writers queue on a lock instead, woken as soon as one ends.
@@ -233,6 +232,8 @@ class Database:
         """
         if threading.get_ident() != self._inline_thread:
             with self.engine.connect() as conn:
+                if self.is_sqlite:  # a lone statement autocommits; SQLAlchemy's reset is not needed
+                    return work(conn)
                 return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
         for attempt in (1, 2):
             conn = self._inline()
@@ -248,19 +249,10 @@ class Database:
     def lookup_row(self, statement: sa.Executable, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """The first row of a one-statement read (``run_lookup``), or None.
 
-        On SQLite's event-loop thread the statement, compiled once, runs on the driver's cursor:
+        The statement, compiled once, runs on the driver's cursor (``dockyard.prepared``):
         SQLAlchemy's per-execution machinery costs several times the indexed lookup itself.
         """
-        if not self.is_sqlite or threading.get_ident() != self._inline_thread:
-            return self.run_lookup(lambda conn: _first(conn.execute(statement, params)))
-        conn = self._inline()
-        compiled = self._driver_sql.get(statement)
-        if compiled is None:
-            built = statement.compile(dialect=self.engine.dialect)
-            compiled = (built.string, tuple(built.positiontup or ()))
-            self._driver_sql[statement] = compiled
-        sql, names = compiled
-        return _driver_row(conn, sql, tuple(params[name] for name in names))
+        return self.run_lookup(lambda conn: prepared.first(conn, statement, params))
 
     def data_version(self) -> tuple[int, int] | None:
         """SQLite's ``PRAGMA data_version`` on the event loop's connection, with that connection's

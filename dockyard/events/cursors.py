@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from dockyard.db import Database, utcnow
+from dockyard import prepared
+from dockyard.db import Database, per_dialect, utcnow
 from dockyard.events.models import event_cursors, jobs, repository_events
 from dockyard.events.services import RepositoryEvent, event_from_row
 
@@ -55,30 +56,63 @@ def _horizon() -> sa.ColumnElement[int]:
     return sa.cast(sa.cast(xmin, sa.Text), sa.BigInteger)
 
 
-def _after(conn: Connection, last_txid: int | None, last_event_id: int) -> sa.Select:
+def _after(dialect: str) -> sa.Select:
+    """Events after a cursor (``last_txid``, ``last_event_id``), oldest first, at most ``limit``."""
     events = repository_events.c
-    if conn.dialect.name == "postgresql":
-        return (
+    if dialect == "postgresql":
+        query = (
             sa.select(repository_events)
             .where(
                 sa.tuple_(events.txid, events.id)
-                > sa.tuple_(sa.literal(last_txid or 0), sa.literal(last_event_id)),
+                > sa.tuple_(
+                    sa.bindparam("last_txid", type_=sa.BigInteger),
+                    sa.bindparam("last_event_id", type_=sa.BigInteger),
+                ),
                 events.txid < _horizon(),
             )
             .order_by(events.txid, events.id)
         )
-    return sa.select(repository_events).where(events.id > last_event_id).order_by(events.id)
+    else:
+        after = events.id > sa.bindparam("last_event_id")
+        query = sa.select(repository_events).where(after).order_by(events.id)
+    return query.limit(sa.bindparam("limit", type_=sa.Integer))
+
+
+#: The consumer paths' statements, built once (``dockyard.prepared`` runs them).
+_AFTER = {name: _after(name) for name in ("sqlite", "postgresql")}
+_CURSOR = sa.select(event_cursors).where(event_cursors.c.consumer == sa.bindparam("name"))
+_LOCK_CURSOR = {
+    "sqlite": _CURSOR,
+    "postgresql": _CURSOR.with_for_update(skip_locked=True),
+}
+_NEW_CURSOR = per_dialect(lambda insert: insert(event_cursors).on_conflict_do_nothing())
+_ADVANCE = (
+    event_cursors.update()
+    .where(event_cursors.c.consumer == sa.bindparam("name"))
+    .values(
+        last_event_id=sa.bindparam("last_event_id"),
+        last_txid=sa.bindparam("last_txid"),
+        updated_at=sa.bindparam("now"),
+    )
+)
+
+
+def _events_after(conn: Connection, cursor: Any, limit: int) -> list[Any]:
+    return prepared.rows(
+        conn,
+        _AFTER[conn.dialect.name],
+        {"last_txid": cursor.last_txid or 0, "last_event_id": cursor.last_event_id, "limit": limit},
+    )
 
 
 def ensure_cursor(conn: Connection, name: str) -> None:
     """Create ``name``'s cursor at the start of the log unless it exists."""
-    if conn.execute(sa.select(event_cursors.c.consumer).where(event_cursors.c.consumer == name)).first():
+    if prepared.first(conn, _CURSOR, {"name": name}) is not None:
         return
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(event_cursors)
-    conn.execute(
-        insert.values(
-            consumer=name, last_event_id=0, last_txid=None, updated_at=utcnow()
-        ).on_conflict_do_nothing()
+    prepared.execute(
+        conn,
+        _NEW_CURSOR[conn.dialect.name],
+        {"consumer": name, "last_event_id": 0, "last_txid": None, "updated_at": utcnow()},
     )
 
 
@@ -86,31 +120,26 @@ def pending(db: Database, name: str) -> bool:
     """Whether ``name`` has events to read (a cheap read, so an idle poll takes no write lock)."""
 
     def look(conn: Connection) -> bool:
-        cursor = conn.execute(sa.select(event_cursors).where(event_cursors.c.consumer == name)).first()
+        cursor = prepared.first(conn, _CURSOR, {"name": name})
         if cursor is None:
             return True  # the first consume creates it
-        return conn.execute(_after(conn, cursor.last_txid, cursor.last_event_id).limit(1)).first() is not None
+        return bool(_events_after(conn, cursor, 1))
 
     return db.run_lookup(look)
 
 
-def _locked_batch(conn: Connection, name: str, limit: int) -> list[sa.Row] | None:
+def _locked_batch(conn: Connection, name: str, limit: int) -> list[Any] | None:
     """The next ``limit`` events after ``name``'s cursor, its row locked; None if another process has it."""
     ensure_cursor(conn, name)
-    lock = sa.select(event_cursors).where(event_cursors.c.consumer == name)
-    if conn.dialect.name == "postgresql":
-        lock = lock.with_for_update(skip_locked=True)
-    cursor = conn.execute(lock).first()
+    cursor = prepared.first(conn, _LOCK_CURSOR[conn.dialect.name], {"name": name})
     if cursor is None:
         return None
-    return list(conn.execute(_after(conn, cursor.last_txid, cursor.last_event_id).limit(limit)).all())
+    return _events_after(conn, cursor, limit)
 
 
-def _advance(conn: Connection, name: str, last: sa.Row) -> None:
-    conn.execute(
-        event_cursors.update()
-        .where(event_cursors.c.consumer == name)
-        .values(last_event_id=last.id, last_txid=last.txid, updated_at=utcnow())
+def _advance(conn: Connection, name: str, last: Any) -> None:
+    prepared.execute(
+        conn, _ADVANCE, {"name": name, "last_event_id": last.id, "last_txid": last.txid, "now": utcnow()}
     )
 
 

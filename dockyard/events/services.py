@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard import prepared
 from dockyard.db import Database, as_utc, utcnow
 from dockyard.events.models import event_cursors, repository_events
 
@@ -121,7 +122,7 @@ class EventService:
         row = _row(action, repository, tag, digest, media_type, artifact_type, size, origin)
         if any(wants(conn, action) for wants in self._subscribers):
             self._wanted.set()
-        conn.execute(INSERT_EVENT, row)
+        prepared.execute(conn, INSERT_EVENT, row)
 
     def note_pull(
         self, repository: str, tag: str | None, digest: str, media_type: str, size: int, origin: Origin | None

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard import prepared
 from dockyard.db import Database, as_utc, utcnow
 from dockyard.events.services import DISPATCHED_ACTIONS, RepositoryEvent
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -245,7 +246,7 @@ class WebhookService:
     @staticmethod
     def wants(conn: Connection, action: str) -> bool:
         """Whether any enabled webhook subscribes to ``action`` (asked inside the event's transaction)."""
-        return any(action in hook_actions for hook_actions in conn.execute(ENABLED_ACTIONS).scalars())
+        return any(action in row[0] for row in prepared.rows(conn, ENABLED_ACTIONS))
 
     def dispatch(self, conn: Connection, events: list[RepositoryEvent]) -> int:
         """The ``webhooks`` event consumer: one delivery per event and matching enabled webhook.

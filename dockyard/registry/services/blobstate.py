@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard import prepared
 from dockyard.db import Database, per_dialect, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs
@@ -35,8 +36,10 @@ GONE = "gone"
 RETRY_AFTER = 5
 
 _STATE = sa.select(blobs.c.state, blobs.c.generation).where(blobs.c.digest == sa.bindparam("digest"))
-_LOCK = sa.select(blobs.c.state, blobs.c.generation, blobs.c.location).where(
-    blobs.c.digest == sa.bindparam("digest")
+_LOCK = (
+    sa.select(blobs.c.state, blobs.c.generation, blobs.c.location)
+    .where(blobs.c.digest == sa.bindparam("digest"))
+    .with_for_update()
 )
 _INSERT = per_dialect(
     lambda insert: insert(blobs).on_conflict_do_nothing(index_elements=["digest"]).returning(blobs.c.digest)
@@ -82,16 +85,17 @@ def link_committed(
     is surplus (delete it after the transaction). BlobBusy when the row changed since ``seen``.
     """
     now = utcnow()
-    row = conn.execute(_LOCK.with_for_update(), {"digest": digest}).first()
+    row = prepared.first(conn, _LOCK, {"digest": digest})
     if row is None:
         if seen.state is not None:
             raise BlobBusy(digest)  # the tombstone was pruned meanwhile: start over, to be sure
-        inserted = conn.execute(
+        inserted = prepared.first(
+            conn,
             _INSERT[conn.dialect.name],
             {"digest": digest, "size": size, "created_at": now, "location": location},
-        ).first()
+        )
         if inserted is None:  # a concurrent push recorded it first (or collection claimed it)
-            row = conn.execute(_LOCK.with_for_update(), {"digest": digest}).first()
+            row = prepared.first(conn, _LOCK, {"digest": digest})
             if row is None:
                 raise BlobBusy(digest)
     surplus = False
@@ -109,7 +113,7 @@ def link_committed(
         )
     else:
         surplus = location is not None and row.location != location
-    conn.execute(
-        LINK_BLOB[conn.dialect.name], {"repository_id": repo_id, "digest": digest, "created_at": now}
+    prepared.execute(
+        conn, LINK_BLOB[conn.dialect.name], {"repository_id": repo_id, "digest": digest, "created_at": now}
     )
     return not surplus

@@ -10,6 +10,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard import prepared
 from dockyard.db import per_dialect, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs, repositories, repository_blobs
@@ -134,7 +135,7 @@ TOUCH_REPOSITORY = (
 
 def repository_id(conn: Connection, name: str) -> int | None:
     """The id of repository ``name``, or None."""
-    return conn.execute(REPOSITORY_ID, {"name": name}).scalar()
+    return prepared.scalar(conn, REPOSITORY_ID, {"name": name})
 
 
 def require_repository(conn: Connection, name: str) -> int:
@@ -151,7 +152,9 @@ def ensure_repository(conn: Connection, name: str, now: datetime | None = None) 
     if found is not None:
         return found
     now = now or utcnow()
-    conn.execute(INSERT_REPOSITORY[conn.dialect.name], {"name": name, "created_at": now, "updated_at": now})
+    prepared.execute(
+        conn, INSERT_REPOSITORY[conn.dialect.name], {"name": name, "created_at": now, "updated_at": now}
+    )
     created = repository_id(conn, name)
     assert created is not None
     return created
@@ -176,7 +179,7 @@ def link_blob(conn: Connection, repo_id: int, digest: str, size: int, location: 
 
 def touch_repository(conn: Connection, repo_id: int, now: datetime | None = None) -> None:
     """Mark the repository changed (its tags may have changed: bump ``tag_version``)."""
-    conn.execute(TOUCH_REPOSITORY, {"repository_id": repo_id, "now": now or utcnow()})
+    prepared.execute(conn, TOUCH_REPOSITORY, {"repository_id": repo_id, "now": now or utcnow()})
 
 
 def page_of(rows: list[str], limit: int | None) -> Page:

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard import prepared
 from dockyard.changes import ContentCache
 from dockyard.db import Database
 from dockyard.oci.digest import parse_digest
@@ -136,6 +137,12 @@ _REPOSITORY = sa.select(
     repositories.c.immutable_tags,
     repositories.c.immutable_exemptions,
 )
+_LOCK_SHARED = _REPOSITORY.where(repositories.c.id == sa.bindparam("id")).with_for_update(read=True)
+_LOCK_EXCLUSIVE = _REPOSITORY.where(repositories.c.id == sa.bindparam("id")).with_for_update()
+_WRITE_ENABLED = sa.select(repositories.c.write_enabled).where(repositories.c.name == sa.bindparam("name"))
+_TAG_STATE = sa.select(tags.c.manifest_id, tags.c.write_enabled).where(
+    tags.c.repository_id == sa.bindparam("repository_id"), tags.c.name == sa.bindparam("tag")
+)
 
 
 class LockPolicy:
@@ -158,8 +165,10 @@ class LockPolicy:
 
     def lock_repository(self, conn: Connection, repo_id: int, *, shared: bool = False) -> RepositoryLocks:
         """The repository's locks, its row locked against concurrent attribute changes."""
-        query = _REPOSITORY.where(repositories.c.id == repo_id).with_for_update(read=shared)
-        return self._locks(conn.execute(query).one())
+        row = prepared.first(conn, _LOCK_SHARED if shared else _LOCK_EXCLUSIVE, {"id": repo_id})
+        if row is None:
+            raise sa.exc.NoResultFound(f"repository {repo_id} is gone")
+        return self._locks(row)
 
     def read(self, conn: Connection, name: str) -> RepositoryLocks:
         """The repository's locks without taking a row lock (reads and views)."""
@@ -186,9 +195,7 @@ class LockPolicy:
     @staticmethod
     def refuse_if_write_locked(conn: Connection, name: str) -> None:
         """A fast, unlocked check before an upload starts (the link re-checks in its transaction)."""
-        locked = conn.execute(
-            sa.select(repositories.c.write_enabled).where(repositories.c.name == name)
-        ).scalar()
+        locked = prepared.scalar(conn, _WRITE_ENABLED, {"name": name})
         if locked is not None and not locked:
             raise denied(f"repository {name!r}", "writeEnabled", "pushing to it")
 
@@ -199,11 +206,7 @@ class LockPolicy:
         Returns the manifest the tag points at now (None for a new tag), so the caller can tell
         which manifest the move leaves behind without reading the row again.
         """
-        row = conn.execute(
-            sa.select(tags.c.manifest_id, tags.c.write_enabled).where(
-                tags.c.repository_id == repo.id, tags.c.name == tag
-            )
-        ).first()
+        row = prepared.first(conn, _TAG_STATE, {"repository_id": repo.id, "tag": tag})
         if row is None or row.manifest_id == manifest_id:
             return None if row is None else row.manifest_id
         what = f"tag {tag!r} in {repo.name!r}"

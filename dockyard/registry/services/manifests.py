@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard import prepared
 from dockyard.changes import ContentCache
 from dockyard.db import Database, per_dialect, utcnow
 from dockyard.events.services import CHART_DELETE, CHART_PUSH, DELETE, PUSH, UNTAG, EventService, Origin
@@ -319,18 +320,19 @@ class ManifestService:
                 "annotations": parsed.annotations,
                 "created_at": now,
             }
-            manifest_id = conn.execute(INSERT_MANIFEST[dialect], row).scalar()
+            manifest_id = prepared.scalar(conn, INSERT_MANIFEST[dialect], row)
             inserted = manifest_id is not None
             if manifest_id is not None:
                 self._insert_references(conn, manifest_id, parsed)
             else:
-                manifest_id = conn.execute(MANIFEST_ID, {"repository_id": repo_id, "digest": digest}).scalar()
+                manifest_id = prepared.scalar(conn, MANIFEST_ID, {"repository_id": repo_id, "digest": digest})
                 if manifest_id is None:  # garbage collection deleted it between the two statements
                     raise BlobBusy(digest)
             previous = None
             if tag is not None:
                 previous = self._locks.check_tag_move(conn, repo, tag, manifest_id)
-                conn.execute(
+                prepared.execute(
+                    conn,
                     UPSERT_TAG[dialect],
                     {
                         "repository_id": repo_id,

@@ -10,6 +10,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard import prepared
 from dockyard.db import as_utc
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import uploads
@@ -85,7 +86,7 @@ def _lock_unleased(conn: Connection, repository: str, upload_id: str, now: datet
 
     Refused with a 416 (and ``Retry-After``) while another request's lease on it is live.
     """
-    row = conn.execute(LOCK_UPLOAD, {"id": upload_id, "repository": repository}).first()
+    row = prepared.first(conn, LOCK_UPLOAD, {"id": upload_id, "repository": repository})
     if row is None:
         raise _unknown(upload_id)
     if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard import prepared
 from dockyard.db import Database, utcnow
 from dockyard.oci.digest import new_hasher, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -83,7 +84,8 @@ class UploadService:
 
         def work(conn: Connection) -> None:
             self._locks.refuse_if_write_locked(conn, repository)
-            conn.execute(
+            prepared.execute(
+                conn,
                 INSERT_UPLOAD,
                 {"id": upload_id, "repository": repository, "size": 0, "created_at": now, "updated_at": now},
             )
@@ -282,7 +284,7 @@ class UploadService:
                 return False, None
             repo_id = self._locks.writable_repository(conn, repository, now, shared=True).id
             link_committed(conn, repo_id, digest, len(data), None, seen)
-            conn.execute(DELETE_UPLOAD, {"id": upload_id})
+            prepared.execute(conn, DELETE_UPLOAD, {"id": upload_id})
             return True, recorded.store_state
 
         done, state = self._db.run_write(work)

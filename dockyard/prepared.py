@@ -1,0 +1,140 @@
+"""Hot statements compiled once per dialect and run on the driver's cursor.
+
+SQLAlchemy's per-execution machinery (cache key, execution context, result object) costs
+several times an indexed lookup or a one-row insert. The statements every push and pull runs
+are module constants with ``bindparam``s: ``first``, ``rows``, ``scalar`` and ``execute``
+compile each once per dialect and run it on the connection's own driver cursor, inside the
+caller's transaction, with the same bind and result conversions SQLAlchemy applies
+(SQLite datetimes, booleans, JSON). Driver errors are raised as SQLAlchemy raises them
+(``sa.exc.DBAPIError`` and its subclasses, with disconnect handling), and cursor event
+listeners still see every statement (the tests count statements with them).
+
+Only statements built once may be passed: plans are cached by the statement object, and a
+statement whose compiled form needs execution-time work (Python-side column defaults, expanding
+``IN`` lists) is refused when it is first planned.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.sql.crud import REQUIRED
+
+#: Plans beyond this many are compiled per call instead of kept (a guard against a caller
+#: passing statements built at run time, which would otherwise grow the cache without end).
+PLAN_LIMIT = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    sql: str
+    names: tuple[str, ...]  # the statement's parameters, in order for positional drivers (SQLite)
+    positional: bool
+    binds: tuple[tuple[str, Callable[[Any], Any]], ...]
+    defaults: Mapping[str, Any]  # values bound in the statement itself
+    row: Any  # a namedtuple class, or None for statements that return no rows
+    results: tuple[Callable[[Any], Any] | None, ...] | None
+
+
+_plans: dict[tuple[sa.Executable, str, tuple[str, ...]], _Plan] = {}
+
+
+def _plan(dialect: Dialect, statement: sa.Executable, keys: tuple[str, ...]) -> _Plan:
+    cache_key = (statement, dialect.name, keys)
+    plan = _plans.get(cache_key)
+    if plan is not None:
+        return plan
+    compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
+    if compiled.insert_prefetch or compiled.update_prefetch:
+        raise ValueError(f"a prepared statement must be given every column it writes: {compiled.string}")
+    if "POSTCOMPILE" in compiled.string:
+        raise ValueError(f"a prepared statement cannot expand IN lists: {compiled.string}")
+    bound = compiled.construct_params(_check=False)
+    defaults = {
+        name: value
+        for name, value in bound.items()
+        if name not in keys and not _is_required(value, compiled.binds.get(name))
+    }
+    columns = compiled._result_columns
+    row = None
+    results = None
+    if columns:
+        row = namedtuple("Row", [c.keyname for c in columns], rename=True)  # type: ignore[misc]
+        processors = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
+        results = processors if any(processors) else None
+    plan = _Plan(
+        compiled.string,
+        tuple(compiled.positiontup) if dialect.positional else tuple(bound),
+        bool(dialect.positional),
+        tuple(compiled._bind_processors.items()),
+        defaults,
+        row,
+        results,
+    )
+    if len(_plans) < PLAN_LIMIT:
+        _plans[cache_key] = plan
+    return plan
+
+
+def _is_required(value: Any, bind: Any) -> bool:
+    """A parameter the caller must give: a column to write, or a ``bindparam`` without a value."""
+    return value is REQUIRED or bool(getattr(bind, "required", False))
+
+
+def _arguments(plan: _Plan, params: Mapping[str, Any]) -> Any:
+    values = {**plan.defaults, **params} if plan.defaults else dict(params)
+    for name, process in plan.binds:
+        values[name] = process(values[name])
+    if plan.positional:
+        return tuple(values[name] for name in plan.names)
+    return {name: values[name] for name in plan.names}
+
+
+def _run(conn: Connection, statement: sa.Executable, params: Mapping[str, Any]) -> tuple[list[Any], int]:
+    plan = _plan(conn.dialect, statement, tuple(sorted(params)))
+    arguments = _arguments(plan, params)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn._has_events or conn.engine._has_events:
+            conn.dispatch.before_cursor_execute(conn, cursor, plan.sql, arguments, None, False)
+        cursor.execute(plan.sql, arguments)
+        fetched = cursor.fetchall() if cursor.description is not None else []
+        count = cursor.rowcount
+    except conn.dialect.loaded_dbapi.Error as exc:
+        conn._handle_dbapi_exception(exc, plan.sql, arguments, cursor, None)
+    finally:
+        cursor.close()
+    if plan.row is None:
+        return fetched, count
+    make = plan.row._make
+    if plan.results is None:
+        return [make(r) for r in fetched], count
+    processors = plan.results
+    return [make([p(v) if p else v for p, v in zip(processors, r, strict=True)]) for r in fetched], count
+
+
+def rows(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> list[Any]:
+    """Every row ``statement`` returns (named tuples, converted as SQLAlchemy converts them)."""
+    return _run(conn, statement, params or {})[0]
+
+
+def first(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> Any:
+    """The first row ``statement`` returns, or None."""
+    found = _run(conn, statement, params or {})[0]
+    return found[0] if found else None
+
+
+def scalar(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> Any:
+    """The first column of the first row, or None."""
+    found = _run(conn, statement, params or {})[0]
+    return found[0][0] if found else None
+
+
+def execute(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> int:
+    """Run a statement that returns no rows; the number of rows it changed."""
+    return _run(conn, statement, params or {})[1]

@@ -1,0 +1,141 @@
+"""dockyard.prepared: statements run on the driver's cursor behave as SQLAlchemy's execute does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from dockyard import prepared
+from dockyard.db import BIGINT, TIMESTAMP, Database, per_dialect
+
+scratch_metadata = sa.MetaData()
+scratch = sa.Table(
+    "prepared_scratch",
+    scratch_metadata,
+    sa.Column("id", BIGINT, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("flag", sa.Boolean, nullable=False),
+    sa.Column("at", TIMESTAMP, nullable=False),
+    sa.Column("doc", sa.JSON, nullable=True),
+    sa.Column("payload", sa.LargeBinary, nullable=True),
+    sa.Column("note", sa.Text, nullable=True, default="python-side default"),
+)
+INSERT = per_dialect(lambda insert: insert(scratch).returning(scratch.c.id))
+BY_NAME = sa.select(scratch).where(scratch.c.name == sa.bindparam("name"))
+FLAGGED = sa.select(scratch.c.name).where(scratch.c.flag.is_(True)).order_by(scratch.c.name)
+RENAME = scratch.update().where(scratch.c.name == sa.bindparam("old")).values(name=sa.bindparam("new"))
+WHEN = datetime(2026, 12, 3, 9, 30, 15, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url, pool_size=2)
+    scratch_metadata.create_all(database.engine)
+    try:
+        yield database
+    finally:
+        scratch_metadata.drop_all(database.engine)
+        database.dispose()
+
+
+def _row(name: str, flag: bool = True) -> dict[str, object]:
+    return {
+        "name": name,
+        "flag": flag,
+        "at": WHEN,
+        "doc": {"a": [1, "x"]},
+        "payload": b"\x00\xff",
+        "note": None,
+    }
+
+
+def test_rows_convert_like_sqlalchemy(db):
+    with db.write() as conn:
+        new_id = prepared.scalar(conn, INSERT[db.dialect], _row("one"))
+        conn.execute(scratch.insert(), {**_row("two", flag=False), "note": "n"})
+    assert isinstance(new_id, int)
+    with db.read() as conn:
+        ours = prepared.first(conn, BY_NAME, {"name": "one"})
+        theirs = conn.execute(BY_NAME, {"name": "one"}).one()
+        other = prepared.first(conn, BY_NAME, {"name": "two"})
+        missing = prepared.first(conn, BY_NAME, {"name": "nobody"})
+        flagged = prepared.rows(conn, FLAGGED)
+    assert tuple(ours) == tuple(theirs)
+    assert ours.id == new_id
+    assert ours.flag is True
+    assert ours.doc == {"a": [1, "x"]}
+    assert ours.payload == b"\x00\xff"
+    assert ours.at.replace(tzinfo=UTC) == WHEN
+    assert other.flag is False
+    assert other.note == "n"
+    assert missing is None
+    assert [r.name for r in flagged] == ["one"]
+
+
+def test_execute_counts_rows_and_joins_the_transaction(db):
+    with db.write() as conn:
+        prepared.execute(conn, INSERT[db.dialect], _row("a"))
+    changed: list[int] = []
+
+    def rename_then_fail() -> None:
+        with db.write() as conn:
+            changed.append(prepared.execute(conn, RENAME, {"old": "a", "new": "b"}))
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError):
+        rename_then_fail()
+    assert changed == [1]
+    with db.read() as conn:
+        assert prepared.scalar(conn, sa.select(scratch.c.name)) == "a"
+        assert prepared.execute(conn, RENAME, {"old": "nobody", "new": "c"}) == 0
+
+
+def test_driver_errors_are_sqlalchemy_errors(db):
+    with db.write() as conn:
+        prepared.execute(conn, INSERT[db.dialect], _row("dup"))
+    with pytest.raises(sa.exc.IntegrityError), db.write() as conn:
+        prepared.execute(conn, INSERT[db.dialect], _row("dup"))
+
+
+def test_cursor_listeners_see_every_statement(db):
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        with db.read() as conn:
+            prepared.first(conn, BY_NAME, {"name": "x"})
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+    assert any("prepared_scratch" in s for s in seen)
+
+
+def test_a_missing_parameter_is_an_error_not_a_null(db):
+    with db.read() as conn, pytest.raises(KeyError):
+        prepared.first(conn, BY_NAME, {})
+
+
+def test_statements_needing_execution_time_work_are_refused(db):
+    with db.write() as conn:
+        with pytest.raises(ValueError, match="every column"):  # `note` has a Python-side default
+            prepared.execute(conn, scratch.insert(), {k: v for k, v in _row("d").items() if k != "note"})
+        with pytest.raises(ValueError, match="IN lists"):
+            prepared.rows(
+                conn,
+                sa.select(scratch.c.id).where(scratch.c.name.in_(sa.bindparam("names", expanding=True))),
+                {"names": ["a"]},
+            )
+
+
+def test_plans_are_kept_only_up_to_the_limit(db, monkeypatch):
+    monkeypatch.setattr(prepared, "_plans", {})
+    monkeypatch.setattr(prepared, "PLAN_LIMIT", 2)
+    with db.read() as conn:
+        for n in range(5):  # statements built at run time: answered, but not all kept
+            assert prepared.first(conn, sa.select(scratch.c.id).where(scratch.c.id == n)) is None
+    assert len(prepared._plans) == 2
