@@ -130,22 +130,31 @@ class BuildJobs:
         if not pushes:
             return 0
         hosts = local_hosts(self._settings)
+        # One query for the whole batch (a busy registry hands over hundreds of pushes at once).
+        rows = conn.execute(
+            sa.select(
+                build_tasks,
+                build_task_bases.c.image,
+                build_task_bases.c.repository.label("base_repository"),
+                build_task_bases.c.tag.label("base_tag"),
+            )
+            .select_from(build_task_bases.join(build_tasks, build_tasks.c.id == build_task_bases.c.task_id))
+            .where(
+                build_task_bases.c.host.in_(hosts),
+                build_task_bases.c.repository.in_(sorted({e.repository for e in pushes})),
+                build_task_bases.c.tag.in_(sorted({e.tag or "" for e in pushes})),
+                build_tasks.c.base_image_trigger.is_(True),
+                build_tasks.c.status == ENABLED,
+            )
+        ).all()
+        if not rows:
+            return 0
+        by_image: dict[tuple[str, str], list[Any]] = {}
+        for row in rows:
+            by_image.setdefault((row.base_repository, row.base_tag), []).append(row)
         queued = 0
         for event in pushes:
-            rows = conn.execute(
-                sa.select(build_tasks, build_task_bases.c.image)
-                .select_from(
-                    build_task_bases.join(build_tasks, build_tasks.c.id == build_task_bases.c.task_id)
-                )
-                .where(
-                    build_task_bases.c.host.in_(hosts),
-                    build_task_bases.c.repository == event.repository,
-                    build_task_bases.c.tag == event.tag,
-                    build_tasks.c.base_image_trigger.is_(True),
-                    build_tasks.c.status == ENABLED,
-                )
-            ).all()
-            for row in rows:
+            for row in by_image.get((event.repository, event.tag or ""), ()):
                 if _own_output(row, event.repository):
                     continue
                 queued += self._queue_base_update(conn, row, f"{row.image}")
