@@ -264,3 +264,20 @@ def test_run_credentials_follow_the_servers_tls(settings, dockyard) -> None:
     assert access.host == "127.0.0.1:5443"
     named = settings.model_copy(update={"builds_registry": "registry.internal:8443", "tls_cert": None})
     assert TaskCredentials(named, dockyard.access).mint(300).host == "registry.internal:8443"
+
+
+def test_one_batch_of_pushes_matches_each_push_to_its_own_base(client, dockyard) -> None:
+    """Events reach the consumer in batches: a push of base:2 and one of other:1 in the same batch
+    do not add up to base:1; base:1 among other pushes queues its dependent once."""
+    task(client, "dependent")
+    record_base(dockyard, "dependent", BASE, "127.0.0.1:5000", "base", "1", "sha256:" + "1" * 64)
+    push_image(client, "base", make_image("base-b2"), tag="2")
+    push_image(client, "other", make_image("other-o1"), tag="1")
+    dockyard.runtime.consume()
+    assert runs_of(client, "dependent") == []
+    push_image(client, "other", make_image("other-o2"), tag="1")
+    push_image(client, "base", make_image("base-b1"), tag="1")
+    push_image(client, "base", make_image("base-b1-again"), tag="1")
+    dockyard.runtime.consume()
+    runs = runs_of(client, "dependent")
+    assert [r["triggerDetail"] for r in runs] == [{"baseImage": BASE}]
