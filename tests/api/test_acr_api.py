@@ -5,7 +5,7 @@ from datetime import datetime
 import pytest
 
 from tests.support.images import make_image, make_index
-from tests.support.registry import error_codes, push_image, push_manifest
+from tests.support.registry import error_codes, push_blob, push_image, push_manifest
 
 
 @pytest.fixture
@@ -129,3 +129,22 @@ def test_zero_page_size_is_an_empty_page_without_link(client, repository):
         assert response.status_code == 200, path
         assert response.json()[key] == [], path
         assert "link" not in response.headers, path
+
+
+def test_the_platform_is_read_from_the_store_when_the_config_was_not_pushed_here(client, dockyard):
+    """A manifest push takes os/architecture from its config: from the bytes this process just
+    stored, or from the store when another node (or a chunked upload) stored them."""
+    recent = dockyard.registry.manifests.recent
+    here = make_image("platform-here", architecture="arm64", os_name="windows")
+    push_image(client, "plat", here, "here")
+    assert recent.get(here.config.digest) == here.config.data
+    elsewhere = make_image("platform-elsewhere", architecture="s390x")
+    for blob in elsewhere.blobs:
+        push_blob(client, "plat", blob.data)
+    recent._blobs.clear()  # as on a node that did not receive the config
+    push_manifest(client, "plat", "elsewhere", elsewhere.manifest, elsewhere.media_type)
+    assert recent.get(elsewhere.config.digest) is None
+    by_digest = {m["digest"]: m for m in client.get("/acr/v1/plat/_manifests").json()["manifests"]}
+    platform = {digest: (m["os"], m["architecture"]) for digest, m in by_digest.items()}
+    assert platform[here.digest] == ("windows", "arm64")
+    assert platform[elsewhere.digest] == ("linux", "s390x")

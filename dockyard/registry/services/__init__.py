@@ -10,6 +10,7 @@ from dockyard.db import Database
 from dockyard.events.services import EventService
 from dockyard.registry.services.blobs import BlobService
 from dockyard.registry.services.common import BlobQuota, ContentHooks
+from dockyard.registry.services.digests import RecentBlobs
 from dockyard.registry.services.locks import LockPolicy, LockService
 from dockyard.registry.services.manifests import ManifestService
 from dockyard.registry.services.repositories import RepositoryService
@@ -41,6 +42,7 @@ def build_registry_services(
 ) -> RegistryServices:
     """Wire the registry services for one application."""
     cache = ContentCache(settings.content_cache_entries)
+    recent = RecentBlobs()
     policy = LockPolicy(settings.immutable_tags, settings.immutable_tags_exempt)
     hooks = ContentHooks()
     listener: ChangeListener | SqliteChangeWatch | None = None
@@ -58,8 +60,9 @@ def build_registry_services(
             expiry_seconds=settings.upload_expiry_seconds,
             locks=policy,
             quota=quota,
+            recent=recent,
         ),
-        manifests=ManifestService(db, store, events, cache, policy, hooks, quota),
+        manifests=ManifestService(db, store, events, cache, policy, hooks, quota, recent),
         repositories=RepositoryService(db, events, settings.catalog_page_size, cache, policy, hooks),
         locks=LockService(db, policy, cache),
         events=events,

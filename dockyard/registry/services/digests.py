@@ -33,3 +33,32 @@ class HasherCache:
     def forget(self, upload_id: str) -> None:
         with self._lock:
             self._hashers.pop(upload_id, None)
+
+
+class RecentBlobs:
+    """The bytes of the last small blobs this process stored (image configs, mostly), by digest.
+
+    A manifest push reads its config blob for the platform; the config was usually pushed to
+    this process a moment before, so it is here and the store need not be read. Content is
+    addressed by digest, so an entry can never be stale.
+    """
+
+    def __init__(self, entries: int = 128, max_bytes: int = 16 * 1024) -> None:
+        self._entries = entries
+        self.max_bytes = max_bytes
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def keep(self, digest: str, data: bytes) -> None:
+        """Remember ``data`` (verified to have ``digest``) if it is small enough."""
+        if len(data) > self.max_bytes or not self._entries:
+            return
+        with self._lock:
+            self._blobs[digest] = data
+            self._blobs.move_to_end(digest)
+            while len(self._blobs) > self._entries:
+                self._blobs.popitem(last=False)
+
+    def get(self, digest: str) -> bytes | None:
+        with self._lock:
+            return self._blobs.get(digest)

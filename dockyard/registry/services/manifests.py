@@ -36,6 +36,7 @@ from dockyard.registry.services.common import (
     require_repository,
     touch_repository,
 )
+from dockyard.registry.services.digests import RecentBlobs
 from dockyard.registry.services.locks import LockPolicy, denied
 from dockyard.storage import BlobStore, StorageError
 
@@ -159,9 +160,12 @@ class ManifestService:
         locks: LockPolicy | None = None,
         hooks: ContentHooks | None = None,
         quota: BlobQuota | None = None,
+        recent: RecentBlobs | None = None,
     ) -> None:
         self._db = db
         self._quota = quota
+        #: Small blobs this process just stored: a config pushed here is not read back from the store.
+        self.recent = recent
         self._locks = locks or LockPolicy()
         self.hooks = hooks if hooks is not None else ContentHooks()
         self._store = store
@@ -449,11 +453,16 @@ class ManifestService:
         config = parsed.config
         if config is None or config.media_type not in IMAGE_CONFIG_TYPES or config.size > MAX_CONFIG_READ:
             return None, None
-        row = self._db.lookup_row(CONFIG_BLOB, {"digest": config.digest})
-        if row is None or row[0] != config.size:
-            return None, None
+        data = self.recent.get(config.digest) if self.recent is not None else None
         try:
-            document: Any = json.loads(b"".join(self._store.read(config.digest, location=row[1])))
+            if data is None:
+                row = self._db.lookup_row(CONFIG_BLOB, {"digest": config.digest})
+                if row is None:
+                    return None, None
+                data = b"".join(self._store.read(config.digest, location=row[1]))
+            if len(data) != config.size:
+                return None, None
+            document: Any = json.loads(data)
         except (ValueError, OSError, RecursionError, StorageError):
             return None, None
         if not isinstance(document, dict):

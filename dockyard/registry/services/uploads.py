@@ -33,7 +33,7 @@ from dockyard.oci.resumable import HashStateError, ResumableHash
 from dockyard.registry.models import uploads
 from dockyard.registry.services.blobstate import LIVE, BlobBusy, Seen, link_committed, seen_before_commit
 from dockyard.registry.services.common import BlobInfo, BlobQuota, UploadState
-from dockyard.registry.services.digests import HasherCache
+from dockyard.registry.services.digests import HasherCache, RecentBlobs
 from dockyard.registry.services.locks import LockPolicy
 from dockyard.registry.services.upload_sessions import (
     DELETE_UPLOAD,
@@ -64,8 +64,10 @@ class UploadService:
         hasher_cache_size: int = 512,
         locks: LockPolicy | None = None,
         quota: BlobQuota | None = None,
+        recent: RecentBlobs | None = None,
     ) -> None:
         self._db = db
+        self._recent = recent
         self._store = store
         self._quota = quota
         self._locks = locks or LockPolicy()
@@ -291,6 +293,8 @@ class UploadService:
         if not done:
             return None  # the blob stored above is unlinked data, as after any failed push
         self._count_quota(seen, len(data))
+        if self._recent is not None:
+            self._recent.keep(digest, data)
         self._hashers.forget(upload_id)
         if self._store.local or state is not None:
             self._store.abort_upload(upload_id, state)
