@@ -10,8 +10,8 @@ caller's transaction, with the same bind and result conversions SQLAlchemy appli
 listeners still see every statement (the tests count statements with them).
 
 Only statements built once may be passed: plans are cached by the statement object, and a
-statement whose compiled form needs execution-time work (Python-side column defaults, expanding
-``IN`` lists) is refused when it is first planned.
+statement whose compiled form needs execution-time work (Python-side column defaults) is refused
+when it is first planned. ``IN`` lists (``bindparam(..., expanding=True)``) are rendered per call.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class _Plan:
     defaults: Mapping[str, Any]  # values bound in the statement itself
     row: Any  # a namedtuple class, or None for statements that return no rows
     results: tuple[Callable[[Any], Any] | None, ...] | None
+    expanding: Any = None  # the compiled statement, when an IN list is rendered per call
 
 
 _plans: dict[tuple[sa.Executable, str, tuple[str, ...]], _Plan] = {}
@@ -52,8 +53,6 @@ def _plan(dialect: Dialect, statement: sa.Executable, keys: tuple[str, ...]) -> 
     compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys))  # type: ignore[attr-defined]
     if compiled.insert_prefetch or compiled.update_prefetch:
         raise ValueError(f"a prepared statement must be given every column it writes: {compiled.string}")
-    if "POSTCOMPILE" in compiled.string:
-        raise ValueError(f"a prepared statement cannot expand IN lists: {compiled.string}")
     bound = compiled.construct_params(_check=False)
     defaults = {
         name: value
@@ -75,6 +74,7 @@ def _plan(dialect: Dialect, statement: sa.Executable, keys: tuple[str, ...]) -> 
         defaults,
         row,
         results,
+        compiled if "POSTCOMPILE" in compiled.string else None,
     )
     if len(_plans) < PLAN_LIMIT:
         _plans[cache_key] = plan
@@ -84,6 +84,18 @@ def _plan(dialect: Dialect, statement: sa.Executable, keys: tuple[str, ...]) -> 
 def _is_required(value: Any, bind: Any) -> bool:
     """A parameter the caller must give: a column to write, or a ``bindparam`` without a value."""
     return value is REQUIRED or bool(getattr(bind, "required", False))
+
+
+def _expanded(plan: _Plan, params: Mapping[str, Any]) -> tuple[str, Any]:
+    """The statement and arguments of a plan whose IN lists are rendered for these values."""
+    state = plan.expanding.construct_expanded_state(params)
+    values = dict(state.parameters)
+    for name, process in (*plan.binds, *state.processors.items()):
+        if name in values:
+            values[name] = process(values[name])
+    if plan.positional:
+        return state.statement, tuple(values[name] for name in state.positiontup)
+    return state.statement, values
 
 
 def _arguments(plan: _Plan, params: Mapping[str, Any]) -> Any:
@@ -97,16 +109,19 @@ def _arguments(plan: _Plan, params: Mapping[str, Any]) -> Any:
 
 def _run(conn: Connection, statement: sa.Executable, params: Mapping[str, Any]) -> tuple[list[Any], int]:
     plan = _plan(conn.dialect, statement, tuple(sorted(params)))
-    arguments = _arguments(plan, params)
+    if plan.expanding is None:
+        sql, arguments = plan.sql, _arguments(plan, params)
+    else:
+        sql, arguments = _expanded(plan, params)
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         if conn._has_events or conn.engine._has_events:
-            conn.dispatch.before_cursor_execute(conn, cursor, plan.sql, arguments, None, False)
-        cursor.execute(plan.sql, arguments)
+            conn.dispatch.before_cursor_execute(conn, cursor, sql, arguments, None, False)
+        cursor.execute(sql, arguments)
         fetched = cursor.fetchall() if cursor.description is not None else []
         count = cursor.rowcount
     except conn.dialect.loaded_dbapi.Error as exc:
-        conn._handle_dbapi_exception(exc, plan.sql, arguments, cursor, None)
+        conn._handle_dbapi_exception(exc, sql, arguments, cursor, None)
     finally:
         cursor.close()
     if plan.row is None:
@@ -138,3 +153,22 @@ def scalar(conn: Connection, statement: sa.Executable, params: Mapping[str, Any]
 def execute(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> int:
     """Run a statement that returns no rows; the number of rows it changed."""
     return _run(conn, statement, params or {})[1]
+
+
+def execute_many(conn: Connection, statement: sa.Executable, rows: list[Mapping[str, Any]]) -> None:
+    """Run a statement once per parameter set (the driver's ``executemany``); rows it returns are dropped."""
+    if not rows:
+        return
+    plan = _plan(conn.dialect, statement, tuple(sorted(rows[0])))
+    if plan.expanding is not None:
+        raise ValueError(f"execute_many cannot expand IN lists: {plan.sql}")
+    arguments = [_arguments(plan, params) for params in rows]
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn._has_events or conn.engine._has_events:
+            conn.dispatch.before_cursor_execute(conn, cursor, plan.sql, arguments, None, True)
+        cursor.executemany(plan.sql, arguments)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        conn._handle_dbapi_exception(exc, plan.sql, arguments, cursor, None)
+    finally:
+        cursor.close()

@@ -121,15 +121,24 @@ def test_a_missing_parameter_is_an_error_not_a_null(db):
 
 
 def test_statements_needing_execution_time_work_are_refused(db):
+    with db.write() as conn, pytest.raises(ValueError, match="every column"):  # `note` has a Python default
+        prepared.execute(conn, scratch.insert(), {k: v for k, v in _row("d").items() if k != "note"})
+
+
+def test_in_lists_are_rendered_per_call(db):
+    named = sa.select(scratch.c.name).where(
+        scratch.c.name.in_(sa.bindparam("names", expanding=True)), scratch.c.at == sa.bindparam("at")
+    )
     with db.write() as conn:
-        with pytest.raises(ValueError, match="every column"):  # `note` has a Python-side default
-            prepared.execute(conn, scratch.insert(), {k: v for k, v in _row("d").items() if k != "note"})
-        with pytest.raises(ValueError, match="IN lists"):
-            prepared.rows(
-                conn,
-                sa.select(scratch.c.id).where(scratch.c.name.in_(sa.bindparam("names", expanding=True))),
-                {"names": ["a"]},
-            )
+        for name in ("a", "b", "c"):
+            prepared.execute(conn, INSERT[db.dialect], _row(name))
+    with db.read() as conn:
+        assert sorted(r.name for r in prepared.rows(conn, named, {"names": ["a", "c", "z"], "at": WHEN})) == [
+            "a",
+            "c",
+        ]
+        assert [r.name for r in prepared.rows(conn, named, {"names": ["b"], "at": WHEN})] == ["b"]
+        assert prepared.rows(conn, named, {"names": [], "at": WHEN}) == []
 
 
 def test_plans_are_kept_only_up_to_the_limit(db, monkeypatch):
@@ -139,3 +148,14 @@ def test_plans_are_kept_only_up_to_the_limit(db, monkeypatch):
         for n in range(5):  # statements built at run time: answered, but not all kept
             assert prepared.first(conn, sa.select(scratch.c.id).where(scratch.c.id == n)) is None
     assert len(prepared._plans) == 2
+
+
+def test_execute_many_writes_every_row(db):
+    with db.write() as conn:
+        prepared.execute_many(conn, scratch.insert(), [_row(f"m{n}", flag=n % 2 == 0) for n in range(5)])
+        prepared.execute_many(conn, scratch.insert(), [])
+    with db.read() as conn:
+        assert [r.name for r in prepared.rows(conn, FLAGGED)] == ["m0", "m2", "m4"]
+    in_list = scratch.delete().where(scratch.c.name.in_(sa.bindparam("names", expanding=True)))
+    with db.write() as conn, pytest.raises(ValueError, match="IN lists"):
+        prepared.execute_many(conn, in_list, [{"names": ["m0"]}])

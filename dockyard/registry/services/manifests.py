@@ -95,6 +95,8 @@ def _upsert_tag(insert: Callable[[sa.Table], Any]) -> Any:
 
 
 UPSERT_TAG = per_dialect(_upsert_tag)
+INSERT_MANIFEST_BLOB = manifest_blobs.insert()
+INSERT_MANIFEST_CHILD = manifest_children.insert()
 #: A manifest's blobs and children are locked (FOR SHARE) until it commits, so garbage collection
 #: either waits and then sees its references, or finished first and they are not found.
 HELD_BLOBS = (
@@ -386,7 +388,9 @@ class ManifestService:
         if wanted:
             held = {
                 row.digest: row.size
-                for row in conn.execute(HELD_BLOBS, {"repository_id": repo_id, "digests": list(wanted)})
+                for row in prepared.rows(
+                    conn, HELD_BLOBS, {"repository_id": repo_id, "digests": list(wanted)}
+                )
             }
             for descriptor in parsed.required_blobs:
                 if descriptor.digest not in held:
@@ -403,11 +407,12 @@ class ManifestService:
                     )
         children = {d.digest for d in parsed.children}
         if children:
-            present = set(
-                conn.execute(
-                    PRESENT_MANIFESTS, {"repository_id": repo_id, "digests": list(children)}
-                ).scalars()
-            )
+            present = {
+                row.digest
+                for row in prepared.rows(
+                    conn, PRESENT_MANIFESTS, {"repository_id": repo_id, "digests": list(children)}
+                )
+            }
             for descriptor in parsed.children:
                 if descriptor.digest not in present:
                     raise RegistryError(
@@ -420,8 +425,9 @@ class ManifestService:
     def _insert_references(conn: Connection, manifest_id: int, parsed: ParsedManifest) -> None:
         referenced: dict[str, Descriptor] = {d.digest: d for d in parsed.required_blobs}
         if referenced:
-            conn.execute(
-                manifest_blobs.insert(),
+            prepared.execute_many(
+                conn,
+                INSERT_MANIFEST_BLOB,
                 [
                     {
                         "manifest_id": manifest_id,
@@ -434,8 +440,9 @@ class ManifestService:
             )
         children: dict[str, Descriptor] = {d.digest: d for d in parsed.children}
         if children:
-            conn.execute(
-                manifest_children.insert(),
+            prepared.execute_many(
+                conn,
+                INSERT_MANIFEST_CHILD,
                 [
                     {
                         "manifest_id": manifest_id,
