@@ -139,6 +139,8 @@ _REPOSITORY = sa.select(
 )
 _LOCK_SHARED = _REPOSITORY.where(repositories.c.id == sa.bindparam("id")).with_for_update(read=True)
 _LOCK_EXCLUSIVE = _REPOSITORY.where(repositories.c.id == sa.bindparam("id")).with_for_update()
+_LOCK_NAMED_SHARED = _REPOSITORY.where(repositories.c.name == sa.bindparam("name")).with_for_update(read=True)
+_LOCK_NAMED_EXCLUSIVE = _REPOSITORY.where(repositories.c.name == sa.bindparam("name")).with_for_update()
 _WRITE_ENABLED = sa.select(repositories.c.write_enabled).where(repositories.c.name == sa.bindparam("name"))
 _TAG_STATE = sa.select(tags.c.manifest_id, tags.c.write_enabled).where(
     tags.c.repository_id == sa.bindparam("repository_id"), tags.c.name == sa.bindparam("tag")
@@ -187,7 +189,14 @@ class LockPolicy:
         ``shared`` (blob links) lets pushes into one repository proceed together; a manifest push
         takes the row exclusively, as it updates the row anyway.
         """
-        locks = self.lock_repository(conn, ensure_repository(conn, name, now), shared=shared)
+        lock = _LOCK_NAMED_SHARED if shared else _LOCK_NAMED_EXCLUSIVE
+        row = prepared.first(conn, lock, {"name": name})  # one statement for a repository that exists
+        if row is None:
+            ensure_repository(conn, name, now)
+            row = prepared.first(conn, lock, {"name": name})
+            if row is None:
+                raise sa.exc.NoResultFound(f"repository {name!r} is gone")
+        locks = self._locks(row)
         if not locks.attributes.write_enabled:
             raise denied(f"repository {name!r}", "writeEnabled", "pushing to it")
         return locks
