@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dockyard.db import Database, WouldBlock
 from dockyard.observability.logs import access_json
 from dockyard.oci.errors import ErrorCode, RegistryError
 
@@ -42,6 +43,20 @@ _END = object()
 async def run_sync(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking service call in a worker thread."""
     return await anyio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
+
+
+async def run_soon(db: Database, function: Callable[..., T], *args: Any) -> T:
+    """Call ``function`` on the event loop if its database work can be done at once there (a
+    relaxed SQLite write while no one else writes: cheaper than a thread hop), else in a worker
+    thread. ``function`` must be safe to call again after a ``WouldBlock``: nothing it did before
+    is kept (its transaction was never begun or is rolled back)."""
+    if db.writes_inline:
+        try:
+            with db.attempt_inline():
+                return function(*args)
+        except WouldBlock:
+            pass
+    return await run_sync(function, *args)
 
 
 async def run_local(inline: bool, function: Callable[..., T], *args: Any) -> T:

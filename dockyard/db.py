@@ -91,10 +91,18 @@ def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
         options = connection.get_execution_options()
         if options.get("isolation_level") == "AUTOCOMMIT":
             return
-        # On the driver's cursor: the statement SQLAlchemy would send, without its per-call machinery.
-        connection.connection.dbapi_connection.execute(  # type: ignore[union-attr]
-            "BEGIN IMMEDIATE" if options.get("dockyard_write") else "BEGIN"
-        )
+        # On the driver's cursor: the statement SQLAlchemy would send, without its per-call machinery
+        # (a failure is raised as SQLAlchemy raises it: "database is locked" is retried).
+        statement = "BEGIN IMMEDIATE" if options.get("dockyard_write") else "BEGIN"
+        try:
+            connection.connection.dbapi_connection.execute(statement)  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            connection._handle_dbapi_exception(exc, statement, (), None, None)
+
+
+class WouldBlock(Exception):
+    """An attempt on the event loop (``Database.attempt_inline``) needs something that may wait:
+    a read transaction, a durable commit, or a write lock another thread or process holds."""
 
 
 class GroupSync:
@@ -181,6 +189,9 @@ class Database:
         self._inline_connection: Connection | None = None
         #: How many inline connections there have been: ``data_version`` is per connection.
         self._inline_epoch = 0
+        #: Set while the event loop's thread attempts a call inline (``attempt_inline``).
+        self._attempting = False
+        self._inline_writer: Connection | None = None
         self._group: GroupSync | None = None
         # SQLite has one writer at a time and its busy handler polls with sleeps of up to
         # 100 ms: this process's writers queue on a lock instead, woken as soon as one ends.
@@ -206,6 +217,8 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction (a consistent snapshot on both engines)."""
+        if self._attempting and threading.get_ident() == self._inline_thread:
+            raise WouldBlock("a read transaction")
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
@@ -300,8 +313,54 @@ class Database:
             assert self._group is not None
             self._group.wait_durable(ticket)
 
+    @property
+    def writes_inline(self) -> bool:
+        """Whether small relaxed writes may run on the event loop (file-backed SQLite)."""
+        return self._group is not None and self._inline_thread is not None
+
+    @contextmanager
+    def attempt_inline(self) -> Iterator[None]:
+        """Let the calling code (on the event loop's thread) write at once if nothing would wait.
+
+        Inside, a relaxed (``durable=False``) ``run_write`` runs on this thread when this process's
+        write lock is free and SQLite's is too (a busy timeout of 0); anything that would wait (the
+        lock held elsewhere, a durable commit, a read transaction) raises ``WouldBlock`` and the
+        caller runs the whole call in a worker thread instead. A SQLite write of a few rows costs
+        less than the thread hop it saves.
+        """
+        if not self.writes_inline or threading.get_ident() != self._inline_thread or self._attempting:
+            raise WouldBlock("not on the event loop of a file-backed SQLite database")
+        self._attempting = True
+        try:
+            yield
+        finally:
+            self._attempting = False
+
+    def _write_now(self, work: Callable[[Connection], T]) -> T:
+        if not self._write_lock.acquire(blocking=False):  # type: ignore[attr-defined]
+            raise WouldBlock("another thread is writing")
+        try:
+            conn = self._inline_writer
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self.engine.connect().execution_options(dockyard_write=True)
+                conn.connection.dbapi_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
+                self._inline_writer = conn
+            try:
+                with conn.begin():
+                    return work(conn)
+            except sa.exc.OperationalError as exc:
+                if "database is locked" in str(exc.orig):  # another process writes: nothing was done
+                    raise WouldBlock("another process is writing") from None
+                raise
+        finally:
+            self._write_lock.release()  # type: ignore[attr-defined]
+
     def run_write(self, work: Callable[[Connection], T], *, durable: bool = True) -> T:
         """Run ``work`` in a write transaction, retrying on deadlocks and lock timeouts."""
+        if self._attempting and threading.get_ident() == self._inline_thread:
+            if durable:
+                raise WouldBlock("a durable commit")
+            return self._write_now(work)
         for attempt in range(WRITE_RETRIES):
             try:
                 with self.write(durable=durable) as conn:
@@ -333,6 +392,9 @@ class Database:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
     def dispose(self) -> None:
+        if self._inline_writer is not None:
+            self._inline_writer.close()
+            self._inline_writer = None
         if self._inline_connection is not None:
             self._inline_connection.close()
             self._inline_connection = None

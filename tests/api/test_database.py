@@ -1,8 +1,14 @@
-"""Database helpers: durable and relaxed commits, inline lookups."""
+"""Database helpers: durable and relaxed commits, inline lookups, inline writes."""
 
+import sqlite3
+import threading
+
+import anyio
+import pytest
 import sqlalchemy as sa
 
-from dockyard.db import Database
+from dockyard.asgi import run_soon
+from dockyard.db import Database, WouldBlock
 
 
 def _commit_setting(db: Database) -> str:
@@ -41,5 +47,114 @@ def test_lookup_outside_the_loop_thread_uses_the_pool(database_url):
         db.serve_lookups_inline()
         first = db.run_lookup(lambda conn: conn)
         assert db.run_lookup(lambda conn: conn) is first  # the loop thread keeps its connection
+    finally:
+        db.dispose()
+
+
+# -- writes attempted on the event loop (Database.attempt_inline, asgi.run_soon) ----------------
+
+
+def _inline_db(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'inline.db'}", pool_size=2)
+    with db.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    db.serve_lookups_inline()  # this test's thread plays the event loop
+    return db
+
+
+def _insert(value):
+    return lambda conn: conn.exec_driver_sql(f"INSERT INTO t VALUES ({value})").rowcount
+
+
+def _count(db):
+    return db.run_lookup(lambda conn: conn.exec_driver_sql("SELECT count(*) FROM t").scalar())
+
+
+def test_a_relaxed_write_runs_inline_when_nothing_else_writes(tmp_path):
+    db = _inline_db(tmp_path)
+    try:
+        with db.attempt_inline():
+            assert db.run_write(_insert(1), durable=False) == 1
+        assert _count(db) == 1
+        with pytest.raises(WouldBlock), db.attempt_inline():
+            db.run_write(_insert(2))  # durable: its flush would wait
+        with pytest.raises(WouldBlock), db.attempt_inline(), db.read():
+            pass  # a read transaction may be slow: not on the loop
+        assert _count(db) == 1
+    finally:
+        db.dispose()
+
+
+def test_an_inline_write_never_waits_for_another_writer(tmp_path):
+    db = _inline_db(tmp_path)
+    other = sqlite3.connect(tmp_path / "inline.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds SQLite's write lock
+        with pytest.raises(WouldBlock), db.attempt_inline():
+            db.run_write(_insert(1), durable=False)
+        other.execute("COMMIT")
+        held = threading.Event()
+        release = threading.Event()
+
+        def hold_the_lock():
+            with db.write(durable=False):
+                held.set()
+                release.wait(10)
+
+        writer = threading.Thread(target=hold_the_lock)
+        writer.start()
+        held.wait(10)
+        try:  # another thread of this process writes
+            with pytest.raises(WouldBlock), db.attempt_inline():
+                db.run_write(_insert(2), durable=False)
+        finally:
+            release.set()
+            writer.join()
+        with db.attempt_inline():
+            db.run_write(_insert(3), durable=False)
+        assert db.run_lookup(lambda conn: conn.exec_driver_sql("SELECT x FROM t").scalars().all()) == [3]
+    finally:
+        other.close()
+        db.dispose()
+
+
+def test_only_the_loop_thread_attempts_inline(tmp_path):
+    db = _inline_db(tmp_path)
+    failures = []
+
+    def elsewhere():
+        try:
+            with db.attempt_inline():
+                pass
+        except WouldBlock as exc:
+            failures.append(exc)
+
+    try:
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        assert len(failures) == 1
+    finally:
+        db.dispose()
+
+
+def test_run_soon_falls_back_to_a_worker_thread(tmp_path):
+    db = _inline_db(tmp_path)
+    threads = []
+
+    def start():
+        threads.append(threading.get_ident())
+        if len(threads) == 1:
+            raise WouldBlock("busy")
+        return "done"
+
+    async def main():
+        db.serve_lookups_inline()  # the loop's thread
+        return await run_soon(db, start)
+
+    try:
+        assert anyio.run(main) == "done"
+        assert len(threads) == 2
+        assert threads[0] != threads[1]  # the second call ran in a worker thread
     finally:
         db.dispose()

@@ -11,7 +11,15 @@ from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import DELETE, PULL, PUSH
 from dockyard.access.policy import Policy
-from dockyard.asgi import content_length, error_response, read_body, run_local, run_sync, run_with_body
+from dockyard.asgi import (
+    content_length,
+    error_response,
+    read_body,
+    run_local,
+    run_soon,
+    run_sync,
+    run_with_body,
+)
 from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_name
@@ -156,7 +164,7 @@ class BlobRoutes:
                 request, self.uploads.upload_whole, name, digest, content_length=content_length(request)
             )
             return Response(status_code=201, headers=_blob_headers(name, blob))
-        state = await run_sync(self.uploads.start, name)
+        state = await run_soon(self.uploads.db, self.uploads.start, name)  # one row: on the loop if it can
         return Response(status_code=202, headers=_upload_headers(state))
 
     async def upload(self, request: Request) -> Response:

@@ -75,10 +75,14 @@ class UploadService:
         self._expiry = timedelta(seconds=expiry_seconds)
         self._hashers = HasherCache(hasher_cache_size)
 
+    @property
+    def db(self) -> Database:
+        return self._db
+
     # -- sessions ---------------------------------------------------------------------------
 
     def start(self, repository: str) -> UploadState:
-        """Open an upload session for ``repository``."""
+        """Open an upload session for ``repository`` (safe to call again after ``WouldBlock``)."""
         if self._quota is not None:
             self._quota.check_start()
         upload_id = str(uuid.uuid4())
