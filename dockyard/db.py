@@ -100,9 +100,14 @@ def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
             connection._handle_dbapi_exception(exc, statement, (), None, None)
 
 
-class WouldBlock(Exception):
+#: Inline writes hold two pooled connections for the loop (lookups, writes): smaller pools go without.
+INLINE_WRITES_MIN_POOL = 4
+
+
+class WouldBlock(BaseException):
     """An attempt on the event loop (``Database.attempt_inline``) needs something that may wait:
-    a read transaction, a durable commit, or a write lock another thread or process holds."""
+    a read transaction, a durable commit, or a write lock another thread or process holds.
+    A BaseException, so no ``except Exception`` on the way swallows it."""
 
 
 class GroupSync:
@@ -191,7 +196,9 @@ class Database:
         self._inline_epoch = 0
         #: Set while the event loop's thread attempts a call inline (``attempt_inline``).
         self._attempting = False
+        self._attempt_wrote = False
         self._inline_writer: Connection | None = None
+        self._pool_size = pool_size
         self._group: GroupSync | None = None
         # SQLite has one writer at a time and its busy handler polls with sleeps of up to
         # 100 ms: this process's writers queue on a lock instead, woken as soon as one ends.
@@ -223,8 +230,11 @@ class Database:
             yield conn
 
     def serve_lookups_inline(self) -> None:
-        """Give the calling thread (the event loop's) a dedicated connection for ``lookup``."""
+        """Give the calling thread (the event loop's) a dedicated connection for ``lookup``
+        (and, on file-backed SQLite, one for inline writes, taken now, while the pool is free)."""
         self._inline_thread = threading.get_ident()
+        if self.writes_inline:
+            self._writer_connection(initial=True)
 
     def _inline(self) -> Connection:
         """The event loop's connection, replaced if it was closed or invalidated."""
@@ -245,7 +255,7 @@ class Database:
         """
         if threading.get_ident() != self._inline_thread:
             with self.engine.connect() as conn:
-                if self.is_sqlite:  # a lone statement autocommits; SQLAlchemy's reset is not needed
+                if self.is_sqlite:  # WAL reads never wait; a prepared statement autocommits
                     return work(conn)
                 return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
         for attempt in (1, 2):
@@ -315,8 +325,29 @@ class Database:
 
     @property
     def writes_inline(self) -> bool:
-        """Whether small relaxed writes may run on the event loop (file-backed SQLite)."""
-        return self._group is not None and self._inline_thread is not None
+        """Whether small relaxed writes may run on the event loop (file-backed SQLite, a pool of
+        at least ``INLINE_WRITES_MIN_POOL``: the loop keeps two of its connections)."""
+        return (
+            self._group is not None
+            and self._inline_thread is not None
+            and self._pool_size >= INLINE_WRITES_MIN_POOL
+        )
+
+    def _writer_connection(self, *, initial: bool = False) -> Connection:
+        """The loop's write connection: it never waits for SQLite's lock and never checkpoints
+        (a checkpoint's copying and fsync would stall the loop; other writers' commits do it)."""
+        conn = self._inline_writer
+        if conn is not None and not conn.closed and not conn.invalidated:
+            return conn
+        pool: Any = self.engine.pool
+        if not initial and pool.checkedout() >= pool.size():  # never wait for the pool on the loop
+            raise WouldBlock("no free connection for the loop's writer")
+        conn = self.engine.connect().execution_options(dockyard_write=True)
+        driver: Any = conn.connection.dbapi_connection
+        driver.execute("PRAGMA busy_timeout=0")
+        driver.execute("PRAGMA wal_autocheckpoint=0")
+        self._inline_writer = conn
+        return conn
 
     @contextmanager
     def attempt_inline(self) -> Iterator[None]:
@@ -331,29 +362,49 @@ class Database:
         if not self.writes_inline or threading.get_ident() != self._inline_thread or self._attempting:
             raise WouldBlock("not on the event loop of a file-backed SQLite database")
         self._attempting = True
+        self._attempt_wrote = False
         try:
             yield
         finally:
             self._attempting = False
 
     def _write_now(self, work: Callable[[Connection], T]) -> T:
+        if self._attempt_wrote:  # a second write could not fall back without doing the first again
+            raise RuntimeError("an inline attempt writes at most once (asgi.run_soon's contract)")
+        conn = self._writer_connection()
         if not self._write_lock.acquire(blocking=False):  # type: ignore[attr-defined]
             raise WouldBlock("another thread is writing")
         try:
-            conn = self._inline_writer
-            if conn is None or conn.closed or conn.invalidated:
-                conn = self.engine.connect().execution_options(dockyard_write=True)
-                conn.connection.dbapi_connection.execute("PRAGMA busy_timeout=0")  # type: ignore[union-attr]
-                self._inline_writer = conn
             try:
                 with conn.begin():
-                    return work(conn)
+                    result = work(conn)
             except sa.exc.OperationalError as exc:
-                if "database is locked" in str(exc.orig):  # another process writes: nothing was done
-                    raise WouldBlock("another process is writing") from None
+                if "database is locked" in str(exc.orig) and not self._in_transaction(conn):
+                    raise WouldBlock("another process is writing") from None  # nothing was done
+                self._drop_writer()
                 raise
+            except WouldBlock:
+                raise  # raised inside work, before anything was written; the rollback ended it
+            except BaseException:
+                if self._in_transaction(conn):  # a failed COMMIT may leave SQLite's transaction open
+                    self._drop_writer()
+                raise
+            self._attempt_wrote = True
+            return result
         finally:
             self._write_lock.release()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _in_transaction(conn: Connection) -> bool:
+        driver: Any = conn.connection.dbapi_connection
+        return bool(driver is None or driver.in_transaction)
+
+    def _drop_writer(self) -> None:
+        """Throw the loop's writer away (closing it rolls back whatever it still holds)."""
+        conn, self._inline_writer = self._inline_writer, None
+        if conn is not None:
+            conn.invalidate()
+            conn.close()
 
     def run_write(self, work: Callable[[Connection], T], *, durable: bool = True) -> T:
         """Run ``work`` in a write transaction, retrying on deadlocks and lock timeouts."""

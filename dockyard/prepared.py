@@ -42,11 +42,11 @@ class _Plan:
     expanding: Any = None  # the compiled statement, when an IN list is rendered per call
 
 
-_plans: dict[tuple[sa.Executable, str, tuple[str, ...]], _Plan] = {}
+_plans: dict[tuple[sa.Executable, str, str, tuple[str, ...]], _Plan] = {}
 
 
 def _plan(dialect: Dialect, statement: sa.Executable, keys: tuple[str, ...]) -> _Plan:
-    cache_key = (statement, dialect.name, keys)
+    cache_key = (statement, dialect.name, dialect.driver, keys)
     plan = _plans.get(cache_key)
     if plan is not None:
         return plan

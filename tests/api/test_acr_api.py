@@ -1,10 +1,11 @@
 """ACR's /acr/v1 metadata API, as the azure-containerregistry SDK and the CLI read it."""
 
+import json
 from datetime import datetime
 
 import pytest
 
-from tests.support.images import make_image, make_index
+from tests.support.images import make_image, make_index, sha256
 from tests.support.registry import error_codes, push_blob, push_image, push_manifest
 
 
@@ -148,3 +149,24 @@ def test_the_platform_is_read_from_the_store_when_the_config_was_not_pushed_here
     platform = {digest: (m["os"], m["architecture"]) for digest, m in by_digest.items()}
     assert platform[here.digest] == ("windows", "arm64")
     assert platform[elsewhere.digest] == ("linux", "s390x")
+
+
+def test_a_config_descriptor_understating_its_size_never_reads_the_blob(client, dockyard, monkeypatch):
+    """Attack: a manifest whose config names a large blob with a small declared size, to make the
+    registry read the whole blob into memory while it looks for the platform. Refused unread."""
+    big = bytes(range(256)) * 4096  # 1 MiB: any stored blob, not pushed by this client's config
+    push_blob(client, "plat", big)
+    dockyard.registry.manifests.recent._blobs.clear()
+    store = dockyard.registry.manifests._store
+    reads: list[str] = []
+    real_read = store.read
+    monkeypatch.setattr(
+        store, "read", lambda digest, *a, **k: reads.append(digest) or real_read(digest, *a, **k)
+    )
+    image = make_image("understated")
+    document = json.loads(image.manifest)
+    document["config"] = {"mediaType": document["config"]["mediaType"], "digest": sha256(big), "size": 100}
+    response = push_manifest(client, "plat", "lie", json.dumps(document).encode(), image.media_type)
+    assert response.status_code == 400
+    assert error_codes(response) == ["MANIFEST_INVALID"]
+    assert sha256(big) not in reads

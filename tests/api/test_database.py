@@ -55,7 +55,7 @@ def test_lookup_outside_the_loop_thread_uses_the_pool(database_url):
 
 
 def _inline_db(tmp_path):
-    db = Database(f"sqlite:///{tmp_path / 'inline.db'}", pool_size=2)
+    db = Database(f"sqlite:///{tmp_path / 'inline.db'}", pool_size=4)
     with db.write() as conn:
         conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
     db.serve_lookups_inline()  # this test's thread plays the event loop
@@ -157,4 +157,60 @@ def test_run_soon_falls_back_to_a_worker_thread(tmp_path):
         assert len(threads) == 2
         assert threads[0] != threads[1]  # the second call ran in a worker thread
     finally:
+        db.dispose()
+
+
+def _attempt(db, *works, durable=False):
+    with db.attempt_inline():
+        return [db.run_write(work, durable=durable) for work in works]
+
+
+def _values(db):
+    return db.run_lookup(lambda conn: conn.exec_driver_sql("SELECT x FROM t ORDER BY x").scalars().all())
+
+
+def test_an_attempt_writes_at_most_once_and_errors_leave_the_writer_usable(tmp_path):
+    db = _inline_db(tmp_path)
+
+    def fails(conn):
+        conn.exec_driver_sql("INSERT INTO t VALUES (3)")
+        raise ValueError("refused")
+
+    def swallowing():
+        try:
+            _attempt(db, _insert(5), durable=True)
+        except Exception:
+            return "swallowed"
+        return "passed"
+
+    try:
+        with pytest.raises(RuntimeError, match="at most once"):
+            _attempt(db, _insert(1), _insert(2))
+        with pytest.raises(ValueError, match="refused"):
+            _attempt(db, fails)
+        _attempt(db, _insert(4))
+        assert _values(db) == [1, 4]
+        with pytest.raises(WouldBlock):
+            swallowing()
+    finally:
+        db.dispose()
+
+
+def test_the_loop_never_waits_for_a_pooled_connection(tmp_path):
+    small = Database(f"sqlite:///{tmp_path / 'small.db'}", pool_size=2)
+    small.serve_lookups_inline()
+    assert not small.writes_inline  # the loop would hold both connections
+    small.dispose()
+    db = _inline_db(tmp_path)
+    held = []
+    try:
+        assert db._inline_writer is not None  # taken while the pool was free
+        db._drop_writer()
+        while db.engine.pool.checkedout() < db.engine.pool.size():
+            held.append(db.engine.connect())
+        with pytest.raises(WouldBlock), db.attempt_inline():
+            db.run_write(_insert(1), durable=False)
+    finally:
+        for conn in held:
+            conn.close()
         db.dispose()

@@ -464,7 +464,7 @@ class ManifestService:
         try:
             if data is None:
                 row = self._db.lookup_row(CONFIG_BLOB, {"digest": config.digest})
-                if row is None:
+                if row is None or row[0] != config.size:  # never read a blob larger than declared
                     return None, None
                 data = b"".join(self._store.read(config.digest, location=row[1]))
             if len(data) != config.size:
