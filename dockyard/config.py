@@ -348,7 +348,11 @@ class Settings(BaseSettings):
     webhook_log_retention_days: int = Field(
         30, ge=1, description="Finished webhook deliveries (and their attempts) older than this are deleted."
     )
-    db_pool_size: int = Field(16, ge=1, description="Database connections held per process.")
+    db_pool_size: int = Field(
+        16,
+        ge=1,
+        description="Database connections held per process (SQLite: the loop keeps 2; inline writes need 4).",
+    )
 
     # -- TLS for `dockyard serve` (docs/tls.md); checked and applied by dockyard/tls.py ------------
     tls_mode: TlsMode | None = Field(
