@@ -2,6 +2,7 @@
 
 import sqlite3
 import threading
+import time
 
 import anyio
 import pytest
@@ -90,8 +91,10 @@ def test_an_inline_write_never_waits_for_another_writer(tmp_path):
     other = sqlite3.connect(tmp_path / "inline.db", isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # another process holds SQLite's write lock
+        started = time.monotonic()
         with pytest.raises(WouldBlock), db.attempt_inline():
             db.run_write(_insert(1), durable=False)
+        assert time.monotonic() - started < 1.0  # at once: the loop never sits in SQLite's busy handler
         other.execute("COMMIT")
         held = threading.Event()
         release = threading.Event()
