@@ -224,7 +224,7 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction (a consistent snapshot on both engines)."""
-        if self._attempting and threading.get_ident() == self._inline_thread:
+        if self._attempting_here():
             raise WouldBlock("a read transaction")
         with self.engine.connect() as conn, conn.begin():
             yield conn
@@ -368,6 +368,10 @@ class Database:
         finally:
             self._attempting = False
 
+    def _attempting_here(self) -> bool:
+        """Whether the calling thread is the event loop's, inside ``attempt_inline``."""
+        return self._attempting and threading.get_ident() == self._inline_thread
+
     def _write_now(self, work: Callable[[Connection], T]) -> T:
         if self._attempt_wrote:  # a second write could not fall back without doing the first again
             raise RuntimeError("an inline attempt writes at most once (asgi.run_soon's contract)")
@@ -383,9 +387,7 @@ class Database:
                     raise WouldBlock("another process is writing") from None  # nothing was done
                 self._drop_writer()
                 raise
-            except WouldBlock:
-                raise  # raised inside work, before anything was written; the rollback ended it
-            except BaseException:
+            except BaseException:  # a WouldBlock from inside work was rolled back: the writer is fine
                 if self._in_transaction(conn):  # a failed COMMIT may leave SQLite's transaction open
                     self._drop_writer()
                 raise
@@ -408,7 +410,7 @@ class Database:
 
     def run_write(self, work: Callable[[Connection], T], *, durable: bool = True) -> T:
         """Run ``work`` in a write transaction, retrying on deadlocks and lock timeouts."""
-        if self._attempting and threading.get_ident() == self._inline_thread:
+        if self._attempting_here():
             if durable:
                 raise WouldBlock("a durable commit")
             return self._write_now(work)

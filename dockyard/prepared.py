@@ -107,23 +107,37 @@ def _arguments(plan: _Plan, params: Mapping[str, Any]) -> Any:
     return {name: values[name] for name in plan.names}
 
 
-def _run(conn: Connection, statement: sa.Executable, params: Mapping[str, Any]) -> tuple[list[Any], int]:
+def _on_cursor(
+    conn: Connection, sql: str, arguments: Any, *, many: bool = False, limit: int = 0
+) -> tuple[list[Any], int]:
+    """Run ``sql`` on a cursor of the connection's driver: listeners told, errors raised as
+    SQLAlchemy raises them. The rows it returns (at most ``limit`` if given) and its row count."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn._has_events or conn.engine._has_events:
+            conn.dispatch.before_cursor_execute(conn, cursor, sql, arguments, None, many)
+        if many:
+            cursor.executemany(sql, arguments)
+            return [], cursor.rowcount
+        cursor.execute(sql, arguments)
+        if cursor.description is None:
+            return [], cursor.rowcount
+        return (cursor.fetchmany(limit) if limit else cursor.fetchall()), cursor.rowcount
+    except conn.dialect.loaded_dbapi.Error as exc:
+        conn._handle_dbapi_exception(exc, sql, arguments, cursor, None)
+    finally:
+        cursor.close()
+
+
+def _run(
+    conn: Connection, statement: sa.Executable, params: Mapping[str, Any], limit: int = 0
+) -> tuple[list[Any], int]:
     plan = _plan(conn.dialect, statement, tuple(sorted(params)))
     if plan.expanding is None:
         sql, arguments = plan.sql, _arguments(plan, params)
     else:
         sql, arguments = _expanded(plan, params)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if conn._has_events or conn.engine._has_events:
-            conn.dispatch.before_cursor_execute(conn, cursor, sql, arguments, None, False)
-        cursor.execute(sql, arguments)
-        fetched = cursor.fetchall() if cursor.description is not None else []
-        count = cursor.rowcount
-    except conn.dialect.loaded_dbapi.Error as exc:
-        conn._handle_dbapi_exception(exc, sql, arguments, cursor, None)
-    finally:
-        cursor.close()
+    fetched, count = _on_cursor(conn, sql, arguments, limit=limit)
     if plan.row is None:
         return fetched, count
     make = plan.row._make
@@ -140,13 +154,13 @@ def rows(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] |
 
 def first(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> Any:
     """The first row ``statement`` returns, or None."""
-    found = _run(conn, statement, params or {})[0]
+    found = _run(conn, statement, params or {}, limit=1)[0]
     return found[0] if found else None
 
 
 def scalar(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> Any:
     """The first column of the first row, or None."""
-    found = _run(conn, statement, params or {})[0]
+    found = _run(conn, statement, params or {}, limit=1)[0]
     return found[0][0] if found else None
 
 
@@ -162,13 +176,4 @@ def execute_many(conn: Connection, statement: sa.Executable, rows: list[Mapping[
     plan = _plan(conn.dialect, statement, tuple(sorted(rows[0])))
     if plan.expanding is not None:
         raise ValueError(f"execute_many cannot expand IN lists: {plan.sql}")
-    arguments = [_arguments(plan, params) for params in rows]
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if conn._has_events or conn.engine._has_events:
-            conn.dispatch.before_cursor_execute(conn, cursor, plan.sql, arguments, None, True)
-        cursor.executemany(plan.sql, arguments)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        conn._handle_dbapi_exception(exc, plan.sql, arguments, cursor, None)
-    finally:
-        cursor.close()
+    _on_cursor(conn, plan.sql, [_arguments(plan, params) for params in rows], many=True)

@@ -156,6 +156,8 @@ def test_execute_many_writes_every_row(db):
         prepared.execute_many(conn, scratch.insert(), [])
     with db.read() as conn:
         assert [r.name for r in prepared.rows(conn, FLAGGED)] == ["m0", "m2", "m4"]
+        assert prepared.first(conn, FLAGGED).name == "m0"  # the first of several rows
+        assert prepared.scalar(conn, FLAGGED) == "m0"
     in_list = scratch.delete().where(scratch.c.name.in_(sa.bindparam("names", expanding=True)))
     with db.write() as conn, pytest.raises(ValueError, match="IN lists"):
         prepared.execute_many(conn, in_list, [{"names": ["m0"]}])

@@ -137,7 +137,6 @@ _REPOSITORY = sa.select(
     repositories.c.immutable_tags,
     repositories.c.immutable_exemptions,
 )
-_LOCK_SHARED = _REPOSITORY.where(repositories.c.id == sa.bindparam("id")).with_for_update(read=True)
 _LOCK_EXCLUSIVE = _REPOSITORY.where(repositories.c.id == sa.bindparam("id")).with_for_update()
 _LOCK_NAMED_SHARED = _REPOSITORY.where(repositories.c.name == sa.bindparam("name")).with_for_update(read=True)
 _LOCK_NAMED_EXCLUSIVE = _REPOSITORY.where(repositories.c.name == sa.bindparam("name")).with_for_update()
@@ -165,9 +164,9 @@ class LockPolicy:
             )
         return RepositoryLocks(row.id, row.name, Attributes.of(row), policy)
 
-    def lock_repository(self, conn: Connection, repo_id: int, *, shared: bool = False) -> RepositoryLocks:
+    def lock_repository(self, conn: Connection, repo_id: int) -> RepositoryLocks:
         """The repository's locks, its row locked against concurrent attribute changes."""
-        row = prepared.first(conn, _LOCK_SHARED if shared else _LOCK_EXCLUSIVE, {"id": repo_id})
+        row = prepared.first(conn, _LOCK_EXCLUSIVE, {"id": repo_id})
         if row is None:
             raise sa.exc.NoResultFound(f"repository {repo_id} is gone")
         return self._locks(row)
