@@ -158,6 +158,13 @@ class Settings(BaseSettings):
         description="Manifests, blob lookups and tag-list versions each process caches (kept true by "
         "LISTEN/NOTIFY on PostgreSQL, PRAGMA data_version on SQLite); 0 turns the cache off.",
     )
+    small_blob_cache_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="Memory each process keeps for the bytes of small blobs (64 KiB or less: image "
+        "configs, mostly) it stored or streamed from object storage, so a hot one costs no store "
+        "request; 0 turns it off.",
+    )
     immutable_tags: bool = Field(
         False,
         description="Write-once tags in every repository without a policy of its own "

@@ -45,6 +45,9 @@ class GuardedStore:
         self.calls_in_transactions: list[str] = []
         self.opened_with_digest: list[str | None] = []
         self.deleted: list[tuple[str, str | None]] = []
+        self.reads: list[str] = []
+        #: Bytes ``read`` answers instead of the stored ones (a store copy gone bad), by digest.
+        self.rotten: dict[str, bytes] = {}
 
     def watch(self, engine: sa.Engine) -> None:
         """Track, per thread, whether a transaction is open on ``engine``."""
@@ -67,6 +70,10 @@ class GuardedStore:
 
     def read(self, digest, offset=0, length=None, *, location=None):
         self._called("read")
+        self.reads.append(digest)
+        if digest in self.rotten:
+            end = None if length is None else offset + length
+            return iter([self.rotten[digest][offset:end]])
         if not self.readable:
             raise AssertionError("this node must not read blob data")
         return self.inner.read(digest, offset, length, location=self._real(location))
@@ -273,13 +280,62 @@ def test_a_second_copy_of_a_blob_at_another_location_is_deleted(node):
 
 
 def test_a_missing_blob_file_is_blob_unknown(client, dockyard):
+    gone = b"gone" * (20 * 1024)  # above the small-blob memory's item size: it must be read
     location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
-    assert client.put(location, params={"digest": sha256(b"gone")}, content=b"gone").status_code == 201
-    assert dockyard.store.delete(sha256(b"gone"))
-    url = f"/v2/team/app/blobs/{sha256(b'gone')}"
+    assert client.put(location, params={"digest": sha256(gone)}, content=gone).status_code == 201
+    assert dockyard.store.delete(sha256(gone))
+    url = f"/v2/team/app/blobs/{sha256(gone)}"
     for headers in ({}, {"Range": "bytes=1-2"}):  # whole (sent as a file, or streamed) and ranged
         answer = client.get(url, headers=headers)
         assert answer.status_code == 404, headers
         assert error_codes(answer) == ["BLOB_UNKNOWN"]
     with pytest.raises(StorageError):
-        b"".join(dockyard.store.read(sha256(b"gone")))
+        b"".join(dockyard.store.read(sha256(gone)))
+
+
+def _push_blob(client: TestClient, data: bytes) -> str:
+    location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
+    assert client.put(location, params={"digest": sha256(data)}, content=data).status_code == 201
+    return f"/v2/team/app/blobs/{sha256(data)}"
+
+
+def test_a_small_blob_streamed_from_the_store_is_read_once_then_served_from_memory(node):
+    pusher, _, _ = node()
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    big = bytes(range(256)) * (65 * 4)  # 65 KiB: above the item size, streamed every time
+    url, big_url = _push_blob(pusher, config), _push_blob(pusher, big)
+    reader, _, store = node({"local": False})  # a store that streams (as S3 and Azure Blob do)
+    first = reader.get(url)
+    assert first.status_code == 200
+    assert first.content == config
+    assert first.headers["content-length"] == str(len(config))
+    assert store.reads == [sha256(config)]
+    assert reader.get(url).content == config
+    ranged = reader.get(url, headers={"Range": "bytes=2-5"})
+    assert ranged.status_code == 206
+    assert ranged.content == config[2:6]
+    assert ranged.headers["Content-Range"] == f"bytes 2-5/{len(config)}"
+    assert store.reads == [sha256(config)]  # both answered from memory
+    assert reader.get(big_url).content == big
+    assert reader.get(big_url).content == big
+    assert store.reads == [sha256(config), sha256(big), sha256(big)]
+
+
+def test_bytes_that_do_not_match_their_digest_are_not_kept(node):
+    pusher, _, _ = node()
+    data = b"the real bytes"
+    url = _push_blob(pusher, data)
+    reader, _, store = node({"local": False})
+    store.rotten[sha256(data)] = b"rotten bytes!!"  # the store's copy went bad (same length)
+    assert reader.get(url).content == b"rotten bytes!!"  # served as stored, as a stream would be
+    reader.get(url)
+    assert store.reads == [sha256(data)] * 2  # never kept: each GET reads the store again
+
+
+def test_the_small_blob_memory_can_be_turned_off(node):
+    pusher, _, _ = node()
+    url = _push_blob(pusher, b"small")
+    reader, _, store = node({"local": False}, small_blob_cache_bytes=0)
+    assert reader.get(url).content == b"small"
+    assert reader.get(url).content == b"small"
+    assert store.reads == [sha256(b"small")] * 2

@@ -112,6 +112,10 @@ class BlobRoutes:
         if request.method == "HEAD":
             headers["content-length"] = str(blob.size)
             return Response(b"", headers=headers, media_type="application/octet-stream")
+        return await self._send(request, blob, headers)
+
+    async def _send(self, request: Request, blob: BlobInfo, headers: dict[str, str]) -> Response:
+        """A blob GET's answer: a redirect, the file, the bytes kept in memory, or a stream."""
         span = byte_range(request, blob.size)
         source = await run_local(self.blobs.local, self.blobs.source, blob)
         if isinstance(source, Redirect):
@@ -135,6 +139,12 @@ class BlobRoutes:
         if span is not None:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
+        if self.blobs.kept_in_memory(blob):  # an image config, mostly: no store request once read
+            data = self.blobs.remembered(blob)
+            if data is None:
+                data = await run_sync(self.blobs.read_small, blob)
+            body = data[start : end + 1] if length else b""
+            return Response(body, status_code=status, headers=headers, media_type="application/octet-stream")
         chunks = await run_sync(self.blobs.open, blob, start, length)
         return StreamingResponse(
             chunks, status_code=status, headers=headers, media_type="application/octet-stream"

@@ -42,7 +42,7 @@ def build_registry_services(
 ) -> RegistryServices:
     """Wire the registry services for one application."""
     cache = ContentCache(settings.content_cache_entries)
-    recent = RecentBlobs()
+    recent = RecentBlobs(settings.small_blob_cache_bytes)
     policy = LockPolicy(settings.immutable_tags, settings.immutable_tags_exempt)
     hooks = ContentHooks()
     listener: ChangeListener | SqliteChangeWatch | None = None
@@ -52,7 +52,7 @@ def build_registry_services(
         else:
             listener = ChangeListener(libpq_url(db.engine.url), cache)
     return RegistryServices(
-        blobs=BlobService(db, store, cache, redirect=settings.storage_redirect, locks=policy),
+        blobs=BlobService(db, store, cache, redirect=settings.storage_redirect, locks=policy, recent=recent),
         uploads=UploadService(
             db,
             store,

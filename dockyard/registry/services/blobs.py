@@ -11,11 +11,12 @@ from sqlalchemy.engine import Connection
 
 from dockyard.changes import ContentCache
 from dockyard.db import Database
-from dockyard.oci.digest import parse_digest
+from dockyard.oci.digest import compute_digest, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs, manifest_blobs, manifests, repositories, repository_blobs
 from dockyard.registry.services.blobstate import LIVE
 from dockyard.registry.services.common import BlobInfo, link_blob, require_repository
+from dockyard.registry.services.digests import RecentBlobs
 from dockyard.registry.services.locks import LockPolicy, denied
 from dockyard.storage import BlobSource, BlobStore, StorageError
 
@@ -53,8 +54,10 @@ class BlobService:
         *,
         redirect: bool = False,
         locks: LockPolicy | None = None,
+        recent: RecentBlobs | None = None,
     ) -> None:
         self._db = db
+        self._recent = recent
         self._locks = locks or LockPolicy()
         self._store = store
         self._cache = cache if cache is not None else ContentCache(0)
@@ -104,6 +107,25 @@ class BlobService:
             log.error("blob %s is recorded but missing from storage", blob.digest)
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage") from None
         return chunks if first is None else itertools.chain([first], chunks)
+
+    def kept_in_memory(self, blob: BlobInfo) -> bool:
+        """Whether a streamed read of ``blob`` goes through the small-blob memory (``RecentBlobs``)."""
+        return self._recent is not None and blob.size <= self._recent.max_bytes
+
+    def remembered(self, blob: BlobInfo) -> bytes | None:
+        """A small blob's bytes from this process's memory (no I/O), or None."""
+        return None if self._recent is None else self._recent.get(blob.digest)
+
+    def read_small(self, blob: BlobInfo) -> bytes:
+        """A small blob's bytes read whole from the store (call it in a thread), kept in memory
+        if they match its digest (bytes that do not are served as stored, and not kept)."""
+        data = b"".join(self.open(blob))
+        if self._recent is not None and len(data) == blob.size:
+            if compute_digest(data, parse_digest(blob.digest)[0]) == blob.digest:
+                self._recent.keep(blob.digest, data)
+            else:
+                log.error("blob %s does not match its digest in storage", blob.digest)
+        return data
 
     def source(self, blob: BlobInfo) -> BlobSource:
         """How to serve a blob ``stat`` found: a local file, a redirect (if enabled) or None to stream."""

@@ -36,29 +36,39 @@ class HasherCache:
 
 
 class RecentBlobs:
-    """The bytes of the last small blobs this process stored (image configs, mostly), by digest.
+    """The bytes of small blobs (image configs, mostly) by digest, within a memory budget (LRU).
 
-    A manifest push reads its config blob for the platform; the config was usually pushed to
-    this process a moment before, so it is here and the store need not be read. Content is
-    addressed by digest, so an entry can never be stale.
+    Filled by pushes (a manifest push reads its config for the platform a moment after the
+    config was pushed to this process) and by pulls from a store that streams (S3, Azure Blob),
+    so a hot config costs no store request. Every entry was verified against its digest and
+    content is addressed by digest, so an entry can never be stale; whether a repository holds
+    the blob is still asked of the database on every request.
     """
 
-    def __init__(self, entries: int = 128, max_bytes: int = 16 * 1024) -> None:
-        self._entries = entries
-        self.max_bytes = max_bytes
+    def __init__(self, budget: int = 8 * 1024 * 1024, max_bytes: int = 64 * 1024) -> None:
+        self.budget = budget
+        self.max_bytes = min(max_bytes, budget)
+        self._used = 0
         self._blobs: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
     def keep(self, digest: str, data: bytes) -> None:
         """Remember ``data`` (verified to have ``digest``) if it is small enough."""
-        if len(data) > self.max_bytes or not self._entries:
+        if len(data) > self.max_bytes:
             return
         with self._lock:
+            old = self._blobs.pop(digest, None)
+            if old is not None:
+                self._used -= len(old)
             self._blobs[digest] = data
-            self._blobs.move_to_end(digest)
-            while len(self._blobs) > self._entries:
-                self._blobs.popitem(last=False)
+            self._used += len(data)
+            while self._used > self.budget:
+                _, dropped = self._blobs.popitem(last=False)
+                self._used -= len(dropped)
 
     def get(self, digest: str) -> bytes | None:
         with self._lock:
-            return self._blobs.get(digest)
+            data = self._blobs.get(digest)
+            if data is not None:
+                self._blobs.move_to_end(digest)
+            return data
