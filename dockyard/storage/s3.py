@@ -16,31 +16,28 @@ upload of a part number counts.
 from __future__ import annotations
 
 import base64
-import contextlib
-import hashlib
 import logging
-import secrets
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from dockyard.storage.interfaces import (
     BlobPage,
     BlobSource,
     Redirect,
     StorageError,
-    StorageFull,
     StoredBlob,
     UploadLost,
 )
+from dockyard.storage.s3_errors import MISSING_CODES, error_code, translate_errors
 from dockyard.storage.s3_layout import (
     BLOB_KEY,
     LOCATION,
-    MAX_PARTS,
     MIB,
     MIN_PART,
     TAIL_KEY,
@@ -49,36 +46,15 @@ from dockyard.storage.s3_layout import (
     check_upload_id,
     located_key,
     object_key,
-    part_size,
 )
+from dockyard.storage.s3_writer import S3UploadWriter
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = MIB
-QUOTA_CODES = frozenset(
-    {"QuotaExceeded", "StorageQuotaExceeded", "XMinioStorageFull", "InsufficientStorage", "StorageFull"}
-)
-MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-@contextlib.contextmanager
-def _errors(what: str) -> Iterator[None]:
-    """Turn boto errors into StorageFull (quota) or StorageError with what was being done."""
-    try:
-        yield
-    except ClientError as exc:
-        code = _code(exc)
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        message = exc.response.get("Error", {}).get("Message", "")
-        if code in QUOTA_CODES or status == 507:
-            raise StorageFull(f"S3 has no space left for {what}: {code} {message}".rstrip()) from exc
-        raise StorageError(f"S3 failed to {what}: {code or status} {message}".rstrip()) from exc
-    except BotoCoreError as exc:
-        raise StorageError(f"S3 failed to {what}: {exc}") from exc
+#: Parts all uploads of a store may have in flight at once (each is ``part_size`` of memory);
+#: an upload that finds none free waits for one (backpressure to its client).
+PARTS_IN_FLIGHT_PER_STORE = 16
 
 
 def _checksum(digest: str) -> dict[str, str]:
@@ -135,8 +111,11 @@ class S3BlobStore:
                 config=config,
             )
         self.client = client
-        # Sends a writer's full part while the request's next bytes arrive (one in flight per writer).
-        self._part_sender = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="s3-part")
+        # Sends writers' full parts while their requests' next bytes arrive (PARTS_IN_FLIGHT each).
+        self._part_sender = ThreadPoolExecutor(
+            max_workers=min(max_connections, PARTS_IN_FLIGHT_PER_STORE), thread_name_prefix="s3-part"
+        )
+        self._part_slots = threading.BoundedSemaphore(PARTS_IN_FLIGHT_PER_STORE)
 
     def __repr__(self) -> str:
         return f"S3BlobStore(s3://{self.bucket}/{self.prefix})"
@@ -147,11 +126,11 @@ class S3BlobStore:
     # -- blobs --------------------------------------------------------------------------------
 
     def _head(self, key: str) -> dict[str, Any] | None:
-        with _errors(f"look up {key}"):
+        with translate_errors(f"look up {key}"):
             try:
                 return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             except ClientError as exc:
-                if _code(exc) in MISSING_CODES:
+                if error_code(exc) in MISSING_CODES:
                     return None
                 raise
 
@@ -175,13 +154,13 @@ class S3BlobStore:
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
             arguments["Range"] = f"bytes={offset}-{end}"
-        with _errors(f"read {key}"):
+        with translate_errors(f"read {key}"):
             try:
                 response = self.client.get_object(**arguments)
             except ClientError as exc:
-                if _code(exc) in MISSING_CODES:
+                if error_code(exc) in MISSING_CODES:
                     raise StorageError(f"blob {digest} is missing") from exc
-                if _code(exc) == "InvalidRange" and length is None:
+                if error_code(exc) == "InvalidRange" and length is None:
                     head = self._head(key)
                     if head is not None and int(head["ContentLength"]) == offset:
                         return  # reading from the very end: nothing
@@ -189,7 +168,7 @@ class S3BlobStore:
         body = response["Body"]
         received = 0
         try:
-            with _errors(f"read {key}"):
+            with translate_errors(f"read {key}"):
                 for chunk in body.iter_chunks(READ_CHUNK):
                     received += len(chunk)
                     yield chunk
@@ -205,7 +184,7 @@ class S3BlobStore:
         key = object_key(digest, location)
         if not redirect:
             return None
-        with _errors(f"presign {key}"):
+        with translate_errors(f"presign {key}"):
             url = self.client.generate_presigned_url(
                 "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires
             )
@@ -214,7 +193,7 @@ class S3BlobStore:
     def put(self, digest: str, data: bytes) -> None:
         """One PutObject at the digest's key (S3 checks a sha256 digest on arrival)."""
         key = blob_key(digest)
-        with _errors(f"store {key}"):
+        with translate_errors(f"store {key}"):
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=self._key(key),
@@ -228,7 +207,7 @@ class S3BlobStore:
         key = object_key(digest, location)
         if self._head(key) is None:
             return False
-        with _errors(f"delete {key}"):
+        with translate_errors(f"delete {key}"):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
         return True
 
@@ -241,7 +220,7 @@ class S3BlobStore:
         arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix, "MaxKeys": max(1, limit)}
         if cursor:
             arguments["StartAfter"] = self._key(cursor)
-        with _errors("list blobs"):
+        with translate_errors("list blobs"):
             response = self.client.list_objects_v2(**arguments)
         blobs: list[StoredBlob] = []
         last = None
@@ -313,13 +292,13 @@ class S3BlobStore:
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag, _ in parts]},
             )
 
-        with _errors(f"commit upload {upload_id}"):
+        with translate_errors(f"commit upload {upload_id}"):
             try:
                 complete(state.parts)
             except ClientError as exc:
-                if _code(exc) == "NoSuchUpload":
+                if error_code(exc) == "NoSuchUpload":
                     raise UploadLost(f"upload {upload_id} is gone (aborted or expired)") from exc
-                if _code(exc) != "InvalidPart" or state.tail is None:
+                if error_code(exc) != "InvalidPart" or state.tail is None:
                     raise
                 # A request that never got recorded replaced the tail part: upload it again
                 # from the tail object (stores that keep every upload of a part never get here).
@@ -337,11 +316,11 @@ class S3BlobStore:
                 complete([*state.parts[:-1], (number, answer["ETag"], size)])
 
     def _get(self, key: str) -> bytes:
-        with _errors(f"read {key}"):
+        with translate_errors(f"read {key}"):
             try:
                 return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
             except ClientError as exc:
-                if _code(exc) in MISSING_CODES:
+                if error_code(exc) in MISSING_CODES:
                     raise StorageError(f"upload data {key} is gone (aborted or expired)") from exc
                 raise
 
@@ -349,7 +328,7 @@ class S3BlobStore:
         """DeleteObjects in batches of 1,000 (missing keys are fine)."""
         for start in range(0, len(keys), 1000):
             batch = [{"Key": self._key(key)} for key in keys[start : start + 1000]]
-            with _errors("delete upload data"):
+            with translate_errors("delete upload data"):
                 answer = self.client.delete_objects(
                     Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
                 )
@@ -375,13 +354,13 @@ class S3BlobStore:
             return
         parsed = UploadState.load(state, upload_id)
         if parsed.mpu is not None:
-            with _errors(f"abort upload {upload_id}"):
+            with translate_errors(f"abort upload {upload_id}"):
                 try:
                     self.client.abort_multipart_upload(
                         Bucket=self.bucket, Key=self._key(parsed.key), UploadId=parsed.mpu
                     )
                 except ClientError as exc:
-                    if _code(exc) != "NoSuchUpload":
+                    if error_code(exc) != "NoSuchUpload":
                         raise
         self._drop_tails(parsed)
 
@@ -395,7 +374,7 @@ class S3BlobStore:
         dropped: set[str] = set()
         arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
         while True:
-            with _errors("list multipart uploads"):
+            with translate_errors("list multipart uploads"):
                 page = self.client.list_multipart_uploads(**arguments)
             for upload in page.get("Uploads", []):
                 relative = upload["Key"][len(self.prefix) :]
@@ -409,13 +388,13 @@ class S3BlobStore:
                     owner = f"{relative}#{upload['UploadId']}"
                 else:
                     continue
-                with _errors(f"abort expired upload {relative}"):
+                with translate_errors(f"abort expired upload {relative}"):
                     try:
                         self.client.abort_multipart_upload(
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
                     except ClientError as exc:
-                        if _code(exc) != "NoSuchUpload":
+                        if error_code(exc) != "NoSuchUpload":
                             raise
                 dropped.add(owner)
             if not page.get("IsTruncated"):
@@ -429,7 +408,7 @@ class S3BlobStore:
         owners: set[str] = set()
         expired: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        with _errors("list upload tails"):
+        with translate_errors("list upload tails"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key("uploads/")):
                 for item in page.get("Contents", []):
                     relative = item["Key"][len(self.prefix) :]
@@ -441,163 +420,3 @@ class S3BlobStore:
                         expired.append(relative)
         self._delete_many(expired)
         return owners
-
-
-class S3UploadWriter:
-    """Buffers one request's bytes into whole parts of a multipart upload."""
-
-    def __init__(
-        self, store: S3BlobStore, upload_id: str, state: UploadState, digest: str | None, *, fresh: bool
-    ) -> None:
-        self._store = store
-        self._upload_id = upload_id
-        self._recorded = state
-        self._key = state.key
-        self._mpu = state.mpu
-        self._parts = list(state.parts)
-        self._tail_pending = state.tail is not None
-        self._stale = list(state.stale)
-        self._buffer = bytearray()
-        self._digest = digest
-        self._hasher = hashlib.new(digest.partition(":")[0]) if digest and fresh else None
-        self._wrote = False
-        self._closed = False
-        #: The part being sent in the background: (number, size, the future of its ETag).
-        self._pending: tuple[int, int, Future[str]] | None = None
-
-    def write(self, data: bytes) -> None:
-        """Buffer ``data``; upload every part that fills."""
-        if self._closed:
-            raise StorageError("write after close")
-        if not data:
-            return
-        if self._recorded.sealed:
-            raise StorageError(f"upload {self._upload_id} is complete; no more data can follow")
-        self._wrote = True
-        if self._tail_pending:
-            self._take_tail()
-        self._buffer += data
-        if self._hasher is not None:
-            self._hasher.update(data)
-        while len(self._buffer) >= self._next_part_size():
-            size = self._next_part_size()
-            self._send_part(bytes(self._buffer[:size]))
-            del self._buffer[:size]
-
-    def _next_number(self) -> int:
-        if self._pending is not None:
-            return self._pending[0] + 1
-        return self._parts[-1][0] + 1 if self._parts else 1
-
-    def _next_part_size(self) -> int:
-        return part_size(self._next_number(), self._store.part_size)
-
-    def _take_tail(self) -> None:
-        """Read the last part's bytes back so that they go out again with the new ones."""
-        assert self._recorded.tail is not None
-        data = self._store._get(self._recorded.tail)
-        number, _, size = self._parts[-1]
-        if len(data) != size:
-            raise StorageError(f"upload {self._upload_id}: tail of part {number} is damaged")
-        self._parts.pop()
-        self._buffer[:0] = data
-        self._stale.append(self._recorded.tail)
-        self._tail_pending = False
-
-    def _send_part(self, data: bytes) -> None:
-        """Start uploading the next part in the background, once the one before it is done.
-
-        So the request's next part arrives (and is hashed) while this one travels to S3:
-        at most two parts of memory per writer.
-        """
-        self._settle()
-        number = self._next_number()
-        if number > MAX_PARTS:
-            raise StorageError(f"upload {self._upload_id} exceeds {MAX_PARTS} parts")
-        self._start_multipart()
-        future = self._store._part_sender.submit(self._put_part, number, data)
-        self._pending = (number, len(data), future)
-
-    def _settle(self) -> None:
-        """Wait for the part in flight, if any, and record it."""
-        if self._pending is None:
-            return
-        number, size, future = self._pending
-        self._pending = None
-        with _errors(f"upload part {number} of {self._upload_id}"):
-            etag = future.result()
-        self._parts.append((number, etag, size))
-
-    def _start_multipart(self) -> None:
-        if self._mpu is None:
-            store = self._store
-            with _errors(f"start the multipart upload of {self._upload_id}"):
-                answer = store.client.create_multipart_upload(Bucket=store.bucket, Key=store._key(self._key))
-            self._mpu = answer["UploadId"]
-
-    def _put_part(self, number: int, data: bytes) -> str:
-        store = self._store
-        answer = store.client.upload_part(
-            Bucket=store.bucket,
-            Key=store._key(self._key),
-            UploadId=self._mpu,
-            PartNumber=number,
-            Body=data,
-            ContentLength=len(data),
-        )
-        return str(answer["ETag"])
-
-    def _upload_part(self, data: bytes) -> None:
-        """Upload the next part now (the last one of a request)."""
-        self._settle()
-        number = self._next_number()
-        if number > MAX_PARTS:
-            raise StorageError(f"upload {self._upload_id} exceeds {MAX_PARTS} parts")
-        self._start_multipart()
-        with _errors(f"upload part {number} of {self._upload_id}"):
-            etag = self._put_part(number, data)
-        self._parts.append((number, etag, len(data)))
-
-    def close(self) -> str:
-        """Upload what is buffered and return the new state (see ``s3_layout``)."""
-        if self._closed:
-            raise StorageError("close after close")
-        self._closed = True
-        if not self._wrote:
-            return self._recorded.dump()
-        self._settle()
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        complete = self._hasher is not None and self._hasher.hexdigest() == self._digest.partition(":")[2]
-        tail = None
-        if complete and self._mpu is None:  # the whole blob, small and verified: put it in place
-            self._store.put(self._digest, rest)
-            return UploadState(key=self._key, sealed=True, sealed_size=len(rest)).dump()
-        if self._hasher is not None and not complete and self._mpu is None:
-            self._key = located_key(self._upload_id)  # not the promised blob: keep it aside
-        if rest:
-            self._upload_part(rest)
-            if len(rest) < MIN_PART and not complete:
-                tail = f"uploads/{self._upload_id}/{self._parts[-1][0]}-{secrets.token_hex(8)}"
-                with _errors(f"store the tail of {self._upload_id}"):
-                    self._store.client.put_object(
-                        Bucket=self._store.bucket,
-                        Key=self._store._key(tail),
-                        Body=rest,
-                        ContentLength=len(rest),
-                    )
-        stale = self._stale
-        if len(stale) > 64:  # the recorded state is recorded: its stale tails can go now
-            self._store._delete_many(self._recorded.stale)
-            stale = stale[len(self._recorded.stale) :]
-        return UploadState(
-            key=self._key, mpu=self._mpu, parts=self._parts, tail=tail, stale=stale, sealed=complete
-        ).dump()
-
-    def abort(self) -> None:
-        """Forget the buffer; parts already sent (or in flight) are not in any recorded state."""
-        self._closed = True
-        self._buffer.clear()
-        if self._pending is not None:
-            self._pending[2].cancel()  # one already travelling finishes unrecorded, like any sent part
-            self._pending = None

@@ -1,6 +1,7 @@
 """S3 driver specifics, against the real SeaweedFS of conftest (the contract is in the conformance suite)."""
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
@@ -11,7 +12,8 @@ from botocore.awsrequest import AWSResponse
 from pydantic import ValidationError
 
 from dockyard.config import Settings
-from dockyard.storage import Redirect, StorageError, StorageFull
+from dockyard.storage import Redirect, StorageError, StorageFull, s3_writer
+from dockyard.storage import s3 as s3_driver
 from dockyard.storage.factory import create_blob_store, parse_s3_url
 from dockyard.storage.s3 import S3BlobStore
 from dockyard.storage.s3_layout import MAX_PARTS, part_size
@@ -107,6 +109,73 @@ def test_parts_sent_while_the_request_goes_on_are_recorded_in_order(s3):
     assert [part[2] for part in parts] == [8 * MIB, 8 * MIB, 8 * MIB, 6 * MIB]
     assert s3.commit_upload("three", state, digest, len(data)) is None
     assert b"".join(s3.read(digest)) == data
+
+
+@contextmanager
+def parts_in_flight(store: S3BlobStore, meet: int) -> Iterator[list[int]]:
+    """Hold the first ``meet`` UploadParts until all of them are travelling at once (a barrier:
+    fewer in flight at a time breaks it, failing those parts); record how many travel at each
+    start."""
+    barrier = threading.Barrier(meet, timeout=10)
+    lock = threading.Lock()
+    active: list[int] = [0]
+    seen: list[int] = []
+
+    def before(model, **_) -> None:
+        if model.name != "UploadPart":
+            return
+        with lock:
+            active[0] += 1
+            seen.append(active[0])
+            held = len(seen) <= meet
+        if held:
+            barrier.wait()
+
+    def after(model, **_) -> None:
+        if model.name == "UploadPart":
+            with lock:
+                active[0] -= 1
+
+    store.client.meta.events.register("before-call.s3", before)
+    store.client.meta.events.register("after-call.s3", after)
+    try:
+        yield seen
+    finally:
+        store.client.meta.events.unregister("before-call.s3", before)
+        store.client.meta.events.unregister("after-call.s3", after)
+
+
+def test_an_upload_has_three_parts_in_flight_at_most(s3):
+    data = (DATA * 5)[: 42 * MIB]  # five full parts and a 2 MiB rest
+    digest = sha256(data)
+    with parts_in_flight(s3, 3) as seen:
+        state = _write(s3, "five", None, 0, data, digest=digest)
+    assert max(seen) == s3_writer.PARTS_IN_FLIGHT == 3
+    assert [part[0] for part in json.loads(state)["parts"]] == [1, 2, 3, 4, 5, 6]
+    assert s3.commit_upload("five", state, digest, len(data)) is None
+    assert b"".join(s3.read(digest)) == data
+
+
+def test_all_uploads_of_a_store_share_a_bound_on_parts_in_flight(s3_store_factory, monkeypatch):
+    monkeypatch.setattr(s3_driver, "PARTS_IN_FLIGHT_PER_STORE", 2)
+    store = s3_store_factory()
+    data = DATA * 2  # 24 MiB each: three full parts
+    errors: list[BaseException] = []
+
+    def upload(name: str) -> None:
+        try:
+            _write(store, name, None, 0, data, digest=sha256(data))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with parts_in_flight(store, 2) as seen:
+        threads = [threading.Thread(target=upload, args=(name,)) for name in ("left", "right")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert errors == []
+    assert max(seen) == 2  # four parts (two of each upload's three are full and sent early)
 
 
 def test_a_part_failing_in_the_background_fails_the_request(s3):
