@@ -46,6 +46,7 @@ class GuardedStore:
         self.opened_with_digest: list[str | None] = []
         self.deleted: list[tuple[str, str | None]] = []
         self.reads: list[str] = []
+        self.read_lengths: list[int | None] = []
         #: Bytes ``read`` answers instead of the stored ones (a store copy gone bad), by digest.
         self.rotten: dict[str, bytes] = {}
 
@@ -71,6 +72,7 @@ class GuardedStore:
     def read(self, digest, offset=0, length=None, *, location=None):
         self._called("read")
         self.reads.append(digest)
+        self.read_lengths.append(length)
         if digest in self.rotten:
             end = None if length is None else offset + length
             return iter([self.rotten[digest][offset:end]])
@@ -326,10 +328,11 @@ def test_bytes_that_do_not_match_their_digest_are_not_kept(node):
     data = b"the real bytes"
     url = _push_blob(pusher, data)
     reader, _, store = node({"local": False})
-    store.rotten[sha256(data)] = b"rotten bytes!!"  # the store's copy went bad (same length)
+    store.rotten[sha256(data)] = b"rotten bytes!!" + bytes(1024)  # the store's copy went bad
     assert reader.get(url).content == b"rotten bytes!!"  # served as stored, as a stream would be
     reader.get(url)
     assert store.reads == [sha256(data)] * 2  # never kept: each GET reads the store again
+    assert store.read_lengths == [len(data)] * 2  # and never more than the recorded size
 
 
 def test_the_small_blob_memory_can_be_turned_off(node):

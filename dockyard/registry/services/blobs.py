@@ -119,7 +119,7 @@ class BlobService:
     def read_small(self, blob: BlobInfo) -> bytes:
         """A small blob's bytes read whole from the store (call it in a thread), kept in memory
         if they match its digest (bytes that do not are served as stored, and not kept)."""
-        data = b"".join(self.open(blob))
+        data = b"".join(self.open(blob, 0, blob.size))  # never more than the database says
         if self._recent is not None and len(data) == blob.size:
             if compute_digest(data, parse_digest(blob.digest)[0]) == blob.digest:
                 self._recent.keep(blob.digest, data)
