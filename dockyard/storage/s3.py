@@ -52,9 +52,6 @@ from dockyard.storage.s3_writer import S3UploadWriter
 log = logging.getLogger(__name__)
 
 READ_CHUNK = MIB
-#: Parts all uploads of a store may have in flight at once (each is ``part_size`` of memory);
-#: an upload that finds none free waits for one (backpressure to its client).
-PARTS_IN_FLIGHT_PER_STORE = 16
 
 
 def _checksum(digest: str) -> dict[str, str]:
@@ -112,10 +109,11 @@ class S3BlobStore:
             )
         self.client = client
         # Sends writers' full parts while their requests' next bytes arrive (PARTS_IN_FLIGHT each).
-        self._part_sender = ThreadPoolExecutor(
-            max_workers=min(max_connections, PARTS_IN_FLIGHT_PER_STORE), thread_name_prefix="s3-part"
-        )
-        self._part_slots = threading.BoundedSemaphore(PARTS_IN_FLIGHT_PER_STORE)
+        # One slot per sender thread: a part is handed over only when a thread is free for it, so
+        # no part waits in the executor's queue holding its memory (``max_connections`` parts of
+        # ``part_size`` at most, for all uploads together); an upload that finds none free waits.
+        self._part_sender = ThreadPoolExecutor(max_workers=max_connections, thread_name_prefix="s3-part")
+        self._part_slots = threading.BoundedSemaphore(max_connections)
 
     def __repr__(self) -> str:
         return f"S3BlobStore(s3://{self.bucket}/{self.prefix})"

@@ -323,16 +323,23 @@ def test_a_small_blob_streamed_from_the_store_is_read_once_then_served_from_memo
     assert store.reads == [sha256(config), sha256(big), sha256(big)]
 
 
-def test_bytes_that_do_not_match_their_digest_are_not_kept(node):
+def test_bytes_that_do_not_match_their_digest_are_never_served_or_kept(node):
     pusher, _, _ = node()
     data = b"the real bytes"
     url = _push_blob(pusher, data)
     reader, _, store = node({"local": False})
+    reader_raises = TestClient(reader.app, headers=ADMIN, raise_server_exceptions=False)
     store.rotten[sha256(data)] = b"rotten bytes!!" + bytes(1024)  # the store's copy went bad
-    assert reader.get(url).content == b"rotten bytes!!"  # served as stored, as a stream would be
-    reader.get(url)
+    for _ in range(2):
+        answer = reader_raises.get(url)
+        assert answer.status_code == 500  # not 200 with bytes that are not the digest's
+        assert b"rotten" not in answer.content
     assert store.reads == [sha256(data)] * 2  # never kept: each GET reads the store again
     assert store.read_lengths == [len(data)] * 2  # and never more than the recorded size
+    del store.rotten[sha256(data)]  # repaired: served, and kept from now on
+    assert reader.get(url).content == data
+    assert reader.get(url).content == data
+    assert store.reads == [sha256(data)] * 3
 
 
 def test_the_small_blob_memory_can_be_turned_off(node):

@@ -117,14 +117,17 @@ class BlobService:
         return None if self._recent is None else self._recent.get(blob.digest)
 
     def read_small(self, blob: BlobInfo) -> bytes:
-        """A small blob's bytes read whole from the store (call it in a thread), kept in memory
-        if they match its digest (bytes that do not are served as stored, and not kept)."""
+        """A small blob's bytes read whole from the store (call it in a thread) and kept in memory.
+
+        StorageError, before any answer starts, if the store's bytes are not the blob's (a damaged
+        copy): they are never kept, and never served under a digest they do not have.
+        """
         data = b"".join(self.open(blob, 0, blob.size))  # never more than the database says
-        if self._recent is not None and len(data) == blob.size:
-            if compute_digest(data, parse_digest(blob.digest)[0]) == blob.digest:
-                self._recent.keep(blob.digest, data)
-            else:
-                log.error("blob %s does not match its digest in storage", blob.digest)
+        if len(data) != blob.size or compute_digest(data, parse_digest(blob.digest)[0]) != blob.digest:
+            log.error("blob %s in storage does not match its digest", blob.digest)
+            raise StorageError(f"blob {blob.digest} in storage does not match its digest")
+        if self._recent is not None:
+            self._recent.keep(blob.digest, data)
         return data
 
     def source(self, blob: BlobInfo) -> BlobSource:

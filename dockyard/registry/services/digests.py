@@ -35,6 +35,11 @@ class HasherCache:
             self._hashers.pop(upload_id, None)
 
 
+#: What an entry costs besides its bytes (the bytes object, its digest string, the dict's node),
+#: so that many tiny blobs cannot hold far more memory than the budget says.
+ENTRY_OVERHEAD = 256
+
+
 class RecentBlobs:
     """The bytes of small blobs (image configs, mostly) by digest, within a memory budget (LRU).
 
@@ -59,12 +64,12 @@ class RecentBlobs:
         with self._lock:
             old = self._blobs.pop(digest, None)
             if old is not None:
-                self._used -= len(old)
+                self._used -= len(old) + ENTRY_OVERHEAD
             self._blobs[digest] = data
-            self._used += len(data)
+            self._used += len(data) + ENTRY_OVERHEAD
             while self._used > self.budget:
                 _, dropped = self._blobs.popitem(last=False)
-                self._used -= len(dropped)
+                self._used -= len(dropped) + ENTRY_OVERHEAD
 
     def get(self, digest: str) -> bytes | None:
         with self._lock:

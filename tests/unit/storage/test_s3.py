@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from dockyard.config import Settings
 from dockyard.storage import Redirect, StorageError, StorageFull, s3_writer
-from dockyard.storage import s3 as s3_driver
 from dockyard.storage.factory import create_blob_store, parse_s3_url
 from dockyard.storage.s3 import S3BlobStore
 from dockyard.storage.s3_layout import MAX_PARTS, part_size
@@ -156,26 +155,32 @@ def test_an_upload_has_three_parts_in_flight_at_most(s3):
     assert b"".join(s3.read(digest)) == data
 
 
-def test_all_uploads_of_a_store_share_a_bound_on_parts_in_flight(s3_store_factory, monkeypatch):
-    monkeypatch.setattr(s3_driver, "PARTS_IN_FLIGHT_PER_STORE", 2)
-    store = s3_store_factory()
+def test_all_uploads_of_a_store_share_a_bound_on_parts_in_flight(s3):
+    s3._part_slots = threading.BoundedSemaphore(2)  # 64 sender threads: only the slots limit it
     data = DATA * 2  # 24 MiB each: three full parts
     errors: list[BaseException] = []
 
     def upload(name: str) -> None:
         try:
-            _write(store, name, None, 0, data, digest=sha256(data))
+            _write(s3, name, None, 0, data, digest=sha256(data))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
-    with parts_in_flight(store, 2) as seen:
+    with parts_in_flight(s3, 2) as seen:
         threads = [threading.Thread(target=upload, args=(name,)) for name in ("left", "right")]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)  # every slot was given back
     assert errors == []
-    assert max(seen) == 2  # four parts (two of each upload's three are full and sent early)
+    assert len(seen) == 6
+    assert max(seen) == 2
+
+
+def test_a_store_has_a_slot_per_sender_thread(s3_store_factory):
+    store = s3_store_factory()
+    assert store._part_slots._initial_value == store._part_sender._max_workers == 64
 
 
 def test_a_part_failing_in_the_background_fails_the_request(s3):
