@@ -73,6 +73,16 @@ def test_unsatisfiable_range_is_416(client, digest, header):
     assert response.headers["content-range"] == f"bytes */{len(DATA)}"
 
 
+@pytest.mark.parametrize("header", ["bytes=-1", "bytes=0-", "bytes=0-0"])
+def test_no_range_of_an_empty_blob_is_satisfiable(client, header):
+    location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
+    assert client.put(location, params={"digest": sha256(b"")}, content=b"").status_code == 201
+    response = client.get(f"/v2/team/app/blobs/{sha256(b'')}", headers={"Range": header})
+    assert response.status_code == 416
+    assert response.headers["content-range"] == "bytes */0"
+    assert client.get(f"/v2/team/app/blobs/{sha256(b'')}").content == b""
+
+
 def test_multiple_ranges_get_the_whole_blob(client, digest):
     response = client.get(f"/v2/team/app/blobs/{digest}", headers={"Range": "bytes=0-1,5-6"})
     assert response.status_code == 200

@@ -72,7 +72,7 @@ def byte_range(request: Request, size: int) -> tuple[int, int] | None:
     first, last = match.group(1), match.group(2)
     if not first:
         suffix = int(last)
-        if suffix == 0:
+        if suffix == 0 or size == 0:  # an empty blob has no last bytes to send (RFC 9110 14.1.2)
             raise _unsatisfiable(size)
         return max(size - suffix, 0), size - 1
     start = int(first)
