@@ -349,3 +349,21 @@ def test_the_small_blob_memory_can_be_turned_off(node):
     assert reader.get(url).content == b"small"
     assert reader.get(url).content == b"small"
     assert store.reads == [sha256(b"small")] * 2
+
+
+def test_a_blob_in_memory_is_served_only_where_the_repository_still_holds_it(node):
+    pusher, _, _ = node()
+    data = b'{"secret":1}'
+    url = _push_blob(pusher, data)
+    location = pusher.post("/v2/team/other/blobs/uploads/").headers["location"]
+    assert pusher.put(location, params={"digest": sha256(b"x")}, content=b"x").status_code == 201
+    reader, _, store = node({"local": False})
+    assert reader.get(url).content == data  # now in the reader's memory
+    other = url.replace("team/app", "team/other")
+    for answer in (reader.get(other), reader.head(other)):  # a repository that does not hold it
+        assert answer.status_code == 404
+    assert reader.delete(url).status_code == 202
+    answer = reader.get(url)
+    assert answer.status_code == 404
+    assert error_codes(answer) == ["BLOB_UNKNOWN"]
+    assert store.reads == [sha256(data)]
