@@ -304,14 +304,20 @@ class S3BlobStore:
                 data = self._get(state.tail)
                 if len(data) != size:
                     raise StorageError(f"upload {upload_id}: its tail object is damaged") from exc
-                answer = self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=self._key(state.key),
-                    UploadId=state.mpu,
-                    PartNumber=number,
-                    Body=data,
-                )
-                complete([*state.parts[:-1], (number, answer["ETag"], size)])
+                etag = self._upload_part(state.key, state.mpu, number, data)
+                complete([*state.parts[:-1], (number, etag, size)])
+
+    def _upload_part(self, key: str, mpu: str, number: int, data: bytes) -> str:
+        """UploadPart ``number`` of the multipart upload ``mpu`` at ``key``; its ETag."""
+        answer = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=self._key(key),
+            UploadId=mpu,
+            PartNumber=number,
+            Body=data,
+            ContentLength=len(data),
+        )
+        return str(answer["ETag"])
 
     def _get(self, key: str) -> bytes:
         with translate_errors(f"read {key}"):

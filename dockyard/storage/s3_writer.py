@@ -90,10 +90,7 @@ class S3UploadWriter:
         """
         while len(self._pending) >= PARTS_IN_FLIGHT:
             self._settle_oldest()
-        number = self._next_number()
-        if number > MAX_PARTS:
-            raise StorageError(f"upload {self._upload_id} exceeds {MAX_PARTS} parts")
-        self._start_multipart()
+        number = self._claim_number()
         slots = self._store._part_slots
         slots.acquire()  # freed when any upload's part in flight finishes, whatever this one does
         try:
@@ -125,6 +122,14 @@ class S3UploadWriter:
             future.cancel()
         self._pending.clear()
 
+    def _claim_number(self) -> int:
+        """The next part's number, with the multipart upload started for it."""
+        number = self._next_number()
+        if number > MAX_PARTS:
+            raise StorageError(f"upload {self._upload_id} exceeds {MAX_PARTS} parts")
+        self._start_multipart()
+        return number
+
     def _start_multipart(self) -> None:
         if self._mpu is None:
             store = self._store
@@ -133,24 +138,13 @@ class S3UploadWriter:
             self._mpu = answer["UploadId"]
 
     def _put_part(self, number: int, data: bytes) -> str:
-        store = self._store
-        answer = store.client.upload_part(
-            Bucket=store.bucket,
-            Key=store._key(self._key),
-            UploadId=self._mpu,
-            PartNumber=number,
-            Body=data,
-            ContentLength=len(data),
-        )
-        return str(answer["ETag"])
+        assert self._mpu is not None
+        return self._store._upload_part(self._key, self._mpu, number, data)
 
     def _upload_part(self, data: bytes) -> None:
         """Upload the next part now (the last one of a request)."""
         self._settle()
-        number = self._next_number()
-        if number > MAX_PARTS:
-            raise StorageError(f"upload {self._upload_id} exceeds {MAX_PARTS} parts")
-        self._start_multipart()
+        number = self._claim_number()
         with translate_errors(f"upload part {number} of {self._upload_id}"):
             etag = self._put_part(number, data)
         self._parts.append((number, etag, len(data)))
