@@ -143,7 +143,7 @@ class BlobRoutes:
             data = self.blobs.remembered(blob)
             if data is None:
                 data = await run_sync(self.blobs.read_small, blob)
-            body = data[start : end + 1] if length else b""
+            body = data[start : end + 1]  # an empty blob: [0:0]
             return Response(body, status_code=status, headers=headers, media_type="application/octet-stream")
         chunks = await run_sync(self.blobs.open, blob, start, length)
         return StreamingResponse(
