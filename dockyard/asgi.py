@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dockyard.db import Database, WouldBlock
+from dockyard.db import Database, WouldBlock, WriterBusy
 from dockyard.observability.logs import access_json
 from dockyard.oci.errors import ErrorCode, RegistryError
 
@@ -45,17 +45,33 @@ async def run_sync(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
 
 
+#: How often the event loop attempts a call again after another thread's write before it hands
+#: the call to a worker thread.
+INLINE_ATTEMPTS = 3
+
+
 async def run_soon(db: Database, function: Callable[..., T], *args: Any) -> T:
     """Call ``function`` on the event loop if its database work can be done at once there (a
-    relaxed SQLite write while no one else writes: cheaper than a thread hop), else in a worker
-    thread. ``function`` must be safe to call again after a ``WouldBlock``: nothing it did before
-    is kept (its transaction was never begun or is rolled back)."""
+    SQLite write while no one else writes: cheaper than a thread hop), else in a worker thread.
+
+    While another thread of this process writes, the loop awaits the end of that write and
+    attempts again. A durable write committed on the loop is answered once a WAL flush covers it
+    (shared with every other waiter). ``function`` must be safe to call again after a
+    ``WouldBlock``: nothing it did before is kept (its transaction was never begun or is rolled
+    back).
+    """
     if db.writes_inline:
-        try:
-            with db.attempt_inline():
-                return function(*args)
-        except WouldBlock:
-            pass
+        for _ in range(INLINE_ATTEMPTS):
+            try:
+                with db.attempt_inline() as attempt:
+                    result = function(*args)
+            except WriterBusy:
+                await db.writer_released()
+                continue
+            except WouldBlock:
+                break
+            await db.durable(attempt.ticket)
+            return result
     return await run_sync(function, *args)
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -21,6 +22,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from dockyard import prepared
+from dockyard.sqlite_sync import GroupSync, WriteLock, checkpoint_passively
+
+__all__ = ["Database", "GroupSync", "InlineAttempt", "WouldBlock", "WriterBusy", "metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -106,61 +110,20 @@ INLINE_WRITES_MIN_POOL = 4
 
 class WouldBlock(BaseException):
     """An attempt on the event loop (``Database.attempt_inline``) needs something that may wait:
-    a read transaction, a durable commit, or a write lock another thread or process holds.
+    a read transaction, a write lock another process holds, a store read over the network.
     A BaseException, so no ``except Exception`` on the way swallows it."""
 
 
-class GroupSync:
-    """Makes SQLite commits durable together: one fsync of the WAL covers every commit made before it.
+class WriterBusy(WouldBlock):
+    """Another thread of this process is writing: the loop may await ``Database.writer_released``
+    and attempt again."""
 
-    Commits run with ``synchronous=NORMAL`` (their frames are written to the WAL, not flushed);
-    each durable writer then waits in ``wait_durable`` until an fsync that started after its
-    commit has finished. Whoever arrives while no fsync runs does it for everyone committed
-    so far, so concurrent writers share one flush instead of queueing for one each. A later
-    transaction's frames follow earlier ones in the WAL, and SQLite syncs the WAL before any
-    checkpoint, so a flush never makes a transaction durable without the ones before it.
-    """
 
-    def __init__(self, wal_path: str) -> None:
-        self._wal_path = wal_path
-        self._condition = threading.Condition()
-        self._committed = 0
-        self._synced = 0
-        self._syncing = False
+@dataclass
+class InlineAttempt:
+    """What an attempt on the event loop did: the durable commit it must wait for (0: none)."""
 
-    def committed(self) -> int:
-        """Count a commit whose frames are in the WAL now; the ticket to wait for."""
-        with self._condition:
-            self._committed += 1
-            return self._committed
-
-    def wait_durable(self, ticket: int) -> None:
-        """Return once the commit ``ticket`` was counted for is on disk."""
-        with self._condition:
-            while self._synced < ticket:
-                if self._syncing:
-                    self._condition.wait()
-                    continue
-                self._syncing = True
-                target = self._committed
-                self._condition.release()
-                try:
-                    self._flush()
-                finally:
-                    self._condition.acquire()
-                    self._syncing = False
-                    self._condition.notify_all()
-                self._synced = max(self._synced, target)
-
-    def _flush(self) -> None:
-        try:
-            fd = os.open(self._wal_path, os.O_RDONLY)
-        except FileNotFoundError:
-            return  # no WAL: the last connection checkpointed (and synced) it into the database
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    ticket: int = 0
 
 
 def _driver_row(conn: Connection, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -197,17 +160,19 @@ class Database:
         #: Set while the event loop's thread attempts a call inline (``attempt_inline``).
         self._attempting = False
         self._attempt_wrote = False
+        self._attempt = InlineAttempt()
         self._inline_writer: Connection | None = None
         self._pool_size = pool_size
         self._group: GroupSync | None = None
-        # SQLite has one writer at a time and its busy handler polls with sleeps of up to
-        # 100 ms: this process's writers queue on a lock instead, woken as soon as one ends.
+        #: SQLite only: this process's writers queue on it rather than in SQLite's busy handler.
+        self._sqlite_writers: WriteLock | None = None
         self._write_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if self.dialect == "sqlite":
-            self._write_lock = threading.RLock()
+            self._write_lock = self._sqlite_writers = WriteLock()
             path = self.engine.url.database
             if path and path != ":memory:" and not path.startswith("file:"):
-                self._group = GroupSync(os.path.abspath(path) + "-wal")
+                checkpoint = checkpoint_passively(self.engine.connect)
+                self._group = GroupSync(os.path.abspath(path) + "-wal", checkpoint)
             _configure_sqlite(self.engine, synchronous="NORMAL" if self._group else "FULL")
 
     def __repr__(self) -> str:
@@ -325,8 +290,8 @@ class Database:
 
     @property
     def writes_inline(self) -> bool:
-        """Whether small relaxed writes may run on the event loop (file-backed SQLite, a pool of
-        at least ``INLINE_WRITES_MIN_POOL``: the loop keeps two of its connections)."""
+        """Whether small writes may run on the event loop (file-backed SQLite, a pool of at least
+        ``INLINE_WRITES_MIN_POOL``: the loop keeps two of its connections)."""
         return (
             self._group is not None
             and self._inline_thread is not None
@@ -335,7 +300,8 @@ class Database:
 
     def _writer_connection(self, *, initial: bool = False) -> Connection:
         """The loop's write connection: it never waits for SQLite's lock and never checkpoints
-        (a checkpoint's copying and fsync would stall the loop; other writers' commits do it)."""
+        (a checkpoint's copying and fsync would stall the loop; other writers' commits and the
+        group flush, in worker threads, do it)."""
         conn = self._inline_writer
         if conn is not None and not conn.closed and not conn.invalidated:
             return conn
@@ -350,23 +316,42 @@ class Database:
         return conn
 
     @contextmanager
-    def attempt_inline(self) -> Iterator[None]:
+    def attempt_inline(self) -> Iterator[InlineAttempt]:
         """Let the calling code (on the event loop's thread) write at once if nothing would wait.
 
-        Inside, a relaxed (``durable=False``) ``run_write`` runs on this thread when this process's
-        write lock is free and SQLite's is too (a busy timeout of 0); anything that would wait (the
-        lock held elsewhere, a durable commit, a read transaction) raises ``WouldBlock`` and the
-        caller runs the whole call in a worker thread instead. A SQLite write of a few rows costs
-        less than the thread hop it saves.
+        Inside, a ``run_write`` runs on this thread when this process's write lock is free and
+        SQLite's is too (a busy timeout of 0). A durable one commits without waiting for its flush:
+        the attempt's ``ticket`` says which commit the caller must await (``durable``) before it
+        answers. Anything that would wait raises ``WouldBlock`` (``WriterBusy`` when another thread
+        of this process writes) and the caller runs the whole call again, later or in a worker
+        thread. A SQLite write of a few rows costs less than the thread hop it saves.
         """
         if not self.writes_inline or threading.get_ident() != self._inline_thread or self._attempting:
             raise WouldBlock("not on the event loop of a file-backed SQLite database")
         self._attempting = True
         self._attempt_wrote = False
+        self._attempt = InlineAttempt()
         try:
-            yield
+            yield self._attempt
         finally:
             self._attempting = False
+
+    def refuse_inline(self, what: str) -> None:
+        """Raise ``WouldBlock`` if the caller runs inside an attempt on the event loop: ``what``
+        (a read from a remote store, say) may wait."""
+        if self._attempting_here():
+            raise WouldBlock(what)
+
+    async def writer_released(self) -> None:
+        """(On the event loop) return once no thread of this process holds the write lock."""
+        if self._sqlite_writers is not None:
+            await self._sqlite_writers.released()
+
+    async def durable(self, ticket: int) -> None:
+        """(On the event loop) return once the inline commit ``ticket`` is on disk."""
+        if ticket:
+            assert self._group is not None
+            await self._group.durable(ticket)
 
     def _attempting_here(self) -> bool:
         """Whether the calling thread is the event loop's, inside ``attempt_inline``."""
@@ -376,8 +361,10 @@ class Database:
         if self._attempt_wrote:  # a second write could not fall back without doing the first again
             raise RuntimeError("an inline attempt writes at most once (asgi.run_soon's contract)")
         conn = self._writer_connection()
-        if not self._write_lock.acquire(blocking=False):  # type: ignore[attr-defined]
-            raise WouldBlock("another thread is writing")
+        writers = self._sqlite_writers
+        assert writers is not None
+        if not writers.acquire(blocking=False):
+            raise WriterBusy("another thread is writing")
         try:
             try:
                 with conn.begin():
@@ -394,7 +381,7 @@ class Database:
             self._attempt_wrote = True
             return result
         finally:
-            self._write_lock.release()  # type: ignore[attr-defined]
+            writers.release()
 
     @staticmethod
     def _in_transaction(conn: Connection) -> bool:
@@ -411,9 +398,11 @@ class Database:
     def run_write(self, work: Callable[[Connection], T], *, durable: bool = True) -> T:
         """Run ``work`` in a write transaction, retrying on deadlocks and lock timeouts."""
         if self._attempting_here():
+            result = self._write_now(work)
             if durable:
-                raise WouldBlock("a durable commit")
-            return self._write_now(work)
+                assert self._group is not None  # writes_inline: a file-backed database
+                self._attempt.ticket = self._group.committed()
+            return result
         for attempt in range(WRITE_RETRIES):
             try:
                 with self.write(durable=durable) as conn:

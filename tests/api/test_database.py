@@ -1,5 +1,6 @@
 """Database helpers: durable and relaxed commits, inline lookups, inline writes."""
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -77,11 +78,16 @@ def test_a_relaxed_write_runs_inline_when_nothing_else_writes(tmp_path):
         with db.attempt_inline():
             assert db.run_write(_insert(1), durable=False) == 1
         assert _count(db) == 1
-        with pytest.raises(WouldBlock), db.attempt_inline():
-            db.run_write(_insert(2))  # durable: its flush would wait
+        with db.attempt_inline() as attempt:
+            db.run_write(_insert(2))  # durable: committed here, its flush left to the caller
+        assert attempt.ticket > 0
+        assert not db._group.is_durable(attempt.ticket)
         with pytest.raises(WouldBlock), db.attempt_inline(), db.read():
             pass  # a read transaction may be slow: not on the loop
-        assert _count(db) == 1
+        with pytest.raises(WouldBlock), db.attempt_inline():
+            db.refuse_inline("a read from the blob store")
+        db.refuse_inline("a read from the blob store")  # outside an attempt: nothing to refuse
+        assert _count(db) == 2
     finally:
         db.dispose()
 
@@ -181,7 +187,8 @@ def test_an_attempt_writes_at_most_once_and_errors_leave_the_writer_usable(tmp_p
 
     def swallowing():
         try:
-            _attempt(db, _insert(5), durable=True)
+            with db.attempt_inline(), db.read():
+                pass
         except Exception:
             return "swallowed"
         return "passed"
@@ -216,4 +223,76 @@ def test_the_loop_never_waits_for_a_pooled_connection(tmp_path):
     finally:
         for conn in held:
             conn.close()
+        db.dispose()
+
+
+def test_run_soon_awaits_the_writer_and_attempts_again_on_the_loop(tmp_path):
+    db = _inline_db(tmp_path)
+    held = threading.Event()
+    release = threading.Event()
+    calls = []
+
+    def hold_the_lock():
+        with db.write(durable=False):
+            held.set()
+            assert release.wait(10)
+
+    def insert():
+        calls.append(threading.get_ident())
+        return db.run_write(_insert(7), durable=False)
+
+    async def main():
+        db.serve_lookups_inline()
+        loop_thread = threading.get_ident()
+        writer = threading.Thread(target=hold_the_lock)
+        writer.start()
+        assert held.wait(10)
+        attempt = asyncio.ensure_future(run_soon(db, insert))
+        await asyncio.sleep(0.05)
+        assert not attempt.done()  # waiting for the other writer, not in a thread of its own
+        release.set()
+        assert await attempt == 1
+        writer.join(10)
+        return loop_thread
+
+    try:
+        loop_thread = asyncio.run(main())
+        assert calls == [loop_thread, loop_thread]  # refused once, then done on the loop
+        assert _values(db) == [7]
+    finally:
+        db.dispose()
+
+
+def test_run_soon_answers_a_durable_write_once_a_flush_covers_it(tmp_path):
+    db = _inline_db(tmp_path)
+    gate = threading.Event()
+    flushes = []
+    group = db._group
+    real_flush = group._flush
+
+    def gated_flush():
+        flushes.append(group._committed)
+        assert gate.wait(10)
+        real_flush()
+
+    group._flush = gated_flush
+
+    async def main():
+        db.serve_lookups_inline()
+        pushes = [asyncio.ensure_future(run_soon(db, db.run_write, _insert(v))) for v in (1, 2, 3)]
+        while not flushes:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        assert not any(push.done() for push in pushes)  # committed, not answered before the flush
+        assert _count(db) == 3
+        gate.set()
+        return await asyncio.gather(*pushes)
+
+    try:
+        assert asyncio.run(main()) == [1, 1, 1]
+        # the first flush may begin before the later two commits: those then share the next one
+        assert len(flushes) <= 2
+        assert flushes[-1] == group._committed
+        assert group.is_durable(group._committed)
+    finally:
         db.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from dockyard import sqlite_sync
 from dockyard.db import Database, GroupSync
+from dockyard.sqlite_sync import WriteLock
 
 
 class RecordingSync(GroupSync):
@@ -97,5 +100,127 @@ def test_durable_writes_flush_the_wal_and_relaxed_ones_do_not(tmp_path: Path) ->
         with pytest.raises(RuntimeError):
             failing_write()
         assert sync.flushes == [1]  # a rolled-back transaction waits for nothing
+    finally:
+        db.dispose()
+
+
+# -- the event loop's side: GroupSync.durable, WriteLock.released, the checkpoint ---------------
+
+
+def test_loop_waiters_share_one_flush_and_wait_for_it(tmp_path: Path) -> None:
+    gate = threading.Event()
+    sync = RecordingSync(str(tmp_path / "db-wal"), gate)
+    tickets = [sync.committed() for _ in range(5)]
+    answered: list[int] = []
+
+    async def waiter(ticket: int) -> None:
+        await sync.durable(ticket)
+        answered.append(ticket)
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(waiter(t)) for t in tickets]
+        while not sync.flushes:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        assert answered == []  # nobody is answered before the flush ends
+        gate.set()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert sorted(answered) == tickets
+    assert sync.flushes == [5]  # one flush for all five, started after the fifth commit
+
+
+def test_a_loop_waiter_committed_during_a_flush_waits_for_the_next(tmp_path: Path) -> None:
+    gate = threading.Event()
+    sync = RecordingSync(str(tmp_path / "db-wal"), gate)
+
+    async def main() -> None:
+        first = asyncio.ensure_future(sync.durable(sync.committed()))
+        while not sync.flushes:
+            await asyncio.sleep(0.001)
+        second = asyncio.ensure_future(sync.durable(sync.committed()))  # after the flush began
+        gate.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(main())
+    assert sync.flushes == [1, 2]
+
+
+def test_a_failed_loop_flush_fails_its_waiters_and_the_next_call_retries(tmp_path: Path) -> None:
+    sync = RecordingSync(str(tmp_path / "db-wal"), fail=1)
+    ticket = sync.committed()
+
+    async def main() -> None:
+        with pytest.raises(OSError, match="disk said no"):
+            await sync.durable(ticket)
+        await sync.durable(ticket)
+
+    asyncio.run(main())
+    assert sync.flushes == [1, 1]
+    assert sync.is_durable(ticket)
+
+
+def test_the_loop_awaits_a_write_lock_release_without_blocking(tmp_path: Path) -> None:
+    lock = WriteLock()
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            held.set()
+            assert release.wait(10)
+
+    async def main() -> None:
+        await lock.released()  # free: at once
+        thread = threading.Thread(target=holder)
+        thread.start()
+        assert held.wait(10)
+        waiting = asyncio.ensure_future(lock.released())
+        await asyncio.sleep(0.05)  # the loop runs on meanwhile
+        assert not waiting.done()  # held: the waiter is not answered
+        release.set()
+        await waiting
+        assert lock.acquire(blocking=False)
+        lock.release()
+        thread.join(10)
+
+    asyncio.run(main())
+
+
+def test_a_flush_checkpoints_a_grown_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wal = tmp_path / "db-wal"
+    wal.write_bytes(b"x" * 100)
+    checkpoints: list[int] = []
+    sync = GroupSync(str(wal), lambda: checkpoints.append(1))
+    sync.wait_durable(sync.committed())
+    assert checkpoints == []
+    monkeypatch.setattr(sqlite_sync, "CHECKPOINT_WAL_BYTES", 50)
+    sync.wait_durable(sync.committed())
+    assert checkpoints == [1]
+
+    def broken() -> None:
+        raise RuntimeError("database is locked")
+
+    failing = GroupSync(str(wal), broken)  # the flush succeeded: its waiter is durable anyway
+    ticket = failing.committed()
+    failing.wait_durable(ticket)
+    assert failing.is_durable(ticket)
+
+
+def test_the_checkpoint_moves_the_wal_into_the_database(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'registry.db'}", pool_size=4)
+    try:
+        db.serve_lookups_inline()  # this thread plays the loop: its writer never checkpoints
+        with db.write() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x BLOB)")
+        wal = tmp_path / "registry.db-wal"
+        for _ in range(3):
+            with db.attempt_inline():
+                db.run_write(lambda conn: conn.exec_driver_sql("INSERT INTO t VALUES (randomblob(600000))"))
+        assert wal.stat().st_size > 1_500_000
+        before = (tmp_path / "registry.db").stat().st_size
+        sqlite_sync.checkpoint_passively(db.engine.connect)()
+        assert (tmp_path / "registry.db").stat().st_size > before + 1_500_000
     finally:
         db.dispose()

@@ -193,6 +193,22 @@ class BlobRoutes:
                 },
             )
 
+    async def _close_whole(
+        self, name: str, upload_id: str, digest: str, data: bytes, chunk_range: tuple[int, int] | None
+    ) -> BlobInfo | None:
+        """A closing PUT that carries the whole blob (the usual monolithic push): the bytes are
+        stored in a worker thread, the session is closed on the event loop if it can be. None: the
+        body alone is not the blob, or the session holds bytes already (the general path decides)."""
+        stored = await run_sync(self.uploads.store_closing, digest, data, chunk_range)
+        if stored is None:
+            return None
+        closed = await run_soon(self.uploads.db, self.uploads.close_stored, name, upload_id, stored)
+        if closed is None:
+            return None
+        if closed.leftover is not None:
+            await run_sync(self.uploads.discard, upload_id, closed.leftover)
+        return closed.blob
+
     async def _upload(self, request: Request, name: str, upload_id: str) -> Response:
         method = request.method
         if method == "GET":
@@ -218,8 +234,12 @@ class BlobRoutes:
             raise RegistryError(ErrorCode.DIGEST_INVALID, "the closing PUT needs a digest query parameter")
         parse_digest(digest)
         if length is not None and length <= SMALL_CHUNK:
-            # A small body (a config blob, a small layer) is read here: one thread hop, not a stream.
+            # A small body (a config blob, a small layer) is read here, not streamed to a thread.
             data = await read_body(request, length)
+            if data and (chunk_range is None or chunk_range[0] == 0):
+                closed = await self._close_whole(name, upload_id, digest, data, chunk_range)
+                if closed is not None:
+                    return Response(status_code=201, headers=_blob_headers(name, closed))
             blob = await run_sync(
                 self.uploads.complete,
                 name,

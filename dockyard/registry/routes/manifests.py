@@ -8,7 +8,7 @@ from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import DELETE, PULL, PUSH, UNTAG, Need
 from dockyard.access.policy import Policy
-from dockyard.asgi import read_body, run_local, run_sync
+from dockyard.asgi import read_body, run_local, run_soon, run_sync
 from dockyard.oci import mediatypes as mt
 from dockyard.oci.digest import is_digest
 from dockyard.oci.manifests import MAX_MANIFEST_SIZE
@@ -53,8 +53,14 @@ class ManifestRoutes:
             await refuse_cache_push(self.hooks, name)
             payload = await read_body(request, MAX_MANIFEST_SIZE)
             content_type = request.headers.get("content-type", "")
-            pushed = await run_sync(
-                self.manifests.put, name, reference, payload, content_type, origin(request, self.policy)
+            pushed = await run_soon(  # on the loop unless it would wait
+                self.manifests.db,
+                self.manifests.put,
+                name,
+                reference,
+                payload,
+                content_type,
+                origin(request, self.policy),
             )
             headers = {
                 **API_VERSION,

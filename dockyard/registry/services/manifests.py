@@ -165,6 +165,8 @@ class ManifestService:
         recent: RecentBlobs | None = None,
     ) -> None:
         self._db = db
+        #: The database, for a route's ``run_soon`` (``put`` may run on the event loop).
+        self.db = db
         self._quota = quota
         #: Small blobs this process just stored: a config pushed here is not read back from the store.
         self.recent = recent
@@ -463,6 +465,7 @@ class ManifestService:
         data = self.recent.get(config.digest) if self.recent is not None else None
         try:
             if data is None:
+                self._db.refuse_inline("a read from the blob store")
                 row = self._db.lookup_row(CONFIG_BLOB, {"digest": config.digest})
                 if row is None or row[0] != config.size:  # never read a blob larger than declared
                     return None, None

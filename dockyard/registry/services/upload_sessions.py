@@ -14,6 +14,8 @@ from dockyard import prepared
 from dockyard.db import as_utc
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import uploads
+from dockyard.registry.services.blobstate import Seen
+from dockyard.registry.services.common import BlobInfo
 
 #: Chunks up to this size are read into memory and appended in a single transaction.
 SMALL_CHUNK = 1024 * 1024
@@ -31,6 +33,24 @@ LOCK_UPLOAD = (
     .with_for_update()
 )
 DELETE_UPLOAD = uploads.delete().where(uploads.c.id == sa.bindparam("id"))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChunk:
+    """A closing PUT's whole blob, stored under its digest before the session is closed."""
+
+    digest: str
+    data: bytes
+    seen: Seen
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedSession:
+    """A session closed on its stored blob; ``leftover`` is the store state a remote store still
+    holds for it (``UploadService.discard`` it in a worker thread), None when nothing is left."""
+
+    blob: BlobInfo
+    leftover: str | None
 
 
 @dataclass(frozen=True, slots=True)

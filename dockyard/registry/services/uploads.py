@@ -39,6 +39,8 @@ from dockyard.registry.services.upload_sessions import (
     DELETE_UPLOAD,
     INSERT_UPLOAD,
     SMALL_CHUNK,
+    ClosedSession,
+    StoredChunk,
     _lock_unleased,
     _LostDigest,
     _out_of_order,
@@ -217,7 +219,7 @@ class UploadService:
         if small and (content_range is None or content_range[0] == 0):
             assert content_length is not None
             data = _read_exactly(body, content_length)
-            done = self._complete_in_one(repository, upload_id, digest, algorithm, data, content_range)
+            done = self._complete_in_one(repository, upload_id, digest, data, content_range)
             if done is not None:
                 return done
             body = iter((data,))
@@ -262,18 +264,26 @@ class UploadService:
         repository: str,
         upload_id: str,
         digest: str,
-        algorithm: str,
         data: bytes,
         content_range: tuple[int, int] | None,
     ) -> BlobInfo | None:
-        """The usual monolithic push (POST, then a PUT carrying the whole blob) in one transaction.
+        """The usual monolithic push (POST, then a PUT carrying the whole blob) in one transaction:
+        ``store_closing`` then ``close_stored``, both in this thread. None: take the general path."""
+        stored = self.store_closing(digest, data, content_range)
+        closed = None if stored is None else self.close_stored(repository, upload_id, stored)
+        if closed is None:
+            return None
+        if closed.leftover is not None:
+            self.discard(upload_id, closed.leftover)
+        return closed.blob
 
-        When ``data`` alone has ``digest``, it is stored as a blob first (durable, content
-        addressed, visible to no one yet, outside any transaction); one transaction then checks
-        that the session is still empty and unleased, links the blob and ends the session.
-        None when the session holds bytes already or ``data`` alone has another digest: the
-        caller takes the general path, which appends to the session and verifies the whole.
-        """
+    def store_closing(
+        self, digest: str, data: bytes, content_range: tuple[int, int] | None = None
+    ) -> StoredChunk | None:
+        """Store a closing PUT's body as a blob when it alone has ``digest`` (durable, content
+        addressed, visible to no one yet, outside any transaction). None when it has another digest:
+        the session holds bytes already or the digest is wrong, and the general path tells which."""
+        algorithm, _ = parse_digest(digest)
         self._check_range(0, content_range, len(data))
         hasher = new_hasher(algorithm)
         hasher.update(data)
@@ -282,27 +292,38 @@ class UploadService:
         seen = seen_before_commit(self._db, digest)
         self._check_quota(seen, len(data))
         self._store.put(digest, data)
-        now = utcnow()
+        return StoredChunk(digest, data, seen)
+
+    def close_stored(self, repository: str, upload_id: str, stored: StoredChunk) -> ClosedSession | None:
+        """One transaction (small enough for the event loop: ``run_soon``) checks that the session is
+        still empty and unleased, links the stored blob and ends the session. None when the session
+        holds bytes already: the blob stored is then unlinked data, as after any failed push."""
+        digest, size, now = stored.digest, len(stored.data), utcnow()
 
         def work(conn: Connection) -> tuple[bool, str | None]:
             recorded = _lock_unleased(conn, repository, upload_id, now)
             if recorded.size != 0:
                 return False, None
             repo_id = self._locks.writable_repository(conn, repository, now, shared=True).id
-            link_committed(conn, repo_id, digest, len(data), None, seen)
+            link_committed(conn, repo_id, digest, size, None, stored.seen)
             prepared.execute(conn, DELETE_UPLOAD, {"id": upload_id})
             return True, recorded.store_state
 
         done, state = self._db.run_write(work)
         if not done:
-            return None  # the blob stored above is unlinked data, as after any failed push
-        self._count_quota(seen, len(data))
+            return None
+        self._count_quota(stored.seen, size)
         if self._recent is not None:
-            self._recent.keep(digest, data)
+            self._recent.keep(digest, stored.data)
         self._hashers.forget(upload_id)
-        if self._store.local or state is not None:
+        if self._store.local:  # a file at most: no network
             self._store.abort_upload(upload_id, state)
-        return BlobInfo(digest, len(data))
+            state = None
+        return ClosedSession(BlobInfo(digest, size), state)
+
+    def discard(self, upload_id: str, state: str) -> None:
+        """Drop what the store still holds for a closed session (``ClosedSession.leftover``)."""
+        self._store.abort_upload(upload_id, state)
 
     def upload_whole(
         self, repository: str, digest: str, body: Iterable[bytes], *, content_length: int | None = None
