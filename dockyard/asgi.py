@@ -71,6 +71,8 @@ async def run_soon(db: Database, function: Callable[..., T], *args: Any) -> T:
             except WouldBlock:
                 break
             await db.durable(attempt.ticket)
+            for callback in attempt.after:
+                callback()
             return result
     return await run_sync(function, *args)
 

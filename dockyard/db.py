@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -124,6 +124,8 @@ class InlineAttempt:
     """What an attempt on the event loop did: the durable commit it must wait for (0: none)."""
 
     ticket: int = 0
+    #: Called once the ticket is durable (``Database.when_durable``).
+    after: list[Callable[[], None]] = field(default_factory=list)
 
 
 def _driver_row(conn: Connection, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -171,8 +173,8 @@ class Database:
             self._write_lock = self._sqlite_writers = WriteLock()
             path = self.engine.url.database
             if path and path != ":memory:" and not path.startswith("file:"):
-                checkpoint = checkpoint_passively(self.engine.connect)
-                self._group = GroupSync(os.path.abspath(path) + "-wal", checkpoint)
+                path = os.path.abspath(path)
+                self._group = GroupSync(path + "-wal", checkpoint_passively(path))
             _configure_sqlite(self.engine, synchronous="NORMAL" if self._group else "FULL")
 
     def __repr__(self) -> str:
@@ -190,7 +192,7 @@ class Database:
     def read(self) -> Iterator[Connection]:
         """A read-only transaction (a consistent snapshot on both engines)."""
         if self._attempting_here():
-            raise WouldBlock("a read transaction")
+            self._refuse("a read transaction")
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
@@ -287,6 +289,7 @@ class Database:
         if ticket:  # outside the write lock: the next writer commits while this one flushes
             assert self._group is not None
             self._group.wait_durable(ticket)
+            self._group.checkpoint_if_due()
 
     @property
     def writes_inline(self) -> bool:
@@ -340,7 +343,20 @@ class Database:
         """Raise ``WouldBlock`` if the caller runs inside an attempt on the event loop: ``what``
         (a read from a remote store, say) may wait."""
         if self._attempting_here():
-            raise WouldBlock(what)
+            self._refuse(what)
+
+    def _refuse(self, what: str) -> None:
+        if self._attempt_wrote:  # running the call again would write twice
+            raise RuntimeError(f"an inline attempt cannot wait for {what} after its write")
+        raise WouldBlock(what)
+
+    def when_durable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the caller's writes are durable: now, or (inside an inline
+        attempt) after ``run_soon`` has awaited the flush."""
+        if self._attempting_here():
+            self._attempt.after.append(callback)
+        else:
+            callback()
 
     async def writer_released(self) -> None:
         """(On the event loop) return once no thread of this process holds the write lock."""

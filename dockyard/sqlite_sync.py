@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Callable
-from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: A flush checkpoints the WAL into the database once it has grown past this (SQLite's own
-#: autocheckpoint threshold: 1,000 pages of 4 KiB). The loop's writer never checkpoints.
-CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024
+#: The WAL is checkpointed into the database once this many durable commits were flushed since
+#: the last checkpoint (a push's transactions write a few pages each: about SQLite's own
+#: autocheckpoint of 1,000 pages). The loop's writer never checkpoints by itself.
+CHECKPOINT_EVERY = 256
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -54,7 +55,10 @@ class WriteLock:
         with self._guard:
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
-            loop.call_soon_threadsafe(_wake, future)
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:  # that loop has closed: nobody is left to wake there
+                continue
 
     async def released(self) -> None:
         """Return once the lock has been free since this call began (at once if it is free now)."""
@@ -93,8 +97,11 @@ class GroupSync:
         self._committed = 0
         self._synced = 0
         self._syncing = False
-        #: The event loop's flush in a worker thread, which every loop waiter shares.
-        self._loop_flush: asyncio.Future[None] | None = None
+        self._flushed_since_checkpoint = 0
+        self._checkpointing = False
+        #: The event loop's flush in a worker thread, which every waiter on that loop shares.
+        self._loop_flush: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        self._loop_checkpoint: asyncio.Future[None] | None = None
 
     def committed(self) -> int:
         """Count a commit whose frames are in the WAL now; the ticket to wait for."""
@@ -122,21 +129,46 @@ class GroupSync:
                     self._condition.acquire()
                     self._syncing = False
                     self._condition.notify_all()
-                self._synced = max(self._synced, target)
+                if target > self._synced:
+                    self._flushed_since_checkpoint += target - self._synced
+                    self._synced = target
 
     async def durable(self, ticket: int) -> None:
         """``wait_durable`` for the event loop: the loop's waiters share one flush in a worker thread.
 
-        A flush that fails fails every waiter sharing it; the next call starts another.
+        A flush that fails fails every waiter sharing it; the next call starts another. A
+        checkpoint that falls due runs afterwards in a worker thread, and nobody waits for it.
         """
         loop = asyncio.get_running_loop()
         while not self.is_durable(ticket):
-            flush = self._loop_flush
-            if flush is None or flush.done():
+            held = self._loop_flush
+            if held is None or held[0] is not loop or held[1].done():
                 with self._condition:
                     latest = self._committed
-                flush = self._loop_flush = loop.run_in_executor(None, self.wait_durable, latest)
-            await asyncio.shield(flush)
+                held = self._loop_flush = (loop, loop.run_in_executor(None, self.wait_durable, latest))
+            await asyncio.shield(held[1])
+        if self._checkpoint_due() and (self._loop_checkpoint is None or self._loop_checkpoint.done()):
+            self._loop_checkpoint = loop.run_in_executor(None, self.checkpoint_if_due)
+
+    def checkpoint_if_due(self) -> None:
+        """Checkpoint the WAL (in this thread) once ``CHECKPOINT_EVERY`` commits were flushed since
+        the last checkpoint. A failure is logged, not raised: the flushes were durable anyway."""
+        with self._condition:
+            if self._checkpointing or not self._checkpoint_due():
+                return
+            self._checkpointing = True
+            self._flushed_since_checkpoint = 0
+        try:
+            assert self._checkpoint is not None
+            self._checkpoint()
+        except Exception:
+            log.warning("WAL checkpoint failed; a later flush tries again", exc_info=True)
+        finally:
+            with self._condition:
+                self._checkpointing = False
+
+    def _checkpoint_due(self) -> bool:
+        return self._checkpoint is not None and self._flushed_since_checkpoint >= CHECKPOINT_EVERY
 
     def _flush(self) -> None:
         try:
@@ -145,21 +177,19 @@ class GroupSync:
             return  # no WAL: the last connection checkpointed (and synced) it into the database
         try:
             os.fsync(fd)
-            grown = os.fstat(fd).st_size > CHECKPOINT_WAL_BYTES
         finally:
             os.close(fd)
-        if grown and self._checkpoint is not None:
-            try:  # the flush itself succeeded: its waiters are durable whatever the checkpoint does
-                self._checkpoint()
-            except Exception:
-                log.warning("WAL checkpoint failed; the next flush tries again", exc_info=True)
 
 
-def checkpoint_passively(connect: Callable[[], Any]) -> Callable[[], None]:
-    """A checkpoint that copies what it can of the WAL into the database without waiting for anyone."""
+def checkpoint_passively(database_path: str) -> Callable[[], None]:
+    """A checkpoint that copies what it can of the WAL into the database without waiting for anyone,
+    on a connection of its own (never one the pool may be short of)."""
 
     def checkpoint() -> None:
-        with connect() as conn:
-            conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+        conn = sqlite3.connect(database_path, timeout=0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            conn.close()
 
     return checkpoint

@@ -75,12 +75,19 @@ def _count(db):
 def test_a_relaxed_write_runs_inline_when_nothing_else_writes(tmp_path):
     db = _inline_db(tmp_path)
     try:
-        with db.attempt_inline():
+        with db.attempt_inline() as relaxed:
             assert db.run_write(_insert(1), durable=False) == 1
         assert _count(db) == 1
+        assert relaxed.ticket == 0  # nothing to wait for
+        counted_during = []
+
+        def insert_and_look(conn):
+            counted_during.append(db._group._committed)
+            return _insert(2)(conn)
+
         with db.attempt_inline() as attempt:
-            db.run_write(_insert(2))  # durable: committed here, its flush left to the caller
-        assert attempt.ticket > 0
+            db.run_write(insert_and_look)  # durable: committed here, its flush left to the caller
+        assert attempt.ticket > counted_during[0]  # counted after the commit, never before it
         assert not db._group.is_durable(attempt.ticket)
         with pytest.raises(WouldBlock), db.attempt_inline(), db.read():
             pass  # a read transaction may be slow: not on the loop
@@ -202,6 +209,19 @@ def test_an_attempt_writes_at_most_once_and_errors_leave_the_writer_usable(tmp_p
         assert _values(db) == [1, 4]
         with pytest.raises(WouldBlock):
             swallowing()
+
+        def write_then_wait(wait):
+            with db.attempt_inline():
+                db.run_write(_insert(6), durable=False)
+                wait()
+
+        # done again in a thread, the write would be made twice
+        with pytest.raises(RuntimeError, match="after its write"):
+            write_then_wait(lambda: db.refuse_inline("a read from the blob store"))
+        with pytest.raises(RuntimeError, match="after its write"):
+            write_then_wait(db.read().__enter__)
+        assert _values(db) == [1, 4, 6, 6]
+        assert db._inline_writer.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
     finally:
         db.dispose()
 
@@ -294,5 +314,40 @@ def test_run_soon_answers_a_durable_write_once_a_flush_covers_it(tmp_path):
         assert len(flushes) <= 2
         assert flushes[-1] == group._committed
         assert group.is_durable(group._committed)
+    finally:
+        db.dispose()
+
+
+def test_what_waits_for_durability_runs_after_the_flush(tmp_path):
+    db = _inline_db(tmp_path)
+    gate = threading.Event()
+    group = db._group
+    real_flush = group._flush
+    seen = []
+
+    def gated_flush():
+        assert gate.wait(10)
+        real_flush()
+
+    group._flush = gated_flush
+
+    def push():
+        db.run_write(_insert(1))
+        db.when_durable(lambda: seen.append(group.is_durable(group._committed)))
+        return "pushed"
+
+    async def main():
+        db.serve_lookups_inline()
+        pushing = asyncio.ensure_future(run_soon(db, push))
+        await asyncio.sleep(0.05)
+        assert seen == []  # committed, still flushing: not yet
+        gate.set()
+        return await pushing
+
+    try:
+        assert asyncio.run(main()) == "pushed"
+        assert seen == [True]
+        db.when_durable(lambda: seen.append("at once"))  # outside an attempt: called now
+        assert seen == [True, "at once"]
     finally:
         db.dispose()

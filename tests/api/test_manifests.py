@@ -2,9 +2,11 @@
 
 import hashlib
 import json
+import threading
 
 import pytest
 
+from dockyard.registry.routes.manifests import INLINE_MANIFEST_BYTES
 from tests.support import images
 from tests.support.images import canonical, make_artifact, make_image, make_index, sha256
 from tests.support.registry import error_codes, push_blob, push_image, push_manifest
@@ -397,3 +399,40 @@ def test_subject_is_acknowledged_with_oci_subject(client):
     response = push_manifest(client, "team/app", signature.digest, signature.manifest, images.OCI_MANIFEST)
     assert response.status_code == 201
     assert response.headers["oci-subject"] == image.digest
+
+
+def test_small_pushes_are_written_on_the_event_loop_and_large_manifests_in_a_thread(
+    client, dockyard, monkeypatch
+):
+    """On a SQLite file the closing PUT of a small blob and a small manifest's PUT write on the loop
+    (no thread hop, no queueing on the write lock); a large manifest is parsed in a thread, so it
+    cannot hold up every other request. PostgreSQL always writes in threads."""
+    threads: dict[str, list[int]] = {"close": [], "put": []}
+    manifests, uploads = dockyard.registry.manifests, dockyard.registry.uploads
+    real_put, real_close = manifests.put, uploads.close_stored
+
+    def put(*args, **kwargs):
+        threads["put"].append(threading.get_ident())
+        return real_put(*args, **kwargs)
+
+    def close_stored(*args, **kwargs):
+        threads["close"].append(threading.get_ident())
+        return real_close(*args, **kwargs)
+
+    monkeypatch.setattr(manifests, "put", put)
+    monkeypatch.setattr(uploads, "close_stored", close_stored)
+    small = make_image("inline")
+    push_image(client, "team/app", small, "small")
+    large = make_image("large", annotations={f"note.{i}": "x" * 100 for i in range(200)})
+    assert len(large.manifest) > INLINE_MANIFEST_BYTES
+    push_image(client, "team/app", large, "large")
+    loop = dockyard.db._inline_thread
+    assert loop is not None
+    on_loop = dockyard.db.writes_inline
+    assert (threads["close"][0] == loop) is on_loop
+    assert (threads["put"][0] == loop) is on_loop
+    assert threads["put"][-1] != loop
+    for tag, image in (("small", small), ("large", large)):
+        assert client.get(
+            f"/v2/team/app/manifests/{tag}", headers={"Accept": images.OCI_MANIFEST}
+        ).content == (image.manifest)

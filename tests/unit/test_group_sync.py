@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -188,24 +189,86 @@ def test_the_loop_awaits_a_write_lock_release_without_blocking(tmp_path: Path) -
     asyncio.run(main())
 
 
-def test_a_flush_checkpoints_a_grown_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    wal = tmp_path / "db-wal"
-    wal.write_bytes(b"x" * 100)
+def test_a_checkpoint_falls_due_after_enough_flushed_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_sync, "CHECKPOINT_EVERY", 3)
     checkpoints: list[int] = []
-    sync = GroupSync(str(wal), lambda: checkpoints.append(1))
-    sync.wait_durable(sync.committed())
+    sync = GroupSync(str(tmp_path / "db-wal"), lambda: checkpoints.append(sync._synced))
+    for _ in range(2):
+        sync.wait_durable(sync.committed())
+        sync.checkpoint_if_due()
     assert checkpoints == []
-    monkeypatch.setattr(sqlite_sync, "CHECKPOINT_WAL_BYTES", 50)
-    sync.wait_durable(sync.committed())
-    assert checkpoints == [1]
+    sync.committed()
+    sync.wait_durable(sync.committed())  # one flush for two commits: four in all
+    sync.checkpoint_if_due()
+    sync.checkpoint_if_due()  # counted afresh after a checkpoint
+    assert checkpoints == [4]
 
     def broken() -> None:
         raise RuntimeError("database is locked")
 
-    failing = GroupSync(str(wal), broken)  # the flush succeeded: its waiter is durable anyway
-    ticket = failing.committed()
-    failing.wait_durable(ticket)
-    assert failing.is_durable(ticket)
+    failing = GroupSync(str(tmp_path / "db-wal"), broken)
+    tickets = [failing.committed() for _ in range(3)]
+    failing.wait_durable(tickets[-1])
+    failing.checkpoint_if_due()  # logged, not raised: the flush was durable anyway
+    assert failing.is_durable(tickets[-1])
+
+
+def test_a_flush_fsyncs_the_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wal = tmp_path / "db-wal"
+    wal.write_bytes(b"frames")
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        sqlite_sync.os,
+        "fsync",
+        lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)),
+    )
+    sync = GroupSync(str(wal))
+    sync.wait_durable(sync.committed())
+    assert synced == [str(wal)]
+
+
+def test_loop_waiters_never_wait_for_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_sync, "CHECKPOINT_EVERY", 1)
+    gate = threading.Event()
+    started = threading.Event()
+
+    def slow_checkpoint() -> None:
+        started.set()
+        assert gate.wait(10)
+
+    sync = GroupSync(str(tmp_path / "db-wal"), slow_checkpoint)
+
+    async def main() -> None:
+        await sync.durable(sync.committed())  # its checkpoint falls due and starts in a thread
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        await asyncio.wait_for(sync.durable(sync.committed()), 5)  # answered while it still runs
+        gate.set()
+        assert sync._loop_checkpoint is not None
+        await sync._loop_checkpoint
+
+    asyncio.run(main())
+
+
+def test_cancelling_one_loop_waiter_leaves_the_shared_flush_to_the_others(tmp_path: Path) -> None:
+    gate = threading.Event()
+    sync = RecordingSync(str(tmp_path / "db-wal"), gate)
+
+    async def main() -> None:
+        ticket = sync.committed()
+        first = asyncio.ensure_future(sync.durable(ticket))
+        second = asyncio.ensure_future(sync.durable(ticket))
+        while not sync.flushes:
+            await asyncio.sleep(0.001)
+        first.cancel()
+        gate.set()
+        await second
+        assert first.cancelled()
+
+    asyncio.run(main())
+    assert sync.flushes == [1]
 
 
 def test_the_checkpoint_moves_the_wal_into_the_database(tmp_path: Path) -> None:
@@ -220,7 +283,7 @@ def test_the_checkpoint_moves_the_wal_into_the_database(tmp_path: Path) -> None:
                 db.run_write(lambda conn: conn.exec_driver_sql("INSERT INTO t VALUES (randomblob(600000))"))
         assert wal.stat().st_size > 1_500_000
         before = (tmp_path / "registry.db").stat().st_size
-        sqlite_sync.checkpoint_passively(db.engine.connect)()
+        sqlite_sync.checkpoint_passively(str(tmp_path / "registry.db"))()
         assert (tmp_path / "registry.db").stat().st_size > before + 1_500_000
     finally:
         db.dispose()

@@ -16,6 +16,10 @@ from dockyard.registry.routes.headers import API_VERSION, accept_list, origin, r
 from dockyard.registry.routes.pullthrough import ORIGIN_HEADER, cache_for, refuse_cache_push
 from dockyard.registry.services import RegistryServices
 
+#: A manifest up to this size (an image manifest is 1-2 KiB, an index of a dozen platforms about
+#: 5 KiB) is parsed and stored on the event loop; a larger one in a worker thread.
+INLINE_MANIFEST_BYTES = 16 * 1024
+
 
 def _delete_need(request: Request) -> Need:
     """Deleting by digest deletes content; deleting by tag only untags."""
@@ -53,15 +57,11 @@ class ManifestRoutes:
             await refuse_cache_push(self.hooks, name)
             payload = await read_body(request, MAX_MANIFEST_SIZE)
             content_type = request.headers.get("content-type", "")
-            pushed = await run_soon(  # on the loop unless it would wait
-                self.manifests.db,
-                self.manifests.put,
-                name,
-                reference,
-                payload,
-                content_type,
-                origin(request, self.policy),
-            )
+            args = (name, reference, payload, content_type, origin(request, self.policy))
+            if len(payload) <= INLINE_MANIFEST_BYTES:  # parsed and stored on the loop unless that would wait
+                pushed = await run_soon(self.manifests.db, self.manifests.put, *args)
+            else:  # a large one's parsing and reference rows would hold up every other request
+                pushed = await run_sync(self.manifests.put, *args)
             headers = {
                 **API_VERSION,
                 "Docker-Content-Digest": pushed.digest,

@@ -370,7 +370,7 @@ class ManifestService:
         if inserted and self._quota is not None:
             self._quota.added(len(payload))
         self._cache.invalidate(repository)
-        self._events.committed()
+        self._db.when_durable(self._events.committed)
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
 
     def _check_quota(self, repository: str, digest: str, size: int) -> None:
