@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dockyard.config import Settings
 
@@ -74,37 +74,79 @@ def load_app(settings_json: str, _target: str) -> object:
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings)
-    return create_app(settings)
+    return _DrainOnceStarted(create_app(settings))
+
+
+#: Set in a worker once its app has started (``drain_when_supervisor_dies``).
+_started = threading.Event()
 
 
 def stop_with_supervisor(supervisor: int, *, grace: float) -> None:
-    """Stop this process when ``supervisor`` (its parent) dies: SIGTERM, then exit after ``grace`` s.
+    """Stop this process when ``supervisor`` (its parent) dies.
 
-    On Linux the kernel sends the SIGTERM at once (PR_SET_PDEATHSIG). Everywhere, a watcher thread
-    notices the new parent within SUPERVISOR_POLL_SECONDS, sends SIGTERM too, and exits the
-    process if it has not drained within ``grace`` seconds.
+    While the worker boots, the supervisor's death kills it at once: it has nothing to drain
+    yet, and a SIGTERM that reaches granian's handler during the app's startup could hang the
+    worker for good. Once the app has started (``drain_when_supervisor_dies``) it gets SIGTERM
+    and ``grace`` seconds to drain. On Linux the kernel sends the signal at once
+    (PR_SET_PDEATHSIG). Everywhere, a watcher thread notices the new parent within
+    SUPERVISOR_POLL_SECONDS and does the same.
     """
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    _set_death_signal(signal.SIGKILL)
     threading.Thread(
         target=_watch_supervisor, args=(supervisor, grace), name="dockyard-supervisor-watch", daemon=True
     ).start()
 
 
+def drain_when_supervisor_dies() -> None:
+    """The worker's app has started: from now on the supervisor's death lets it drain (SIGTERM)."""
+    _started.set()
+    _set_death_signal(signal.SIGTERM)
+
+
+def _set_death_signal(signum: int) -> None:
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+
+
 def _watch_supervisor(supervisor: int, grace: float) -> None:
     while os.getppid() == supervisor:
         time.sleep(SUPERVISOR_POLL_SECONDS)
+    if not _started.is_set():
+        log.warning(
+            "the supervisor (PID %d) has gone while worker %d booted; it exits", supervisor, os.getpid()
+        )
+        os._exit(1)
     log.warning("the supervisor (PID %d) has gone; worker %d stops", supervisor, os.getpid())
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        # Again and again: a SIGTERM that arrives while the app loads, before the event loop
-        # handles the signal, is lost.
+        # Again and again: a SIGTERM that arrives before the event loop handles the signal is lost.
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(SUPERVISOR_POLL_SECONDS)
     log.error("worker %d did not stop within %.0f s of its supervisor's death; exiting", os.getpid(), grace)
     os._exit(1)
+
+
+class _DrainOnceStarted:
+    """The app, telling its worker when its lifespan startup has completed
+    (``drain_when_supervisor_dies``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def telling(message: Any) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                drain_when_supervisor_dies()
+            await send(message)
+
+        await self.app(scope, receive, telling)
 
 
 def port_in_use(host: str, port: int) -> str | None:

@@ -66,11 +66,11 @@ def test_port_zero_is_never_held() -> None:
 _FAMILY = textwrap.dedent(
     """
     import os, signal, sys
-    from dockyard.server import stop_with_supervisor
+    from dockyard.server import drain_when_supervisor_dies, stop_with_supervisor
 
     supervisor = os.getpid()
     if os.fork() == 0:
-        lost = {"drain": 0, "late": 2}.get(sys.argv[1])  # SIGTERMs lost before the loop handles them
+        lost = {"drain": 0, "late": 2, "booting": 0}.get(sys.argv[1])  # SIGTERMs lost before handled
         if lost is None:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         else:
@@ -82,6 +82,8 @@ _FAMILY = textwrap.dedent(
                     os._exit(0)
             signal.signal(signal.SIGTERM, drain)
         stop_with_supervisor(supervisor, grace=float(sys.argv[2]))
+        if sys.argv[1] != "booting":
+            drain_when_supervisor_dies()  # the app has started
         print(os.getpid(), flush=True)
     while True:
         signal.pause()
@@ -139,6 +141,17 @@ def test_a_worker_that_does_not_drain_exits_after_the_grace() -> None:
         os.kill(supervisor.pid, signal.SIGKILL)
         supervisor.wait(10)
         assert _wait_gone(worker, timeout=15) >= 1.0
+
+
+def test_a_worker_still_booting_is_killed_at_once_not_drained() -> None:
+    """Before its app has started a worker has nothing to drain, and a SIGTERM that reaches granian
+    during the app's startup could hang it: the supervisor's death kills it (no "draining")."""
+    with _family("booting", grace=60) as (supervisor, worker):
+        os.kill(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(10)
+        _wait_gone(worker, timeout=10)
+        assert supervisor.stdout is not None
+        assert supervisor.stdout.read() == ""
 
 
 def test_sigterm_is_repeated_until_the_worker_drains() -> None:
