@@ -23,11 +23,13 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dockyard.config import Settings
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
     from dockyard.tls import ServerTls
 
 log = logging.getLogger("dockyard")
@@ -133,15 +135,15 @@ class _DrainOnceStarted:
     """The app, telling its worker when its lifespan startup has completed
     (``drain_when_supervisor_dies``)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
 
-        async def telling(message: Any) -> None:
+        async def telling(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
                 drain_when_supervisor_dies()
             await send(message)

@@ -236,7 +236,8 @@ class BlobRoutes:
         if length is not None and length <= SMALL_CHUNK:
             # A small body (a config blob, a small layer) is read here, not streamed to a thread.
             data = await read_body(request, length)
-            if data and (chunk_range is None or chunk_range[0] == 0):
+            whole = bool(data) and (chunk_range is None or chunk_range[0] == 0)
+            if whole:
                 closed = await self._close_whole(name, upload_id, digest, data, chunk_range)
                 if closed is not None:
                     return Response(status_code=201, headers=_blob_headers(name, closed))
@@ -248,6 +249,7 @@ class BlobRoutes:
                 (data,),
                 content_range=chunk_range,
                 content_length=length,
+                whole_tried=whole,
             )
             return Response(status_code=201, headers=_blob_headers(name, blob))
         blob = await run_with_body(

@@ -165,8 +165,6 @@ class ManifestService:
         recent: RecentBlobs | None = None,
     ) -> None:
         self._db = db
-        #: The database, for a route's ``run_soon`` (``put`` may run on the event loop).
-        self.db = db
         self._quota = quota
         #: Small blobs this process just stored: a config pushed here is not read back from the store.
         self.recent = recent
@@ -177,6 +175,11 @@ class ManifestService:
         self._cache = cache if cache is not None else ContentCache(0)
         #: Whether ``get`` may run on the event loop (one cheap local lookup, SQLite only).
         self.reads_inline = db.is_sqlite
+
+    @property
+    def db(self) -> Database:
+        """The database, for a route's ``run_soon`` (``put`` may run on the event loop)."""
+        return self._db
 
     def cached(self, repository: str, reference: str, accept: Sequence[str] = ()) -> ManifestRecord | None:
         """The manifest from this process's cache if it is there and acceptable (no I/O)."""

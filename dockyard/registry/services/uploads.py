@@ -212,16 +212,21 @@ class UploadService:
         *,
         content_range: tuple[int, int] | None = None,
         content_length: int | None = None,
+        whole_tried: bool = False,
     ) -> BlobInfo:
-        """Finish a session (the closing PUT), with an optional last chunk, and verify ``digest``."""
+        """Finish a session (the closing PUT), with an optional last chunk, and verify ``digest``.
+
+        ``whole_tried``: the caller has already tried this body as the whole blob
+        (``store_closing``, ``close_stored``) and it was not, so that is not tried again."""
         algorithm, _ = parse_digest(digest)
         small = content_length is not None and 0 < content_length <= SMALL_CHUNK
         if small and (content_range is None or content_range[0] == 0):
             assert content_length is not None
             data = _read_exactly(body, content_length)
-            done = self._complete_in_one(repository, upload_id, digest, data, content_range)
-            if done is not None:
-                return done
+            if not whole_tried:
+                done = self._complete_in_one(repository, upload_id, digest, data, content_range)
+                if done is not None:
+                    return done
             body = iter((data,))
         token, recorded = self._acquire(repository, upload_id)
         state = recorded.store_state
