@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import random
+import select
 import sqlite3
 import threading
 import time
@@ -77,6 +78,44 @@ def _is_retryable(exc: sa.exc.DBAPIError) -> bool:
     if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
         return True
     return "database is locked" in str(exc.orig)
+
+
+#: A pooled PostgreSQL connection idle this long is pinged before it is used again, even if its
+#: socket looks quiet (a peer gone without a word).
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
+def _has_news(dbapi_connection: Any) -> bool:
+    """Whether an idle connection's socket is readable: the server said something (its goodbye
+    on a shutdown, restart or terminated backend) or closed it. One poll, no round trip."""
+    try:
+        readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    except (OSError, ValueError, dbapi_connection.Error):
+        return True
+    return bool(readable)
+
+
+def _ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+    """Ping a connection on checkout only if the server has spoken on it since it went idle, or it
+    sat idle ``idle_seconds`` or more: a busy pool saves the round trip a ping on every checkout
+    (``pool_pre_ping``) costs. One that fails the ping is replaced, and a connection that dies
+    while in use fails its statement: ``run_write`` and ``run_lookup`` then run again."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None:  # just connected
+            return
+        if time.monotonic() - since < idle_seconds and not _has_news(dbapi_connection):
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise sa.exc.DisconnectionError(f"dropped while idle: {exc}") from exc  # the pool reconnects
 
 
 def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
@@ -152,8 +191,9 @@ class Database:
             options["pool_size"] = pool_size
             options["max_overflow"] = pool_size
             options["pool_recycle"] = 1800
-            options["pool_pre_ping"] = True  # survive a database restart or failover
         self.engine = sa.create_engine(self.url, **options)
+        if not self.url.startswith("sqlite"):
+            _ping_idle_connections(self.engine)  # survive a database restart or failover
         self.dialect = self.engine.dialect.name
         self._inline_thread: int | None = None
         self._inline_connection: Connection | None = None
@@ -221,10 +261,17 @@ class Database:
         retried once.
         """
         if threading.get_ident() != self._inline_thread:
-            with self.engine.connect() as conn:
-                if self.is_sqlite:  # WAL reads never wait; a prepared statement autocommits
+            if self.is_sqlite:  # WAL reads never wait; a prepared statement autocommits
+                with self.engine.connect() as conn:
                     return work(conn)
-                return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
+            for attempt in (1, 2):
+                try:
+                    with self.engine.connect() as conn:
+                        return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
+                except sa.exc.DBAPIError as exc:
+                    if not exc.connection_invalidated or attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
         for attempt in (1, 2):
             conn = self._inline()
             try:
@@ -420,11 +467,16 @@ class Database:
                 self._attempt.ticket = self._group.committed()
             return result
         for attempt in range(WRITE_RETRIES):
+            committing = False
             try:
                 with self.write(durable=durable) as conn:
-                    return work(conn)
+                    result = work(conn)
+                    committing = True
+                return result
             except sa.exc.DBAPIError as exc:
-                if not _is_retryable(exc) or attempt == WRITE_RETRIES - 1:
+                # A connection dropped before the COMMIT was sent committed nothing; after, who knows.
+                dropped = exc.connection_invalidated and not committing and attempt == 0
+                if not (dropped or _is_retryable(exc)) or attempt == WRITE_RETRIES - 1:
                     raise
                 log.info("retrying transaction after %s", type(exc.orig).__name__)
                 time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # noqa: S311 - jitter, not crypto

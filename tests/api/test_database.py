@@ -351,3 +351,104 @@ def test_what_waits_for_durability_runs_after_the_flush(tmp_path):
         assert seen == [True, "at once"]
     finally:
         db.dispose()
+
+
+# -- PostgreSQL connections the server dropped (no ping on a busy pool's checkouts) --------------
+
+
+def _backend_pid(conn: sa.Connection) -> int:
+    return conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def _terminate(admin: Database, pid: int) -> None:
+    """End backend ``pid`` and return once it has exited (its socket is closed)."""
+    with admin.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        alive = sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+        deadline = time.monotonic() + 10
+        while conn.execute(alive, {"pid": pid}).scalar():
+            assert time.monotonic() < deadline, f"backend {pid} did not exit"
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def pg_pair(postgres_url, monkeypatch):
+    """A database with one pooled connection whose pings are counted, and an admin connection."""
+    db = Database(postgres_url, pool_size=1)
+    admin = Database(postgres_url, pool_size=1)
+    pings: list[object] = []
+    real_ping = db.engine.dialect.do_ping
+    monkeypatch.setattr(db.engine.dialect, "do_ping", lambda dbapi: pings.append(dbapi) or real_ping(dbapi))
+    yield db, admin, pings
+    db.dispose()
+    admin.dispose()
+
+
+def test_a_busy_pool_checks_out_without_a_ping(pg_pair):
+    db, _, pings = pg_pair
+    for _ in range(3):
+        with db.read() as conn:
+            _backend_pid(conn)
+    assert pings == []
+
+
+def test_an_idle_connection_the_server_dropped_is_replaced_before_use(pg_pair):
+    db, admin, pings = pg_pair
+    with db.read() as conn:
+        pid = _backend_pid(conn)
+    _terminate(admin, pid)
+    with db.read() as conn:  # a read transaction cannot run again: the checkout must notice
+        assert _backend_pid(conn) != pid
+    assert len(pings) == 1
+
+
+def test_a_long_idle_connection_is_pinged(pg_pair, monkeypatch):
+    db, _, pings = pg_pair
+    with db.read() as conn:
+        pid = _backend_pid(conn)
+    monkeypatch.setattr("time.monotonic", lambda: time.perf_counter() + 3600)
+    with db.read() as conn:
+        assert _backend_pid(conn) == pid
+    assert len(pings) == 1
+
+
+def test_a_write_whose_connection_drops_before_its_commit_runs_again(pg_pair):
+    db, admin, _ = pg_pair
+    with db.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS dropped_writes (x INTEGER)")
+        conn.exec_driver_sql("DELETE FROM dropped_writes")
+    calls: list[int] = []
+
+    def work(conn: sa.Connection) -> None:
+        pid = _backend_pid(conn)
+        calls.append(pid)
+        if len(calls) == 1:
+            _terminate(admin, pid)
+        conn.exec_driver_sql("INSERT INTO dropped_writes VALUES (1)")
+
+    try:
+        db.run_write(work)
+        assert len(calls) == 2
+        assert calls[0] != calls[1]
+        assert (
+            db.run_lookup(lambda conn: conn.exec_driver_sql("SELECT count(*) FROM dropped_writes").scalar())
+            == 1
+        )
+    finally:
+        with db.write() as conn:
+            conn.exec_driver_sql("DROP TABLE dropped_writes")
+
+
+def test_a_lookup_whose_connection_drops_runs_again(pg_pair):
+    db, admin, _ = pg_pair
+    calls: list[int] = []
+
+    def work(conn: sa.Connection) -> int:
+        pid = _backend_pid(conn)
+        calls.append(pid)
+        if len(calls) == 1:
+            _terminate(admin, pid)
+        return conn.execute(sa.text("SELECT 41 + 1")).scalar_one()
+
+    assert db.run_lookup(work) == 42
+    assert len(calls) == 2

@@ -139,3 +139,33 @@ def test_a_lock_and_a_push_to_the_same_tag_never_both_win(settings, dockyard):
     finally:
         for node in nodes:
             node.db.dispose()
+
+
+def test_pushes_racing_for_a_new_write_once_tag_leave_one_winner(settings, dockyard):
+    """Pushes into one repository run together; their tag moves do not: exactly one creates the tag."""
+    racers = [make_image(f"write-once-{i}") for i in range(6)]
+    for image in racers:
+        for blob in image.blobs:
+            dockyard.registry.uploads.upload_whole(REPO, blob.digest, iter([blob.data]))
+    strict = settings.model_copy(update={"immutable_tags": True})
+    nodes = [build(strict) for _ in racers]
+    try:
+        for round_ in range(4):
+            tag = f"once-{round_}"
+            start = threading.Barrier(len(nodes))
+
+            def push(node, image, tag=tag, start=start):
+                start.wait()
+                try:
+                    return node.registry.manifests.put(REPO, tag, image.manifest, image.media_type).digest
+                except RegistryError as error:
+                    return error.code.name
+
+            with ThreadPoolExecutor(len(nodes)) as pool:
+                outcomes = list(pool.map(push, nodes, racers))
+            winners = [outcome for outcome in outcomes if outcome != "DENIED"]
+            assert len(winners) == 1, f"round {round_}: {outcomes}"
+            assert dockyard.registry.repositories.tag_detail(REPO, tag).digest == winners[0]
+    finally:
+        for node in nodes:
+            node.db.dispose()

@@ -159,7 +159,7 @@ class BlobService:
                 found = conn.execute(BLOB_SIZE_SHARED, {"repository": candidate, "digest": digest}).first()
                 if found is not None and found.read_enabled:  # a read-locked repository is no source
                     size = found.size
-                    repo_id = self._locks.writable_repository(conn, repository, shared=True).id
+                    repo_id = self._locks.writable_repository(conn, repository).id
                     link_blob(conn, repo_id, digest, size)
                     return BlobInfo(digest, size)
             return None

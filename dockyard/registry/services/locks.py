@@ -138,8 +138,11 @@ _REPOSITORY = sa.select(
     repositories.c.immutable_exemptions,
 )
 _LOCK_EXCLUSIVE = _REPOSITORY.where(repositories.c.id == sa.bindparam("id")).with_for_update()
-_LOCK_NAMED_SHARED = _REPOSITORY.where(repositories.c.name == sa.bindparam("name")).with_for_update(read=True)
-_LOCK_NAMED_EXCLUSIVE = _REPOSITORY.where(repositories.c.name == sa.bindparam("name")).with_for_update()
+#: FOR KEY SHARE: a push holds the repository against deletes and attribute changes (both lock
+#: the row FOR UPDATE first) but not against other pushes, which bump its counters meanwhile.
+_LOCK_NAMED_FOR_PUSH = _REPOSITORY.where(repositories.c.name == sa.bindparam("name")).with_for_update(
+    read=True, key_share=True
+)
 _WRITE_ENABLED = sa.select(repositories.c.write_enabled).where(repositories.c.name == sa.bindparam("name"))
 _TAG_STATE = sa.select(tags.c.manifest_id, tags.c.write_enabled).where(
     tags.c.repository_id == sa.bindparam("repository_id"), tags.c.name == sa.bindparam("tag")
@@ -181,18 +184,17 @@ class LockPolicy:
     # -- write paths ------------------------------------------------------------------------
 
     def writable_repository(
-        self, conn: Connection, name: str, now: datetime | None = None, *, shared: bool = False
+        self, conn: Connection, name: str, now: datetime | None = None
     ) -> RepositoryLocks:
         """Create or find ``name`` for a push; DENIED when the repository is write-locked.
 
-        ``shared`` (blob links) lets pushes into one repository proceed together; a manifest push
-        takes the row exclusively, as it updates the row anyway.
+        The row is held FOR KEY SHARE: pushes into one repository proceed together, and a
+        manifest push serialises its tag move only from its ``touch_repository`` on.
         """
-        lock = _LOCK_NAMED_SHARED if shared else _LOCK_NAMED_EXCLUSIVE
-        row = prepared.first(conn, lock, {"name": name})  # one statement for a repository that exists
+        row = prepared.first(conn, _LOCK_NAMED_FOR_PUSH, {"name": name})  # one statement if it exists
         if row is None:
             ensure_repository(conn, name, now)
-            row = prepared.first(conn, lock, {"name": name})
+            row = prepared.first(conn, _LOCK_NAMED_FOR_PUSH, {"name": name})
             if row is None:
                 raise sa.exc.NoResultFound(f"repository {name!r} is gone")
         locks = self._locks(row)

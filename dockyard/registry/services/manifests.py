@@ -311,7 +311,8 @@ class ManifestService:
             now = utcnow()
             repo = self._locks.writable_repository(conn, repository, now)
             repo_id = repo.id
-            if before is not None:
+            if before is not None:  # it may read tags: serialise with other pushes from the start
+                touch_repository(conn, repo_id, now)
                 before(conn, repo_id)
             if not lazy:
                 self._check_references(conn, repo_id, parsed)
@@ -339,6 +340,8 @@ class ManifestService:
                 manifest_id = prepared.scalar(conn, MANIFEST_ID, {"repository_id": repo_id, "digest": digest})
                 if manifest_id is None:  # garbage collection deleted it between the two statements
                     raise BlobBusy(digest)
+            if before is None:  # the row update serialises the repository's tag moves from here on
+                touch_repository(conn, repo_id, now)
             previous = None
             if tag is not None:
                 previous = self._locks.check_tag_move(conn, repo, tag, manifest_id)
@@ -355,7 +358,6 @@ class ManifestService:
                 )
             if previous is not None and previous != manifest_id:
                 self.hooks.dropped(conn, repo_id, [previous])
-            touch_repository(conn, repo_id, now)
             is_chart = parsed.config is not None and parsed.config.media_type == mt.HELM_CONFIG
             self._events.record(
                 conn,

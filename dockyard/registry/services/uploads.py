@@ -309,7 +309,7 @@ class UploadService:
             recorded = _lock_unleased(conn, repository, upload_id, now)
             if recorded.size != 0:
                 return False, None
-            repo_id = self._locks.writable_repository(conn, repository, now, shared=True).id
+            repo_id = self._locks.writable_repository(conn, repository, now).id
             link_committed(conn, repo_id, digest, size, None, stored.seen)
             prepared.execute(conn, DELETE_UPLOAD, {"id": upload_id})
             return True, recorded.store_state
@@ -373,7 +373,7 @@ class UploadService:
         """
 
         def work(conn: Connection) -> bool:
-            repo_id = self._locks.writable_repository(conn, repository, shared=True).id
+            repo_id = self._locks.writable_repository(conn, repository).id
             kept = link_committed(conn, repo_id, digest, size, location, seen)
             if session is not None:
                 conn.execute(DELETE_UPLOAD, {"id": session})
