@@ -89,10 +89,11 @@ def _has_news(dbapi_connection: Any) -> bool:
     """Whether an idle connection's socket is readable: the server said something (its goodbye
     on a shutdown, restart or terminated backend) or closed it. One poll, no round trip."""
     try:
-        readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+        poller = select.poll()  # not select(): no limit on the descriptor's number
+        poller.register(dbapi_connection.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError, dbapi_connection.Error):
         return True
-    return bool(readable)
 
 
 def _ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:

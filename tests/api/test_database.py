@@ -1,6 +1,8 @@
 """Database helpers: durable and relaxed commits, inline lookups, inline writes."""
 
 import asyncio
+import os
+import resource
 import sqlite3
 import threading
 import time
@@ -390,6 +392,31 @@ def test_a_busy_pool_checks_out_without_a_ping(pg_pair):
         with db.read() as conn:
             _backend_pid(conn)
     assert pings == []
+
+
+def test_a_busy_pool_checks_out_without_a_ping_past_descriptor_1024(pg_pair):
+    """select() cannot watch a descriptor past FD_SETSIZE; the socket check must still work there."""
+    db, _, pings = pg_pair
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 2048, "raise the hard open-file limit to run this test"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        with db.read() as conn:
+            _backend_pid(conn)
+        raw = db.engine.raw_connection()
+        try:
+            assert raw.driver_connection.fileno() > 1024
+        finally:
+            raw.close()
+        pings.clear()
+        with db.read() as conn:
+            _backend_pid(conn)
+        assert pings == []
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_an_idle_connection_the_server_dropped_is_replaced_before_use(pg_pair):
