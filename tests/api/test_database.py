@@ -439,19 +439,27 @@ def test_a_long_idle_connection_is_pinged(pg_pair, monkeypatch):
     assert len(pings) == 1
 
 
+def _dropped_on_first_call(admin: Database, calls: list[int], then):
+    """A unit of work whose first call has its backend terminated before it runs ``then``."""
+
+    def work(conn: sa.Connection):
+        calls.append(_backend_pid(conn))
+        if len(calls) == 1:
+            _terminate(admin, calls[0])
+        return then(conn)
+
+    return work
+
+
 def test_a_write_whose_connection_drops_before_its_commit_runs_again(pg_pair):
     db, admin, _ = pg_pair
     with db.write() as conn:
         conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS dropped_writes (x INTEGER)")
         conn.exec_driver_sql("DELETE FROM dropped_writes")
     calls: list[int] = []
-
-    def work(conn: sa.Connection) -> None:
-        pid = _backend_pid(conn)
-        calls.append(pid)
-        if len(calls) == 1:
-            _terminate(admin, pid)
-        conn.exec_driver_sql("INSERT INTO dropped_writes VALUES (1)")
+    work = _dropped_on_first_call(
+        admin, calls, lambda conn: conn.exec_driver_sql("INSERT INTO dropped_writes VALUES (1)")
+    )
 
     try:
         db.run_write(work)
@@ -469,13 +477,9 @@ def test_a_write_whose_connection_drops_before_its_commit_runs_again(pg_pair):
 def test_a_lookup_whose_connection_drops_runs_again(pg_pair):
     db, admin, _ = pg_pair
     calls: list[int] = []
-
-    def work(conn: sa.Connection) -> int:
-        pid = _backend_pid(conn)
-        calls.append(pid)
-        if len(calls) == 1:
-            _terminate(admin, pid)
-        return conn.execute(sa.text("SELECT 41 + 1")).scalar_one()
+    work = _dropped_on_first_call(
+        admin, calls, lambda conn: conn.execute(sa.text("SELECT 41 + 1")).scalar_one()
+    )
 
     assert db.run_lookup(work) == 42
     assert len(calls) == 2
