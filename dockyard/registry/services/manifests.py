@@ -340,7 +340,21 @@ class ManifestService:
                 manifest_id = prepared.scalar(conn, MANIFEST_ID, {"repository_id": repo_id, "digest": digest})
                 if manifest_id is None:  # garbage collection deleted it between the two statements
                     raise BlobBusy(digest)
-            if before is None:  # the row update serialises the repository's tag moves from here on
+            is_chart = parsed.config is not None and parsed.config.media_type == mt.HELM_CONFIG
+            self._events.record(
+                conn,
+                CHART_PUSH if is_chart else PUSH,
+                repository,
+                tag=tag,
+                digest=digest,
+                media_type=parsed.media_type,
+                artifact_type=parsed.artifact_type,
+                size=len(payload),
+                origin=origin,
+            )
+            # The row update serialises the repository's tag moves from here to the commit: keep
+            # this part short (the event above is recorded first; a refused move rolls it back).
+            if before is None:
                 touch_repository(conn, repo_id, now)
             previous = None
             if tag is not None:
@@ -358,18 +372,6 @@ class ManifestService:
                 )
             if previous is not None and previous != manifest_id:
                 self.hooks.dropped(conn, repo_id, [previous])
-            is_chart = parsed.config is not None and parsed.config.media_type == mt.HELM_CONFIG
-            self._events.record(
-                conn,
-                CHART_PUSH if is_chart else PUSH,
-                repository,
-                tag=tag,
-                digest=digest,
-                media_type=parsed.media_type,
-                artifact_type=parsed.artifact_type,
-                size=len(payload),
-                origin=origin,
-            )
 
         self._db.run_write(work)
         if inserted and self._quota is not None:
