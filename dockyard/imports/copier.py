@@ -13,16 +13,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
 from dockyard.events.services import Origin
 from dockyard.oci.digest import is_digest
 from dockyard.oci.errors import RegistryError
 from dockyard.oci.manifests import Descriptor, ParsedManifest, parse_manifest
 from dockyard.oci.mediatypes import MANIFEST_TYPES
-from dockyard.registry.models import tags
 from dockyard.registry.services import RegistryServices
+from dockyard.registry.services.manifests import TagExists
 from dockyard.upstream.interfaces import UpstreamClient, UpstreamRef
 
 #: ACR's limit: an import copies at most 50 manifests (an index and its children, referrers included).
@@ -171,21 +168,14 @@ class Copier:
         """Point every target tag at the top manifest (last: a failed import tags nothing). Without
         ``force`` an existing tag fails the import, checked again in the tagging transaction."""
         for repository, tag in targets:
-
-            def refuse_existing(
-                conn: Connection, repo_id: int, tag: str = tag, repository: str = repository
-            ) -> None:
-                exists = conn.execute(
-                    sa.select(tags.c.name).where(tags.c.repository_id == repo_id, tags.c.name == tag)
-                ).first()
-                if exists is not None:
-                    raise ImportFailed(f"the tag {repository}:{tag} exists; use force to overwrite it")
-
-            self.registry.manifests.put(
-                repository,
-                tag,
-                plan.top.payload,
-                plan.top.media_type,
-                self.origin,
-                before=None if force else refuse_existing,
-            )
+            try:
+                self.registry.manifests.put(
+                    repository,
+                    tag,
+                    plan.top.payload,
+                    plan.top.media_type,
+                    self.origin,
+                    new_tag_only=not force,
+                )
+            except TagExists as exists:
+                raise ImportFailed(f"{exists}; use force to overwrite it") from None

@@ -483,3 +483,37 @@ def test_a_lookup_whose_connection_drops_runs_again(pg_pair):
 
     assert db.run_lookup(work) == 42
     assert len(calls) == 2
+
+
+def test_a_write_whose_connection_drops_at_its_commit_is_not_run_again(pg_pair, monkeypatch):
+    """Past the COMMIT nobody knows whether it committed (here it did): the error is raised, the
+    work is not run a second time."""
+    db, admin, _ = pg_pair
+    with db.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS commit_drops (x INTEGER)")
+        conn.exec_driver_sql("DELETE FROM commit_drops")
+    real_commit = db.engine.dialect.do_commit
+    armed = [True]
+
+    def commit_then_drop(pooled):
+        real_commit(pooled)
+        if armed and armed.pop():
+            driver = pooled.dbapi_connection  # the pool's proxy around psycopg's connection
+            _terminate(admin, driver.info.backend_pid)
+            driver.execute("SELECT 1")  # the answer lost, as a dropped COMMIT's would be
+
+    monkeypatch.setattr(db.engine.dialect, "do_commit", commit_then_drop)
+    calls: list[int] = []
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            db.run_write(
+                lambda conn: calls.append(1) or conn.exec_driver_sql("INSERT INTO commit_drops VALUES (1)")
+            )
+        assert raised.value.connection_invalidated
+        assert calls == [1]
+        count = db.run_lookup(lambda conn: conn.exec_driver_sql("SELECT count(*) FROM commit_drops").scalar())
+        assert count == 1
+    finally:
+        monkeypatch.undo()
+        with db.write() as conn:
+            conn.exec_driver_sql("DROP TABLE commit_drops")

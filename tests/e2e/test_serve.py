@@ -163,6 +163,19 @@ def test_postgresql_dropped_connections_are_replaced(
                 ).scalar()
             assert dropped, "the server held no PostgreSQL connection to drop"
 
+            def backends_left() -> int:
+                with admin.engine.connect() as conn:
+                    return conn.execute(
+                        sa.text(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE datname = :name AND pid <> pg_backend_pid()"
+                        ),
+                        {"name": database},
+                    ).scalar()
+
+            # As after a restart: the dropped backends are gone (and their sockets closed) first.
+            wait_for(lambda: backends_left() == 0, timeout=10, what="the terminated backends to exit")
+
             manifest = http.get("/v2/pg/reconnect/manifests/v1", headers={"Accept": image.media_type})
             assert manifest.status_code == 200, f"{manifest.status_code} {manifest.text[:200]}"
             assert manifest.content == image.manifest

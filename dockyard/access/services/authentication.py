@@ -79,9 +79,9 @@ class Authenticator:
             self._principals.clear()
 
     def sync(self) -> None:
-        """Drop the caches if access changed anywhere since they were filled (one small read)."""
-        with self._db.read() as conn:
-            current = generation.current(conn)
+        """Drop the caches if access changed anywhere since they were filled (one small read, run
+        again on a new connection if the database dropped the first)."""
+        current = self._db.run_lookup(generation.current)
         with self._lock:
             if current == self._generation:
                 return

@@ -137,12 +137,33 @@ _REPOSITORY = sa.select(
     repositories.c.immutable_tags,
     repositories.c.immutable_exemptions,
 )
-_LOCK_EXCLUSIVE = _REPOSITORY.where(repositories.c.id == sa.bindparam("id")).with_for_update()
-#: FOR KEY SHARE: a push holds the repository against deletes and attribute changes (both lock
-#: the row FOR UPDATE first) but not against other pushes, which bump its counters meanwhile.
-_LOCK_NAMED_FOR_PUSH = _REPOSITORY.where(repositories.c.name == sa.bindparam("name")).with_for_update(
-    read=True, key_share=True
-)
+#: PostgreSQL advisory locks on a repository (two-key form, this key space, the id's low 31 bits):
+#: a push holds it shared and ``lock_repository`` exclusively, each taken in the statement that
+#: then locks the row (a select list is evaluated before its row lock). Row locks do not queue: a
+#: stream of pushes' FOR KEY SHARE would keep a FOR UPDATE waiting for good; these locks do queue,
+#: so a write lock or a delete waits only for the pushes already under way.
+REPOSITORY_LOCKS = 0x646B7972
+
+
+def _advisory(function: str) -> Any:
+    return getattr(sa.func, function)(REPOSITORY_LOCKS, sa.cast(repositories.c.id % 2147483647, sa.Integer))
+
+
+_BY_ID = repositories.c.id == sa.bindparam("id")
+_BY_NAME = repositories.c.name == sa.bindparam("name")
+#: FOR UPDATE: attribute changes and deletes, after the pushes under way.
+_LOCK_EXCLUSIVE = {
+    "sqlite": _REPOSITORY.where(_BY_ID).with_for_update(),
+    "postgresql": _REPOSITORY.add_columns(_advisory("pg_advisory_xact_lock")).where(_BY_ID).with_for_update(),
+}
+#: FOR KEY SHARE: a push holds the repository against deletes and attribute changes but not
+#: against other pushes, which bump its counters meanwhile.
+_LOCK_NAMED_FOR_PUSH = {
+    "sqlite": _REPOSITORY.where(_BY_NAME),
+    "postgresql": _REPOSITORY.add_columns(_advisory("pg_advisory_xact_lock_shared"))
+    .where(_BY_NAME)
+    .with_for_update(read=True, key_share=True),
+}
 _WRITE_ENABLED = sa.select(repositories.c.write_enabled).where(repositories.c.name == sa.bindparam("name"))
 _TAG_STATE = sa.select(tags.c.manifest_id, tags.c.write_enabled).where(
     tags.c.repository_id == sa.bindparam("repository_id"), tags.c.name == sa.bindparam("tag")
@@ -169,7 +190,7 @@ class LockPolicy:
 
     def lock_repository(self, conn: Connection, repo_id: int) -> RepositoryLocks:
         """The repository's locks, its row locked against concurrent attribute changes."""
-        row = prepared.first(conn, _LOCK_EXCLUSIVE, {"id": repo_id})
+        row = prepared.first(conn, _LOCK_EXCLUSIVE[conn.dialect.name], {"id": repo_id})
         if row is None:
             raise sa.exc.NoResultFound(f"repository {repo_id} is gone")
         return self._locks(row)
@@ -191,10 +212,11 @@ class LockPolicy:
         The row is held FOR KEY SHARE: pushes into one repository proceed together, and a
         manifest push serialises its tag move only from its ``touch_repository`` on.
         """
-        row = prepared.first(conn, _LOCK_NAMED_FOR_PUSH, {"name": name})  # one statement if it exists
+        lock = _LOCK_NAMED_FOR_PUSH[conn.dialect.name]
+        row = prepared.first(conn, lock, {"name": name})  # one statement for a repository that exists
         if row is None:
             ensure_repository(conn, name, now)
-            row = prepared.first(conn, _LOCK_NAMED_FOR_PUSH, {"name": name})
+            row = prepared.first(conn, lock, {"name": name})
             if row is None:
                 raise sa.exc.NoResultFound(f"repository {name!r} is gone")
         locks = self._locks(row)

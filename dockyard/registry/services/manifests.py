@@ -119,6 +119,15 @@ PRESENT_MANIFESTS = (
 )
 
 
+class TagExists(Exception):
+    """``put(new_tag_only=True)`` found the tag in place."""
+
+    def __init__(self, repository: str, tag: str) -> None:
+        super().__init__(f"the tag {repository}:{tag} exists")
+        self.repository = repository
+        self.tag = tag
+
+
 @dataclass(frozen=True)
 class PushedManifest:
     digest: str
@@ -277,13 +286,15 @@ class ManifestService:
         *,
         before: Callable[[Connection, int], None] | None = None,
         lazy: bool = False,
+        new_tag_only: bool = False,
     ) -> PushedManifest:
         """Validate and store a manifest, tagging it if ``reference`` is a tag; log a push event.
 
         ``before(conn, repository_id)`` runs in the push's transaction once the repository is locked
         for writing, before the references are checked (a restore links its blobs there). ``lazy``
         stores a manifest whose blobs and children are not here yet (the pull-through cache fetches
-        each on its first read)."""
+        each on its first read). ``new_tag_only`` raises ``TagExists`` if the tag exists when the
+        push would move it (checked where tag moves are serialised)."""
         tag, claimed = parse_reference(reference)
         parsed = parse_manifest(payload, content_type)
         if claimed is not None:
@@ -311,8 +322,7 @@ class ManifestService:
             now = utcnow()
             repo = self._locks.writable_repository(conn, repository, now)
             repo_id = repo.id
-            if before is not None:  # it may read tags: serialise with other pushes from the start
-                touch_repository(conn, repo_id, now)
+            if before is not None:
                 before(conn, repo_id)
             if not lazy:
                 self._check_references(conn, repo_id, parsed)
@@ -354,11 +364,13 @@ class ManifestService:
             )
             # The row update serialises the repository's tag moves from here to the commit: keep
             # this part short (the event above is recorded first; a refused move rolls it back).
-            if before is None:
-                touch_repository(conn, repo_id, now)
+            # Every push takes its locks in this order (row shared, manifest, row update, tag).
+            touch_repository(conn, repo_id, now)
             previous = None
             if tag is not None:
                 previous = self._locks.check_tag_move(conn, repo, tag, manifest_id)
+                if new_tag_only and previous is not None:
+                    raise TagExists(repository, tag)
                 prepared.execute(
                     conn,
                     UPSERT_TAG[dialect],
