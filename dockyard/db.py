@@ -119,6 +119,16 @@ def _ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE
             raise sa.exc.DisconnectionError(f"dropped while idle: {exc}") from exc  # the pool reconnects
 
 
+def _again_if_dropped(read: Callable[[], T]) -> T:
+    """Run ``read``, and once more if the database dropped its connection (a restart, a failover)."""
+    try:
+        return read()
+    except sa.exc.DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return read()
+
+
 def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -193,9 +203,9 @@ class Database:
             options["max_overflow"] = pool_size
             options["pool_recycle"] = 1800
         self.engine = sa.create_engine(self.url, **options)
-        if not self.url.startswith("sqlite"):
-            _ping_idle_connections(self.engine)  # survive a database restart or failover
         self.dialect = self.engine.dialect.name
+        if not self.is_sqlite:
+            _ping_idle_connections(self.engine)  # survive a database restart or failover
         self._inline_thread: int | None = None
         self._inline_connection: Connection | None = None
         #: How many inline connections there have been: ``data_version`` is per connection.
@@ -265,24 +275,21 @@ class Database:
             if self.is_sqlite:  # WAL reads never wait; a prepared statement autocommits
                 with self.engine.connect() as conn:
                     return work(conn)
-            for attempt in (1, 2):
-                try:
-                    with self.engine.connect() as conn:
-                        return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
-                except sa.exc.DBAPIError as exc:
-                    if not exc.connection_invalidated or attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
-        for attempt in (1, 2):
-            conn = self._inline()
-            try:
-                return work(conn)
-            except sa.exc.DBAPIError as exc:
-                self._inline_connection = None
-                conn.close()
-                if not exc.connection_invalidated or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+            return _again_if_dropped(lambda: self._pooled_lookup(work))
+        return _again_if_dropped(lambda: self._loop_lookup(work))
+
+    def _pooled_lookup(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
+
+    def _loop_lookup(self, work: Callable[[Connection], T]) -> T:
+        conn = self._inline()
+        try:
+            return work(conn)
+        except sa.exc.DBAPIError:
+            self._inline_connection = None
+            conn.close()
+            raise
 
     def lookup_row(self, statement: sa.Executable, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """The first row of a one-statement read (``run_lookup``), or None.
