@@ -199,8 +199,15 @@ def test_one_blob_in_chunks_through_the_balancer_alternates_nodes(cluster: Clust
             location = response.headers["Location"]
         done = http.put(location, params={"digest": digest})
         assert done.status_code == 201, done.text
-        upload_requests = [r for r in cluster.lb.requests()[before:] if "/blobs/uploads/" in r.target]
-    assert len(upload_requests) == 2 + -(-len(data) // chunk)
+
+        def upload_requests_logged() -> list:
+            return [r for r in cluster.lb.requests()[before:] if "/blobs/uploads/" in r.target]
+
+        expected = 2 + -(-len(data) // chunk)
+        # nginx logs a request once it has ended, which may be just after the client has its answer
+        wait_for(lambda: len(upload_requests_logged()) >= expected, timeout=10, what="nginx's log of the PUT")
+        upload_requests = upload_requests_logged()
+    assert len(upload_requests) == expected
     nodes = [r.upstream for r in upload_requests]
     assert all(x != y for x, y in itertools.pairwise(nodes)), f"not alternating: {nodes}"
     upload_id = location.rsplit("/", 1)[-1].split("?")[0]
