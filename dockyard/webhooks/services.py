@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -104,6 +105,8 @@ class AttemptResult:
 
 
 ENABLED_ACTIONS = sa.select(webhooks.c.actions).where(webhooks.c.enabled)
+#: How long ``WebhookService.wants`` trusts what it read (another process's webhook changes).
+WANTS_FRESH_SECONDS = 1.0
 ANY_DUE = (
     sa.select(deliveries.c.id)
     .select_from(deliveries.join(webhooks))
@@ -147,6 +150,8 @@ class WebhookService:
         self._base = retry_base_seconds
         self._max = retry_max_seconds
         self._lease = timedelta(seconds=lease_seconds)
+        #: (when read, the actions enabled webhooks subscribe to), for ``wants``.
+        self._enabled_actions: tuple[float, frozenset[str]] | None = None
 
     # -- subscriptions ----------------------------------------------------------------------
 
@@ -181,6 +186,7 @@ class WebhookService:
             conn.execute(webhooks.insert().values(**values, enabled=enabled, created_at=now, updated_at=now))
 
         self._db.run_write(work)
+        self._enabled_actions = None
         return self.show(name)
 
     def _validated(self, **fields: Any) -> dict[str, Any]:
@@ -221,6 +227,7 @@ class WebhookService:
                 raise _not_found(name)
 
         self._db.run_write(work)
+        self._enabled_actions = None
         return self.show(name)
 
     def delete(self, name: str) -> None:
@@ -229,6 +236,7 @@ class WebhookService:
                 raise _not_found(name)
 
         self._db.run_write(work)
+        self._enabled_actions = None
 
     def list(self) -> list[WebhookInfo]:
         with self._db.read() as conn:
@@ -243,10 +251,19 @@ class WebhookService:
 
     # -- fan-out ----------------------------------------------------------------------------
 
-    @staticmethod
-    def wants(conn: Connection, action: str) -> bool:
-        """Whether any enabled webhook subscribes to ``action`` (asked inside the event's transaction)."""
-        return any(action in row[0] for row in prepared.rows(conn, ENABLED_ACTIONS))
+    def wants(self, conn: Connection, action: str) -> bool:
+        """Whether any enabled webhook subscribes to ``action`` (asked inside the event's transaction).
+
+        Only whether the consumer is woken at once depends on it (it polls every half second
+        anyway), so the answer is read at most once per WANTS_FRESH_SECONDS, and again at once
+        after this process changes a webhook.
+        """
+        now = time.monotonic()
+        held = self._enabled_actions
+        if held is None or now - held[0] >= WANTS_FRESH_SECONDS:
+            actions = frozenset(a for row in prepared.rows(conn, ENABLED_ACTIONS) for a in row[0])
+            self._enabled_actions = held = (now, actions)
+        return action in held[1]
 
     def dispatch(self, conn: Connection, events: list[RepositoryEvent]) -> int:
         """The ``webhooks`` event consumer: one delivery per event and matching enabled webhook.

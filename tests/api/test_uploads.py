@@ -1,9 +1,15 @@
 """Blob upload protocol: monolithic, single-POST, chunked, status, cancel, mount, and their errors."""
 
 import hashlib
+import time
+from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
+from dockyard.db import utcnow
+from dockyard.registry.models import uploads
+from dockyard.registry.services.upload_sessions import new_upload_id
 from tests.support.auth import ADMIN
 from tests.support.images import sha256
 from tests.support.registry import error_codes, push_blob
@@ -276,3 +282,116 @@ def test_closing_put_with_the_last_chunk_completes_an_upload_holding_bytes(clien
     response = client.put(patched.headers["location"], params={"digest": sha256(DATA)}, content=DATA[100:])
     assert response.status_code == 201
     assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
+
+
+# -- sessions that nothing was written to have no row -------------------------------------------
+
+
+def _writes_during(dockyard, action):
+    """The INSERT/UPDATE/DELETE statements on ``uploads`` the database saw while ``action`` ran."""
+    written: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        verb = statement.lstrip().split(None, 1)[0].upper()
+        if verb in ("INSERT", "UPDATE", "DELETE") and " uploads" in statement:
+            written.append(statement)
+
+    sa.event.listen(dockyard.db.engine, "before_cursor_execute", record)
+    try:
+        action()
+    finally:
+        sa.event.remove(dockyard.db.engine, "before_cursor_execute", record)
+    return written
+
+
+def _upload_rows(dockyard):
+    with dockyard.db.read() as conn:
+        return conn.execute(sa.select(uploads.c.id, uploads.c.size)).all()
+
+
+def test_starting_an_upload_writes_nothing(client, dockyard):
+    started = []
+    assert _writes_during(dockyard, lambda: started.append(start(client))) == []
+    assert _upload_rows(dockyard) == []
+    assert client.get(started[0].headers["location"]).headers["range"] == "0-0"
+
+
+def test_a_completed_session_stays_unknown(client, dockyard):
+    location = start(client).headers["location"]
+    assert client.put(location, params={"digest": sha256(DATA)}, content=DATA).status_code == 201
+    assert error_codes(client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
+    again = client.put(location, params={"digest": sha256(b"x")}, content=b"x")
+    assert error_codes(again) == ["BLOB_UPLOAD_UNKNOWN"]
+    assert client.head(f"/v2/team/app/blobs/{sha256(b'x')}").status_code == 404
+    patched = client.patch(location, content=b"more", headers={"Content-Range": "0-3"})
+    assert error_codes(patched) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+def test_a_completed_chunked_session_stays_unknown(client):
+    location = start(client).headers["location"]
+    client.patch(location, content=DATA[:100], headers={"Content-Range": "0-99"})
+    done = client.put(location, params={"digest": sha256(DATA)}, content=DATA[100:])
+    assert done.status_code == 201
+    assert error_codes(client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
+
+
+def test_a_cancelled_session_nothing_was_written_to_stays_unknown(client):
+    location = start(client).headers["location"]
+    assert client.delete(location).status_code == 204
+    assert error_codes(client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
+    assert error_codes(client.delete(location)) == ["BLOB_UPLOAD_UNKNOWN"]
+    refused = client.put(location, params={"digest": sha256(DATA)}, content=DATA)
+    assert error_codes(refused) == ["BLOB_UPLOAD_UNKNOWN"]
+    assert client.head(f"/v2/team/app/blobs/{sha256(DATA)}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "made_up",
+    [
+        "3f2504e0-4f89-41d3-9a0c-0305e82c3301",  # a UUIDv4, as earlier versions gave (they need a row)
+        "not-an-upload",
+        "../../etc/passwd",
+    ],
+)
+def test_ids_the_registry_did_not_give_are_unknown(client, made_up):
+    for response in (
+        client.get(f"/v2/team/app/blobs/uploads/{made_up}"),
+        client.patch(f"/v2/team/app/blobs/uploads/{made_up}", content=b"x", headers={"Content-Range": "0-0"}),
+        client.put(f"/v2/team/app/blobs/uploads/{made_up}", params={"digest": sha256(b"x")}, content=b"x"),
+        client.delete(f"/v2/team/app/blobs/uploads/{made_up}"),
+    ):
+        assert response.status_code == 404, (made_up, response.status_code)
+
+
+def test_an_id_altered_in_any_way_is_unknown(client):
+    upload_id = start(client).headers["docker-upload-uuid"]
+    flipped = upload_id[:-1] + ("0" if upload_id[-1] != "0" else "1")
+    for altered in (upload_id.upper(), flipped, upload_id.replace("-", "")):
+        response = client.put(
+            f"/v2/team/app/blobs/uploads/{altered}", params={"digest": sha256(DATA)}, content=DATA
+        )
+        assert error_codes(response) == ["BLOB_UPLOAD_UNKNOWN"], altered
+
+
+def test_an_expired_or_future_id_is_unknown(client):
+    day = 24 * 3600
+    for issued in (time.time() - day - 60, time.time() + 3600):
+        upload_id = new_upload_id("team/app", now=issued)
+        location = f"/v2/team/app/blobs/uploads/{upload_id}"
+        assert error_codes(client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
+        assert error_codes(client.put(location, params={"digest": sha256(DATA)}, content=DATA)) == [
+            "BLOB_UPLOAD_UNKNOWN"
+        ]
+    recent = new_upload_id("team/app", now=time.time() - day + 600)
+    done = client.put(f"/v2/team/app/blobs/uploads/{recent}", params={"digest": sha256(DATA)}, content=DATA)
+    assert done.status_code == 201
+
+
+def test_closed_sessions_are_forgotten_once_their_ids_expire(client, dockyard):
+    location = start(client).headers["location"]
+    assert client.put(location, params={"digest": sha256(DATA)}, content=DATA).status_code == 201
+    assert [row.size for row in _upload_rows(dockyard)] == [-1]  # kept: the id must stay unknown
+    uploads_service = dockyard.registry.uploads
+    assert uploads_service.expire(now=utcnow()) == 0
+    assert uploads_service.expire(now=utcnow() + timedelta(days=2)) == 1
+    assert _upload_rows(dockyard) == []

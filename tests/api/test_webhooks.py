@@ -7,6 +7,7 @@ import time
 
 import anyio
 import pytest
+import sqlalchemy as sa
 
 from dockyard.webhooks.delivery import TRUNCATED, new_client
 from dockyard.webhooks.jobs import DeliveryWorker
@@ -666,3 +667,33 @@ def test_the_limits_themselves_are_accepted(client):
     config = client.get("/api/v1/webhooks/hookone/config").json()
     assert len(config["serviceUri"]) == 2048
     assert len(config["customHeaders"]) == 50
+
+
+def test_wants_reads_the_subscriptions_once_and_again_after_a_change_here(dockyard, receiver):
+    hooks = dockyard.webhooks
+    selects: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT WEBHOOKS.ACTIONS"):
+            selects.append(statement)
+
+    sa.event.listen(dockyard.db.engine, "before_cursor_execute", record)
+    try:
+        with dockyard.db.read() as conn:
+            assert not hooks.wants(conn, "push")
+            assert not hooks.wants(conn, "delete")
+        assert len(selects) == 1  # the second answer came from what the first read
+        hooks.create("hookwants", receiver.url, ["delete"])
+        with dockyard.db.read() as conn:
+            assert hooks.wants(conn, "delete")  # at once after this process's change
+            assert not hooks.wants(conn, "push")
+        hooks.update("hookwants", enabled=False)
+        with dockyard.db.read() as conn:
+            assert not hooks.wants(conn, "delete")
+        hooks.update("hookwants", enabled=True)
+        hooks.delete("hookwants")
+        with dockyard.db.read() as conn:
+            assert not hooks.wants(conn, "delete")
+    finally:
+        sa.event.remove(dockyard.db.engine, "before_cursor_execute", record)
+    assert len(selects) == 4

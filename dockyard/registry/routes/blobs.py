@@ -174,7 +174,7 @@ class BlobRoutes:
                 request, self.uploads.upload_whole, name, digest, content_length=content_length(request)
             )
             return Response(status_code=201, headers=_blob_headers(name, blob))
-        state = await run_soon(self.uploads.db, self.uploads.start, name)  # one row: on the loop if it can
+        state = await run_local(self.uploads.reads_inline, self.uploads.start, name)  # writes nothing
         return Response(status_code=202, headers=_upload_headers(state))
 
     async def upload(self, request: Request) -> Response:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard import prepared
-from dockyard.db import as_utc
+from dockyard.db import as_utc, per_dialect
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import uploads
 from dockyard.registry.services.blobstate import Seen
@@ -19,8 +23,27 @@ from dockyard.registry.services.common import BlobInfo
 
 #: Chunks up to this size are read into memory and appended in a single transaction.
 SMALL_CHUNK = 1024 * 1024
+#: ``uploads.size`` of a closed session (completed or cancelled). The row stays until the
+#: id has expired, so the id keeps answering BLOB_UPLOAD_UNKNOWN instead of opening again.
+CLOSED = -1
+#: How far ahead of this process's clock another node may have issued an upload id.
+CLOCK_SKEW = timedelta(minutes=5)
 #: The statements every push runs, built once.
-INSERT_UPLOAD = uploads.insert()
+OPEN_UPLOAD = per_dialect(
+    lambda insert: insert(uploads).on_conflict_do_nothing(index_elements=["id"]).returning(uploads.c.size)
+)
+CLOSE_UPLOAD = (
+    uploads.update()
+    .where(uploads.c.id == sa.bindparam("upload"))
+    .values(
+        size=CLOSED,
+        store_state=None,
+        hash_state=None,
+        lease_token=None,
+        lease_until=None,
+        updated_at=sa.bindparam("now"),
+    )
+)
 LOCK_UPLOAD = (
     sa.select(
         uploads.c.size,
@@ -32,7 +55,42 @@ LOCK_UPLOAD = (
     .where(uploads.c.id == sa.bindparam("id"), uploads.c.repository == sa.bindparam("repository"))
     .with_for_update()
 )
-DELETE_UPLOAD = uploads.delete().where(uploads.c.id == sa.bindparam("id"))
+
+
+def new_upload_id(repository: str, now: float | None = None) -> str:
+    """A new session id for ``repository``: a UUIDv7 (RFC 9562) made of the time it was issued
+    (ms), 42 random bits and 32 bits that tie it to ``repository`` (``_repository_check``).
+
+    Starting a session writes nothing: its row is created by the first request that writes to
+    it (``open_upload``), and the id alone says whether it may still be opened, and where.
+    """
+    issued = int((time.time() if now is None else now) * 1000)
+    raw = bytearray(issued.to_bytes(6, "big") + os.urandom(6))
+    raw[6] = 0x70 | (raw[6] & 0x0F)
+    raw[8] = 0x80 | (raw[8] & 0x3F)
+    return str(uuid.UUID(bytes=bytes(raw) + _repository_check(repository, raw)))
+
+
+def unopened_since(upload_id: str, repository: str, now: datetime, expiry: timedelta) -> datetime | None:
+    """When ``upload_id`` was issued, if ``new_upload_id`` gave it for ``repository`` and it has
+    not expired; None for any other string (ids of earlier versions need their row)."""
+    try:
+        parsed = uuid.UUID(upload_id)
+    except ValueError:
+        return None
+    raw = parsed.bytes
+    if parsed.version != 7 or str(parsed) != upload_id or raw[12:] != _repository_check(repository, raw[:12]):
+        return None
+    issued = datetime.fromtimestamp(int.from_bytes(raw[:6], "big") / 1000, UTC)
+    if issued <= now - expiry or issued > now + CLOCK_SKEW:
+        return None
+    return issued
+
+
+def _repository_check(repository: str, head: bytes | bytearray) -> bytes:
+    """Four bytes of a hash of the id's first twelve and the repository's name. Not a secret:
+    an id made up to match opens only an empty session, which a POST would give the same caller."""
+    return hashlib.blake2b(bytes(head) + repository.encode(), digest_size=4).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,13 +159,33 @@ def _out_of_order(size: int, why: str) -> RegistryError:
     )
 
 
-def _lock_unleased(conn: Connection, repository: str, upload_id: str, now: datetime) -> _Recorded:
-    """Lock the upload's row for this transaction and return what it records.
+def open_upload(
+    conn: Connection, repository: str, upload_id: str, now: datetime, expiry: timedelta, size: int = 0
+) -> bool:
+    """Create the row of a session no request has written to yet, locked for this transaction
+    (``size`` CLOSED: created closed). False when the id is not one that may be opened, or its
+    row exists (created meanwhile, closed, or another repository's)."""
+    issued = unopened_since(upload_id, repository, now, expiry)
+    if issued is None:
+        return False
+    row = {"id": upload_id, "repository": repository, "size": size, "created_at": issued, "updated_at": now}
+    return prepared.first(conn, OPEN_UPLOAD[conn.dialect.name], row) is not None
+
+
+def _lock_unleased(
+    conn: Connection, repository: str, upload_id: str, now: datetime, expiry: timedelta
+) -> _Recorded:
+    """Lock the upload's row for this transaction (creating it for a session not written to
+    yet) and return what it records.
 
     Refused with a 416 (and ``Retry-After``) while another request's lease on it is live.
     """
     row = prepared.first(conn, LOCK_UPLOAD, {"id": upload_id, "repository": repository})
     if row is None:
+        if open_upload(conn, repository, upload_id, now, expiry):
+            return _Recorded(0)
+        row = prepared.first(conn, LOCK_UPLOAD, {"id": upload_id, "repository": repository})
+    if row is None or row.size == CLOSED:
         raise _unknown(upload_id)
     if row.lease_token and row.lease_until and as_utc(row.lease_until) > now:
         busy = _out_of_order(row.size, "another request is writing to this upload")
