@@ -1,8 +1,10 @@
 """Run the ASGI app under granian: a small supervisor process and worker processes serving HTTP.
 
 The supervisor never imports the application (SQLAlchemy, Starlette, the services): workers
-load it after the fork, and migrations run in a short-lived child, so the supervisor stays
-small.
+load it after the fork, and migrations run in a short-lived child. Once the command line has
+read the settings and prepared the database, it replaces itself (same PID) with a fresh
+interpreter that imports granian and this module only (``supervise_from_fd``), so the
+supervisor does not carry the CLI's and the settings' libraries either.
 
 A worker stops when its supervisor dies, however it dies (even SIGKILL), and a server refuses a
 port that another process still listens on: granian binds with SO_REUSEPORT, so without that
@@ -14,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import json
 import logging
 import multiprocessing
 import os
@@ -23,13 +26,13 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
-
-from dockyard.config import Settings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+    from dockyard.config import Settings
     from dockyard.tls import ServerTls
 
 log = logging.getLogger("dockyard")
@@ -37,14 +40,19 @@ log = logging.getLogger("dockyard")
 
 def configure_logging(settings: Settings) -> None:
     """Log to stderr at the configured level, one line (text or a JSON object) per record."""
+    configure_log_output(str(settings.log_level.value), str(settings.log_format))
+
+
+def configure_log_output(level: str, log_format: str) -> None:
+    """``configure_logging`` from the level's and the format's names (the supervisor has no Settings)."""
     handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
+    if log_format == "json":
         from dockyard.observability.logs import JsonFormatter
 
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
@@ -73,6 +81,7 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 def load_app(settings_json: str, _target: str) -> object:
     """Granian's target loader, run inside each worker process."""
     from dockyard.app import create_app
+    from dockyard.config import Settings
 
     settings = Settings.model_validate_json(settings_json)
     configure_logging(settings)
@@ -180,6 +189,7 @@ def port_in_use(host: str, port: int) -> str | None:
 def _prepare_database(settings_json: str) -> None:
     """Migrate the schema and, on a new registry, create the admin user (showing its passwords once)."""
     from dockyard.access.services import bootstrap, build_access_services
+    from dockyard.config import Settings
     from dockyard.db import Database
     from dockyard.migrations import upgrade
     from dockyard.observability.logs import write_notice
@@ -237,13 +247,12 @@ def prepare(settings: Settings) -> None:
 
 
 def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None) -> None:
-    """Serve the registry until interrupted: HTTPS with ``tls`` (from `dockyard.tls.configure`), else HTTP."""
-    from granian.constants import Interfaces, Loops, SSLProtocols
-    from granian.http import HTTP1Settings
-    from granian.server import Server
+    """Serve the registry until interrupted: HTTPS with ``tls`` (from `dockyard.tls.configure`), else HTTP.
 
+    Checks the port, prepares the database, then becomes the supervisor (``supervise``) in a
+    fresh interpreter with the same PID.
+    """
     configure_logging(settings)
-    limit_malloc_arenas()  # before granian forks its workers, which inherit the setting
     refusal = port_in_use(settings.host, settings.port)
     if refusal is not None:
         raise SystemExit(f"ERROR: {refusal}")
@@ -257,40 +266,100 @@ def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None)
             settings = settings.model_copy(update={"metrics_dir": created_metrics_dir})
         # Before any worker exists: prometheus_client picks its multiprocess mode at import.
         os.environ[multiprocess.ENV] = str(settings.metrics_dir)
+    _allow_open_files(settings.max_connections + 1024)
+    plan = {
+        "settings": settings.child_json(),
+        "host": settings.host,
+        "port": settings.port,
+        "workers": workers,
+        "log_level": str(settings.log_level.value),
+        "log_format": str(settings.log_format),
+        "shutdown_timeout": settings.shutdown_timeout_seconds,
+        "max_connections": settings.max_connections,
+        "header_timeout_ms": settings.header_timeout_seconds * 1000,
+        "tls": None if tls is None else {"cert": str(tls.cert), "key": str(tls.key)},
+        "remove_on_exit": None if created_metrics_dir is None else str(created_metrics_dir),
+    }
+    _become_supervisor(plan)
+
+
+#: A plan longer than this is not passed through a pipe (whose buffer the writer must not fill).
+_PLAN_PIPE_BYTES = 60_000
+
+
+def _become_supervisor(plan: dict[str, Any]) -> None:
+    """Replace this process with a fresh interpreter that runs ``supervise(plan)``; the plan
+    (secrets included) goes through an inherited pipe, not the command line or environment."""
+    data = json.dumps(plan).encode()
+    if sys.platform != "linux" or len(data) > _PLAN_PIPE_BYTES:
+        supervise(plan)
+        return
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    os.close(write_end)
+    os.set_inheritable(read_end, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The command line stays visible after the code (for ps and pgrep), and is otherwise unused.
+    code = "import sys; from dockyard.server import supervise_from_fd; supervise_from_fd(int(sys.argv[1]))"
+    os.execv(sys.executable, [sys.executable, "-c", code, str(read_end), *sys.argv])  # noqa: S606 (our own interpreter)
+
+
+def supervise_from_fd(fd: int) -> None:
+    """The fresh supervisor's entry point: read the plan from ``fd`` and ``supervise`` it."""
+    with os.fdopen(fd, "rb") as source:
+        plan = json.loads(source.read())
+    try:
+        supervise(plan)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def supervise(plan: dict[str, Any]) -> None:
+    """Run granian's supervisor and its workers until interrupted (``plan``: see ``serve``)."""
+    from granian.constants import Interfaces, Loops, SSLProtocols
+    from granian.http import HTTP1Settings
+    from granian.server import Server
+
+    configure_log_output(plan["log_level"], plan["log_format"])
+    limit_malloc_arenas()  # before granian forks its workers, which inherit the setting
     log_options = {}
-    if settings.log_format == "json":
+    if plan["log_format"] == "json":
         from dockyard.observability.logs import granian_log_config
 
         log_options = {"log_dictconfig": granian_log_config()}
     ssl_options = {}
-    if tls is not None:
+    if plan["tls"] is not None:
         # TLS 1.2 as the floor: every registry client speaks it, and some older ones no more.
-        ssl_options = {"ssl_cert": tls.cert, "ssl_key": tls.key, "ssl_protocol_min": SSLProtocols.tls12}
+        ssl_options = {
+            "ssl_cert": Path(plan["tls"]["cert"]),
+            "ssl_key": Path(plan["tls"]["key"]),
+            "ssl_protocol_min": SSLProtocols.tls12,
+        }
     server = Server(
         "dockyard",
-        address=settings.host,
-        port=settings.port,
+        address=plan["host"],
+        port=plan["port"],
         interface=Interfaces.ASGI,
-        workers=workers,
+        workers=plan["workers"],
         loop=Loops.auto,  # uvloop (a dependency) when importable: about a quarter less CPU per request
-        log_level=settings.log_level.value,
+        log_level=plan["log_level"],
         log_access=False,
         websockets=False,
-        workers_kill_timeout=settings.shutdown_timeout_seconds,
+        workers_kill_timeout=plan["shutdown_timeout"],
         backlog=4096,
-        backpressure=settings.max_connections,
-        http1_settings=HTTP1Settings(header_read_timeout=settings.header_timeout_seconds * 1000),
+        backpressure=plan["max_connections"],
+        http1_settings=HTTP1Settings(header_read_timeout=plan["header_timeout_ms"]),
         **ssl_options,
         **log_options,
     )
-    _allow_open_files(settings.max_connections + 1024)
-    loader = functools.partial(load_app, settings.child_json())
+    loader = functools.partial(load_app, plan["settings"])
     # Armed in each worker the moment it is forked, not when granian gets round to the loader: a
     # supervisor killed while a worker still boots (or imports the app) must not leave it orphaned.
-    supervisor, grace = os.getpid(), settings.shutdown_timeout_seconds
+    supervisor, grace = os.getpid(), plan["shutdown_timeout"]
     os.register_at_fork(after_in_child=lambda: stop_with_supervisor(supervisor, grace=grace))
     try:
         server.serve(target_loader=loader)
     finally:
-        if created_metrics_dir is not None:
-            shutil.rmtree(created_metrics_dir, ignore_errors=True)
+        if plan["remove_on_exit"] is not None:
+            shutil.rmtree(plan["remove_on_exit"], ignore_errors=True)

@@ -85,10 +85,8 @@ def link_committed(
     is surplus (delete it after the transaction). BlobBusy when the row changed since ``seen``.
     """
     now = utcnow()
-    row = prepared.first(conn, _LOCK, {"digest": digest})
-    if row is None:
-        if seen.state is not None:
-            raise BlobBusy(digest)  # the tombstone was pruned meanwhile: start over, to be sure
+    row = None
+    if seen.state is None:  # a new blob, most likely: insert it first, which locks the new row
         inserted = prepared.first(
             conn,
             _INSERT[conn.dialect.name],
@@ -98,6 +96,10 @@ def link_committed(
             row = prepared.first(conn, _LOCK, {"digest": digest})
             if row is None:
                 raise BlobBusy(digest)
+    else:
+        row = prepared.first(conn, _LOCK, {"digest": digest})
+        if row is None:
+            raise BlobBusy(digest)  # the tombstone was pruned meanwhile: start over, to be sure
     surplus = False
     if row is None:
         pass  # we recorded it
