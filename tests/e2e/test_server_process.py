@@ -173,3 +173,22 @@ def test_serve_refuses_a_port_shared_with_so_reuseport(shared_listener: int, tmp
 
     assert result.returncode != 0
     assert f"another process already holds port {shared_listener}" in result.stderr
+
+
+def test_the_supervisor_carries_neither_the_cli_nor_the_app(
+    start_server: Callable[..., DockyardServer], tmp_path: Path
+) -> None:
+    """After preparing, `dockyard serve` execs a fresh interpreter as the supervisor (same PID):
+    none of the CLI's, the settings' or the app's libraries are loaded there, only in workers."""
+    server = start_server(data_dir=tmp_path / "slim")
+    assert server.proc is not None
+    supervisor = server.proc.pid
+    workers = wait_for(lambda: children(supervisor), timeout=10, what="a worker")
+    with server.http(timeout=10) as http:
+        assert http.get("/v2/").status_code == 200
+    heavy = ("pydantic_core", "sqlalchemy", "cryptography")
+    mapped = Path(f"/proc/{supervisor}/maps").read_text()
+    assert [name for name in heavy if name in mapped] == []
+    worker_maps = Path(f"/proc/{workers[0]}/maps").read_text()
+    assert [name for name in heavy if name in worker_maps] == list(heavy)
+    assert "serve" in Path(f"/proc/{supervisor}/cmdline").read_text().split("\0")
