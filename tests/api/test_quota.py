@@ -13,11 +13,12 @@ from dockyard.app import Dockyard
 from dockyard.db import utcnow
 from dockyard.lifecycle.services.gc import GarbageCollector, Options
 from dockyard.registry.models import blobs
+from dockyard.registry.services.upload_sessions import new_upload_id
 from dockyard.tiers.quota import StorageQuota
 from dockyard.tiers.services import TierService
 from tests.support.images import make_image, sha256
 from tests.support.registry import error_codes, push_blob, push_image
-from tests.support.stores import stored_blobs
+from tests.support.stores import stored_blobs, upload_leftovers
 
 LIMIT = 5000
 HOUR = 3600
@@ -97,6 +98,18 @@ def test_at_the_quota_uploads_do_not_start_but_stored_blobs_mounts_manifests_and
     assert client.get("/v2/team/app/manifests/v1", headers={"Accept": image.media_type}).status_code == 200
     usage = {u["name"]: u for u in client.get("/api/v1/registry/usage").json()["value"]}
     assert (usage["Size"]["limit"], usage["Size"]["currentValue"]) == (LIMIT, LIMIT)
+
+
+def test_at_the_quota_a_session_id_made_up_without_a_post_takes_no_bytes(client, dockyard):
+    """An upload id needs no secret: its first write is checked as its POST would have been."""
+    push_blob(client, "team/app", data("fill", LIMIT))
+    dockyard.service("tiers").quota.forget()
+    denied(client.post("/v2/team/other/blobs/uploads/"))
+    made_up = f"/v2/team/other/blobs/uploads/{new_upload_id('team/other')}"
+    denied(client.patch(made_up, content=b"x" * 100, headers={"Content-Range": "0-99"}))
+    assert upload_leftovers(dockyard.store) == 0
+    assert error_codes(client.get(made_up)) == []  # still an empty session: nothing was recorded
+    assert client.get(made_up).headers["range"] == "0-0"
 
 
 def test_an_already_stored_blob_is_pushed_again_at_the_quota(client, dockyard):

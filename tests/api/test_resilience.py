@@ -12,6 +12,7 @@ from dockyard.access.services import bootstrap
 from dockyard.app import build, create_app
 from dockyard.db import utcnow
 from dockyard.oci.errors import RegistryError
+from dockyard.registry.services.upload_sessions import CLOCK_SKEW, CLOSED, unopened_since
 from dockyard.storage import StorageError, StorageFull
 from tests.support.auth import ADMIN
 from tests.support.images import sha256
@@ -135,7 +136,16 @@ def test_a_stale_lease_can_be_taken_over(dockyard):
     assert uploads.append("team/app", state.id, iter([b"abc"])).size == 3
 
 
-def test_expire_removes_idle_sessions_and_orphaned_data(dockyard):
+def _upload_rows(dockyard) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    from dockyard.registry.models import uploads as uploads_table
+
+    with dockyard.db.read() as conn:
+        return dict(conn.execute(sa.select(uploads_table.c.id, uploads_table.c.size)).all())
+
+
+def test_expire_ends_idle_sessions_and_drops_orphaned_data(dockyard):
     uploads = dockyard.registry.uploads
     idle = uploads.start("team/app")
     uploads.append("team/app", idle.id, iter([b"idle"]))
@@ -144,13 +154,39 @@ def test_expire_removes_idle_sessions_and_orphaned_data(dockyard):
     orphan.write(b"partial")
     orphan.close()
     assert uploads.expire(now=utcnow()) == 0
-    later = utcnow() + timedelta(days=2)
-    assert uploads.expire(now=later) == 2  # the idle session and the orphan
+    ended = utcnow() + timedelta(days=1, minutes=1)
+    assert uploads.expire(now=ended) == 2  # the idle session and the orphan
+    assert upload_leftovers(dockyard.store) == 0
+    # The ended session's row stays, closed, while its id could still open on some node ...
+    assert _upload_rows(dockyard) == {idle.id: CLOSED}
     with pytest.raises(RegistryError):
         uploads.status("team/app", idle.id)
-    # A session nothing was written to has no row to expire: its id's age alone ends it.
+    # ... and goes once no clock (up to CLOCK_SKEW apart) would open its id any more.
+    forgotten = ended + CLOCK_SKEW + timedelta(minutes=1)
+    assert uploads.expire(now=forgotten) == 0
+    assert _upload_rows(dockyard) == {}
+    assert unopened_since(idle.id, "team/app", forgotten, timedelta(days=1)) is None
+    # A session nothing was written to has no row: its id's age alone ends it.
     assert uploads.status("team/app", fresh.id).size == 0
-    assert upload_leftovers(dockyard.store) == 0
+
+
+def test_expire_leaves_a_session_whose_lease_is_live(dockyard):
+    import sqlalchemy as sa
+
+    from dockyard.registry.models import uploads as uploads_table
+
+    uploads = dockyard.registry.uploads
+    busy = uploads.start("team/app")
+    uploads.append("team/app", busy.id, iter([b"busy"]))
+    later = utcnow() + timedelta(days=2)
+    with dockyard.db.write() as conn:
+        conn.execute(
+            sa.update(uploads_table)
+            .where(uploads_table.c.id == busy.id)
+            .values(lease_token="streaming", lease_until=later + timedelta(minutes=1))
+        )
+    assert uploads.expire(now=later) == 0
+    assert _upload_rows(dockyard) == {busy.id: 4}
 
 
 @pytest.fixture

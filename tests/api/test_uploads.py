@@ -392,6 +392,56 @@ def test_closed_sessions_are_forgotten_once_their_ids_expire(client, dockyard):
     assert client.put(location, params={"digest": sha256(DATA)}, content=DATA).status_code == 201
     assert [row.size for row in _upload_rows(dockyard)] == [-1]  # kept: the id must stay unknown
     uploads_service = dockyard.registry.uploads
-    assert uploads_service.expire(now=utcnow()) == 0
-    assert uploads_service.expire(now=utcnow() + timedelta(days=2)) == 1
+    uploads_service.expire(now=utcnow() + timedelta(days=1, minutes=1))  # another node may still open it
+    assert [row.size for row in _upload_rows(dockyard)] == [-1]
+    uploads_service.expire(now=utcnow() + timedelta(days=1, minutes=6))  # past the clocks' allowed skew
     assert _upload_rows(dockyard) == []
+
+
+def test_a_session_id_made_up_without_a_post_is_refused_by_a_write_lock(client, dockyard):
+    """An upload id needs no secret: its first write is checked as its POST would have been."""
+    push_blob(client, "team/app", DATA)
+    assert client.patch("/acr/v1/team%2Fapp", json={"writeEnabled": False}).status_code == 200
+    assert error_codes(client.post("/v2/team/app/blobs/uploads/")) == ["DENIED"]
+    made_up_id = new_upload_id("team/app")
+    made_up = f"/v2/team/app/blobs/uploads/{made_up_id}"
+    patched = client.patch(made_up, content=DATA[:100], headers={"Content-Range": "0-99"})
+    assert error_codes(patched) == ["DENIED"]
+    assert made_up_id not in [row.id for row in _upload_rows(dockyard)]
+    assert upload_leftovers(dockyard.store) == 0
+
+
+def test_completing_a_chunked_session_keeps_neither_its_store_state_nor_its_digest_state(client, dockyard):
+    location = start(client).headers["location"]
+    client.patch(location, content=DATA[:100], headers={"Content-Range": "0-99"})
+    assert client.put(location, params={"digest": sha256(DATA)}, content=DATA[100:]).status_code == 201
+    with dockyard.db.read() as conn:
+        row = conn.execute(sa.select(uploads.c.size, uploads.c.store_state, uploads.c.hash_state)).one()
+    assert tuple(row) == (-1, None, None)
+
+
+def test_a_cancelled_session_drops_its_data(client, dockyard):
+    location = start(client).headers["location"]
+    client.patch(location, content=DATA[:100], headers={"Content-Range": "0-99"})
+    assert upload_leftovers(dockyard.store) == 1
+    assert client.delete(location).status_code == 204
+    assert upload_leftovers(dockyard.store) == 0
+
+
+def test_a_first_write_that_finds_the_session_just_opened_goes_on(client, dockyard, monkeypatch):
+    """Two first writes to one session: the one whose insert finds the other's row locks that row."""
+    from dockyard.registry.services import upload_sessions
+
+    location = start(client).headers["location"]
+    upload_id = location.rsplit("/", 1)[1]
+    opened = upload_sessions.open_upload
+
+    def opened_meanwhile(conn, repository, upload, now, expiry, size=0):
+        assert opened(conn, repository, upload, now, expiry, size)  # the row the other write made
+        return opened(conn, repository, upload, now, expiry, size)  # finds the row: False
+
+    monkeypatch.setattr(upload_sessions, "open_upload", opened_meanwhile)
+    patched = client.patch(location, content=DATA[:100], headers={"Content-Range": "0-99"})
+    assert patched.status_code == 202, patched.text
+    monkeypatch.undo()
+    assert [(row.id, row.size) for row in _upload_rows(dockyard)] == [(upload_id, 100)]

@@ -66,3 +66,10 @@ def test_any_change_to_an_id_stops_it_opening():
         changed = bytearray(raw)
         changed[index] ^= 0x01
         assert unopened_since(str(uuid.UUID(bytes=bytes(changed))), "team/app", NOW, DAY) is None, index
+
+
+def test_the_allowed_skew_is_five_minutes_as_documented():
+    ahead = timedelta(minutes=4, seconds=59)
+    assert unopened_since(new_upload_id("team/app", now=(NOW + ahead).timestamp()), "team/app", NOW, DAY)
+    too_far = new_upload_id("team/app", now=(NOW + timedelta(minutes=5, seconds=1)).timestamp())
+    assert unopened_since(too_far, "team/app", NOW, DAY) is None

@@ -118,6 +118,8 @@ class _Recorded:
     size: int
     store_state: str | None = None
     hash_state: bytes | None = None
+    #: The row was created by this transaction (the session's first write).
+    opened: bool = False
 
 
 class _LostDigest(RegistryError):
@@ -183,7 +185,7 @@ def _lock_unleased(
     row = prepared.first(conn, LOCK_UPLOAD, {"id": upload_id, "repository": repository})
     if row is None:
         if open_upload(conn, repository, upload_id, now, expiry):
-            return _Recorded(0)
+            return _Recorded(0, opened=True)
         row = prepared.first(conn, LOCK_UPLOAD, {"id": upload_id, "repository": repository})
     if row is None or row.size == CLOSED:
         raise _unknown(upload_id)

@@ -36,6 +36,7 @@ from dockyard.registry.services.common import BlobInfo, BlobQuota, UploadState
 from dockyard.registry.services.digests import HasherCache, RecentBlobs
 from dockyard.registry.services.locks import LockPolicy
 from dockyard.registry.services.upload_sessions import (
+    CLOCK_SKEW,
     CLOSE_UPLOAD,
     CLOSED,
     SMALL_CHUNK,
@@ -174,7 +175,7 @@ class UploadService:
             ahead[1].update(data)
 
         def work(conn: Connection) -> tuple[int, ResumableHash]:
-            recorded = _lock_unleased(conn, repository, upload_id, now, self._expiry)
+            recorded = self._lock_or_open(conn, repository, upload_id, now)
             self._check_range(recorded.size, content_range, len(data))
             if ahead is not None and ahead[0] == recorded.size:
                 hasher = ahead[1]
@@ -415,19 +416,25 @@ class UploadService:
     # -- housekeeping -----------------------------------------------------------------------
 
     def expire(self, now: datetime | None = None) -> int:
-        """Cancel sessions idle past the expiry and drop store uploads no session owns."""
+        """End sessions idle past the expiry (their data dropped, their row kept CLOSED), forget
+        closed sessions whose ids can no longer open on any node, and drop store uploads no open
+        session owns. Returns how many sessions ended plus how many orphans were dropped."""
         now = now or utcnow()
         cutoff = now - self._expiry
+        # An id opens until its issue time plus the expiry, by the clock of whichever node sees it.
+        forgotten = cutoff - CLOCK_SKEW
 
         def work(conn: Connection) -> list[tuple[str, str | None]]:
             stale = conn.execute(
                 sa.select(uploads.c.id, uploads.c.store_state).where(
+                    uploads.c.size != CLOSED,
                     uploads.c.updated_at < cutoff,
                     sa.or_(uploads.c.lease_until.is_(None), uploads.c.lease_until < now),
                 )
             ).all()
-            if stale:
-                conn.execute(uploads.delete().where(uploads.c.id.in_([row.id for row in stale])))
+            for row in stale:
+                prepared.execute(conn, CLOSE_UPLOAD, {"upload": row.id, "now": now})
+            conn.execute(uploads.delete().where(uploads.c.size == CLOSED, uploads.c.created_at < forgotten))
             return [(row.id, row.store_state) for row in stale]
 
         stale = self._db.run_write(work, durable=False)
@@ -435,7 +442,7 @@ class UploadService:
             self._hashers.forget(upload_id)
             self._store.abort_upload(upload_id, state)
         with self._db.read() as conn:
-            live = set(conn.execute(sa.select(uploads.c.id)).scalars())
+            live = set(conn.execute(sa.select(uploads.c.id).where(uploads.c.size != CLOSED)).scalars())
         orphans = self._store.expire_uploads(cutoff.timestamp(), live.__contains__)
         return len(stale) + orphans
 
@@ -465,7 +472,7 @@ class UploadService:
         now = utcnow()
 
         def work(conn: Connection) -> _Recorded:
-            recorded = _lock_unleased(conn, repository, upload_id, now, self._expiry)
+            recorded = self._lock_or_open(conn, repository, upload_id, now)
             conn.execute(
                 uploads.update()
                 .where(uploads.c.id == upload_id)
@@ -474,6 +481,16 @@ class UploadService:
             return recorded
 
         return token, self._db.run_write(work, durable=False)
+
+    def _lock_or_open(self, conn: Connection, repository: str, upload_id: str, now: datetime) -> _Recorded:
+        """``_lock_unleased``; a session's first write must pass what its ``POST`` would have (the
+        id alone, which anyone can make, does not): the repository is writable, the quota allows."""
+        recorded = _lock_unleased(conn, repository, upload_id, now, self._expiry)
+        if recorded.opened:
+            if self._quota is not None:
+                self._quota.check_start()
+            self._locks.refuse_if_write_locked(conn, repository)
+        return recorded
 
     def _renew(self, upload_id: str, token: str) -> None:
         def work(conn: Connection) -> None:
