@@ -46,7 +46,7 @@ def test_an_id_from_a_clock_ahead_opens_within_the_allowed_skew():
 @pytest.mark.parametrize(
     "other",
     [
-        str(uuid.uuid4()),
+        "3f2504e0-4f89-41d3-9a0c-0305e82c3301",  # a UUIDv4
         "",
         "not-a-uuid",
         "../../uploads",
