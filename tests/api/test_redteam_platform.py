@@ -24,6 +24,7 @@ from dockyard.access.services import bootstrap
 from dockyard.app import Dockyard, build, create_app
 from dockyard.events.models import repository_events
 from dockyard.registry.models import uploads
+from dockyard.registry.services.upload_sessions import CLOSED
 from dockyard.storage import Redirect
 from dockyard.storage.filesystem import FilesystemBlobStore
 from dockyard.storage.s3 import S3BlobStore
@@ -205,7 +206,8 @@ def test_HOLE_a_commit_that_crashed_before_its_record_leaves_a_session_that_500s
     else:
         assert answer.status_code == 404, answer.text
         assert error_codes(answer) == ["BLOB_UPLOAD_UNKNOWN"]
-    assert _upload_row(dockyard, upload_id) is None
+    assert _upload_row(dockyard, upload_id).size == CLOSED  # dropped: its id stays unknown
+    assert error_codes(client.get(location)) == ["BLOB_UPLOAD_UNKNOWN"]
     assert client.get(f"/v2/team/app/blobs/{secret}").status_code == 404
     assert push_blob(client, "team/app", big) == sha256(big)  # starting over works
     assert client.get(f"/v2/team/app/blobs/{sha256(big)}").content == big
