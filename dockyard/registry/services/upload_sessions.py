@@ -174,6 +174,11 @@ def open_upload(
     return prepared.first(conn, OPEN_UPLOAD[conn.dialect.name], row) is not None
 
 
+def close_upload(conn: Connection, upload_id: str, now: datetime) -> None:
+    """Close a session in this transaction: its row stays, CLOSED, its store and digest state gone."""
+    prepared.execute(conn, CLOSE_UPLOAD, {"upload": upload_id, "now": now})
+
+
 def _lock_unleased(
     conn: Connection, repository: str, upload_id: str, now: datetime, expiry: timedelta
 ) -> _Recorded:

@@ -25,7 +25,6 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from dockyard import prepared
 from dockyard.db import Database, utcnow
 from dockyard.oci.digest import new_hasher, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -37,7 +36,6 @@ from dockyard.registry.services.digests import HasherCache, RecentBlobs
 from dockyard.registry.services.locks import LockPolicy
 from dockyard.registry.services.upload_sessions import (
     CLOCK_SKEW,
-    CLOSE_UPLOAD,
     CLOSED,
     SMALL_CHUNK,
     ClosedSession,
@@ -48,6 +46,7 @@ from dockyard.registry.services.upload_sessions import (
     _read_exactly,
     _Recorded,
     _unknown,
+    close_upload,
     new_upload_id,
     open_upload,
     unopened_since,
@@ -92,10 +91,15 @@ class UploadService:
     def start(self, repository: str) -> UploadState:
         """Start an upload session for ``repository``: an id, and nothing written (the session's
         row is created by the first request that writes to it)."""
+        self._db.run_lookup(lambda conn: self._refuse_start(conn, repository))
+        return UploadState(new_upload_id(repository), repository, 0)
+
+    def _refuse_start(self, conn: Connection, repository: str) -> None:
+        """What a session must pass to start (its ``POST``, or its first write: the id alone,
+        which anyone can make, does not): the storage quota allows, the repository is writable."""
         if self._quota is not None:
             self._quota.check_start()
-        self._db.run_lookup(lambda conn: self._locks.refuse_if_write_locked(conn, repository))
-        return UploadState(new_upload_id(repository), repository, 0)
+        self._locks.refuse_if_write_locked(conn, repository)
 
     def status(self, repository: str, upload_id: str) -> UploadState:
         """Where the session stands, or BLOB_UPLOAD_UNKNOWN."""
@@ -120,7 +124,7 @@ class UploadService:
             row = conn.execute(sa.select(uploads.c.store_state, uploads.c.size).where(*where)).first()
             if row is None or row.size == CLOSED:
                 return None
-            prepared.execute(conn, CLOSE_UPLOAD, {"upload": upload_id, "now": now})
+            close_upload(conn, upload_id, now)
             return (row.store_state,)
 
         found = self._db.run_write(work, durable=False)
@@ -314,7 +318,7 @@ class UploadService:
                 recorded = _lock_unleased(conn, repository, upload_id, now, self._expiry)
                 if recorded.size != 0:
                     return False, None
-                prepared.execute(conn, CLOSE_UPLOAD, {"upload": upload_id, "now": now})
+                close_upload(conn, upload_id, now)
                 state = recorded.store_state
             repo_id = self._locks.writable_repository(conn, repository, now).id
             link_committed(conn, repo_id, digest, size, None, stored.seen)
@@ -382,17 +386,14 @@ class UploadService:
             repo_id = self._locks.writable_repository(conn, repository).id
             kept = link_committed(conn, repo_id, digest, size, location, seen)
             if session is not None:
-                prepared.execute(conn, CLOSE_UPLOAD, {"upload": session, "now": utcnow()})
+                close_upload(conn, session, utcnow())
             return kept
 
         try:
             kept = self._db.run_write(work)
         except BlobBusy:
             if session is not None:
-                self._db.run_write(
-                    lambda conn: prepared.execute(conn, CLOSE_UPLOAD, {"upload": session, "now": utcnow()}),
-                    durable=False,
-                )
+                self._db.run_write(lambda conn: close_upload(conn, session, utcnow()), durable=False)
                 self._hashers.forget(session)
             if location is not None:
                 self._store.delete(digest, location=location)  # our own object, never linked
@@ -433,7 +434,7 @@ class UploadService:
                 )
             ).all()
             for row in stale:
-                prepared.execute(conn, CLOSE_UPLOAD, {"upload": row.id, "now": now})
+                close_upload(conn, row.id, now)
             conn.execute(uploads.delete().where(uploads.c.size == CLOSED, uploads.c.created_at < forgotten))
             return [(row.id, row.store_state) for row in stale]
 
@@ -483,13 +484,10 @@ class UploadService:
         return token, self._db.run_write(work, durable=False)
 
     def _lock_or_open(self, conn: Connection, repository: str, upload_id: str, now: datetime) -> _Recorded:
-        """``_lock_unleased``; a session's first write must pass what its ``POST`` would have (the
-        id alone, which anyone can make, does not): the repository is writable, the quota allows."""
+        """``_lock_unleased``; a session's first write passes ``_refuse_start`` as its ``POST`` did."""
         recorded = _lock_unleased(conn, repository, upload_id, now, self._expiry)
         if recorded.opened:
-            if self._quota is not None:
-                self._quota.check_start()
-            self._locks.refuse_if_write_locked(conn, repository)
+            self._refuse_start(conn, repository)
         return recorded
 
     def _renew(self, upload_id: str, token: str) -> None:
@@ -541,7 +539,7 @@ class UploadService:
 
     def _drop_session(self, upload_id: str, state: str | None) -> None:
         def work(conn: Connection) -> None:
-            prepared.execute(conn, CLOSE_UPLOAD, {"upload": upload_id, "now": utcnow()})
+            close_upload(conn, upload_id, utcnow())
 
         self._db.run_write(work, durable=False)
         self._hashers.forget(upload_id)
