@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -45,6 +46,7 @@ from dockyard.events.runtime import Runtime
 from dockyard.events.services import EventService
 from dockyard.imports import room as imports_room
 from dockyard.lifecycle import room as lifecycle_room
+from dockyard.observability.logs import BatchedLines
 from dockyard.observability.metrics import Metrics, MetricsRoutes
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.ratelimits import room as ratelimits_room
@@ -206,6 +208,7 @@ def create_app(
     """
     parts = dockyard or build(settings, rooms)
     runtime = parts.runtime
+    access_lines = BatchedLines(sys.stderr)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -230,6 +233,7 @@ def create_app(
         for flush in runtime.flushes:
             await run_sync(flush.run)
         parts.db.dispose()
+        access_lines.flush()
 
     policy = build_policy(settings, parts.access)
     metrics = None
@@ -248,7 +252,7 @@ def create_app(
     middleware = []
     if settings.access_log or observer:
         log_options = {"log": settings.access_log, "log_format": settings.log_format}
-        middleware.append(Middleware(AccessLogMiddleware, observer=observer, **log_options))
+        middleware.append(Middleware(AccessLogMiddleware, access_lines, observer=observer, **log_options))
     middleware.append(Middleware(DrainBodyMiddleware))
     middleware.append(Middleware(NetworkRuleMiddleware, policy=policy))
     routes = [

@@ -17,6 +17,7 @@ that made the change drops its entries as soon as it commits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import select
@@ -93,6 +94,51 @@ class ContentCache:
             self.enabled = enabled
 
 
+class OncePerTurn:
+    """Asks a freshness check at most once per turn of the event loop, on the loop's thread.
+
+    The check (a pragma, a poll) releases the GIL, and on a busy server getting it back cost
+    more than the rest of a cached manifest GET. So the first lookup of a turn asks; if the
+    cache is current, the turn's other lookups take that answer, and a callback queued behind
+    them forgets it. The loop runs its queue in order and every request is queued before it
+    runs, so each answer a request relies on was asked after the request arrived: a change
+    committed (or notified) before a client sent its request is always seen, as when every
+    lookup asks. Other threads always ask.
+    """
+
+    def __init__(self, check: Callable[[], bool]) -> None:
+        self._check = check
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+        self._current = False
+
+    def bind(self) -> None:
+        """Take the calling thread's running event loop as the loop (no loop: every lookup asks)."""
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop, self._thread = None, None
+        else:
+            self._thread = threading.get_ident()
+        self._current = False
+
+    def __call__(self) -> bool:
+        """``check()``'s answer: True when the cache may be behind (ask the database)."""
+        if self._thread != threading.get_ident():
+            return self._check()
+        if self._current:
+            return False
+        if self._check():
+            return True
+        assert self._loop is not None
+        self._current = True
+        self._loop.call_soon(self._forget)
+        return False
+
+    def _forget(self) -> None:
+        self._current = False
+
+
 def libpq_url(url: URL) -> str:
     """A SQLAlchemy PostgreSQL URL as a libpq connection string."""
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -106,7 +152,8 @@ class ChangeListener:
     request normally does, but the listener thread may not have run yet (it waits for the GIL
     while the event loop answers). So a cache lookup first asks ``unapplied``: is the socket
     readable, or is the thread between reading notices and applying them? Then the lookup
-    goes to the database instead. It costs one poll(2) per cache hit.
+    goes to the database instead. It costs one poll(2) per turn of the event loop that looks
+    something up (``OncePerTurn``).
     """
 
     def __init__(self, conninfo: str, cache: ContentCache, *, retry_seconds: float = 1.0) -> None:
@@ -122,10 +169,13 @@ class ChangeListener:
         self._applying = False
         #: The last payload received (diagnostics; tests use it to know a notice has arrived).
         self.last_notice: str | None = None
-        cache.unapplied = self.unapplied
+        self._per_turn = OncePerTurn(self.unapplied)
+        cache.unapplied = self._per_turn
 
     def start(self) -> None:
-        """Start listening in the background (idempotent)."""
+        """Start listening in the background (idempotent); called on the event loop's thread,
+        cache lookups there poll once per turn of the loop."""
+        self._per_turn.bind()
         if self._thread is None:
             self._stopping.clear()
             self._wake = os.pipe()
@@ -198,9 +248,10 @@ class ChangeListener:
 
 
 class SqliteChangeWatch:
-    """Keeps a ContentCache true on SQLite, where there is no LISTEN: every cache lookup first
-    reads ``PRAGMA data_version`` on the event loop's connection, which changes whenever any
-    other connection, in this process or another, has committed. A change empties the whole
+    """Keeps a ContentCache true on SQLite, where there is no LISTEN: a cache lookup first
+    reads ``PRAGMA data_version`` on the event loop's connection (once per turn of the loop:
+    ``OncePerTurn``), which changes whenever any other connection, in this process or another,
+    has committed. A change empties the whole
     cache (the version does not say which repository changed); a lookup off the loop's thread
     goes to the database. One pragma costs a fraction of the lookup it replaces.
 
@@ -212,11 +263,13 @@ class SqliteChangeWatch:
         self._db = db
         self._cache = cache
         self._seen: tuple[int, int] | None = None
-        cache.unapplied = self.unapplied
+        self._per_turn = OncePerTurn(self.unapplied)
+        cache.unapplied = self._per_turn
 
     def start(self) -> None:
         """Switch the cache on (call on the event loop's thread, after ``serve_lookups_inline``)."""
         self._seen = None
+        self._per_turn.bind()
         self._cache.set_enabled(True)
 
     def stop(self) -> None:

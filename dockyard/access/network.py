@@ -49,6 +49,12 @@ def parse_address(value: str) -> IPAddress | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
+def address_text(address: IPAddress) -> str:
+    """``str(address)``, memoised as ``parse_address`` is (it costs more than a dict lookup)."""
+    return str(address)
+
+
 def _is_port(text: str) -> bool:
     return text.isascii() and text.isdigit() and int(text) <= 65535
 

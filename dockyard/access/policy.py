@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dockyard.access.network import NetworkRules, client_address, networks, parse_address
+from dockyard.access.network import NetworkRules, address_text, client_address, networks, parse_address
 from dockyard.access.permissions import ANONYMOUS, ANONYMOUS_PULL, Need, Principal
 from dockyard.access.services.audit import AuditService
 from dockyard.access.services.authentication import Authenticator, TokenCaller
@@ -122,7 +122,7 @@ class Policy:
         peer = scope.get("client")
         forwarded = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"]
         address = client_address(peer[0] if peer else None, forwarded, self.trusted_proxies)
-        scope[CLIENT_IP] = ip = str(address) if address is not None else None
+        scope[CLIENT_IP] = ip = address_text(address) if address is not None else None
         return ip
 
     async def caller(self, request: Request) -> Caller:

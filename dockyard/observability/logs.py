@@ -7,11 +7,13 @@ This module is imported by the server's supervisor: it must stay light (no app i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import select
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 #: The access log's logger name in JSON records (it is written directly, not through logging).
 ACCESS_LOGGER = "dockyard.access"
@@ -56,6 +58,62 @@ def access_json(
         "ms": round(milliseconds, 1),
     }
     return json.dumps(entry, ensure_ascii=True) + "\n"
+
+
+class BatchedLines:
+    """Log lines written to ``stream`` a batch at a time: at most ``seconds`` after the first line of
+    a batch, or as soon as a batch holds ``limit`` characters.
+
+    One write per request costs a system call and hands the GIL to whichever thread wants it;
+    batching saves both. Each write is at most ``limit`` characters of whole lines (a longer
+    line goes alone), so on a pipe that several workers share (``PIPE_BUF`` writes are atomic)
+    no line is cut by another's. Lines must be ASCII (the access log's are: it escapes the
+    rest). A process killed outright loses at most ``seconds`` of lines; ``flush`` writes the
+    rest at shutdown. Called from one thread: the event loop's.
+    """
+
+    def __init__(self, stream: TextIO, *, seconds: float = 0.05, limit: int = select.PIPE_BUF) -> None:
+        self.stream = stream
+        self.seconds = seconds
+        self.limit = limit
+        self._lines: list[str] = []
+        self._held = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def write(self, line: str) -> None:
+        """Hold ``line`` (with its newline) for the next batch."""
+        self._lines.append(line)
+        self._held += len(line)
+        if self._held >= self.limit:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop to flush later: write now
+                self.flush()
+            else:
+                self._timer = loop.call_later(self.seconds, self.flush)
+
+    def flush(self) -> None:
+        """Write every held line now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        lines, self._lines, self._held = self._lines, [], 0
+        batch: list[str] = []
+        size = 0
+        for line in lines:
+            if batch and size + len(line) > self.limit:
+                self._put("".join(batch))
+                batch, size = [], 0
+            batch.append(line)
+            size += len(line)
+        if batch:
+            self._put("".join(batch))
+
+    def _put(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()  # one write per batch, whatever the stream's own buffering
 
 
 def granian_log_config() -> dict[str, Any]:
