@@ -228,12 +228,14 @@ def create_app(
                 finally:
                     group.cancel_scope.cancel()
         finally:
-            if listener is not None:
-                await run_sync(listener.stop)
-        for flush in runtime.flushes:
-            await run_sync(flush.run)
-        parts.db.dispose()
-        access_lines.flush()
+            try:
+                if listener is not None:
+                    await run_sync(listener.stop)
+                for flush in runtime.flushes:
+                    await run_sync(flush.run)
+                parts.db.dispose()
+            finally:
+                access_lines.flush()
 
     policy = build_policy(settings, parts.access)
     metrics = None

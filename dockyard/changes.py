@@ -250,10 +250,10 @@ class ChangeListener:
 class SqliteChangeWatch:
     """Keeps a ContentCache true on SQLite, where there is no LISTEN: a cache lookup first
     reads ``PRAGMA data_version`` on the event loop's connection (once per turn of the loop:
-    ``OncePerTurn``), which changes whenever any other connection, in this process or another,
-    has committed. A change empties the whole
-    cache (the version does not say which repository changed); a lookup off the loop's thread
-    goes to the database. One pragma costs a fraction of the lookup it replaces.
+    ``OncePerTurn``), which changes whenever any other connection, in this process or
+    another, has committed. A change empties the whole cache (the version does not say which
+    repository changed); a lookup off the loop's thread goes to the database. One pragma
+    costs a fraction of the lookup it replaces.
 
     A row read before a commit and stored after the lookup that noticed that commit is refused
     by the cache's generation, as with the PostgreSQL listener.

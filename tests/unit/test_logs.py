@@ -85,3 +85,29 @@ def test_formatter_escapes_control_characters() -> None:
     assert "\n" not in line
     assert line.isascii()
     assert json.loads(line)["message"] == "a\u2028b\x00c"
+
+
+def test_the_last_access_lines_are_written_even_when_shutdown_fails(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    from dockyard.app import build, create_app
+
+    logged = settings.model_copy(update={"access_log": True, "log_format": "json"})
+    parts = build(logged)
+
+    def failing_dispose() -> None:
+        raise RuntimeError("dispose failed")
+
+    app = create_app(logged, parts, background_jobs=False)
+    client = TestClient(app).__enter__()
+    assert client.get("/v2/").status_code == 401
+    monkeypatch.setattr(parts.db, "dispose", failing_dispose)
+    with pytest.raises(RuntimeError, match="dispose failed"):
+        client.__exit__(None, None, None)
+    monkeypatch.undo()
+    parts.db.dispose()
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    access = [(r["path"], r["status"]) for r in records if r.get("logger") == "dockyard.access"]
+    assert access == [("/v2/", 401)]
