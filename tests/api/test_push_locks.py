@@ -188,3 +188,37 @@ def test_a_hooked_push_and_a_push_of_one_manifest_do_not_deadlock(settings, dock
     finally:
         other.db.dispose()
     assert not [r for r in caplog.records if "Deadlock" in r.getMessage()]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_push_survives_its_repository_being_created_and_deleted_under_it(dockyard, monkeypatch):
+    """Another node creates the repository after this push's first look and deletes it before the
+    push locks it: the push makes the repository again instead of failing with a 500."""
+    import sqlalchemy as sa
+
+    from dockyard.registry.models import repositories
+    from dockyard.registry.services import locks
+    from dockyard.registry.services.common import ensure_repository
+
+    other = dockyard.db
+    calls = []
+
+    def racing(conn, name, now=None):
+        calls.append(name)
+        if len(calls) == 1:
+            with other.write() as elsewhere:  # another connection: its commits are seen at once
+                ensure_repository(elsewhere, name, now)
+            found = ensure_repository(conn, name, now)
+            with other.write() as elsewhere:
+                elsewhere.execute(sa.delete(repositories).where(repositories.c.name == name))
+            return found
+        return ensure_repository(conn, name, now)
+
+    monkeypatch.setattr(locks, "ensure_repository", racing)
+    image = make_image("recreated")
+    _upload(dockyard, image)
+    dockyard.registry.manifests.put(REPO, "v1", image.manifest, image.media_type)
+    assert calls == [REPO, REPO]
+    with dockyard.db.read() as conn:
+        names = conn.execute(sa.select(repositories.c.name)).scalars().all()
+    assert names == [REPO]

@@ -164,6 +164,8 @@ _LOCK_NAMED_FOR_PUSH = {
     .where(_BY_NAME)
     .with_for_update(read=True, key_share=True),
 }
+#: How often a push creates its repository again when a delete keeps winning the race to the row.
+CREATE_ATTEMPTS = 3
 _WRITE_ENABLED = sa.select(repositories.c.write_enabled).where(repositories.c.name == sa.bindparam("name"))
 _TAG_STATE = sa.select(tags.c.manifest_id, tags.c.write_enabled).where(
     tags.c.repository_id == sa.bindparam("repository_id"), tags.c.name == sa.bindparam("tag")
@@ -214,11 +216,14 @@ class LockPolicy:
         """
         lock = _LOCK_NAMED_FOR_PUSH[conn.dialect.name]
         row = prepared.first(conn, lock, {"name": name})  # one statement for a repository that exists
-        if row is None:
+        for _ in range(CREATE_ATTEMPTS):
+            if row is not None:
+                break
+            # Another node may delete the row ensure_repository found before it is locked: again.
             ensure_repository(conn, name, now)
             row = prepared.first(conn, lock, {"name": name})
-            if row is None:
-                raise sa.exc.NoResultFound(f"repository {name!r} is gone")
+        else:
+            raise sa.exc.NoResultFound(f"repository {name!r} deleted {CREATE_ATTEMPTS} times in one push")
         locks = self._locks(row)
         if not locks.attributes.write_enabled:
             raise denied(f"repository {name!r}", "writeEnabled", "pushing to it")
