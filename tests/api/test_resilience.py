@@ -161,8 +161,9 @@ def test_expire_ends_idle_sessions_and_drops_orphaned_data(dockyard):
     assert _upload_rows(dockyard) == {idle.id: CLOSED}
     with pytest.raises(RegistryError):
         uploads.status("team/app", idle.id)
-    # ... and goes once no clock (up to CLOCK_SKEW apart) would open its id any more.
-    forgotten = ended + CLOCK_SKEW + timedelta(minutes=1)
+    # ... and goes once no clock (up to CLOCK_SKEW apart) would open its id any more, counted from
+    # when it closed (the indexed column; a session closed by expiry is kept one expiry longer).
+    forgotten = ended + timedelta(days=1) + CLOCK_SKEW + timedelta(minutes=1)
     assert uploads.expire(now=forgotten) == 0
     assert _upload_rows(dockyard) == {}
     assert unopened_since(idle.id, "team/app", forgotten, timedelta(days=1)) is None

@@ -179,6 +179,13 @@ def close_upload(conn: Connection, upload_id: str, now: datetime) -> None:
     prepared.execute(conn, CLOSE_UPLOAD, {"upload": upload_id, "now": now})
 
 
+def close_uploads(conn: Connection, upload_ids: Iterable[str], now: datetime) -> None:
+    """``close_upload`` for many sessions, in one round trip."""
+    batch = [{"upload": upload_id, "now": now} for upload_id in upload_ids]
+    if batch:
+        prepared.execute_many(conn, CLOSE_UPLOAD, batch)
+
+
 def _lock_unleased(
     conn: Connection, repository: str, upload_id: str, now: datetime, expiry: timedelta
 ) -> _Recorded:
