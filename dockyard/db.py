@@ -119,6 +119,20 @@ def _ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE
             raise sa.exc.DisconnectionError(f"dropped while idle: {exc}") from exc  # the pool reconnects
 
 
+def keep_private(path: str) -> None:
+    """Make the SQLite file at ``path`` readable by its owner only (creating it so, if its folder
+    exists): it holds the token signing keys. SQLite gives its -wal and -shm files the same mode."""
+    if not os.path.isdir(os.path.dirname(path)):
+        return  # opening it fails as before, with the message callers already give
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for name in (path, path + "-wal", path + "-shm"):
+            if os.path.exists(name) and os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+    except OSError as exc:  # another user's file, a read-only mount: the database still opens or says why
+        log.warning("could not make %s private: %s", path, exc)
+
+
 def _again_if_dropped(read: Callable[[], T]) -> T:
     """Run ``read``, and once more if the database dropped its connection (a restart, a failover)."""
     try:
@@ -225,6 +239,7 @@ class Database:
             path = self.engine.url.database
             if path and path != ":memory:" and not path.startswith("file:"):
                 path = os.path.abspath(path)
+                keep_private(path)
                 self._group = GroupSync(path + "-wal", checkpoint_passively(path))
             _configure_sqlite(self.engine, synchronous="NORMAL" if self._group else "FULL")
 

@@ -236,7 +236,7 @@ def _allow_open_files(wanted: int) -> None:
 
 def prepare(settings: Settings) -> None:
     """Create the data folder, migrate the schema and bootstrap access (in a child process)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private images, signing keys
     child = multiprocessing.get_context("fork").Process(
         target=_prepare_database, args=(settings.child_json(),)
     )
