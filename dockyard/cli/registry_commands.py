@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dockyard.cli.client import RegistryClient, connect
+from dockyard.cli.client import RegistryClient, connect, send
 from dockyard.cli.options import RegistryOption, TopOption, TrueFalse, shown_once
 from dockyard.cli.output import OutputFormat, emit, fail, output_option
 from dockyard.tiers.table import Sku
@@ -90,7 +90,23 @@ def update(
     if not body:
         raise fail("nothing to update: give at least one property to change", 2)
     with connect(registry) as client:
-        emit(_with_policies(client, client.json("PATCH", REGISTRY, json=body)), output, PROPERTY_COLUMNS)
+        policies = client.json("GET", f"{REGISTRY}/policies")  # first: the change may end this login
+        changed = client.json("PATCH", REGISTRY, json=body)
+        emit({**changed, "policies": policies}, output, PROPERTY_COLUMNS)
+        if body.get("adminUserEnabled") is False:
+            _note_if_locked_out(client)
+
+
+def _note_if_locked_out(client: RegistryClient) -> None:
+    """Say so when disabling the admin user ended the login that did it, and how to undo it."""
+    url = f"{client.base_url}{REGISTRY}"
+    if send(url, credentials=client.credentials, timeout=client.timeout).status_code == 401:
+        typer.echo(
+            "NOTE: the admin user is disabled, and this login was the admin's: it no longer works. "
+            "Sign in as another Owner, or run `dockyard admin enable --data-dir <folder>` "
+            "(or with --database-url) where the registry's database is.",
+            err=True,
+        )
 
 
 # -- dockyard credential -------------------------------------------------------------------------

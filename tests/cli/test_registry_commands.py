@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -146,3 +149,27 @@ def test_signing_keys_and_audit(admin: Cli) -> None:
     tsv = admin.ok("audit", "list", "--top", "1", "-o", "tsv").stdout.splitlines()
     assert len(tsv) == 1
     assert len(tsv[0].split("\t")) == 7, "id, time, action, outcome, principal, clientIp, detail"
+
+
+def test_disabling_the_admin_from_its_own_login_succeeds_and_says_how_to_undo_it(
+    admin: Cli, registry: DockyardServer, tmp_path: Path
+) -> None:
+    created = admin.json("user", "create", "--name", "cli-second-owner")
+    secret = next(c["value"] for c in created["credentials"] if c["name"] == "secret")
+    admin.json("role", "assignment", "create", "--assignee", "cli-second-owner", "--role", "Owner")
+    owner = admin.another(tmp_path / "owner")
+    owner.login("cli-second-owner", secret)
+    try:
+        disabled = admin.ok("update", "--admin-enabled", "false")
+        assert json.loads(disabled.stdout)["adminUserEnabled"] is False
+        assert "this login was the admin's" in disabled.stderr
+        assert "dockyard admin enable --data-dir" in disabled.stderr
+        assert not _password_works(registry, ADMIN_PASSWORD)
+        # the other Owner's login is not the admin's: no note
+        quiet = owner.ok("update", "--admin-enabled", "false")
+        assert "NOTE" not in quiet.stderr
+    finally:
+        assert owner.json("update", "--admin-enabled", "true")["adminUserEnabled"] is True
+        admin.login()  # disabling ended the admin's saved login for good
+        admin.ok("user", "delete", "--name", "cli-second-owner", "--yes")
+    assert _password_works(registry, ADMIN_PASSWORD)
