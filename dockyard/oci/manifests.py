@@ -216,7 +216,7 @@ def parse_manifest(payload: bytes, content_type: str = "") -> ParsedManifest:
         raise _invalid("Docker image manifest schema 1 is not supported; push schema 2 or OCI")
     try:
         document = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer over Python's digit limit
         raise _invalid(f"manifest is not valid JSON: {exc}") from None
     except RecursionError:
         raise _invalid("manifest JSON is nested too deeply") from None

@@ -194,6 +194,13 @@ def test_deeply_nested_json_is_manifest_invalid(client):
     assert "nested too deeply" in response.json()["errors"][0]["message"]
 
 
+def test_an_integer_too_long_for_python_is_manifest_invalid(client):
+    payload = b'{"schemaVersion": ' + b"9" * 5000 + b"}"
+    response = push_manifest(client, "team/app", "huge", payload, images.OCI_MANIFEST)
+    assert response.status_code == 400
+    assert error_codes(response) == ["MANIFEST_INVALID"]
+
+
 def test_a_deeply_nested_config_blob_is_stored_without_a_platform(client):
     config = images.Blob(images.OCI_CONFIG, b"[" * 100_000 + b"]" * 100_000)
     push_blob(client, "team/app", config.data)

@@ -386,6 +386,7 @@ def test_without_a_declared_media_type_the_content_type_or_the_shape_decides():
         (b"[]", "manifest must be a JSON object"),
         (b'"manifest"', "manifest must be a JSON object"),
         (b"[" * 100_000 + b"]" * 100_000, "manifest JSON is nested too deeply"),
+        (b'{"schemaVersion": ' + b"9" * 5000 + b"}", "manifest is not valid JSON"),
     ],
 )
 def test_payloads_that_are_not_json_objects(payload, message):
