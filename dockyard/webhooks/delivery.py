@@ -59,3 +59,5 @@ async def attempt(client: httpx.AsyncClient, job: DeliveryJob, timeout_seconds: 
         if isinstance(exc.__cause__, RefusedAddress):
             return AttemptResult(started, elapsed(), error=str(exc.__cause__)[:1000])
         return AttemptResult(started, elapsed(), error=f"{type(exc).__name__}: {exc}"[:1000])
+    except UnicodeEncodeError as exc:  # a header value stored before values had to be ASCII
+        return AttemptResult(started, elapsed(), error=f"a custom header cannot be sent: {exc}"[:1000])

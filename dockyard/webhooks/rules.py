@@ -13,6 +13,7 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 
 NAME = re.compile(r"^[A-Za-z0-9]{5,50}\Z")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}\Z")
+HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*\Z")
 #: Headers a webhook may not set: they belong to the HTTP exchange, not to the receiver.
 RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer"}
@@ -80,7 +81,7 @@ def check_actions(actions: list[str]) -> list[str]:
 
 
 def check_headers(headers: dict[str, str]) -> dict[str, str]:
-    """At most MAX_HEADERS custom headers; token names, not reserved; string values without line breaks."""
+    """At most MAX_HEADERS custom headers; token names, not reserved; printable ASCII string values."""
     if not isinstance(headers, dict):
         raise invalid("customHeaders maps header names to string values")
     if len(headers) > MAX_HEADERS:
@@ -94,8 +95,8 @@ def check_headers(headers: dict[str, str]) -> dict[str, str]:
             raise invalid(f"the value of header {name!r} must be a string")
         if len(value) > MAX_HEADER_VALUE:
             raise invalid(f"the value of header {name!r} is longer than {MAX_HEADER_VALUE} characters")
-        if any(c in value for c in "\r\n\0"):
-            raise invalid(f"the value of header {name!r} must not contain line breaks or NUL")
+        if not HEADER_VALUE.match(value):  # what an HTTP client can send: no é, no U+2028
+            raise invalid(f"the value of header {name!r} must be printable ASCII (no line breaks or NUL)")
     return dict(headers)
 
 

@@ -338,3 +338,34 @@ def test_HOLE_slow_name_resolution_at_creation_stalls_the_whole_registry(app, cl
 
     waited = anyio.run(attack)
     assert waited < 1.0, f"GET /api/v1/webhooks waited {waited:.1f}s behind webhook name resolution"
+
+
+def test_refused_header_values_an_http_client_cannot_send(client):
+    """Attack: a header value that is not ASCII was accepted and then made every delivery a 500."""
+    response = client.post(
+        "/api/v1/webhooks",
+        json={
+            "name": "hookone",
+            "serviceUri": "https://hooks.example/x",
+            "actions": ["push"],
+            "customHeaders": {"X-A": "é"},
+        },
+    )
+    assert response.status_code == 400
+    assert "printable ASCII" in response.json()["errors"][0]["message"]
+
+
+def test_a_stored_header_value_that_cannot_be_sent_is_a_failed_attempt_not_a_500(client, dockyard, receiver):
+    import sqlalchemy as sa
+
+    from dockyard.webhooks.models import webhooks
+
+    dockyard.webhooks.allowed_networks = (ipaddress.ip_network("127.0.0.1/32"),)
+    create(client, serviceUri=receiver.url, actions=["push"])
+    with dockyard.db.write() as conn:  # as a registry from before the rule may hold it
+        conn.execute(sa.update(webhooks).where(webhooks.c.name == "hookone").values(headers={"X-A": "é"}))
+    ping = client.post("/api/v1/webhooks/hookone/ping")
+    assert ping.status_code == 200
+    assert ping.json()["statusCode"] is None
+    assert "a custom header cannot be sent" in ping.json()["error"]
+    assert receiver.received == []

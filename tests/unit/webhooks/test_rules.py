@@ -180,12 +180,17 @@ def test_non_string_values_are_refused(value):
     assert refused(check_headers, {"X-A": value}) == "the value of header 'X-A' must be a string"
 
 
-@pytest.mark.parametrize("value", ["a\rb", "a\nb", "a\0b", "\r\n"])
-def test_line_breaks_and_nul_in_values_are_refused(value):
+@pytest.mark.parametrize("value", ["a\rb", "a\nb", "a\0b", "\r\n", "\x7f", "\x1b[2J", "é", "a\u2028b", "€"])
+def test_values_that_are_not_printable_ascii_are_refused(value):
     assert (
         refused(check_headers, {"X-A": value})
-        == "the value of header 'X-A' must not contain line breaks or NUL"
+        == "the value of header 'X-A' must be printable ASCII (no line breaks or NUL)"
     )
+
+
+def test_tabs_spaces_and_every_visible_character_are_kept():
+    value = "\t " + "".join(chr(c) for c in range(0x21, 0x7F))
+    assert check_headers({"X-A": value}) == {"X-A": value}
 
 
 @pytest.mark.parametrize("name", ["Host", "HOST", "content-length", "Transfer-Encoding", "Connection", "TE"])
