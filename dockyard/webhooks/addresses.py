@@ -1,4 +1,5 @@
-"""Where webhooks may be sent: never to loopback, link-local, cloud metadata or unspecified addresses.
+"""Where webhooks may be sent: never to loopback, link-local, cloud metadata or unspecified addresses,
+nor to any address of the registry's own host.
 
 The service URI's host is checked when a webhook is created or changed (resolved, when it is
 a name), and again at every connection, on the addresses the name resolves to *then*: a name
@@ -9,8 +10,11 @@ very address that was checked. An operator can allow more with ``webhook_allowed
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ipaddress
+import itertools
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
@@ -86,6 +90,52 @@ def embedded_ipv4(address: IPv6Address) -> IPv4Address | None:
     return None
 
 
+OWN_ADDRESS = "an address of this host"
+#: How long the host's own addresses are remembered before they are read again.
+OWN_ADDRESSES_SECONDS = 30.0
+
+
+def read_own_addresses(fib_trie: str, if_inet6: str) -> frozenset[IPAddress]:
+    """The addresses assigned to this host's interfaces, from Linux's /proc/net/fib_trie (IPv4:
+    a ``|-- address`` line followed by ``/32 host LOCAL``) and /proc/net/if_inet6 (IPv6)."""
+    found: set[IPAddress] = set()
+    lines = fib_trie.splitlines()
+    for line, following in itertools.pairwise(lines):
+        if "|--" in line and "/32 host LOCAL" in following:
+            with contextlib.suppress(ValueError):
+                found.add(IPv4Address(line.split("|--", 1)[1].strip()))
+    for line in if_inet6.splitlines():
+        field = line.split(maxsplit=1)[0] if line.strip() else ""
+        if len(field) == 32:
+            with contextlib.suppress(ValueError):
+                found.add(IPv6Address(int(field, 16)))
+    return frozenset(found)
+
+
+class OwnAddresses:
+    """This host's interface addresses, read again every OWN_ADDRESSES_SECONDS (none off Linux)."""
+
+    def __init__(self) -> None:
+        self._read_at = -OWN_ADDRESSES_SECONDS
+        self._addresses: frozenset[IPAddress] = frozenset()
+
+    def __call__(self) -> frozenset[IPAddress]:
+        if time.monotonic() - self._read_at >= OWN_ADDRESSES_SECONDS:
+            texts = []
+            for path in ("/proc/net/fib_trie", "/proc/net/if_inet6"):
+                try:
+                    with open(path, encoding="ascii", errors="replace") as source:
+                        texts.append(source.read())
+                except OSError:
+                    texts.append("")
+            self._addresses = read_own_addresses(*texts)
+            self._read_at = time.monotonic()
+        return self._addresses
+
+
+own_addresses = OwnAddresses()
+
+
 def refusal(address: IPAddress, allowed: tuple[IPNetwork, ...] = ()) -> str | None:
     """Why a webhook may not be sent to ``address`` (e.g. "a loopback address"), or None if it may."""
     if any(address.version == net.version and address in net for net in allowed):
@@ -93,6 +143,8 @@ def refusal(address: IPAddress, allowed: tuple[IPNetwork, ...] = ()) -> str | No
     for net, reason in REFUSED:
         if address.version == net.version and address in net:
             return reason
+    if address in own_addresses():  # a service bound to 0.0.0.0 answers there as on loopback
+        return OWN_ADDRESS
     return None
 
 

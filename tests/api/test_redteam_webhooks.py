@@ -369,3 +369,13 @@ def test_a_stored_header_value_that_cannot_be_sent_is_a_failed_attempt_not_a_500
     assert ping.json()["statusCode"] is None
     assert "a custom header cannot be sent" in ping.json()["error"]
     assert receiver.received == []
+
+
+def test_refused_an_address_of_the_registrys_own_host(client, monkeypatch):
+    """Attack: a service bound to 0.0.0.0 on the registry's host, reached through the host's own
+    (non-loopback) address, with the answer read back from the delivery log."""
+    from dockyard.webhooks import addresses
+
+    monkeypatch.setattr(addresses, "own_addresses", lambda: frozenset({ipaddress.ip_address("203.0.113.7")}))
+    message = refused_at_creation(client, "http://203.0.113.7:5098/internal")
+    assert "203.0.113.7 is an address of this host" in message

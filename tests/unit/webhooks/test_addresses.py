@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from dockyard.config import Settings
 from dockyard.oci.errors import RegistryError
+from dockyard.webhooks import addresses
 from dockyard.webhooks.addresses import (
     BoundedResolver,
     GuardedBackend,
@@ -20,6 +21,7 @@ from dockyard.webhooks.addresses import (
     host_refusal,
     networks,
     parse_address,
+    read_own_addresses,
     refusal,
 )
 from tests.support.receiver import Receiver
@@ -258,3 +260,47 @@ def test_names_that_do_not_resolve_fail_to_connect():
 def test_unix_sockets_are_refused():
     with pytest.raises(RefusedAddress):
         anyio.run(GuardedBackend(()).connect_unix_socket, "/run/docker.sock")
+
+
+FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 192.0.2.0/24 2 0 2
+        |-- 192.0.2.0
+           /24 link UNICAST
+        |-- 192.0.2.2
+           /32 host LOCAL
+        |-- 192.0.2.255
+           /32 link BROADCAST
+Local:
+  +-- 10.1.0.0/16 2 0 2
+     |-- 10.1.2.3
+        /32 host LOCAL
+"""
+IF_INET6 = """fd000000000000000000000000000002 04 40 00 82     eth0
+00000000000000000000000000000001 01 80 10 80       lo
+"""
+
+
+def test_the_hosts_own_addresses_are_read_from_proc() -> None:
+    assert read_own_addresses(FIB_TRIE, IF_INET6) == {
+        ip_address("192.0.2.2"),
+        ip_address("10.1.2.3"),
+        ip_address("fd00::2"),
+        ip_address("::1"),
+    }
+    assert read_own_addresses("", "") == frozenset()
+
+
+def test_an_address_of_this_host_is_refused_unless_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = ip_address("192.0.2.2")
+    monkeypatch.setattr(addresses, "own_addresses", lambda: frozenset({own}))
+    assert refusal(own) == "an address of this host"
+    assert refusal(ip_address("192.0.2.3")) is None
+    assert refusal(own, networks(["192.0.2.0/24"])) is None
+
+
+def test_this_machines_interface_addresses_are_found() -> None:
+    found = addresses.OwnAddresses()()
+    assert ip_address("127.0.0.1") in found  # every Linux host has it, and it is read like the others
