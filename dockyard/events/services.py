@@ -13,7 +13,7 @@ import random
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard import prepared
+from dockyard.access.throttle import client_bucket
 from dockyard.db import Database, as_utc, utcnow
 from dockyard.events.models import event_cursors, repository_events
 
@@ -38,6 +39,10 @@ ACTIONS = (PUSH, DELETE, UNTAG, PULL, CHART_PUSH, CHART_DELETE, QUARANTINE, BUIL
 #: Actions other rooms subscribe to; pulls and untags are only logged, as in ACR.
 DISPATCHED_ACTIONS = (PUSH, DELETE, CHART_PUSH, CHART_DELETE, QUARANTINE, BUILD_SUCCEEDED, BUILD_FAILED)
 MAX_PULL_BUFFER = 10_000
+#: Rows one client (actor and address, IPv6 by /64) adds to a pull batch; more pulls of the same
+#: manifest by it are counted on one row whose user agent says MORE_PULLS.
+PULL_ROWS_PER_CLIENT = 100
+MORE_PULLS = "(more pulls by this client)"
 INSERT_EVENT = repository_events.insert()
 
 
@@ -91,6 +96,7 @@ class EventService:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._pulls: dict[tuple[str | None, ...], dict[str, Any]] = {}
+        self._rows_by_client: dict[tuple[str | None, str], int] = {}
         self._pulls_lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._subscribers: list[Callable[[Connection, str], bool]] = []
@@ -144,17 +150,25 @@ class EventService:
         """Remember a manifest pull; ``flush_pulls`` writes the batch, identical pulls as one counted row."""
         origin = origin or Origin()
         key = (repository, tag, digest, origin.actor, origin.client_ip, origin.user_agent)
+        client = (origin.actor, client_bucket(origin.client_ip))
         with self._pulls_lock:
             row = self._pulls.get(key)
+            if row is None and self._rows_by_client.get(client, 0) >= PULL_ROWS_PER_CLIENT:
+                # One client varying its User-Agent (or address in its /64) adds no more rows.
+                origin = replace(origin, client_ip=client[1], user_agent=MORE_PULLS)
+                key = (repository, None, digest, origin.actor, origin.client_ip, MORE_PULLS)
+                tag, row = None, self._pulls.get(key)
             if row is not None:
                 row["count"] += 1
             elif len(self._pulls) < MAX_PULL_BUFFER:
                 self._pulls[key] = _row(PULL, repository, tag, digest, media_type, None, size, origin)
+                self._rows_by_client[client] = self._rows_by_client.get(client, 0) + 1
 
     def flush_pulls(self) -> int:
         """Write buffered pull events in one transaction; return how many rows."""
         with self._pulls_lock:
             batch, self._pulls = list(self._pulls.values()), {}
+            self._rows_by_client = {}
         if batch:
             self._db.run_write(lambda conn: conn.execute(repository_events.insert(), batch), durable=False)
         return len(batch)

@@ -350,6 +350,34 @@ def test_HOLE_a_long_host_header_fails_pushes_and_loses_everyones_pulls(client, 
         assert sorted(agents) == ["attacker", "testclient"]
 
 
+def test_HOLE_a_new_user_agent_on_every_pull_is_a_new_row(client, dockyard):
+    """HOLE (closed). Attack: with anonymous pull on, pull one manifest again and again with a new
+    User-Agent (or from a new address in one IPv6 /64) each time: every pull was a row of its own
+    (about 1 KB, kept 90 days). Now one client adds at most PULL_ROWS_PER_CLIENT rows a batch; its
+    further pulls are counted on one row."""
+    from dockyard.events.services import MORE_PULLS, PULL_ROWS_PER_CLIENT, Origin
+
+    image = make_image("many-agents")
+    push_image(client, "team/app", image, "v1")
+    events = dockyard.events
+    pulls = PULL_ROWS_PER_CLIENT + 50
+    for number in range(pulls):
+        origin = Origin(actor=None, client_ip=f"2001:db8:1:1::{number + 1:x}", user_agent=f"agent-{number}")
+        events.note_pull("team/app", "v1", image.digest, image.media_type, len(image.manifest), origin)
+    honest = Origin(actor="someone", client_ip="192.0.2.9", user_agent="docker")
+    events.note_pull("team/app", "v1", image.digest, image.media_type, len(image.manifest), honest)
+    assert events.flush_pulls() == PULL_ROWS_PER_CLIENT + 2
+    with dockyard.db.read() as conn:
+        columns = repository_events.c
+        rows = conn.execute(
+            sa.select(columns.user_agent, columns.count, columns.client_ip).where(columns.action == "pull")
+        ).all()
+    folded = [row for row in rows if row.user_agent == MORE_PULLS]
+    assert [(row.count, row.client_ip) for row in folded] == [(50, "2001:db8:1:1::/64")]
+    assert sum(row.count for row in rows) == pulls + 1  # every pull still counted
+    assert ("docker", 1, "192.0.2.9") in [tuple(row) for row in rows]
+
+
 @pytest.mark.parametrize("where", ["artifactType", "architecture"])
 def test_HOLE_an_overlong_manifest_field_is_a_500_on_postgresql(client, where):
     """HOLE (closed). Attack: push a manifest whose ``artifactType`` (or an index entry's
