@@ -584,3 +584,25 @@ def test_refused_audit_aggregator_overflow(dockyard):
     assert len(audit._groups) <= 1000 + 2
     assert all(len(x) <= 200 for g in audit._groups.values() for x in g.samples + g.names)
     assert audit.flush() <= 1002
+
+
+def test_refused_one_ipv6_host_cannot_write_a_group_per_address(dockyard):
+    """REFUSED. Attack: fail a sign-in from 1,500 addresses of one IPv6 /64 (the throttle counts
+    them as one client); the audit log counts them as one group too, not 1,000 rows a minute."""
+    audit = dockyard.access.audit
+    for n in range(1500):
+        audit.count("login", "failure", client_ip=f"2001:db8:1:1::{n + 1:x}", name="dockyard")
+    audit.count("login", "failure", client_ip="2001:db8:1:2::1", name="dockyard")  # another /64
+    assert audit.flush() == 2
+    counts = {e.client_ip: e.detail["count"] for e in audit.list() if e.action == "login"}
+    assert counts == {"2001:db8:1:1::/64": 1500, "2001:db8:1:2::/64": 1}
+
+
+def test_refused_a_token_update_cannot_write_its_own_audit_record(client, dockyard):
+    """REFUSED. Attack: PATCH a token with a ``name`` (and other keys) in the body; the audit
+    record named whatever the body said. It now names the token changed and what was applied."""
+    create_token(client, "robot")
+    body = {"name": "FORGED-NAME", "status": "disabled", "note": "x" * 1000}
+    assert client.patch("/api/v1/tokens/robot", json=body).status_code == 200
+    updates = [e.detail for e in dockyard.access.audit.list() if e.action == "token.update"]
+    assert updates == [{"name": "robot", "status": "disabled"}]

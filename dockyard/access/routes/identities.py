@@ -250,7 +250,8 @@ class IdentityRoutes:
                     name, scope_map=field(body, "scopeMap", str), enabled=status_flag(body)
                 )
             )
-            await self._audit(request, "token.update", {"name": name, **body})
+            changed = {key: body[key] for key in ("scopeMap", "status") if key in body}  # what was applied
+            await self._audit(request, "token.update", {"name": name, **changed})
             return JSONResponse(identity_json(updated))
         return JSONResponse(identity_json(await run_sync(self.identities.get, name, TOKEN)))
 

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dockyard.access.models import audit_events
+from dockyard.access.throttle import client_bucket
 from dockyard.db import Database, as_utc, utcnow
 
 log = logging.getLogger("dockyard.audit")
@@ -88,11 +89,13 @@ class AuditService:
     ) -> None:
         """Count one event for the next ``flush`` (no database work now).
 
-        ``principal`` is part of the group (a verified identity); ``name`` (a claimed, unverified
-        user name) and ``sample`` (a reason) are kept as up to five examples per group.
+        ``principal`` is part of the group (a verified identity), and so is the client: its address,
+        or its /64 for IPv6 (as the sign-in throttle counts it; one host holds 2^64 addresses).
+        ``name`` (a claimed, unverified user name) and ``sample`` (a reason) are kept as up to five
+        examples per group.
         """
         now = utcnow()
-        key = (action, outcome, client_ip, principal)
+        key = (action, outcome, client_bucket(client_ip) if client_ip else None, principal)
         with self._lock:
             group = self._groups.get(key)
             if group is None:
