@@ -5,7 +5,8 @@ tarfile's ``data`` filter after our own checks (no absolute names, no ``..``, no
 only inside), bounded in bytes (``builds_context_max_bytes``) and files (MAX_FILES). git runs with
 a hardened environment (no system or global config, no prompts, only http(s) — and ``file`` for a
 local repository under ``builds_local_git_roots``), the access token as an ``http.extraHeader``
-given through ``GIT_CONFIG_*`` variables, never in the URL, argv or log. Hosts are checked with
+given through ``GIT_CONFIG_*`` variables, never in the URL, argv or log, and never over plain http
+to a host ``insecure_upstreams`` does not list. Hosts are checked with
 the upstream address rules (loopback, link-local and metadata refused unless
 ``upstream_allowed_networks`` allows them).
 """
@@ -45,6 +46,7 @@ from dockyard.builds.interfaces import (
     RunCanceled,
     StepTimedOut,
 )
+from dockyard.builds.origins import plain_http_allowed, plain_http_refused
 from dockyard.builds.processes import run_process
 from dockyard.upstream.addresses import GuardedTransport
 from dockyard.webhooks.addresses import host_refusal, networks, parse_address
@@ -329,6 +331,11 @@ def clone_git(
 ) -> tuple[str, str]:
     """Clone ``source`` into ``dest``; the commit checked out and its branch ("" for a commit sha)."""
     url, local = git_url(source.location, settings)
+    if source.token and not local and (refused := plain_http_refused(url, settings.insecure_upstreams)):
+        raise BuildError(
+            f"refused to send the git access token over plain http to {refused} "
+            "(insecure_upstreams can allow its host)"
+        )
     ref = (source.ref or "").strip()
     if ref.startswith("-") or any(c.isspace() or c in "\x00~^:?*[\\" for c in ref):
         raise BuildError(f"refused git ref {ref[:100]!r}")
@@ -397,12 +404,9 @@ def clone_git(
 
 
 def _http_chunks(url: str, settings: Settings, deadline: Deadline) -> Iterator[bytes]:
-    insecure = frozenset(host.lower() for host in settings.insecure_upstreams)
-
     def allowed_scheme(request: httpx.Request) -> None:
-        host = (request.url.host or "").lower()
-        netloc = f"{host}:{request.url.port}" if request.url.port else host
-        if request.url.scheme != "https" and not (host in insecure or netloc in insecure):
+        allowed = plain_http_allowed(request.url.host or "", request.url.port, settings.insecure_upstreams)
+        if request.url.scheme != "https" and not allowed:
             raise BuildError(f"refused plain-http URL {request.url} (insecure_upstreams can allow its host)")
 
     context = ssl.create_default_context()

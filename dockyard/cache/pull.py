@@ -449,10 +449,12 @@ class PullThroughCache:
         credentials: Credentials | None = None
         changed: datetime | None = None
         if name is not None:
-            found = self._config.credentials(name)
+            found = self._config.credentials(name, match.registry)
             if found is None:
                 raise RegistryError(
-                    ErrorCode.DENIED, f"cache rule {match.rule.name!r}: credential set {name!r} is gone"
+                    ErrorCode.DENIED,
+                    f"cache rule {match.rule.name!r}: credential set {name!r} is gone "
+                    "or is for another login server",
                 )
             credentials, changed = found
         key = (match.registry, name)

@@ -122,13 +122,14 @@ class CacheConfigService:
         with self._lock:
             self._snapshot = None
 
-    def credentials(self, name: str) -> tuple[Credentials, datetime] | None:
-        """A credential set's user name and password (for the upstream client) and when it changed."""
+    def credentials(self, name: str, login_server: str) -> tuple[Credentials, datetime] | None:
+        """A credential set's user name and password (for the upstream client) and when it changed;
+        None unless the set exists and is for ``login_server`` (its secret goes nowhere else)."""
         with self._db.read() as conn:
             row = conn.execute(
                 sa.select(
                     credential_sets.c.username, credential_sets.c.password, credential_sets.c.updated_at
-                ).where(credential_sets.c.name == name)
+                ).where(credential_sets.c.name == name, credential_sets.c.login_server == login_server)
             ).first()
         return None if row is None else (Credentials(row.username, row.password), row.updated_at)
 
@@ -182,7 +183,9 @@ class CacheConfigService:
         username: str | None = None,
         password: str | None = None,
     ) -> CredentialSetInfo:
-        """Change a credential set; a rule using it must keep pointing at its own login server."""
+        """Change a credential set. A new login server needs the user name and password again (the
+        stored secret only ever goes to the server it was given for); a rule using the set must keep
+        pointing at its own login server."""
         values: dict[str, Any] = {}
         if login_server is not None:
             values["login_server"] = normal_login_server(login_server)
@@ -193,10 +196,21 @@ class CacheConfigService:
                 values[key] = value
 
         def work(conn: Connection) -> None:
-            row = conn.execute(sa.select(credential_sets.c.id).where(credential_sets.c.name == name)).first()
+            row = conn.execute(
+                sa.select(credential_sets.c.id, credential_sets.c.login_server).where(
+                    credential_sets.c.name == name
+                )
+            ).first()
             if row is None:
                 raise _not_found("credential set", name)
-            if "login_server" in values:
+            moved = values.get("login_server", row.login_server) != row.login_server
+            if moved and (username is None or password is None):
+                raise RegistryError(
+                    ErrorCode.INVALID_REQUEST,
+                    "a new loginServer needs username and password in the same request: "
+                    "the stored password only ever goes to the login server it was given for",
+                )
+            if moved:
                 for source in conn.execute(
                     sa.select(cache_rules.c.source_repo).where(cache_rules.c.credential_set_id == row.id)
                 ).scalars():

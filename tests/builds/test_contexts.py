@@ -338,6 +338,18 @@ def test_git_token_never_in_argv_or_log(
     assert "s3cr3t" not in log.text
 
 
+def test_git_token_never_over_plain_http(tmp_path: Path) -> None:
+    """A token is refused for an http remote insecure_upstreams does not list, before git starts."""
+    source = ContextSource(kind="git", location="http://127.0.0.1:9/x.git", token="s3cr3t-token")
+    loopback = {"upstream_allowed_networks": ["127.0.0.0/8"]}
+    with pytest.raises(BuildError, match=r"plain http to 127\.0\.0\.1:9"):
+        clone(tmp_path, source, **loopback)
+    with pytest.raises(BuildError, match="git clone failed"):  # allowed: git runs (nothing listens)
+        clone(tmp_path, source, dest="listed", insecure_upstreams=["127.0.0.1:9"], **loopback)
+    with pytest.raises(BuildError, match="git clone failed"):  # no token: nothing to protect
+        clone(tmp_path, ContextSource(kind="git", location=source.location), dest="anon", **loopback)
+
+
 # -- tarball URLs ------------------------------------------------------------------------------
 
 

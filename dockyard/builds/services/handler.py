@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from dockyard.builds.credentials import TaskCredentials, registry_host
 from dockyard.builds.interfaces import BuildError, ContextSource, Deadline, RunCanceled, StepTimedOut
 from dockyard.builds.models import build_runs, build_task_bases, build_tasks
+from dockyard.builds.origins import context_origin
 from dockyard.builds.services.common import JOB_KIND, STOPPED_WORKER
 from dockyard.builds.services.engine import RunEngine
 from dockyard.builds.services.logs import DbLogSink, RunMonitor
@@ -191,6 +192,9 @@ class RunHandler:
         args = {**(task.secret_args if task is not None else {}), **given.get("args", {})}
         values = {**(task.secret_values if task is not None else {}), **given.get("values", {})}
         token = task.git_access_token if task is not None and task.git_access_token else ""
+        location = (row.request.get("source") or {}).get("location") or ""
+        if token and context_origin(location) != context_origin(task.context):
+            token = ""  # queued before the task's context moved: the token stays with its own host
         return {"args": args, "values": values, "token": token}
 
     def _run(

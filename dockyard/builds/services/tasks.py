@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from dockyard.access.passwords import new_secret
 from dockyard.builds.models import build_runs, build_task_bases, build_tasks, build_timers
+from dockyard.builds.origins import context_origin, plain_http_refused
 from dockyard.builds.services.common import (
     GIT_SHA,
     TASK_NAME,
@@ -182,6 +183,23 @@ class TaskService:
             )
         return values
 
+    def _check_token_destination(self, row: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> None:
+        """A git access token goes only to the origin it was given for, and over plain http only to a
+        host ``insecure_upstreams`` allows: a new origin needs the token in the same request."""
+        if not row.get("git_access_token"):
+            return
+        if old is not None and context_origin(row["context"]) != context_origin(old["context"]):
+            raise invalid(
+                "the task holds a git access token: a context on another scheme, host or port needs "
+                "gitAccessToken in the same request (the token for that host, or null to drop it)"
+            )
+        refused = plain_http_refused(row["context"], self._settings.insecure_upstreams)
+        if refused is not None:
+            raise invalid(
+                f"a git access token is not sent over plain http to {refused}: "
+                "use https, or list the host in insecure_upstreams"
+            )
+
     @staticmethod
     def _check_shape(row: Mapping[str, Any]) -> None:
         if row.get("cmd") and (row.get("task_file") or row.get("images")):
@@ -220,6 +238,7 @@ class TaskService:
             **values,
         }
         self._check_shape(row)
+        self._check_token_destination(row)
         timers = [self._timer(t) for t in (body.get("timers") or [])] if "timers" in body else []
         if len({t["name"] for t in timers}) != len(timers) or len(timers) > MAX_TIMERS:
             raise invalid(f"timers need distinct names (at most {MAX_TIMERS})")
@@ -270,6 +289,10 @@ class TaskService:
             row = self._locked(conn, name)
             merged = {**row._mapping, **values}
             self._check_shape(merged)
+            if "context" in values and "git_access_token" not in values:
+                self._check_token_destination(merged, row._mapping)
+            elif "context" in values or "git_access_token" in values:
+                self._check_token_destination(merged)
             conn.execute(
                 build_tasks.update().where(build_tasks.c.id == row.id).values(**values, updated_at=utcnow())
             )
