@@ -11,8 +11,9 @@ identity, enablement generation and credential still check out. Access tokens sc
 repositories, repository-scoped tokens and anonymous callers never manage. The one exception is
 ``self_authenticated``: build triggers, authenticated by a task's trigger secret instead.
 
-Failed sign-ins are throttled per client and per user name (``throttle.py``) and counted
-for the audit log in memory: a client without valid credentials causes no database write.
+Failed sign-ins are throttled per client and per user name (``throttle.py``; credentials that
+signed in recently skip the user name's count) and counted for the audit log in memory: a client
+without valid credentials causes no database write.
 """
 
 from __future__ import annotations
@@ -155,23 +156,34 @@ class Policy:
         """
         client = self.client_ip(request.scope)
         counted_name = "" if username == NULL_GUID else username
-        admitted: list[bool] = []
+        signed_in = self.throttle.signed_in
+        admitted: list[bool] = []  # whether these credentials had signed in before, once admitted
 
         def admit() -> None:  # before argon2 runs (a cached login costs nothing and waits for nothing)
-            self.start_attempt(client, counted_name, username)
-            admitted.append(True)
+            known = bool(counted_name) and signed_in.recalls(username, password)
+            self.start_attempt(client, counted_name, username, signed_in_before=known)
+            admitted.append(known)
 
         principal = await run_sync(self.authenticator.login, username, password, admit=admit)
         if principal is None:
+            if admitted and admitted[0]:
+                signed_in.forget(username, password)  # renewed or disabled since: a guess like any other
             self.failed(request, "basic", "wrong credentials", username)
             raise self.challenge(request, None, error="invalid_token")
         if admitted:
-            self.throttle.succeeded(counted_name, client)
+            self.throttle.succeeded(counted_name, client, signed_in_before=admitted[0])
+            if counted_name:
+                signed_in.remember(username, password)
         return principal
 
-    def start_attempt(self, client: str | None, counted_name: str, username: str = "") -> None:
-        """Take this sign-in's place in the throttle, or 429 with Retry-After."""
-        wait = self.throttle.attempt(counted_name, client)
+    def start_attempt(
+        self, client: str | None, counted_name: str, username: str = "", *, signed_in_before: bool = False
+    ) -> None:
+        """Take this sign-in's place in the throttle, or 429 with Retry-After.
+
+        ``signed_in_before``: these credentials signed in recently, so the user name's count is skipped.
+        """
+        wait = self.throttle.attempt(counted_name, client, signed_in_before=signed_in_before)
         if wait:
             self.audit.count("login", "throttled", client_ip=client, name=username or None)
             raise RegistryError(

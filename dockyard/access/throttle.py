@@ -6,13 +6,21 @@ back: so a wave of concurrent guesses cannot all pass the check before any has f
 empty bucket makes further sign-ins by that client, or against that user name, wait (``429``
 with ``Retry-After``) — right passwords included, so guessing cannot go faster than the
 refill rate. IPv6 clients are counted by their /64 (one home connection holds 2^64 addresses).
-Buckets are per process.
+
+A user name and password that signed in successfully are remembered (``SignedInCredentials``, a
+keyed hash, for ``REMEMBER_SECONDS`` after their last sign-in): they skip the user name's bucket,
+not the client's, so guesses against a name do not lock out its owner's running clients (OWASP's
+"device cookie", kept by the server). Only the throttle is skipped: the password is still checked.
+Buckets and remembered credentials are per process.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import math
+import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,6 +28,8 @@ from dataclasses import dataclass
 
 #: Buckets kept per kind; the least recently used are forgotten beyond this (a full bucket again).
 MAX_KEYS = 100_000
+#: How long a credential that signed in stays exempt from its user name's bucket.
+REMEMBER_SECONDS = 24 * 3600
 
 
 @dataclass
@@ -69,8 +79,56 @@ class TokenBuckets:
             bucket.tokens = min(self.burst, bucket.tokens + 1)
 
 
+class SignedInCredentials:
+    """User names and passwords that signed in within ``remember_seconds``, as HMACs under a key made
+    for this process (never the passwords); the least recently used beyond ``max_entries`` are forgotten."""
+
+    def __init__(
+        self, remember_seconds: float, clock: Callable[[], float], *, max_entries: int = MAX_KEYS
+    ) -> None:
+        self.remember_seconds = remember_seconds
+        self.max_entries = max_entries
+        self._clock = clock
+        self._key = secrets.token_bytes(32)
+        self._signed_in: OrderedDict[bytes, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _digest(self, username: str, password: str) -> bytes:
+        name = username.encode()
+        message = len(name).to_bytes(4, "big") + name + password.encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def remember(self, username: str, password: str) -> None:
+        """These credentials signed in just now."""
+        digest, now = self._digest(username, password), self._clock()
+        with self._lock:
+            self._signed_in[digest] = now
+            self._signed_in.move_to_end(digest)
+            while len(self._signed_in) > self.max_entries:
+                self._signed_in.popitem(last=False)
+
+    def recalls(self, username: str, password: str) -> bool:
+        """Whether these credentials signed in within the last ``remember_seconds``."""
+        digest, now = self._digest(username, password), self._clock()
+        with self._lock:
+            signed_in_at = self._signed_in.get(digest)
+            if signed_in_at is None:
+                return False
+            if now - signed_in_at > self.remember_seconds:
+                del self._signed_in[digest]
+                return False
+            self._signed_in.move_to_end(digest)
+            return True
+
+    def forget(self, username: str, password: str) -> None:
+        """These credentials no longer sign in (the password was renewed, the identity disabled)."""
+        digest = self._digest(username, password)
+        with self._lock:
+            self._signed_in.pop(digest, None)
+
+
 class LoginThrottle:
-    """Failed sign-ins per client address and per user name."""
+    """Failed sign-ins per client address and per user name, and the credentials that signed in."""
 
     def __init__(
         self,
@@ -79,33 +137,40 @@ class LoginThrottle:
         per_user: int,
         refill_seconds: float,
         clock: Callable[[], float],
+        remember_seconds: float = REMEMBER_SECONDS,
     ) -> None:
         self._clients = TokenBuckets(per_client, refill_seconds)
         self._users = TokenBuckets(per_user, refill_seconds * 2)
         self._clock = clock
         self._lock = threading.Lock()
+        #: Credentials that signed in recently: they skip the user name's bucket (see the module doc).
+        self.signed_in = SignedInCredentials(remember_seconds, clock)
 
-    def attempt(self, username: str, client: str | None) -> int:
-        """Start a sign-in: 0 and one token taken from each bucket, or the whole seconds to wait."""
+    def attempt(self, username: str, client: str | None, *, signed_in_before: bool = False) -> int:
+        """Start a sign-in: 0 and one token taken from each bucket, or the whole seconds to wait.
+
+        ``signed_in_before`` (``signed_in.recalls`` said so) leaves the user name's bucket alone.
+        """
         now = self._clock()
         client_key, user_key = client_bucket(client), _user_key(username)
+        counts_for_user = bool(username) and not signed_in_before
         with self._lock:
             wait = self._clients.wait(client_key, now)
-            if username:
+            if counts_for_user:
                 wait = max(wait, self._users.wait(user_key, now))
             if wait:
                 return math.ceil(wait)
             self._clients.take(client_key, now)
-            if username:
+            if counts_for_user:
                 self._users.take(user_key, now)
         return 0
 
-    def succeeded(self, username: str, client: str | None) -> None:
-        """The sign-in ``attempt`` started was right: give its tokens back."""
+    def succeeded(self, username: str, client: str | None, *, signed_in_before: bool = False) -> None:
+        """The sign-in ``attempt`` started was right: give its tokens back (as ``attempt`` took them)."""
         now = self._clock()
         with self._lock:
             self._clients.give_back(client_bucket(client), now)
-            if username:
+            if username and not signed_in_before:
                 self._users.give_back(_user_key(username), now)
 
 

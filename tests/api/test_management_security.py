@@ -134,6 +134,41 @@ def test_a_chain_of_refresh_tokens_ends(dockyard, anonymous):
         tokens.issue_refresh(replace(principal, auth_time=int(time.time()) - tokens.refresh_chain))
 
 
+def test_a_build_runs_credential_never_becomes_a_longer_lived_token(dockyard, anonymous):
+    """Attack: exchange a leaked build run's credential (a ``system:tasks`` refresh token living the
+    run's timeout plus 10 min) for a normal 3-hour refresh token, and that again, for 24 h of
+    registry-wide push. Every door that issues a refresh token declines it; the token flow the
+    builders use (GET /oauth2/token with the null GUID, the refresh grant) still works."""
+    run = dockyard.service("builds").credentials.mint(60)
+    run_login = basic(run.username, run.password)
+    for grant in ("refresh_token", "access_token_refresh_token"):
+        refused = exchange(anonymous, grant, refresh_token=run.password)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    identity = token(anonymous, run_login)
+    assert exchange(anonymous, "access_token", access_token=identity).status_code == 401
+    offline = {"service": "dockyard", "scope": "registry:catalog:*", "offline_token": "true"}
+    granted = anonymous.get("/oauth2/token", params=offline, headers=run_login)
+    assert granted.status_code == 200
+    assert "refresh_token" not in granted.json()
+    form = {
+        "grant_type": "password",
+        "username": NULL_GUID,
+        "password": run.password,
+        "access_type": "offline",
+    }
+    assert "refresh_token" not in anonymous.post("/oauth2/token", data=form).json()
+    # What builders do: an access token from the run's credential, then push with it.
+    push = token(anonymous, run_login, "repository:built/app:pull,push")
+    assert jwt.decode(push, options={"verify_signature": False})["access"][0]["actions"] == ["pull", "push"]
+    assert anonymous.post("/v2/built/app/blobs/uploads/", headers=bearer(push)).status_code == 202
+    form = {"grant_type": "refresh_token", "refresh_token": run.password, "scope": "registry:catalog:*"}
+    refreshed = anonymous.post("/oauth2/token", data=form)
+    assert refreshed.status_code == 200
+    catalog = bearer(refreshed.json()["access_token"])
+    assert anonymous.get("/v2/_catalog", headers=catalog).status_code == 200
+
+
 # -- 3. a Contributor cannot become Owner -------------------------------------------------------
 
 
@@ -251,6 +286,37 @@ def test_unknown_and_known_users_cost_the_same(dockyard, monkeypatch):
     checks.clear()
     assert authenticator.login(ADMIN_USERNAME, ADMIN_PASSWORD) is None
     assert len(checks) == CREDENTIALS_CHECKED
+
+
+def test_guesses_at_a_user_name_do_not_lock_out_its_signed_in_clients(settings, dockyard, client):
+    """Attack: keep a user name's sign-in bucket empty with wrong passwords from one address, so that
+    its owner's clients (which sign in again with the password every few minutes, once the 30-s
+    cached login has lapsed) get 429. Credentials that signed in before skip the user name's count;
+    a right password this process never saw sign in is still held up, so guessing stays throttled."""
+    drains_alone = create_app(
+        settings.model_copy(update={"login_failures_per_client": 50}), dockyard, background_jobs=False
+    )
+    victim = create_user(client, "victim")
+    bystander = create_user(client, "bystander")
+    with TestClient(drains_alone, client=("10.1.1.4", 40000)) as owner:
+        assert owner.get("/v2/", headers=victim).status_code == 200
+    with TestClient(drains_alone, client=("198.51.100.88", 40000)) as attacker:
+        for name in ("victim", "bystander"):
+            for _ in range(20):
+                assert attacker.get("/v2/", headers=basic(name, "guess")).status_code == 401
+            assert attacker.get("/v2/", headers=basic(name, "guess")).status_code == 429
+    dockyard.access.authenticator.forget()  # the owner's cached login lapsed: the password is checked
+    with TestClient(drains_alone, client=("10.1.1.4", 40000)) as owner:
+        assert owner.get("/v2/", headers=victim).status_code == 200
+        assert owner.get("/v2/", headers=basic("victim", "guess")).status_code == 429
+    with TestClient(drains_alone, client=("192.0.2.9", 40000)) as stranger:
+        assert stranger.get("/v2/", headers=victim).status_code == 200  # the credential, not the address
+        assert stranger.get("/v2/", headers=bystander).status_code == 429  # never signed in: still held
+        # Remembering skips the count, never the check: a renewed password is refused, then counted.
+        renewed = client.post("/api/v1/users/victim/credentials", json={})
+        assert renewed.status_code == 201, renewed.text
+        assert stranger.get("/v2/", headers=victim).status_code == 401
+        assert stranger.get("/v2/", headers=victim).status_code == 429
 
 
 # -- 7. bodies that crashed the server ----------------------------------------------------------

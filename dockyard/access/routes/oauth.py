@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 from dockyard.access.permissions import Principal, grant_scope, parse_scopes
 from dockyard.access.policy import ANONYMOUS_CALLER, Policy
 from dockyard.access.services import AccessServices
+from dockyard.access.services.identities import TASK
 from dockyard.access.tokens import ACCESS_GRANT, REFRESH_GRANT, InvalidToken, IssuedToken
 from dockyard.asgi import read_body, run_sync
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -23,6 +24,12 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 def _unauthorized(message: str) -> RegistryError:
     return RegistryError(ErrorCode.UNAUTHORIZED, message)
+
+
+def _may_hold_refresh_token(principal: Principal) -> bool:
+    """Whether a refresh token may be issued to ``principal``: not to anonymous callers, nor to a build
+    run (``system:tasks``), whose credential must end with the run; a token derived from it would not."""
+    return not principal.is_anonymous and principal.kind != TASK
 
 
 class OAuthRoutes:
@@ -53,7 +60,7 @@ class OAuthRoutes:
             scopes = request.query_params.getlist("scope")
             offline = request.query_params.get("offline_token", "").lower() == "true"
             return await self._grant(
-                request, principal, scopes, refresh=offline and not principal.is_anonymous
+                request, principal, scopes, refresh=offline and _may_hold_refresh_token(principal)
             )
         form = await self._form(request)
         grant = (form.get("grant_type") or [""])[0]
@@ -71,7 +78,7 @@ class OAuthRoutes:
                 principal = await self._basic_or_anonymous(request)
             offline = (form.get("access_type") or [""])[0] == "offline"
             return await self._grant(
-                request, principal, scopes, refresh=offline and not principal.is_anonymous
+                request, principal, scopes, refresh=offline and _may_hold_refresh_token(principal)
             )
         raise RegistryError(ErrorCode.UNSUPPORTED, f"unsupported grant_type {grant!r}", status=400)
 
@@ -142,6 +149,7 @@ class OAuthRoutes:
         never one scoped to repositories (that would widen it). ``refresh_token`` and
         ``access_token_refresh_token`` take a refresh token. The new refresh token keeps the
         old one's sign-in time, so a chain of exchanges ends ``refresh_chain_seconds`` after it.
+        A build run's credential (and tokens asked for with it) is refused: it must end with the run.
         """
         if self.policy.checks:
             await self.policy.run_checks(request, None, None)
@@ -161,6 +169,9 @@ class OAuthRoutes:
                 "the token cannot be exchanged: only an identity token (asked for with the identity's "
                 "own credentials and no scope) or a refresh token, valid and not revoked"
             )
+        if not _may_hold_refresh_token(principal):
+            self.policy.failed(request, "exchange", f"{grant}: a build run's credential", principal.name)
+            raise _unauthorized("a build run's credential cannot be exchanged: it ends with the run")
         issued = await self._refresh_token(request, principal)
         self.access.audit.count(
             "exchange", "success", principal=principal.name, client_ip=self.policy.client_ip(request.scope)
