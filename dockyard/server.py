@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from dockyard.config import Settings
@@ -246,17 +248,25 @@ def prepare(settings: Settings) -> None:
         raise SystemExit(f"preparing the database failed (exit code {child.exitcode}); see the log above")
 
 
-def serve(settings: Settings, *, workers: int = 1, tls: ServerTls | None = None) -> None:
+def serve(
+    settings: Settings,
+    *,
+    workers: int = 1,
+    tls: ServerTls | None = None,
+    announce: Callable[[], None] | None = None,
+) -> None:
     """Serve the registry until interrupted: HTTPS with ``tls`` (from `dockyard.tls.configure`), else HTTP.
 
-    Checks the port, prepares the database, then becomes the supervisor (``supervise``) in a
-    fresh interpreter with the same PID.
+    Checks the port, prepares the database, calls ``announce`` (the start banner), then becomes
+    the supervisor (``supervise``) in a fresh interpreter with the same PID.
     """
     configure_logging(settings)
     refusal = port_in_use(settings.host, settings.port)
     if refusal is not None:
         raise SystemExit(f"ERROR: {refusal}")
     prepare(settings)
+    if announce is not None:
+        announce()
     created_metrics_dir = None
     if settings.metrics_enabled:
         from dockyard.observability import multiprocess

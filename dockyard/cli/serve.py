@@ -137,5 +137,10 @@ def serve(
         banner.append(describe(server_tls))
         if server_tls.ca_cert is not None:
             banner.append(trust_instructions(server_tls, address))
-    write_notice("\n".join(banner), settings.log_format)
-    run_server(settings, workers=workers, tls=server_tls)
+    # Once the database is ready (its first start prints the admin passwords), just before binding.
+    run_server(
+        settings,
+        workers=workers,
+        tls=server_tls,
+        announce=lambda: write_notice("\n".join(banner), settings.log_format),
+    )

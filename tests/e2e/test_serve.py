@@ -32,6 +32,8 @@ def test_default_data_dir_is_created_in_the_working_directory(
     assert f"database: sqlite:///{data.resolve() / 'dockyard.db'}" in stderr
     assert f"storage:  {(data / 'storage').resolve()}" in stderr
     assert f" login 127.0.0.1:{server.port} -u dockyard" in stderr.split("log in:")[1].splitlines()[0]
+    # the banner comes once the database is ready: after the new admin's passwords, before serving
+    assert stderr.index("its passwords are shown only now") < stderr.index("listening on")
 
     # Blobs land in that folder.
     with server.http(timeout=30) as http:
