@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json as jsonlib
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -81,6 +82,11 @@ def unreachable(url: str, exc: Exception) -> str:
     hint = ""
     if url.startswith("http://") and not isinstance(reason, ConnectionRefusedError | TimeoutError):
         hint = f"; if the registry serves HTTPS, use https://{registry_host(url)}"
+    elif isinstance(reason, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(reason):
+        hint = (
+            "; the registry's certificate is not trusted here: with `dockyard serve --tls self-signed`, "
+            "point SSL_CERT_FILE at its CA (DATA/tls/ca.crt; the start banner prints the path)"
+        )
     return f"cannot reach {url}: {reason or type(reason).__name__}{hint}"
 
 
