@@ -12,7 +12,7 @@ repositories, repository-scoped tokens and anonymous callers never manage. The o
 ``self_authenticated``: build triggers, authenticated by a task's trigger secret instead.
 
 Failed sign-ins are throttled per client and per user name (``throttle.py``; credentials that
-signed in recently skip the user name's count) and counted for the audit log in memory: a client
+signed in recently from the same client are not counted) and counted for the audit log in memory: a client
 without valid credentials causes no database write.
 """
 
@@ -159,21 +159,21 @@ class Policy:
         signed_in = self.throttle.signed_in
         admitted: list[bool] = []  # whether these credentials had signed in before, once admitted
 
-        def admit() -> None:  # before argon2 runs (a cached login costs nothing and waits for nothing)
-            known = bool(counted_name) and signed_in.recalls(username, password)
+        def admit() -> None:  # before the login cache and argon2: a cached login is throttled like any other
+            known = bool(counted_name) and signed_in.recalls(client, username, password)
             self.start_attempt(client, counted_name, username, signed_in_before=known)
             admitted.append(known)
 
         principal = await run_sync(self.authenticator.login, username, password, admit=admit)
         if principal is None:
             if admitted and admitted[0]:
-                signed_in.forget(username, password)  # renewed or disabled since: a guess like any other
+                signed_in.forget(client, username, password)  # renewed or disabled: a guess like any other
             self.failed(request, "basic", "wrong credentials", username)
             raise self.challenge(request, None, error="invalid_token")
         if admitted:
             self.throttle.succeeded(counted_name, client, signed_in_before=admitted[0])
             if counted_name:
-                signed_in.remember(username, password)
+                signed_in.remember(client, username, password)
         return principal
 
     def start_attempt(
@@ -181,7 +181,7 @@ class Policy:
     ) -> None:
         """Take this sign-in's place in the throttle, or 429 with Retry-After.
 
-        ``signed_in_before``: these credentials signed in recently, so the user name's count is skipped.
+        ``signed_in_before``: these credentials signed in recently from this client: no count at all.
         """
         wait = self.throttle.attempt(counted_name, client, signed_in_before=signed_in_before)
         if wait:

@@ -7,11 +7,14 @@ empty bucket makes further sign-ins by that client, or against that user name, w
 with ``Retry-After``) — right passwords included, so guessing cannot go faster than the
 refill rate. IPv6 clients are counted by their /64 (one home connection holds 2^64 addresses).
 
-A user name and password that signed in successfully are remembered (``SignedInCredentials``, a
-keyed hash, for ``REMEMBER_SECONDS`` after their last sign-in): they skip the user name's bucket,
-not the client's, so guesses against a name do not lock out its owner's running clients (OWASP's
-"device cookie", kept by the server). Only the throttle is skipped: the password is still checked.
-Buckets and remembered credentials are per process.
+A user name and password that signed in successfully are remembered with the client (address or
+/64) they came from (``SignedInCredentials``, a keyed hash, for ``REMEMBER_SECONDS`` after their
+last sign-in): from that client they skip both buckets, so guesses against a name do not lock out
+its owner's running clients (OWASP's "device cookie", kept by the server). From any other client
+they are throttled as any sign-in, so a right password there cannot be told from a wrong one while
+the name's bucket is empty. A sign-in the name's bucket refuses still costs its client a token.
+Only the throttle is skipped: the password is still checked. Buckets and remembered credentials
+are per process.
 """
 
 from __future__ import annotations
@@ -80,8 +83,9 @@ class TokenBuckets:
 
 
 class SignedInCredentials:
-    """User names and passwords that signed in within ``remember_seconds``, as HMACs under a key made
-    for this process (never the passwords); the least recently used beyond ``max_entries`` are forgotten."""
+    """(client, user name, password) that signed in within ``remember_seconds``, as HMACs under a key
+    made for this process (never the passwords); the least recently used beyond ``max_entries`` are
+    forgotten. The client is counted as the buckets count it (IPv6 by /64)."""
 
     def __init__(
         self, remember_seconds: float, clock: Callable[[], float], *, max_entries: int = MAX_KEYS
@@ -93,23 +97,23 @@ class SignedInCredentials:
         self._signed_in: OrderedDict[bytes, float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _digest(self, username: str, password: str) -> bytes:
-        name = username.encode()
-        message = len(name).to_bytes(4, "big") + name + password.encode()
+    def _digest(self, client: str | None, username: str, password: str) -> bytes:
+        parts = [client_bucket(client).encode(), username.encode()]
+        message = b"".join(len(part).to_bytes(4, "big") + part for part in parts) + password.encode()
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def remember(self, username: str, password: str) -> None:
-        """These credentials signed in just now."""
-        digest, now = self._digest(username, password), self._clock()
+    def remember(self, client: str | None, username: str, password: str) -> None:
+        """These credentials signed in just now from ``client``."""
+        digest, now = self._digest(client, username, password), self._clock()
         with self._lock:
             self._signed_in[digest] = now
             self._signed_in.move_to_end(digest)
             while len(self._signed_in) > self.max_entries:
                 self._signed_in.popitem(last=False)
 
-    def recalls(self, username: str, password: str) -> bool:
-        """Whether these credentials signed in within the last ``remember_seconds``."""
-        digest, now = self._digest(username, password), self._clock()
+    def recalls(self, client: str | None, username: str, password: str) -> bool:
+        """Whether these credentials signed in from ``client`` within the last ``remember_seconds``."""
+        digest, now = self._digest(client, username, password), self._clock()
         with self._lock:
             signed_in_at = self._signed_in.get(digest)
             if signed_in_at is None:
@@ -120,9 +124,9 @@ class SignedInCredentials:
             self._signed_in.move_to_end(digest)
             return True
 
-    def forget(self, username: str, password: str) -> None:
+    def forget(self, client: str | None, username: str, password: str) -> None:
         """These credentials no longer sign in (the password was renewed, the identity disabled)."""
-        digest = self._digest(username, password)
+        digest = self._digest(client, username, password)
         with self._lock:
             self._signed_in.pop(digest, None)
 
@@ -149,28 +153,34 @@ class LoginThrottle:
     def attempt(self, username: str, client: str | None, *, signed_in_before: bool = False) -> int:
         """Start a sign-in: 0 and one token taken from each bucket, or the whole seconds to wait.
 
-        ``signed_in_before`` (``signed_in.recalls`` said so) leaves the user name's bucket alone.
+        ``signed_in_before`` (``signed_in.recalls`` said so for this client) leaves both buckets
+        alone. A sign-in the user name's bucket refuses keeps its client's token spent: guessing
+        against an emptied name still costs the guesser.
         """
+        if signed_in_before:
+            return 0
         now = self._clock()
         client_key, user_key = client_bucket(client), _user_key(username)
-        counts_for_user = bool(username) and not signed_in_before
         with self._lock:
             wait = self._clients.wait(client_key, now)
-            if counts_for_user:
-                wait = max(wait, self._users.wait(user_key, now))
             if wait:
                 return math.ceil(wait)
             self._clients.take(client_key, now)
-            if counts_for_user:
+            if username:
+                wait = self._users.wait(user_key, now)
+                if wait:
+                    return math.ceil(wait)
                 self._users.take(user_key, now)
         return 0
 
     def succeeded(self, username: str, client: str | None, *, signed_in_before: bool = False) -> None:
         """The sign-in ``attempt`` started was right: give its tokens back (as ``attempt`` took them)."""
+        if signed_in_before:
+            return
         now = self._clock()
         with self._lock:
             self._clients.give_back(client_bucket(client), now)
-            if username and not signed_in_before:
+            if username:
                 self._users.give_back(_user_key(username), now)
 
 

@@ -13,7 +13,8 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 
 NAME = re.compile(r"^[A-Za-z0-9]{5,50}\Z")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}\Z")
-HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*\Z")
+#: Printable ASCII, spaces and tabs inside but not at either end (HTTP clients refuse those).
+HEADER_VALUE = re.compile(r"^(?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?\Z")
 #: Headers a webhook may not set: they belong to the HTTP exchange, not to the receiver.
 RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer"}
@@ -96,7 +97,10 @@ def check_headers(headers: dict[str, str]) -> dict[str, str]:
         if len(value) > MAX_HEADER_VALUE:
             raise invalid(f"the value of header {name!r} is longer than {MAX_HEADER_VALUE} characters")
         if not HEADER_VALUE.match(value):  # what an HTTP client can send: no é, no U+2028
-            raise invalid(f"the value of header {name!r} must be printable ASCII (no line breaks or NUL)")
+            raise invalid(
+                f"the value of header {name!r} must be printable ASCII, without line breaks, NUL, "
+                "or spaces at either end"
+            )
     return dict(headers)
 
 

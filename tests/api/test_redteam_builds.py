@@ -560,3 +560,13 @@ def test_refused_concurrency_cap_under_parallel_requests(client, dockyard) -> No
     for worker in workers:
         worker.join(30)
     assert 1 <= busy <= dockyard.settings.builds_concurrency
+
+
+@pytest.mark.parametrize("timers", [5, True, 1.5, "daily", {"name": "t"}])
+def test_hole_timers_that_are_not_a_list_are_a_500(client, timers):
+    """HOLE (closed). Attack: ``"timers": 5`` (or true, a float, a string, an object) on a task
+    create raised TypeError: a 500 and a traceback. Now a 400."""
+    response = client.post("/api/v1/tasks", json={**TASK, "timers": timers})
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["code"] == "INVALID_REQUEST"
+    assert client.get(f"/api/v1/tasks/{TASK['name']}").status_code == 404

@@ -80,56 +80,66 @@ def test_a_user_name_is_throttled_across_clients_and_cases():
     assert throttle.attempt("", "198.51.100.3") == 0  # no user name (a refresh token): client only
 
 
-def test_credentials_that_signed_in_skip_the_user_count_but_not_the_client_count():
+def test_credentials_that_signed_in_from_a_client_skip_both_counts_there():
     clock = Clock()
     throttle = LoginThrottle(per_client=3, per_user=1, refill_seconds=5, clock=clock)
     assert throttle.attempt("alice", "192.0.2.1") == 0  # a guess empties alice's bucket
     assert throttle.attempt("alice", "192.0.2.2") == 10
-    assert throttle.attempt("alice", "192.0.2.2", signed_in_before=True) == 0
-    throttle.succeeded("alice", "192.0.2.2", signed_in_before=True)
-    assert throttle.attempt("alice", "192.0.2.3") == 10  # the success gave nothing to alice's bucket
-    for _ in range(3):
-        assert throttle.attempt("alice", "192.0.2.4", signed_in_before=True) == 0
-    assert throttle.attempt("alice", "192.0.2.4", signed_in_before=True) == 5  # the client's limit holds
+    for _ in range(5):  # the owner's client, which signed in before: no count at all
+        assert throttle.attempt("alice", "192.0.2.9", signed_in_before=True) == 0
+        throttle.succeeded("alice", "192.0.2.9", signed_in_before=True)
+    assert throttle.attempt("alice", "192.0.2.3") == 10  # the successes gave nothing to alice's bucket
 
 
-def test_signed_in_credentials_are_remembered_for_a_while_by_name_and_password():
+def test_a_sign_in_the_user_count_refuses_still_costs_its_client():
+    clock = Clock()
+    throttle = LoginThrottle(per_client=3, per_user=1, refill_seconds=5, clock=clock)
+    assert throttle.attempt("alice", "192.0.2.1") == 0  # alice's bucket is empty now
+    assert [throttle.attempt("alice", "192.0.2.2") for _ in range(3)] == [10, 10, 10]
+    assert throttle.attempt("bob", "192.0.2.2") == 5  # guessing at alice spent 192.0.2.2's tokens
+
+
+def test_signed_in_credentials_are_remembered_for_a_while_by_client_name_and_password():
     clock = Clock()
     signed_in = SignedInCredentials(100, clock)
-    assert not signed_in.recalls("alice", "right")
-    signed_in.remember("alice", "right")
-    assert signed_in.recalls("alice", "right")
-    assert not signed_in.recalls("alice", "wrong")
-    assert not signed_in.recalls("bob", "right")
-    assert not signed_in.recalls("alicer", "ight")  # the name and password are not just run together
+    assert not signed_in.recalls("192.0.2.1", "alice", "right")
+    signed_in.remember("192.0.2.1", "alice", "right")
+    assert signed_in.recalls("192.0.2.1", "alice", "right")
+    assert not signed_in.recalls("192.0.2.1", "alice", "wrong")
+    assert not signed_in.recalls("192.0.2.1", "bob", "right")
+    assert not signed_in.recalls("192.0.2.2", "alice", "right")  # another client: not the owner's device
+    assert not signed_in.recalls("192.0.2.1", "alicer", "ight")  # the parts are not just run together
+    signed_in.remember("2001:db8:1:2::5", "alice", "right")
+    assert signed_in.recalls("2001:db8:1:2::77", "alice", "right")  # the same /64
+    assert not signed_in.recalls("2001:db8:1:3::5", "alice", "right")
     clock.now += 100
-    assert signed_in.recalls("alice", "right")
-    signed_in.remember("alice", "right")  # signing in again renews it
+    assert signed_in.recalls("192.0.2.1", "alice", "right")
+    signed_in.remember("192.0.2.1", "alice", "right")  # signing in again renews it
     clock.now += 99.5
-    assert signed_in.recalls("alice", "right")  # 199.5 s after the first sign-in, 99.5 s after this one
+    assert signed_in.recalls("192.0.2.1", "alice", "right")  # 199.5 s after the first, 99.5 s after this one
     clock.now += 1  # recalling renews nothing
-    assert not signed_in.recalls("alice", "right")
-    signed_in.remember("alice", "right")
-    signed_in.forget("alice", "right")
-    assert not signed_in.recalls("alice", "right")
-    signed_in.forget("never", "seen")
+    assert not signed_in.recalls("192.0.2.1", "alice", "right")
+    signed_in.remember("192.0.2.1", "alice", "right")
+    signed_in.forget("192.0.2.1", "alice", "right")
+    assert not signed_in.recalls("192.0.2.1", "alice", "right")
+    signed_in.forget("192.0.2.1", "never", "seen")
 
 
 def test_the_least_recently_used_signed_in_credentials_are_forgotten():
     signed_in = SignedInCredentials(100, Clock(), max_entries=2)
-    signed_in.remember("a", "1")
-    signed_in.remember("b", "2")
-    assert signed_in.recalls("a", "1")  # a used again: b is the oldest
-    signed_in.remember("c", "3")
-    assert signed_in.recalls("a", "1")
-    assert not signed_in.recalls("b", "2")
-    assert signed_in.recalls("c", "3")
+    signed_in.remember("c", "a", "1")
+    signed_in.remember("c", "b", "2")
+    assert signed_in.recalls("c", "a", "1")  # a used again: b is the oldest
+    signed_in.remember("c", "c", "3")
+    assert signed_in.recalls("c", "a", "1")
+    assert not signed_in.recalls("c", "b", "2")
+    assert signed_in.recalls("c", "c", "3")
 
 
 def test_each_process_remembers_under_its_own_key():
     one, other = SignedInCredentials(100, Clock()), SignedInCredentials(100, Clock())
-    assert one._digest("alice", "right") != other._digest("alice", "right")
-    assert one._digest("alice", "right") == one._digest("alice", "right")
+    assert one._digest("c", "alice", "right") != other._digest("c", "alice", "right")
+    assert one._digest("c", "alice", "right") == one._digest("c", "alice", "right")
     assert "right" not in repr(one._signed_in)
 
 

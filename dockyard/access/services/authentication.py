@@ -108,18 +108,17 @@ class Authenticator:
     ) -> Principal | None:
         """The principal these credentials belong to, or None. ``NULL_GUID`` + a refresh token works too.
 
-        ``admit`` is called before anything but a cache hit is checked (it may raise to refuse).
+        ``admit`` is called before anything is checked, the login cache included (it may raise to
+        refuse): otherwise a cached right password would be answered where wrong ones are refused.
         """
+        if admit is not None:
+            admit()
         if username == NULL_GUID:
-            if admit is not None:
-                admit()
             return self.refresh_principal(password)
         self.sync()
         principal = self._cached_login(username, password)
         if principal is not None:
             return principal
-        if admit is not None:
-            admit()
         with self._verify_slots:  # argon2 is deliberately costly: bound how many run at once
             principal = self._cached_login(username, password)  # verified meanwhile by another request?
             if principal is not None:

@@ -239,7 +239,10 @@ class TaskService:
         }
         self._check_shape(row)
         self._check_token_destination(row)
-        timers = [self._timer(t) for t in (body.get("timers") or [])] if "timers" in body else []
+        given_timers = body.get("timers") or []
+        if not isinstance(given_timers, list):
+            raise invalid("timers is a list of {name, schedule, enabled}")
+        timers = [self._timer(t) for t in given_timers]
         if len({t["name"] for t in timers}) != len(timers) or len(timers) > MAX_TIMERS:
             raise invalid(f"timers need distinct names (at most {MAX_TIMERS})")
         secret = new_secret()
