@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
 import anyio
 import pytest
@@ -88,13 +89,20 @@ def test_formatter_escapes_control_characters() -> None:
 
 
 def test_the_last_access_lines_are_written_even_when_shutdown_fails(
-    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from starlette.testclient import TestClient
 
     from dockyard.app import build, create_app
+    from dockyard.db import Database
+    from dockyard.migrations import upgrade
 
-    logged = settings.model_copy(update={"access_log": True, "log_format": "json"})
+    logged = Settings.model_validate(
+        {"data_dir": tmp_path, "admin_password": "x" * 16, "access_log": True, "log_format": "json"}
+    )
+    migrated = Database(logged.database_url, pool_size=1)
+    upgrade(migrated)
+    migrated.dispose()
     parts = build(logged)
 
     def failing_dispose() -> None:
