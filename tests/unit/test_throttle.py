@@ -157,3 +157,19 @@ def test_each_process_remembers_under_its_own_key():
 )
 def test_clients_are_counted_by_address_or_ipv6_64(client, bucket):
     assert client_bucket(client) == bucket
+
+
+def test_a_right_password_gives_the_user_name_its_token_back():
+    throttle = LoginThrottle(per_client=5, per_user=1, refill_seconds=5, clock=Clock())
+    assert throttle.attempt("alice", "192.0.2.1") == 0
+    throttle.succeeded("alice", "192.0.2.1")
+    assert throttle.attempt("alice", "192.0.2.2") == 0  # the user name's one token came back
+
+
+def test_a_bucket_refilled_to_exactly_one_token_lets_the_next_try_through():
+    clock = Clock()
+    throttle = LoginThrottle(per_client=1, per_user=5, refill_seconds=5, clock=clock)
+    assert throttle.attempt("", "192.0.2.1") == 0
+    assert throttle.attempt("", "192.0.2.1") == 5
+    clock.now += 5  # exactly one refill
+    assert throttle.attempt("", "192.0.2.1") == 0
