@@ -9,10 +9,11 @@ refill rate. IPv6 clients are counted by their /64 (one home connection holds 2^
 
 A user name and password that signed in successfully are remembered with the client (address or
 /64) they came from (``SignedInCredentials``, a keyed hash, for ``REMEMBER_SECONDS`` after their
-last sign-in): from that client they skip both buckets, so guesses against a name do not lock out
-its owner's running clients (OWASP's "device cookie", kept by the server). From any other client
-they are throttled as any sign-in, so a right password there cannot be told from a wrong one while
-the name's bucket is empty. A sign-in the name's bucket refuses still costs its client a token.
+last sign-in): from that client they take no token and skip the user name's bucket, so guesses
+against a name do not lock out its owner's running clients (OWASP's "device cookie", kept by the
+server); they still wait while that client's own bucket is empty. From any other client they are
+throttled as any sign-in, so a right password there cannot be told from a wrong one while the
+name's bucket is empty. A sign-in the name's bucket refuses still costs its client a token.
 Only the throttle is skipped: the password is still checked. Buckets and remembered credentials
 are per process.
 """
@@ -153,15 +154,17 @@ class LoginThrottle:
     def attempt(self, username: str, client: str | None, *, signed_in_before: bool = False) -> int:
         """Start a sign-in: 0 and one token taken from each bucket, or the whole seconds to wait.
 
-        ``signed_in_before`` (``signed_in.recalls`` said so for this client) leaves both buckets
-        alone. A sign-in the user name's bucket refuses keeps its client's token spent: guessing
-        against an emptied name still costs the guesser.
+        ``signed_in_before`` (``signed_in.recalls`` said so for this client) takes no token from
+        either bucket, but still waits while the client's bucket is empty: a neighbour behind the
+        same address who guessed it empty cannot tell a right password from a wrong one either.
+        A sign-in the user name's bucket refuses keeps its client's token spent: guessing against
+        an emptied name still costs the guesser.
         """
-        if signed_in_before:
-            return 0
         now = self._clock()
         client_key, user_key = client_bucket(client), _user_key(username)
         with self._lock:
+            if signed_in_before:
+                return math.ceil(self._clients.wait(client_key, now))
             wait = self._clients.wait(client_key, now)
             if wait:
                 return math.ceil(wait)

@@ -322,6 +322,30 @@ def test_guesses_at_a_user_name_do_not_lock_out_its_signed_in_clients(settings, 
         assert owner.get("/v2/", headers=victim).status_code == 429
 
 
+def test_a_neighbour_behind_the_owners_address_gets_no_oracle(settings, dockyard, client):
+    """Attack (session 22's second re-attack): from the owner's own NAT address, guess while the
+    user name's bucket is empty; the remembered right password answered 200 where wrong ones got
+    429, at any rate. Now every guess costs the shared client bucket, and once it is empty the
+    right password waits like a wrong one."""
+    app = create_app(settings, dockyard, background_jobs=False)
+    victim = create_user(client, "victim")
+    with TestClient(app, client=("10.1.1.4", 40000)) as owner:
+        assert owner.get("/v2/", headers=victim).status_code == 200
+    for address in ("198.51.100.88", "198.51.100.89"):  # 10 guesses each empty the name's 20
+        with TestClient(app, client=(address, 40000)) as attacker:
+            assert {
+                attacker.get("/v2/", headers=basic("victim", "guess")).status_code for _ in range(10)
+            } == {401}
+    dockyard.access.authenticator.forget()
+    with TestClient(app, client=("10.1.1.4", 40001)) as neighbour:
+        answers = [neighbour.get("/v2/", headers=basic("victim", "guess")) for _ in range(10)]
+        assert {a.status_code for a in answers} == {429}
+        wrong = neighbour.get("/v2/", headers=basic("victim", "guess"))
+        right = neighbour.get("/v2/", headers=victim)
+    assert (wrong.status_code, right.status_code) == (429, 429)
+    assert wrong.content == right.content
+
+
 # -- 7. bodies that crashed the server ----------------------------------------------------------
 
 

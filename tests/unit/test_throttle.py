@@ -173,3 +173,17 @@ def test_a_bucket_refilled_to_exactly_one_token_lets_the_next_try_through():
     assert throttle.attempt("", "192.0.2.1") == 5
     clock.now += 5  # exactly one refill
     assert throttle.attempt("", "192.0.2.1") == 0
+
+
+def test_remembered_credentials_still_wait_while_their_clients_bucket_is_empty():
+    """A neighbour behind the owner's address guesses the shared client bucket empty: the owner's
+    right password then waits too, so the neighbour cannot tell it from a wrong one."""
+    clock = Clock()
+    throttle = LoginThrottle(per_client=2, per_user=1, refill_seconds=6, clock=clock)
+    assert throttle.attempt("alice", "192.0.2.50") == 0  # someone empties alice's bucket
+    for _ in range(2):  # the neighbour's wrong guesses from the owner's address
+        assert throttle.attempt("alice", "192.0.2.1") == 12
+    assert throttle.attempt("alice", "192.0.2.1", signed_in_before=True) == 6
+    clock.now += 6
+    assert throttle.attempt("alice", "192.0.2.1", signed_in_before=True) == 0  # takes nothing
+    assert throttle.attempt("alice", "192.0.2.1", signed_in_before=True) == 0
