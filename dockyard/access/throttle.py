@@ -163,10 +163,8 @@ class LoginThrottle:
         now = self._clock()
         client_key, user_key = client_bucket(client), _user_key(username)
         with self._lock:
-            if signed_in_before:
-                return math.ceil(self._clients.wait(client_key, now))
             wait = self._clients.wait(client_key, now)
-            if wait:
+            if wait or signed_in_before:
                 return math.ceil(wait)
             self._clients.take(client_key, now)
             if username:

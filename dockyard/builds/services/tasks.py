@@ -292,10 +292,9 @@ class TaskService:
             row = self._locked(conn, name)
             merged = {**row._mapping, **values}
             self._check_shape(merged)
-            if "context" in values and "git_access_token" not in values:
-                self._check_token_destination(merged, row._mapping)
-            elif "context" in values or "git_access_token" in values:
-                self._check_token_destination(merged)
+            if "context" in values or "git_access_token" in values:
+                # a token given again may go to the new context; a kept one only to its old origin
+                self._check_token_destination(merged, None if "git_access_token" in values else row._mapping)
             conn.execute(
                 build_tasks.update().where(build_tasks.c.id == row.id).values(**values, updated_at=utcnow())
             )
