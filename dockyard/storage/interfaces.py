@@ -50,7 +50,7 @@ class StorageFull(StorageError):
 
 @dataclass(frozen=True, slots=True)
 class LocalFile:
-    """Serve the blob by sending this file (zero-copy ``sendfile``)."""
+    """Serve the blob by sending this local file (the route reads it; see ``LocalFileResponse``)."""
 
     path: Path
 

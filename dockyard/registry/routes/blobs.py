@@ -6,7 +6,7 @@ import logging
 import os
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import DELETE, PULL, PUSH
@@ -24,6 +24,7 @@ from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_name
 from dockyard.registry.routes.headers import API_VERSION, byte_range, content_range, repository_name
+from dockyard.registry.routes.local_file import LocalFileResponse
 from dockyard.registry.routes.pullthrough import ORIGIN_HEADER, cache_for, refuse_cache_push
 from dockyard.registry.services import RegistryServices
 from dockyard.registry.services.common import BlobInfo, UploadState
@@ -123,22 +124,20 @@ class BlobRoutes:
             # the way to them is not).
             headers["Cache-Control"] = "no-store"
             return Response(status_code=307, headers={**headers, "Location": source.url})
-        if span is None and isinstance(source, LocalFile) and "range" not in request.headers:
-            try:
-                stat = os.stat(source.path)
-            except FileNotFoundError:
-                log.error("blob %s is recorded but missing from storage", blob.digest)
-                raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage") from None
-            return FileResponse(
-                source.path, headers=headers, media_type="application/octet-stream", stat_result=stat
-            )
         start, end = span if span is not None else (0, blob.size - 1)
         length = end - start + 1 if blob.size else 0
-        headers["content-length"] = str(length)
         status = 200
         if span is not None:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
+        if isinstance(source, LocalFile):
+            if not os.path.exists(source.path):
+                log.error("blob %s is recorded but missing from storage", blob.digest)
+                raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage")
+            return LocalFileResponse(
+                str(source.path), start, length, status_code=status, headers=headers, whole=span is None
+            )
+        headers["content-length"] = str(length)
         if self.blobs.kept_in_memory(blob):  # an image config, mostly: no store request once read
             data = self.blobs.remembered(blob)
             if data is None:

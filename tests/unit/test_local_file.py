@@ -1,0 +1,183 @@
+"""Sending a local blob file: cached chunks read on the loop, the rest in a thread or by the server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.registry.routes import local_file
+from dockyard.registry.routes.local_file import SEND_CHUNK, LocalFileResponse, is_cached, read_if_cached
+
+PATHSEND = {"http.response.pathsend": {}}
+
+
+def _call(response: LocalFileResponse, extensions: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The messages ``response`` sends for one GET."""
+    sent: list[dict[str, Any]] = []
+    scope = {"type": "http", "method": "GET", "extensions": extensions or {}}
+
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    anyio.run(response, scope, receive, send)
+    return sent
+
+
+def _body(messages: list[dict[str, Any]]) -> bytes:
+    return b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+
+
+@pytest.fixture
+def blob(tmp_path: Path) -> tuple[Path, bytes]:
+    data = os.urandom(2 * SEND_CHUNK + 12345)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    return path, data
+
+
+def test_a_file_just_written_is_cached_and_read_on_the_loop(blob: tuple[Path, bytes]) -> None:
+    path, data = blob
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert is_cached(fd, len(data) - 1)
+        assert read_if_cached(fd, 10, 100) == data[10:110]
+    finally:
+        os.close(fd)
+
+
+def test_without_the_no_wait_flag_nothing_counts_as_cached(
+    blob: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = blob
+    monkeypatch.setattr(local_file, "NO_WAIT", None)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert not is_cached(fd, 0)
+        assert read_if_cached(fd, 0, 10) is None
+    finally:
+        os.close(fd)
+
+
+def test_a_whole_cached_file_is_sent_in_chunks_with_its_length(blob: tuple[Path, bytes]) -> None:
+    path, data = blob
+    response = LocalFileResponse(str(path), 0, len(data), headers={"ETag": '"x"'}, whole=True)
+    messages = _call(response, PATHSEND)
+    start = messages[0]
+    assert start["type"] == "http.response.start"
+    assert start["status"] == 200
+    assert (b"content-length", str(len(data)).encode()) in start["headers"]
+    bodies = [m for m in messages if m["type"] == "http.response.body"]
+    assert len(bodies) == 3
+    assert all(len(m["body"]) <= SEND_CHUNK for m in bodies)
+    assert [m["more_body"] for m in bodies] == [True, True, False]
+    assert _body(messages) == data
+
+
+def test_a_range_is_sent_from_its_offset(blob: tuple[Path, bytes]) -> None:
+    path, data = blob
+    start, length = SEND_CHUNK - 7, SEND_CHUNK + 20
+    response = LocalFileResponse(str(path), start, length, status_code=206, headers={})
+    messages = _call(response, PATHSEND)
+    assert messages[0]["status"] == 206
+    assert _body(messages) == data[start : start + length]
+    assert all(m["type"] != "http.response.pathsend" for m in messages)
+
+
+def test_a_small_file_is_one_message(tmp_path: Path) -> None:
+    path = tmp_path / "small"
+    path.write_bytes(b"config")
+    messages = _call(LocalFileResponse(str(path), 0, 6, headers={}, whole=True), PATHSEND)
+    assert [m["type"] for m in messages] == ["http.response.start", "http.response.body"]
+    assert messages[1]["body"] == b"config"
+    assert not messages[1].get("more_body", False)
+
+
+def test_an_empty_blob_sends_an_empty_body(tmp_path: Path) -> None:
+    path = tmp_path / "empty"
+    path.write_bytes(b"")
+    messages = _call(LocalFileResponse(str(path), 0, 0, headers={}, whole=True))
+    assert _body(messages) == b""
+    assert (b"content-length", b"0") in messages[0]["headers"]
+
+
+def test_chunks_not_cached_are_read_in_a_thread(
+    blob: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, data = blob
+    monkeypatch.setattr(local_file, "NO_WAIT", None)  # nothing counts as cached
+    threaded: list[int] = []
+
+    async def in_thread(function: Any, *args: Any) -> Any:
+        threaded.append(args[2])
+        return function(*args)
+
+    monkeypatch.setattr(local_file, "run_sync", in_thread)
+    messages = _call(LocalFileResponse(str(path), 0, len(data), headers={}))
+    assert _body(messages) == data
+    assert threaded == [0, SEND_CHUNK, 2 * SEND_CHUNK]
+
+
+def test_a_whole_file_not_cached_is_left_to_the_server(
+    blob: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, data = blob
+    monkeypatch.setattr(local_file, "NO_WAIT", None)
+    messages = _call(LocalFileResponse(str(path), 0, len(data), headers={}, whole=True), PATHSEND)
+    assert messages[1] == {"type": "http.response.pathsend", "path": str(path)}
+    assert len(messages) == 2
+    # a server without the extension gets the chunks, read in threads
+    assert _body(_call(LocalFileResponse(str(path), 0, len(data), headers={}, whole=True))) == data
+
+
+def test_a_file_removed_before_sending_is_blob_unknown(tmp_path: Path) -> None:
+    response = LocalFileResponse(str(tmp_path / "gone"), 0, 10, headers={}, whole=True)
+    with pytest.raises(RegistryError) as raised:
+        _call(response)
+    assert raised.value.code is ErrorCode.BLOB_UNKNOWN
+
+
+def test_a_file_shorter_than_recorded_fails_the_response(tmp_path: Path) -> None:
+    path = tmp_path / "cut"
+    path.write_bytes(b"x" * 100)
+    with pytest.raises(OSError, match="ended 50 bytes early"):
+        _call(LocalFileResponse(str(path), 0, 150, headers={}))
+
+
+def test_a_disconnect_reported_while_streaming_stops_the_reading(
+    blob: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, data = blob
+    sent: list[dict[str, Any]] = []
+    first_body = anyio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await first_body.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            first_body.set()
+            await anyio.sleep_forever()  # a client that stopped reading
+
+    response = LocalFileResponse(str(path), 0, len(data), headers={})
+    anyio.run(response, {"type": "http", "method": "GET"}, receive, send)
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+
+
+def test_the_file_is_closed_after_sending(blob: tuple[Path, bytes]) -> None:
+    path, data = blob
+    before = len(os.listdir("/proc/self/fd"))
+    _call(LocalFileResponse(str(path), 0, len(data), headers={}))
+    with pytest.raises(OSError, match="ended 1 bytes early"):
+        _call(LocalFileResponse(str(path), 0, len(data) + 1, headers={}))
+    assert len(os.listdir("/proc/self/fd")) == before
