@@ -207,17 +207,19 @@ def _prepare_database(settings_json: str) -> None:
         admin = access.identities.admin()
     finally:
         db.dispose()
+    disabled = admin is not None and not admin.enabled
     if created:
+        state = " (disabled until `dockyard admin enable`)" if disabled else ""
         lines = [
             "",
-            "Admin user created; its passwords are shown only now:",
+            f"Admin user created{state}; its passwords are shown only now:",
             f"  username:  {settings.admin_username}",
             *(f"  {c.name + ':':<10} {c.value}" for c in created),
             "Log in with: dockyard login / docker login / podman login / skopeo --creds",
             "",
         ]
         write_notice("\n".join(lines), settings.log_format)
-    if admin is not None and not admin.enabled:
+    if disabled:
         log.warning(
             "the admin user %r is disabled; set DOCKYARD_ADMIN_PASSWORD at first start, or run "
             "`dockyard admin enable` where the database is reachable",

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from dockyard.access.services import bootstrap, build_access_services
 from dockyard.config import Settings
 from dockyard.db import Database
+from dockyard.server import _prepare_database as prepare_database
 from tests.cli.conftest import Cli, wait_answering
 from tests.e2e.support import ADMIN_PASSWORD, ADMIN_USERNAME, DockyardServer, wait_for
 
@@ -113,3 +114,17 @@ def test_admin_enable_on_postgresql(
         what="the old admin password to stop working",
     )
     cli.ok("login", server.url, "-u", ADMIN_USERNAME, "--password-stdin", input=new["password2"])
+
+
+def test_first_start_on_postgresql_says_the_new_admin_is_disabled(
+    empty_postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(database_url=empty_postgres_url, data_dir=tmp_path / "data", admin_password="")
+    prepare_database(settings.model_dump_json())
+    shown = capsys.readouterr().err
+    assert "Admin user created (disabled until `dockyard admin enable`); its passwords" in shown
+    assert _admin_enabled(empty_postgres_url) is False
+    prepare_database(settings.model_dump_json())  # a later start: the warning alone
+    again = capsys.readouterr().err
+    assert "Admin user created" not in again
+    assert "the admin user 'dockyard' is disabled" in again
