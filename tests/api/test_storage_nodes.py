@@ -47,6 +47,7 @@ class GuardedStore:
         self.deleted: list[tuple[str, str | None]] = []
         self.reads: list[str] = []
         self.read_lengths: list[int | None] = []
+        self.sourced: list[str] = []
         #: Bytes ``read`` answers instead of the stored ones (a store copy gone bad), by digest.
         self.rotten: dict[str, bytes] = {}
 
@@ -82,6 +83,7 @@ class GuardedStore:
 
     def source(self, digest, *, location=None, redirect=False, expires=1200):
         self._called("source")
+        self.sourced.append(digest)
         if not self.readable:
             raise AssertionError("this node must not read blob data")
         if redirect and self.redirect_to:
@@ -228,6 +230,27 @@ def test_a_redirecting_registry_answers_307(node):
     served = plain.get(url, follow_redirects=False)  # the setting is off: the bytes come from Dockyard
     assert served.status_code == 200
     assert served.content == DATA[:100]
+
+
+def test_a_redirect_is_signed_once_and_handed_out_again_while_fresh(node):
+    client, _, store = node({"redirect_to": "https://blobs.example"}, storage_redirect=True)
+    first, second = DATA[:100], DATA[100:200]
+    for data in (first, second):
+        location = client.post("/v2/team/app/blobs/uploads/").headers["location"]
+        assert client.put(location, params={"digest": sha256(data)}, content=data).status_code == 201
+    urls = []
+    for data in (first, first, second, first):
+        answer = client.get(f"/v2/team/app/blobs/{sha256(data)}", follow_redirects=False)
+        assert answer.status_code == 307
+        urls.append(answer.headers["location"])
+    assert urls[0] == urls[1] == urls[3] != urls[2]
+    assert store.sourced == [sha256(first), sha256(second)]  # one signing per blob
+    # the repository's hold on the blob and the caller's right are still asked every time
+    assert client.get(f"/v2/team/other/blobs/{sha256(first)}", follow_redirects=False).status_code == 404
+    anonymous = client.get(f"/v2/team/app/blobs/{sha256(first)}", headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+    assert client.delete(f"/v2/team/app/blobs/{sha256(first)}").status_code == 202
+    assert client.get(f"/v2/team/app/blobs/{sha256(first)}", follow_redirects=False).status_code == 404
 
 
 def test_a_remote_store_is_never_called_inside_a_transaction(node):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dockyard.registry.services.blobs import RecentRedirects
 from dockyard.registry.services.digests import ENTRY_OVERHEAD, RecentBlobs
+from dockyard.storage import Redirect
 
 
 def test_the_budget_drops_the_least_recently_used_first() -> None:
@@ -46,3 +48,28 @@ def test_tiny_blobs_cannot_hold_more_than_the_budget() -> None:
     for n in range(1000):
         recent.keep(f"sha256:{n}", b"x")
     assert sum(recent.get(f"sha256:{n}") is not None for n in range(1000)) < 100
+
+
+def test_recent_redirects_are_reused_while_fresh_then_signed_again() -> None:
+    now = [100.0]
+    redirects = RecentRedirects(reuse_seconds=300, size=2, clock=lambda: now[0])
+    url = Redirect("https://store/a?sig=1")
+    assert redirects.get("sha256:a", None) is None
+    redirects.keep("sha256:a", None, url)
+    assert redirects.get("sha256:a", None) is url
+    assert redirects.get("sha256:a", "located/x") is None  # another copy of the blob: its own URL
+    now[0] += 299.9
+    assert redirects.get("sha256:a", None) is url
+    now[0] += 0.1
+    assert redirects.get("sha256:a", None) is None  # a quarter of its life gone: sign anew
+
+
+def test_recent_redirects_keep_at_most_their_size_least_recently_used_first_out() -> None:
+    redirects = RecentRedirects(size=2)
+    for name in ("a", "b"):
+        redirects.keep(name, None, Redirect(name))
+    assert redirects.get("a", None) == Redirect("a")  # "b" is now the least recently used
+    redirects.keep("c", None, Redirect("c"))
+    assert redirects.get("b", None) is None
+    assert redirects.get("a", None) == Redirect("a")
+    assert redirects.get("c", None) == Redirect("c")

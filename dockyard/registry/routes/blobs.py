@@ -118,7 +118,7 @@ class BlobRoutes:
     async def _send(self, request: Request, blob: BlobInfo, headers: dict[str, str]) -> Response:
         """A blob GET's answer: a redirect, the file, the bytes kept in memory, or a stream."""
         span = byte_range(request, blob.size)
-        source = await run_local(self.blobs.local, self.blobs.source, blob)
+        source = self.blobs.recent_source(blob) or await run_local(self.blobs.local, self.blobs.source, blob)
         if isinstance(source, Redirect):
             # The URL expires and carries a grant: no cache may replay it (the bytes are immutable,
             # the way to them is not).
