@@ -11,7 +11,14 @@ import pytest
 
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.routes import local_file
-from dockyard.registry.routes.local_file import SEND_CHUNK, LocalFileResponse, is_cached, read_if_cached
+from dockyard.registry.routes.local_file import (
+    SEND_CHUNK,
+    SLOW_CHUNK,
+    FastStreams,
+    LocalFileResponse,
+    is_cached,
+    read_if_cached,
+)
 
 PATHSEND = {"http.response.pathsend": {}}
 
@@ -181,3 +188,42 @@ def test_the_file_is_closed_after_sending(blob: tuple[Path, bytes]) -> None:
     with pytest.raises(OSError, match="ended 1 bytes early"):
         _call(LocalFileResponse(str(path), 0, len(data) + 1, headers={}))
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_without_a_free_fast_slot_a_whole_file_is_left_to_the_server(blob: tuple[Path, bytes]) -> None:
+    path, data = blob
+    busy = FastStreams(limit=1)
+    assert busy.take()
+    response = LocalFileResponse(str(path), 0, len(data), headers={}, whole=True, streams=busy)
+    messages = _call(response, PATHSEND)
+    assert messages[1] == {"type": "http.response.pathsend", "path": str(path)}
+    assert busy.active == 1  # the slot it did not get is not given back either
+
+
+def test_without_a_free_fast_slot_a_range_is_sent_in_small_chunks(blob: tuple[Path, bytes]) -> None:
+    path, data = blob
+    full = FastStreams(limit=0)
+    response = LocalFileResponse(str(path), 5, 3 * SLOW_CHUNK, status_code=206, headers={}, streams=full)
+    messages = _call(response, PATHSEND)
+    bodies = [m["body"] for m in messages if m["type"] == "http.response.body"]
+    assert [len(b) for b in bodies] == [SLOW_CHUNK] * 3
+    assert b"".join(bodies) == data[5 : 5 + 3 * SLOW_CHUNK]
+    # a file no larger than a small chunk needs no slot: one message
+    small = LocalFileResponse(str(path), 0, SLOW_CHUNK, headers={}, whole=True, streams=full)
+    assert [m["type"] for m in _call(small, PATHSEND)] == ["http.response.start", "http.response.body"]
+
+
+def test_fast_slots_are_given_back_after_sending_and_after_failing(
+    blob: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, data = blob
+    streams = FastStreams(limit=1)
+    _call(LocalFileResponse(str(path), 0, len(data), headers={}, streams=streams))
+    assert streams.active == 0
+    cut = tmp_path / "cut"
+    cut.write_bytes(data[: SEND_CHUNK + 10])
+    with pytest.raises(OSError, match="bytes early"):
+        _call(LocalFileResponse(str(cut), 0, 2 * SEND_CHUNK, headers={}, streams=streams))
+    assert streams.active == 0
+    assert streams.take()
+    assert not streams.take()

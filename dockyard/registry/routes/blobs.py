@@ -24,7 +24,7 @@ from dockyard.oci.digest import parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.names import validate_name
 from dockyard.registry.routes.headers import API_VERSION, byte_range, content_range, repository_name
-from dockyard.registry.routes.local_file import LocalFileResponse
+from dockyard.registry.routes.local_file import FastStreams, LocalFileResponse
 from dockyard.registry.routes.pullthrough import ORIGIN_HEADER, cache_for, refuse_cache_push
 from dockyard.registry.services import RegistryServices
 from dockyard.registry.services.common import BlobInfo, UploadState
@@ -59,6 +59,7 @@ class BlobRoutes:
         self.uploads = services.uploads
         self.hooks = services.hooks
         self.policy = policy
+        self.fast_streams = FastStreams()  # 1 MiB-chunk blob sends at once (see local_file)
 
     def routes(self) -> list[BaseRoute]:
         guard = self.policy.guard
@@ -135,7 +136,13 @@ class BlobRoutes:
                 log.error("blob %s is recorded but missing from storage", blob.digest)
                 raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage")
             return LocalFileResponse(
-                str(source.path), start, length, status_code=status, headers=headers, whole=span is None
+                str(source.path),
+                start,
+                length,
+                status_code=status,
+                headers=headers,
+                whole=span is None,
+                streams=self.fast_streams,
             )
         headers["content-length"] = str(length)
         if self.blobs.kept_in_memory(blob):  # an image config, mostly: no store request once read

@@ -3,9 +3,14 @@
 A file the page cache holds is read on the event loop, a chunk at a time: a read is then a memory
 copy, and handing each one to a thread (as the server's own file sending does, in 128 KiB reads)
 cost a quarter of the throughput of 8 concurrent pulls in thread wake-ups alone. A chunk that is
-not cached is read in a worker thread. A whole file that is not cached at all goes to the server's
-own file sending (``http.response.pathsend``): granian reports no disconnect to the app while it
-streams, so a client that goes away costs the rest of a cached file's reading, never its disk I/O.
+not cached is read in a worker thread.
+
+The server keeps several body messages of a slow client in its buffers (about 8 MiB per client
+with 1 MiB chunks), so only ``FastStreams.limit`` responses per process send 1 MiB chunks at
+once; the others send 128 KiB chunks, or leave a whole file to the server's own file sending
+(``http.response.pathsend``, about 0.6 MiB per slow client), as does a whole file that is not
+cached at all. Granian reports no disconnect to the app while it streams, so a client that goes
+away costs the rest of a cached file's reading (memory copies), never disk reads.
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ from starlette.types import Receive, Scope, Send
 from dockyard.asgi import run_sync
 from dockyard.oci.errors import ErrorCode, RegistryError
 
-#: Bytes per body message: large enough that per-chunk costs vanish, small enough that a slow
-#: client holds little memory (the server takes the next chunk once the last one is written).
+#: Bytes per body message of a fast stream: large enough that per-chunk costs vanish.
 SEND_CHUNK = 1024 * 1024
+#: Bytes per body message of any other stream, and the largest file sent as one message without
+#: a fast stream's slot.
+SLOW_CHUNK = 128 * 1024
+#: Responses per process that may send 1 MiB chunks at once.
+FAST_STREAMS = 8
 
 #: ``preadv`` flag that fails instead of waiting on the disk (Linux); absent elsewhere.
 NO_WAIT = getattr(os, "RWF_NOWAIT", None)
@@ -49,6 +58,25 @@ def is_cached(fd: int, offset: int) -> bool:
     return True
 
 
+class FastStreams:
+    """The slots for 1 MiB-chunk streams of one app (taken and given back on its event loop)."""
+
+    def __init__(self, limit: int = FAST_STREAMS) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def take(self) -> bool:
+        """Take a slot if one is free."""
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def give(self) -> None:
+        """Give a slot back."""
+        self.active -= 1
+
+
 class LocalFileResponse(Response):
     """``length`` bytes of the file at ``path`` from ``start``, with the given status and headers."""
 
@@ -61,6 +89,7 @@ class LocalFileResponse(Response):
         status_code: int = 200,
         headers: Mapping[str, str],
         whole: bool = False,
+        streams: FastStreams | None = None,
     ) -> None:
         headers = {**headers, "content-length": str(length)}
         super().__init__(status_code=status_code, headers=headers, media_type="application/octet-stream")
@@ -68,19 +97,22 @@ class LocalFileResponse(Response):
         self.start = start
         self.length = length
         self.whole = whole  # the whole file: the server may send it itself
+        self.streams = streams if streams is not None else FastStreams()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:  # removed by garbage collection since the route found it
             raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage") from None
+        fast = self.length > SLOW_CHUNK and self.streams.take()
         try:
             start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             await send(start)
-            if self.length > SEND_CHUNK and self._server_sends(scope, fd):
+            chunk = SEND_CHUNK if fast else SLOW_CHUNK
+            if self.length > chunk and self._server_sends(scope, fd, fast):
                 await send({"type": "http.response.pathsend", "path": self.path})
                 return
-            if self.length <= SEND_CHUNK:
+            if self.length <= chunk:
                 body = await self._read(fd, self.start, self.length) if self.length else b""
                 await send({"type": "http.response.body", "body": body})
                 return
@@ -92,24 +124,28 @@ class LocalFileResponse(Response):
                         group.cancel_scope.cancel()
 
                     group.start_soon(watch)
-                    await self._send_chunks(fd, send)
+                    await self._send_chunks(fd, send, chunk)
                     group.cancel_scope.cancel()
             except BaseExceptionGroup as failed:  # the sending's own error, as the caller expects
                 if len(failed.exceptions) == 1:
                     raise failed.exceptions[0] from None
                 raise
         finally:
+            if fast:
+                self.streams.give()
             os.close(fd)
 
-    def _server_sends(self, scope: Scope, fd: int) -> bool:
-        """Whether to leave a whole file that is not cached (its last byte is not) to the server."""
-        extensions = scope.get("extensions") or {}
-        return self.whole and "http.response.pathsend" in extensions and not is_cached(fd, self.length - 1)
+    def _server_sends(self, scope: Scope, fd: int, fast: bool) -> bool:
+        """Whether to leave a whole file to the server: without a fast slot, or not cached at all
+        (its last byte is not)."""
+        if not self.whole or "http.response.pathsend" not in (scope.get("extensions") or {}):
+            return False
+        return not fast or not is_cached(fd, self.length - 1)
 
-    async def _send_chunks(self, fd: int, send: Send) -> None:
+    async def _send_chunks(self, fd: int, send: Send, chunk: int) -> None:
         offset, end = self.start, self.start + self.length
         while offset < end:
-            size = min(SEND_CHUNK, end - offset)
+            size = min(chunk, end - offset)
             body = await self._read(fd, offset, size)
             offset += size
             await send({"type": "http.response.body", "body": body, "more_body": offset < end})
