@@ -17,10 +17,17 @@ from dockyard.registry.routes.local_file import (
     FastStreams,
     LocalFileResponse,
     is_cached,
-    read_if_cached,
+    read_cached,
+    read_rest,
 )
 
 PATHSEND = {"http.response.pathsend": {}}
+
+
+async def _never() -> dict[str, Any]:
+    """A receive that never reports anything, as granian while a body streams."""
+    await anyio.sleep_forever()
+    raise AssertionError("unreachable")
 
 
 def _call(response: LocalFileResponse, extensions: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -28,14 +35,10 @@ def _call(response: LocalFileResponse, extensions: dict[str, Any] | None = None)
     sent: list[dict[str, Any]] = []
     scope = {"type": "http", "method": "GET", "extensions": extensions or {}}
 
-    async def receive() -> dict[str, Any]:
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    anyio.run(response, scope, receive, send)
+    anyio.run(response, scope, _never, send)
     return sent
 
 
@@ -56,7 +59,7 @@ def test_a_file_just_written_is_cached_and_read_on_the_loop(blob: tuple[Path, by
     fd = os.open(path, os.O_RDONLY)
     try:
         assert is_cached(fd, len(data) - 1)
-        assert read_if_cached(fd, 10, 100) == data[10:110]
+        assert read_cached(fd, 10, 100) == (bytearray(data[10:110]), 100)
     finally:
         os.close(fd)
 
@@ -64,12 +67,15 @@ def test_a_file_just_written_is_cached_and_read_on_the_loop(blob: tuple[Path, by
 def test_without_the_no_wait_flag_nothing_counts_as_cached(
     blob: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, _ = blob
+    path, data = blob
     monkeypatch.setattr(local_file, "NO_WAIT", None)
     fd = os.open(path, os.O_RDONLY)
     try:
         assert not is_cached(fd, 0)
-        assert read_if_cached(fd, 0, 10) is None
+        assert read_cached(fd, 0, 10) == (bytearray(10), 0)
+        buffer = bytearray(b"abc") + bytearray(7)
+        assert read_rest(fd, buffer, 3, 0) == 10
+        assert buffer == b"abc" + data[3:10]
     finally:
         os.close(fd)
 
@@ -124,7 +130,7 @@ def test_chunks_not_cached_are_read_in_a_thread(
     threaded: list[int] = []
 
     async def in_thread(function: Any, *args: Any) -> Any:
-        threaded.append(args[2])
+        threaded.append(args[3])
         return function(*args)
 
     monkeypatch.setattr(local_file, "run_sync", in_thread)
@@ -155,8 +161,38 @@ def test_a_file_removed_before_sending_is_blob_unknown(tmp_path: Path) -> None:
 def test_a_file_shorter_than_recorded_fails_the_response(tmp_path: Path) -> None:
     path = tmp_path / "cut"
     path.write_bytes(b"x" * 100)
-    with pytest.raises(OSError, match="ended 50 bytes early"):
-        _call(LocalFileResponse(str(path), 0, 150, headers={}))
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    with pytest.raises(OSError, match="holds 100 bytes, 150 expected"):
+        anyio.run(LocalFileResponse(str(path), 0, 150, headers={}), {"type": "http"}, _never, send)
+    assert sent == []  # an error answer, not a 200 that breaks off
+
+
+def test_a_chunk_partly_cached_is_finished_in_a_thread(
+    blob: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, data = blob
+    real = local_file.read_cached
+
+    def half_cached(fd: int, offset: int, size: int) -> tuple[bytearray, int]:
+        buffer, filled = real(fd, offset, size)
+        assert filled == size
+        return buffer, size // 2
+
+    finished: list[tuple[int, int]] = []
+
+    async def in_thread(function: Any, fd: int, buffer: bytearray, filled: int, offset: int) -> Any:
+        finished.append((filled, offset))
+        buffer[filled:] = bytes(len(buffer) - filled)  # what the loop read stays, the rest is read
+        return function(fd, buffer, filled, offset)
+
+    monkeypatch.setattr(local_file, "read_cached", half_cached)
+    monkeypatch.setattr(local_file, "run_sync", in_thread)
+    assert _body(_call(LocalFileResponse(str(path), 0, len(data), headers={}))) == data
+    assert finished == [(SEND_CHUNK // 2, 0), (SEND_CHUNK // 2, SEND_CHUNK), (12345 // 2, 2 * SEND_CHUNK)]
 
 
 def test_a_disconnect_reported_while_streaming_stops_the_reading(
@@ -185,7 +221,7 @@ def test_the_file_is_closed_after_sending(blob: tuple[Path, bytes]) -> None:
     path, data = blob
     before = len(os.listdir("/proc/self/fd"))
     _call(LocalFileResponse(str(path), 0, len(data), headers={}))
-    with pytest.raises(OSError, match="ended 1 bytes early"):
+    with pytest.raises(OSError, match="expected"):
         _call(LocalFileResponse(str(path), 0, len(data) + 1, headers={}))
     assert len(os.listdir("/proc/self/fd")) == before
 
@@ -221,9 +257,15 @@ def test_fast_slots_are_given_back_after_sending_and_after_failing(
     _call(LocalFileResponse(str(path), 0, len(data), headers={}, streams=streams))
     assert streams.active == 0
     cut = tmp_path / "cut"
-    cut.write_bytes(data[: SEND_CHUNK + 10])
-    with pytest.raises(OSError, match="bytes early"):
-        _call(LocalFileResponse(str(cut), 0, 2 * SEND_CHUNK, headers={}, streams=streams))
+    cut.write_bytes(data)
+
+    async def cut_after_the_first_chunk(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            os.truncate(cut, SEND_CHUNK + 10)
+
+    response = LocalFileResponse(str(cut), 0, len(data), headers={}, streams=streams)
+    with pytest.raises(OSError, match="ended 1048566 bytes early at offset 1048586"):
+        anyio.run(response, {"type": "http"}, _never, cut_after_the_first_chunk)
     assert streams.active == 0
     assert streams.take()
     assert not streams.take()

@@ -29,7 +29,7 @@ from dockyard.registry.routes.pullthrough import ORIGIN_HEADER, cache_for, refus
 from dockyard.registry.services import RegistryServices
 from dockyard.registry.services.common import BlobInfo, UploadState
 from dockyard.registry.services.upload_sessions import SMALL_CHUNK, range_header
-from dockyard.storage import LocalFile, Redirect
+from dockyard.storage import BlobSource, LocalFile, Redirect
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,13 @@ def _blob_headers(name: str, blob: BlobInfo) -> dict[str, str]:
         "Docker-Content-Digest": blob.digest,
         "Location": f"/v2/{name}/blobs/{blob.digest}",
     }
+
+
+def _present(source: BlobSource, blob: BlobInfo) -> None:
+    """BLOB_UNKNOWN (and an error in the log) if ``source`` is a local file that is gone."""
+    if isinstance(source, LocalFile) and not os.path.exists(source.path):
+        log.error("blob %s is recorded but missing from storage", blob.digest)
+        raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage")
 
 
 def _upload_headers(state: UploadState) -> dict[str, str]:
@@ -112,6 +119,8 @@ class BlobRoutes:
         if fetched:
             headers[ORIGIN_HEADER] = "upstream"
         if request.method == "HEAD":
+            if self.blobs.local:  # a file store answers as GET would when the file is gone
+                _present(self.blobs.source(blob), blob)
             headers["content-length"] = str(blob.size)
             return Response(b"", headers=headers, media_type="application/octet-stream")
         return await self._send(request, blob, headers)
@@ -132,9 +141,7 @@ class BlobRoutes:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
         if isinstance(source, LocalFile):
-            if not os.path.exists(source.path):
-                log.error("blob %s is recorded but missing from storage", blob.digest)
-                raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage")
+            _present(source, blob)
             return LocalFileResponse(
                 str(source.path),
                 start,

@@ -1,17 +1,18 @@
 """Sending a blob that the store keeps in a local file (the filesystem driver).
 
-A file the page cache holds is read on the event loop, a chunk at a time: a read is then a memory
+What the page cache holds of a chunk is read on the event loop (``preadv`` with ``RWF_NOWAIT``
+stops at the first page that is not cached, never waiting on the disk): a read is then a memory
 copy, and handing each one to a thread (as the server's own file sending does, in 128 KiB reads)
-cost a quarter of the throughput of 8 concurrent pulls in thread wake-ups alone. A chunk that is
-not cached is read in a worker thread.
+cost a quarter of the throughput of 8 concurrent pulls in thread wake-ups alone. The rest of the
+chunk is read in a worker thread.
 
 The server keeps several body messages of a slow client in its buffers (about 8 MiB per client
 with 1 MiB chunks), so only ``FastStreams.limit`` responses per process send 1 MiB chunks at
 once; the others send 128 KiB chunks, or leave a whole file to the server's own file sending
 (``http.response.pathsend``, about 0.6 MiB per slow client), as does a whole file that is not
-cached at all. Granian reports no disconnect to the app while it streams, so a client that goes
-away costs the rest of a cached file's reading (memory copies), never disk reads.
-"""
+cached at all. Granian (2.8) reports no disconnect to the app while it streams and drops what is
+sent after one, so a client that goes away still costs the reading of the rest of its range.
+A file shorter than the answer is an error before the answer starts."""
 
 from __future__ import annotations
 
@@ -37,14 +38,31 @@ FAST_STREAMS = 8
 NO_WAIT = getattr(os, "RWF_NOWAIT", None)
 
 
-def read_if_cached(fd: int, offset: int, size: int) -> bytes | None:
-    """``size`` bytes at ``offset`` if reading them will not wait on the disk, else None.
+def read_cached(fd: int, offset: int, size: int) -> tuple[bytearray, int]:
+    """A buffer for ``size`` bytes at ``offset``, and how many of them the page cache supplied.
 
-    The probe reads the chunk's last byte without waiting: readahead fills the page cache in
-    order, so a cached last page means the pages before it are cached too (and if one is not,
-    the read waits for one chunk at most).
+    The read never waits on the disk: it stops at the first page that is not cached (0 bytes where
+    the flag is missing or the file system refuses it).
     """
-    return os.pread(fd, size, offset) if is_cached(fd, offset + size - 1) else None
+    buffer = bytearray(size)
+    if NO_WAIT is None:
+        return buffer, 0
+    try:
+        return buffer, os.preadv(fd, [buffer], offset, NO_WAIT)
+    except OSError:  # BlockingIOError: the first page is not cached; EOPNOTSUPP: no such flag here
+        return buffer, 0
+
+
+def read_rest(fd: int, buffer: bytearray, filled: int, offset: int) -> int:
+    """Fill ``buffer`` from its byte ``filled`` on (the file's byte ``offset + filled``), waiting on
+    the disk (call it in a thread); the bytes it then holds, fewer only at the end of the file."""
+    view = memoryview(buffer)
+    while filled < len(buffer):
+        got = os.preadv(fd, [view[filled:]], offset + filled)
+        if got == 0:
+            break
+        filled += got
+    return filled
 
 
 def is_cached(fd: int, offset: int) -> bool:
@@ -100,10 +118,7 @@ class LocalFileResponse(Response):
         self.streams = streams if streams is not None else FastStreams()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:  # removed by garbage collection since the route found it
-            raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage") from None
+        fd = self._open()
         fast = self.length > SLOW_CHUNK and self.streams.take()
         try:
             start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
@@ -135,6 +150,22 @@ class LocalFileResponse(Response):
                 self.streams.give()
             os.close(fd)
 
+    def _open(self) -> int:
+        """The file, open. BLOB_UNKNOWN if it is gone; OSError, before the answer starts, if it is
+        shorter than the answer (a 500 rather than a 200 that breaks off)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:  # removed by garbage collection since the route found it
+            raise RegistryError(ErrorCode.BLOB_UNKNOWN, "blob data is missing from storage") from None
+        try:
+            stored, needed = os.fstat(fd).st_size, self.start + self.length
+            if stored < needed:
+                raise OSError(f"blob file {self.path} holds {stored} bytes, {needed} expected")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _server_sends(self, scope: Scope, fd: int, fast: bool) -> bool:
         """Whether to leave a whole file to the server: without a fast slot, or not cached at all
         (its last byte is not)."""
@@ -151,12 +182,12 @@ class LocalFileResponse(Response):
             await send({"type": "http.response.body", "body": body, "more_body": offset < end})
 
     @staticmethod
-    async def _read(fd: int, offset: int, size: int) -> bytes:
-        body = read_if_cached(fd, offset, size)
-        if body is None:
-            body = await run_sync(os.pread, fd, size, offset)
-        if len(body) != size:  # a stored blob is immutable: a short read means it was cut
-            raise OSError(f"blob file ended {size - len(body)} bytes early at offset {offset}")
+    async def _read(fd: int, offset: int, size: int) -> bytearray:
+        body, filled = read_cached(fd, offset, size)
+        if filled < size:
+            filled = await run_sync(read_rest, fd, body, filled, offset)
+        if filled != size:  # a stored blob is immutable: a short read means it was cut
+            raise OSError(f"blob file ended {size - filled} bytes early at offset {offset + filled}")
         return body
 
 
