@@ -34,6 +34,8 @@ from dataclasses import dataclass
 MAX_KEYS = 100_000
 #: How long a credential that signed in stays exempt from its user name's bucket.
 REMEMBER_SECONDS = 24 * 3600
+#: Remembered sign-ins kept per user name (its clients, and passwords while one is renewed).
+REMEMBERED_PER_USER = 1_000
 
 
 @dataclass
@@ -85,17 +87,27 @@ class TokenBuckets:
 
 class SignedInCredentials:
     """(client, user name, password) that signed in within ``remember_seconds``, as HMACs under a key
-    made for this process (never the passwords); the least recently used beyond ``max_entries`` are
-    forgotten. The client is counted as the buckets count it (IPv6 by /64)."""
+    made for this process (never the passwords). The least recently used beyond ``per_user`` of one
+    user name are forgotten first (one account signing in from many addresses cannot push other
+    users' sign-ins out), then beyond ``max_entries`` in all. The client is counted as the buckets
+    count it (IPv6 by /64)."""
 
     def __init__(
-        self, remember_seconds: float, clock: Callable[[], float], *, max_entries: int = MAX_KEYS
+        self,
+        remember_seconds: float,
+        clock: Callable[[], float],
+        *,
+        max_entries: int = MAX_KEYS,
+        per_user: int = REMEMBERED_PER_USER,
     ) -> None:
         self.remember_seconds = remember_seconds
         self.max_entries = max_entries
+        self.per_user = per_user
         self._clock = clock
         self._key = secrets.token_bytes(32)
-        self._signed_in: OrderedDict[bytes, float] = OrderedDict()
+        #: Every entry's user key, least recently used first; and each user's entries with their times.
+        self._signed_in: OrderedDict[bytes, str] = OrderedDict()
+        self._by_user: dict[str, OrderedDict[bytes, float]] = {}
         self._lock = threading.Lock()
 
     def _digest(self, client: str | None, username: str, password: str) -> bytes:
@@ -105,23 +117,30 @@ class SignedInCredentials:
 
     def remember(self, client: str | None, username: str, password: str) -> None:
         """These credentials signed in just now from ``client``."""
-        digest, now = self._digest(client, username, password), self._clock()
+        digest, now, user = self._digest(client, username, password), self._clock(), _user_key(username)
         with self._lock:
-            self._signed_in[digest] = now
+            entries = self._by_user.setdefault(user, OrderedDict())
+            entries[digest] = now
+            entries.move_to_end(digest)
+            self._signed_in[digest] = user
             self._signed_in.move_to_end(digest)
+            while len(entries) > self.per_user:
+                self._drop(next(iter(entries)))
             while len(self._signed_in) > self.max_entries:
-                self._signed_in.popitem(last=False)
+                self._drop(next(iter(self._signed_in)))
 
     def recalls(self, client: str | None, username: str, password: str) -> bool:
         """Whether these credentials signed in from ``client`` within the last ``remember_seconds``."""
         digest, now = self._digest(client, username, password), self._clock()
         with self._lock:
-            signed_in_at = self._signed_in.get(digest)
-            if signed_in_at is None:
+            user = self._signed_in.get(digest)
+            if user is None:
                 return False
-            if now - signed_in_at > self.remember_seconds:
-                del self._signed_in[digest]
+            entries = self._by_user[user]
+            if now - entries[digest] > self.remember_seconds:
+                self._drop(digest)
                 return False
+            entries.move_to_end(digest)
             self._signed_in.move_to_end(digest)
             return True
 
@@ -129,7 +148,15 @@ class SignedInCredentials:
         """These credentials no longer sign in (the password was renewed, the identity disabled)."""
         digest = self._digest(client, username, password)
         with self._lock:
-            self._signed_in.pop(digest, None)
+            if digest in self._signed_in:
+                self._drop(digest)
+
+    def _drop(self, digest: bytes) -> None:
+        user = self._signed_in.pop(digest)
+        entries = self._by_user[user]
+        del entries[digest]
+        if not entries:
+            del self._by_user[user]
 
 
 class LoginThrottle:

@@ -187,3 +187,22 @@ def test_remembered_credentials_still_wait_while_their_clients_bucket_is_empty()
     clock.now += 6
     assert throttle.attempt("alice", "192.0.2.1", signed_in_before=True) == 0  # takes nothing
     assert throttle.attempt("alice", "192.0.2.1", signed_in_before=True) == 0
+
+
+def test_one_user_signing_in_from_many_clients_forgets_only_its_own_oldest():
+    signed_in = SignedInCredentials(100, Clock(), max_entries=5, per_user=3)
+    signed_in.remember("192.0.2.1", "owner", "right")
+    for n in range(10):  # another account, from ten addresses
+        signed_in.remember(f"198.51.100.{n}", "Mallory", "pw")
+    assert signed_in.recalls("192.0.2.1", "owner", "right")
+    assert [signed_in.recalls(f"198.51.100.{n}", "mallory", "pw") for n in range(10)] == [False] * 10
+    kept = [signed_in.recalls(f"198.51.100.{n}", "Mallory", "pw") for n in range(10)]
+    assert kept == [False] * 7 + [True] * 3
+    signed_in.remember("192.0.2.2", "MALLORY", "pw")  # the same name in other letters counts with it
+    assert not signed_in.recalls("198.51.100.7", "Mallory", "pw")
+    for user in ("b", "c", "d"):  # past max_entries in all, the least recently used go first
+        signed_in.remember("192.0.2.1", user, "x")
+    assert not signed_in.recalls("192.0.2.1", "owner", "right")
+    assert signed_in.recalls("192.0.2.1", "d", "x")
+    signed_in.forget("192.0.2.1", "d", "x")
+    assert not signed_in.recalls("192.0.2.1", "d", "x")
