@@ -13,6 +13,8 @@ argon2 against ``CREDENTIALS_CHECKED`` hashes, a stand-in's where the identity h
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -67,6 +69,7 @@ class Authenticator:
         self._ttl = cache_seconds
         self._lock = threading.Lock()
         self._logins: dict[bytes, tuple[str, str, float]] = {}
+        self._login_secret = secrets.token_bytes(32)  # the cache keeps keyed hashes, never passwords
         self._principals: dict[str, tuple[Principal | None, float]] = {}
         self._verify_slots = threading.BoundedSemaphore(PASSWORD_CHECKS_AT_ONCE)
         self._generation: str | None = None
@@ -91,9 +94,14 @@ class Authenticator:
 
     # -- passwords --------------------------------------------------------------------------
 
+    def _login_key(self, username: str, password: str) -> bytes:
+        """The login cache's key for these credentials: a hash keyed for this process."""
+        message = len(username.encode()).to_bytes(4, "big") + username.encode() + password.encode()
+        return hmac.new(self._login_secret, message, hashlib.sha256).digest()
+
     def _cached_login(self, username: str, password: str) -> Principal | None:
         """A principal for credentials verified recently, without touching the database; else None."""
-        key = _login_key(username, password)
+        key = self._login_key(username, password)
         with self._lock:
             hit = self._logins.get(key)
         if hit is None or time.monotonic() - hit[2] > self._ttl:
@@ -159,7 +167,7 @@ class Authenticator:
         if principal is None or stamp not in principal.credential_stamps:
             return None
         with self._lock:
-            self._logins[_login_key(username, password)] = (username, stamp, time.monotonic())
+            self._logins[self._login_key(username, password)] = (username, stamp, time.monotonic())
         return replace(principal, credential=stamp, auth_time=int(time.time()))
 
     # -- tokens -----------------------------------------------------------------------------
@@ -263,7 +271,3 @@ class Authenticator:
 def _stamp(name: str, created_at: datetime) -> str:
     """Identifies one generation of one credential: renewing it makes a new stamp."""
     return f"{name}@{int(as_utc(created_at).timestamp() * 1_000_000)}"
-
-
-def _login_key(username: str, password: str) -> bytes:
-    return hashlib.sha256(f"{username}\0{password}".encode()).digest()
