@@ -76,7 +76,7 @@ async def _get(app: Starlette, path: str, on_body: Callable[[int], None]) -> lis
         if not requested:
             requested = True
             return {"type": "http.request", "body": b"", "more_body": False}
-        await anyio.sleep_forever()  # like granian: no disconnect while the body streams
+        await anyio.sleep_forever()  # a client that stays to the end
         raise AssertionError("unreachable")
 
     async def send(message: dict[str, Any]) -> None:

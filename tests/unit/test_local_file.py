@@ -217,6 +217,32 @@ def test_a_disconnect_reported_while_streaming_stops_the_reading(
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
 
 
+def test_a_client_gone_is_noticed_even_when_sends_return_at_once(blob: tuple[Path, bytes]) -> None:
+    """Granian's send to a client that left returns at once: the watcher must still get to run."""
+    path, data = blob
+    sent: list[dict[str, Any]] = []
+    first_body = anyio.Event()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await first_body.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:  # never suspends, as a dropped send
+        sent.append(message)
+        if message["type"] == "http.response.body":
+            first_body.set()
+
+    anyio.run(LocalFileResponse(str(path), 0, len(data), headers={}), {"type": "http"}, receive, send)
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert len(bodies) < 3  # of three chunks: the last is never read
+    assert all(m["more_body"] for m in bodies)
+
+
 def test_the_file_is_closed_after_sending(blob: tuple[Path, bytes]) -> None:
     path, data = blob
     before = len(os.listdir("/proc/self/fd"))
