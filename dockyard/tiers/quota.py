@@ -1,11 +1,15 @@
 """The storage quota: pushes of new blobs stop once the registry stores its tier's ``storage_bytes``.
 
 The stored-bytes figure (each live blob once, plus each distinct manifest, as ``show-usage``
-counts) is read at most once per ``cache_seconds`` per process, not summed on every commit;
-between reads the process adds the blobs it committed itself. So one process never passes the
-quota by more than the blobs it is committing concurrently, and a registry of N processes
-overshoots by at most what the other processes commit within ``cache_seconds`` (docs/tiers.md).
-Freed space (a delete, then garbage collection) is seen within ``cache_seconds`` as well.
+counts) is read at most once per interval per process, not summed on every commit; between
+reads the process adds the blobs it committed itself. The interval is ``cache_seconds``, or
+``COST_FACTOR`` times what the last read took if that is longer: the read scans every blob and
+manifest, so on a large registry it is spaced out to keep it a small share of the database's
+time. One thread of a process reads at a time; the others answer from the figure they have.
+So one process never passes the quota by more than the blobs it is committing concurrently,
+and a registry of N processes overshoots by at most what the other processes commit within
+one interval (docs/tiers.md). Freed space (a delete, then garbage collection) is seen within
+one interval as well.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.tiers.services import TierService, stored_bytes
 from dockyard.tiers.table import UNLIMITED, Tier
 
-#: How long one process trusts the stored-bytes figure it read.
+#: How long one process trusts the stored-bytes figure it read (at least).
 QUOTA_CACHE_SECONDS = 5.0
+#: The figure is trusted for this many times as long as reading it took, if that is longer.
+COST_FACTOR = 50
 
 
 def _size(value: int) -> str:
@@ -48,17 +54,27 @@ class StorageQuota:
         self._lock = threading.Lock()
         self._read: tuple[int, float] | None = None  # (stored bytes, when read)
         self._added = 0  # bytes this process committed since
+        self._interval = cache_seconds
+        self._reading = False  # a thread of this process is reading the figure
 
     def used(self) -> int:
-        """The registry's stored bytes as this process knows them (re-read every ``cache_seconds``)."""
+        """The registry's stored bytes as this process knows them (read again once per interval)."""
         with self._lock:
             read, added = self._read, self._added
-        if read is not None and self._clock() - read[1] < self._cache_seconds:
-            return read[0] + added
-        with self._db.read() as conn:
-            used = stored_bytes(conn)
+            if read is not None and (self._reading or self._clock() - read[1] < self._interval):
+                return read[0] + added
+            self._reading = True
+        try:
+            started = self._clock()
+            with self._db.read() as conn:
+                used = stored_bytes(conn)
+            now = self._clock()
+        finally:
+            with self._lock:
+                self._reading = False
         with self._lock:
-            self._read, self._added = (used, self._clock()), 0
+            self._read, self._added = (used, now), 0
+            self._interval = max(self._cache_seconds, (now - started) * COST_FACTOR)
         return used
 
     def check_start(self) -> None:
