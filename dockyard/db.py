@@ -96,6 +96,15 @@ def _has_news(dbapi_connection: Any) -> bool:
         return True
 
 
+def _wait_if_pipelined(conn: Connection, cursor: Any, *_: Any) -> None:
+    """After a statement SQLAlchemy ran in pipeline mode, wait for its answer: SQLAlchemy reads
+    the result (and its row count) at once, which pipeline mode leaves empty until then."""
+    driver: Any = conn.connection.dbapi_connection
+    if driver is not None and driver.pgconn.pipeline_status:
+        with driver.pipeline():  # leaving a nested block waits for every answer sent
+            pass
+
+
 def _ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
     """Ping a connection on checkout only if the server has spoken on it since it went idle, or it
     sat idle ``idle_seconds`` or more: a busy pool saves the round trip a ping on every checkout
@@ -220,6 +229,7 @@ class Database:
         self.dialect = self.engine.dialect.name
         if not self.is_sqlite:
             _ping_idle_connections(self.engine)  # survive a database restart or failover
+            sa.event.listen(self.engine, "after_cursor_execute", _wait_if_pipelined)
         self._inline_thread: int | None = None
         self._inline_connection: Connection | None = None
         #: How many inline connections there have been: ``data_version`` is per connection.
@@ -332,13 +342,18 @@ class Database:
         return self._inline_epoch, int(row[0])
 
     @contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[Connection]:
+    def write(self, *, durable: bool = True, pipelined: bool = False) -> Iterator[Connection]:
         """A write transaction; on SQLite it takes the write lock up front (BEGIN IMMEDIATE).
 
         ``durable=False`` is for bookkeeping a power cut may lose without harm (upload
         session progress): its commit skips the log flush (SQLite ``synchronous=NORMAL``,
         PostgreSQL ``synchronous_commit=off``), and the next durable commit flushes it too.
         A process crash loses nothing either way.
+
+        ``pipelined`` (PostgreSQL; nothing on SQLite): the transaction runs in the driver's
+        pipeline mode. Its BEGIN goes with its first statement, and statements run with
+        ``prepared.execute_later`` go with the next one that waits for an answer (or the
+        COMMIT): one round trip each saved. Every other statement waits for its answer as usual.
         """
         toggle = self.is_sqlite and self._group is None and not durable
         ticket = 0
@@ -346,8 +361,11 @@ class Database:
             conn = plain.execution_options(dockyard_write=True)
             if toggle:
                 plain.connection.dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+            pipeline: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if pipelined and not self.is_sqlite:
+                pipeline = plain.connection.dbapi_connection.pipeline()  # type: ignore[union-attr]
             try:
-                with conn.begin():
+                with pipeline, conn.begin():
                     if not self.is_sqlite and not durable:
                         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                     yield conn
@@ -481,8 +499,11 @@ class Database:
             conn.invalidate()
             conn.close()
 
-    def run_write(self, work: Callable[[Connection], T], *, durable: bool = True) -> T:
-        """Run ``work`` in a write transaction, retrying on deadlocks and lock timeouts."""
+    def run_write(
+        self, work: Callable[[Connection], T], *, durable: bool = True, pipelined: bool = False
+    ) -> T:
+        """Run ``work`` in a write transaction, retrying on deadlocks and lock timeouts
+        (``pipelined``: see ``write``)."""
         if self._attempting_here():
             result = self._write_now(work)
             if durable:
@@ -492,7 +513,7 @@ class Database:
         for attempt in range(WRITE_RETRIES):
             committing = False
             try:
-                with self.write(durable=durable) as conn:
+                with self.write(durable=durable, pipelined=pipelined) as conn:
                     result = work(conn)
                     committing = True
                 return result

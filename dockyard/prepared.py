@@ -107,12 +107,31 @@ def _arguments(plan: _Plan, params: Mapping[str, Any]) -> Any:
     return {name: values[name] for name in plan.names}
 
 
+def pipelined(conn: Connection) -> bool:
+    """Whether the connection's driver is in pipeline mode (psycopg: statements are sent without
+    waiting for each answer; see ``Database.run_write(pipelined=True)``)."""
+    pgconn = getattr(conn.connection.dbapi_connection, "pgconn", None)
+    return bool(pgconn is not None and pgconn.pipeline_status)
+
+
 def _on_cursor(
-    conn: Connection, sql: str, arguments: Any, *, many: bool = False, limit: int = 0
+    conn: Connection,
+    sql: str,
+    arguments: Any,
+    *,
+    many: bool = False,
+    limit: int = 0,
+    returns_rows: bool = True,
+    later: bool = False,
 ) -> tuple[list[Any], int]:
     """Run ``sql`` on a cursor of the connection's driver: listeners told, errors raised as
-    SQLAlchemy raises them. The rows it returns (at most ``limit`` if given) and its row count."""
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    SQLAlchemy raises them. The rows it returns (at most ``limit`` if given) and its row count.
+
+    In pipeline mode a statement is only sent: fetching rows waits for the answers so far, as
+    does a row count, unless ``later`` (the caller needs neither: its answer, or its error, comes
+    with the next statement that waits, or the commit)."""
+    driver: Any = conn.connection.dbapi_connection
+    cursor = driver.cursor()
     try:
         if conn._has_events or conn.engine._has_events:
             conn.dispatch.before_cursor_execute(conn, cursor, sql, arguments, None, many)
@@ -120,6 +139,14 @@ def _on_cursor(
             cursor.executemany(sql, arguments)
             return [], cursor.rowcount
         cursor.execute(sql, arguments)
+        if pipelined(conn):
+            if returns_rows:
+                return (cursor.fetchmany(limit) if limit else cursor.fetchall()), cursor.rowcount
+            if later:
+                return [], -1
+            with driver.pipeline():  # leaving a nested block waits for every answer sent
+                pass
+            return [], cursor.rowcount
         if cursor.description is None:
             return [], cursor.rowcount
         return (cursor.fetchmany(limit) if limit else cursor.fetchall()), cursor.rowcount
@@ -130,14 +157,16 @@ def _on_cursor(
 
 
 def _run(
-    conn: Connection, statement: sa.Executable, params: Mapping[str, Any], limit: int = 0
+    conn: Connection, statement: sa.Executable, params: Mapping[str, Any], limit: int = 0, later: bool = False
 ) -> tuple[list[Any], int]:
     plan = _plan(conn.dialect, statement, tuple(sorted(params)))
     if plan.expanding is None:
         sql, arguments = plan.sql, _arguments(plan, params)
     else:
         sql, arguments = _expanded(plan, params)
-    fetched, count = _on_cursor(conn, sql, arguments, limit=limit)
+    fetched, count = _on_cursor(
+        conn, sql, arguments, limit=limit, returns_rows=plan.row is not None, later=later
+    )
     if plan.row is None:
         return fetched, count
     make = plan.row._make
@@ -167,6 +196,13 @@ def scalar(conn: Connection, statement: sa.Executable, params: Mapping[str, Any]
 def execute(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> int:
     """Run a statement that returns no rows; the number of rows it changed."""
     return _run(conn, statement, params or {})[1]
+
+
+def execute_later(conn: Connection, statement: sa.Executable, params: Mapping[str, Any]) -> None:
+    """``execute`` for a statement whose row count the caller does not need: in pipeline mode it
+    is sent without waiting (its error, if any, is raised by the next statement that waits, or
+    by the commit)."""
+    _run(conn, statement, params, later=True)
 
 
 def execute_many(conn: Connection, statement: sa.Executable, rows: list[Mapping[str, Any]]) -> None:

@@ -142,7 +142,7 @@ class EventService:
         row = _row(action, repository, tag, digest, media_type, artifact_type, size, origin)
         if any(wants(conn, action) for wants in self._subscribers):
             self._wanted.set()
-        prepared.execute(conn, INSERT_EVENT, row)
+        prepared.execute_later(conn, INSERT_EVENT, row)
 
     def note_pull(
         self, repository: str, tag: str | None, digest: str, media_type: str, size: int, origin: Origin | None

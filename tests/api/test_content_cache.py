@@ -5,7 +5,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +19,8 @@ from dockyard.config import Settings
 from tests.conftest import _truncate_all
 from tests.support.auth import ADMIN, ADMIN_PASSWORD, access_token, bearer
 from tests.support.images import make_image
+from tests.support.polling import eventually
 from tests.support.registry import push_blob, push_image
-
-
-def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll ``condition`` until it holds (a notification crosses processes asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def node_settings(tmp_path: Path, url: str) -> Settings:

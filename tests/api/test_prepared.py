@@ -161,3 +161,40 @@ def test_execute_many_writes_every_row(db):
     in_list = scratch.delete().where(scratch.c.name.in_(sa.bindparam("names", expanding=True)))
     with db.write() as conn, pytest.raises(ValueError, match="IN lists"):
         prepared.execute_many(conn, in_list, [{"names": ["m0"]}])
+
+
+def test_a_pipelined_transaction_answers_as_any_other(db):
+    """PostgreSQL sends ``execute_later`` statements without waiting; every answer is still right."""
+    with db.write(pipelined=True) as conn:
+        assert prepared.pipelined(conn) == (db.dialect == "postgresql")
+        first_id = prepared.scalar(conn, INSERT[db.dialect], _row("a"))
+        prepared.execute_later(conn, INSERT[db.dialect], _row("b", flag=False))
+        prepared.execute_later(conn, RENAME, {"old": "a", "new": "c"})
+        # a statement that waits sees what was sent before it, in order
+        assert prepared.first(conn, BY_NAME, {"name": "c"}).id == first_id
+        assert prepared.execute(conn, RENAME, {"old": "b", "new": "d"}) == 1
+        assert conn.execute(sa.select(sa.func.count()).select_from(scratch)).scalar_one() == 2
+        names = conn.execute(sa.select(scratch.c.name).order_by(scratch.c.name)).scalars().all()
+        assert names == ["c", "d"]
+    with db.read() as conn:
+        assert prepared.rows(conn, FLAGGED) == [("c",)]
+        assert not prepared.pipelined(conn)
+
+
+def test_an_error_sent_without_waiting_fails_the_transaction_and_keeps_nothing(db):
+    with db.write() as conn:
+        prepared.execute(conn, INSERT[db.dialect], _row("dup"))
+
+    def duplicate(then_wait: bool) -> None:
+        with db.write(pipelined=True) as conn:
+            prepared.execute_later(conn, INSERT[db.dialect], _row("new"))
+            prepared.execute_later(conn, INSERT[db.dialect], _row("dup"))  # raised here or later
+            if then_wait:  # the next statement that waits raises it; else the commit does
+                prepared.first(conn, BY_NAME, {"name": "new"})
+
+    with pytest.raises(sa.exc.IntegrityError):
+        duplicate(then_wait=False)
+    with pytest.raises(sa.exc.IntegrityError):
+        duplicate(then_wait=True)
+    with db.read() as conn:
+        assert prepared.rows(conn, sa.select(scratch.c.name)) == [("dup",)]

@@ -21,6 +21,7 @@ from starlette.testclient import TestClient
 from dockyard.app import Dockyard
 from dockyard.registry.routes.local_file import SEND_CHUNK
 from dockyard.storage import LocalFile
+from tests.support.asgi_receive import after_the_request
 from tests.support.auth import ADMIN, access_token, bearer
 from tests.support.images import sha256
 from tests.support.registry import error_codes, push_blob
@@ -69,15 +70,12 @@ async def _get(app: Starlette, path: str, on_body: Callable[[int], None]) -> lis
         "extensions": {},
     }
     sent: list[dict[str, Any]] = []
-    requested = False
 
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await anyio.sleep_forever()  # a client that stays to the end
+    async def stays_to_the_end() -> dict[str, Any]:
+        await anyio.sleep_forever()
         raise AssertionError("unreachable")
+
+    receive = after_the_request(stays_to_the_end)
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)

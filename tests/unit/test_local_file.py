@@ -20,6 +20,7 @@ from dockyard.registry.routes.local_file import (
     read_cached,
     read_rest,
 )
+from tests.support.asgi_receive import after_the_request
 
 PATHSEND = {"http.response.pathsend": {}}
 
@@ -222,15 +223,12 @@ def test_a_client_gone_is_noticed_even_when_sends_return_at_once(blob: tuple[Pat
     path, data = blob
     sent: list[dict[str, Any]] = []
     first_body = anyio.Event()
-    requested = False
 
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
+    async def gone_after_the_first_body() -> dict[str, Any]:
         await first_body.wait()
         return {"type": "http.disconnect"}
+
+    receive = after_the_request(gone_after_the_first_body)
 
     async def send(message: dict[str, Any]) -> None:  # never suspends, as a dropped send
         sent.append(message)

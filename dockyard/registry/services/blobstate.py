@@ -115,7 +115,7 @@ def link_committed(
         )
     else:
         surplus = location is not None and row.location != location
-    prepared.execute(
+    prepared.execute_later(
         conn, LINK_BLOB[conn.dialect.name], {"repository_id": repo_id, "digest": digest, "created_at": now}
     )
     return not surplus

@@ -179,7 +179,7 @@ def link_blob(conn: Connection, repo_id: int, digest: str, size: int, location: 
 
 def touch_repository(conn: Connection, repo_id: int, now: datetime | None = None) -> None:
     """Mark the repository changed (its tags may have changed: bump ``tag_version``)."""
-    prepared.execute(conn, TOUCH_REPOSITORY, {"repository_id": repo_id, "now": now or utcnow()})
+    prepared.execute_later(conn, TOUCH_REPOSITORY, {"repository_id": repo_id, "now": now or utcnow()})
 
 
 def page_of(rows: list[str], limit: int | None) -> Page:

@@ -371,7 +371,7 @@ class ManifestService:
                 previous = self._locks.check_tag_move(conn, repo, tag, manifest_id)
                 if new_tag_only and previous is not None:
                     raise TagExists(repository, tag)
-                prepared.execute(
+                prepared.execute_later(
                     conn,
                     UPSERT_TAG[dialect],
                     {
@@ -385,7 +385,7 @@ class ManifestService:
             if previous is not None and previous != manifest_id:
                 self.hooks.dropped(conn, repo_id, [previous])
 
-        self._db.run_write(work)
+        self._db.run_write(work, pipelined=True)
         if inserted and self._quota is not None:
             self._quota.added(len(payload))
         self._cache.invalidate(repository)

@@ -325,7 +325,7 @@ class UploadService:
             link_committed(conn, repo_id, digest, size, None, stored.seen)
             return True, state
 
-        done, state = self._db.run_write(work)
+        done, state = self._db.run_write(work, pipelined=True)
         if not done:
             return None
         self._count_quota(stored.seen, size)
