@@ -361,14 +361,18 @@ class Database:
             conn = plain.execution_options(dockyard_write=True)
             if toggle:
                 plain.connection.dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-            pipeline: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-            if pipelined and not self.is_sqlite:
-                pipeline = plain.connection.dbapi_connection.pipeline()  # type: ignore[union-attr]
+            driver: Any = plain.connection.dbapi_connection
+            pipelined = pipelined and not self.is_sqlite
             try:
-                with pipeline, conn.begin():
+                with driver.pipeline() if pipelined else contextlib.nullcontext(), conn.begin():
                     if not self.is_sqlite and not durable:
                         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                    yield conn
+                    try:
+                        yield conn
+                    except BaseException:
+                        if pipelined:  # before the rollback: it would raise a leftover in its place
+                            self._drain_pipeline(driver)
+                        raise
                 if self._group is not None and durable:
                     ticket = self._group.committed()
             finally:
@@ -378,6 +382,15 @@ class Database:
             assert self._group is not None
             self._group.wait_durable(ticket)
             self._group.checkpoint_if_due()
+
+    def _drain_pipeline(self, driver: Any) -> None:
+        """Read every answer still due in a failed pipelined transaction, dropping their errors.
+
+        A statement sent after the one that failed is answered "pipeline aborted"; left unread,
+        the rollback would raise that in place of the real error (a deadlock would then not be
+        retried, a unique violation would not be an IntegrityError)."""
+        with contextlib.suppress(self.engine.dialect.loaded_dbapi.Error), driver.pipeline():
+            pass  # leaving a nested block reads every answer sent
 
     @property
     def writes_inline(self) -> bool:

@@ -59,19 +59,21 @@ def backend_of(item: pytest.Item) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect (reported, never skipped) object-store runs of tests that cannot use them.
+    """Deselect (reported, never skipped) runs of tests on backends they cannot use.
 
-    Those are tests marked ``filesystem_only`` and tests that never build ``settings`` (so
-    never a blob store): on an object store they would only repeat the filesystem run.
+    On object stores: tests marked ``filesystem_only`` and tests that never build ``settings``
+    (so never a blob store), which would only repeat the filesystem run. On SQLite: tests marked
+    ``postgresql_only``.
     """
     kept: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
     for item in items:
         backend = backend_of(item)
         on_object_store = backend is not None and split_backend(backend)[1] != "filesystem"
-        if on_object_store and (
-            item.get_closest_marker("filesystem_only") or "settings" not in item.fixturenames
-        ):
+        on_sqlite = backend is not None and split_backend(backend)[0] != "postgresql"
+        needs_a_filesystem = item.get_closest_marker("filesystem_only") or "settings" not in item.fixturenames
+        needs_postgresql = item.get_closest_marker("postgresql_only")
+        if (on_object_store and needs_a_filesystem) or (on_sqlite and needs_postgresql):
             deselected.append(item)
         else:
             kept.append(item)
