@@ -96,13 +96,11 @@ def _has_news(dbapi_connection: Any) -> bool:
         return True
 
 
-def _wait_if_pipelined(conn: Connection, cursor: Any, *_: Any) -> None:
+def _wait_if_pipelined(conn: Connection, *_: Any) -> None:
     """After a statement SQLAlchemy ran in pipeline mode, wait for its answer: SQLAlchemy reads
     the result (and its row count) at once, which pipeline mode leaves empty until then."""
-    driver: Any = conn.connection.dbapi_connection
-    if driver is not None and driver.pgconn.pipeline_status:
-        with driver.pipeline():  # leaving a nested block waits for every answer sent
-            pass
+    if prepared.pipelined(conn):
+        prepared.wait_for_answers(conn.connection.dbapi_connection)
 
 
 def _ping_idle_connections(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
@@ -389,8 +387,8 @@ class Database:
         A statement sent after the one that failed is answered "pipeline aborted"; left unread,
         the rollback would raise that in place of the real error (a deadlock would then not be
         retried, a unique violation would not be an IntegrityError)."""
-        with contextlib.suppress(self.engine.dialect.loaded_dbapi.Error), driver.pipeline():
-            pass  # leaving a nested block reads every answer sent
+        with contextlib.suppress(self.engine.dialect.loaded_dbapi.Error):
+            prepared.wait_for_answers(driver)
 
     @property
     def writes_inline(self) -> bool:

@@ -114,6 +114,12 @@ def pipelined(conn: Connection) -> bool:
     return bool(pgconn is not None and pgconn.pipeline_status)
 
 
+def wait_for_answers(driver: Any) -> None:
+    """Read every answer a driver in pipeline mode still has due (raising the first error)."""
+    with driver.pipeline():  # leaving a nested block syncs
+        pass
+
+
 def _on_cursor(
     conn: Connection,
     sql: str,
@@ -144,8 +150,7 @@ def _on_cursor(
                 return (cursor.fetchmany(limit) if limit else cursor.fetchall()), cursor.rowcount
             if later:
                 return [], -1
-            with driver.pipeline():  # leaving a nested block waits for every answer sent
-                pass
+            wait_for_answers(driver)
             return [], cursor.rowcount
         if cursor.description is None:
             return [], cursor.rowcount

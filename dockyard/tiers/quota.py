@@ -64,15 +64,17 @@ class StorageQuota:
             if read is not None and (self._reading or self._clock() - read[1] < self._interval):
                 return read[0] + added
             self._reading = True
+        started = self._clock()
         try:
-            started = self._clock()
             with self._db.read() as conn:
                 used = stored_bytes(conn)
-            now = self._clock()
-        finally:
+        except BaseException:
             with self._lock:
                 self._reading = False
+            raise
+        now = self._clock()
         with self._lock:
+            self._reading = False
             self._read, self._added = (used, now), 0
             self._interval = max(self._cache_seconds, (now - started) * COST_FACTOR)
         return used
