@@ -36,11 +36,21 @@ log = logging.getLogger(__name__)
 
 #: The channel the content triggers notify; the payload is a repository name, or "*" for all.
 CHANNEL = "dockyard_content"
+#: The channel a change of a repository's own row notifies (its locks, its write-once policy, its
+#: deletion), but not the ``tag_version`` bump of a push (migration 0015); payload: its name.
+SETTINGS_CHANNEL = "dockyard_settings"
 EVERYTHING = "*"
+#: The first part of the keys of a repository's settings (``ContentCache.invalidate_content``
+#: keeps them): what a push never changes, such as "not write-locked".
+SETTINGS = "settings"
 
 
 class ContentCache:
-    """A bounded map from (repository, key) to a value, invalidated per repository."""
+    """A bounded map from (repository, key) to a value, invalidated per repository.
+
+    Keys starting with ``SETTINGS`` hold what only a change of the repository's own row changes:
+    a content change (``invalidate_content``, a push) keeps them, ``invalidate`` drops them too.
+    """
 
     def __init__(self, capacity: int = 20_000) -> None:
         self._capacity = capacity
@@ -77,7 +87,7 @@ class ContentCache:
                 self._entries.popitem(last=False)
 
     def invalidate(self, repository: str) -> None:
-        """Drop ``repository``'s entries (all entries for ``EVERYTHING``)."""
+        """Drop ``repository``'s entries (all entries for ``EVERYTHING``), its settings too."""
         with self._lock:
             self._generation += 1
             if repository == EVERYTHING:
@@ -86,12 +96,30 @@ class ContentCache:
             for entry in [entry for entry in self._entries if entry[0] == repository]:
                 del self._entries[entry]
 
+    def invalidate_content(self, repository: str) -> None:
+        """Drop ``repository``'s content entries (every repository's for ``EVERYTHING``), keeping
+        its settings: after a change of its tags, manifests or blob links."""
+        with self._lock:
+            self._generation += 1
+            everything = repository == EVERYTHING
+            dropped = [
+                entry
+                for entry in self._entries
+                if (everything or entry[0] == repository) and not _is_setting(entry[1])
+            ]
+            for entry in dropped:
+                del self._entries[entry]
+
     def set_enabled(self, enabled: bool) -> None:
         """Switch the cache on (a listener is connected) or off (emptied)."""
         with self._lock:
             self._generation += 1
             self._entries.clear()
             self.enabled = enabled
+
+
+def _is_setting(key: Hashable) -> bool:
+    return isinstance(key, tuple) and bool(key) and key[0] == SETTINGS
 
 
 class OncePerTurn:
@@ -145,7 +173,8 @@ def libpq_url(url: URL) -> str:
 
 
 class ChangeListener:
-    """A daemon thread that LISTENs on ``CHANNEL`` and keeps a ContentCache true.
+    """A daemon thread that LISTENs on ``CHANNEL`` and ``SETTINGS_CHANNEL`` and keeps a ContentCache
+    true.
 
     Another node's change must be seen at once by a client that got that node's answer and
     now asks this one: the notice reaches this process's socket before that client's next
@@ -213,7 +242,7 @@ class ChangeListener:
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as connection:
-                    connection.execute(f"LISTEN {CHANNEL}")
+                    connection.execute(f"LISTEN {CHANNEL}; LISTEN {SETTINGS_CHANNEL}")
                     self._fd = connection.pgconn.socket
                     self._cache.set_enabled(True)
                     self._listen(connection.pgconn, self._fd)
@@ -236,12 +265,16 @@ class ChangeListener:
 
     def _apply(self, pgconn: Any) -> None:
         """Read what the socket holds and drop the entries its notices name."""
+        settings = SETTINGS_CHANNEL.encode()
         self._applying = True
         try:
             pgconn.consume_input()  # raises when the connection is lost
             while (notice := pgconn.notifies()) is not None:
                 payload = notice.extra.decode()
-                self._cache.invalidate(payload or EVERYTHING)
+                if notice.relname == settings:
+                    self._cache.invalidate(payload or EVERYTHING)
+                else:
+                    self._cache.invalidate_content(payload or EVERYTHING)
                 self.last_notice = payload
         finally:
             self._applying = False

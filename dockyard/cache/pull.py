@@ -262,7 +262,7 @@ class PullThroughCache:
                 and self._registry.blobs.mount(repository, digest, None, lambda _: True) is not None
             ):
                 self._count("blobs_linked")
-                self._registry.cache.invalidate(repository)
+                self._registry.cache.invalidate_content(repository)
                 return False
             client = self._client(match)
             try:
@@ -298,7 +298,7 @@ class PullThroughCache:
                     ) from None
                 raise _unavailable(exc, f"blob {digest}") from None
         self._count("blobs_fetched")
-        self._registry.cache.invalidate(repository)
+        self._registry.cache.invalidate_content(repository)
         return True
 
     # -- manifests --------------------------------------------------------------------------

@@ -57,12 +57,19 @@ class StorageQuota:
         self._interval = cache_seconds
         self._reading = False  # a thread of this process is reading the figure
 
+    def _known(self) -> int | None:
+        """The stored bytes from memory while the figure read is current (or being read again)."""
+        read = self._read
+        if read is not None and (self._reading or self._clock() - read[1] < self._interval):
+            return read[0] + self._added
+        return None
+
     def used(self) -> int:
         """The registry's stored bytes as this process knows them (read again once per interval)."""
         with self._lock:
-            read, added = self._read, self._added
-            if read is not None and (self._reading or self._clock() - read[1] < self._interval):
-                return read[0] + added
+            known = self._known()
+            if known is not None:
+                return known
             self._reading = True
         started = self._clock()
         try:
@@ -86,6 +93,22 @@ class StorageQuota:
             used = self.used()
             if used >= tier.storage_bytes:
                 raise self._denied(tier, used)
+
+    def check_start_known(self) -> bool:
+        """``check_start`` from memory (safe on the event loop): False when the tier or the stored
+        bytes must be read first (call ``check_start`` in a worker thread then)."""
+        tier = self._tiers.known()
+        if tier is None:
+            return False
+        if tier.storage_bytes == UNLIMITED:
+            return True
+        with self._lock:
+            used = self._known()
+        if used is None:
+            return False
+        if used >= tier.storage_bytes:
+            raise self._denied(tier, used)
+        return True
 
     def check_new_blob(self, size: int) -> None:
         """Before a new blob (not stored yet) is committed: refuse if it would pass the quota."""

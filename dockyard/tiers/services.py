@@ -115,15 +115,22 @@ class TierService:
 
     def current(self) -> Tier:
         """The registry's tier now (cached for ``CACHE_SECONDS``; a change here drops the cache)."""
-        with self._lock:
-            cached = self._cached
-        if cached is not None and time.monotonic() - cached[1] < CACHE_SECONDS:
-            return cached[0]
+        known = self.known()
+        if known is not None:
+            return known
         with self._db.read() as conn:
             tier = self.read(conn)
         with self._lock:
             self._cached = (tier, time.monotonic())
         return tier
+
+    def known(self) -> Tier | None:
+        """``current()`` if this process has it in memory (safe on the event loop), else None."""
+        with self._lock:
+            cached = self._cached
+        if cached is not None and time.monotonic() - cached[1] < CACHE_SECONDS:
+            return cached[0]
+        return None
 
     def read(self, conn: sa.Connection) -> Tier:
         """The tier as ``conn``'s transaction sees it (for checks inside a write transaction)."""

@@ -8,19 +8,21 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
 from dockyard.access.services import bootstrap
 from dockyard.app import Dockyard, build, create_app
-from dockyard.changes import SqliteChangeWatch
+from dockyard.changes import SqliteChangeWatch, libpq_url
 from dockyard.config import Settings
+from dockyard.registry.services.uploads import WRITABLE
 from tests.conftest import _truncate_all
 from tests.support.auth import ADMIN, ADMIN_PASSWORD, access_token, bearer
 from tests.support.images import make_image
 from tests.support.polling import eventually
-from tests.support.registry import push_blob, push_image
+from tests.support.registry import push_blob, push_image, sha256
 
 
 def node_settings(tmp_path: Path, url: str) -> Settings:
@@ -284,7 +286,7 @@ def test_a_lost_listener_pauses_the_cache_until_it_reconnects(client, node, othe
         killed = conn.execute(
             sa.text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE query = 'LISTEN dockyard_content'"
+                "WHERE query LIKE 'LISTEN dockyard_content%'"
             )
         ).scalar()
     assert killed >= 1  # this node's listener (and the other node's)
@@ -401,3 +403,86 @@ def test_a_new_loop_connection_changes_the_data_version(sqlite_node):
     assert after != before  # nothing committed, but the counter is another connection's
     assert again == after
     assert parts.db.data_version() is None  # off the loop's thread
+
+
+def upload_start(client: TestClient, repository: str, headers: dict[str, str]) -> int:
+    return client.post(f"/v2/{repository}/blobs/uploads/", headers=headers).status_code
+
+
+def test_an_upload_starts_without_a_query_once_the_repository_is_known_writable(
+    client, node, other_node, statements_of
+):
+    push_image(client, "memo/app", make_image("memo-1"), tag="v1")
+    token = bearer(access_token(client, ADMIN, "repository:memo/app:push,pull"))
+    settled(node)
+    assert upload_start(client, "memo/app", token) == 202  # the quota figure is fresh now too
+    with statements_of(node) as statements:
+        assert [upload_start(client, "memo/app", token) for _ in range(3)] == [202] * 3
+    assert statements == []
+    # Pushes into it, here and on another node, bump its tag_version: they are no lock change.
+    push_image(client, "memo/app", make_image("memo-2"), tag="v2")
+    push_image(other_node, "memo/app", make_image("memo-3"), tag="v3")
+    settled(node)
+    assert node.registry.cache.get("memo/app", WRITABLE) is True
+    assert upload_start(client, "memo/app", token) == 202
+    with statements_of(node) as statements:
+        assert upload_start(client, "memo/app", token) == 202
+    assert statements == []
+
+
+def test_a_write_lock_set_here_refuses_the_next_upload_start_at_once(client, node):
+    push_image(client, "herelock/app", make_image("herelock"), tag="v1")
+    assert upload_start(client, "herelock/app", ADMIN) == 202
+    assert node.registry.cache.get("herelock/app", WRITABLE) is True
+    assert client.patch("/acr/v1/herelock/app", json={"writeEnabled": False}).status_code == 200
+    refused = client.post("/v2/herelock/app/blobs/uploads/")
+    assert refused.status_code == 403
+    assert refused.json()["errors"][0]["code"] == "DENIED"
+    assert client.patch("/acr/v1/herelock/app", json={"writeEnabled": True}).status_code == 200
+    assert upload_start(client, "herelock/app", ADMIN) == 202
+
+
+def test_a_write_lock_set_on_another_node_refuses_upload_starts_there(client, node, other_node):
+    push_image(client, "farlock/app", make_image("farlock"), tag="v1")
+    settled(node)
+    assert upload_start(client, "farlock/app", ADMIN) == 202
+    assert node.registry.cache.get("farlock/app", WRITABLE) is True
+    assert other_node.patch("/acr/v1/farlock/app", json={"writeEnabled": False}).status_code == 200
+    eventually(
+        lambda: upload_start(client, "farlock/app", ADMIN) == 403, "the other node's lock to reach this node"
+    )
+    assert node.registry.cache.get("farlock/app", WRITABLE) is None
+    # A push is refused whole: its closing PUT checks the lock in its own transaction.
+    refused = client.post("/v2/farlock/app/blobs/uploads/")
+    assert refused.json()["errors"][0]["code"] == "DENIED"
+    assert other_node.patch("/acr/v1/farlock/app", json={"writeEnabled": True}).status_code == 200
+    eventually(lambda: upload_start(client, "farlock/app", ADMIN) == 202, "the unlock to reach this node")
+
+
+def test_an_upload_started_before_a_lock_is_refused_by_its_closing_put(client, node, other_node):
+    """What the memo may say late (a lock set on another node a moment ago) the closing PUT's
+    transaction never does."""
+    push_image(client, "latelock/app", make_image("latelock"), tag="v1")
+    started = client.post("/v2/latelock/app/blobs/uploads/")
+    assert started.status_code == 202
+    assert other_node.patch("/acr/v1/latelock/app", json={"writeEnabled": False}).status_code == 200
+    data = b"written after the lock"
+    closed = client.put(started.headers["location"], params={"digest": sha256(data)}, content=data)
+    assert closed.status_code == 403
+    assert closed.json()["errors"][0]["code"] == "DENIED"
+    assert client.head(f"/v2/latelock/app/blobs/{sha256(data)}").status_code == 404
+
+
+def test_only_a_change_of_the_repository_row_notifies_settings(client, node, postgres_url):
+    """Migration 0015: a push's tag_version bump notifies content only; a lock, both channels."""
+    push_image(client, "notify/pushed", make_image("notify-1"), tag="v1")
+    push_image(client, "notify/locked", make_image("notify-2"), tag="v1")
+    with psycopg.connect(libpq_url(sa.engine.make_url(postgres_url)), autocommit=True) as listening:
+        listening.execute("LISTEN dockyard_settings")
+        push_image(client, "notify/pushed", make_image("notify-3"), tag="v2")
+        assert client.delete("/v2/notify/pushed/manifests/v1").status_code == 202
+        assert client.patch("/acr/v1/notify/locked", json={"deleteEnabled": False}).status_code == 200
+        assert client.delete("/acr/v1/notify/pushed").status_code == 202
+        notices = [n.payload for n in listening.notifies(timeout=10, stop_after=2)]
+    # Delivered in commit order: a notice of the pushes would come first.
+    assert notices == ["notify/locked", "notify/pushed"]

@@ -172,6 +172,25 @@ def test_the_quota_reads_the_database_once_per_window(dockyard):
         quota.check_start()
 
 
+def test_the_start_check_from_memory_answers_only_while_the_figures_are_fresh(dockyard, statements):
+    now = [0.0]
+    tiers: TierService = dockyard.service("tiers")
+    tiers.forget()
+    quota = StorageQuota(dockyard.db, tiers, cache_seconds=5.0, clock=lambda: now[0])
+    statements.clear()
+    assert quota.check_start_known() is False  # neither the tier nor the stored bytes are known
+    assert statements == []
+    quota.check_start()  # reads both
+    statements.clear()
+    assert quota.check_start_known() is True
+    quota.added(LIMIT)
+    with pytest.raises(Exception, match="storage quota exceeded"):
+        quota.check_start_known()
+    now[0] = 5.0
+    assert quota.check_start_known() is False  # the figure is due to be read again
+    assert statements == []
+
+
 def test_an_unlimited_tier_reads_nothing(dockyard, statements):
     tiers: TierService = dockyard.service("tiers")
     tiers.table[tiers.current().sku] = dataclasses.replace(tiers.current(), storage_bytes=-1)

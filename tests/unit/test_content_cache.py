@@ -1,6 +1,6 @@
 """ContentCache: per-repository invalidation, and no stale row cached across an invalidation."""
 
-from dockyard.changes import EVERYTHING, ContentCache
+from dockyard.changes import EVERYTHING, SETTINGS, ContentCache
 
 
 def enabled_cache(capacity: int = 10) -> ContentCache:
@@ -53,3 +53,30 @@ def test_capacity_evicts_the_oldest():
         cache.put("repo", name, name, cache.generation())
     assert cache.get("repo", "one") is None
     assert cache.get("repo", "three") == "three"
+
+
+def test_a_content_change_keeps_the_repository_settings():
+    cache = enabled_cache()
+    for repository in ("a", "b"):
+        cache.put(repository, ("m", "latest"), f"{repository}1", cache.generation())
+        cache.put(repository, (SETTINGS, "writable"), True, cache.generation())
+    cache.invalidate_content("a")
+    assert cache.get("a", ("m", "latest")) is None
+    assert cache.get("a", (SETTINGS, "writable")) is True
+    assert cache.get("b", ("m", "latest")) == "b1"  # another repository's content survives
+    cache.invalidate_content(EVERYTHING)
+    assert cache.get("b", ("m", "latest")) is None
+    assert cache.get("b", (SETTINGS, "writable")) is True
+    cache.invalidate("a")  # a change of the repository's own row drops its settings too
+    assert cache.get("a", (SETTINGS, "writable")) is None
+    assert cache.get("b", (SETTINGS, "writable")) is True
+    cache.invalidate(EVERYTHING)
+    assert cache.get("b", (SETTINGS, "writable")) is None
+
+
+def test_a_setting_read_before_a_content_change_is_not_cached():
+    cache = enabled_cache()
+    before = cache.generation()
+    cache.invalidate_content("repo")
+    cache.put("repo", (SETTINGS, "writable"), True, before)
+    assert cache.get("repo", (SETTINGS, "writable")) is None

@@ -187,7 +187,10 @@ class BlobRoutes:
                 request, self.uploads.upload_whole, name, digest, content_length=content_length(request)
             )
             return Response(status_code=201, headers=_blob_headers(name, blob))
-        state = await run_local(self.uploads.reads_inline, self.uploads.start, name)  # writes nothing
+        # Writes nothing; reads only when this process does not know the repository is writable.
+        state = self.uploads.start_known(name) or await run_local(
+            self.uploads.reads_inline, self.uploads.start, name
+        )
         return Response(status_code=202, headers=_upload_headers(state))
 
     async def upload(self, request: Request) -> Response:
@@ -210,12 +213,16 @@ class BlobRoutes:
         self, name: str, upload_id: str, digest: str, data: bytes, chunk_range: tuple[int, int] | None
     ) -> BlobInfo | None:
         """A closing PUT that carries the whole blob (the usual monolithic push): the bytes are
-        stored in a worker thread, the session is closed on the event loop if it can be. None: the
-        body alone is not the blob, or the session holds bytes already (the general path decides)."""
-        stored = await run_sync(self.uploads.store_closing, digest, data, chunk_range)
-        if stored is None:
-            return None
-        closed = await run_soon(self.uploads.db, self.uploads.close_stored, name, upload_id, stored)
+        stored in a worker thread, the session is closed on the event loop if it can be (else in the
+        same thread). None: the body alone is not the blob, or the session holds bytes already (the
+        general path decides)."""
+        if self.uploads.db.writes_inline:
+            stored = await run_sync(self.uploads.store_closing, digest, data, chunk_range)
+            if stored is None:
+                return None
+            closed = await run_soon(self.uploads.db, self.uploads.close_stored, name, upload_id, stored)
+        else:
+            closed = await run_sync(self.uploads.store_and_close, name, upload_id, digest, data, chunk_range)
         if closed is None:
             return None
         if closed.leftover is not None:

@@ -61,6 +61,7 @@ def build_registry_services(
             locks=policy,
             quota=quota,
             recent=recent,
+            cache=cache,
         ),
         manifests=ManifestService(db, store, events, cache, policy, hooks, quota, recent),
         repositories=RepositoryService(db, events, settings.catalog_page_size, cache, policy, hooks),

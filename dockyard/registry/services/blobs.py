@@ -271,4 +271,4 @@ class BlobService:
                 raise _blob_unknown(digest)
 
         self._db.run_write(work)
-        self._cache.invalidate(repository)
+        self._cache.invalidate_content(repository)

@@ -388,7 +388,7 @@ class ManifestService:
         self._db.run_write(work, pipelined=True)
         if inserted and self._quota is not None:
             self._quota.added(len(payload))
-        self._cache.invalidate(repository)
+        self._cache.invalidate_content(repository)
         self._db.when_durable(self._events.committed)
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
 
@@ -557,7 +557,7 @@ class ManifestService:
             touch_repository(conn, repo_id)
 
         self._db.run_write(work)
-        self._cache.invalidate(repository)
+        self._cache.invalidate_content(repository)
         self._events.committed()
 
     @staticmethod

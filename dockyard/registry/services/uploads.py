@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard.changes import SETTINGS, ContentCache
 from dockyard.db import Database, utcnow
 from dockyard.oci.digest import new_hasher, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
@@ -56,6 +57,9 @@ from dockyard.storage import BlobStore, UploadLost, UploadWriter
 
 log = logging.getLogger(__name__)
 
+#: The content cache's memo that a repository is not write-locked (kept across pushes into it).
+WRITABLE = (SETTINGS, "writable")
+
 
 class UploadService:
     """Starts, appends to, completes and cancels blob uploads."""
@@ -71,10 +75,12 @@ class UploadService:
         locks: LockPolicy | None = None,
         quota: BlobQuota | None = None,
         recent: RecentBlobs | None = None,
+        cache: ContentCache | None = None,
     ) -> None:
         self._db = db
         #: ``start`` only reads: on SQLite, cheaper on the event loop than in a thread.
         self.reads_inline = db.is_sqlite
+        self._cache = cache if cache is not None else ContentCache(0)
         self._recent = recent
         self._store = store
         self._quota = quota
@@ -95,12 +101,25 @@ class UploadService:
         self._db.run_lookup(lambda conn: self._refuse_start(conn, repository))
         return UploadState(new_upload_id(repository), repository, 0)
 
+    def start_known(self, repository: str) -> UploadState | None:
+        """``start`` from what this process knows (safe on the event loop: no database round trip):
+        None unless it has seen lately that ``repository`` is not write-locked and it has the quota's
+        figures in memory (then call ``start``). A lock set since is then refused by the closing
+        PUT's transaction, as one set between a ``POST`` and its ``PUT`` always was."""
+        if self._cache.get(repository, WRITABLE) is not True:
+            return None
+        if self._quota is not None and not self._quota.check_start_known():
+            return None
+        return UploadState(new_upload_id(repository), repository, 0)
+
     def _refuse_start(self, conn: Connection, repository: str) -> None:
         """What a session must pass to start (its ``POST``, or its first write: the id alone,
         which anyone can make, does not): the storage quota allows, the repository is writable."""
         if self._quota is not None:
             self._quota.check_start()
+        generation = self._cache.generation()
         self._locks.refuse_if_write_locked(conn, repository)
+        self._cache.put(repository, WRITABLE, True, generation)
 
     def status(self, repository: str, upload_id: str) -> UploadState:
         """Where the session stands, or BLOB_UPLOAD_UNKNOWN."""
@@ -305,6 +324,18 @@ class UploadService:
         self._check_quota(seen, len(data))
         self._store.put(digest, data)
         return StoredChunk(digest, data, seen)
+
+    def store_and_close(
+        self,
+        repository: str,
+        upload_id: str,
+        digest: str,
+        data: bytes,
+        content_range: tuple[int, int] | None = None,
+    ) -> ClosedSession | None:
+        """``store_closing``, then ``close_stored``: one worker thread for both (None as either)."""
+        stored = self.store_closing(digest, data, content_range)
+        return None if stored is None else self.close_stored(repository, upload_id, stored)
 
     def close_stored(self, repository: str, upload_id: str, stored: StoredChunk) -> ClosedSession | None:
         """One transaction (small enough for the event loop: ``run_soon``) checks that the session is
