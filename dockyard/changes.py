@@ -24,7 +24,7 @@ import select
 import selectors
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
@@ -56,6 +56,8 @@ class ContentCache:
         self._capacity = capacity
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[str, Hashable], Any] = OrderedDict()
+        #: Each repository's keys in ``_entries``: an invalidation visits those, not every entry.
+        self._keys: dict[str, set[Hashable]] = {}
         self._generation = 0
         self.enabled = False
         #: The listener's check for notices received but not yet applied (see ChangeListener).
@@ -83,8 +85,10 @@ class ContentCache:
             if not self.enabled or generation != self._generation:
                 return
             self._entries[(repository, key)] = value
+            self._keys.setdefault(repository, set()).add(key)
             if len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
+                (oldest, old_key), _ = self._entries.popitem(last=False)
+                self._drop_keys(oldest, (old_key,))
 
     def invalidate(self, repository: str) -> None:
         """Drop ``repository``'s entries (all entries for ``EVERYTHING``), its settings too."""
@@ -92,29 +96,35 @@ class ContentCache:
             self._generation += 1
             if repository == EVERYTHING:
                 self._entries.clear()
+                self._keys.clear()
                 return
-            for entry in [entry for entry in self._entries if entry[0] == repository]:
-                del self._entries[entry]
+            for key in self._keys.pop(repository, ()):
+                del self._entries[(repository, key)]
 
     def invalidate_content(self, repository: str) -> None:
         """Drop ``repository``'s content entries (every repository's for ``EVERYTHING``), keeping
         its settings: after a change of its tags, manifests or blob links."""
         with self._lock:
             self._generation += 1
-            everything = repository == EVERYTHING
-            dropped = [
-                entry
-                for entry in self._entries
-                if (everything or entry[0] == repository) and not _is_setting(entry[1])
-            ]
-            for entry in dropped:
-                del self._entries[entry]
+            for name in list(self._keys) if repository == EVERYTHING else [repository]:
+                content = [key for key in self._keys.get(name, ()) if not _is_setting(key)]
+                for key in content:
+                    del self._entries[(name, key)]
+                self._drop_keys(name, content)
+
+    def _drop_keys(self, repository: str, dropped: Iterable[Hashable]) -> None:
+        keys = self._keys.get(repository)
+        if keys is not None:
+            keys.difference_update(dropped)
+            if not keys:
+                del self._keys[repository]
 
     def set_enabled(self, enabled: bool) -> None:
         """Switch the cache on (a listener is connected) or off (emptied)."""
         with self._lock:
             self._generation += 1
             self._entries.clear()
+            self._keys.clear()
             self.enabled = enabled
 
 

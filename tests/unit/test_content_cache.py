@@ -1,5 +1,7 @@
 """ContentCache: per-repository invalidation, and no stale row cached across an invalidation."""
 
+import random
+
 from dockyard.changes import EVERYTHING, SETTINGS, ContentCache
 
 
@@ -80,3 +82,37 @@ def test_a_setting_read_before_a_content_change_is_not_cached():
     cache.invalidate_content("repo")
     cache.put("repo", (SETTINGS, "writable"), True, before)
     assert cache.get("repo", (SETTINGS, "writable")) is None
+
+
+def test_invalidations_drop_exactly_the_named_entries_through_evictions():
+    """Random puts, evictions and both kinds of invalidation against a plain model of the cache."""
+    rng = random.Random(20261204)
+    capacity = 25
+    cache = enabled_cache(capacity)
+    model: dict[tuple[str, tuple[str, str]], int] = {}  # insertion-ordered, as the cache evicts
+    repositories = [f"repo{n}" for n in range(6)] + [EVERYTHING]
+    for step in range(5000):
+        action = rng.random()
+        repository = rng.choice(repositories[:-1])
+        if action < 0.7:
+            key = (rng.choice(["m", "b", SETTINGS]), str(rng.randrange(8)))
+            cache.put(repository, key, step, cache.generation())
+            if (repository, key) not in model and len(model) == capacity:
+                del model[next(iter(model))]
+            model[(repository, key)] = step
+        elif action < 0.85:
+            named = rng.choice(repositories)
+            cache.invalidate_content(named)
+            for entry in [e for e in model if named in (EVERYTHING, e[0]) and e[1][0] != SETTINGS]:
+                del model[entry]
+        else:
+            named = rng.choice(repositories)
+            cache.invalidate(named)
+            for entry in [e for e in model if named in (EVERYTHING, e[0])]:
+                del model[entry]
+        assert len(cache) == len(model)
+    for repository in repositories[:-1]:
+        for kind in ("m", "b", SETTINGS):
+            for number in range(8):
+                key = (kind, str(number))
+                assert cache.get(repository, key) == model.get((repository, key))
