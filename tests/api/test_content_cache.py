@@ -486,3 +486,17 @@ def test_only_a_change_of_the_repository_row_notifies_settings(client, node, pos
         notices = [n.payload for n in listening.notifies(timeout=10, stop_after=2)]
     # Delivered in commit order: a notice of the pushes would come first.
     assert notices == ["notify/locked", "notify/pushed"]
+
+
+def test_a_truncate_of_repositories_drops_every_process_memo(client, node, postgres_url):
+    """A TRUNCATE fires no row trigger: migration 0015 notifies "*" on both channels for it."""
+    push_image(client, "truncated/app", make_image("truncated"), tag="v1")
+    assert upload_start(client, "truncated/app", ADMIN) == 202
+    assert node.registry.cache.get("truncated/app", WRITABLE) is True
+    with psycopg.connect(libpq_url(sa.engine.make_url(postgres_url)), autocommit=True) as listening:
+        listening.execute("LISTEN dockyard_settings")
+        with node.db.write() as conn:
+            conn.execute(sa.text("TRUNCATE repositories CASCADE"))
+        notices = [n.payload for n in listening.notifies(timeout=10, stop_after=1)]
+    assert notices == ["*"]
+    eventually(lambda: node.registry.cache.get("truncated/app", WRITABLE) is None, "the memo to be dropped")

@@ -4,7 +4,8 @@ A push bumps its repository's ``tag_version`` (and ``updated_at``); any other ch
 (a lock, the write-once policy, a rename) or its deletion now also notifies the channel
 ``dockyard_settings`` with the repository's name, so each process may remember what only such
 a change alters (dockyard/changes.py: "not write-locked", which lets an upload start without a
-database round trip). Every change still notifies ``dockyard_content`` as before.
+database round trip). Every change still notifies ``dockyard_content`` as before. A TRUNCATE of
+``repositories`` (a restore, a test) notifies both channels with "*": every process drops all.
 
 Revision ID: 0015
 Revises: 0014
@@ -45,11 +46,27 @@ def upgrade() -> None:
         END $$
         """
     )
+    op.execute(
+        """
+        CREATE FUNCTION dockyard_notify_everything() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('dockyard_content', '*');
+            PERFORM pg_notify('dockyard_settings', '*');
+            RETURN NULL;
+        END $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER dockyard_repositories_truncated AFTER TRUNCATE ON repositories "
+        "FOR EACH STATEMENT EXECUTE FUNCTION dockyard_notify_everything()"
+    )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    op.execute("DROP TRIGGER IF EXISTS dockyard_repositories_truncated ON repositories")
+    op.execute("DROP FUNCTION IF EXISTS dockyard_notify_everything()")
     op.execute(
         """
         CREATE OR REPLACE FUNCTION dockyard_notify_repository() RETURNS trigger LANGUAGE plpgsql AS $$
