@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import faulthandler
 import functools
 import json
 import logging
@@ -105,6 +106,9 @@ def stop_with_supervisor(supervisor: int, *, grace: float) -> None:
     SUPERVISOR_POLL_SECONDS and does the same.
     """
     _set_death_signal(signal.SIGKILL)
+    # `kill -USR2 <worker>` prints every thread's stack to stderr, from C: it needs no GIL, so it
+    # also shows where a worker that stopped answering is stuck.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     threading.Thread(
         target=_watch_supervisor, args=(supervisor, grace), name="dockyard-supervisor-watch", daemon=True
     ).start()

@@ -47,6 +47,26 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
+def wait_for_exit(server: DockyardServer, workers: list[int], what: str) -> None:
+    """Wait until every worker has exited; else fail with the stacks of those still running
+    (SIGUSR2: each worker's faulthandler prints every thread's stack to the server's stderr)."""
+    try:
+        wait_for(lambda: not any(alive(w) for w in workers), timeout=EXIT_DEADLINE, what=what)
+    except pytest.fail.Exception:
+        stuck = [w for w in workers if alive(w)]
+        for worker in stuck:
+            os.kill(worker, signal.SIGUSR2)
+        with contextlib.suppress(pytest.fail.Exception):
+            wait_for(lambda: "most recent call first" in server.stderr(), timeout=5, what="stacks")
+        for worker in stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)
+        pytest.fail(
+            f"workers {stuck} still run {EXIT_DEADLINE:.0f} s after their supervisor died; the server's "
+            f"stderr (with their stacks):\n{server.stderr()[-20000:]}"
+        )
+
+
 def port_free(port: int) -> bool:
     """Nothing listens on 127.0.0.1:``port`` (a bind without SO_REUSEPORT succeeds)."""
     with socket.socket() as probe:
@@ -103,9 +123,7 @@ def test_workers_exit_when_the_supervisor_is_killed(
         os.kill(supervisor, signal.SIGKILL)  # the supervisor only, not its process group
         server.proc.wait(10)
 
-        wait_for(
-            lambda: not any(alive(w) for w in workers), timeout=EXIT_DEADLINE, what="orphaned workers to exit"
-        )
+        wait_for_exit(server, workers, "orphaned workers to exit")
     assert port_free(server.port)
 
     # The port is really free: a new registry takes it.
@@ -134,9 +152,23 @@ def test_workers_still_booting_exit_when_the_supervisor_is_killed(
     server.stopped_on_purpose = True
     os.kill(supervisor, signal.SIGKILL)
     server.proc.wait(10)
-    wait_for(
-        lambda: not any(alive(w) for w in workers), timeout=EXIT_DEADLINE, what="booting workers to exit"
-    )
+    wait_for_exit(server, workers, "booting workers to exit")
+
+
+def test_sigusr2_prints_a_worker_stacks_and_it_keeps_serving(
+    start_server: Callable[..., DockyardServer], tmp_path: Path
+) -> None:
+    server = start_server(data_dir=tmp_path / "data")
+    assert server.proc is not None
+    worker = wait_for(lambda: children(server.proc.pid), timeout=10, what="the worker")
+    assert isinstance(worker, list)
+    assert len(worker) == 1
+    os.kill(worker[0], signal.SIGUSR2)
+    wait_for(lambda: "most recent call first" in server.stderr(), timeout=10, what="the worker's stacks")
+    assert "in _watch_supervisor" in server.stderr()  # every thread's stack, not only the main one's
+    with httpx.Client(base_url=server.url, auth=ADMIN, timeout=10) as http:
+        assert http.get("/v2/").status_code == 200
+    assert alive(worker[0])
 
 
 def test_a_second_server_refuses_a_port_a_running_one_holds(
