@@ -54,7 +54,9 @@ def test_capacity_evicts_the_oldest():
     for name in ("one", "two", "three"):
         cache.put("repo", name, name, cache.generation())
     assert cache.get("repo", "one") is None
+    assert cache.get("repo", "two") == "two"  # holds exactly ``capacity`` entries
     assert cache.get("repo", "three") == "three"
+    assert len(cache) == 2
 
 
 def test_a_content_change_keeps_the_repository_settings():
@@ -116,3 +118,26 @@ def test_invalidations_drop_exactly_the_named_entries_through_evictions():
             for number in range(8):
                 key = (kind, str(number))
                 assert cache.get(repository, key) == model.get((repository, key))
+
+
+def test_every_invalidation_refuses_rows_read_before_it():
+    cache = enabled_cache()
+    invalidations = (cache.invalidate, cache.invalidate_content, lambda _: cache.set_enabled(True))
+    for number, invalidate in enumerate(invalidations):
+        key = ("m", f"tag-{number}")
+        invalidate("repo")
+        between = cache.generation()  # read after one change, before the next
+        invalidate("repo")
+        cache.put("repo", key, "stale", between)
+        assert cache.get("repo", key) is None
+        cache.put("repo", key, "fresh", cache.generation())
+        assert cache.get("repo", key) == "fresh"
+
+
+def test_a_notice_not_yet_applied_keeps_lookups_off_the_cache():
+    cache = enabled_cache()
+    cache.put("repo", ("m", "latest"), "v1", cache.generation())
+    cache.unapplied = lambda: True
+    assert cache.get("repo", ("m", "latest")) is None
+    cache.unapplied = lambda: False
+    assert cache.get("repo", ("m", "latest")) == "v1"
