@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import time
@@ -15,11 +16,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dockyard import prepared
-from dockyard.db import as_utc, per_dialect
+from dockyard.db import Database, as_utc, per_dialect, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import uploads
 from dockyard.registry.services.blobstate import Seen
 from dockyard.registry.services.common import BlobInfo
+
+log = logging.getLogger(__name__)
 
 #: Chunks up to this size are read into memory and appended in a single transaction.
 SMALL_CHUNK = 1024 * 1024
@@ -184,6 +187,60 @@ def close_uploads(conn: Connection, upload_ids: Iterable[str], now: datetime) ->
     batch = [{"upload": upload_id, "now": now} for upload_id in upload_ids]
     if batch:
         prepared.execute_many(conn, CLOSE_UPLOAD, batch)
+
+
+def renew_lease(db: Database, upload_id: str, token: str, lease: timedelta) -> None:
+    """Extend the lease ``token`` holds on the session (while a long chunk streams)."""
+
+    def work(conn: Connection) -> None:
+        conn.execute(
+            uploads.update()
+            .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
+            .values(lease_until=utcnow() + lease)
+        )
+
+    db.run_write(work, durable=False)
+
+
+def release_lease(db: Database, upload_id: str, token: str) -> None:
+    """End the lease ``token`` holds (logged, not raised, if the database is away: it expires)."""
+
+    def work(conn: Connection) -> None:
+        conn.execute(
+            uploads.update()
+            .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
+            .values(lease_token=None, lease_until=None)
+        )
+
+    try:
+        db.run_write(work, durable=False)
+    except sa.exc.SQLAlchemyError:
+        log.exception("could not release the lease on upload %s; it expires by itself", upload_id)
+
+
+def record_chunk(
+    db: Database, upload_id: str, token: str, size: int, state: str | None, hash_state: bytes
+) -> None:
+    """Record a chunk: size, store state and digest state together, ending the lease."""
+
+    def work(conn: Connection) -> int:
+        return conn.execute(
+            uploads.update()
+            .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
+            .values(
+                size=size,
+                store_state=state,
+                hash_state=hash_state,
+                lease_token=None,
+                lease_until=None,
+                updated_at=utcnow(),
+            )
+        ).rowcount
+
+    if not db.run_write(work, durable=False):
+        raise RegistryError(
+            ErrorCode.BLOB_UPLOAD_INVALID, "the upload's lease expired while the chunk was streaming"
+        )
 
 
 def _lock_unleased(

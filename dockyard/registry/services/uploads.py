@@ -51,6 +51,9 @@ from dockyard.registry.services.upload_sessions import (
     close_uploads,
     new_upload_id,
     open_upload,
+    record_chunk,
+    release_lease,
+    renew_lease,
     unopened_since,
 )
 from dockyard.storage import BlobStore, UploadLost, UploadWriter
@@ -174,7 +177,7 @@ class UploadService:
             expected = self._check_range(recorded.size, content_range, content_length)
             hasher = self._hasher_at(upload_id, recorded)
             size, state = self._write(upload_id, token, recorded, hasher, body, expected=expected)
-            self._record(upload_id, token, size, state, hasher.export())
+            record_chunk(self._db, upload_id, token, size, state, hasher.export())
         except _LostDigest as lost:
             self._drop_session(upload_id, lost.store_state)
             raise
@@ -523,52 +526,9 @@ class UploadService:
             self._refuse_start(conn, repository)
         return recorded
 
-    def _renew(self, upload_id: str, token: str) -> None:
-        def work(conn: Connection) -> None:
-            conn.execute(
-                uploads.update()
-                .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
-                .values(lease_until=utcnow() + self._lease)
-            )
-
-        self._db.run_write(work, durable=False)
-
     def _release(self, upload_id: str, token: str) -> None:
         self._hashers.forget(upload_id)
-
-        def work(conn: Connection) -> None:
-            conn.execute(
-                uploads.update()
-                .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
-                .values(lease_token=None, lease_until=None)
-            )
-
-        try:
-            self._db.run_write(work, durable=False)
-        except sa.exc.SQLAlchemyError:
-            log.exception("could not release the lease on upload %s; it expires by itself", upload_id)
-
-    def _record(self, upload_id: str, token: str, size: int, state: str | None, hash_state: bytes) -> None:
-        """Record a chunk: size, store state and digest state together, ending the lease."""
-
-        def work(conn: Connection) -> int:
-            return conn.execute(
-                uploads.update()
-                .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
-                .values(
-                    size=size,
-                    store_state=state,
-                    hash_state=hash_state,
-                    lease_token=None,
-                    lease_until=None,
-                    updated_at=utcnow(),
-                )
-            ).rowcount
-
-        if not self._db.run_write(work, durable=False):
-            raise RegistryError(
-                ErrorCode.BLOB_UPLOAD_INVALID, "the upload's lease expired while the chunk was streaming"
-            )
+        release_lease(self._db, upload_id, token)
 
     def _drop_session(self, upload_id: str, state: str | None) -> None:
         def work(conn: Connection) -> None:
@@ -612,7 +572,7 @@ class UploadService:
                 writer.write(chunk)
                 hasher.update(chunk)
                 if token is not None and time.monotonic() > next_renewal:
-                    self._renew(upload_id, token)
+                    renew_lease(self._db, upload_id, token, self._lease)
                     next_renewal = time.monotonic() + renew_every
             if expected is not None and received != expected:
                 raise RegistryError(
