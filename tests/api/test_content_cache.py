@@ -1,113 +1,38 @@
 """Hot reads from the in-process content cache, kept true across processes (PostgreSQL and SQLite)."""
 
-import contextlib
-import shutil
 import threading
-import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
-from dockyard.access.services import bootstrap
-from dockyard.app import Dockyard, build, create_app
+from dockyard.app import Dockyard
 from dockyard.changes import SqliteChangeWatch, libpq_url
-from dockyard.config import Settings
 from dockyard.registry.services.uploads import WRITABLE
-from tests.conftest import _truncate_all
-from tests.support.auth import ADMIN, ADMIN_PASSWORD, access_token, bearer
+from tests.support.auth import ADMIN, access_token, bearer
 from tests.support.images import make_image
+from tests.support.nodes import settled
 from tests.support.polling import eventually
 from tests.support.registry import push_blob, push_image, sha256
 
 
-def node_settings(tmp_path: Path, url: str) -> Settings:
-    return Settings.model_validate(
-        {
-            "data_dir": tmp_path / "data",
-            "database_url": url,
-            "access_log": False,
-            "admin_password": ADMIN_PASSWORD,
-        }
-    )
+@pytest.fixture
+def node(pg_node: Dockyard) -> Dockyard:
+    """Node A's services (this file's name for ``pg_node``)."""
+    return pg_node
 
 
 @pytest.fixture
-def pg_settings(tmp_path: Path, postgres_url: str) -> Settings:
-    _truncate_all(postgres_url)
-    return node_settings(tmp_path, postgres_url)
+def client(pg_client: TestClient) -> TestClient:
+    """Node A's admin client, its listener connected (``pg_client``)."""
+    return pg_client
 
 
 @pytest.fixture
-def node(pg_settings) -> Iterator[Dockyard]:
-    parts = build(pg_settings)
-    bootstrap(pg_settings, parts.access)
-    yield parts
-    parts.db.dispose()
-
-
-@pytest.fixture
-def client(pg_settings, node) -> Iterator[TestClient]:
-    """The admin client, once the app's change listener is connected."""
-    with TestClient(create_app(pg_settings, node, background_jobs=False), headers=ADMIN) as client:
-        eventually(lambda: node.registry.cache.enabled, "the change listener to connect")
-        yield client
-
-
-@pytest.fixture
-def other_node(pg_settings) -> Iterator[TestClient]:
-    """A second registry process on the same database and store (a second node)."""
-    parts = build(pg_settings)
-    with TestClient(create_app(pg_settings, parts, background_jobs=False), headers=ADMIN) as client:
-        yield client
-    parts.db.dispose()
-
-
-def settled(node: Dockyard, timeout: float = 10.0) -> None:
-    """Wait until the listener is connected and has received every notification committed so far.
-
-    A sentinel notification sent while the listener reconnects is lost, so send one again
-    until one arrives.
-    """
-    listener = node.registry.listener
-    assert listener is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sentinel = f"sentinel-{uuid.uuid4()}"
-        with node.db.write() as conn:
-            conn.execute(sa.text("SELECT pg_notify('dockyard_content', :payload)"), {"payload": sentinel})
-        with contextlib.suppress(AssertionError):
-            eventually(lambda: listener.last_notice == sentinel, "the sentinel", timeout=0.5)  # noqa: B023
-            return
-    raise AssertionError("the change listener received no sentinel notification")
-
-
-@pytest.fixture
-def sqlite_settings(tmp_path, sqlite_template) -> Settings:
-    shutil.copy(sqlite_template, tmp_path / "dockyard.db")
-    return node_settings(tmp_path, f"sqlite:///{tmp_path / 'dockyard.db'}")
-
-
-@pytest.fixture
-def sqlite_node(sqlite_settings) -> Iterator[tuple[Dockyard, TestClient]]:
-    parts = build(sqlite_settings)
-    bootstrap(sqlite_settings, parts.access)
-    with TestClient(create_app(sqlite_settings, parts, background_jobs=False), headers=ADMIN) as client:
-        yield parts, client
-    parts.db.dispose()
-
-
-@pytest.fixture
-def sqlite_other(sqlite_settings) -> Iterator[TestClient]:
-    """A second process's registry on the same SQLite file (its own engine and connections)."""
-    parts = build(sqlite_settings)
-    with TestClient(create_app(sqlite_settings, parts, background_jobs=False), headers=ADMIN) as client:
-        yield client
-    parts.db.dispose()
+def other_node(pg_other: TestClient) -> TestClient:
+    """Node B's admin client (``pg_other``)."""
+    return pg_other
 
 
 def lookups_of(node: Dockyard, monkeypatch) -> list[str]:

@@ -11,12 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-import shutil
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -29,73 +26,11 @@ from dockyard.app import Dockyard, build, create_app
 from dockyard.changes import SETTINGS, ContentCache, libpq_url
 from dockyard.config import Settings
 from dockyard.registry.services.uploads import WRITABLE
-from tests.conftest import _truncate_all
-from tests.support.auth import ADMIN, ADMIN_PASSWORD, ADMIN_USERNAME, access_token, bearer
+from tests.support.auth import ADMIN, ADMIN_USERNAME, access_token, bearer
 from tests.support.images import make_image, sha256
+from tests.support.nodes import settled
 from tests.support.polling import eventually
 from tests.support.registry import error_codes, push_blob, push_image
-
-# -- PostgreSQL nodes (copied from tests/api/test_content_cache.py, renamed) -------------------
-
-
-def node_settings(tmp_path: Path, url: str, **update: Any) -> Settings:
-    return Settings.model_validate(
-        {
-            "data_dir": tmp_path / "data",
-            "database_url": url,
-            "access_log": False,
-            "admin_password": ADMIN_PASSWORD,
-            **update,
-        }
-    )
-
-
-@pytest.fixture
-def pg_settings(tmp_path: Path, postgres_url: str) -> Settings:
-    _truncate_all(postgres_url)
-    return node_settings(tmp_path, postgres_url)
-
-
-@pytest.fixture
-def pg_node(pg_settings) -> Iterator[Dockyard]:
-    parts = build(pg_settings)
-    bootstrap(pg_settings, parts.access)
-    yield parts
-    parts.db.dispose()
-
-
-@pytest.fixture
-def pg_client(pg_settings, pg_node) -> Iterator[TestClient]:
-    """Node A's admin client, once its change listener is connected."""
-    with TestClient(create_app(pg_settings, pg_node, background_jobs=False), headers=ADMIN) as client:
-        eventually(lambda: pg_node.registry.cache.enabled, "the change listener to connect")
-        yield client
-
-
-@pytest.fixture
-def pg_other(pg_settings) -> Iterator[TestClient]:
-    """Node B: a second registry process on the same database and store."""
-    parts = build(pg_settings)
-    with TestClient(create_app(pg_settings, parts, background_jobs=False), headers=ADMIN) as client:
-        eventually(lambda: parts.registry.cache.enabled, "node B's change listener to connect")
-        yield client
-    parts.db.dispose()
-
-
-def settled(node: Dockyard, timeout: float = 10.0) -> None:
-    """Wait until ``node``'s listener has received every notification committed so far."""
-    listener = node.registry.listener
-    assert listener is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sentinel = f"sentinel-{uuid.uuid4()}"
-        with node.db.write() as conn:
-            conn.execute(sa.text("SELECT pg_notify('dockyard_content', :payload)"), {"payload": sentinel})
-        with contextlib.suppress(AssertionError):
-            eventually(lambda: listener.last_notice == sentinel, "the sentinel", timeout=0.5)  # noqa: B023
-            return
-    raise AssertionError("the change listener received no sentinel notification")
-
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -691,30 +626,7 @@ def test_a_lock_set_while_the_listener_is_cut_off_is_never_answered_from_the_mem
     eventually(lambda: pg_client.post(f"/v2/{name}/blobs/uploads/").status_code == 202, "the unlock")
 
 
-# -- SQLite: two processes on one file ---------------------------------------------------------
-
-
-@pytest.fixture
-def sqlite_settings(tmp_path, sqlite_template) -> Settings:
-    shutil.copy(sqlite_template, tmp_path / "dockyard.db")
-    return node_settings(tmp_path, f"sqlite:///{tmp_path / 'dockyard.db'}")
-
-
-@pytest.fixture
-def sqlite_node(sqlite_settings) -> Iterator[tuple[Dockyard, TestClient]]:
-    parts = build(sqlite_settings)
-    bootstrap(sqlite_settings, parts.access)
-    with TestClient(create_app(sqlite_settings, parts, background_jobs=False), headers=ADMIN) as client:
-        yield parts, client
-    parts.db.dispose()
-
-
-@pytest.fixture
-def sqlite_other(sqlite_settings) -> Iterator[TestClient]:
-    parts = build(sqlite_settings)
-    with TestClient(create_app(sqlite_settings, parts, background_jobs=False), headers=ADMIN) as client:
-        yield client
-    parts.db.dispose()
+# -- SQLite: two processes on one file (tests/api/conftest.py) ----------------------------------
 
 
 def test_sqlite_a_lock_by_another_process_is_seen_by_the_next_post(sqlite_node, sqlite_other):
