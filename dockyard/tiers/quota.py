@@ -90,9 +90,7 @@ class StorageQuota:
         """Before an upload starts: refuse once the registry is at or past its quota."""
         tier = self._tiers.current()
         if tier.storage_bytes != UNLIMITED:
-            used = self.used()
-            if used >= tier.storage_bytes:
-                raise self._denied(tier, used)
+            self._refuse_start(tier, self.used())
 
     def check_start_known(self) -> bool:
         """``check_start`` from memory (safe on the event loop): False when the tier or the stored
@@ -106,9 +104,12 @@ class StorageQuota:
             used = self._known()
         if used is None:
             return False
+        self._refuse_start(tier, used)
+        return True
+
+    def _refuse_start(self, tier: Tier, used: int) -> None:
         if used >= tier.storage_bytes:
             raise self._denied(tier, used)
-        return True
 
     def check_new_blob(self, size: int) -> None:
         """Before a new blob (not stored yet) is committed: refuse if it would pass the quota."""
