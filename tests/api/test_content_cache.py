@@ -1,7 +1,5 @@
 """Hot reads from the in-process content cache, kept true across processes (PostgreSQL and SQLite)."""
 
-import threading
-
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -12,7 +10,7 @@ from dockyard.changes import SqliteChangeWatch, libpq_url
 from dockyard.registry.services.uploads import WRITABLE
 from tests.support.auth import ADMIN, access_token, bearer
 from tests.support.images import make_image
-from tests.support.nodes import settled
+from tests.support.nodes import listener_stalled, settled
 from tests.support.polling import eventually
 from tests.support.registry import push_blob, push_image, sha256
 
@@ -155,21 +153,10 @@ def test_a_tag_moved_by_another_node_is_seen_at_once_even_before_the_listener_ru
         assert latest() == first.digest
     assert statements == []
 
-    listener = node.registry.listener
-    stalled = threading.Event()
-    original = listener._apply
-
-    def late_apply(pgconn):
-        stalled.wait(10)
-        original(pgconn)
-
-    monkeypatch.setattr(listener, "_apply", late_apply)
-    try:
+    with listener_stalled(node, monkeypatch):
         push_image(other_node, "atonce/app", second, tag="latest")
-        eventually(listener.unapplied, "the notice to reach node B's socket")
+        eventually(node.registry.listener.unapplied, "the notice to reach node B's socket")
         assert latest() == second.digest
-    finally:
-        stalled.set()
     settled(node)
     assert latest() == second.digest
     with statements_of(node) as statements:  # and caches again once the notice is applied

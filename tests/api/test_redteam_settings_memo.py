@@ -28,7 +28,7 @@ from dockyard.config import Settings
 from dockyard.registry.services.uploads import WRITABLE
 from tests.support.auth import ADMIN, ADMIN_USERNAME, access_token, bearer
 from tests.support.images import make_image, sha256
-from tests.support.nodes import settled
+from tests.support.nodes import listener_stalled, settled
 from tests.support.polling import eventually
 from tests.support.registry import error_codes, push_blob, push_image
 
@@ -109,17 +109,8 @@ def test_a_late_lock_notice_lets_nothing_become_visible(pg_client, pg_node, pg_o
     assert pg_client.post(f"/v2/{name}/blobs/uploads/").status_code == 202
     assert memo(pg_node, name)
 
-    listener = pg_node.registry.listener
-    release = threading.Event()
-    original = listener._apply
-
-    def stalled_apply(pgconn):
-        release.wait(20)
-        original(pgconn)
-
-    monkeypatch.setattr(listener, "_apply", stalled_apply)
     monkeypatch.setattr(pg_node.registry.cache, "unapplied", lambda: False)
-    try:
+    with listener_stalled(pg_node, monkeypatch):
         lock(pg_other, name, False)
         assert memo(pg_node, name)  # A still believes the repository writable
         started = pg_client.post(f"/v2/{name}/blobs/uploads/")
@@ -170,8 +161,6 @@ def test_a_late_lock_notice_lets_nothing_become_visible(pg_client, pg_node, pg_o
             assert client.get(f"/v2/{name}/manifests/v2").status_code == 404
             assert client.get(f"/v2/{name}/manifests/v1-again").status_code == 404
         assert pg_other.get(f"/v2/{name}/tags/list").json()["tags"] == ["v1"]
-    finally:
-        release.set()
     settled(pg_node)
     assert not memo(pg_node, name)
     assert_denied(pg_client.post(f"/v2/{name}/blobs/uploads/"))

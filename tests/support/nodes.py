@@ -4,11 +4,14 @@ until a PostgreSQL node's change listener has seen every notification committed 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from dockyard.app import Dockyard
@@ -47,3 +50,25 @@ def settled(node: Dockyard, timeout: float = 10.0) -> None:
             eventually(lambda: listener.last_notice == sentinel, "the sentinel", timeout=0.5)  # noqa: B023
             return
     raise AssertionError("the change listener received no sentinel notification")
+
+
+@contextlib.contextmanager
+def listener_stalled(
+    node: Dockyard, monkeypatch: pytest.MonkeyPatch, timeout: float = 20.0
+) -> Iterator[None]:
+    """Within the block ``node``'s change listener reads notices but applies none (its thread waits,
+    as one the GIL starves would); it applies them once the block ends."""
+    listener = node.registry.listener
+    assert listener is not None
+    release = threading.Event()
+    original = listener._apply
+
+    def stalled_apply(pgconn: Any) -> None:
+        release.wait(timeout)
+        original(pgconn)
+
+    monkeypatch.setattr(listener, "_apply", stalled_apply)
+    try:
+        yield
+    finally:
+        release.set()
