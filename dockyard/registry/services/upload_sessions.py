@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from dockyard import prepared
 from dockyard.db import Database, as_utc, per_dialect, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.oci.resumable import ResumableHash
 from dockyard.registry.models import uploads
 from dockyard.registry.services.blobstate import Seen
 from dockyard.registry.services.common import BlobInfo
@@ -264,3 +265,62 @@ def _lock_unleased(
         busy.headers["Retry-After"] = str(max(1, math.ceil(wait)))
         raise busy
     return _Recorded(row.size, row.store_state, row.hash_state)
+
+
+def check_range(size: int, content_range: tuple[int, int] | None, content_length: int | None) -> int | None:
+    """Check a chunk starts where the upload ends; return the chunk's expected length."""
+    if content_range is None:
+        return content_length
+    start, end = content_range
+    if start != size:
+        raise _out_of_order(size, f"chunk starts at {start} but the upload holds {size} bytes")
+    if end < start:
+        raise _out_of_order(size, f"chunk range {start}-{end} is empty or reversed")
+    length = end - start + 1
+    if content_length is not None and content_length != length:
+        raise _out_of_order(
+            size, f"Content-Range {start}-{end} does not match Content-Length {content_length}"
+        )
+    return length
+
+
+def verify_digest(digest: str, algorithm: str, hasher: ResumableHash) -> None:
+    """Refuse an upload whose content is not ``digest`` (or was hashed with another algorithm)."""
+    if hasher.name != algorithm:
+        raise RegistryError(
+            ErrorCode.DIGEST_INVALID,
+            f"this upload was hashed with {hasher.name} as its chunks arrived; "
+            f"push a {algorithm} blob in one request",
+        )
+    actual = f"{algorithm}:{hasher.hexdigest()}"
+    if actual != digest:
+        raise RegistryError(
+            ErrorCode.DIGEST_INVALID,
+            f"upload content has digest {actual}, not {digest}",
+            detail={"expected": digest, "actual": actual},
+        )
+
+
+def end_idle_sessions(conn: Connection, now: datetime, expiry: timedelta) -> list[tuple[str, str | None]]:
+    """Close the sessions idle past ``expiry`` and unleased, and delete closed rows whose ids can
+    no longer open on any node. The (id, store state) of each session closed."""
+    cutoff = now - expiry
+    # An id opens until its issue time plus the expiry, by the clock of whichever node sees it.
+    forgotten = cutoff - CLOCK_SKEW
+    stale = conn.execute(
+        sa.select(uploads.c.id, uploads.c.store_state).where(
+            uploads.c.size != CLOSED,
+            uploads.c.updated_at < cutoff,
+            sa.or_(uploads.c.lease_until.is_(None), uploads.c.lease_until < now),
+        )
+    ).all()
+    close_uploads(conn, [row.id for row in stale], now)
+    # updated_at (indexed, never before created_at) finds them; a row kept a little longer is harmless
+    closed_before = (uploads.c.updated_at < forgotten, uploads.c.created_at < forgotten)
+    conn.execute(uploads.delete().where(uploads.c.size == CLOSED, *closed_before))
+    return [(row.id, row.store_state) for row in stale]
+
+
+def open_session_ids(conn: Connection) -> set[str]:
+    """The ids of every session still open."""
+    return set(conn.execute(sa.select(uploads.c.id).where(uploads.c.size != CLOSED)).scalars())

@@ -36,25 +36,26 @@ from dockyard.registry.services.common import BlobInfo, BlobQuota, UploadState
 from dockyard.registry.services.digests import HasherCache, RecentBlobs
 from dockyard.registry.services.locks import LockPolicy
 from dockyard.registry.services.upload_sessions import (
-    CLOCK_SKEW,
     CLOSED,
     SMALL_CHUNK,
     ClosedSession,
     StoredChunk,
     _lock_unleased,
     _LostDigest,
-    _out_of_order,
     _read_exactly,
     _Recorded,
     _unknown,
+    check_range,
     close_upload,
-    close_uploads,
+    end_idle_sessions,
     new_upload_id,
+    open_session_ids,
     open_upload,
     record_chunk,
     release_lease,
     renew_lease,
     unopened_since,
+    verify_digest,
 )
 from dockyard.storage import BlobStore, UploadLost, UploadWriter
 
@@ -174,7 +175,7 @@ class UploadService:
             )
         token, recorded = self._acquire(repository, upload_id)
         try:
-            expected = self._check_range(recorded.size, content_range, content_length)
+            expected = check_range(recorded.size, content_range, content_length)
             hasher = self._hasher_at(upload_id, recorded)
             size, state = self._write(upload_id, token, recorded, hasher, body, expected=expected)
             record_chunk(self._db, upload_id, token, size, state, hasher.export())
@@ -203,7 +204,7 @@ class UploadService:
 
         def work(conn: Connection) -> tuple[int, ResumableHash]:
             recorded = self._lock_or_open(conn, repository, upload_id, now)
-            self._check_range(recorded.size, content_range, len(data))
+            check_range(recorded.size, content_range, len(data))
             if ahead is not None and ahead[0] == recorded.size:
                 hasher = ahead[1]
             else:
@@ -260,7 +261,7 @@ class UploadService:
         token, recorded = self._acquire(repository, upload_id)
         state = recorded.store_state
         try:
-            expected = self._check_range(recorded.size, content_range, content_length)
+            expected = check_range(recorded.size, content_range, content_length)
             hasher = self._hasher_at(upload_id, recorded, algorithm)
             in_place = digest if recorded.size == 0 else None  # the whole blob comes in this request
             size, state = self._write(
@@ -279,7 +280,7 @@ class UploadService:
             self._release(upload_id, token)
             raise
         try:
-            self._verify(digest, algorithm, hasher)
+            verify_digest(digest, algorithm, hasher)
             try:
                 location = self._store.commit_upload(upload_id, state, digest, size)
             except UploadLost:
@@ -318,7 +319,7 @@ class UploadService:
         addressed, visible to no one yet, outside any transaction). None when it has another digest:
         the session holds bytes already or the digest is wrong, and the general path tells which."""
         algorithm, _ = parse_digest(digest)
-        self._check_range(0, content_range, len(data))
+        check_range(0, content_range, len(data))
         hasher = new_hasher(algorithm)
         hasher.update(data)
         if f"{algorithm}:{hasher.hexdigest()}" != digest:
@@ -389,7 +390,7 @@ class UploadService:
             size, state = self._write(
                 upload_id, None, _Recorded(0), hasher, body, expected=content_length, digest=digest
             )
-            self._verify(digest, algorithm, hasher)
+            verify_digest(digest, algorithm, hasher)
             seen = seen_before_commit(self._db, digest)
             self._check_quota(seen, size)
             location = self._store.commit_upload(upload_id, state, digest, size)
@@ -457,52 +458,16 @@ class UploadService:
         session owns. Returns how many sessions ended plus how many orphans were dropped."""
         now = now or utcnow()
         cutoff = now - self._expiry
-        # An id opens until its issue time plus the expiry, by the clock of whichever node sees it.
-        forgotten = cutoff - CLOCK_SKEW
-
-        def work(conn: Connection) -> list[tuple[str, str | None]]:
-            stale = conn.execute(
-                sa.select(uploads.c.id, uploads.c.store_state).where(
-                    uploads.c.size != CLOSED,
-                    uploads.c.updated_at < cutoff,
-                    sa.or_(uploads.c.lease_until.is_(None), uploads.c.lease_until < now),
-                )
-            ).all()
-            close_uploads(conn, [row.id for row in stale], now)
-            # updated_at (indexed, never before created_at) finds them; a row kept a little longer is harmless
-            closed_before = (uploads.c.updated_at < forgotten, uploads.c.created_at < forgotten)
-            conn.execute(uploads.delete().where(uploads.c.size == CLOSED, *closed_before))
-            return [(row.id, row.store_state) for row in stale]
-
-        stale = self._db.run_write(work, durable=False)
+        stale = self._db.run_write(lambda conn: end_idle_sessions(conn, now, self._expiry), durable=False)
         for upload_id, state in stale:
             self._hashers.forget(upload_id)
             self._store.abort_upload(upload_id, state)
         with self._db.read() as conn:
-            live = set(conn.execute(sa.select(uploads.c.id).where(uploads.c.size != CLOSED)).scalars())
+            live = open_session_ids(conn)
         orphans = self._store.expire_uploads(cutoff.timestamp(), live.__contains__)
         return len(stale) + orphans
 
     # -- internals --------------------------------------------------------------------------
-
-    @staticmethod
-    def _check_range(
-        size: int, content_range: tuple[int, int] | None, content_length: int | None
-    ) -> int | None:
-        """Check a chunk starts where the upload ends; return the chunk's expected length."""
-        if content_range is None:
-            return content_length
-        start, end = content_range
-        if start != size:
-            raise _out_of_order(size, f"chunk starts at {start} but the upload holds {size} bytes")
-        if end < start:
-            raise _out_of_order(size, f"chunk range {start}-{end} is empty or reversed")
-        length = end - start + 1
-        if content_length is not None and content_length != length:
-            raise _out_of_order(
-                size, f"Content-Range {start}-{end} does not match Content-Length {content_length}"
-            )
-        return length
 
     def _acquire(self, repository: str, upload_id: str) -> tuple[str, _Recorded]:
         token = uuid.uuid4().hex
@@ -596,22 +561,6 @@ class UploadService:
         except UploadLost:
             log.warning("upload %s lost its recorded bytes in the store; dropping it", upload_id)
             raise _LostDigest(upload_id, recorded.store_state) from None
-
-    @staticmethod
-    def _verify(digest: str, algorithm: str, hasher: ResumableHash) -> None:
-        if hasher.name != algorithm:
-            raise RegistryError(
-                ErrorCode.DIGEST_INVALID,
-                f"this upload was hashed with {hasher.name} as its chunks arrived; "
-                f"push a {algorithm} blob in one request",
-            )
-        actual = f"{algorithm}:{hasher.hexdigest()}"
-        if actual != digest:
-            raise RegistryError(
-                ErrorCode.DIGEST_INVALID,
-                f"upload content has digest {actual}, not {digest}",
-                detail={"expected": digest, "actual": actual},
-            )
 
     def _hasher_at(self, upload_id: str, recorded: _Recorded, algorithm: str = "sha256") -> ResumableHash:
         """The running digest of the recorded bytes, for this request to advance.
