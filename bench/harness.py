@@ -19,7 +19,16 @@ from loadgen import build_headload
 from registry import TOKEN_MARGIN, Client, discover_auth, image_config, image_manifest, sha256_digest
 from report import Figure, Target, log
 from s3 import RequestCount, SeaweedFS
-from servers import Distribution, Dockyard, Nginx, Server, machine_busy_seconds, own_cpu_seconds
+from servers import (
+    Distribution,
+    Dockyard,
+    Nginx,
+    ProcessTree,
+    Server,
+    machine_busy_seconds,
+    own_cpu_seconds,
+    postgres_tree,
+)
 
 MiB = 1024 * 1024
 MB = 1_000_000
@@ -108,20 +117,26 @@ class Meter:
     """Wall time and server CPU of one measurement, and how busy the rest of the machine was.
 
     ``other_load`` is the share of all CPUs used by processes that are neither the
-    server under test nor this benchmark and its load generators: other work on a
-    shared machine (the idle servers count too, at about nothing).
+    server under test (nor its object store or database) nor this benchmark and its load
+    generators: other work on a shared machine (the idle servers count too, at about nothing).
     """
 
     def __init__(
-        self, server: Server, record: list[tuple[float, float]], store: Server | None = None
+        self,
+        server: Server,
+        record: list[tuple[float, float]],
+        store: Server | None = None,
+        database: ProcessTree | None = None,
     ) -> None:
         self.server = server
         self.record = record
         self.store = store  # the object store behind the server: its CPU is not "other load"
-        self.elapsed = self.server_cpu = self.other_load = self.store_cpu = 0.0
+        self.database = database  # Dockyard's PostgreSQL (with --postgres): nor is its CPU
+        self.elapsed = self.server_cpu = self.other_load = self.store_cpu = self.database_cpu = 0.0
 
     def __enter__(self) -> Meter:
         self._store_cpu = self.store.tree.cpu_seconds() if self.store else 0.0
+        self._database_cpu = self.database.cpu_seconds() if self.database else 0.0
         self._cpu = self.server.tree.cpu_seconds()
         self._busy = machine_busy_seconds()
         self._own = own_cpu_seconds()
@@ -133,7 +148,9 @@ class Meter:
         self.server_cpu = self.server.tree.cpu_seconds() - self._cpu
         if self.store is not None:
             self.store_cpu = self.store.tree.cpu_seconds() - self._store_cpu
-        mine = self.server_cpu + self.store_cpu + own_cpu_seconds() - self._own
+        if self.database is not None:
+            self.database_cpu = self.database.cpu_seconds() - self._database_cpu
+        mine = self.server_cpu + self.store_cpu + self.database_cpu + own_cpu_seconds() - self._own
         other = machine_busy_seconds() - self._busy - mine
         self.other_load = max(other, 0.0) / (self.elapsed * (os.cpu_count() or 1))
         if self.elapsed >= MIN_METERED:  # shorter ones are mostly CPU-tick rounding
@@ -176,6 +193,8 @@ class Bench:
             storage=self.store.distribution_storage(redirect=redirect) if self.store else None,
         )
         self.nginx = Nginx(workdir / "nginx")
+        #: Dockyard's PostgreSQL, when it runs here (its CPU is reported beside Dockyard's).
+        self.database = postgres_tree(database_url) if database_url else None
         self.registries: list[Server] = [self.dockyard, self.distribution]
         #: What blob pulls are held to: nginx on the filesystem, SeaweedFS's own GET on S3.
         self.pull_reference: Server = self.store or self.nginx
@@ -212,7 +231,8 @@ class Bench:
 
     def meter(self, server: Server) -> Meter:
         store = self.store if server is not self.store else None
-        return Meter(server, self.other_load.setdefault(self._phase, []), store)
+        database = self.database if server is self.dockyard else None
+        return Meter(server, self.other_load.setdefault(self._phase, []), store, database)
 
     def s3_requests(self, server: Server) -> RequestCount:
         """Counts ``server``'s S3 requests during a ``with`` block (nothing without ``--storage s3``)."""

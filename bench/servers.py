@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from registry import TokenAuth
 
@@ -327,6 +328,22 @@ class Nginx(Server):
         user = "user root;" if os.geteuid() == 0 else ""  # workers must read the 0700 work directory
         config.write_text(NGINX_CONFIG.format(user=user, folder=self.folder, port=self.port))
         return [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(config), "-p", str(self.folder)], {}
+
+
+def postgres_tree(database_url: str) -> ProcessTree | None:
+    """The PostgreSQL server behind ``database_url`` when it runs on this machine (its postmaster,
+    found by its port, and the backends it forks), so its CPU is Dockyard's and not other load."""
+    port = urlsplit(database_url).port or 5432
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(entry.path, "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"postgres") and b"-p" in argv and str(port).encode() in argv:
+            return ProcessTree(int(entry.name))
+    return None
 
 
 def machine_busy_seconds() -> float:
