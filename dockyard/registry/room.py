@@ -1,4 +1,5 @@
-"""The registry room's registration: the OCI data plane's services and routes, upload expiry."""
+"""The registry room's registration: the OCI data plane's services and routes, upload expiry,
+planner statistics (PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ def _work(parts: Dockyard, runtime: Runtime) -> None:
     runtime.schedule(
         "registry.expire-uploads", jobs.EXPIRE_UPLOADS_EVERY, lambda: jobs.expire_uploads(parts.registry)
     )
+    if not parts.db.is_sqlite:
+        runtime.schedule(
+            "registry.refresh-statistics",
+            jobs.REFRESH_STATISTICS_EVERY,
+            lambda: jobs.refresh_statistics(parts.db),
+        )
 
 
 ROOM = Room("registry", services=_services, routes=_routes, work=_work)
