@@ -59,7 +59,7 @@ def refresh_statistics(db: Database) -> list[str]:
     of the whole repository's links, say) until the table is analyzed, and autovacuum looks at
     most once a minute: a new registry's first thousands of pushes would each cost time in
     proportion to the registry's size. Analysing the table re-plans every connection's statements.
-    Returns the tables analyzed (none on SQLite, whose statements are planned per execution)."""
+    Returns the tables analyzed (none on SQLite, whose planner does not go by table sizes)."""
     if db.is_sqlite:
         return []
     params = {
