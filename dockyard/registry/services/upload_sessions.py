@@ -190,31 +190,21 @@ def close_uploads(conn: Connection, upload_ids: Iterable[str], now: datetime) ->
         prepared.execute_many(conn, CLOSE_UPLOAD, batch)
 
 
+def _update_leased(db: Database, upload_id: str, token: str, **values: object) -> int:
+    """Set ``values`` on the session while ``token`` holds its lease; the rows changed (0 or 1)."""
+    held = uploads.update().where(uploads.c.id == upload_id, uploads.c.lease_token == token)
+    return db.run_write(lambda conn: conn.execute(held.values(**values)).rowcount, durable=False)
+
+
 def renew_lease(db: Database, upload_id: str, token: str, lease: timedelta) -> None:
     """Extend the lease ``token`` holds on the session (while a long chunk streams)."""
-
-    def work(conn: Connection) -> None:
-        conn.execute(
-            uploads.update()
-            .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
-            .values(lease_until=utcnow() + lease)
-        )
-
-    db.run_write(work, durable=False)
+    _update_leased(db, upload_id, token, lease_until=utcnow() + lease)
 
 
 def release_lease(db: Database, upload_id: str, token: str) -> None:
     """End the lease ``token`` holds (logged, not raised, if the database is away: it expires)."""
-
-    def work(conn: Connection) -> None:
-        conn.execute(
-            uploads.update()
-            .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
-            .values(lease_token=None, lease_until=None)
-        )
-
     try:
-        db.run_write(work, durable=False)
+        _update_leased(db, upload_id, token, lease_token=None, lease_until=None)
     except sa.exc.SQLAlchemyError:
         log.exception("could not release the lease on upload %s; it expires by itself", upload_id)
 
@@ -223,22 +213,18 @@ def record_chunk(
     db: Database, upload_id: str, token: str, size: int, state: str | None, hash_state: bytes
 ) -> None:
     """Record a chunk: size, store state and digest state together, ending the lease."""
-
-    def work(conn: Connection) -> int:
-        return conn.execute(
-            uploads.update()
-            .where(uploads.c.id == upload_id, uploads.c.lease_token == token)
-            .values(
-                size=size,
-                store_state=state,
-                hash_state=hash_state,
-                lease_token=None,
-                lease_until=None,
-                updated_at=utcnow(),
-            )
-        ).rowcount
-
-    if not db.run_write(work, durable=False):
+    recorded = _update_leased(
+        db,
+        upload_id,
+        token,
+        size=size,
+        store_state=state,
+        hash_state=hash_state,
+        lease_token=None,
+        lease_until=None,
+        updated_at=utcnow(),
+    )
+    if not recorded:
         raise RegistryError(
             ErrorCode.BLOB_UPLOAD_INVALID, "the upload's lease expired while the chunk was streaming"
         )
