@@ -10,7 +10,7 @@ from dockyard.changes import SqliteChangeWatch, libpq_url
 from dockyard.registry.services.uploads import WRITABLE
 from tests.support.auth import ADMIN, access_token, bearer
 from tests.support.images import make_image
-from tests.support.nodes import listener_stalled, settled
+from tests.support.nodes import kill_listeners, listener_stalled, settled
 from tests.support.polling import eventually
 from tests.support.registry import push_blob, push_image, sha256
 
@@ -194,13 +194,7 @@ def test_a_lost_listener_pauses_the_cache_until_it_reconnects(client, node, othe
     push_image(client, "lost/app", first, tag="latest")
     settled(node)
     assert client.get("/v2/lost/app/manifests/latest").status_code == 200
-    with node.db.write() as conn:
-        killed = conn.execute(
-            sa.text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE query LIKE 'LISTEN dockyard_content%'"
-            )
-        ).scalar()
+    killed = kill_listeners(node)
     assert killed >= 1  # this node's listener (and the other node's)
     push_image(other_node, "lost/app", second, tag="latest")  # while nobody may be listening
     settled(node)  # the listener is back (it received the sentinel)

@@ -28,7 +28,7 @@ from dockyard.config import Settings
 from dockyard.registry.services.uploads import WRITABLE
 from tests.support.auth import ADMIN, ADMIN_USERNAME, access_token, bearer
 from tests.support.images import make_image, sha256
-from tests.support.nodes import listener_stalled, settled
+from tests.support.nodes import kill_listeners, listener_stalled, settled
 from tests.support.polling import eventually
 from tests.support.registry import error_codes, push_blob, push_image
 
@@ -599,13 +599,7 @@ def test_a_lock_set_while_the_listener_is_cut_off_is_never_answered_from_the_mem
     settled(pg_node)
     assert pg_client.post(f"/v2/{name}/blobs/uploads/").status_code == 202
     assert memo(pg_node, name)
-    with pg_node.db.write() as conn:
-        killed = conn.execute(
-            sa.text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE query LIKE 'LISTEN dockyard_content%'"
-            )
-        ).scalar()
+    killed = kill_listeners(pg_node)
     assert killed >= 2
     lock(pg_other, name, False)  # no listener of A hears this
     assert_denied(pg_client.post(f"/v2/{name}/blobs/uploads/"))

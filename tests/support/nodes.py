@@ -72,3 +72,15 @@ def listener_stalled(
         yield
     finally:
         release.set()
+
+
+def kill_listeners(node: Dockyard) -> int:
+    """Terminate every node's change-listener connection (as a failover or a network cut would),
+    through ``node``'s database; how many were killed."""
+    with node.db.write() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN dockyard_content%'"
+            )
+        ).scalar()
