@@ -4,6 +4,7 @@ Every receiver is a server this module starts on a loopback address; name resolu
 stubbed (as the webhook tests do), so no test sends anything off the machine.
 """
 
+import errno
 import ipaddress
 import socket
 import threading
@@ -52,6 +53,19 @@ def receiver_on(host: str, port: int = 0) -> Receiver:
     made.server.daemon_threads = True
     made.thread = threading.Thread(target=made.server.serve_forever, daemon=True)
     return made
+
+
+def receivers_sharing_a_port(first: str, second: str) -> tuple[Receiver, Receiver]:
+    """Two Receivers on one port at two addresses, choosing another port while parallel tests hold one."""
+    for _ in range(20):
+        one = receiver_on(first)
+        try:
+            return one, receiver_on(second, one.server.server_address[1])
+        except OSError as refused:
+            one.server.server_close()
+            if refused.errno != errno.EADDRINUSE:
+                raise
+    raise AssertionError(f"no port free on both {first} and {second} after 20 tries")
 
 
 def glibc_like(names: dict[str, list[str]]):
@@ -234,17 +248,17 @@ def test_refused_dns_rebinding_the_connection_goes_to_the_checked_address(client
     afterwards. The ping must reach the 127.0.0.2 receiver, never the 127.0.0.1 one.
     """
     dockyard.webhooks.allowed_networks = (ipaddress.ip_network("127.0.0.2/32"),)
-    with receiver_on("127.0.0.2") as checked:
-        port = checked.server.server_address[1]
-        with receiver_on("127.0.0.1", port) as victim:
-            answers = iter([["127.0.0.2"]])
-            dockyard.webhooks._resolve = lambda host, p: ["127.0.0.2"]
-            create(client, serviceUri=f"http://rebind.example:{port}/hook", actions=["push"])
-            stub_resolution(monkeypatch, lambda host: next(answers, ["127.0.0.1"]))
-            answered = client.post("/api/v1/webhooks/hookone/ping").json()
-            assert answered["statusCode"] == 200, answered
-            assert len(checked.received) == 1
-            assert victim.received == []
+    victim, checked = receivers_sharing_a_port("127.0.0.1", "127.0.0.2")
+    port = victim.server.server_address[1]
+    with victim, checked:
+        answers = iter([["127.0.0.2"]])
+        dockyard.webhooks._resolve = lambda host, p: ["127.0.0.2"]
+        create(client, serviceUri=f"http://rebind.example:{port}/hook", actions=["push"])
+        stub_resolution(monkeypatch, lambda host: next(answers, ["127.0.0.1"]))
+        answered = client.post("/api/v1/webhooks/hookone/ping").json()
+        assert answered["statusCode"] == 200, answered
+        assert len(checked.received) == 1
+        assert victim.received == []
 
 
 def test_refused_redirect_to_loopback_is_not_followed(client, dockyard, receiver):
