@@ -35,6 +35,12 @@ BASE_POLL_SCHEDULE = "builds.base-poll"
 PRUNE_SCHEDULE = "builds.prune"
 PRUNE_EVERY = 3600
 CONSUMER = "builds"
+_ANY_BASE_TRIGGER = (
+    sa.select(build_task_bases.c.task_id)
+    .select_from(build_task_bases.join(build_tasks, build_tasks.c.id == build_task_bases.c.task_id))
+    .where(build_tasks.c.base_image_trigger.is_(True), build_tasks.c.status == ENABLED)
+    .limit(1)
+)
 
 OpenUpstream = Callable[[str, Credentials | None, Settings], UpstreamClient]
 Clock = Callable[[], datetime]
@@ -123,6 +129,11 @@ class BuildJobs:
         return fired
 
     # -- base images ----------------------------------------------------------------------------
+
+    @staticmethod
+    def idle(conn: Connection) -> bool:
+        """Whether no enabled task rebuilds on a base image update: ``on_events`` would queue nothing."""
+        return conn.execute(_ANY_BASE_TRIGGER).first() is None
 
     def on_events(self, conn: Connection, events: list[RepositoryEvent]) -> int:
         """The ``builds`` consumer: a push of a tag some task was built on queues that task."""

@@ -33,7 +33,7 @@ def _work(parts: Dockyard, runtime: Runtime) -> None:
     runtime.schedule(jobs.TIMERS_SCHEDULE, jobs.TIMERS_EVERY, builds.jobs.fire_timers)
     runtime.schedule(jobs.BASE_POLL_SCHEDULE, settings.builds_base_poll_seconds, builds.jobs.poll_bases)
     runtime.schedule(jobs.PRUNE_SCHEDULE, jobs.PRUNE_EVERY, builds.jobs.prune)
-    runtime.consumer(jobs.CONSUMER, builds.jobs.on_events)
+    runtime.consumer(jobs.CONSUMER, builds.jobs.on_events, idle=builds.jobs.idle)
 
 
 ROOM = Room("builds", services=build_builds_services, routes=_routes, work=_work)

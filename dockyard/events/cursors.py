@@ -48,6 +48,10 @@ class Consumer:
     wants: Callable[[Connection, str], bool] | None = None
     #: Called (in the runtime's thread) after a batch whose handler did something committed.
     after_commit: Callable[[], None] | None = None
+    #: Asked in the consuming transaction, after the batch is fixed: True when the handler would do
+    #: nothing with any event (no webhook, no build task to trigger). The cursor then moves past
+    #: the batch without its rows being read.
+    idle: Callable[[Connection], bool] | None = None
 
 
 def _horizon() -> sa.ColumnElement[int]:
@@ -78,8 +82,21 @@ def _after(dialect: str) -> sa.Select:
     return query.limit(sa.bindparam("limit", type_=sa.Integer))
 
 
+def _batch_end(dialect: str) -> sa.Select:
+    """The last event of the batch ``_after`` would read, and how many events the batch holds."""
+    events = repository_events.c
+    batch = _after(dialect).with_only_columns(events.txid, events.id).subquery()
+    return (
+        sa.select(batch.c.txid, batch.c.id, sa.func.count().over().label("events"))
+        .order_by(batch.c.txid.desc(), batch.c.id.desc())
+        .limit(1)
+    )
+
+
 #: The consumer paths' statements, built once (``dockyard.prepared`` runs them).
 _AFTER = {name: _after(name) for name in ("sqlite", "postgresql")}
+_BATCH_END = {name: _batch_end(name) for name in ("sqlite", "postgresql")}
+_NEXT_ID = {name: _after(name).with_only_columns(repository_events.c.id) for name in ("sqlite", "postgresql")}
 _CURSOR = sa.select(event_cursors).where(event_cursors.c.consumer == sa.bindparam("name"))
 _LOCK_CURSOR = {
     "sqlite": _CURSOR,
@@ -97,12 +114,12 @@ _ADVANCE = (
 )
 
 
+def _position(cursor: Any, limit: int) -> dict[str, Any]:
+    return {"last_txid": cursor.last_txid or 0, "last_event_id": cursor.last_event_id, "limit": limit}
+
+
 def _events_after(conn: Connection, cursor: Any, limit: int) -> list[Any]:
-    return prepared.rows(
-        conn,
-        _AFTER[conn.dialect.name],
-        {"last_txid": cursor.last_txid or 0, "last_event_id": cursor.last_event_id, "limit": limit},
-    )
+    return prepared.rows(conn, _AFTER[conn.dialect.name], _position(cursor, limit))
 
 
 def ensure_cursor(conn: Connection, name: str) -> None:
@@ -123,15 +140,20 @@ def pending(db: Database, name: str) -> bool:
         cursor = prepared.first(conn, _CURSOR, {"name": name})
         if cursor is None:
             return True  # the first consume creates it
-        return bool(_events_after(conn, cursor, 1))
+        return prepared.first(conn, _NEXT_ID[conn.dialect.name], _position(cursor, 1)) is not None
 
     return db.run_lookup(look)
 
 
+def _locked_cursor(conn: Connection, name: str) -> Any:
+    """``name``'s cursor, its row locked; None if another process has it."""
+    ensure_cursor(conn, name)
+    return prepared.first(conn, _LOCK_CURSOR[conn.dialect.name], {"name": name})
+
+
 def _locked_batch(conn: Connection, name: str, limit: int) -> list[Any] | None:
     """The next ``limit`` events after ``name``'s cursor, its row locked; None if another process has it."""
-    ensure_cursor(conn, name)
-    cursor = prepared.first(conn, _LOCK_CURSOR[conn.dialect.name], {"name": name})
+    cursor = _locked_cursor(conn, name)
     if cursor is None:
         return None
     return _events_after(conn, cursor, limit)
@@ -150,9 +172,21 @@ def consume(db: Database, consumer: Consumer, limit: int | None = None) -> tuple
         return 0, 0
 
     def work(conn: Connection) -> tuple[int, int]:
-        rows = _locked_batch(conn, consumer.name, limit or consumer.batch)
+        cursor = _locked_cursor(conn, consumer.name)
+        if cursor is None:
+            return 0, 0  # another process is consuming this batch
+        position = _position(cursor, limit or consumer.batch)
+        if consumer.idle is not None:
+            end = prepared.first(conn, _BATCH_END[conn.dialect.name], position)
+            if end is None:
+                return 0, 0
+            # Asked after the batch was fixed: a webhook or task made before any of its events is seen.
+            if consumer.idle(conn):
+                _advance(conn, consumer.name, end)
+                return end.events, 0
+        rows = prepared.rows(conn, _AFTER[conn.dialect.name], position)
         if not rows:
-            return 0, 0  # nothing new, or another process is consuming this batch
+            return 0, 0
         done = consumer.handler(conn, [event_from_row(row) for row in rows])
         _advance(conn, consumer.name, rows[-1])
         return len(rows), done

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from dockyard.asgi import run_sync
 from dockyard.db import Database, utcnow
@@ -115,11 +116,13 @@ class Runtime:
         batch: int = 500,
         wants: Callable[..., bool] | None = None,
         after_commit: Callable[[], None] | None = None,
+        idle: Callable[[Connection], bool] | None = None,
     ) -> None:
-        """Hand every event to ``handler(conn, events)``, batch by batch, after ``name``'s cursor."""
+        """Hand every event to ``handler(conn, events)``, batch by batch, after ``name``'s cursor
+        (``idle(conn)`` true: move past the batch unread, see ``Consumer.idle``)."""
         if any(c.name == name for c in self.consumers):
             raise ValueError(f"event consumer {name!r} is registered twice")
-        self.consumers.append(Consumer(name, handler, batch, wants, after_commit))
+        self.consumers.append(Consumer(name, handler, batch, wants, after_commit, idle))
         if wants is not None:
             self.events.subscribe(wants)
 

@@ -53,7 +53,9 @@ def _work(parts: Dockyard, runtime: Runtime) -> None:
         poll_seconds=settings.webhook_poll_seconds,
     )
     runtime.task(worker)
-    runtime.consumer("webhooks", service.dispatch, wants=service.wants, after_commit=worker.wake)
+    runtime.consumer(
+        "webhooks", service.dispatch, wants=service.wants, after_commit=worker.wake, idle=service.idle
+    )
 
     def prune() -> None:
         pruned = service.prune(utcnow() - timedelta(days=settings.webhook_log_retention_days))

@@ -105,6 +105,7 @@ class AttemptResult:
 
 
 ENABLED_ACTIONS = sa.select(webhooks.c.actions).where(webhooks.c.enabled)
+ANY_ENABLED = sa.select(webhooks.c.id).where(webhooks.c.enabled).limit(1)
 #: How long ``WebhookService.wants`` trusts what it read (another process's webhook changes).
 WANTS_FRESH_SECONDS = 1.0
 ANY_DUE = (
@@ -264,6 +265,11 @@ class WebhookService:
             actions = frozenset(a for row in prepared.rows(conn, ENABLED_ACTIONS) for a in row[0])
             self._enabled_actions = held = (now, actions)
         return action in held[1]
+
+    @staticmethod
+    def idle(conn: Connection) -> bool:
+        """Whether no webhook is enabled: ``dispatch`` would queue nothing for any event."""
+        return prepared.first(conn, ANY_ENABLED) is None
 
     def dispatch(self, conn: Connection, events: list[RepositoryEvent]) -> int:
         """The ``webhooks`` event consumer: one delivery per event and matching enabled webhook.

@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 
 from dockyard.app import build
 from dockyard.builds.credentials import SYSTEM_IDENTITY
+from dockyard.builds.jobs import BuildJobs
 from dockyard.builds.models import build_run_logs, build_runs, build_task_bases, build_tasks
 from dockyard.db import utcnow
 from dockyard.oci.errors import RegistryError
@@ -143,6 +144,24 @@ def test_a_push_of_a_base_queues_its_dependents_not_itself(client, dockyard) -> 
     push_image(client, "base", make_image("base-v3"), tag="1")  # while one is queued: no second
     dockyard.runtime.consume()
     assert len(runs_of(client, "dependent")) == 1
+
+
+def test_the_builds_consumer_is_idle_only_without_an_enabled_base_trigger(client, dockyard) -> None:
+    """Idle, the consumer moves past pushes unread; a task that rebuilds on its base wakes it."""
+
+    def idle() -> bool:
+        return dockyard.db.run_lookup(BuildJobs.idle)
+
+    assert idle()
+    task(client, "untriggered", baseImageTriggerEnabled=False)
+    record_base(dockyard, "untriggered", BASE, "127.0.0.1:5000", "base", "1", "sha256:" + "1" * 64)
+    assert idle()
+    task(client, "dependent")
+    assert idle()  # no base recorded yet: no push can trigger it
+    record_base(dockyard, "dependent", BASE, "127.0.0.1:5000", "base", "1", "sha256:" + "1" * 64)
+    assert not idle()
+    client.patch("/api/v1/tasks/dependent", json={"status": "Disabled"})
+    assert idle()
 
 
 class FakeUpstream:

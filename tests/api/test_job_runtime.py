@@ -276,6 +276,47 @@ def test_database_errors_never_set_an_event_aside(dockyard, clock, monkeypatch):
     assert runtime.jobs.list(status="dead") == []
 
 
+def test_an_idle_consumer_moves_past_batches_unread_until_it_has_work(dockyard, runtime):
+    """``idle``: nothing to do for any event (no webhook, no task), so no event row is read."""
+    seen: list[str] = []
+    idle = [True]
+    runtime.consumer(
+        "sleepy",
+        lambda conn, events: seen.extend(e.tag for e in events) or 0,
+        batch=2,
+        idle=lambda conn: idle[0],
+    )
+    for tag in ("a", "b", "c"):
+        record(dockyard.db, dockyard.events, "team/app", tag)
+    assert runtime.consume() == 2  # one batch at a time, as when reading
+    assert runtime.consume() == 1
+    assert runtime.consume() == 0
+    assert seen == []
+    idle[0] = False
+    record(dockyard.db, dockyard.events, "team/app", "d")
+    assert runtime.consume() == 1
+    assert seen == ["d"]  # what was skipped stays skipped; what came after is read
+
+
+def test_an_idle_consumer_is_asked_inside_its_transaction_after_the_batch_is_fixed(dockyard, runtime):
+    """A webhook made after the batch's events were fixed still sees them: ``idle`` is asked last."""
+    seen: list[str] = []
+    asked: list[bool] = []
+
+    def idle(conn) -> bool:
+        # What a webhook created by now would make the consumer see: the batch is read after this.
+        asked.append(conn.in_transaction())
+        return False
+
+    runtime.consumer("late-hook", lambda conn, events: seen.extend(e.tag for e in events) or 0, idle=idle)
+    record(dockyard.db, dockyard.events, "team/app", "a")
+    assert runtime.consume() == 1
+    assert asked == [True]
+    assert seen == ["a"]
+    assert runtime.consume() == 0
+    assert asked == [True]  # no batch: not asked
+
+
 #: PostgreSQL only: SQLite has one writer, so neither a second consumer nor a late commit can interleave.
 ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -329,6 +370,29 @@ def test_an_event_committed_after_a_larger_id_is_not_skipped(dockyard, runtime):
         )
     )
     assert ids["slow"] < ids["fast"]
+
+
+@ON_POSTGRESQL
+def test_an_idle_consumer_never_moves_past_a_transaction_still_running(dockyard, runtime):
+    """The skip obeys the same horizon as the read: it stops before an older transaction's events."""
+    seen: list[str] = []
+    idle = [True]
+    runtime.consumer(
+        "skipper", lambda conn, events: seen.extend(e.tag for e in events) or 0, idle=lambda conn: idle[0]
+    )
+    slow = dockyard.db.engine.connect()
+    try:
+        transaction = slow.begin()
+        dockyard.events.record(slow, PUSH, "team/app", tag="slow")
+        record(dockyard.db, dockyard.events, "team/app", "fast")
+        assert runtime.consume() == 0  # "fast" is past the horizon while "slow" may still commit
+        idle[0] = False  # a webhook appears before "slow" commits
+        transaction.commit()
+    finally:
+        slow.close()
+    while runtime.consume():
+        pass
+    assert seen == ["slow", "fast"]
 
 
 # -- schedules -------------------------------------------------------------------------------------

@@ -377,6 +377,26 @@ def test_index_push_and_disabled_webhooks(client, dockyard, receiver):
     assert [e.action for e in dockyard.events.list()] == ["push", "push"]
 
 
+def test_pushes_before_the_first_webhook_are_passed_over_unread(client, dockyard, receiver):
+    """With no webhook, the consumer moves its cursor past events without reading them; a webhook
+    created afterwards gets only what is pushed after it."""
+    for tag in ("v1", "v2"):
+        push_image(client, "team/app", make_image(tag), tag)
+    statements: list[str] = []
+    engine = dockyard.db.engine
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    try:
+        assert dockyard.runtime.consume() >= 2
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", listener)
+    assert not any("repository_events.uid" in sql for sql in statements), "an event row was read"
+    create(client, serviceUri=receiver.url, actions=["push"])
+    push_image(client, "team/app", make_image("v3"), "v3")
+    deliver(dockyard)
+    assert [r.json()["target"]["tag"] for r in receiver.wait_for(1)] == ["v3"]
+
+
 def test_disabled_webhooks_hold_queued_deliveries(client, dockyard, receiver):
     create(client, serviceUri=receiver.url, actions=["push"])
     push_image(client, "team/app", make_image("held"), "v1")
