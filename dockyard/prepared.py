@@ -161,24 +161,91 @@ def _on_cursor(
         cursor.close()
 
 
+def _statement(
+    conn: Connection, statement: sa.Executable, params: Mapping[str, Any]
+) -> tuple[_Plan, str, Any]:
+    plan = _plan(conn.dialect, statement, tuple(sorted(params)))
+    if plan.expanding is None:
+        return plan, plan.sql, _arguments(plan, params)
+    sql, arguments = _expanded(plan, params)
+    return plan, sql, arguments
+
+
+def _converted(plan: _Plan, fetched: list[Any]) -> list[Any]:
+    if plan.row is None:
+        return fetched
+    make = plan.row._make
+    if plan.results is None:
+        return [make(r) for r in fetched]
+    processors = plan.results
+    return [make([p(v) if p else v for p, v in zip(processors, r, strict=True)]) for r in fetched]
+
+
 def _run(
     conn: Connection, statement: sa.Executable, params: Mapping[str, Any], limit: int = 0, later: bool = False
 ) -> tuple[list[Any], int]:
-    plan = _plan(conn.dialect, statement, tuple(sorted(params)))
-    if plan.expanding is None:
-        sql, arguments = plan.sql, _arguments(plan, params)
-    else:
-        sql, arguments = _expanded(plan, params)
+    plan, sql, arguments = _statement(conn, statement, params)
     fetched, count = _on_cursor(
         conn, sql, arguments, limit=limit, returns_rows=plan.row is not None, later=later
     )
+    return _converted(plan, fetched), count
+
+
+class Sent:
+    """A statement ``send`` has sent; its rows are read when first asked for."""
+
+    __slots__ = ("_arguments", "_conn", "_cursor", "_plan", "_rows", "_sql")
+
+    def __init__(self, conn: Connection, plan: _Plan, sql: str, arguments: Any, cursor: Any) -> None:
+        self._conn, self._plan, self._sql, self._arguments = conn, plan, sql, arguments
+        self._cursor = cursor
+        self._rows: list[Any] = []
+
+    @classmethod
+    def answered(cls, rows: list[Any]) -> Sent:
+        """A statement already run (no pipeline): its rows."""
+        sent = cls.__new__(cls)
+        sent._cursor, sent._rows = None, rows
+        return sent
+
+    def rows(self) -> list[Any]:
+        """Every row the statement returned (waiting for its answer, and those sent before it)."""
+        cursor = self._cursor
+        if cursor is not None:
+            self._cursor = None
+            conn = self._conn
+            try:
+                self._rows = _converted(self._plan, cursor.fetchall())
+            except conn.dialect.loaded_dbapi.Error as exc:
+                conn._handle_dbapi_exception(exc, self._sql, self._arguments, cursor, None)
+            finally:
+                cursor.close()
+        return self._rows
+
+    def first(self) -> Any:
+        """The first row, or None."""
+        found = self.rows()
+        return found[0] if found else None
+
+
+def send(conn: Connection, statement: sa.Executable, params: Mapping[str, Any]) -> Sent:
+    """Send a statement that returns rows without waiting for them, in pipeline mode: statements
+    sent one after another travel together, and the first ``Sent.rows`` waits for all their answers
+    at once (one round trip instead of one each). Without pipeline mode it runs at once."""
+    plan, sql, arguments = _statement(conn, statement, params)
     if plan.row is None:
-        return fetched, count
-    make = plan.row._make
-    if plan.results is None:
-        return [make(r) for r in fetched], count
-    processors = plan.results
-    return [make([p(v) if p else v for p, v in zip(processors, r, strict=True)]) for r in fetched], count
+        raise ValueError(f"send is for statements that return rows: {sql}")
+    if not pipelined(conn):
+        return Sent.answered(_converted(plan, _on_cursor(conn, sql, arguments)[0]))
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn._has_events or conn.engine._has_events:
+            conn.dispatch.before_cursor_execute(conn, cursor, sql, arguments, None, False)
+        cursor.execute(sql, arguments)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        cursor.close()
+        conn._handle_dbapi_exception(exc, sql, arguments, cursor, None)
+    return Sent(conn, plan, sql, arguments, cursor)
 
 
 def rows(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> list[Any]:

@@ -198,3 +198,43 @@ def test_an_error_sent_without_waiting_fails_the_transaction_and_keeps_nothing(d
         duplicate(then_wait=True)
     with db.read() as conn:
         assert prepared.rows(conn, sa.select(scratch.c.name)) == [("dup",)]
+
+
+def test_sent_statements_are_answered_in_order_when_read(db):
+    """``send``: in pipeline mode the statement goes out at once and its rows are read later,
+    after statements sent behind it; without a pipeline it runs at once. Same rows either way."""
+    for pipelined in (True, False):
+        with db.write(pipelined=pipelined) as conn:
+            inserting = prepared.send(conn, INSERT[db.dialect], _row("sent"))
+            renamed_before = prepared.send(conn, BY_NAME, {"name": "sent"})
+            prepared.execute_later(conn, RENAME, {"old": "sent", "new": "moved"})
+            after = prepared.send(conn, BY_NAME, {"name": "moved"})
+            # read out of order: each answers as of its place in the transaction
+            assert after.first().doc == {"a": [1, "x"]}
+            new_id = inserting.first().id
+            assert renamed_before.rows()[0].id == new_id == after.first().id
+            assert renamed_before.rows() == renamed_before.rows()  # read once, kept
+            assert prepared.send(conn, BY_NAME, {"name": "sent"}).first() is None
+            conn.execute(scratch.delete())
+
+
+def test_a_sent_statement_that_fails_raises_when_read_and_keeps_nothing(db):
+    with db.write() as conn:
+        prepared.execute(conn, INSERT[db.dialect], _row("dup"))
+
+    def insert_both() -> None:
+        with db.write(pipelined=True) as conn:
+            fresh = prepared.send(conn, INSERT[db.dialect], _row("fresh"))
+            duplicate = prepared.send(conn, INSERT[db.dialect], _row("dup"))
+            assert fresh.first() is not None  # answered before the failure
+            duplicate.first()
+
+    with pytest.raises(sa.exc.IntegrityError):
+        insert_both()
+    with db.read() as conn:
+        assert prepared.rows(conn, sa.select(scratch.c.name)) == [("dup",)]
+
+
+def test_send_is_for_statements_that_return_rows(db):
+    with db.write(pipelined=True) as conn, pytest.raises(ValueError, match="return rows"):
+        prepared.send(conn, RENAME, {"old": "a", "new": "b"})

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from dockyard.db import utcnow
-from dockyard.registry.models import uploads
+from dockyard.registry.models import blobs, uploads
 from dockyard.registry.services.upload_sessions import new_upload_id
 from tests.support.auth import ADMIN
 from tests.support.images import sha256
@@ -265,7 +265,14 @@ def test_put_in_one_request_ends_the_session_and_leaves_no_upload_data(client, d
     assert upload_leftovers(dockyard.store) == 0
 
 
-def test_closing_put_whose_chunk_alone_has_the_digest_still_verifies_the_whole_upload(client):
+def recorded_blob(dockyard, digest: str):
+    """The blob's row (linked or not), or None."""
+    return dockyard.db.run_lookup(
+        lambda conn: conn.execute(sa.select(blobs.c.state).where(blobs.c.digest == digest)).first()
+    )
+
+
+def test_closing_put_whose_chunk_alone_has_the_digest_still_verifies_the_whole_upload(client, dockyard):
     location = start(client).headers["location"]
     patched = client.patch(location, content=b"head", headers={"Content-Range": "0-3"})
     assert patched.status_code == 202
@@ -274,6 +281,8 @@ def test_closing_put_whose_chunk_alone_has_the_digest_still_verifies_the_whole_u
     assert response.status_code == 400
     assert error_codes(response) == ["DIGEST_INVALID"]
     assert client.head(f"/v2/team/app/blobs/{sha256(DATA)}").status_code == 404
+    # The one-round-trip close it tried first (the body alone matched) was rolled back whole.
+    assert recorded_blob(dockyard, sha256(DATA)) is None
 
 
 def test_closing_put_with_the_last_chunk_completes_an_upload_holding_bytes(client):
@@ -323,6 +332,7 @@ def test_a_completed_session_stays_unknown(client, dockyard):
     again = client.put(location, params={"digest": sha256(b"x")}, content=b"x")
     assert error_codes(again) == ["BLOB_UPLOAD_UNKNOWN"]
     assert client.head(f"/v2/team/app/blobs/{sha256(b'x')}").status_code == 404
+    assert recorded_blob(dockyard, sha256(b"x")) is None
     patched = client.patch(location, content=b"more", headers={"Content-Range": "0-3"})
     assert error_codes(patched) == ["BLOB_UPLOAD_UNKNOWN"]
 

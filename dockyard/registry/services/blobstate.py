@@ -76,23 +76,38 @@ def seen_before_commit(db: Database, digest: str) -> Seen:
     return seen
 
 
+def send_new_blob(
+    conn: Connection, digest: str, size: int, location: str | None, seen: Seen
+) -> prepared.Sent | None:
+    """The first statement of ``link_committed``, sent without waiting: the new row's insert
+    (None when ``seen`` found a row, which is locked instead)."""
+    if seen.state is not None:
+        return None
+    row = {"digest": digest, "size": size, "created_at": utcnow(), "location": location}
+    return prepared.send(conn, _INSERT[conn.dialect.name], row)
+
+
 def link_committed(
-    conn: Connection, repo_id: int, digest: str, size: int, location: str | None, seen: Seen
+    conn: Connection,
+    repo_id: int,
+    digest: str,
+    size: int,
+    location: str | None,
+    seen: Seen,
+    new_blob: prepared.Sent | None = None,
 ) -> bool:
     """Record committed bytes and link them into repository ``repo_id``, inside the caller's transaction.
 
     Returns False when the row is live at another location: the caller's object at ``location``
     is surplus (delete it after the transaction). BlobBusy when the row changed since ``seen``.
+    ``new_blob`` is what ``send_new_blob`` sent earlier in the transaction, if it did.
     """
     now = utcnow()
     row = None
     if seen.state is None:  # a new blob, most likely: insert it first, which locks the new row
-        inserted = prepared.first(
-            conn,
-            _INSERT[conn.dialect.name],
-            {"digest": digest, "size": size, "created_at": now, "location": location},
-        )
-        if inserted is None:  # a concurrent push recorded it first (or collection claimed it)
+        inserting = new_blob or send_new_blob(conn, digest, size, location, seen)
+        if inserting is None or inserting.first() is None:
+            # a concurrent push recorded it first (or collection claimed it)
             row = prepared.first(conn, _LOCK, {"digest": digest})
             if row is None:
                 raise BlobBusy(digest)

@@ -214,8 +214,19 @@ class LockPolicy:
         The row is held FOR KEY SHARE: pushes into one repository proceed together, and a
         manifest push serialises its tag move only from its ``touch_repository`` on.
         """
+        return self.writable_from(conn, self.send_writable(conn, name), name, now)
+
+    @staticmethod
+    def send_writable(conn: Connection, name: str) -> prepared.Sent:
+        """The first half of ``writable_repository``: lock the row, without waiting for it."""
+        return prepared.send(conn, _LOCK_NAMED_FOR_PUSH[conn.dialect.name], {"name": name})
+
+    def writable_from(
+        self, conn: Connection, sent: prepared.Sent, name: str, now: datetime | None = None
+    ) -> RepositoryLocks:
+        """The second half of ``writable_repository``: the row ``send_writable`` locked."""
         lock = _LOCK_NAMED_FOR_PUSH[conn.dialect.name]
-        row = prepared.first(conn, lock, {"name": name})  # one statement for a repository that exists
+        row = sent.first()  # one statement for a repository that exists
         for _ in range(CREATE_ATTEMPTS):
             if row is not None:
                 break

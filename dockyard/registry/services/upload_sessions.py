@@ -20,8 +20,9 @@ from dockyard.db import Database, as_utc, per_dialect, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.resumable import ResumableHash
 from dockyard.registry.models import uploads
-from dockyard.registry.services.blobstate import Seen
+from dockyard.registry.services.blobstate import Seen, link_committed, send_new_blob
 from dockyard.registry.services.common import BlobInfo
+from dockyard.registry.services.locks import LockPolicy
 
 log = logging.getLogger(__name__)
 
@@ -171,11 +172,20 @@ def open_upload(
     """Create the row of a session no request has written to yet, locked for this transaction
     (``size`` CLOSED: created closed). False when the id is not one that may be opened, or its
     row exists (created meanwhile, closed, or another repository's)."""
+    opening = send_open_upload(conn, repository, upload_id, now, expiry, size)
+    return opening is not None and opening.first() is not None
+
+
+def send_open_upload(
+    conn: Connection, repository: str, upload_id: str, now: datetime, expiry: timedelta, size: int = 0
+) -> prepared.Sent | None:
+    """``open_upload`` without waiting: None when the id may not be opened, else the sent
+    statement, whose one row says the session was opened."""
     issued = unopened_since(upload_id, repository, now, expiry)
     if issued is None:
-        return False
+        return None
     row = {"id": upload_id, "repository": repository, "size": size, "created_at": issued, "updated_at": now}
-    return prepared.first(conn, OPEN_UPLOAD[conn.dialect.name], row) is not None
+    return prepared.send(conn, OPEN_UPLOAD[conn.dialect.name], row)
 
 
 def close_upload(conn: Connection, upload_id: str, now: datetime) -> None:
@@ -188,6 +198,55 @@ def close_uploads(conn: Connection, upload_ids: Iterable[str], now: datetime) ->
     batch = [{"upload": upload_id, "now": now} for upload_id in upload_ids]
     if batch:
         prepared.execute_many(conn, CLOSE_UPLOAD, batch)
+
+
+class SessionRecorded(Exception):
+    """A closing PUT's session has a row already: its transaction takes the general path."""
+
+
+def link_in_new_session(
+    conn: Connection,
+    locks: LockPolicy,
+    repository: str,
+    upload_id: str,
+    stored: StoredChunk,
+    now: datetime,
+    expiry: timedelta,
+) -> tuple[bool, str | None]:
+    """``close_stored``'s usual case, a session nothing was written to: its row is created closed
+    in the round trip that also locks the repository and records the blob. SessionRecorded (the
+    caller rolls back what travelled with it) when the session has a row already."""
+    digest, size = stored.digest, len(stored.data)
+    opening = send_open_upload(conn, repository, upload_id, now, expiry, size=CLOSED)
+    if opening is None:
+        return link_in_recorded_session(conn, locks, repository, upload_id, stored, now, expiry)
+    locking = locks.send_writable(conn, repository)
+    new_blob = send_new_blob(conn, digest, size, None, stored.seen)
+    if opening.first() is None:
+        raise SessionRecorded(upload_id)
+    repo_id = locks.writable_from(conn, locking, repository, now).id
+    link_committed(conn, repo_id, digest, size, None, stored.seen, new_blob)
+    return True, None
+
+
+def link_in_recorded_session(
+    conn: Connection,
+    locks: LockPolicy,
+    repository: str,
+    upload_id: str,
+    stored: StoredChunk,
+    now: datetime,
+    expiry: timedelta,
+) -> tuple[bool, str | None]:
+    """``close_stored`` for a session with a row: (False, None) if it holds bytes, else it is
+    closed and the blob linked; (True, what the store still holds for it)."""
+    session = _lock_unleased(conn, repository, upload_id, now, expiry)
+    if session.size != 0:
+        return False, None
+    close_upload(conn, upload_id, now)
+    repo_id = locks.writable_repository(conn, repository, now).id
+    link_committed(conn, repo_id, stored.digest, len(stored.data), None, stored.seen)
+    return True, session.store_state
 
 
 def _update_leased(db: Database, upload_id: str, token: str, **values: object) -> int:

@@ -31,7 +31,13 @@ from dockyard.oci.digest import new_hasher, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.oci.resumable import HashStateError, ResumableHash
 from dockyard.registry.models import uploads
-from dockyard.registry.services.blobstate import LIVE, BlobBusy, Seen, link_committed, seen_before_commit
+from dockyard.registry.services.blobstate import (
+    LIVE,
+    BlobBusy,
+    Seen,
+    link_committed,
+    seen_before_commit,
+)
 from dockyard.registry.services.common import BlobInfo, BlobQuota, UploadState
 from dockyard.registry.services.digests import HasherCache, RecentBlobs
 from dockyard.registry.services.locks import LockPolicy
@@ -39,6 +45,7 @@ from dockyard.registry.services.upload_sessions import (
     CLOSED,
     SMALL_CHUNK,
     ClosedSession,
+    SessionRecorded,
     StoredChunk,
     _lock_unleased,
     _LostDigest,
@@ -48,6 +55,8 @@ from dockyard.registry.services.upload_sessions import (
     check_range,
     close_upload,
     end_idle_sessions,
+    link_in_new_session,
+    link_in_recorded_session,
     new_upload_id,
     open_session_ids,
     open_upload,
@@ -346,21 +355,13 @@ class UploadService:
         still empty and unleased, links the stored blob and ends the session. None when the session
         holds bytes already: the blob stored is then unlinked data, as after any failed push."""
         digest, size, now = stored.digest, len(stored.data), utcnow()
-
-        def work(conn: Connection) -> tuple[bool, str | None]:
-            # The usual case, a session nothing was written to: its row is created closed.
-            state = None
-            if not open_upload(conn, repository, upload_id, now, self._expiry, size=CLOSED):
-                recorded = _lock_unleased(conn, repository, upload_id, now, self._expiry)
-                if recorded.size != 0:
-                    return False, None
-                close_upload(conn, upload_id, now)
-                state = recorded.store_state
-            repo_id = self._locks.writable_repository(conn, repository, now).id
-            link_committed(conn, repo_id, digest, size, None, stored.seen)
-            return True, state
-
-        done, state = self._db.run_write(work, pipelined=True)
+        link = (self._locks, repository, upload_id, stored, now, self._expiry)
+        try:
+            done, state = self._db.run_write(lambda conn: link_in_new_session(conn, *link), pipelined=True)
+        except SessionRecorded:  # rolled back; the session's row decides, in a transaction of its own
+            done, state = self._db.run_write(
+                lambda conn: link_in_recorded_session(conn, *link), pipelined=True
+            )
         if not done:
             return None
         self._count_quota(stored.seen, size)
