@@ -19,7 +19,7 @@ from dockyard.lifecycle.services.gc import GarbageCollector
 from dockyard.oci.errors import RegistryError
 from dockyard.registry.models import blobs, repositories, repository_blobs
 from dockyard.registry.services.blobstate import DELETING
-from dockyard.registry.services.manifests import HELD_BLOBS
+from dockyard.registry.services.references import HELD_BLOBS
 from tests.conftest import _truncate_all
 from tests.support.auth import ADMIN_PASSWORD
 from tests.support.images import make_image
@@ -72,11 +72,11 @@ def _collector(parts: Dockyard) -> GarbageCollector:
 
 def test_a_manifest_push_holding_its_blobs_keeps_the_collector_out(pg):
     image = make_image("locked")
-    repo_id = _old_blobs(pg, image)
+    _old_blobs(pg, image)
     digests = [b.digest for b in image.blobs]
     with pg.db.engine.connect() as pusher, pg.db.engine.connect() as collector:
         pusher.begin()
-        held = pusher.execute(HELD_BLOBS, {"repository_id": repo_id, "digests": digests}).all()
+        held = pusher.execute(HELD_BLOBS, {"repository": "app", "digests": digests}).all()
         assert len(held) == 2
         collector.begin()
         for table in (blobs, repository_blobs):

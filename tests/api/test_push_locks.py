@@ -12,8 +12,9 @@ import pytest
 
 from dockyard.app import build
 from dockyard.oci.errors import RegistryError
+from dockyard.registry.services import manifests as manifest_services
 from dockyard.registry.services.locks import LockPolicy
-from dockyard.registry.services.manifests import ManifestService, TagExists
+from dockyard.registry.services.manifests import TagExists
 from tests.support.images import make_image
 
 REPO = "race/app"
@@ -32,14 +33,14 @@ def test_a_write_lock_waits_for_a_push_in_flight(settings, dockyard, monkeypatch
     image = make_image("in-flight")
     _upload(dockyard, image)
     paused, release = threading.Event(), threading.Event()
-    real = ManifestService._check_references
+    real = manifest_services.check_references
 
-    def slow(conn, repo_id, parsed):
+    def slow(parsed, sent):
         paused.set()
         release.wait(10)
-        return real(conn, repo_id, parsed)
+        return real(parsed, sent)
 
-    monkeypatch.setattr(ManifestService, "_check_references", staticmethod(slow))
+    monkeypatch.setattr(manifest_services, "check_references", slow)
     other = build(settings)
     try:
         pusher = threading.Thread(
@@ -110,16 +111,16 @@ def test_a_new_tag_only_push_never_overwrites_a_tag_pushed_meanwhile(settings, d
     importer = threading.current_thread
     checked, release = threading.Event(), threading.Event()
     importing: list[threading.Thread] = []
-    real = LockPolicy.check_tag_move
+    real = LockPolicy.tag_move_from
 
-    def check_then_pause(conn, repo, tag, manifest_id):
-        previous = real(conn, repo, tag, manifest_id)
+    def check_then_pause(sent, repo, tag, manifest_id):
+        previous = real(sent, repo, tag, manifest_id)
         if importer() in importing:
             checked.set()
             release.wait(10)
         return previous
 
-    monkeypatch.setattr(LockPolicy, "check_tag_move", staticmethod(check_then_pause))
+    monkeypatch.setattr(LockPolicy, "tag_move_from", staticmethod(check_then_pause))
     other = build(settings)
     outcome: dict[str, str] = {}
 

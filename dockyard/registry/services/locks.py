@@ -248,13 +248,19 @@ class LockPolicy:
             raise denied(f"repository {name!r}", "writeEnabled", "pushing to it")
 
     @staticmethod
-    def check_tag_move(conn: Connection, repo: RepositoryLocks, tag: str, manifest_id: int) -> int | None:
-        """Refuse pointing ``tag`` at ``manifest_id`` if that moves a locked or write-once tag.
+    def send_tag_state(conn: Connection, repo: RepositoryLocks, tag: str) -> prepared.Sent:
+        """Read ``tag``'s row for ``tag_move_from``, without waiting for it."""
+        return prepared.send(conn, _TAG_STATE, {"repository_id": repo.id, "tag": tag})
+
+    @staticmethod
+    def tag_move_from(sent: prepared.Sent, repo: RepositoryLocks, tag: str, manifest_id: int) -> int | None:
+        """Refuse pointing ``tag`` at ``manifest_id`` if that moves a locked or write-once tag
+        (its row as ``send_tag_state`` read it).
 
         Returns the manifest the tag points at now (None for a new tag), so the caller can tell
         which manifest the move leaves behind without reading the row again.
         """
-        row = prepared.first(conn, _TAG_STATE, {"repository_id": repo.id, "tag": tag})
+        row = sent.first()
         if row is None or row.manifest_id == manifest_id:
             return None if row is None else row.manifest_id
         what = f"tag {tag!r} in {repo.name!r}"

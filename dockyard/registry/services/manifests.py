@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,18 +18,16 @@ from dockyard.events.services import CHART_DELETE, CHART_PUSH, DELETE, PUSH, UNT
 from dockyard.oci import mediatypes as mt
 from dockyard.oci.digest import compute_digest, parse_digest
 from dockyard.oci.errors import ErrorCode, RegistryError
-from dockyard.oci.manifests import MAX_SIZE, Descriptor, ParsedManifest, parse_manifest
+from dockyard.oci.manifests import MAX_SIZE, ParsedManifest, parse_manifest
 from dockyard.oci.names import parse_reference
 from dockyard.registry.models import (
     blobs,
-    manifest_blobs,
     manifest_children,
     manifests,
     repositories,
-    repository_blobs,
     tags,
 )
-from dockyard.registry.services.blobstate import LIVE, BlobBusy
+from dockyard.registry.services.blobstate import BlobBusy
 from dockyard.registry.services.common import (
     BlobQuota,
     ContentHooks,
@@ -37,7 +36,13 @@ from dockyard.registry.services.common import (
     touch_repository,
 )
 from dockyard.registry.services.digests import RecentBlobs
-from dockyard.registry.services.locks import LockPolicy, denied
+from dockyard.registry.services.locks import LockPolicy, RepositoryLocks, denied
+from dockyard.registry.services.references import (
+    check_references,
+    insert_references,
+    platform_value,
+    send_references,
+)
 from dockyard.storage import BlobStore, StorageError
 
 #: Config blobs larger than this are not read for platform details.
@@ -95,28 +100,6 @@ def _upsert_tag(insert: Callable[[sa.Table], Any]) -> Any:
 
 
 UPSERT_TAG = per_dialect(_upsert_tag)
-INSERT_MANIFEST_BLOB = manifest_blobs.insert()
-INSERT_MANIFEST_CHILD = manifest_children.insert()
-#: A manifest's blobs and children are locked (FOR SHARE) until it commits, so garbage collection
-#: either waits and then sees its references, or finished first and they are not found.
-HELD_BLOBS = (
-    sa.select(blobs.c.digest, blobs.c.size)
-    .select_from(repository_blobs.join(blobs))
-    .where(
-        repository_blobs.c.repository_id == sa.bindparam("repository_id"),
-        repository_blobs.c.digest.in_(sa.bindparam("digests", expanding=True)),
-        blobs.c.state == LIVE,
-    )
-    .with_for_update(read=True, of=[repository_blobs, blobs])
-)
-PRESENT_MANIFESTS = (
-    sa.select(manifests.c.digest)
-    .where(
-        manifests.c.repository_id == sa.bindparam("repository_id"),
-        manifests.c.digest.in_(sa.bindparam("digests", expanding=True)),
-    )
-    .with_for_update(read=True)
-)
 
 
 class TagExists(Exception):
@@ -318,15 +301,19 @@ class ManifestService:
         inserted = False
 
         def work(conn: Connection) -> None:
+            # Three round trips on PostgreSQL: the repository's lock with the reference checks;
+            # the manifest's row with the event, the tag move's lock and the tag's row; the commit.
+            # Every push takes its locks in this order (row shared, manifest, row update, tag).
             nonlocal inserted
             now = utcnow()
-            repo = self._locks.writable_repository(conn, repository, now)
+            locking = self._locks.send_writable(conn, repository)
+            checks = None if lazy or before is not None else send_references(conn, repository, parsed)
+            repo = self._locks.writable_from(conn, locking, repository, now)
             repo_id = repo.id
             if before is not None:
                 before(conn, repo_id)
             if not lazy:
-                self._check_references(conn, repo_id, parsed)
-            dialect = conn.dialect.name
+                check_references(parsed, checks or send_references(conn, repository, parsed))
             row = {
                 "repository_id": repo_id,
                 "digest": digest,
@@ -342,14 +329,7 @@ class ManifestService:
                 "annotations": parsed.annotations,
                 "created_at": now,
             }
-            manifest_id = prepared.scalar(conn, INSERT_MANIFEST[dialect], row)
-            inserted = manifest_id is not None
-            if manifest_id is not None:
-                self._insert_references(conn, manifest_id, parsed)
-            else:
-                manifest_id = prepared.scalar(conn, MANIFEST_ID, {"repository_id": repo_id, "digest": digest})
-                if manifest_id is None:  # garbage collection deleted it between the two statements
-                    raise BlobBusy(digest)
+            new_manifest = prepared.send(conn, INSERT_MANIFEST[conn.dialect.name], row)
             is_chart = parsed.config is not None and parsed.config.media_type == mt.HELM_CONFIG
             self._events.record(
                 conn,
@@ -364,26 +344,19 @@ class ManifestService:
             )
             # The row update serialises the repository's tag moves from here to the commit: keep
             # this part short (the event above is recorded first; a refused move rolls it back).
-            # Every push takes its locks in this order (row shared, manifest, row update, tag).
             touch_repository(conn, repo_id, now)
-            previous = None
-            if tag is not None:
-                previous = self._locks.check_tag_move(conn, repo, tag, manifest_id)
-                if new_tag_only and previous is not None:
-                    raise TagExists(repository, tag)
-                prepared.execute_later(
-                    conn,
-                    UPSERT_TAG[dialect],
-                    {
-                        "repository_id": repo_id,
-                        "name": tag,
-                        "manifest_id": manifest_id,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                )
-            if previous is not None and previous != manifest_id:
-                self.hooks.dropped(conn, repo_id, [previous])
+            tag_state = None if tag is None else self._locks.send_tag_state(conn, repo, tag)
+            created = new_manifest.first()
+            inserted = created is not None
+            if created is not None:
+                manifest_id = created.id
+                insert_references(conn, manifest_id, parsed)
+            else:
+                manifest_id = prepared.scalar(conn, MANIFEST_ID, {"repository_id": repo_id, "digest": digest})
+                if manifest_id is None:  # garbage collection deleted it between the two statements
+                    raise BlobBusy(digest)
+            if tag is not None and tag_state is not None:
+                self._move_tag(conn, repo, tag, tag_state, manifest_id, now, new_tag_only=new_tag_only)
 
         self._db.run_write(work, pipelined=True)
         if inserted and self._quota is not None:
@@ -391,6 +364,33 @@ class ManifestService:
         self._cache.invalidate_content(repository)
         self._db.when_durable(self._events.committed)
         return PushedManifest(digest, parsed.subject.digest if parsed.subject else None)
+
+    def _move_tag(
+        self,
+        conn: Connection,
+        repo: RepositoryLocks,
+        tag: str,
+        tag_state: prepared.Sent,
+        manifest_id: int,
+        now: datetime,
+        *,
+        new_tag_only: bool,
+    ) -> None:
+        """Point ``tag`` at ``manifest_id`` (its row read by ``send_tag_state``), unless that moves
+        a locked or write-once tag; TagExists if ``new_tag_only`` and the tag is there."""
+        previous = self._locks.tag_move_from(tag_state, repo, tag, manifest_id)
+        if new_tag_only and previous is not None:
+            raise TagExists(repo.name, tag)
+        row = {
+            "repository_id": repo.id,
+            "name": tag,
+            "manifest_id": manifest_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+        prepared.execute_later(conn, UPSERT_TAG[conn.dialect.name], row)
+        if previous is not None and previous != manifest_id:
+            self.hooks.dropped(conn, repo.id, [previous])
 
     def _check_quota(self, repository: str, digest: str, size: int) -> None:
         """A manifest the repository does not hold yet must fit the storage quota (manifests count too)."""
@@ -402,79 +402,6 @@ class ManifestService:
             # Looked up only when refused: a re-push of a manifest the repository holds adds nothing.
             if self._db.lookup_row(MANIFEST_BY_DIGEST, {"repository": repository, "digest": digest}) is None:
                 raise
-
-    @staticmethod
-    def _check_references(conn: Connection, repo_id: int, parsed: ParsedManifest) -> None:
-        wanted = {d.digest: d for d in parsed.required_blobs}
-        if wanted:
-            held = {
-                row.digest: row.size
-                for row in prepared.rows(
-                    conn, HELD_BLOBS, {"repository_id": repo_id, "digests": list(wanted)}
-                )
-            }
-            for descriptor in parsed.required_blobs:
-                if descriptor.digest not in held:
-                    raise RegistryError(
-                        ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                        f"blob {descriptor.digest} is not in the repository",
-                        detail={"digest": descriptor.digest},
-                    )
-                if held[descriptor.digest] != descriptor.size:
-                    raise RegistryError(
-                        ErrorCode.MANIFEST_INVALID,
-                        f"blob {descriptor.digest} has size {held[descriptor.digest]}, not {descriptor.size}",
-                        detail={"digest": descriptor.digest},
-                    )
-        children = {d.digest for d in parsed.children}
-        if children:
-            present = {
-                row.digest
-                for row in prepared.rows(
-                    conn, PRESENT_MANIFESTS, {"repository_id": repo_id, "digests": list(children)}
-                )
-            }
-            for descriptor in parsed.children:
-                if descriptor.digest not in present:
-                    raise RegistryError(
-                        ErrorCode.MANIFEST_BLOB_UNKNOWN,
-                        f"manifest {descriptor.digest} listed in the index is not in the repository",
-                        detail={"digest": descriptor.digest},
-                    )
-
-    @staticmethod
-    def _insert_references(conn: Connection, manifest_id: int, parsed: ParsedManifest) -> None:
-        referenced: dict[str, Descriptor] = {d.digest: d for d in parsed.required_blobs}
-        if referenced:
-            prepared.execute_many(
-                conn,
-                INSERT_MANIFEST_BLOB,
-                [
-                    {
-                        "manifest_id": manifest_id,
-                        "digest": d.digest,
-                        "media_type": d.media_type,
-                        "size": d.size,
-                    }
-                    for d in referenced.values()
-                ],
-            )
-        children: dict[str, Descriptor] = {d.digest: d for d in parsed.children}
-        if children:
-            prepared.execute_many(
-                conn,
-                INSERT_MANIFEST_CHILD,
-                [
-                    {
-                        "manifest_id": manifest_id,
-                        "child_digest": d.digest,
-                        "os": _platform_value(d.platform, "os"),
-                        "architecture": _platform_value(d.platform, "architecture"),
-                        "variant": _platform_value(d.platform, "variant"),
-                    }
-                    for d in children.values()
-                ],
-            )
 
     def _platform_of(self, parsed: ParsedManifest) -> tuple[str | None, str | None]:
         """(os, architecture) from an image's config blob, when it is an image config."""
@@ -496,7 +423,7 @@ class ManifestService:
             return None, None
         if not isinstance(document, dict):
             return None, None
-        return _platform_value(document, "os"), _platform_value(document, "architecture")
+        return platform_value(document, "os"), platform_value(document, "architecture")
 
     # -- delete -----------------------------------------------------------------------------
 
@@ -618,8 +545,3 @@ class ManifestService:
                 descriptor["annotations"] = row.annotations
             descriptors.append(descriptor)
         return descriptors
-
-
-def _platform_value(document: dict[str, Any] | None, key: str) -> str | None:
-    value = (document or {}).get(key)
-    return value[:64] if isinstance(value, str) and value else None
