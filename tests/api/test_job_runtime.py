@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -321,6 +323,21 @@ def test_an_idle_consumer_is_asked_inside_its_transaction_after_the_batch_is_fix
 ON_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
+@contextlib.contextmanager
+def committed_late(dockyard) -> Iterator[None]:
+    """Record "slow" (the smaller id) in a transaction committed when the block ends, and "fast"
+    (the larger id) committed at once."""
+    slow = dockyard.db.engine.connect()
+    try:
+        transaction = slow.begin()
+        dockyard.events.record(slow, PUSH, "team/app", tag="slow")
+        record(dockyard.db, dockyard.events, "team/app", "fast")
+        yield
+        transaction.commit()
+    finally:
+        slow.close()
+
+
 @ON_POSTGRESQL
 def test_a_consumer_locked_elsewhere_is_skipped_not_consumed_twice(dockyard, runtime):
     seen = []
@@ -346,11 +363,7 @@ def test_an_event_committed_after_a_larger_id_is_not_skipped(dockyard, runtime):
     """A sequence hands out ids at insert time: id 1 can become visible after id 2."""
     seen = []
     runtime.consumer("ordered", lambda conn, events: seen.extend(e.tag for e in events) or 0)
-    slow = dockyard.db.engine.connect()
-    try:
-        transaction = slow.begin()
-        dockyard.events.record(slow, PUSH, "team/app", tag="slow")  # takes the smaller id, commits late
-        record(dockyard.db, dockyard.events, "team/app", "fast")  # the larger id, committed at once
+    with committed_late(dockyard):
         ids = dict(
             dockyard.db.run_lookup(
                 lambda conn: conn.execute(sa.text("SELECT tag, id FROM repository_events")).all()
@@ -358,9 +371,6 @@ def test_an_event_committed_after_a_larger_id_is_not_skipped(dockyard, runtime):
         )
         assert list(ids) == ["fast"]  # only the fast one is visible yet
         assert runtime.consume() == 0  # it waits: an older transaction is still running
-        transaction.commit()
-    finally:
-        slow.close()
     while runtime.consume():
         pass
     assert seen == ["slow", "fast"]
@@ -380,16 +390,9 @@ def test_an_idle_consumer_never_moves_past_a_transaction_still_running(dockyard,
     runtime.consumer(
         "skipper", lambda conn, events: seen.extend(e.tag for e in events) or 0, idle=lambda conn: idle[0]
     )
-    slow = dockyard.db.engine.connect()
-    try:
-        transaction = slow.begin()
-        dockyard.events.record(slow, PUSH, "team/app", tag="slow")
-        record(dockyard.db, dockyard.events, "team/app", "fast")
+    with committed_late(dockyard):
         assert runtime.consume() == 0  # "fast" is past the horizon while "slow" may still commit
         idle[0] = False  # a webhook appears before "slow" commits
-        transaction.commit()
-    finally:
-        slow.close()
     while runtime.consume():
         pass
     assert seen == ["slow", "fast"]

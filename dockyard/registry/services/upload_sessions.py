@@ -204,48 +204,46 @@ class SessionRecorded(Exception):
     """A closing PUT's session has a row already: its transaction takes the general path."""
 
 
-def link_in_new_session(
-    conn: Connection,
-    locks: LockPolicy,
-    repository: str,
-    upload_id: str,
-    stored: StoredChunk,
-    now: datetime,
-    expiry: timedelta,
-) -> tuple[bool, str | None]:
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """What ``close_stored``'s transaction needs: the session a closing PUT ends, and its blob."""
+
+    locks: LockPolicy
+    repository: str
+    upload_id: str
+    stored: StoredChunk
+    now: datetime
+    expiry: timedelta
+
+
+def link_in_new_session(conn: Connection, closing: Closing) -> tuple[bool, str | None]:
     """``close_stored``'s usual case, a session nothing was written to: its row is created closed
     in the round trip that also locks the repository and records the blob. SessionRecorded (the
     caller rolls back what travelled with it) when the session has a row already."""
-    digest, size = stored.digest, len(stored.data)
-    opening = send_open_upload(conn, repository, upload_id, now, expiry, size=CLOSED)
+    c = closing
+    opening = send_open_upload(conn, c.repository, c.upload_id, c.now, c.expiry, size=CLOSED)
     if opening is None:
-        return link_in_recorded_session(conn, locks, repository, upload_id, stored, now, expiry)
-    locking = locks.send_writable(conn, repository)
-    new_blob = send_new_blob(conn, digest, size, None, stored.seen)
+        return link_in_recorded_session(conn, closing)
+    locking = c.locks.send_writable(conn, c.repository)
+    size = len(c.stored.data)
+    new_blob = send_new_blob(conn, c.stored.digest, size, None, c.stored.seen)
     if opening.first() is None:
-        raise SessionRecorded(upload_id)
-    repo_id = locks.writable_from(conn, locking, repository, now).id
-    link_committed(conn, repo_id, digest, size, None, stored.seen, new_blob)
+        raise SessionRecorded(c.upload_id)
+    repo_id = c.locks.writable_from(conn, locking, c.repository, c.now).id
+    link_committed(conn, repo_id, c.stored.digest, size, None, c.stored.seen, new_blob)
     return True, None
 
 
-def link_in_recorded_session(
-    conn: Connection,
-    locks: LockPolicy,
-    repository: str,
-    upload_id: str,
-    stored: StoredChunk,
-    now: datetime,
-    expiry: timedelta,
-) -> tuple[bool, str | None]:
+def link_in_recorded_session(conn: Connection, closing: Closing) -> tuple[bool, str | None]:
     """``close_stored`` for a session with a row: (False, None) if it holds bytes, else it is
     closed and the blob linked; (True, what the store still holds for it)."""
-    session = _lock_unleased(conn, repository, upload_id, now, expiry)
+    c = closing
+    session = _lock_unleased(conn, c.repository, c.upload_id, c.now, c.expiry)
     if session.size != 0:
         return False, None
-    close_upload(conn, upload_id, now)
-    repo_id = locks.writable_repository(conn, repository, now).id
-    link_committed(conn, repo_id, stored.digest, len(stored.data), None, stored.seen)
+    close_upload(conn, c.upload_id, c.now)
+    repo_id = c.locks.writable_repository(conn, c.repository, c.now).id
+    link_committed(conn, repo_id, c.stored.digest, len(c.stored.data), None, c.stored.seen)
     return True, session.store_state
 
 

@@ -45,6 +45,7 @@ from dockyard.registry.services.upload_sessions import (
     CLOSED,
     SMALL_CHUNK,
     ClosedSession,
+    Closing,
     SessionRecorded,
     StoredChunk,
     _lock_unleased,
@@ -355,12 +356,12 @@ class UploadService:
         still empty and unleased, links the stored blob and ends the session. None when the session
         holds bytes already: the blob stored is then unlinked data, as after any failed push."""
         digest, size, now = stored.digest, len(stored.data), utcnow()
-        link = (self._locks, repository, upload_id, stored, now, self._expiry)
+        closing = Closing(self._locks, repository, upload_id, stored, now, self._expiry)
         try:
-            done, state = self._db.run_write(lambda conn: link_in_new_session(conn, *link), pipelined=True)
+            done, state = self._db.run_write(lambda conn: link_in_new_session(conn, closing), pipelined=True)
         except SessionRecorded:  # rolled back; the session's row decides, in a transaction of its own
             done, state = self._db.run_write(
-                lambda conn: link_in_recorded_session(conn, *link), pipelined=True
+                lambda conn: link_in_recorded_session(conn, closing), pipelined=True
             )
         if not done:
             return None
