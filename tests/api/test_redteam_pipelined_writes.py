@@ -25,8 +25,11 @@ from dockyard.db import Database
 from dockyard.events.models import repository_events
 from dockyard.oci.errors import RegistryError
 from dockyard.registry.models import manifests, repositories, repository_blobs, tags, uploads
+from dockyard.registry.services.blobstate import Seen, link_committed
+from dockyard.registry.services.common import ensure_repository
 from dockyard.registry.services.upload_sessions import CLOSED
 from tests.support.images import make_image
+from tests.support.polling import eventually
 from tests.support.registry import error_codes, push_blob, push_image
 
 REPO = "redteam/pipelined"
@@ -588,3 +591,64 @@ def test_refused_one_small_blob_closed_at_once_through_four_instances_is_linked_
             ).scalar_one()
         assert links == 1
         assert client.get(f"/v2/{REPO}/blobs/{digest}").content == data
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.filesystem_only
+def test_refused_two_ways_of_linking_one_layer_into_a_new_repository_do_not_deadlock(dockyard, caplog):
+    """Attack (found by review): the one-round-trip closing PUT sent the blob's row with the
+    repository's lock; finding no repository, it created it after the blob row. A chunked push's
+    link (repository first, then blob) of the same layer into the same new repository then waited
+    on it the other way round: a deadlock, aborted after deadlock_timeout and retried."""
+    repository = "redteam/new-repository"
+    data = b"one layer pushed two ways " * 20
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    session = dockyard.registry.uploads.start(repository)
+    stored = dockyard.registry.uploads.store_closing(digest, data)
+    assert stored is not None
+    assert stored.seen.state is None  # a new blob: its row is inserted, not locked
+    other = dockyard.db.engine.connect()  # the other push's link, statement by statement
+    other_pid = other.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    other.commit()
+    failures: list[Exception] = []
+    transaction = other.begin()
+    try:
+        repo_id = ensure_repository(other, repository)  # its row inserted, not committed
+
+        def close() -> None:
+            try:
+                dockyard.registry.uploads.close_stored(repository, session.id, stored)
+            except Exception as exc:  # recorded: the assertion below names it
+                failures.append(exc)
+
+        caplog.set_level("INFO", logger="dockyard.db")
+        closer = threading.Thread(target=close)
+        closer.start()
+        eventually(lambda: _waits_to_insert_the_repository(dockyard, other_pid), "the close to wait")
+        link_committed(other, repo_id, digest, len(data), None, Seen(None))  # deadlocked here
+        transaction.commit()
+        closer.join(60)
+    finally:
+        other.close()
+    assert not failures, failures
+    assert not [r for r in caplog.records if "retrying transaction" in r.getMessage()]
+    with dockyard.db.read() as conn:
+        links = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(repository_blobs)
+            .where(repository_blobs.c.digest == digest)
+        ).scalar_one()
+    assert links == 1
+
+
+def _waits_to_insert_the_repository(dockyard, other_pid: int) -> bool:
+    with dockyard.db.engine.connect() as probe:
+        return bool(
+            probe.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND pid <> :pid AND query LIKE 'INSERT INTO repositories%'"
+                ),
+                {"pid": other_pid},
+            ).scalar_one()
+        )

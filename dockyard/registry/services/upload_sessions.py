@@ -200,8 +200,9 @@ def close_uploads(conn: Connection, upload_ids: Iterable[str], now: datetime) ->
         prepared.execute_many(conn, CLOSE_UPLOAD, batch)
 
 
-class SessionRecorded(Exception):
-    """A closing PUT's session has a row already: its transaction takes the general path."""
+class GeneralPath(Exception):
+    """The one-round-trip close met a case it does not take (a session that has a row, a
+    repository to create): roll back what travelled with it and take ``link_in_any_session``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,26 +218,27 @@ class Closing:
 
 
 def link_in_new_session(conn: Connection, closing: Closing) -> tuple[bool, str | None]:
-    """``close_stored``'s usual case, a session nothing was written to: its row is created closed
-    in the round trip that also locks the repository and records the blob. SessionRecorded (the
-    caller rolls back what travelled with it) when the session has a row already."""
+    """``close_stored``'s usual case, a session nothing was written to in an existing repository:
+    its row is created closed in the round trip that also locks the repository and records the
+    blob. GeneralPath when the session has a row already, or the repository must be created
+    first (every link creates the repository before it records the blob: one lock order)."""
     c = closing
     opening = send_open_upload(conn, c.repository, c.upload_id, c.now, c.expiry, size=CLOSED)
     if opening is None:
-        return link_in_recorded_session(conn, closing)
+        return link_in_any_session(conn, closing)
     locking = c.locks.send_writable(conn, c.repository)
     size = len(c.stored.data)
     new_blob = send_new_blob(conn, c.stored.digest, size, None, c.stored.seen)
-    if opening.first() is None:
-        raise SessionRecorded(c.upload_id)
+    if opening.first() is None or locking.first() is None:
+        raise GeneralPath(c.upload_id)
     repo_id = c.locks.writable_from(conn, locking, c.repository, c.now).id
     link_committed(conn, repo_id, c.stored.digest, size, None, c.stored.seen, new_blob)
     return True, None
 
 
-def link_in_recorded_session(conn: Connection, closing: Closing) -> tuple[bool, str | None]:
-    """``close_stored`` for a session with a row: (False, None) if it holds bytes, else it is
-    closed and the blob linked; (True, what the store still holds for it)."""
+def link_in_any_session(conn: Connection, closing: Closing) -> tuple[bool, str | None]:
+    """``close_stored``, one statement after another: (False, None) if the session holds bytes,
+    else it is closed and the blob linked; (True, what the store still holds for it)."""
     c = closing
     session = _lock_unleased(conn, c.repository, c.upload_id, c.now, c.expiry)
     if session.size != 0:

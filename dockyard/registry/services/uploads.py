@@ -46,7 +46,7 @@ from dockyard.registry.services.upload_sessions import (
     SMALL_CHUNK,
     ClosedSession,
     Closing,
-    SessionRecorded,
+    GeneralPath,
     StoredChunk,
     _lock_unleased,
     _LostDigest,
@@ -56,8 +56,8 @@ from dockyard.registry.services.upload_sessions import (
     check_range,
     close_upload,
     end_idle_sessions,
+    link_in_any_session,
     link_in_new_session,
-    link_in_recorded_session,
     new_upload_id,
     open_session_ids,
     open_upload,
@@ -359,10 +359,8 @@ class UploadService:
         closing = Closing(self._locks, repository, upload_id, stored, now, self._expiry)
         try:
             done, state = self._db.run_write(lambda conn: link_in_new_session(conn, closing), pipelined=True)
-        except SessionRecorded:  # rolled back; the session's row decides, in a transaction of its own
-            done, state = self._db.run_write(
-                lambda conn: link_in_recorded_session(conn, closing), pipelined=True
-            )
+        except GeneralPath:  # rolled back; one statement after another, in a transaction of its own
+            done, state = self._db.run_write(lambda conn: link_in_any_session(conn, closing), pipelined=True)
         if not done:
             return None
         self._count_quota(stored.seen, size)
