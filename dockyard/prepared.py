@@ -120,6 +120,25 @@ def wait_for_answers(driver: Any) -> None:
         pass
 
 
+def _executed(conn: Connection, sql: str, arguments: Any, *, many: bool = False) -> Any:
+    """A cursor of the connection's driver that has run (or, in pipeline mode, sent) ``sql``:
+    listeners told; an error raised as SQLAlchemy raises it, the cursor closed."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn._has_events or conn.engine._has_events:
+            conn.dispatch.before_cursor_execute(conn, cursor, sql, arguments, None, many)
+        if many:
+            cursor.executemany(sql, arguments)
+        else:
+            cursor.execute(sql, arguments)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        try:
+            conn._handle_dbapi_exception(exc, sql, arguments, cursor, None)
+        finally:
+            cursor.close()
+    return cursor
+
+
 def _on_cursor(
     conn: Connection,
     sql: str,
@@ -137,14 +156,10 @@ def _on_cursor(
     does a row count, unless ``later`` (the caller needs neither: its answer, or its error, comes
     with the next statement that waits, or the commit)."""
     driver: Any = conn.connection.dbapi_connection
-    cursor = driver.cursor()
+    cursor = _executed(conn, sql, arguments, many=many)
     try:
-        if conn._has_events or conn.engine._has_events:
-            conn.dispatch.before_cursor_execute(conn, cursor, sql, arguments, None, many)
         if many:
-            cursor.executemany(sql, arguments)
             return [], cursor.rowcount
-        cursor.execute(sql, arguments)
         if pipelined(conn):
             if returns_rows:
                 return (cursor.fetchmany(limit) if limit else cursor.fetchall()), cursor.rowcount
@@ -237,15 +252,7 @@ def send(conn: Connection, statement: sa.Executable, params: Mapping[str, Any]) 
         raise ValueError(f"send is for statements that return rows: {sql}")
     if not pipelined(conn):
         return Sent.answered(_converted(plan, _on_cursor(conn, sql, arguments)[0]))
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        if conn._has_events or conn.engine._has_events:
-            conn.dispatch.before_cursor_execute(conn, cursor, sql, arguments, None, False)
-        cursor.execute(sql, arguments)
-    except conn.dialect.loaded_dbapi.Error as exc:
-        cursor.close()
-        conn._handle_dbapi_exception(exc, sql, arguments, cursor, None)
-    return Sent(conn, plan, sql, arguments, cursor)
+    return Sent(conn, plan, sql, arguments, _executed(conn, sql, arguments))
 
 
 def rows(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> list[Any]:
