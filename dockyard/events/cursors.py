@@ -171,20 +171,21 @@ def consume(db: Database, consumer: Consumer, limit: int | None = None) -> tuple
     if not pending(db, consumer.name):
         return 0, 0
 
+    size = limit or consumer.batch
+
     def work(conn: Connection) -> tuple[int, int]:
         cursor = _locked_cursor(conn, consumer.name)
         if cursor is None:
             return 0, 0  # another process is consuming this batch
-        position = _position(cursor, limit or consumer.batch)
         if consumer.idle is not None:
-            end = prepared.first(conn, _BATCH_END[conn.dialect.name], position)
+            end = prepared.first(conn, _BATCH_END[conn.dialect.name], _position(cursor, size))
             if end is None:
                 return 0, 0
             # Asked after the batch was fixed: a webhook or task made before any of its events is seen.
             if consumer.idle(conn):
                 _advance(conn, consumer.name, end)
                 return end.events, 0
-        rows = prepared.rows(conn, _AFTER[conn.dialect.name], position)
+        rows = _events_after(conn, cursor, size)
         if not rows:
             return 0, 0
         done = consumer.handler(conn, [event_from_row(row) for row in rows])
