@@ -377,13 +377,7 @@ def test_refused_a_deadlock_on_the_deferred_blob_link_is_retried(client, dockyar
     finally:
         _drop_failing_trigger(db, "repository_blobs")
     assert client.get(f"/v2/{REPO}/blobs/{digest}").content == data
-    with db.read() as conn:
-        linked = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(repository_blobs)
-            .where(repository_blobs.c.digest == digest)
-        ).scalar_one()
-    assert linked == 1
+    assert _links(db, digest) == 1
 
 
 @pytest.mark.postgresql_only
@@ -632,13 +626,7 @@ def test_refused_two_ways_of_linking_one_layer_into_a_new_repository_do_not_dead
         other.close()
     assert not failures, failures
     assert not [r for r in caplog.records if "retrying transaction" in r.getMessage()]
-    with dockyard.db.read() as conn:
-        links = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(repository_blobs)
-            .where(repository_blobs.c.digest == digest)
-        ).scalar_one()
-    assert links == 1
+    assert _links(dockyard.db, digest) == 1
 
 
 def _waits_to_insert_the_repository(dockyard, other_pid: int) -> bool:
@@ -652,3 +640,10 @@ def _waits_to_insert_the_repository(dockyard, other_pid: int) -> bool:
                 {"pid": other_pid},
             ).scalar_one()
         )
+
+
+def _links(db: Database, digest: str) -> int:
+    """How many repositories link the blob."""
+    with db.read() as conn:
+        linking = sa.select(sa.func.count()).select_from(repository_blobs)
+        return conn.execute(linking.where(repository_blobs.c.digest == digest)).scalar_one()
