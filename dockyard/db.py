@@ -50,6 +50,10 @@ TIMESTAMP = sa.DateTime(timezone=True)
 RETRYABLE_SQLSTATES = {"40001", "40P01"}
 WRITE_RETRIES = 8
 
+#: What a pipelined write transaction sends first and, when it is not durable, second.
+_BEGIN = b"BEGIN ISOLATION LEVEL READ COMMITTED"
+_NOT_DURABLE = b"SET LOCAL synchronous_commit TO OFF"
+
 
 def per_dialect(build: Callable[[Callable[[sa.Table], Any]], T]) -> dict[str, T]:
     """Build a statement that needs a dialect's insert (``on_conflict_*``) once for each engine."""
@@ -353,24 +357,21 @@ class Database:
         ``prepared.execute_later`` go with the next one that waits for an answer (or the
         COMMIT): one round trip each saved. Every other statement waits for its answer as usual.
         """
+        if pipelined and not self.is_sqlite:
+            with self.engine.connect() as plain:
+                yield from self._pipelined(plain, durable=durable)
+            return
         toggle = self.is_sqlite and self._group is None and not durable
         ticket = 0
         with self._write_lock, self.engine.connect() as plain:
             conn = plain.execution_options(dockyard_write=True)
             if toggle:
                 plain.connection.dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-            driver: Any = plain.connection.dbapi_connection
-            pipelined = pipelined and not self.is_sqlite
             try:
-                with driver.pipeline() if pipelined else contextlib.nullcontext(), conn.begin():
+                with conn.begin():
                     if not self.is_sqlite and not durable:
                         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                    try:
-                        yield conn
-                    except BaseException:
-                        if pipelined:  # before the rollback: it would raise a leftover in its place
-                            self._drain_pipeline(driver)
-                        raise
+                    yield conn
                 if self._group is not None and durable:
                     ticket = self._group.committed()
             finally:
@@ -380,6 +381,27 @@ class Database:
             assert self._group is not None
             self._group.wait_durable(ticket)
             self._group.checkpoint_if_due()
+
+    def _pipelined(self, plain: Connection, *, durable: bool) -> Iterator[Connection]:
+        """A PostgreSQL write transaction in the driver's pipeline mode whose BEGIN and COMMIT this
+        code sends (the driver in autocommit mode): BEGIN leaves with the first statement that waits,
+        and COMMIT with the pipeline's closing sync, so neither costs a round trip of its own."""
+        conn = plain.execution_options(dockyard_write=True, isolation_level="AUTOCOMMIT")
+        driver: Any = plain.connection.dbapi_connection
+        with conn.begin():  # SQLAlchemy's bookkeeping: the driver, in autocommit, commits nothing
+            try:
+                with driver.pipeline():
+                    prepared.queue_command(driver, _BEGIN)
+                    if not durable:
+                        prepared.queue_command(driver, _NOT_DURABLE)
+                    try:
+                        yield conn
+                    except BaseException:  # before the rollback: it would raise a leftover in its place
+                        self._drain_pipeline(driver)
+                        raise
+                    prepared.queue_command(driver, b"COMMIT")
+            except self.engine.dialect.loaded_dbapi.Error as exc:  # the COMMIT's, raised as SQLAlchemy's
+                conn._handle_dbapi_exception(exc, "COMMIT", {}, None, None)  # type: ignore[arg-type]
 
     def _drain_pipeline(self, driver: Any) -> None:
         """Read every answer still due in a failed pipelined transaction, dropping their errors.

@@ -16,6 +16,7 @@ when it is first planned. ``IN`` lists (``bindparam(..., expanding=True)``) are 
 
 from __future__ import annotations
 
+import functools
 from collections import namedtuple
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -120,6 +121,52 @@ def wait_for_answers(driver: Any) -> None:
         pass
 
 
+# psycopg, in pipeline mode, flushes every statement to the server as it is executed (a poll and a
+# send each, the thread giving up the interpreter lock around the poll) and syncs after the BEGIN
+# it issues by itself (a round trip). The functions below put statements in libpq's output buffer
+# instead: they leave together with the next statement that waits for an answer, or the COMMIT.
+# They use psycopg's cursor and pipeline internals (the steps of ``Cursor.execute`` minus its
+# flush), checked by the tests against the pinned psycopg versions.
+
+
+def _hand_over(driver: Any) -> None:
+    """Give libpq the commands psycopg has queued (into its output buffer: nothing is sent)."""
+    queue = driver._pipeline.command_queue
+    while queue:
+        queue.popleft()()
+
+
+def _without_waiting(steps: Any) -> None:
+    for _ in steps:
+        raise RuntimeError("psycopg would have waited for the server while queueing a statement")
+
+
+def _queue_steps(cursor: Any, sql: str, arguments: Any) -> Any:
+    yield from cursor._start_query(sql)
+    query = cursor._convert_query(sql, arguments)
+    yield from cursor._maybe_prepare_gen(query)
+    cursor._last_query = sql
+    yield from cursor._conn._prepared.maintain_gen(cursor._conn)
+
+
+def _queue(cursor: Any, sql: str, arguments: Any) -> None:
+    """``cursor.execute`` in pipeline mode, minus the flush: the statement waits in libpq's buffer."""
+    driver = cursor._conn
+    with driver.lock:
+        _without_waiting(_queue_steps(cursor, sql, arguments))
+        _hand_over(driver)
+
+
+def queue_command(driver: Any, command: bytes) -> None:
+    """Queue a statement without parameters (BEGIN, COMMIT) in a pipeline, as psycopg queues its
+    own, into libpq's buffer: its answer is read, and its error raised, with the next sync."""
+    pipeline = driver._pipeline
+    with driver.lock:
+        pipeline.command_queue.append(functools.partial(driver.pgconn.send_query_params, command, None))
+        pipeline.result_queue.append(None)
+        _hand_over(driver)
+
+
 def _executed(conn: Connection, sql: str, arguments: Any, *, many: bool = False) -> Any:
     """A cursor of the connection's driver that has run (or, in pipeline mode, sent) ``sql``:
     listeners told; an error raised as SQLAlchemy raises it, the cursor closed."""
@@ -127,7 +174,10 @@ def _executed(conn: Connection, sql: str, arguments: Any, *, many: bool = False)
     try:
         if conn._has_events or conn.engine._has_events:
             conn.dispatch.before_cursor_execute(conn, cursor, sql, arguments, None, many)
-        if many:
+        if pipelined(conn):
+            for each in arguments if many else (arguments,):
+                _queue(cursor, sql, each)
+        elif many:
             cursor.executemany(sql, arguments)
         else:
             cursor.execute(sql, arguments)
@@ -159,7 +209,7 @@ def _on_cursor(
     cursor = _executed(conn, sql, arguments, many=many)
     try:
         if many:
-            return [], cursor.rowcount
+            return [], -1 if pipelined(conn) else cursor.rowcount
         if pipelined(conn):
             if returns_rows:
                 return (cursor.fetchmany(limit) if limit else cursor.fetchall()), cursor.rowcount

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -11,8 +12,18 @@ from dockyard.app import Dockyard
 from dockyard.db import utcnow
 from dockyard.lifecycle.models import gc_runs
 from dockyard.lifecycle.services.gc import GarbageCollector, Options, Report
-from dockyard.registry.models import blobs, manifest_blobs, uploads
-from dockyard.registry.services.blobstate import DELETING, GONE, LIVE, BlobBusy, Seen, link_committed
+from dockyard.registry.models import blobs, manifest_blobs, repository_blobs, uploads
+from dockyard.registry.services.blobstate import (
+    ASSUMED_FOR,
+    DELETING,
+    GONE,
+    LIVE,
+    BlobBusy,
+    NotNew,
+    Seen,
+    assume_new,
+    link_committed,
+)
 from tests.support.auth import create_user
 from tests.support.images import make_image, sha256
 from tests.support.registry import error_codes, push_blob, push_image
@@ -270,11 +281,14 @@ def test_an_upload_committing_while_its_bytes_are_deleted_never_links_missing_by
     name = "commit_upload" if chunked else "put"
     original = getattr(store, name)
 
+    commits = []
+
     def commit_then_collect(*args, **kwargs):
         result = original(*args, **kwargs)  # the upload's bytes are in the store (or reused) ...
-        marked = gc.mark([digest], cutoff)  # ... and garbage collection deletes them before it links
-        done, _ = gc.delete_bytes(marked)
-        gc.finish(done)
+        if not commits:  # ... and garbage collection deletes them before it links
+            done, _ = gc.delete_bytes(gc.mark([digest], cutoff))
+            gc.finish(done)
+        commits.append(args)
         return result
 
     monkeypatch.setattr(store, name, commit_then_collect)
@@ -287,6 +301,14 @@ def test_an_upload_committing_while_its_bytes_are_deleted_never_links_missing_by
         answer = client.put(location, params={"digest": digest})
     else:
         answer = client.put(location, params={"digest": digest}, content=data)
+    if not chunked:
+        # The closing PUT assumed a new blob, found its tombstone, read it, stored the bytes again
+        # and linked them: the client sees none of it.
+        assert answer.status_code == 201, answer.text
+        assert len(commits) == 2
+        assert client.get(f"/v2/app/blobs/{digest}").content == data
+        assert_consistent(dockyard)
+        return
     assert answer.status_code == 503, answer.text
     monkeypatch.setattr(store, name, original)
 
@@ -409,6 +431,58 @@ def test_the_linker_links_only_when_collection_cannot_have_taken_its_bytes(docky
         with pytest.raises(BlobBusy) as refused:
             dockyard.db.run_write(link)
         assert refused.value.status == 503
+
+
+@pytest.mark.parametrize(
+    "row",
+    [None, (LIVE, 0), (LIVE, 3), (DELETING, 1), (GONE, 4)],
+    ids=["no row", "live", "live, marked before", "deleting", "gone"],
+)
+def test_a_linker_that_assumed_a_new_blob_links_only_what_its_own_insert_recorded(dockyard, row):
+    """Without the read, any row found may hide a collection since the store commit: NotNew, and
+    nothing of the transaction is kept (the caller reads, stores and links again)."""
+    from dockyard.registry.services.common import ensure_repository
+
+    if row is not None:
+        state, generation = row
+        recorded = blobs.insert().values(
+            digest=DIGEST, size=8, created_at=utcnow(), state=state, generation=generation
+        )
+        dockyard.db.run_write(lambda conn: conn.execute(recorded))
+
+    def link(conn):
+        return link_committed(conn, ensure_repository(conn, "app"), DIGEST, 8, None, assume_new())
+
+    if row is None:
+        assert dockyard.db.run_write(link) is True
+    else:
+        with pytest.raises(NotNew):
+            dockyard.db.run_write(link)
+    with dockyard.db.read() as conn:
+        after = conn.execute(
+            sa.select(blobs.c.state, blobs.c.generation).where(blobs.c.digest == DIGEST)
+        ).one()
+        links = conn.execute(sa.select(sa.func.count()).select_from(repository_blobs)).scalar()
+    assert tuple(after) == ((LIVE, 0) if row is None else row)
+    assert links == (1 if row is None else 0)
+
+
+def test_an_assumption_held_too_long_is_read_again(dockyard, monkeypatch):
+    """Past ``ASSUMED_FOR`` a tombstone could have been pruned since the store commit: NotNew."""
+    from dockyard.registry.services import blobstate
+    from dockyard.registry.services.common import ensure_repository
+
+    seen = assume_new()
+    now = time.monotonic()
+    monkeypatch.setattr(blobstate.time, "monotonic", lambda: now + ASSUMED_FOR + 1)
+
+    def link(conn):
+        return link_committed(conn, ensure_repository(conn, "app"), DIGEST, 8, None, seen)
+
+    with pytest.raises(NotNew):
+        dockyard.db.run_write(link)
+    with dockyard.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(blobs)).scalar() == 0
 
 
 def test_committed_uploads_nobody_recorded_are_removed_unless_their_session_lives(dockyard):

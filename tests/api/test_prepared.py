@@ -238,3 +238,111 @@ def test_a_sent_statement_that_fails_raises_when_read_and_keeps_nothing(db):
 def test_send_is_for_statements_that_return_rows(db):
     with db.write(pipelined=True) as conn, pytest.raises(ValueError, match="return rows"):
         prepared.send(conn, RENAME, {"old": "a", "new": "b"})
+
+
+# -- the pipelined transaction's own BEGIN and COMMIT (PostgreSQL) ----------------------------------
+
+
+def _visible_elsewhere(db: Database, name: str) -> bool:
+    with db.engine.connect() as other:
+        return other.execute(sa.select(scratch.c.id).where(scratch.c.name == name)).first() is not None
+
+
+@pytest.mark.postgresql_only
+def test_a_pipelined_transaction_is_one_transaction_until_its_commit(db):
+    """BEGIN is sent with the first statement, not synced: what was written stays invisible to
+    others after answers were read, and an error after them rolls all of it back."""
+
+    class Refused(Exception):
+        pass
+
+    def refused_after_reading() -> None:
+        with db.write(pipelined=True) as conn:
+            prepared.execute_later(conn, INSERT[db.dialect], _row("uncommitted"))
+            assert prepared.first(conn, BY_NAME, {"name": "uncommitted"}) is not None  # answers read
+            assert prepared.execute(conn, RENAME, {"old": "uncommitted", "new": "renamed"}) == 1
+            assert not _visible_elsewhere(db, "renamed")
+            raise Refused
+
+    with pytest.raises(Refused):
+        refused_after_reading()
+    assert not _visible_elsewhere(db, "renamed")
+    with db.write(pipelined=True) as conn:
+        prepared.execute_later(conn, INSERT[db.dialect], _row("committed"))
+        assert not _visible_elsewhere(db, "committed")
+    assert _visible_elsewhere(db, "committed")
+
+
+@pytest.mark.postgresql_only
+def test_a_pipelined_transaction_waits_only_to_read_and_to_commit(db, monkeypatch):
+    """Statements queue in the driver's buffer: the transaction below waits on its socket only to
+    read (once) and to commit (the COMMIT with the pipeline's sync): 4 waits, where psycopg's own
+    pipeline waited 25 times (a flush per statement, a synced BEGIN)."""
+    import psycopg
+
+    waits = []  # the driver's steps that waited on the socket, once per wait
+    real_wait = psycopg.Connection.wait
+
+    def counted(self, gen, *args, **kwargs):
+        def counting():
+            ready = None
+            try:
+                while True:
+                    wanted = gen.send(ready)
+                    waits.append(gen.__qualname__)
+                    ready = yield wanted
+            except StopIteration as stop:
+                return stop.value
+
+        return real_wait(self, counting(), *args, **kwargs)
+
+    with db.write(pipelined=True) as conn:
+        monkeypatch.setattr(psycopg.Connection, "wait", counted)
+        inserted = prepared.send(conn, INSERT[db.dialect], _row("queued"))
+        prepared.execute_later(conn, RENAME, {"old": "queued", "new": "moved"})
+        prepared.execute_many(conn, scratch.insert(), [_row(f"many{n}") for n in range(3)])
+        assert inserted.first() is not None
+        prepared.execute_later(conn, RENAME, {"old": "many0", "new": "first"})
+    monkeypatch.undo()
+    assert waits.count("BasePipeline._fetch_gen") == 1, waits
+    assert set(waits) == {"BasePipeline._fetch_gen", "BasePipeline._exit_gen"}, waits
+    assert len(waits) <= 4, waits
+    with db.read() as conn:
+        assert [r.name for r in prepared.rows(conn, FLAGGED)] == ["first", "many1", "many2", "moved"]
+
+
+@pytest.mark.postgresql_only
+def test_an_error_at_the_commit_of_a_pipelined_transaction_is_sqlalchemys_and_keeps_nothing(db):
+    """The COMMIT travels with the pipeline's sync: a deferred constraint that fails there is an
+    IntegrityError (retried or answered like any other), and the connection works afterwards."""
+    deferred = sa.table("deferred_scratch", sa.column("name"))
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE deferred_scratch (name text,"
+            " CONSTRAINT once UNIQUE (name) DEFERRABLE INITIALLY DEFERRED)"
+        )
+
+    def twice() -> None:
+        with db.write(pipelined=True) as conn:
+            prepared.execute_later(conn, deferred.insert(), {"name": "twice"})
+            prepared.execute_later(conn, deferred.insert(), {"name": "twice"})
+            prepared.execute_later(conn, INSERT[db.dialect], _row("with-them"))
+
+    def refused_in_a_plain_transaction() -> None:
+        with db.write() as conn:
+            prepared.execute(conn, INSERT[db.dialect], _row("rolled-back"))
+            raise ZeroDivisionError
+
+    try:
+        with pytest.raises(sa.exc.IntegrityError):
+            twice()
+        assert not _visible_elsewhere(db, "with-them")
+        with db.write() as conn:  # the connection is back in transactions of its own
+            prepared.execute(conn, INSERT[db.dialect], _row("after"))
+        with pytest.raises(ZeroDivisionError):
+            refused_in_a_plain_transaction()
+        assert _visible_elsewhere(db, "after")
+        assert not _visible_elsewhere(db, "rolled-back")
+    finally:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE deferred_scratch")

@@ -100,6 +100,18 @@ def test_at_the_quota_uploads_do_not_start_but_stored_blobs_mounts_manifests_and
     assert (usage["Size"]["limit"], usage["Size"]["currentValue"]) == (LIMIT, LIMIT)
 
 
+def test_a_stored_blob_pushed_into_another_repository_adds_nothing_even_past_the_quota(client, dockyard):
+    """The closing PUT assumes a new blob: the quota refusal and the row it then finds make it read."""
+    stored = data("stored", 3000)
+    push_blob(client, "team/app", stored)
+    quota = dockyard.service("tiers").quota
+    assert quota.used() == 3000
+    push_blob(client, "team/other", stored)  # 3,000 bytes more would pass the quota, were they new
+    assert quota.used() == 3000
+    assert client.get(f"/v2/team/other/blobs/{sha256(stored)}").content == stored
+    assert [b.size for b in stored_blobs(dockyard.store)] == [3000]
+
+
 def test_at_the_quota_a_session_id_made_up_without_a_post_takes_no_bytes(client, dockyard):
     """An upload id needs no secret: its first write is checked as its POST would have been."""
     push_blob(client, "team/app", data("fill", LIMIT))

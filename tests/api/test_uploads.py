@@ -272,6 +272,34 @@ def recorded_blob(dockyard, digest: str):
     )
 
 
+def recorded_row(dockyard, state: str, generation: int, digest: str = sha256(DATA)) -> None:
+    row = blobs.insert().values(
+        digest=digest, size=len(DATA), created_at=utcnow(), state=state, generation=generation
+    )
+    dockyard.db.run_write(lambda conn: conn.execute(row))
+
+
+def test_a_closing_put_of_a_blob_collection_is_deleting_is_refused_and_links_nothing(client, dockyard):
+    """The closing PUT assumes a new blob; the row it finds sends it back to read it first."""
+    recorded_row(dockyard, "deleting", 1)
+    refused = client.put(start(client).headers["location"], params={"digest": sha256(DATA)}, content=DATA)
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "5"
+    assert client.head(f"/v2/team/app/blobs/{sha256(DATA)}").status_code == 404
+    with dockyard.db.read() as conn:
+        assert conn.execute(sa.select(blobs.c.state, blobs.c.generation)).all() == [("deleting", 1)]
+
+
+def test_a_closing_put_of_a_blob_whose_bytes_were_collected_brings_it_back(client, dockyard):
+    recorded_row(dockyard, "gone", 4)
+    location = start(client).headers["location"]
+    assert client.put(location, params={"digest": sha256(DATA)}, content=DATA).status_code == 201
+    assert client.get(f"/v2/team/app/blobs/{sha256(DATA)}").content == DATA
+    with dockyard.db.read() as conn:
+        assert conn.execute(sa.select(blobs.c.state, blobs.c.generation)).all() == [("live", 4)]
+    assert client.get(location).status_code == 404  # the session ended
+
+
 def test_closing_put_whose_chunk_alone_has_the_digest_still_verifies_the_whole_upload(client, dockyard):
     location = start(client).headers["location"]
     patched = client.patch(location, content=b"head", headers={"Content-Range": "0-3"})

@@ -13,11 +13,19 @@ means the bytes it relied on may have been deleted under it: it fails with a ret
 Garbage collection deletes bytes only after bumping a generation (marking a row, or claiming an
 unrecorded object with a new row of generation 1), so a live row whose generation is the one
 seen (0 when there was no row: a concurrent push recorded it) was never marked in between.
+
+A linker may skip the read and assume there was no row (``ASSUMED_NEW``, a closing PUT's usual
+case: a new blob). Its transaction then links only if its own insert creates the row; any row
+found raises ``NotNew``, and the linker starts over with the read. That is as safe as reading:
+collection deletes bytes only under a row ('deleting', then 'gone'), and the only way a row
+disappears is the pruning of a tombstone a day old (``ASSUMED_FOR`` is far shorter), so a row that
+is still absent means no collection ever took bytes under this digest since the linker wrote them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -34,6 +42,10 @@ GONE = "gone"
 
 #: Seconds a client is told to wait before pushing a blob garbage collection is deleting.
 RETRY_AFTER = 5
+
+#: How long after its store commit a linker may rely on ``ASSUMED_NEW``, in seconds: far less than
+#: the day a tombstone is kept (``lifecycle.services.gc.TOMBSTONE_SECONDS``).
+ASSUMED_FOR = 3600.0
 
 _STATE = sa.select(blobs.c.state, blobs.c.generation).where(blobs.c.digest == sa.bindparam("digest"))
 _LOCK = (
@@ -52,6 +64,17 @@ class Seen:
 
     state: str | None
     generation: int = 0
+    #: Not read: ``assume_new`` took it for a blob with no row (``monotonic`` time it did).
+    assumed_at: float | None = field(default=None, compare=False)
+
+
+def assume_new() -> Seen:
+    """A ``Seen`` taken without reading (no row assumed): the link raises ``NotNew`` if a row exists."""
+    return Seen(None, assumed_at=time.monotonic())
+
+
+class NotNew(Exception):
+    """A link that assumed a new blob found its row, or assumed for too long: read, store, link again."""
 
 
 class BlobBusy(RegistryError):
@@ -104,9 +127,13 @@ def link_committed(
     """
     now = utcnow()
     row = None
+    if seen.assumed_at is not None and time.monotonic() - seen.assumed_at > ASSUMED_FOR:
+        raise NotNew(digest)
     if seen.state is None:  # a new blob, most likely: insert it first, which locks the new row
         inserting = new_blob or send_new_blob(conn, digest, size, location, seen)
         if inserting is None or inserting.first() is None:
+            if seen.assumed_at is not None:
+                raise NotNew(digest)
             # a concurrent push recorded it first (or collection claimed it)
             row = prepared.first(conn, _LOCK, {"digest": digest})
             if row is None:

@@ -34,7 +34,9 @@ from dockyard.registry.models import uploads
 from dockyard.registry.services.blobstate import (
     LIVE,
     BlobBusy,
+    NotNew,
     Seen,
+    assume_new,
     link_committed,
     seen_before_commit,
 )
@@ -334,8 +336,12 @@ class UploadService:
         hasher.update(data)
         if f"{algorithm}:{hasher.hexdigest()}" != digest:
             return None
-        seen = seen_before_commit(self._db, digest)
-        self._check_quota(seen, len(data))
+        seen = assume_new()  # read only if the link finds a row (``NotNew``)
+        try:
+            self._check_quota(seen, len(data))
+        except RegistryError:  # unless the blob is stored already
+            seen = seen_before_commit(self._db, digest)
+            self._check_quota(seen, len(data))
         self._store.put(digest, data)
         return StoredChunk(digest, data, seen)
 
@@ -355,12 +361,16 @@ class UploadService:
         """One transaction (small enough for the event loop: ``run_soon``) checks that the session is
         still empty and unleased, links the stored blob and ends the session. None when the session
         holds bytes already: the blob stored is then unlinked data, as after any failed push."""
-        digest, size, now = stored.digest, len(stored.data), utcnow()
-        closing = Closing(self._locks, repository, upload_id, stored, now, self._expiry)
+        digest, size = stored.digest, len(stored.data)
         try:
-            done, state = self._db.run_write(lambda conn: link_in_new_session(conn, closing), pipelined=True)
-        except GeneralPath:  # rolled back; one statement after another, in a transaction of its own
-            done, state = self._db.run_write(lambda conn: link_in_any_session(conn, closing), pipelined=True)
+            done, state = self._close_session(repository, upload_id, stored)
+        except NotNew:  # rolled back: the blob has a row, so read it before the store commit, as usual
+            self._db.refuse_inline("a store commit")
+            seen = seen_before_commit(self._db, digest)
+            self._check_quota(seen, size)
+            self._store.put(digest, stored.data)
+            stored = StoredChunk(digest, stored.data, seen)
+            done, state = self._close_session(repository, upload_id, stored)
         if not done:
             return None
         self._count_quota(stored.seen, size)
@@ -371,6 +381,13 @@ class UploadService:
             self._store.abort_upload(upload_id, state)
             state = None
         return ClosedSession(BlobInfo(digest, size), state)
+
+    def _close_session(self, repository: str, upload_id: str, stored: StoredChunk) -> tuple[bool, str | None]:
+        closing = Closing(self._locks, repository, upload_id, stored, utcnow(), self._expiry)
+        try:
+            return self._db.run_write(lambda conn: link_in_new_session(conn, closing), pipelined=True)
+        except GeneralPath:  # rolled back; one statement after another, in a transaction of its own
+            return self._db.run_write(lambda conn: link_in_any_session(conn, closing), pipelined=True)
 
     def discard(self, upload_id: str, state: str) -> None:
         """Drop what the store still holds for a closed session (``ClosedSession.leftover``)."""
