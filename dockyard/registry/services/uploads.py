@@ -367,7 +367,8 @@ class UploadService:
         except NotNew:  # rolled back: the blob has a row, so read it before the store commit, as usual
             self._db.refuse_inline("a store commit")
             seen = seen_before_commit(self._db, digest)
-            self._check_quota(seen, size)
+            # No quota check: ``store_closing`` checked this blob as a new one before its bytes were
+            # stored, and a refusal now would leave them in the store, recorded nowhere.
             self._store.put(digest, stored.data)
             stored = StoredChunk(digest, stored.data, seen)
             done, state = self._close_session(repository, upload_id, stored)
