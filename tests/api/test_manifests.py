@@ -443,3 +443,44 @@ def test_small_pushes_are_written_on_the_event_loop_and_large_manifests_in_a_thr
         assert client.get(
             f"/v2/team/app/manifests/{tag}", headers={"Accept": images.OCI_MANIFEST}
         ).content == (image.manifest)
+
+
+def test_a_manifests_references_are_recorded_in_one_statement_however_many(client, dockyard, monkeypatch):
+    """Every layer and child is recorded (with its media type, size and platform); on PostgreSQL
+    the layers go to the server in one statement, the children in another, not one per row."""
+    import sqlalchemy as sa
+
+    from dockyard import prepared
+    from dockyard.registry.models import manifest_blobs, manifest_children
+
+    image = make_image("many layers", layers=6)
+    other = make_image("other platform", architecture="arm64")
+    for each in (image, other):
+        push_image(client, "team/app", each, tag=each.config.digest[7:19])
+    sent = []
+    queue = prepared._queue
+
+    def counted(cursor, sql, arguments):
+        sent.append(sql.split()[2])
+        queue(cursor, sql, arguments)
+
+    monkeypatch.setattr(prepared, "_queue", counted)
+    push_image(client, "team/app", image, tag="v1")  # the manifest exists: nothing recorded again
+    index = make_index([image, other])
+    assert push_manifest(client, "team/app", "multi", index, images.OCI_INDEX).status_code == 201
+    manifest = make_image("one more", layers=6)
+    for blob in manifest.blobs:
+        push_blob(client, "team/app", blob.data)
+    assert push_manifest(client, "team/app", "v2", manifest.manifest, manifest.media_type).status_code == 201
+    recorded = [name for name in sent if name.startswith("manifest_")]
+    assert recorded == ([] if dockyard.db.is_sqlite else ["manifest_children", "manifest_blobs"])
+    with dockyard.db.read() as conn:
+        child = manifest_children.c
+        children = conn.execute(sa.select(child.child_digest, child.architecture, child.variant)).all()
+        layers = conn.execute(
+            sa.select(manifest_blobs.c.digest, manifest_blobs.c.media_type, manifest_blobs.c.size).where(
+                manifest_blobs.c.digest.in_([b.digest for b in manifest.blobs])
+            )
+        ).all()
+    assert sorted(children) == sorted([(image.digest, "amd64", None), (other.digest, "arm64", None)])
+    assert sorted(layers) == sorted((b.digest, b.media_type, len(b.data)) for b in manifest.blobs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from dockyard import prepared
@@ -27,6 +28,27 @@ from dockyard.registry.services.blobstate import LIVE
 
 INSERT_MANIFEST_BLOB = manifest_blobs.insert()
 INSERT_MANIFEST_CHILD = manifest_children.insert()
+
+
+def _from_arrays(table: sa.Table, *columns: str) -> sa.Insert:
+    """PostgreSQL: one statement inserting a row per element of the arrays bound as ``<column>s``
+    (``manifest_id`` bound once), where SQLite runs the plain insert once per row."""
+    # Unbounded element types: a cast to VARCHAR(n) would cut a long value where the column refuses it.
+    kinds = {name: postgresql.ARRAY(_unbounded(table.c[name].type)) for name in columns}
+    arrays = [sa.cast(sa.bindparam(f"{name}s"), kinds[name]) for name in columns]
+    rows = sa.func.unnest(*arrays).table_valued(*columns).render_derived()
+    return table.insert().from_select(
+        ["manifest_id", *columns],
+        sa.select(sa.bindparam("manifest_id", type_=table.c.manifest_id.type), *rows.c),
+    )
+
+
+def _unbounded(kind: Any) -> Any:
+    return sa.Text() if isinstance(kind, sa.String) else kind
+
+
+_BLOBS_FROM_ARRAYS = _from_arrays(manifest_blobs, "digest", "media_type", "size")
+_CHILDREN_FROM_ARRAYS = _from_arrays(manifest_children, "child_digest", "os", "architecture", "variant")
 _NAMED_REPOSITORY = (
     sa.select(repositories.c.id).where(repositories.c.name == sa.bindparam("repository")).scalar_subquery()
 )
@@ -96,14 +118,15 @@ def check_references(parsed: ParsedManifest, sent: Sent) -> None:
 
 
 def insert_references(conn: Connection, manifest_id: int, parsed: ParsedManifest) -> None:
-    """Record a new manifest's blobs and children (sent without waiting)."""
+    """Record a new manifest's blobs and children (sent without waiting; on PostgreSQL one
+    statement each, however many layers or children)."""
     referenced = {d.digest: d for d in parsed.required_blobs}
     if referenced:
         rows = [
             {"manifest_id": manifest_id, "digest": d.digest, "media_type": d.media_type, "size": d.size}
             for d in referenced.values()
         ]
-        prepared.execute_many(conn, INSERT_MANIFEST_BLOB, rows)
+        _insert_rows(conn, INSERT_MANIFEST_BLOB, _BLOBS_FROM_ARRAYS, manifest_id, rows)
     children = {d.digest: d for d in parsed.children}
     if children:
         rows = [
@@ -116,7 +139,18 @@ def insert_references(conn: Connection, manifest_id: int, parsed: ParsedManifest
             }
             for d in children.values()
         ]
-        prepared.execute_many(conn, INSERT_MANIFEST_CHILD, rows)
+        _insert_rows(conn, INSERT_MANIFEST_CHILD, _CHILDREN_FROM_ARRAYS, manifest_id, rows)
+
+
+def _insert_rows(
+    conn: Connection, each: sa.Insert, from_arrays: sa.Insert, manifest_id: int, rows: list[dict[str, Any]]
+) -> None:
+    if conn.dialect.name != "postgresql":
+        prepared.execute_many(conn, each, rows)
+        return
+    columns = [name for name in rows[0] if name != "manifest_id"]
+    arrays = {f"{name}s": [row[name] for row in rows] for name in columns}
+    prepared.execute_later(conn, from_arrays, {"manifest_id": manifest_id, **arrays})
 
 
 def platform_value(document: dict[str, Any] | None, key: str) -> str | None:
