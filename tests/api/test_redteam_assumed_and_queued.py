@@ -27,6 +27,7 @@ from dockyard.registry.services.manifests import TagExists
 from dockyard.registry.services.upload_sessions import CLOSED
 from tests.support.images import make_image, sha256
 from tests.support.registry import push_blob, push_image
+from tests.support.scratch import INSERT, NAMES, RENAME, scratch, scratch_database
 from tests.support.stores import stored_blobs
 
 LIMIT = 5000
@@ -102,6 +103,23 @@ def _close(client, repository: str, data: bytes):
     return client.put(started.headers["location"], params={"digest": sha256(data)}, content=data)
 
 
+def _after_first_put(dockyard, monkeypatch, action) -> list[str]:
+    """Run ``action`` right after the store's first ``put`` (between a closing PUT's store commit
+    and its link); the digests ``put`` is called with, then and later."""
+    store = dockyard.store
+    original = store.put
+    puts: list[str] = []
+
+    def put_then_act(digest, payload):
+        original(digest, payload)
+        if not puts:
+            action()
+        puts.append(digest)
+
+    monkeypatch.setattr(store, "put", put_then_act)
+    return puts
+
+
 # -- (1) the assumed new blob ----------------------------------------------------------------------
 
 
@@ -116,17 +134,8 @@ def test_refused_a_quota_refusal_after_the_assumed_store_commit(client, dockyard
     _tombstone(dockyard, digest, len(data))
     quota = dockyard.service("tiers").quota
     assert quota.used() == 0
-    store = dockyard.store
-    original = store.put
-    puts = []
-
-    def put_while_another_push_commits(d, payload):
-        original(d, payload)
-        if d == digest and not puts:
-            quota.added(LIMIT - 500)  # a concurrent push of this process committed meanwhile
-        puts.append(d)
-
-    monkeypatch.setattr(store, "put", put_while_another_push_commits)
+    # a concurrent push of this process commits while ours is stored
+    puts = _after_first_put(dockyard, monkeypatch, lambda: quota.added(LIMIT - 500))
     answer = _close(client, "team/app", data)
     assert answer.status_code == 201, answer.text
     assert len(puts) == 2  # stored, then stored again after reading the tombstone
@@ -187,17 +196,7 @@ def test_held_an_orphan_claimed_and_deleted_between_the_assumed_store_commit_and
     dockyard.store.put(digest, data)  # no row: an orphan
     gc = _collector(dockyard, ahead=7200)
     cutoff = utcnow() + timedelta(hours=1)
-    store = dockyard.store
-    original = store.put
-    puts = []
-
-    def put_then_collect(d, payload):
-        original(d, payload)
-        if not puts:
-            gc.collect_orphans(cutoff, False, Report())
-        puts.append(d)
-
-    monkeypatch.setattr(store, "put", put_then_collect)
+    puts = _after_first_put(dockyard, monkeypatch, lambda: gc.collect_orphans(cutoff, False, Report()))
     answer = _close(client, "team/app", data)
     assert answer.status_code == 201, answer.text
     assert len(puts) == 2  # stored again after reading the tombstone
@@ -242,19 +241,13 @@ def test_held_a_day_old_tombstone_pruned_after_the_assumed_store_commit(client, 
     digest = sha256(data)
     _tombstone(dockyard, digest, len(data), age=timedelta(days=2))
     gc = _collector(dockyard)
-    store = dockyard.store
-    original = store.put
-    puts = []
 
-    def put_then_prune(d, payload):
-        original(d, payload)
-        if not puts:
-            report = Report()
-            gc.prune_tombstones(utcnow(), report)
-            assert report.freed["tombstones"].items == 1
-        puts.append(d)
+    def prune() -> None:
+        report = Report()
+        gc.prune_tombstones(utcnow(), report)
+        assert report.freed["tombstones"].items == 1
 
-    monkeypatch.setattr(store, "put", put_then_prune)
+    _after_first_put(dockyard, monkeypatch, prune)
     answer = _close(client, "team/app", data)
     assert answer.status_code == 201, answer.text
     assert client.get(f"/v2/team/app/blobs/{digest}").content == data
@@ -272,21 +265,15 @@ def test_held_a_day_old_tombstone_reclaimed_then_pruned_around_the_assumed_store
     _tombstone(dockyard, digest, len(data), age=timedelta(days=2))
     gc = _collector(dockyard, ahead=7200)
     cutoff = utcnow() + timedelta(hours=1)
-    store = dockyard.store
-    original = store.put
-    puts = []
 
-    def put_then_collect_and_prune(d, payload):
-        original(d, payload)
-        if not puts:
-            report = Report()
-            gc.collect_orphans(cutoff, False, report)
-            assert report.freed["orphans"].items == 1
-            gc.prune_tombstones(utcnow(), report)
-            assert report.freed["tombstones"].items == 0
-        puts.append(d)
+    def collect_and_prune() -> None:
+        report = Report()
+        gc.collect_orphans(cutoff, False, report)
+        assert report.freed["orphans"].items == 1
+        gc.prune_tombstones(utcnow(), report)
+        assert report.freed["tombstones"].items == 0
 
-    monkeypatch.setattr(store, "put", put_then_collect_and_prune)
+    puts = _after_first_put(dockyard, monkeypatch, collect_and_prune)
     answer = _close(client, "team/app", data)
     assert answer.status_code == 201, answer.text
     assert len(puts) == 2
@@ -305,19 +292,13 @@ def test_held_a_blob_marked_between_the_assumed_store_commit_and_the_link_is_ref
     gc = _collector(dockyard, ahead=7200)
     cutoff = utcnow() + timedelta(hours=1)
     gc.collect_links(cutoff, False, Report())
-    store = dockyard.store
-    original = store.put
-    puts = []
 
-    def put_then_mark_and_delete(d, payload):
-        original(d, payload)
-        if not puts:
-            marked = gc.mark([digest], cutoff)
-            assert len(marked) == 1
-            gc.delete_bytes(marked)  # not finished: the row stays 'deleting'
-        puts.append(d)
+    def mark_and_delete() -> None:
+        marked = gc.mark([digest], cutoff)
+        assert len(marked) == 1
+        gc.delete_bytes(marked)  # not finished: the row stays 'deleting'
 
-    monkeypatch.setattr(store, "put", put_then_mark_and_delete)
+    _after_first_put(dockyard, monkeypatch, mark_and_delete)
     answer = _close(client, "team/app", data)
     assert answer.status_code == 503, answer.text
     assert _links(dockyard.db, digest) == 0
@@ -330,16 +311,11 @@ def test_held_an_assumption_past_its_time_reads_first_through_the_api(client, do
     data = _data("slow push", 300)
     digest = sha256(data)
     start = blobstate.time.monotonic()
-    store = dockyard.store
-    original = store.put
-    puts = []
 
-    def put_then_jump(d, payload):
-        original(d, payload)
-        puts.append(d)
+    def jump() -> None:
         monkeypatch.setattr(blobstate.time, "monotonic", lambda: start + blobstate.ASSUMED_FOR + 60)
 
-    monkeypatch.setattr(store, "put", put_then_jump)
+    puts = _after_first_put(dockyard, monkeypatch, jump)
     answer = _close(client, "team/app", data)
     assert answer.status_code == 201, answer.text
     assert len(puts) == 2  # read, stored again, linked
@@ -382,29 +358,11 @@ def test_held_layers_pushed_again_into_a_new_repository_make_a_manifest_gc_keeps
 # -- (2) PostgreSQL pipelined writes with their own BEGIN and COMMIT ---------------------------------
 
 
-scratch_metadata = sa.MetaData()
-scratch = sa.Table(
-    "redteam_queued_scratch",
-    scratch_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.String(64), nullable=False, unique=True),
-)
-INSERT = scratch.insert()
-RENAME = scratch.update().where(scratch.c.name == sa.bindparam("old")).values(name=sa.bindparam("new"))
-NAMES = sa.select(scratch.c.name).order_by(scratch.c.name)
-
-
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url, pool_size=1)  # one connection: every test reuses it
-    scratch_metadata.create_all(database.engine)
-    try:
+    cleanup = ("DROP TABLE IF EXISTS redteam_queued_deferred",)
+    with scratch_database(database_url, postgresql_cleanup=cleanup) as database:  # one connection
         yield database
-    finally:
-        with database.engine.begin() as conn:
-            conn.exec_driver_sql("DROP TABLE IF EXISTS redteam_queued_deferred")
-        scratch_metadata.drop_all(database.engine)
-        database.dispose()
 
 
 def _names_elsewhere(db: Database) -> list[str]:

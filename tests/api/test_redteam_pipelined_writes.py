@@ -31,35 +31,19 @@ from dockyard.registry.services.upload_sessions import CLOSED
 from tests.support.images import make_image
 from tests.support.polling import eventually
 from tests.support.registry import error_codes, push_blob, push_image
+from tests.support.scratch import INSERT, NAMES, RENAME, scratch, scratch_database
 
 REPO = "redteam/pipelined"
 
-scratch_metadata = sa.MetaData()
-scratch = sa.Table(
-    "redteam_pipeline_scratch",
-    scratch_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("name", sa.String(64), nullable=False, unique=True),
-)
-INSERT = scratch.insert()
-RENAME = scratch.update().where(scratch.c.name == sa.bindparam("old")).values(name=sa.bindparam("new"))
-NAMES = sa.select(scratch.c.name).order_by(scratch.c.name)
-
-
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
-    database = Database(database_url, pool_size=1)
-    scratch_metadata.create_all(database.engine)
-    try:
+    cleanup = (
+        "DROP TRIGGER IF EXISTS redteam_fail ON redteam_scratch",
+        "DROP FUNCTION IF EXISTS redteam_fail_once()",
+        "DROP SEQUENCE IF EXISTS redteam_attempts",
+    )
+    with scratch_database(database_url, postgresql_cleanup=cleanup) as database:
         yield database
-    finally:
-        with database.engine.begin() as conn:
-            if not database.is_sqlite:
-                conn.exec_driver_sql("DROP TRIGGER IF EXISTS redteam_fail ON redteam_pipeline_scratch")
-                conn.exec_driver_sql("DROP FUNCTION IF EXISTS redteam_fail_once()")
-                conn.exec_driver_sql("DROP SEQUENCE IF EXISTS redteam_attempts")
-        scratch_metadata.drop_all(database.engine)
-        database.dispose()
 
 
 def _install_failing_trigger(conn: sa.Connection, table: str, sqlstate: str, *, once: bool) -> None:
@@ -210,7 +194,7 @@ def _deadlock_rounds(db: Database, shape: str, rounds: int) -> list[tuple[int, s
     for round_ in range(rounds):
         with db.engine.begin() as conn:
             conn.execute(scratch.delete())
-            _install_failing_trigger(conn, "redteam_pipeline_scratch", "40P01", once=True)
+            _install_failing_trigger(conn, "redteam_scratch", "40P01", once=True)
         calls: list[int] = []
 
         def work(conn: sa.Connection, calls: list[int] = calls) -> None:
@@ -230,7 +214,7 @@ def _deadlock_rounds(db: Database, shape: str, rounds: int) -> list[tuple[int, s
             with db.read() as conn:
                 assert [row.name for row in prepared.rows(conn, NAMES)] == ["attempt2"]
         finally:
-            _drop_failing_trigger(db, "redteam_pipeline_scratch")
+            _drop_failing_trigger(db, "redteam_scratch")
         _assert_clean_connection(db)
     return not_retried
 
@@ -258,7 +242,7 @@ def test_closed_a_deadlock_of_a_deferred_statement_is_not_always_retried(db):
 @pytest.mark.postgresql_only
 def test_refused_a_non_retryable_deferred_error_is_raised_once_not_retried(db):
     with db.engine.begin() as conn:
-        _install_failing_trigger(conn, "redteam_pipeline_scratch", "P0001", once=False)
+        _install_failing_trigger(conn, "redteam_scratch", "P0001", once=False)
     calls = []
 
     def work(conn: sa.Connection) -> None:
@@ -269,7 +253,7 @@ def test_refused_a_non_retryable_deferred_error_is_raised_once_not_retried(db):
         db.run_write(work, pipelined=True)
     assert len(calls) == 1
     assert _firings(db) == 1
-    _drop_failing_trigger(db, "redteam_pipeline_scratch")
+    _drop_failing_trigger(db, "redteam_scratch")
     _assert_clean_connection(db)
     with db.read() as conn:
         assert prepared.rows(conn, NAMES) == []
