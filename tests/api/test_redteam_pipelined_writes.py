@@ -35,6 +35,7 @@ from tests.support.scratch import INSERT, NAMES, RENAME, scratch, scratch_databa
 
 REPO = "redteam/pipelined"
 
+
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
     cleanup = (
