@@ -353,9 +353,9 @@ class Database:
         A process crash loses nothing either way.
 
         ``pipelined`` (PostgreSQL; nothing on SQLite): the transaction runs in the driver's
-        pipeline mode. Its BEGIN goes with its first statement, and statements run with
-        ``prepared.execute_later`` go with the next one that waits for an answer (or the
-        COMMIT): one round trip each saved. Every other statement waits for its answer as usual.
+        pipeline mode and sends its own BEGIN and COMMIT (``_pipelined``). Statements ``prepared``
+        runs wait in the driver's buffer until one needs an answer (or the COMMIT goes): one round
+        trip each saved. A statement SQLAlchemy runs itself waits for its answer as usual.
         """
         if pipelined and not self.is_sqlite:
             with self.engine.connect() as plain:

@@ -14,7 +14,7 @@ Garbage collection deletes bytes only after bumping a generation (marking a row,
 unrecorded object with a new row of generation 1), so a live row whose generation is the one
 seen (0 when there was no row: a concurrent push recorded it) was never marked in between.
 
-A linker may skip the read and assume there was no row (``ASSUMED_NEW``, a closing PUT's usual
+A linker may skip the read and assume there was no row (``assume_new``, a closing PUT's usual
 case: a new blob). Its transaction then links only if its own insert creates the row; any row
 found raises ``NotNew``, and the linker starts over with the read. That is as safe as reading:
 collection deletes bytes only under a row ('deleting', then 'gone'), and the only way a row
@@ -43,7 +43,7 @@ GONE = "gone"
 #: Seconds a client is told to wait before pushing a blob garbage collection is deleting.
 RETRY_AFTER = 5
 
-#: How long after its store commit a linker may rely on ``ASSUMED_NEW``, in seconds: far less than
+#: How long after its store commit a linker may rely on ``assume_new``, in seconds: far less than
 #: the day a tombstone is kept (``lifecycle.services.gc.TOMBSTONE_SECONDS``).
 ASSUMED_FOR = 3600.0
 
