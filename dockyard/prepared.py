@@ -167,14 +167,15 @@ def queue_command(driver: Any, command: bytes) -> None:
         _hand_over(driver)
 
 
-def _executed(conn: Connection, sql: str, arguments: Any, *, many: bool = False) -> Any:
-    """A cursor of the connection's driver that has run (or, in pipeline mode, sent) ``sql``:
-    listeners told; an error raised as SQLAlchemy raises it, the cursor closed."""
+def _executed(conn: Connection, sql: str, arguments: Any, *, queued: bool, many: bool = False) -> Any:
+    """A cursor of the connection's driver that has run ``sql`` (or, ``queued``: the connection is
+    in pipeline mode, queued it): listeners told; an error raised as SQLAlchemy raises it, the
+    cursor closed."""
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         if conn._has_events or conn.engine._has_events:
             conn.dispatch.before_cursor_execute(conn, cursor, sql, arguments, None, many)
-        if pipelined(conn):
+        if queued:
             for each in arguments if many else (arguments,):
                 _queue(cursor, sql, each)
         elif many:
@@ -206,11 +207,12 @@ def _on_cursor(
     does a row count, unless ``later`` (the caller needs neither: its answer, or its error, comes
     with the next statement that waits, or the commit)."""
     driver: Any = conn.connection.dbapi_connection
-    cursor = _executed(conn, sql, arguments, many=many)
+    queued = pipelined(conn)
+    cursor = _executed(conn, sql, arguments, queued=queued, many=many)
     try:
         if many:
-            return [], -1 if pipelined(conn) else cursor.rowcount
-        if pipelined(conn):
+            return [], -1 if queued else cursor.rowcount
+        if queued:
             if returns_rows:
                 return (cursor.fetchmany(limit) if limit else cursor.fetchall()), cursor.rowcount
             if later:
@@ -302,7 +304,7 @@ def send(conn: Connection, statement: sa.Executable, params: Mapping[str, Any]) 
         raise ValueError(f"send is for statements that return rows: {sql}")
     if not pipelined(conn):
         return Sent.answered(_converted(plan, _on_cursor(conn, sql, arguments)[0]))
-    return Sent(conn, plan, sql, arguments, _executed(conn, sql, arguments))
+    return Sent(conn, plan, sql, arguments, _executed(conn, sql, arguments, queued=True))
 
 
 def rows(conn: Connection, statement: sa.Executable, params: Mapping[str, Any] | None = None) -> list[Any]:
