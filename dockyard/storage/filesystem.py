@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -43,6 +44,22 @@ def _space(what: str) -> Iterator[None]:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StorageFull(f"no space left on the blob store for {what}") from exc
         raise
+
+
+def _process_token() -> str:
+    return f"{os.getpid()}-{os.urandom(6).hex()}"
+
+
+def _write_synced(fd: int, data: bytes) -> None:
+    """Write ``data`` to the new file ``fd``, sync it and close it: a few system calls and no
+    buffered file object, as each call hands the interpreter lock to another thread and back."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -115,6 +132,8 @@ class FilesystemBlobStore:
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._uploads.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
+        self._process_token = _process_token()  # with the serial, names put's temporary files
+        self._serials = itertools.count()
 
     def __repr__(self) -> str:
         return f"FilesystemBlobStore({str(self.root)!r})"
@@ -190,18 +209,26 @@ class FilesystemBlobStore:
         target = self._blob_path(digest)
         if target.exists():
             return
-        temporary = self._uploads / f"put-{os.getpid()}-{id(data)}-{os.urandom(6).hex()}"
-        try:
-            with _space(f"blob {digest}"):
-                with temporary.open("wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+        with _space(f"blob {digest}"):
+            temporary, fd = self._new_temporary()
+            try:
+                _write_synced(fd, data)
                 self._install(temporary, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-            raise
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    temporary.unlink()
+                raise
+
+    def _new_temporary(self) -> tuple[Path, int]:
+        """A new file under uploads/ for ``put``, open for writing (created with O_EXCL: a name
+        another process holds, as a forked child that kept its parent's token would, is never
+        opened; the token is renewed and the next name tried)."""
+        while True:
+            path = self._uploads / f"put-{self._process_token}-{next(self._serials)}"
+            try:
+                return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except FileExistsError:
+                self._process_token = _process_token()
 
     def delete(self, digest: str, *, location: str | None = None) -> bool:
         try:
