@@ -106,12 +106,22 @@ def stop_with_supervisor(supervisor: int, *, grace: float) -> None:
     SUPERVISOR_POLL_SECONDS and does the same.
     """
     _set_death_signal(signal.SIGKILL)
-    # `kill -USR2 <worker>` prints every thread's stack to stderr, from C: it needs no GIL, so it
-    # also shows where a worker that stopped answering is stuck.
-    faulthandler.register(signal.SIGUSR2, all_threads=True)
+    signal.signal(signal.SIGUSR2, _print_stacks)
     threading.Thread(
         target=_watch_supervisor, args=(supervisor, grace), name="dockyard-supervisor-watch", daemon=True
     ).start()
+
+
+def _print_stacks(signum: int, frame: object) -> None:
+    """``kill -USR2 <worker>``: print every thread's stack to stderr.
+
+    A Python-level handler: it runs in the main thread (the event loop's) holding the interpreter
+    lock, so no other thread's frames change while they are read. faulthandler's own C-level
+    handler reads them without the lock and can crash a worker that is busy in several threads.
+    The loop wakes for a signal however idle it is, and a main thread blocked in a call that
+    the signal interrupts runs the handler too; one stuck in native code that holds the lock
+    does not."""
+    faulthandler.dump_traceback(all_threads=True)
 
 
 def drain_when_supervisor_dies() -> None:

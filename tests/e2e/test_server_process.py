@@ -7,13 +7,17 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.e2e.support import ADMIN, DockyardServer, clean_environment, dockyard_command, wait_for
+from tests.support.images import make_image
+from tests.support.registry import push_image
 
 pytestmark = pytest.mark.e2e
 
@@ -158,10 +162,7 @@ def test_workers_still_booting_exit_when_the_supervisor_is_killed(
 def test_sigusr2_prints_a_worker_stacks_and_it_keeps_serving(
     start_server: Callable[..., DockyardServer], tmp_path: Path
 ) -> None:
-    # No job runtime in the worker: faulthandler reads other threads' frames without the GIL, and
-    # a thread running Python meanwhile (the runtime's start-up jobs) can crash the dump and the
-    # worker with it (seen once in CI). docs/configuration.md says so.
-    server = start_server(data_dir=tmp_path / "data", env={"DOCKYARD_RUN_WORKER": "false"})
+    server = start_server(data_dir=tmp_path / "data")
     assert server.proc is not None
     worker = wait_for(lambda: children(server.proc.pid), timeout=10, what="the worker")
     assert isinstance(worker, list)
@@ -172,6 +173,46 @@ def test_sigusr2_prints_a_worker_stacks_and_it_keeps_serving(
     wait_for(lambda: "in _watch_supervisor" in server.stderr(), timeout=10, what="the worker's stacks")
     with httpx.Client(base_url=server.url, auth=ADMIN, timeout=10) as http:
         assert http.get("/v2/").status_code == 200
+    assert alive(worker[0])
+
+
+def test_sigusr2_on_a_worker_busy_in_many_threads_loses_no_request(
+    start_server: Callable[..., DockyardServer], tmp_path: Path
+) -> None:
+    """The stacks are read holding the interpreter lock: a worker pushing in several threads,
+    with its job runtime running, is dumped again and again and answers every push."""
+    server = start_server(data_dir=tmp_path / "data")
+    assert server.proc is not None
+    worker = wait_for(lambda: children(server.proc.pid), timeout=10, what="the worker")
+    assert isinstance(worker, list)
+    stop = threading.Event()
+
+    def push(client: int) -> int:
+        pushed = 0
+        with httpx.Client(base_url=server.url, auth=ADMIN, timeout=30) as http:
+            while not stop.is_set() or pushed == 0:
+                push_image(http, f"busy/app{client}", make_image(f"busy-{client}-{pushed}"), tag=f"v{pushed}")
+                pushed += 1
+        return pushed
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        pushers = [pool.submit(push, client) for client in range(4)]
+        try:
+            for dumps in range(1, 16):
+                os.kill(worker[0], signal.SIGUSR2)
+                wait_for(
+                    lambda: server.stderr().count("Current thread") >= dumps,  # noqa: B023
+                    timeout=10,
+                    what=f"dump {dumps}",
+                )
+        finally:
+            stop.set()
+        pushed = [pusher.result() for pusher in pushers]
+    assert all(count > 0 for count in pushed)
+    assert server.stderr().count("Current thread") == 15
+    # Every thread's stack in each dump, not only the main thread's.
+    assert server.stderr().count("(most recent call first)") >= 15 * 3
+    assert server.stderr().count("in _watch_supervisor") == 15
     assert alive(worker[0])
 
 
