@@ -133,6 +133,7 @@ class Meter:
         self.store = store  # the object store behind the server: its CPU is not "other load"
         self.database = database  # Dockyard's PostgreSQL (with --postgres): nor is its CPU
         self.elapsed = self.server_cpu = self.other_load = self.store_cpu = self.database_cpu = 0.0
+        self.client_cpu = 0.0  # this benchmark's own CPU: the load generators' share of the machine
 
     def __enter__(self) -> Meter:
         self._store_cpu = self.store.tree.cpu_seconds() if self.store else 0.0
@@ -150,7 +151,8 @@ class Meter:
             self.store_cpu = self.store.tree.cpu_seconds() - self._store_cpu
         if self.database is not None:
             self.database_cpu = self.database.cpu_seconds() - self._database_cpu
-        mine = self.server_cpu + self.store_cpu + self.database_cpu + own_cpu_seconds() - self._own
+        self.client_cpu = own_cpu_seconds() - self._own
+        mine = self.server_cpu + self.store_cpu + self.database_cpu + self.client_cpu
         other = machine_busy_seconds() - self._busy - mine
         self.other_load = max(other, 0.0) / (self.elapsed * (os.cpu_count() or 1))
         if self.elapsed >= MIN_METERED:  # shorter ones are mostly CPU-tick rounding
