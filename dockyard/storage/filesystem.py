@@ -50,13 +50,17 @@ def _process_token() -> str:
     return f"{os.getpid()}-{os.urandom(6).hex()}"
 
 
-def _write_synced(fd: int, data: bytes) -> None:
-    """Write ``data`` to the new file ``fd``, sync it and close it: a few system calls and no
-    buffered file object, as each call hands the interpreter lock to another thread and back."""
+def _write_synced(fd: int, data: bytes, path: Path) -> None:
+    """Write ``data`` to the new file ``fd`` (at ``path``), sync it and close it: a few system
+    calls and no buffered file object, as each call hands the interpreter lock to another thread
+    and back."""
     try:
-        view = memoryview(data)
+        view = memoryview(data).cast("B")
         while view:
-            view = view[os.write(fd, view) :]
+            written = os.write(fd, view)
+            if not written:
+                raise StorageError(f"short write to {path}")
+            view = view[written:]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -212,12 +216,15 @@ class FilesystemBlobStore:
         with _space(f"blob {digest}"):
             temporary, fd = self._new_temporary()
             try:
-                _write_synced(fd, data)
-                self._install(temporary, target)
+                _write_synced(fd, data, temporary)
+                self._ensure_dir(target.parent)
+                os.replace(temporary, target)
             except BaseException:
+                # Only before the rename: after it the name is free, and may be another process's.
                 with contextlib.suppress(FileNotFoundError):
                     temporary.unlink()
                 raise
+            _fsync_dir(target.parent)
 
     def _new_temporary(self) -> tuple[Path, int]:
         """A new file under uploads/ for ``put``, open for writing (created with O_EXCL: a name
