@@ -107,6 +107,9 @@ def stop_with_supervisor(supervisor: int, *, grace: float) -> None:
     """
     _set_death_signal(signal.SIGKILL)
     signal.signal(signal.SIGUSR2, _print_stacks)
+    # SA_RESTART: a system call the signal interrupts in a native thread (granian's, libpq's)
+    # resumes, as under faulthandler's handler, rather than failing with EINTR.
+    signal.siginterrupt(signal.SIGUSR2, False)
     threading.Thread(
         target=_watch_supervisor, args=(supervisor, grace), name="dockyard-supervisor-watch", daemon=True
     ).start()
@@ -118,9 +121,9 @@ def _print_stacks(signum: int, frame: object) -> None:
     A Python-level handler: it runs in the main thread (the event loop's) holding the interpreter
     lock, so no other thread's frames change while they are read. faulthandler's own C-level
     handler reads them without the lock and can crash a worker that is busy in several threads.
-    The loop wakes for a signal however idle it is, and a main thread blocked in a call that
-    the signal interrupts runs the handler too; one stuck in native code that holds the lock
-    does not."""
+    The loop wakes for a signal however idle it is, and a main thread blocked in a wait (a lock,
+    poll, sleep: calls the kernel never restarts) runs the handler too; one stuck in native code
+    that holds the lock does not."""
     faulthandler.dump_traceback(all_threads=True)
 
 
