@@ -106,13 +106,23 @@ def stop_with_supervisor(supervisor: int, *, grace: float) -> None:
     SUPERVISOR_POLL_SECONDS and does the same.
     """
     _set_death_signal(signal.SIGKILL)
-    signal.signal(signal.SIGUSR2, _print_stacks)
-    # SA_RESTART: a system call the signal interrupts in a native thread (granian's, libpq's)
-    # resumes, as under faulthandler's handler, rather than failing with EINTR.
-    signal.siginterrupt(signal.SIGUSR2, False)
+    print_stacks_on_sigusr2(restart=True)
     threading.Thread(
         target=_watch_supervisor, args=(supervisor, grace), name="dockyard-supervisor-watch", daemon=True
     ).start()
+
+
+def print_stacks_on_sigusr2(*, restart: bool) -> None:
+    """``kill -USR2`` prints this process's stacks (``_print_stacks``) instead of ending it.
+    Call it from the main thread.
+
+    ``restart`` (SA_RESTART): a system call the signal interrupts in a native thread (granian's,
+    libpq's) resumes rather than failing with EINTR; for a worker, whose main thread waits in
+    epoll, which the signal interrupts anyway. The supervisor's main thread waits on a lock,
+    which the kernel would restart: there the signal must interrupt it for the handler to run.
+    """
+    signal.signal(signal.SIGUSR2, _print_stacks)
+    signal.siginterrupt(signal.SIGUSR2, not restart)
 
 
 def _print_stacks(signum: int, frame: object) -> None:
@@ -387,6 +397,7 @@ def supervise(plan: dict[str, Any]) -> None:
     # supervisor killed while a worker still boots (or imports the app) must not leave it orphaned.
     supervisor, grace = os.getpid(), plan["shutdown_timeout"]
     os.register_at_fork(after_in_child=lambda: stop_with_supervisor(supervisor, grace=grace))
+    print_stacks_on_sigusr2(restart=False)  # a USR2 sent to every process of the server must not end it
     try:
         server.serve(target_loader=loader)
     finally:

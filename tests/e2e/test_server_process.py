@@ -176,6 +176,22 @@ def test_sigusr2_prints_a_worker_stacks_and_it_keeps_serving(
     assert alive(worker[0])
 
 
+def test_sigusr2_to_the_supervisor_prints_its_stacks_and_the_server_keeps_serving(
+    start_server: Callable[..., DockyardServer], tmp_path: Path
+) -> None:
+    """A USR2 sent to every process of the server (``pkill -USR2 -f dockyard``) ends none."""
+    server = start_server(data_dir=tmp_path / "data")
+    assert server.proc is not None
+    worker = wait_for(lambda: children(server.proc.pid), timeout=10, what="the worker")
+    assert isinstance(worker, list)
+    os.kill(server.proc.pid, signal.SIGUSR2)
+    wait_for(lambda: "in serve" in server.stderr(), timeout=10, what="the supervisor's stacks")
+    with httpx.Client(base_url=server.url, auth=ADMIN, timeout=10) as http:
+        assert http.get("/v2/").status_code == 200
+    assert server.proc.poll() is None
+    assert alive(worker[0])
+
+
 def test_sigusr2_on_a_worker_busy_in_many_threads_loses_no_request(
     start_server: Callable[..., DockyardServer], tmp_path: Path
 ) -> None:
