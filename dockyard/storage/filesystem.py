@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import re
@@ -50,17 +51,22 @@ def _process_token() -> str:
     return f"{os.getpid()}-{os.urandom(6).hex()}"
 
 
+def _write_all(write: Callable[[memoryview], int | None], data: bytes, path: Path) -> None:
+    """Call ``write`` until every byte of ``data`` is written (``path`` names the file)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = write(view)
+        if not written:
+            raise StorageError(f"short write to {path}")
+        view = view[written:]
+
+
 def _write_synced(fd: int, data: bytes, path: Path) -> None:
     """Write ``data`` to the new file ``fd`` (at ``path``), sync it and close it: a few system
     calls and no buffered file object, as each call hands the interpreter lock to another thread
     and back."""
     try:
-        view = memoryview(data).cast("B")
-        while view:
-            written = os.write(fd, view)
-            if not written:
-                raise StorageError(f"short write to {path}")
-            view = view[written:]
+        _write_all(functools.partial(os.write, fd), data, path)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -106,13 +112,8 @@ class FilesystemUploadWriter:
         self._file.seek(offset)
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
         with _space(f"upload {self._path.name}"):
-            while view:
-                written = self._file.write(view)
-                if not written:
-                    raise StorageError(f"short write to {self._path}")
-                view = view[written:]
+            _write_all(self._file.write, data, self._path)
 
     def close(self) -> str:
         self._file.close()
@@ -205,9 +206,13 @@ class FilesystemBlobStore:
 
     def _install(self, source: Path, target: Path) -> None:
         """Atomically move a synced file into place and make the rename durable."""
+        self._move_into_place(source, target)
+        _fsync_dir(target.parent)
+
+    def _move_into_place(self, source: Path, target: Path) -> None:
+        """``_install``'s rename, not yet durable (its directory not synced)."""
         self._ensure_dir(target.parent)
         os.replace(source, target)
-        _fsync_dir(target.parent)
 
     def put(self, digest: str, data: bytes) -> None:
         target = self._blob_path(digest)
@@ -217,8 +222,7 @@ class FilesystemBlobStore:
             temporary, fd = self._new_temporary()
             try:
                 _write_synced(fd, data, temporary)
-                self._ensure_dir(target.parent)
-                os.replace(temporary, target)
+                self._move_into_place(temporary, target)
             except BaseException:
                 # Only before the rename: after it the name is free, and may be another process's.
                 with contextlib.suppress(FileNotFoundError):
