@@ -159,13 +159,21 @@ def test_workers_still_booting_exit_when_the_supervisor_is_killed(
     wait_for_exit(server, workers, "booting workers to exit")
 
 
+def started_with_workers(
+    start_server: Callable[..., DockyardServer], tmp_path: Path
+) -> tuple[DockyardServer, list[int]]:
+    """A server on its default settings, and the PIDs of its workers once they run."""
+    server = start_server(data_dir=tmp_path / "data")
+    assert server.proc is not None
+    workers = wait_for(lambda: children(server.proc.pid), timeout=10, what="the worker")
+    assert isinstance(workers, list)
+    return server, workers
+
+
 def test_sigusr2_prints_a_worker_stacks_and_it_keeps_serving(
     start_server: Callable[..., DockyardServer], tmp_path: Path
 ) -> None:
-    server = start_server(data_dir=tmp_path / "data")
-    assert server.proc is not None
-    worker = wait_for(lambda: children(server.proc.pid), timeout=10, what="the worker")
-    assert isinstance(worker, list)
+    server, worker = started_with_workers(start_server, tmp_path)
     assert len(worker) == 1
     assert "most recent call first" not in server.stderr()
     os.kill(worker[0], signal.SIGUSR2)
@@ -180,10 +188,7 @@ def test_sigusr2_to_the_supervisor_prints_its_stacks_and_the_server_keeps_servin
     start_server: Callable[..., DockyardServer], tmp_path: Path
 ) -> None:
     """A USR2 sent to every process of the server (``pkill -USR2 -f dockyard``) ends none."""
-    server = start_server(data_dir=tmp_path / "data")
-    assert server.proc is not None
-    worker = wait_for(lambda: children(server.proc.pid), timeout=10, what="the worker")
-    assert isinstance(worker, list)
+    server, worker = started_with_workers(start_server, tmp_path)
     os.kill(server.proc.pid, signal.SIGUSR2)
     wait_for(lambda: "in serve" in server.stderr(), timeout=10, what="the supervisor's stacks")
     with httpx.Client(base_url=server.url, auth=ADMIN, timeout=10) as http:
@@ -197,10 +202,7 @@ def test_sigusr2_on_a_worker_busy_in_many_threads_loses_no_request(
 ) -> None:
     """The stacks are read holding the interpreter lock: a worker pushing in several threads,
     with its job runtime running, is dumped again and again and answers every push."""
-    server = start_server(data_dir=tmp_path / "data")
-    assert server.proc is not None
-    worker = wait_for(lambda: children(server.proc.pid), timeout=10, what="the worker")
-    assert isinstance(worker, list)
+    server, worker = started_with_workers(start_server, tmp_path)
     stop = threading.Event()
 
     def push(client: int) -> int:
