@@ -17,7 +17,7 @@ from registry import (
     push_scope,
     sha256_digest,
 )
-from report import Target, log_figure
+from report import Figure, Target, log_figure
 
 
 def populate(bench: Bench) -> None:
@@ -130,3 +130,31 @@ def listings(bench: Bench) -> None:
         bench.notes.append(f"catalog sizes differ: {counts}")
     for figure in (tags, tags_cpu, catalog, catalog_cpu, *([catalog_requests] if catalog_requests else [])):
         log_figure(figure)
+    log_figure(first_request(bench))
+
+
+#: Seconds each server sits idle before ``first_request`` times a request, the same for every server.
+IDLE_PAUSE = 0.2
+
+
+def first_request(bench: Bench) -> Figure:
+    """``GET /v2/`` on a new connection after ``IDLE_PAUSE``: the floor under the listings above.
+
+    Each listing is the first request a server gets after the other server's work, and on a
+    virtual machine whose idle vCPUs halt, waking the server's threads costs about a
+    millisecond whatever the server does. This figure shows that cost for each server
+    (a 2-byte or 401-sized answer), so a listing's time can be read against it.
+    Measured after the listings, so it cannot warm them up.
+    """
+    p = bench.profile
+    figure = bench.figure("first_request", "first request after a pause (GET /v2/)", "ms")
+    for rep in range(p.listing_reps):
+        for server in bench.order(rep, bench.registries):
+            client = bench.client(server)
+            bench.fetch_token(server, [])
+            time.sleep(IDLE_PAUSE)  # the measured condition: an idle server, not synchronisation
+            with bench.meter(server) as meter:
+                client.request("GET", "/v2/")
+            client.close()
+            figure.add(server.name, meter.elapsed * 1000)
+    return figure
