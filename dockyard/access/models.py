@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
-from dockyard.db import BIGINT, TIMESTAMP, metadata
+from dockyard.db import BIGINT, TIMESTAMP, metadata, per_dialect
 
 #: Everyone who can sign in: the admin user, users, service principals and repository-scoped tokens.
 identities = sa.Table(
@@ -83,6 +85,18 @@ registry_settings = sa.Table(
     sa.Column("value", sa.JSON, nullable=False),
     sa.Column("updated_at", TIMESTAMP, nullable=False),
 )
+
+
+def _upsert_setting(insert: Any) -> Any:
+    statement = insert(registry_settings)
+    return statement.on_conflict_do_update(
+        index_elements=["key"],
+        set_={"value": statement.excluded.value, "updated_at": statement.excluded.updated_at},
+    )
+
+
+#: Set one registry setting (``key``, ``value``, ``updated_at``), per dialect.
+UPSERT_SETTING = per_dialect(_upsert_setting)
 
 #: Sign-ins, failures and changes to access, newest last.
 audit_events = sa.Table(

@@ -473,11 +473,13 @@ def test_the_rooms_register_their_work_and_upload_expiry_runs_as_a_schedule(dock
         "builds.timers",
         "builds.base-poll",
         "builds.prune",
+        "tiers.read-stored-bytes",
     }
-    assert runtime.run_due() == 13 + len(on_postgresql)
+    assert runtime.run_due() == 14 + len(on_postgresql)
     assert (
         runtime.run_due() == 0
-    )  # next due in an hour (ten minutes for uploads, five for retention, a minute for purges)
+    )  # next due in an hour (ten minutes for uploads, five for retention, a minute for purges, 5 s
+    # for the stored bytes)
     with dockyard.db.read() as conn:
         statuses = set(conn.execute(sa.text("SELECT last_status FROM schedules")).scalars())
     assert statuses == {"succeeded"}

@@ -10,13 +10,12 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
 
-from dockyard.access.models import registry_settings
+from dockyard.access.models import UPSERT_SETTING, registry_settings
 from dockyard.db import Database, per_dialect, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.tiers.services import SKU_KEY, TierService, limit_exceeded
@@ -27,15 +26,6 @@ CACHE_SECONDS = 5.0
 DEFAULT_ACTIONS = ("Allow", "Deny")
 
 
-def _upsert_setting(insert: Callable[[sa.Table], Any]) -> Any:
-    statement = insert(registry_settings)
-    return statement.on_conflict_do_update(
-        index_elements=["key"],
-        set_={"value": statement.excluded.value, "updated_at": statement.excluded.updated_at},
-    )
-
-
-UPSERT_SETTING = per_dialect(_upsert_setting)
 INSERT_SETTING_IF_MISSING = per_dialect(
     lambda insert: insert(registry_settings).on_conflict_do_nothing(index_elements=["key"])
 )
