@@ -97,6 +97,10 @@ def _upsert_setting(insert: Any) -> Any:
 
 #: Set one registry setting (``key``, ``value``, ``updated_at``), per dialect.
 UPSERT_SETTING = per_dialect(_upsert_setting)
+#: Set one registry setting unless it has a value already, per dialect.
+INSERT_SETTING_IF_MISSING = per_dialect(
+    lambda insert: insert(registry_settings).on_conflict_do_nothing(index_elements=["key"])
+)
 
 #: Sign-ins, failures and changes to access, newest last.
 audit_events = sa.Table(

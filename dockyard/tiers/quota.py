@@ -1,16 +1,17 @@
 """The storage quota: pushes of new blobs stop once the registry stores its tier's ``storage_bytes``.
 
 The stored-bytes figure (each live blob once, plus each distinct manifest, as ``show-usage``
-counts) is not summed on every commit. It is read by scanning the blobs and manifests, and the
-reading is shared: whoever scans writes it to one ``registry_settings`` row (``READING_KEY``),
-and every process adopts that row while it is fresh. A reading stays fresh for ``cache_seconds``,
-or ``COST_FACTOR`` times what the scan took if that is longer, so on a large registry scans are
-spaced out to keep them a small share of the database's time. A schedule of the job runtime
-scans once per registry when the reading has run out; a process that finds no fresh reading
-(no job runtime anywhere, or a ``forget``) scans itself. Each process re-reads the row every
-``cache_seconds`` and adds the blobs it committed itself in between. So the registry passes the
-quota by at most what its processes commit within one interval (docs/tiers.md). Freed space
-(a delete, then garbage collection) is seen within one interval as well.
+counts) is not summed on every commit but read by a scan, and the registry shares one reading
+(``dockyard.tiers.reading``): whoever scans writes it to a ``registry_settings`` row, and every
+process uses that row while it is fresh. A reading is trusted for ``cache_seconds``, or
+``COST_FACTOR`` times what its scan took if that is longer (at most ``MAX_TRUST_SECONDS``), so on
+a large registry scans stay a small share of the database's time. A schedule of the job runtime
+(``refresh``) scans once per registry a little before the reading runs out; a process that finds
+no usable reading (no job runtime anywhere, a ``forget``) scans itself and shares what it read.
+A process re-reads the row every ``cache_seconds`` and adds the blobs it committed itself since
+the reading's scan started. So the registry passes the quota by at most what its processes commit
+within a reading's trust plus ``cache_seconds`` (docs/tiers.md); freed space (a delete, then
+garbage collection) is seen as soon.
 """
 
 from __future__ import annotations
@@ -20,83 +21,26 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
-from dockyard.access.models import UPSERT_SETTING, registry_settings
-from dockyard.db import Database, utcnow
+from dockyard.db import Database
 from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.tiers.reading import (
+    CLOCK_ALLOWANCE,
+    MAX_TRUST_SECONDS,
+    Reading,
+    SharedReading,
+)
 from dockyard.tiers.services import TierService, stored_bytes
 from dockyard.tiers.table import UNLIMITED, Tier
 
-#: How long one process trusts the stored-bytes figure it read (at least).
+#: How long a process uses the figure it has before it reads the shared row (or scans) again.
 QUOTA_CACHE_SECONDS = 5.0
-#: The figure is trusted for this many times as long as reading it took, if that is longer.
-COST_FACTOR = 50
-#: The ``registry_settings`` row that holds the last reading, for every process of the registry.
-READING_KEY = "stored_bytes"
+#: This process's own commits are kept (to add to a reading) at most this long.
+COMMITS_KEPT_SECONDS = MAX_TRUST_SECONDS + 2 * QUOTA_CACHE_SECONDS + CLOCK_ALLOWANCE
 
 log = logging.getLogger(__name__)
-_READ_READING = sa.select(registry_settings.c.value).where(registry_settings.c.key == READING_KEY)
-
-
-@dataclass(frozen=True)
-class Reading:
-    """One scan of the stored bytes: the figure, when the scan ended (wall clock), what it took."""
-
-    used: int
-    at: float
-    took: float
-
-    def trusted_for(self, cache_seconds: float) -> float:
-        """How long after ``at`` the figure is used before the registry is scanned again."""
-        return max(cache_seconds, self.took * COST_FACTOR)
-
-
-class SharedReading:
-    """The last reading any process of the registry made, kept in ``registry_settings``."""
-
-    def __init__(self, db: Database, wall: Callable[[], float] = time.time) -> None:
-        self._db = db
-        self.wall = wall
-
-    def load(self) -> Reading | None:
-        """The row's reading (None if there is none or it does not parse)."""
-        with self._db.read() as conn:
-            value = conn.execute(_READ_READING).scalar()
-        return _parsed(value)
-
-    def fresh(self, cache_seconds: float) -> Reading | None:
-        """The row's reading while it is to be trusted, allowing one more ``cache_seconds`` for the
-        schedule to come round; None when it is older (or from a clock far ahead of this one)."""
-        reading = self.load()
-        if reading is None:
-            return None
-        age = self.age(reading)
-        return reading if -cache_seconds < age < reading.trusted_for(cache_seconds) + cache_seconds else None
-
-    def age(self, reading: Reading) -> float:
-        """Seconds since ``reading`` was made, by this process's clock."""
-        return self.wall() - reading.at
-
-    def save(self, reading: Reading) -> None:
-        """Make ``reading`` the registry's (bookkeeping: a power cut may lose it, a scan redoes it)."""
-        value = {"used": reading.used, "at": reading.at, "took": reading.took}
-        row = {"key": READING_KEY, "value": value, "updated_at": utcnow()}
-        self._db.run_write(lambda conn: conn.execute(UPSERT_SETTING[conn.dialect.name], row), durable=False)
-
-
-def _parsed(value: Any) -> Reading | None:
-    if not isinstance(value, dict):
-        return None
-    used, at, took = value.get("used"), value.get("at"), value.get("took")
-    if not isinstance(used, int) or isinstance(used, bool) or used < 0:
-        return None
-    if not all(isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in (at, took)):
-        return None
-    return Reading(used, float(at), float(took))  # type: ignore[arg-type]
 
 
 def _size(value: int) -> str:
@@ -109,7 +53,7 @@ def _size(value: int) -> str:
 class StorageQuota:
     """Refuses new blobs past the tier's storage limit (403 DENIED), from the registry's shared
     reading of its stored bytes (``shared``; None: this process's own scans only) and the blobs
-    this process committed since that reading."""
+    this process committed since that reading's scan started."""
 
     def __init__(
         self,
@@ -127,13 +71,14 @@ class StorageQuota:
         self._shared = shared
         self._wall = shared.wall if shared is not None else time.time
         self._lock = threading.Lock()
-        self._read: tuple[int, float] | None = None  # (stored bytes, when read)
-        self._reading_at: float | None = None  # the wall time of the reading in use
-        self._commits: deque[tuple[float, int]] = deque()  # (wall time, bytes) committed since it
+        self._read: tuple[int, float] | None = None  # (stored bytes, when adopted)
+        self._started: float | None = None  # when the scan of the reading in use started (wall)
+        self._commits: deque[tuple[float, int]] = deque()  # (wall time, bytes) committed since
         self._added = 0  # their sum
         self._interval = cache_seconds
         self._reading = False  # a thread of this process is reading the figure
         self._scan_next = False  # ``forget``: the next read scans, whatever the shared reading says
+        self._last_scan: tuple[float, Reading] | None = None  # (when, what) this process last scanned
 
     def _known(self) -> int | None:
         """The stored bytes from memory while the figure read is current (or being read again)."""
@@ -150,53 +95,88 @@ class StorageQuota:
                 return known
             self._reading, scan, self._scan_next = True, self._scan_next, False
         try:
-            reading = None if scan or self._shared is None else self._shared.fresh(self._cache_seconds)
-            if reading is None:
-                reading = self._scan()
+            shared = None if scan or self._shared is None else self._usable_row()
+            reading = self._scan() if shared is None else shared
         except BaseException:
             with self._lock:
                 self._reading, self._scan_next = False, self._scan_next or scan
             raise
         with self._lock:
             self._reading = False
-            self._adopt(reading)
-            return reading.used + self._added
+            self._adopt(reading, own=shared is None)
+            assert self._read is not None
+            return self._read[0] + self._added
+
+    def _usable_row(self) -> Reading | None:
+        """The shared reading while it may be used: its trust, and one ``cache_seconds`` more for
+        the schedule (which scans a ``cache_seconds`` early) to have replaced it."""
+        assert self._shared is not None
+        reading = self._shared.load()
+        if reading is None or not self._shared.usable(
+            reading, self._cache_seconds, spare=self._cache_seconds
+        ):
+            return None
+        return reading
 
     def _scan(self) -> Reading:
-        """Sum the stored bytes (a scan of every blob and manifest) and share the reading."""
+        """Sum the stored bytes (a scan of every blob and manifest) and share the reading; a failed
+        save is only logged (the next scan shares again)."""
         started = self._clock()
         with self._db.read() as conn:
             used = stored_bytes(conn)
-        reading = Reading(used, self._wall(), self._clock() - started)
+        ended = self._clock()
+        reading = Reading(used, self._wall(), ended - started)
+        self._last_scan = (ended, reading)
         if self._shared is not None:
-            self._shared.save(reading)
+            try:
+                self._shared.save(reading)
+            except (sa.exc.SQLAlchemyError, OSError) as exc:
+                log.warning("cannot share the stored-bytes reading: %s", str(exc).splitlines()[0])
         return reading
 
-    def _adopt(self, reading: Reading) -> None:
-        """Use ``reading`` from now on (the lock held): keep the commits it may not include, those
-        since its scan started, and trust it for ``cache_seconds`` (the shared row: a cheap read
-        then) or for what its scan cost (this process's own scans)."""
-        if reading.at != self._reading_at:
-            scan_started = reading.at - reading.took
-            while self._commits and self._commits[0][0] <= scan_started:
-                self._added -= self._commits.popleft()[1]
-            self._reading_at = reading.at
+    def _adopt(self, reading: Reading, *, own: bool) -> None:
+        """Use ``reading`` from now on (the lock held).
+
+        The commits it may not hold, those since its scan started, are kept; for another node's
+        reading the start is taken ``CLOCK_ALLOWANCE`` earlier (its clock may be ahead: a commit
+        then counts twice, never not at all). A reading older than the one in use (a race with the
+        schedule, a slow scan) is not taken: the one in use is kept for another interval. This
+        process's own scan is trusted for what it cost, as the shared row would be; the shared
+        row is read again every ``cache_seconds``, and not used past its trust and one more.
+        """
+        current, started = self._read, self._started
+        if not own and current is not None and started is not None and reading.started < started:
+            self._read, self._interval = (current[0], self._clock()), self._cache_seconds
+            return
+        since = reading.started if own else reading.started - CLOCK_ALLOWANCE
+        while self._commits and self._commits[0][0] <= since:
+            self._added -= self._commits.popleft()[1]
+        self._started = reading.started
         self._read = (reading.used, self._clock())
-        shared = self._shared is not None
-        self._interval = self._cache_seconds if shared else reading.trusted_for(self._cache_seconds)
+        trust = reading.trusted_for(self._cache_seconds)
+        if own or self._shared is None:
+            self._interval = trust
+        else:
+            left = trust + self._cache_seconds - self._shared.age(reading)
+            self._interval = max(0.0, min(self._cache_seconds, left))
 
     def refresh(self) -> None:
-        """The schedule's run (once per registry): scan when the shared reading has run out, so that
-        pushes find a fresh one. Nothing under an unlimited tier: no push asks for the figure."""
+        """The schedule's run (once per registry): scan when the shared reading has less than one
+        ``cache_seconds`` of trust left, so that pushes always find a usable one. Nothing under an
+        unlimited tier: no push asks for the figure."""
         if self._shared is None or self._tiers.current().storage_bytes == UNLIMITED:
             return
+        cache = self._cache_seconds
+        last = self._last_scan
+        if last is not None and self._clock() - last[0] < last[1].trusted_for(cache) - cache:
+            return  # this process scanned lately, whatever the row says (another node's clock)
         reading = self._shared.load()
-        if reading is not None and 0 <= self._shared.age(reading) < reading.trusted_for(self._cache_seconds):
+        if reading is not None and self._shared.usable(reading, cache, spare=-cache):
             return
         reading = self._scan()
         log.debug("stored bytes read again: %d bytes, %.3f s", reading.used, reading.took)
         with self._lock:
-            self._adopt(reading)
+            self._adopt(reading, own=True)
 
     def check_start(self) -> None:
         """Before an upload starts: refuse once the registry is at or past its quota."""
@@ -232,9 +212,16 @@ class StorageQuota:
                 raise self._denied(tier, used, size)
 
     def added(self, size: int) -> None:
-        """A new blob of ``size`` bytes was committed by this process."""
+        """A new blob of ``size`` bytes was committed by this process (kept to add to the next
+        reading; not under an unlimited tier)."""
+        tier = self._tiers.known()
+        if tier is not None and tier.storage_bytes == UNLIMITED:
+            return
         with self._lock:
-            self._commits.append((self._wall(), size))
+            now = self._wall()
+            while self._commits and self._commits[0][0] < now - COMMITS_KEPT_SECONDS:
+                self._added -= self._commits.popleft()[1]
+            self._commits.append((now, size))
             self._added += size
 
     def forget(self) -> None:

@@ -7,7 +7,8 @@ from typing import Any
 
 from dockyard.events.runtime import Runtime
 from dockyard.rooms import Dockyard, Kernel, Room
-from dockyard.tiers.quota import QUOTA_CACHE_SECONDS, SharedReading, StorageQuota
+from dockyard.tiers.quota import QUOTA_CACHE_SECONDS, StorageQuota
+from dockyard.tiers.reading import SharedReading
 from dockyard.tiers.services import TierService
 
 #: The schedule that reads the stored bytes again once per registry when the shared reading runs out.

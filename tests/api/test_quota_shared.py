@@ -1,17 +1,29 @@
-"""The stored-bytes reading is shared: one scan per registry, adopted by every process while fresh."""
+"""The stored-bytes reading is shared: one scan per registry, adopted by every process while fresh;
+and what an attacker tried against it: junk rows, failing saves, races, skewed clocks."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 
 import pytest
 import sqlalchemy as sa
 
 from dockyard.access.models import UPSERT_SETTING, registry_settings
 from dockyard.db import utcnow
+from dockyard.oci.errors import RegistryError
 from dockyard.registry.models import blobs
 from dockyard.tiers import quota as quota_module
-from dockyard.tiers.quota import COST_FACTOR, READING_KEY, SharedReading, StorageQuota
+from dockyard.tiers.quota import StorageQuota
+from dockyard.tiers.reading import (
+    CLOCK_ALLOWANCE,
+    COST_FACTOR,
+    MAX_TRUST_SECONDS,
+    READING_KEY,
+    Reading,
+    SharedReading,
+)
 from dockyard.tiers.room import STORED_BYTES_SCHEDULE
 from dockyard.tiers.services import TierService
 from tests.support.images import sha256
@@ -48,6 +60,24 @@ def scans(monkeypatch):
 
     monkeypatch.setattr(quota_module, "stored_bytes", counting)
     return counted
+
+
+@pytest.fixture
+def slow_scans(scans, monkeypatch):
+    """``slow_scans(took)``: clocks whose every scan (still counted) takes ``took`` seconds."""
+
+    def slow(took: float) -> Clocks:
+        clocks = Clocks()
+        counting = quota_module.stored_bytes
+
+        def scan(conn):
+            clocks.advance(took)
+            return counting(conn)
+
+        monkeypatch.setattr(quota_module, "stored_bytes", scan)
+        return clocks
+
+    return slow
 
 
 def process(dockyard, clocks: Clocks) -> StorageQuota:
@@ -105,26 +135,28 @@ def test_a_reading_past_its_trust_and_the_schedules_slack_is_scanned_again(docky
     assert saved(dockyard)["used"] == 700  # type: ignore[index]
 
 
-def test_a_slow_scan_is_trusted_for_longer(dockyard, scans, monkeypatch):
-    clocks = Clocks()
+def test_a_slow_scan_is_trusted_for_longer(dockyard, scans, slow_scans):
     took = 1.0
-    real = quota_module.stored_bytes  # the counting scan
-
-    def slow(conn):
-        clocks.advance(took)
-        return real(conn)
-
-    monkeypatch.setattr(quota_module, "stored_bytes", slow)
+    clocks = slow_scans(took)
     first, second = process(dockyard, clocks), process(dockyard, clocks)
     first.used()
     assert saved(dockyard)["took"] == took  # type: ignore[index]
     clocks.advance(took * COST_FACTOR + CACHE - 0.5)
     store_blob(dockyard, b"a", 700)
-    assert second.used() == 0  # still the slow scan's reading
+    assert second.used() == 0  # still the slow scan's reading, for 0.5 s more
     assert len(scans) == 1
-    clocks.advance(CACHE)  # second's memory runs out, and the reading's trust with its slack
+    clocks.advance(0.5)
     assert second.used() == 700
     assert len(scans) == 2
+
+
+def test_no_reading_is_trusted_longer_than_the_maximum(dockyard, scans, slow_scans):
+    clocks = slow_scans(3600.0)  # a scan an hour long would be trusted for 50 hours
+    first, second = process(dockyard, clocks), process(dockyard, clocks)
+    first.used()
+    store_blob(dockyard, b"a", 700)
+    clocks.advance(MAX_TRUST_SECONDS + CACHE)
+    assert second.used() == 700
 
 
 def test_this_process_keeps_the_commits_a_newer_reading_may_not_hold(dockyard, scans):
@@ -141,6 +173,51 @@ def test_this_process_keeps_the_commits_a_newer_reading_may_not_hold(dockyard, s
     clocks.advance(CACHE)
     assert mine.used() == 49  # the same reading read again keeps what was added since
     assert len(scans) == 2
+
+
+def test_a_commit_made_when_this_processs_scan_started_is_in_its_reading(dockyard, scans):
+    clocks = Clocks()
+    mine = process(dockyard, clocks)
+    mine.used()
+    store_blob(dockyard, b"a", 40)
+    mine.added(40)
+    mine.forget()
+    assert mine.used() == 40  # scans at the same wall time as the commit: not counted twice
+
+
+def test_a_commit_just_before_another_nodes_scan_counts_twice_never_not_at_all(dockyard, scans):
+    clocks = Clocks()
+    mine, other = process(dockyard, clocks), process(dockyard, clocks)
+    mine.used()
+    store_blob(dockyard, b"a", 40)
+    mine.added(40)
+    clocks.advance(CLOCK_ALLOWANCE - 0.1)  # other's clock might be this much ahead
+    other.forget()
+    assert other.used() == 40
+    clocks.mono += CACHE
+    assert mine.used() == 80  # kept: it might be after other's scan started
+    clocks.advance(0.2)
+    mine.added(1)  # later commits trim nothing older: the reading is the same
+    clocks.mono += CACHE
+    assert mine.used() == 81
+
+
+def test_forget_survives_a_failed_scan(dockyard, scans, monkeypatch):
+    clocks = Clocks()
+    first, second = process(dockyard, clocks), process(dockyard, clocks)
+    first.used()
+    store_blob(dockyard, b"a", 700)
+    second.forget()
+    real = quota_module.stored_bytes
+
+    def failing(conn):
+        raise sa.exc.OperationalError("SELECT", {}, Exception("database gone"))
+
+    monkeypatch.setattr(quota_module, "stored_bytes", failing)
+    with pytest.raises(sa.exc.OperationalError):
+        second.used()
+    monkeypatch.setattr(quota_module, "stored_bytes", real)
+    assert second.used() == 700  # scanned, not the shared reading from before the forget
 
 
 def test_forget_scans_whatever_the_shared_reading_says_and_shares_the_result(dockyard, scans):
@@ -167,6 +244,7 @@ def test_forget_scans_whatever_the_shared_reading_says_and_shares_the_result(doc
         {"used": True, "at": 1_000_000.0, "took": 0.0},
         {"used": 700, "at": None, "took": 0.0},
         {"used": 700, "at": 1_000_000.0, "took": -1},
+        {"used": 700, "at": 1_000_000.0, "took": True},
         {"used": 700},
     ],
 )
@@ -179,30 +257,105 @@ def test_a_row_that_does_not_parse_is_scanned_over(dockyard, scans, value):
     assert saved(dockyard) == {"used": 5, "at": clocks.wall, "took": 0.0}
 
 
-def test_a_reading_from_a_clock_far_ahead_is_not_trusted(dockyard, scans):
+def test_a_reading_from_a_clock_ahead_is_used_within_the_allowance_only(dockyard, scans):
     clocks = Clocks()
-    save_value(dockyard, {"used": 123, "at": clocks.wall + 10 * CACHE, "took": 0.0})
+    save_value(dockyard, {"used": 123, "at": clocks.wall + CLOCK_ALLOWANCE + 0.1, "took": 0.0})
     assert process(dockyard, clocks).used() == 0
     assert len(scans) == 1
-    save_value(dockyard, {"used": 123, "at": clocks.wall + CACHE / 2, "took": 0.0})  # skew within a period
+    save_value(dockyard, {"used": 123, "at": clocks.wall + CLOCK_ALLOWANCE - 0.1, "took": 0.0})
     assert process(dockyard, clocks).used() == 123
     assert len(scans) == 1
 
 
-def test_the_schedule_scans_only_when_the_reading_has_run_out(dockyard, scans):
+def test_the_schedule_scans_on_every_run_while_scans_are_cheap(dockyard, scans):
     clocks = Clocks()
     job, serving = process(dockyard, clocks), process(dockyard, clocks)
     job.refresh()
-    assert len(scans) == 1
-    clocks.advance(CACHE - 0.1)
-    job.refresh()
-    assert len(scans) == 1
     store_blob(dockyard, b"a", 700)
-    clocks.advance(0.2)
+    clocks.advance(CACHE)
     job.refresh()
     assert len(scans) == 2
     assert serving.used() == 700  # from the schedule's reading
     assert len(scans) == 2
+
+
+def test_the_schedule_scans_a_period_before_a_slow_scans_reading_runs_out(dockyard, scans, slow_scans):
+    clocks = slow_scans(1.0)  # trusted for 50 s
+    job, serving = process(dockyard, clocks), process(dockyard, clocks)
+    job.refresh()
+    assert len(scans) == 1
+    clocks.advance(COST_FACTOR * 1.0 - CACHE - 0.1)
+    job.refresh()
+    assert len(scans) == 1
+    store_blob(dockyard, b"a", 700)
+    clocks.advance(0.2)
+    job.refresh()  # 5 s of trust left: scan now, so that no push finds the reading run out
+    assert len(scans) == 2
+    assert serving.used() == 700
+
+
+def test_the_schedule_scans_over_a_reading_from_a_clock_ahead_and_replaces_it(dockyard, scans):
+    clocks = Clocks()
+    save_value(dockyard, {"used": 123, "at": clocks.wall + 10 * CACHE, "took": 0.0})
+    process(dockyard, clocks).refresh()
+    assert len(scans) == 1
+    assert saved(dockyard) == {"used": 0, "at": clocks.wall, "took": 0.0}
+
+
+def test_the_process_running_the_schedule_uses_its_new_reading_at_once(dockyard, scans):
+    clocks = Clocks()
+    process(dockyard, clocks).used()  # another process's reading
+    clocks.advance(CACHE - 0.1)
+    job = process(dockyard, clocks)
+    assert job.used() == 0  # adopted, trusted in memory for CACHE more
+    store_blob(dockyard, b"a", 700)
+    clocks.advance(0.2)  # the reading has run out; job's memory has not
+    job.refresh()
+    assert job.used() == 700
+
+
+def test_the_schedule_leaves_a_fresh_reading_another_process_made(dockyard, scans, slow_scans):
+    clocks = slow_scans(1.0)
+    process(dockyard, clocks).used()
+    clocks.advance(COST_FACTOR * 1.0 - CACHE - 0.1)
+    process(dockyard, clocks).refresh()  # a process that never scanned: the row decides
+    assert len(scans) == 1
+
+
+def test_a_process_trusts_its_own_scan_without_reading_the_row(dockyard, scans, slow_scans, statements):
+    clocks = slow_scans(1.0)
+    quota = process(dockyard, clocks)
+    quota.used()
+    clocks.advance(COST_FACTOR * 1.0 - 0.1)
+    statements.clear()
+    assert quota.used() == 0
+    assert statements == []
+
+
+def test_a_fresh_row_is_read_again_after_one_interval_not_at_each_push(dockyard, scans, statements):
+    clocks = Clocks()
+    process(dockyard, clocks).used()
+    clocks.advance(CACHE - 1)  # 1 s of trust left, and the schedule's interval after it
+    quota = process(dockyard, clocks)
+    quota.used()
+    clocks.advance(CACHE - 0.1)
+    statements.clear()
+    quota.used()
+    assert statements == []
+    save_value(dockyard, {"used": 55, "at": clocks.wall, "took": 0.0})
+    clocks.advance(0.2)
+    assert quota.used() == 55  # after one interval, whatever trust the reading had left
+    assert len(scans) == 1
+
+
+def test_this_processs_scan_replaces_another_nodes_reading_from_a_clock_slightly_ahead(dockyard, scans):
+    clocks = Clocks()
+    save_value(dockyard, {"used": 123, "at": clocks.wall + CLOCK_ALLOWANCE / 2, "took": 0.0})
+    quota = process(dockyard, clocks)
+    assert quota.used() == 123
+    store_blob(dockyard, b"a", 700)
+    quota.forget()
+    assert quota.used() == 700  # its own scan, though it started "before" the other reading
 
 
 def test_the_schedule_reads_nothing_under_an_unlimited_tier(dockyard, scans, statements):
@@ -221,3 +374,205 @@ def test_the_room_registers_the_schedule_on_the_registrys_quota(dockyard):
     (schedule,) = [s for s in runtime.schedules if s.name == STORED_BYTES_SCHEDULE]
     assert schedule.every_seconds == CACHE
     assert schedule.run == quota.refresh
+
+
+# -- attacks (red team, session 30) -----------------------------------------------------------
+
+
+def skewed(dockyard, clocks: Clocks, ahead: float) -> StorageQuota:
+    """A process on another node whose wall clock runs ``ahead`` seconds ahead of ``clocks``."""
+    tiers: TierService = dockyard.service("tiers")
+    shared = SharedReading(dockyard.db, wall=lambda: clocks.wall + ahead)
+    return StorageQuota(dockyard.db, tiers, cache_seconds=CACHE, clock=lambda: clocks.mono, shared=shared)
+
+
+@pytest.mark.parametrize("field", ["at", "took"])
+def test_a_number_too_large_for_a_float_is_scanned_over(dockyard, scans, field):
+    clocks = Clocks()
+    value = {"used": 0, "at": clocks.wall, "took": 0.0}
+    value[field] = 10**400
+    save_value(dockyard, value)
+    store_blob(dockyard, b"a", 5)
+    quota = process(dockyard, clocks)
+    quota.refresh()
+    assert quota.used() == 5
+    assert saved(dockyard) == {"used": 5, "at": clocks.wall, "took": 0.0}
+
+
+def test_a_row_that_is_not_json_is_scanned_over(dockyard, scans):
+    not_json = sa.text(
+        "INSERT INTO registry_settings (key, value, updated_at) VALUES (:k, '{', '2026-01-01')"
+    )
+    if not dockyard.db.is_sqlite:  # PostgreSQL's json column refuses the text itself
+        with pytest.raises(sa.exc.DBAPIError, match="json"), dockyard.db.write() as conn:
+            conn.execute(not_json, {"k": READING_KEY})
+        return
+    with dockyard.db.write() as conn:
+        conn.execute(not_json, {"k": READING_KEY})
+    assert process(dockyard, Clocks()).used() == 0
+    assert saved(dockyard)["used"] == 0  # type: ignore[index]
+
+
+def test_a_huge_took_is_not_trusted_forever(dockyard, scans):
+    clocks = Clocks()
+    save_value(dockyard, {"used": 0, "at": clocks.wall, "took": 1e300})
+    store_blob(dockyard, b"a", 700)
+    clocks.advance(86_400)
+    quota = process(dockyard, clocks)
+    quota.refresh()
+    assert quota.used() == 700
+    assert len(scans) == 1
+
+
+def test_a_used_figure_past_any_size_is_scanned_over_not_a_500(dockyard, scans):
+    clocks = Clocks()
+    save_value(dockyard, {"used": 10**400, "at": clocks.wall, "took": 0.0})
+    quota = process(dockyard, clocks)
+    quota.check_start()  # the scan's figure, far under the quota
+    assert quota.used() == 0
+
+
+def test_a_failed_save_does_not_fail_the_push(dockyard, scans, monkeypatch, caplog):
+    clocks = Clocks()
+    quota = process(dockyard, clocks)
+
+    def failing(self, reading):
+        raise sa.exc.OperationalError("UPDATE registry_settings", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(SharedReading, "save", failing)
+    quota.check_new_blob(10)
+    quota.check_new_blob(10)
+    assert len(scans) == 1  # the reading is used though it was not shared
+    assert "cannot share the stored-bytes reading" in caplog.text
+
+
+def test_another_processs_commit_is_seen_within_a_trust_and_one_interval(dockyard, scans):
+    clocks = Clocks()
+    first, late = process(dockyard, clocks), process(dockyard, clocks)
+    first.used()  # a reading at 0 (no job runtime anywhere)
+    clocks.advance(0.1)
+    store_blob(dockyard, b"a", 700)  # another process's commit
+    clocks.advance(2 * CACHE - 0.2)
+    assert late.used() == 0  # the reading, at the end of its trust and one interval
+    clocks.advance(0.1)
+    assert late.used() == 700  # 2 x CACHE after the reading: not used any more
+
+
+def test_an_older_reading_is_not_adopted_after_a_newer_one(dockyard, scans, slow_scans, monkeypatch):
+    clocks = slow_scans(1.0)  # trusted for 50 s
+    other, mine = process(dockyard, clocks), process(dockyard, clocks)
+    other.used()  # reading R1: 0 bytes
+    assert mine.used() == 0
+    clocks.advance(1)
+    store_blob(dockyard, b"a", 100)
+    mine.added(100)
+    clocks.advance(COST_FACTOR - 2)  # R1 is still usable for a push, and due for the schedule
+    load, raced = SharedReading.load, []
+
+    def racing(self):
+        older = load(self)
+        if not raced:
+            raced.append(True)
+            mine.refresh()  # the schedule in the same process scans R2 (100) and adopts it
+        return older
+
+    monkeypatch.setattr(SharedReading, "load", racing)
+    assert mine.used() == 100  # R2 kept: R1 plus the commits since R2's scan would be 0
+    monkeypatch.undo()
+    save_value(dockyard, {"used": 66, "at": clocks.wall, "took": 0.0})
+    clocks.advance(CACHE)
+    assert mine.used() == 66  # R2 kept for one interval, not for its own 50 s of trust
+
+
+def test_a_slow_scan_that_started_first_does_not_take_the_row_back(dockyard):
+    shared = SharedReading(dockyard.db)
+    shared.save(Reading(200, 1_000_010.0, 1.0))  # started at 1,000,009
+    shared.save(Reading(100, 1_000_011.0, 5.0))  # a slower scan that started at 1,000,006
+    assert shared.load() == Reading(200, 1_000_010.0, 1.0)
+
+
+def test_commits_are_not_kept_under_an_unlimited_tier(dockyard):
+    tiers: TierService = dockyard.service("tiers")
+    tiers.table[tiers.current().sku] = dataclasses.replace(tiers.current(), storage_bytes=-1)
+    tiers.forget()
+    clocks = Clocks()
+    quota = process(dockyard, clocks)
+    quota.check_new_blob(1)  # the tier is known from here on
+    for _ in range(1_000):
+        quota.added(1)
+        quota.refresh()
+    assert len(quota._commits) == 0
+
+
+def test_commits_are_kept_no_longer_than_any_reading_could_need_them(dockyard):
+    clocks = Clocks()
+    quota = process(dockyard, clocks)
+    quota.added(1)
+    clocks.advance(quota_module.COMMITS_KEPT_SECONDS + 1)
+    quota.added(2)
+    assert [size for _, size in quota._commits] == [2]
+    save_value(dockyard, {"used": 10, "at": clocks.wall - 0.5, "took": 0.0})  # before the 2 only
+    assert quota.used() == 12
+
+
+def test_a_reading_from_a_clock_a_few_seconds_ahead_keeps_this_processs_later_commits(dockyard, scans):
+    clocks = Clocks()
+    mine, ahead = process(dockyard, clocks), skewed(dockyard, clocks, ahead=4.0)
+    assert mine.used() == 0
+    clocks.advance(CACHE + 1)
+    ahead.forget()
+    assert ahead.used() == 0
+    clocks.advance(0.1)
+    store_blob(dockyard, b"a", 100)
+    mine.added(100)  # after that scan, by every clock's account
+    assert mine.used() == 100
+
+
+def test_a_skewed_job_node_does_not_make_every_process_scan_every_interval(dockyard, scans, slow_scans):
+    clocks = slow_scans(1.0)  # trusted for 50 s
+    job, serving = skewed(dockyard, clocks, ahead=60.0), process(dockyard, clocks)
+    for _ in range(24):  # 120 s, and the scans' own time
+        job.refresh()
+        serving.used()
+        clocks.advance(CACHE)
+    # Each rejects the other's readings (one from the future, one expired by its clock) and scans
+    # once per its own scan's trust: 3 times each, not once per 5 s (48) nor at every overwrite.
+    assert len(scans) <= 6
+
+
+# -- held: what the red team tried that already worked ---------------------------------------------
+
+
+def test_wall_clock_floats_and_large_figures_round_trip_exactly(dockyard):
+    shared = SharedReading(dockyard.db)
+    reading = Reading(2**62, time.time(), 0.012345678901234567)
+    shared.save(reading)
+    assert shared.load() == reading
+
+
+def test_the_settings_api_refuses_the_readings_key(dockyard):
+    with pytest.raises(RegistryError):
+        dockyard.service("access").settings.update(stored_bytes={"used": 0, "at": 0, "took": 1e300})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [1, 2],
+        {"used": 1, "at": float("nan"), "took": 0},
+        {"used": 1, "at": 1_000_000.0, "took": float("inf")},
+        {"used": 1.5, "at": 1.0, "took": 0.0},
+        None,
+        7,
+    ],
+)
+def test_more_junk_is_scanned_over(dockyard, scans, value):
+    not_finite = isinstance(value, dict) and not all(math.isfinite(v) for v in value.values())
+    if not_finite and not dockyard.db.is_sqlite:
+        with pytest.raises(sa.exc.DBAPIError, match="json"):  # PostgreSQL's json refuses NaN itself
+            save_value(dockyard, value)
+        return
+    if value is not None:
+        save_value(dockyard, value)
+    assert process(dockyard, Clocks()).used() == 0
+    assert len(scans) == 1

@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
 from dockyard.tiers import quota as quota_module
-from dockyard.tiers.quota import COST_FACTOR, StorageQuota
+from dockyard.tiers.quota import StorageQuota
+from dockyard.tiers.reading import COST_FACTOR
 
 
 class Clock:
@@ -35,7 +37,8 @@ class CountingDatabase:
 
 def _quota(db: CountingDatabase, clock: Clock, monkeypatch: pytest.MonkeyPatch, answer: Any) -> StorageQuota:
     monkeypatch.setattr(quota_module, "stored_bytes", answer)
-    return StorageQuota(cast(Any, db), cast(Any, None), cache_seconds=5.0, clock=clock)
+    tiers = SimpleNamespace(known=lambda: None)  # the tier is not known: commits are kept
+    return StorageQuota(cast(Any, db), cast(Any, tiers), cache_seconds=5.0, clock=clock)
 
 
 def test_the_figure_is_read_again_after_the_interval_and_adds_what_this_process_committed(

@@ -15,8 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dockyard.access.models import UPSERT_SETTING, registry_settings
-from dockyard.db import Database, per_dialect, utcnow
+from dockyard.access.models import INSERT_SETTING_IF_MISSING, UPSERT_SETTING, registry_settings
+from dockyard.db import Database, utcnow
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.tiers.services import SKU_KEY, TierService, limit_exceeded
 from dockyard.tiers.table import Sku
@@ -24,11 +24,6 @@ from dockyard.tiers.table import Sku
 #: Other processes see a change within this many seconds; this process at once.
 CACHE_SECONDS = 5.0
 DEFAULT_ACTIONS = ("Allow", "Deny")
-
-
-INSERT_SETTING_IF_MISSING = per_dialect(
-    lambda insert: insert(registry_settings).on_conflict_do_nothing(index_elements=["key"])
-)
 
 
 @dataclass(frozen=True)
