@@ -21,6 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
@@ -50,6 +51,14 @@ def _size(value: int) -> str:
     return f"{value} bytes"
 
 
+class Scan(NamedTuple):
+    """A reading this process made itself, with when its scan started by both clocks."""
+
+    reading: Reading
+    mono_started: float
+    wall_started: float
+
+
 class StorageQuota:
     """Refuses new blobs past the tier's storage limit (403 DENIED), from the registry's shared
     reading of its stored bytes (``shared``; None: this process's own scans only) and the blobs
@@ -71,14 +80,16 @@ class StorageQuota:
         self._shared = shared
         self._wall = shared.wall if shared is not None else time.time
         self._lock = threading.Lock()
-        self._read: tuple[int, float] | None = None  # (stored bytes, when adopted)
+        self._read_lock = threading.Lock()  # one thread of the process reads; the others wait or answer
+        self._read: tuple[int, float] | None = None  # (stored bytes, when adopted: monotonic)
         self._started: float | None = None  # when the scan of the reading in use started (wall)
         self._commits: deque[tuple[float, int]] = deque()  # (wall time, bytes) committed since
         self._added = 0  # their sum
         self._interval = cache_seconds
         self._reading = False  # a thread of this process is reading the figure
         self._scan_next = False  # ``forget``: the next read scans, whatever the shared reading says
-        self._last_scan: tuple[float, Reading] | None = None  # (when, what) this process last scanned
+        self._forgets = 0  # how many ``forget`` calls there were (one during a read voids its figure)
+        self._last_scan: Scan | None = None  # this process's last scan
 
     def _known(self) -> int | None:
         """The stored bytes from memory while the figure read is current (or being read again)."""
@@ -88,95 +99,107 @@ class StorageQuota:
         return None
 
     def used(self) -> int:
-        """The registry's stored bytes as this process knows them (read again once per interval)."""
+        """The registry's stored bytes as this process knows them (read again once per interval).
+
+        One thread reads at a time: the others answer from the figure they have, or, with none
+        (at start, after a ``forget``), wait for the reader's."""
         with self._lock:
             known = self._known()
-            if known is not None:
-                return known
-            self._reading, scan, self._scan_next = True, self._scan_next, False
-        try:
-            shared = None if scan or self._shared is None else self._usable_row()
-            reading = self._scan() if shared is None else shared
-        except BaseException:
+        if known is not None:
+            return known
+        with self._read_lock:
             with self._lock:
-                self._reading, self._scan_next = False, self._scan_next or scan
-            raise
-        with self._lock:
-            self._reading = False
-            self._adopt(reading, own=shared is None)
-            assert self._read is not None
-            return self._read[0] + self._added
+                known = self._known()  # read by the thread this one waited for
+                if known is not None:
+                    return known
+                self._reading, scan, self._scan_next = True, self._scan_next, False
+                forgets = self._forgets
+            try:
+                shared = None if scan or self._shared is None else self._usable_row()
+                own = self._scan() if shared is None else None
+            except BaseException:
+                with self._lock:
+                    self._reading, self._scan_next = False, self._scan_next or scan
+                raise
+            with self._lock:
+                self._reading = False
+                self._adopt(own.reading if own is not None else shared, own)  # type: ignore[arg-type]
+                if self._forgets != forgets:  # forgotten meanwhile: this figure once, then a scan
+                    self._interval = 0.0
+                assert self._read is not None
+                return self._read[0] + self._added
 
     def _usable_row(self) -> Reading | None:
-        """The shared reading while it may be used: its trust, and one ``cache_seconds`` more for
-        the schedule (which scans a ``cache_seconds`` early) to have replaced it."""
+        """The shared reading while it may be used: its trust, and one ``cache_seconds`` more (the
+        schedule replaces it before its trust runs out)."""
         assert self._shared is not None
-        reading = self._shared.load()
-        if reading is None or not self._shared.usable(
-            reading, self._cache_seconds, spare=self._cache_seconds
-        ):
+        reading, cache = self._shared.load(), self._cache_seconds
+        if reading is None or not self._shared.usable(reading, cache, spare=cache):
             return None
         return reading
 
-    def _scan(self) -> Reading:
+    def _scan(self) -> Scan:
         """Sum the stored bytes (a scan of every blob and manifest) and share the reading; a failed
         save is only logged (the next scan shares again)."""
-        started = self._clock()
+        started, wall_started = self._clock(), self._wall()
         with self._db.read() as conn:
             used = stored_bytes(conn)
-        ended = self._clock()
-        reading = Reading(used, self._wall(), ended - started)
-        self._last_scan = (ended, reading)
+        scan = Scan(Reading(used, self._wall(), self._clock() - started), started, wall_started)
+        self._last_scan = scan
         if self._shared is not None:
             try:
-                self._shared.save(reading)
+                self._shared.save(scan.reading)
             except (sa.exc.SQLAlchemyError, OSError) as exc:
                 log.warning("cannot share the stored-bytes reading: %s", str(exc).splitlines()[0])
-        return reading
+        return scan
 
-    def _adopt(self, reading: Reading, *, own: bool) -> None:
-        """Use ``reading`` from now on (the lock held).
+    def _adopt(self, reading: Reading, own: Scan | None = None) -> None:
+        """Use ``reading`` (``own``: a scan of this process's) from now on (the lock held).
 
-        The commits it may not hold, those since its scan started, are kept; for another node's
-        reading the start is taken ``CLOCK_ALLOWANCE`` earlier (its clock may be ahead: a commit
-        then counts twice, never not at all). A reading older than the one in use (a race with the
-        schedule, a slow scan) is not taken: the one in use is kept for another interval. This
-        process's own scan is trusted for what it cost, as the shared row would be; the shared
-        row is read again every ``cache_seconds``, and not used past its trust and one more.
+        A reading whose scan started before the one in use is not taken (a race with the
+        schedule, a slow scan), unless this process's own scan started after it took the one in
+        use (then the wall clock was stepped back): the one in use is kept for another interval.
+        The commits the reading may not hold, those since its scan started, are kept; for another
+        node's reading the start is taken ``CLOCK_ALLOWANCE`` earlier (its clock may be ahead: a
+        commit then counts twice, never not at all). An own scan is trusted for what it cost, as
+        the shared row would be; the row is read again every ``cache_seconds``, and not used past
+        its trust and one more.
         """
         current, started = self._read, self._started
-        if not own and current is not None and started is not None and reading.started < started:
-            self._read, self._interval = (current[0], self._clock()), self._cache_seconds
+        older = current is not None and started is not None and reading.started < started
+        if older and (own is None or own.mono_started < current[1]):  # type: ignore[index]
+            self._read, self._interval = (current[0], self._clock()), self._cache_seconds  # type: ignore[index]
             return
-        since = reading.started if own else reading.started - CLOCK_ALLOWANCE
+        since = reading.started - CLOCK_ALLOWANCE if own is None else min(own.wall_started, reading.started)
         while self._commits and self._commits[0][0] <= since:
             self._added -= self._commits.popleft()[1]
         self._started = reading.started
         self._read = (reading.used, self._clock())
         trust = reading.trusted_for(self._cache_seconds)
-        if own or self._shared is None:
+        if own is not None or self._shared is None:
             self._interval = trust
         else:
             left = trust + self._cache_seconds - self._shared.age(reading)
             self._interval = max(0.0, min(self._cache_seconds, left))
 
     def refresh(self) -> None:
-        """The schedule's run (once per registry): scan when the shared reading has less than one
-        ``cache_seconds`` of trust left, so that pushes always find a usable one. Nothing under an
-        unlimited tier: no push asks for the figure."""
+        """The schedule's run (once per registry): scan when the shared reading's trust left is
+        less than one ``cache_seconds`` and its scan's time, so that the new reading is shared
+        before the old one runs out. Nothing under an unlimited tier: no push asks for it."""
         if self._shared is None or self._tiers.current().storage_bytes == UNLIMITED:
             return
-        cache = self._cache_seconds
-        last = self._last_scan
-        if last is not None and self._clock() - last[0] < last[1].trusted_for(cache) - cache:
-            return  # this process scanned lately, whatever the row says (another node's clock)
+        cache, last = self._cache_seconds, self._last_scan
+        if last is not None:
+            scanned = last.mono_started + last.reading.took
+            if self._clock() - scanned < last.reading.trusted_for(cache) - cache - last.reading.took:
+                return  # this process scanned lately, whatever the row says (another node's clock)
         reading = self._shared.load()
-        if reading is not None and self._shared.usable(reading, cache, spare=-cache):
+        if reading is not None and self._shared.usable(reading, cache, spare=-(cache + reading.took)):
             return
-        reading = self._scan()
-        log.debug("stored bytes read again: %d bytes, %.3f s", reading.used, reading.took)
+        own = self._scan()
+        log.debug("stored bytes read again: %d bytes, %.3f s", own.reading.used, own.reading.took)
         with self._lock:
-            self._adopt(reading, own=True)
+            self._adopt(own.reading, own)
 
     def check_start(self) -> None:
         """Before an upload starts: refuse once the registry is at or past its quota."""
@@ -216,6 +239,7 @@ class StorageQuota:
         reading; not under an unlimited tier)."""
         tier = self._tiers.known()
         if tier is not None and tier.storage_bytes == UNLIMITED:
+            self.forget()  # should the tier become limited, the figure must hold this blob
             return
         with self._lock:
             now = self._wall()
@@ -229,6 +253,7 @@ class StorageQuota:
         share that reading."""
         with self._lock:
             self._read, self._scan_next = None, True
+            self._forgets += 1
 
     @staticmethod
     def _denied(tier: Tier, used: int, size: int | None = None) -> RegistryError:

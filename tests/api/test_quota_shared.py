@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 
 import pytest
@@ -279,17 +280,18 @@ def test_the_schedule_scans_on_every_run_while_scans_are_cheap(dockyard, scans):
     assert len(scans) == 2
 
 
-def test_the_schedule_scans_a_period_before_a_slow_scans_reading_runs_out(dockyard, scans, slow_scans):
-    clocks = slow_scans(1.0)  # trusted for 50 s
+def test_the_schedule_scans_a_period_and_a_scan_before_the_reading_runs_out(dockyard, scans, slow_scans):
+    took = 1.0
+    clocks = slow_scans(took)  # trusted for 50 s
     job, serving = process(dockyard, clocks), process(dockyard, clocks)
     job.refresh()
     assert len(scans) == 1
-    clocks.advance(COST_FACTOR * 1.0 - CACHE - 0.1)
+    clocks.advance(COST_FACTOR * took - CACHE - took - 0.1)
     job.refresh()
     assert len(scans) == 1
     store_blob(dockyard, b"a", 700)
     clocks.advance(0.2)
-    job.refresh()  # 5 s of trust left: scan now, so that no push finds the reading run out
+    job.refresh()  # 5 s and a scan's time of trust left: the new reading is shared in time
     assert len(scans) == 2
     assert serving.used() == 700
 
@@ -317,9 +319,13 @@ def test_the_process_running_the_schedule_uses_its_new_reading_at_once(dockyard,
 def test_the_schedule_leaves_a_fresh_reading_another_process_made(dockyard, scans, slow_scans):
     clocks = slow_scans(1.0)
     process(dockyard, clocks).used()
-    clocks.advance(COST_FACTOR * 1.0 - CACHE - 0.1)
-    process(dockyard, clocks).refresh()  # a process that never scanned: the row decides
+    clocks.advance(COST_FACTOR * 1.0 - CACHE - 1.0 - 0.1)
+    job = process(dockyard, clocks)  # a process that never scanned: the row decides
+    job.refresh()
     assert len(scans) == 1
+    clocks.advance(0.2)
+    job.refresh()
+    assert len(scans) == 2
 
 
 def test_a_process_trusts_its_own_scan_without_reading_the_row(dockyard, scans, slow_scans, statements):
@@ -578,3 +584,150 @@ def test_more_junk_is_scanned_over(dockyard, scans, value):
         save_value(dockyard, value)
     assert process(dockyard, Clocks()).used() == 0
     assert len(scans) == 1
+
+
+# -- attacks, second pass -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def timed(scans):
+    """(clocks, plan): each outer scan reads its figure at its start, takes ``plan["took"]``
+    seconds, and runs ``plan["during"]`` [(offset, action)] at those offsets into it (another
+    thread, or another process, at that moment). Scans nested in an action take no time."""
+    clocks = Clocks()
+    plan: dict = {"took": 0.0, "during": [], "depth": 0}
+    counting = quota_module.stored_bytes
+
+    def scan(conn):
+        used = counting(conn)
+        if plan["depth"]:
+            return used
+        plan["depth"] += 1
+        try:
+            elapsed, during, plan["during"] = 0.0, plan["during"], []
+            for offset, action in sorted(during, key=lambda d: d[0]):
+                clocks.advance(offset - elapsed)
+                elapsed = offset
+                action()
+            clocks.advance(plan["took"] - elapsed)
+        finally:
+            plan["depth"] -= 1
+        return used
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quota_module, "stored_bytes", scan)
+        yield clocks, plan
+
+
+def free(dockyard, seed: bytes) -> None:
+    with dockyard.db.write() as conn:
+        conn.execute(blobs.update().where(blobs.c.digest == sha256(seed)).values(state="gone"))
+
+
+def test_a_slow_scan_is_shared_before_the_reading_runs_out(dockyard, scans, timed):
+    clocks, plan = timed
+    took = plan["took"] = 12.0  # trusted for 600 s (the cap): a large registry under load
+    job, serving = process(dockyard, clocks), process(dockyard, clocks)
+    job.refresh()
+    assert serving.used() == 0
+    clocks.advance(MAX_TRUST_SECONDS - CACHE - took - 0.1)  # the schedule's worst phase: just early
+    job.refresh()
+    assert len(scans) == 1
+    clocks.advance(CACHE)
+    plan["during"] = [(took - 0.1, serving.used)]  # a push just before the new reading is shared
+    job.refresh()
+    assert len(scans) == 2  # the push used the old reading, still usable: no scan of its own
+
+
+def test_the_schedules_own_older_scan_does_not_replace_a_newer_reading(dockyard, scans, timed):
+    clocks, plan = timed
+    plan["took"] = 1.0  # trusted for 50 s
+    job, other = process(dockyard, clocks), process(dockyard, clocks)
+
+    def meanwhile():  # 0.5 s into the schedule's scan
+        store_blob(dockyard, b"a", 100)  # another process commits,
+        other.forget()
+        assert other.used() == 100  # scans and shares a newer reading,
+        assert job.used() == 100  # and a push thread of the schedule's process adopts it
+
+    plan["during"] = [(0.5, meanwhile)]
+    job.refresh()
+    assert saved(dockyard)["used"] == 100  # type: ignore[index]
+    clocks.advance(40.0)
+    assert job.used() == 100
+
+
+def test_a_forget_during_a_read_voids_that_reads_figure(dockyard, scans, timed):
+    clocks, plan = timed
+    plan["took"] = 1.0  # trusted for 50 s
+    quota = process(dockyard, clocks)
+    store_blob(dockyard, b"a", LIMIT)
+
+    def collected():  # garbage collection frees it, and this process forgets, mid-read
+        free(dockyard, b"a")
+        quota.forget()
+
+    plan["during"] = [(0.5, collected)]
+    assert quota.used() == LIMIT  # the read that was in flight
+    clocks.advance(1.0)
+    quota.check_new_blob(1)  # scanned again: the space is free
+    assert len(scans) == 2
+
+
+def test_blobs_pushed_under_an_unlimited_tier_count_once_it_is_limited_again(dockyard, scans, timed):
+    clocks, plan = timed
+    plan["took"] = 1.0
+    tiers: TierService = dockyard.service("tiers")
+    limited = tiers.current()
+    quota = process(dockyard, clocks)
+    assert quota.used() == 0
+
+    def set_tier(tier):
+        tiers.table[tier.sku] = tier
+        tiers.forget()
+        tiers.current()
+
+    set_tier(dataclasses.replace(limited, storage_bytes=-1))
+    store_blob(dockyard, b"a", LIMIT)
+    quota.added(LIMIT)  # this process's own push under the unlimited tier
+    set_tier(limited)
+    clocks.advance(1.0)
+    with pytest.raises(RegistryError, match="storage quota exceeded"):
+        quota.check_new_blob(1)
+
+
+def test_a_wall_clock_step_during_a_scan_keeps_this_processs_commit(dockyard, scans, timed):
+    clocks, plan = timed
+    plan["took"] = 1.0
+    quota = process(dockyard, clocks)
+    quota.used()
+
+    def step():
+        store_blob(dockyard, b"a", 100)  # committed after the scan's snapshot
+        quota.added(100)
+        clocks.wall += 3.0  # NTP steps the wall clock forward; the monotonic one is unaffected
+
+    plan["during"] = [(0.1, step)]
+    quota.forget()
+    assert quota.used() == 100
+
+
+def test_threads_with_no_figure_wait_for_the_one_reading(dockyard, scans, timed, monkeypatch):
+    clocks, plan = timed
+    quota = process(dockyard, clocks)
+    load, loads = SharedReading.load, []
+    monkeypatch.setattr(SharedReading, "load", lambda self: loads.append(1) or load(self))
+    waiting: list[threading.Thread] = []
+    answers: list[int] = []
+
+    def second_push():
+        thread = threading.Thread(target=lambda: answers.append(quota.used()))
+        thread.start()
+        waiting.append(thread)
+
+    plan["during"] = [(0.0, second_push)]
+    store_blob(dockyard, b"a", 9)
+    assert quota.used() == 9
+    waiting[0].join(10)
+    assert answers == [9]
+    assert (len(scans), len(loads)) == (1, 1)  # the waiting thread took the figure, read nothing
