@@ -26,6 +26,9 @@ from tests.support.azurite import Azurite, azurite_server
 from tests.support.postgres import private_cluster
 from tests.support.seaweedfs import SeaweedS3, seaweedfs_server
 
+#: Fixtures of support modules, for every test that asks for them.
+pytest_plugins = ["tests.support.quota_readings"]
+
 ENGINES = ("sqlite", "postgresql")
 STORES = ("filesystem", "s3", "azure")
 #: The combinations the API suite runs on: ``<engine>`` (filesystem store) or ``<engine>-<store>``.
