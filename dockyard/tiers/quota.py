@@ -189,10 +189,8 @@ class StorageQuota:
         if self._shared is None or self._tiers.current().storage_bytes == UNLIMITED:
             return
         cache, last = self._cache_seconds, self._last_scan
-        if last is not None:
-            scanned = last.mono_started + last.reading.took
-            if self._clock() - scanned < last.reading.trusted_for(cache) - cache - last.reading.took:
-                return  # this process scanned lately, whatever the row says (another node's clock)
+        if last is not None and self._clock() - last.mono_started < last.reading.trusted_for(cache) - cache:
+            return  # this process scanned lately, whatever the row says (another node's clock)
         reading = self._shared.load()
         if reading is not None and self._shared.usable(reading, cache, spare=-(cache + reading.took)):
             return

@@ -111,13 +111,10 @@ def parsed(value: Any) -> Reading | None:
     """A reading from the row's JSON value, or None unless it holds sane numbers."""
     if not isinstance(value, dict):
         return None
-    used, at, took = value.get("used"), value.get("at"), value.get("took")
-    if type(used) is not int or not 0 <= used <= MAX_BYTES:
+    used, at, took = value.get("used"), _seconds(value.get("at")), _seconds(value.get("took"))
+    if type(used) is not int or not 0 <= used <= MAX_BYTES or at is None or took is None:
         return None
-    times = [_seconds(at), _seconds(took)]
-    if times[0] is None or times[1] is None:
-        return None
-    return Reading(used, times[0], times[1])
+    return Reading(used, at, took)
 
 
 def _seconds(value: Any) -> float | None:
