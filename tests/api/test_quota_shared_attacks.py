@@ -30,7 +30,6 @@ from tests.support.quota_readings import (
     process,
     save_value,
     saved,
-    skewed,
     store_blob,
 )
 
@@ -173,7 +172,7 @@ def test_commits_are_kept_no_longer_than_any_reading_could_need_them(dockyard):
 
 def test_a_reading_from_a_clock_a_few_seconds_ahead_keeps_this_processs_later_commits(dockyard, quota_scans):
     clocks = Clocks()
-    mine, ahead = process(dockyard, clocks), skewed(dockyard, clocks, ahead=4.0)
+    mine, ahead = process(dockyard, clocks), process(dockyard, clocks, ahead=4.0)
     assert mine.used() == 0
     clocks.advance(CACHE + 1)
     ahead.forget()
@@ -188,7 +187,7 @@ def test_a_skewed_job_node_does_not_make_every_process_scan_every_interval(
     dockyard, quota_scans, slow_quota_scans
 ):
     clocks = slow_quota_scans(1.0)  # trusted for 50 s
-    job, serving = skewed(dockyard, clocks, ahead=60.0), process(dockyard, clocks)
+    job, serving = process(dockyard, clocks, ahead=60.0), process(dockyard, clocks)
     for _ in range(24):  # 120 s, and the quota_scans' own time
         job.refresh()
         serving.used()

@@ -58,7 +58,7 @@ def quota_scans(monkeypatch):
 
 @pytest.fixture
 def slow_quota_scans(quota_scans, monkeypatch):
-    """``slow_scans(took)``: clocks whose every scan (still counted) takes ``took`` seconds."""
+    """``slow_quota_scans(took)``: clocks whose every scan (still counted) takes ``took`` seconds."""
 
     def slow(took: float) -> Clocks:
         clocks = Clocks()
@@ -104,10 +104,11 @@ def timed_quota_scans(quota_scans: list[int]) -> Iterator[tuple[Clocks, dict[str
         yield clocks, plan
 
 
-def process(dockyard, clocks: Clocks) -> StorageQuota:
-    """One process's quota, on the registry's database and shared reading."""
+def process(dockyard, clocks: Clocks, ahead: float = 0.0) -> StorageQuota:
+    """One process's quota, on the registry's database and shared reading; ``ahead``: on another
+    node, whose wall clock runs that many seconds ahead of ``clocks``."""
     tiers: TierService = dockyard.service("tiers")
-    shared = SharedReading(dockyard.db, wall=lambda: clocks.wall)
+    shared = SharedReading(dockyard.db, wall=lambda: clocks.wall + ahead)
     return StorageQuota(dockyard.db, tiers, cache_seconds=CACHE, clock=lambda: clocks.mono, shared=shared)
 
 
@@ -132,13 +133,6 @@ def save_value(dockyard, value: object) -> None:
         conn.execute(
             UPSERT_SETTING[conn.dialect.name], {"key": READING_KEY, "value": value, "updated_at": utcnow()}
         )
-
-
-def skewed(dockyard, clocks: Clocks, ahead: float) -> StorageQuota:
-    """A process on another node whose wall clock runs ``ahead`` seconds ahead of ``clocks``."""
-    tiers: TierService = dockyard.service("tiers")
-    shared = SharedReading(dockyard.db, wall=lambda: clocks.wall + ahead)
-    return StorageQuota(dockyard.db, tiers, cache_seconds=CACHE, clock=lambda: clocks.mono, shared=shared)
 
 
 def free(dockyard, seed: bytes) -> None:
