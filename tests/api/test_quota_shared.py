@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 import sqlalchemy as sa
 
-from dockyard.registry.models import blobs
 from dockyard.tiers import quota as quota_module
 from dockyard.tiers.reading import (
     CLOCK_ALLOWANCE,
@@ -16,10 +15,10 @@ from dockyard.tiers.reading import (
 )
 from dockyard.tiers.room import STORED_BYTES_SCHEDULE
 from dockyard.tiers.services import TierService
-from tests.support.images import sha256
 from tests.support.quota_readings import (
     CACHE,
     Clocks,
+    free,
     limited,
     process,
     save_value,
@@ -148,8 +147,7 @@ def test_forget_scans_whatever_the_shared_reading_says_and_shares_the_result(doc
     first, second = process(dockyard, clocks), process(dockyard, clocks)
     store_blob(dockyard, b"a", 700)
     first.used()
-    with dockyard.db.write() as conn:  # freed: garbage collection deleted it
-        conn.execute(blobs.update().where(blobs.c.digest == sha256(b"a")).values(state="gone"))
+    free(dockyard, b"a")  # garbage collection deleted it
     second.forget()
     assert second.used() == 0
     assert len(quota_scans) == 2
