@@ -3,15 +3,21 @@
 The identity is a row of kind ``task`` (a name with ``:``, which no user name may contain; the
 identity API neither lists nor changes such rows), with one credential whose secret nobody knows
 (the argon2 hash of random bytes thrown away). It is created on first use in a transaction of its
-own; two nodes racing both try, the unique name keeps one. Each run gets a refresh token of that
-identity living the run's timeout plus ten minutes (never past the configured refresh lifetime),
-which builders present as the null-GUID user's password, as ``docker login`` with ACR tokens does.
+own; two nodes racing both try, the unique name keeps one. Each run gets a credential row of its
+own (``run-<run id>``, whose secret is thrown away too) and a refresh token bound to it, living the
+run's timeout plus ten minutes (never past the configured refresh lifetime), which builders present
+as the null-GUID user's password, as ``docker login`` with ACR tokens does. The run's end deletes
+the row (``revoke``), which revokes the token: at once on this process, within the principal
+cache's lifetime (30 s) on the others. A run whose worker died is revoked when it is recovered, and
+a row left past its expiry is deleted then too.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -26,6 +32,8 @@ from dockyard.db import utcnow
 from dockyard.tls import CA_CERT, effective_mode, is_wildcard, url_host
 
 SYSTEM_IDENTITY = "system:tasks"
+#: The name of a run's own credential row: this prefix and its run id.
+RUN_CREDENTIAL_PREFIX = "run-"
 #: A run's credential outlives its timeout by this much (pushes at the very end, log flushes).
 CREDENTIAL_MARGIN_SECONDS = 600
 
@@ -97,16 +105,42 @@ class TaskCredentials:
             if not exists():  # another node created it meanwhile: fine; anything else is an error
                 raise
 
-    def mint(self, timeout_seconds: int) -> RegistryAccess:
-        """A credential for one run: the null-GUID user and a refresh token of ``system:tasks``."""
+    def mint(self, run_id: str, timeout_seconds: int) -> RegistryAccess:
+        """A credential for run ``run_id``: the null-GUID user and a refresh token of ``system:tasks``
+        bound to a credential row of the run's own, which ``revoke`` deletes."""
         self.ensure_identity()
+        lifetime = timeout_seconds + CREDENTIAL_MARGIN_SECONDS
+        name = RUN_CREDENTIAL_PREFIX + run_id
+        now = utcnow()
+
+        def work(conn: sa.Connection) -> None:
+            identity_id = conn.execute(
+                sa.select(identities.c.id).where(identities.c.name == SYSTEM_IDENTITY)
+            ).scalar_one()
+            conn.execute(
+                credentials.delete().where(
+                    credentials.c.identity_id == identity_id, credentials.c.name == name
+                )
+            )
+            conn.execute(
+                credentials.insert().values(
+                    identity_id=identity_id,
+                    name=name,
+                    secret_hash=hash_secret(new_secret()),
+                    expires_at=now + timedelta(seconds=lifetime),
+                    created_at=now,
+                )
+            )
+
+        self._access.db.run_write(work)
         principal = self._access.authenticator.principal(SYSTEM_IDENTITY, fresh=True)
-        if principal is None or not principal.credential_stamps:
-            raise RuntimeError(f"the {SYSTEM_IDENTITY} identity is disabled or has no credential")
-        signed_in = replace(principal, credential=min(principal.credential_stamps), auth_time=None)
-        token = self._access.tokens.issue_refresh(
-            signed_in, lifetime=timeout_seconds + CREDENTIAL_MARGIN_SECONDS
+        stamp = next(
+            (s for s in (principal.credential_stamps if principal else ()) if s.startswith(name + "@")), None
         )
+        if principal is None or stamp is None:
+            raise RuntimeError(f"the {SYSTEM_IDENTITY} identity is disabled or its run credential is gone")
+        signed_in = replace(principal, credential=stamp, auth_time=None)
+        token = self._access.tokens.issue_refresh(signed_in, lifetime=lifetime)
         mode = effective_mode(self._settings)
         ca_file: Path | None = None
         if mode == TlsMode.self_signed:
@@ -118,3 +152,22 @@ class TaskCredentials:
             plain_http=mode == TlsMode.off,
             ca_file=ca_file,
         )
+
+    def revoke(self, run_ids: Sequence[str]) -> None:
+        """Delete the credentials of runs ``run_ids`` (their refresh tokens stop working), and any run
+        credential past its expiry."""
+        names = [RUN_CREDENTIAL_PREFIX + run_id for run_id in run_ids]
+
+        def work(conn: sa.Connection) -> int:
+            task = sa.select(identities.c.id).where(identities.c.name == SYSTEM_IDENTITY).scalar_subquery()
+            spent = sa.and_(
+                credentials.c.name.startswith(RUN_CREDENTIAL_PREFIX), credentials.c.expires_at < utcnow()
+            )
+            return conn.execute(
+                credentials.delete().where(
+                    credentials.c.identity_id == task, sa.or_(credentials.c.name.in_(names), spent)
+                )
+            ).rowcount
+
+        if self._access.db.run_write(work):
+            self._access.authenticator.principal(SYSTEM_IDENTITY, fresh=True)

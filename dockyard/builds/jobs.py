@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from dockyard.builds.credentials import TaskCredentials
 from dockyard.builds.models import build_run_logs, build_runs, build_task_bases, build_tasks, build_timers
 from dockyard.builds.services.common import STOPPED_WORKER
 from dockyard.builds.services.handler import local_hosts
@@ -58,6 +59,7 @@ class BuildJobs:
         sources: SourceService,
         events: EventService,
         *,
+        credentials: TaskCredentials | None = None,
         open_client: OpenUpstream = open_upstream,
         clock: Clock = utcnow,
     ) -> None:
@@ -67,17 +69,19 @@ class BuildJobs:
         self._tasks = tasks
         self._sources = sources
         self._events = events
+        self._credentials = credentials
         self.open_client = open_client
         self.clock = clock
 
     # -- dead workers ---------------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Runs Started/Running whose heartbeat is older than 3 heartbeats end Error; how many."""
+        """Runs Started/Running whose heartbeat is older than 3 heartbeats end Error, their run
+        credentials revoked; how many."""
         stale = self.clock() - timedelta(seconds=3 * self._settings.builds_heartbeat_seconds)
         dead = sa.or_(build_runs.c.heartbeat_at.is_(None), build_runs.c.heartbeat_at < stale)
 
-        def work(conn: Connection) -> int:
+        def work(conn: Connection) -> list[str]:
             rows = conn.execute(
                 sa.select(build_runs)
                 .where(build_runs.c.status.in_((STARTED, RUNNING)), dead)
@@ -85,11 +89,14 @@ class BuildJobs:
             ).all()
             for row in rows:
                 self._runs.finish(conn, row, ERROR, STOPPED_WORKER)
-            return len(rows)
+            return [row.run_id for row in rows]
 
-        found = self._db.run_write(work)
+        recovered = self._db.run_write(work)
+        found = len(recovered)
         if found:
             self._events.committed()
+            if self._credentials is not None:
+                self._credentials.revoke(recovered)
             log.warning("%d build runs lost their worker; marked Error", found)
         return found
 

@@ -242,7 +242,7 @@ def test_prune_old_runs(client, dockyard) -> None:
 
 def test_run_credentials_push_and_pull_but_never_manage(client, dockyard) -> None:
     credentials = dockyard.service("builds").credentials
-    access = credentials.mint(600)
+    access = credentials.mint("dytest1", 600)
     assert access.username == "00000000-0000-0000-0000-000000000000"
     assert access.plain_http
     login = basic(access.username, access.password)
@@ -277,12 +277,12 @@ def test_run_credentials_follow_the_servers_tls(settings, dockyard) -> None:
     from dockyard.builds.credentials import TaskCredentials
 
     tls = settings.model_copy(update={"tls_mode": "self-signed", "host": "0.0.0.0", "port": 5443})
-    access = TaskCredentials(tls, dockyard.access).mint(300)
+    access = TaskCredentials(tls, dockyard.access).mint("dytest2", 300)
     assert not access.plain_http
     assert access.ca_file == settings.data_dir / "tls" / "ca.crt"
     assert access.host == "127.0.0.1:5443"
     named = settings.model_copy(update={"builds_registry": "registry.internal:8443", "tls_cert": None})
-    assert TaskCredentials(named, dockyard.access).mint(300).host == "registry.internal:8443"
+    assert TaskCredentials(named, dockyard.access).mint("dytest2", 300).host == "registry.internal:8443"
 
 
 def test_one_batch_of_pushes_matches_each_push_to_its_own_base(client, dockyard) -> None:

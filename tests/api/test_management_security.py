@@ -139,7 +139,7 @@ def test_a_build_runs_credential_never_becomes_a_longer_lived_token(dockyard, an
     run's timeout plus 10 min) for a normal 3-hour refresh token, and that again, for 24 h of
     registry-wide push. Every door that issues a refresh token declines it; the token flow the
     builders use (GET /oauth2/token with the null GUID, the refresh grant) still works."""
-    run = dockyard.service("builds").credentials.mint(60)
+    run = dockyard.service("builds").credentials.mint("dytest3", 60)
     run_login = basic(run.username, run.password)
     for grant in ("refresh_token", "access_token_refresh_token"):
         refused = exchange(anonymous, grant, refresh_token=run.password)

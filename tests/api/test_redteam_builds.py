@@ -496,8 +496,8 @@ def test_refused_secrets_leak_nowhere(client, anonymous, dockyard, engine) -> No
 
 def test_refused_system_tasks_identity(client, anonymous, dockyard, engine) -> None:
     """REFUSED. Attack: sign in as ``system:tasks``; find, renew, disable or delete it through the
-    identity APIs; use a run's minted refresh token on /api/v1 (it must not manage). Expected:
-    401/404/403; the minted token still pushes (AcrPush) but manages nothing."""
+    identity APIs; use a run's minted refresh token on /api/v1 (it must not manage), or after the
+    run ended. Expected: 401/404/403; a running run's token pushes (AcrPush) but manages nothing."""
     client.post("/api/v1/runs", json={"type": "cmd", "cmd": "busybox true"})
     dockyard.runtime.run_jobs()
     password = engine.registries[0].password
@@ -514,7 +514,8 @@ def test_refused_system_tasks_identity(client, anonymous, dockyard, engine) -> N
     ):
         answer = client.request(method, path, json=body)
         assert answer.status_code in (400, 404, 405), (method, path, answer.status_code)
-    as_run = basic(NULL_GUID, password)
+    assert anonymous.get("/v2/", headers=basic(NULL_GUID, password)).status_code == 401  # the run ended
+    as_run = basic(NULL_GUID, dockyard.service("builds").credentials.mint("dyrunning", 600).password)
     assert anonymous.get("/v2/", headers=as_run).status_code == 200
     for method, path in (*BUILD_ROUTES, *READ_ROUTES, ("GET", "/api/v1/users"), ("POST", "/api/v1/users")):
         answer = anonymous.request(method, path, headers=as_run, json={})

@@ -34,7 +34,7 @@ from dockyard.access.permissions import (
     permissions_from_scope_map,
 )
 from dockyard.access.services import generation
-from dockyard.access.services.identities import ADMIN, NULL_GUID, TOKEN
+from dockyard.access.services.identities import ADMIN, NULL_GUID, TASK, TOKEN
 from dockyard.access.tokens import ACCESS_GRANT, IDENTITY_TOKEN, REFRESH_GRANT, InvalidToken, TokenService
 from dockyard.db import Database, as_utc, utcnow
 
@@ -144,10 +144,13 @@ class Authenticator:
             username = ""
         with self._db.read() as conn:
             row = conn.execute(
-                sa.select(identities.c.id, identities.c.enabled).where(identities.c.name == username)
+                sa.select(identities.c.id, identities.c.enabled, identities.c.kind).where(
+                    identities.c.name == username
+                )
             ).first()
             candidates = []
-            if row is not None and row.enabled:
+            # a task identity's secrets are known to nobody, and each build run adds one: never by password
+            if row is not None and row.enabled and row.kind != TASK:
                 candidates = [
                     (c.secret_hash, _stamp(c.name, c.created_at))
                     for c in conn.execute(

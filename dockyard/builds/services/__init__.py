@@ -66,5 +66,5 @@ def build_builds_services(kernel: Kernel, built: Mapping[str, Any]) -> BuildServ
         sources=sources,
         credentials=credentials,
         handler=handler,
-        jobs=BuildJobs(db, settings, runs, tasks, sources, kernel.events),
+        jobs=BuildJobs(db, settings, runs, tasks, sources, kernel.events, credentials=credentials),
     )

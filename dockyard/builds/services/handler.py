@@ -173,6 +173,7 @@ class RunHandler:
             outcome = RunOutcome(ERROR, f"{type(exc).__name__}: {exc}")
         finally:
             monitor.stop()
+            self._revoke(row.run_id)
         if outcome.error:
             sink.write(f"\nRun {row.run_id} {outcome.status}: {outcome.error}\n")
         else:
@@ -181,6 +182,14 @@ class RunHandler:
         self._record(seq, outcome)
         if workdir.exists():
             shutil.rmtree(workdir, onerror=self._cleanup_failed)
+
+    def _revoke(self, run_id: str) -> None:
+        """The run's end revokes its credential; if the database refuses now, it expires on its own
+        (the run's timeout plus the margin) and the next run's revocation deletes its row."""
+        try:
+            self._credentials.revoke([run_id])
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("could not revoke the credential of build run %s: %s", run_id, exc)
 
     @staticmethod
     def _cleanup_failed(function: Any, path: str, excinfo: Any) -> None:
@@ -223,7 +232,7 @@ class RunHandler:
         )
         deadline = Deadline(at=run_deadline, canceled=monitor.canceled)
         try:
-            registry = self._credentials.mint(timeout)
+            registry = self._credentials.mint(row.run_id, timeout)
             sink.add_secret(registry.password)
             context = engine.prepare_context(
                 source, workdir / "context", log=sink, read_source=self._sources.read, deadline=deadline
