@@ -208,7 +208,9 @@ class Policy:
         """The caller, if allowed ``need`` on ``repository``; else 401 (who are you?) or 403 (not you)."""
         caller = await self.caller(request)
         if need is None:  # authentication only
-            if caller.principal is None and caller.token is None:
+            # Anonymous pull or not, a caller without credentials is asked for them: clients
+            # (containers/image, docker) decide from GET /v2/ alone whether to sign in for a push.
+            if caller.anonymous and caller.token is None:
                 raise self.challenge(request, None)
             return caller
         if need.control is not None:

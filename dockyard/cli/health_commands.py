@@ -151,7 +151,11 @@ def check_challenge(run: Run) -> str:
     answer = run.get("/v2/")
     header = answer.headers.get("www-authenticate", "")
     if answer.status_code == 200:
-        return "GET /v2/ answers 200 without credentials (anonymous pull is enabled)"
+        raise Failed(
+            "GET /v2/ answers 200 without credentials: docker, podman and skopeo then never sign in, "
+            "so their pushes fail",
+            "is a proxy or another registry answering for Dockyard?",
+        )
     if answer.status_code != 401 or not header.lower().startswith("bearer "):
         raise Failed(
             f"GET /v2/ answered {answer.status_code} without a Bearer challenge",

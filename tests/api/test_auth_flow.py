@@ -262,7 +262,10 @@ def test_tokens_for_a_scope_map_and_crafted_scopes(client, anonymous, image):
 def test_anonymous_pull(client, anonymous, image):
     assert anonymous.get("/v2/team/a/manifests/v1").status_code == 401
     client.patch("/api/v1/registry", json={"anonymousPullEnabled": True})
-    assert anonymous.get("/v2/").status_code == 200
+    # GET /v2/ still asks for credentials: clients decide from it whether to sign in for a push
+    version_check = anonymous.get("/v2/")
+    assert version_check.status_code == 401
+    assert version_check.headers["WWW-Authenticate"].startswith("Bearer ")
     assert anonymous.get("/v2/team/a/manifests/v1").status_code == 200
     assert anonymous.get("/v2/team/b/tags/list").json()["tags"] == ["v1"]
     assert anonymous.post("/v2/team/a/blobs/uploads/").status_code == 401
@@ -272,6 +275,7 @@ def test_anonymous_pull(client, anonymous, image):
         {"type": "repository", "name": "team/a", "actions": ["pull"]}
     ]
     assert "refresh_token" not in token
+    assert anonymous.get("/v2/", headers=bearer(token["access_token"])).status_code == 200
     client.patch("/api/v1/registry", json={"anonymousPullEnabled": False})
     assert anonymous.get("/v2/team/a/manifests/v1").status_code == 401
 

@@ -154,8 +154,9 @@ def test_anonymous_callers_share_one_bucket(client, connect, clock):
     client.patch("/api/v1/registry", json={"anonymousPullEnabled": True})
     one = connect(address="198.51.100.1")
     other = connect(address="198.51.100.2")
-    assert statuses(one, "/v2/", 2) == [200, 200]
-    assert statuses(other, "/v2/", 2) == [200, 429]
+    assert one.get("/v2/").status_code == 401  # no credentials: asked for some, not counted
+    assert statuses(one, "/v2/app/tags/list", 2) == [404, 404]
+    assert statuses(other, "/v2/app/tags/list", 2) == [404, 429]
     anonymous_token = one.get("/oauth2/token", params={"service": "dockyard"}).json()["access_token"]
     assert connect(bearer(anonymous_token)).get("/v2/").status_code == 429  # an anonymous token too
     assert statuses(client, "/v2/", 3) == [200, 200, 200]  # the admin has a bucket of its own

@@ -197,12 +197,13 @@ def test_rooms_without_routes_yet_check_through_the_tier_service(client, dockyar
 
 def test_anonymous_pull_is_off_while_the_tier_lacks_it(client, anonymous, dockyard: Dockyard):
     assert client.patch("/api/v1/registry", json={"anonymousPullEnabled": True}).status_code == 200
-    assert anonymous.get("/v2/").status_code == 200
+    assert anonymous.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200
+    assert anonymous.get("/v2/nothing/tags/list").status_code == 404  # read without credentials
     tiers: TierService = dockyard.service("tiers")
     premium = tiers.current()
     tiers.table[premium.sku] = dataclasses.replace(premium, anonymous_pull=False)  # an operator's override
     tiers.forget()
-    assert anonymous.get("/v2/").status_code == 401
+    assert anonymous.get("/v2/nothing/tags/list").status_code == 401
     assert anonymous.get("/oauth2/token", params={"service": "dockyard"}).status_code == 401
 
 

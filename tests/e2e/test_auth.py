@@ -127,6 +127,66 @@ def test_podman_login_push_and_pull_as_a_user(
         tools.close()
 
 
+def test_clients_still_sign_in_and_push_with_anonymous_pull_on(
+    dockyard_server: DockyardServer, registry_http: httpx.Client, tmp_path: Path
+) -> None:
+    """Anonymous pull on: GET /v2/ still challenges (containers/image decides from it alone
+    whether to send credentials), so podman and skopeo push with theirs, a wrong podman login is
+    refused, and a pull without any credentials works."""
+    assert registry_http.patch("/api/v1/registry", json={"anonymousPullEnabled": True}).status_code == 200
+    tools = _fresh_tools(tmp_path)
+    try:
+        host = dockyard_server.host
+        layout = _layout(tmp_path, "anonymous-on")
+        store = tmp_path / "store"
+        policy = f"--signature-policy={tools.policy}"
+        tools.skopeo(
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "dockyard:e2e-admin-password",
+            f"oci:{layout}:img",
+            f"docker://{host}/auth/anonymous-on:v1",
+        )
+        inspected = tools.skopeo(
+            "inspect", "--tls-verify=false", "--no-creds", f"docker://{host}/auth/anonymous-on:v1"
+        )
+        assert json.loads(inspected.stdout)["Digest"].startswith("sha256:")
+        wrong = tools.podman_unchecked(
+            store, "login", "--tls-verify=false", "-u", "dockyard", "-p", "wrong", host
+        )
+        assert wrong.returncode != 0
+        tools.podman(
+            store,
+            "login",
+            "--tls-verify=false",
+            "-u",
+            "dockyard",
+            "--password-stdin",
+            host,
+            stdin="e2e-admin-password\n",
+        )
+        tools.podman(store, "pull", "--tls-verify=false", policy, f"oci:{layout}:img")
+        image_id = tools.podman(store, "images", "-q").stdout.split()[0]
+        tools.podman(
+            store, "push", "--tls-verify=false", policy, image_id, f"docker://{host}/auth/anonymous-on:v2"
+        )
+        manifest = json.loads(fetch_manifest(registry_http, "auth/anonymous-on", "v2"))
+        assert manifest["config"]["digest"].split(":")[1].startswith(image_id)
+        refused = tools.skopeo(  # an anonymous push is still refused
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-no-creds",
+            f"oci:{layout}:img",
+            f"docker://{host}/auth/anonymous-on:v3",
+            check=False,
+        )
+        assert refused.returncode != 0
+    finally:
+        registry_http.patch("/api/v1/registry", json={"anonymousPullEnabled": False})
+        tools.close()
+
+
 def test_repository_scoped_token(
     dockyard_server: DockyardServer, registry_http: httpx.Client, tmp_path: Path
 ) -> None:

@@ -132,3 +132,36 @@ def test_check_health_over_https_verifies_the_certificate(start_https_server, tm
     assert "✓ TLS: TLSv1." in trusted.stdout
     assert f"from https://127.0.0.1:{server.port}/oauth2/token" in trusted.stdout
     assert trusted.stdout.splitlines()[-1] == "The registry is healthy."
+
+
+def test_check_health_fails_when_v2_answers_without_asking_for_credentials(tmp_path: Path) -> None:
+    """A registry (or a proxy) answering GET /v2/ with 200 to a caller without credentials: clients
+    then never sign in, so their pushes fail. check-health says so instead of calling it healthy."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Open(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Open)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run(
+            dockyard_command("check-health", "--registry", url), env=cli_environment(tmp_path), check=False
+        )
+    finally:
+        server.shutdown()
+        thread.join()
+    assert result.returncode == 1
+    assert "✗ registry API: GET /v2/ answers 200 without credentials" in result.stdout
+    assert "The registry is healthy." not in result.stdout
