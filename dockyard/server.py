@@ -57,6 +57,9 @@ def configure_log_output(level: str, log_format: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # httpx logs every request's full URL at INFO: a webhook's service URI (or an upstream's) may
+    # carry a credential in its query, which nothing else Dockyard writes ever shows
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 #: How often a worker checks that its supervisor is still its parent.

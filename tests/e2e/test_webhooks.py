@@ -283,6 +283,21 @@ def test_ping_reports_the_receivers_answer(hook_server: DockyardServer, receiver
     cli(hook_server, "webhook", "delete", "--name", "e2epinged", "--yes")
 
 
+def test_the_service_uri_never_reaches_the_server_log(
+    hook_server: DockyardServer, receiver: Receiver
+) -> None:
+    """A URI often carries a credential (Azure Functions' ``?code=``): the delivery log, the audit log
+    and ``show`` hide it, and so must the server's own log (httpx logs each request's URL)."""
+    uri = f"{receiver.url}?code=e2e-uri-credential"
+    cli_json(hook_server, "webhook", "create", "-n", "e2equiet", "--uri", uri, "--actions", "push")
+    assert cli_json(hook_server, "webhook", "ping", "-n", "e2equiet")["statusCode"] == 200
+    (ping,) = receiver.wait_for(1)
+    assert ping.path.endswith("?code=e2e-uri-credential")
+    cli(hook_server, "webhook", "delete", "--name", "e2equiet", "--yes")
+    assert "/api/v1/webhooks/e2equiet/ping" in hook_server.stderr()  # the access log is there
+    assert "e2e-uri-credential" not in hook_server.stderr()
+
+
 def test_scopes_select_the_events(hook_server: DockyardServer) -> None:
     scopes = {"e2eall": None, "e2escopea": "e2e/a:*", "e2elatest": "e2e/a", "e2ev1tags": "e2e/*:v1"}
     with (
