@@ -147,6 +147,10 @@ def parse_filter(text: str) -> Filter:
             regex.compile(part)
         except regex.error as exc:
             raise PurgeInputError(f"filter {text!r}: invalid regular expression {part!r}: {exc}") from None
+        except (RecursionError, OverflowError):  # the regex module's parser recurses per nested group
+            raise PurgeInputError(
+                f"filter {text[:200]!r}: regular expression {part[:200]!r} is nested too deeply"
+            ) from None
     return Filter(repository, tag)
 
 

@@ -56,6 +56,8 @@ def test_a_filter_splits_at_the_colon_acr_cli_splits_at(text, repository, tag):
         ("app:", "missing tag"),
         ("app:(", "invalid regular expression"),
         ("(:v1", "invalid regular expression"),
+        ("app:" + "(" * 500 + "x" + ")" * 500, "nested too deeply"),  # under the 1,024-character limit
+        ("(" * 500 + "x" + ")" * 500 + ":v1", "nested too deeply"),
     ],
 )
 def test_bad_filters_say_why(text, message):
