@@ -113,7 +113,11 @@ class PurgeRoutes:
         dry_run = bool(field(body, "dryRun", bool))
         targets = await run_sync(self.purge.targets, parameters)
         refused = [name for name in sorted(targets) if not caller.permissions.allows(name, CONTENT_DELETE)]
-        if refused:
+        if refused and not caller.permissions.catalog:
+            # it may not list the catalog: the repositories it may not delete from stay unseen (a 403
+            # naming them, or only saying some matched, would answer "does a name like this exist?")
+            targets = {name: tags for name, tags in targets.items() if name not in refused}
+        elif refused:
             raise RegistryError(
                 ErrorCode.DENIED,
                 f"purge needs the delete action on every repository it matches, not given on {refused[0]!r}",

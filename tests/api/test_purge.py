@@ -243,9 +243,24 @@ def test_purging_needs_delete_on_every_matched_repository(client, anonymous, doc
         "/api/v1/role-assignments", json={"assignee": name, "role": "AcrDelete", "scope": "repository:mine"}
     )
     assert assigned.status_code == 201, assigned.text
-    refused = anonymous.post("/api/v1/purge", json={"filters": [".*:.*"], "ago": "0d"}, headers=headers)
+    # it may not list the catalog: what it may not delete from is left out, unnamed (no name oracle)
+    for filters in ([".*:.*"], ["^theirs$:.*"], ["the.*:.*"]):
+        narrowed = anonymous.post(
+            "/api/v1/purge", json={"filters": filters, "ago": "0d", "dryRun": True}, headers=headers
+        )
+        assert narrowed.status_code == 202, narrowed.text
+        assert "theirs" not in narrowed.text
+        assert narrowed.json()["repositories"] == (["mine"] if filters == [".*:.*"] else [])
+    assert dockyard.runtime.run_jobs() == 3  # the dry runs
+    reader = create_user(client, "catalog-reader")  # may list the catalog: told what it may not touch
+    for role, scope in (("Reader", "registry"), ("AcrDelete", "repository:mine")):
+        assigned = client.post(
+            "/api/v1/role-assignments", json={"assignee": "catalog-reader", "role": role, "scope": scope}
+        )
+        assert assigned.status_code == 201, assigned.text
+    refused = anonymous.post("/api/v1/purge", json={"filters": [".*:.*"], "ago": "0d"}, headers=reader)
     assert refused.status_code == 403
-    assert "theirs" in refused.text
+    assert refused.json()["errors"][0]["detail"]["repositories"] == ["theirs"]
     assert anonymous.post("/api/v1/purge", json={"filters": ["mine:.*"], "ago": "0d"}).status_code == 401
     allowed = anonymous.post("/api/v1/purge", json={"filters": ["mine:.*"], "ago": "0d"}, headers=headers)
     assert allowed.status_code == 202, allowed.text
