@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 WRITE_METHODS = frozenset({"PUT", "PATCH", "POST"})
 DATA_PLANE = ("/v2/", "/acr/")
+#: Where the token service (``/oauth2/token``, ``/oauth2/exchange``) lives: ``oauth`` requests.
+OAUTH_PATH = "/oauth2/"
+#: ``identity_key`` of every anonymous caller.
+ANONYMOUS = "anonymous"
 REFERRERS_ROUTE = "/v2/{name:path}/referrers/{digest}"
 #: Rows untouched this long are full again (capacity is one minute's refill) and are deleted.
 PRUNE_AFTER_SECONDS = 600.0
@@ -111,18 +115,22 @@ class RateLimiter:
         """Admit the request or raise 429 TOOMANYREQUESTS with Retry-After.
 
         Identity buckets are charged first; the registry's only once the identity is admitted.
-        A refused request gives back the tokens it took from the other buckets.
+        A refused request gives back the tokens it took from the other buckets. A token request
+        is checked twice: before sign-in (``caller`` None) against its address's share only, in
+        memory; once signed in (or admitted as anonymous) against the registry's bucket, so
+        strangers' requests, refused with 401, never draw from it.
         """
         if need is not None and need.control is not None:
             return  # the management API is not rate limited (nor is anything outside the data plane)
         tier = await self._current_tier()
         if tier is None:
             return
+        if caller is None:
+            self._client_share(request.scope, tier)
+            return
         buckets = self.buckets(request, caller, tier)
         if not buckets:
             return
-        if caller is None:
-            self._client_share(request.scope, tier)
         taken: list[LocalLease] = []
         for bucket in buckets:
             lease, wait = await self._take(bucket)
@@ -135,7 +143,8 @@ class RateLimiter:
 
     def buckets(self, request: Request, caller: Caller | None, tier: Tier) -> list[Bucket]:
         """The buckets ``request`` draws from, identity buckets first."""
-        categories = categories_of(request.scope) if caller is not None else (RateCategory.oauth,)
+        path = request.scope["path"]
+        categories = (RateCategory.oauth,) if path.startswith(OAUTH_PATH) else categories_of(request.scope)
         if not categories:
             return []
         identity = identity_key(caller) if caller is not None else None
@@ -152,6 +161,10 @@ class RateLimiter:
                 continue
             if identity is not None and rate.identity not in (None, UNLIMITED):
                 mine.append(Bucket(f"{category}:identity:{identity}", category, rate.identity))
+            elif identity == ANONYMOUS and category == RateCategory.oauth and rate.registry != UNLIMITED:
+                # anonymous token requests together: a share, so anonymous pullers leave the rest
+                share = max(1, rate.registry // CLIENT_SHARE)
+                mine.append(Bucket(f"{category}:identity:{identity}", category, share))
             if rate.registry != UNLIMITED:
                 registry.append(Bucket(f"{category}:registry", category, rate.registry))
         found = self._buckets[categories, identity] = (tier, mine + registry)
@@ -160,9 +173,9 @@ class RateLimiter:
     def _client_share(self, scope: Scope, tier: Tier) -> None:
         """Token requests: one client address may use at most a share of the registry's rate.
 
-        The registry's oauth bucket is counted before anyone is signed in, so without this a
-        stranger's flood would leave every user without a token. The share is kept in this
-        process's memory (no database write for a caller nobody knows; N processes allow N shares).
+        Counted before anyone is signed in, in this process's memory (no database write for a
+        caller nobody knows; N processes allow N shares): a flood from one address, signed in or
+        not, is cut here before it costs a password check.
         """
         rate = tier.rates.get(RateCategory.oauth)
         if rate is None or rate.registry == UNLIMITED:
@@ -333,12 +346,12 @@ def identity_key(caller: Caller) -> str:
     if caller.token is not None:
         claims = caller.token.claims
         if caller.token.kind == "anonymous":
-            return "anonymous"
+            return ANONYMOUS
         identity_id = claims.get("iid")
         return f"id:{identity_id}" if identity_id is not None else f"name:{caller.token.name}"
     principal = caller.principal
     if principal is None or principal.is_anonymous:
-        return "anonymous"
+        return ANONYMOUS
     if principal.identity_id is not None:
         return f"id:{principal.identity_id}"
     return f"name:{principal.name}"

@@ -181,18 +181,50 @@ def test_referrers_count_as_read_and_referrers(client, clock):
 
 def test_token_requests_are_limited_per_registry(client, connect, clock):
     alice = create_user(client, "alice", "AcrPull")
-    assert client.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200
+    offline = client.get("/oauth2/token", params={"service": "dockyard", "offline_token": "true"})
+    assert offline.status_code == 200
     elsewhere = connect(address="198.51.100.7")  # one address may use half the registry's token rate
     assert elsewhere.get("/oauth2/token", params={"service": "dockyard"}, headers=alice).status_code == 200
-    refused = connect(address="198.51.100.8").post("/oauth2/token", data={"grant_type": "password"})
+    refused = connect(address="198.51.100.8").get(
+        "/oauth2/token", params={"service": "dockyard"}, headers=alice
+    )
     assert refused.status_code == 429
     assert error_codes(refused) == ["TOOMANYREQUESTS"]
+    assert "for the registry" in refused.json()["errors"][0]["message"]
     assert refused.headers["Retry-After"] == "30"
-    assert client.post("/oauth2/exchange", data={"grant_type": "refresh_token"}).status_code == 429
+    exchange = {"grant_type": "refresh_token", "refresh_token": offline.json()["refresh_token"]}
+    assert client.post("/oauth2/exchange", data=exchange).status_code == 429
+    # a caller without credentials is refused as such; it draws nothing from the registry's rate
+    stranger = connect(address="198.51.100.9").post("/oauth2/token", data={"grant_type": "password"})
+    assert stranger.status_code == 401
     assert statuses(client, "/v2/", 3) == [200, 200, 200]  # token requests are not reads
     clock.now += 30  # the registry's bucket has a token again (this address's share needs 60 s)
-    fresh = connect(address="198.51.100.9")  # no credentials: admitted by the limits, then a 401
-    assert fresh.get("/oauth2/token", params={"service": "dockyard"}).status_code == 401
+    fresh = connect(address="198.51.100.10")
+    assert fresh.get("/oauth2/token", params={"service": "dockyard"}, headers=alice).status_code == 200
+
+
+def test_strangers_from_many_addresses_leave_the_token_rate_to_those_who_sign_in(client, connect, clock):
+    """A flood of token requests without valid credentials, each address within its share, never
+    draws from the registry's bucket: a signed-in user still gets a token (red team, helper-57)."""
+    for number in range(12):
+        stranger = connect(address=f"203.0.113.{number}")
+        assert stranger.get("/oauth2/token", params={"service": "dockyard"}).status_code == 401
+        refresh = {"grant_type": "refresh_token", "refresh_token": "not-a-token"}
+        assert stranger.post("/oauth2/exchange", data=refresh).status_code in (401, 429)
+    assert client.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200
+    second = connect(ADMIN, address="198.51.100.30")  # the registry's second token this minute
+    assert second.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200
+
+
+def test_anonymous_token_requests_together_get_half_of_the_token_rate(client, connect, clock):
+    client.patch("/api/v1/registry", json={"anonymousPullEnabled": True})
+    assert (
+        connect(address="203.0.113.20").get("/oauth2/token", params={"service": "dockyard"}).status_code
+        == 200
+    )
+    refused = connect(address="203.0.113.21").get("/oauth2/token", params={"service": "dockyard"})
+    assert refused.status_code == 429  # the anonymous share (1 a minute) is spent, whatever the address
+    assert client.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200  # the rest
 
 
 def test_one_address_gets_at_most_half_of_the_token_rate(client, connect, clock):

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from dockyard.access.permissions import Principal, grant_scope, parse_scopes
-from dockyard.access.policy import ANONYMOUS_CALLER, Policy
+from dockyard.access.policy import ANONYMOUS_CALLER, Caller, Policy
 from dockyard.access.services import AccessServices
 from dockyard.access.services.identities import TASK
 from dockyard.access.tokens import ACCESS_GRANT, REFRESH_GRANT, InvalidToken, IssuedToken
@@ -103,9 +103,16 @@ class OAuthRoutes:
             return ANONYMOUS_CALLER
         raise self.policy.challenge(request, None)
 
+    async def _admit(self, request: Request, principal: Principal) -> None:
+        """The checks for a signed-in token request (the registry's token rate): strangers, refused
+        with 401 before this, never draw from it."""
+        if self.policy.checks:
+            await self.policy.run_checks(request, Caller(principal=principal), None)
+
     async def _grant(
         self, request: Request, principal: Principal, scopes: list[str], *, refresh: bool
     ) -> Response:
+        await self._admit(request, principal)
         access: list[dict[str, Any]] = []
         for scope in parse_scopes(scopes):
             actions = grant_scope(principal.permissions, scope)
@@ -172,6 +179,7 @@ class OAuthRoutes:
         if not _may_hold_refresh_token(principal):
             self.policy.failed(request, "exchange", f"{grant}: a build run's credential", principal.name)
             raise _unauthorized("a build run's credential cannot be exchanged: it ends with the run")
+        await self._admit(request, principal)
         issued = await self._refresh_token(request, principal)
         self.access.audit.count(
             "exchange", "success", principal=principal.name, client_ip=self.policy.client_ip(request.scope)
