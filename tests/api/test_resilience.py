@@ -93,6 +93,46 @@ def test_failure_while_committing_to_storage_records_nothing(dockyard, monkeypat
     assert uploads.complete("team/app", state.id, sha256(DATA), iter([])).size == len(DATA)
 
 
+def cancelled_midway(uploads, upload_id: str, data: bytes, after: int):
+    """A streamed body whose session a DELETE (another request) cancels after ``after`` of its
+    chunks (0: before the store's writer opened anything)."""
+    chunks = [data[:MiB], data[MiB:]]
+    yield from chunks[:after]
+    uploads.cancel("team/app", upload_id)
+    yield from chunks[after:]
+
+
+@pytest.mark.parametrize("after", [0, 1])
+def test_a_closing_put_whose_session_is_cancelled_while_it_streams_links_nothing(dockyard, after):
+    """Red team (helper-57): the DELETE answered 204, then the streaming PUT answered 201 and linked
+    the blob. The cancel wins: the PUT gets BLOB_UPLOAD_UNKNOWN, and nothing is linked or left."""
+    uploads = dockyard.registry.uploads
+    data = os.urandom(3 * MiB)
+    state = uploads.start("team/app")
+    with pytest.raises(RegistryError) as failure:
+        uploads.complete("team/app", state.id, sha256(data), cancelled_midway(uploads, state.id, data, after))
+    assert failure.value.code.name == "BLOB_UPLOAD_UNKNOWN"
+    with pytest.raises(RegistryError):
+        dockyard.registry.blobs.stat("team/app", sha256(data))
+    with pytest.raises(RegistryError):
+        uploads.status("team/app", state.id)
+    assert upload_leftovers(dockyard.store) == 0
+
+
+@pytest.mark.parametrize("after", [0, 1])
+def test_a_patch_whose_session_is_cancelled_while_it_streams_leaves_no_bytes(dockyard, after):
+    """Red team (helper-57): the PATCH failed, but its bytes stayed in the store until expiry."""
+    uploads = dockyard.registry.uploads
+    data = os.urandom(3 * MiB)
+    state = uploads.start("team/app")
+    with pytest.raises(RegistryError) as failure:
+        uploads.append("team/app", state.id, cancelled_midway(uploads, state.id, data, after))
+    assert failure.value.code.name in ("BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN")
+    with pytest.raises(RegistryError):
+        uploads.status("team/app", state.id)
+    assert upload_leftovers(dockyard.store) == 0
+
+
 def test_a_second_writer_is_refused_while_one_is_streaming(dockyard):
     uploads = dockyard.registry.uploads
     state = uploads.start("team/app")

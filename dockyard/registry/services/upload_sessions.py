@@ -49,6 +49,8 @@ CLOSE_UPLOAD = (
         updated_at=sa.bindparam("now"),
     )
 )
+#: ``CLOSE_UPLOAD`` for the request whose lease is ``token``: a cancelled session's row holds none.
+CLOSE_LEASED = CLOSE_UPLOAD.where(uploads.c.lease_token == sa.bindparam("token"))
 LOCK_UPLOAD = (
     sa.select(
         uploads.c.size,
@@ -127,6 +129,16 @@ class _Recorded:
     opened: bool = False
 
 
+class SessionLost(RegistryError):
+    """The session was cancelled (or its lease taken over) while a request wrote to it."""
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(
+            ErrorCode.BLOB_UPLOAD_UNKNOWN,
+            f"upload {upload_id[:80]!r} was cancelled, or another request took it over, while this one wrote",
+        )
+
+
 class _LostDigest(RegistryError):
     """The session holds bytes whose running digest cannot be resumed (a session from before
     hash states were recorded, or a corrupt state): it is dropped and the client starts over."""
@@ -191,6 +203,13 @@ def send_open_upload(
 def close_upload(conn: Connection, upload_id: str, now: datetime) -> None:
     """Close a session in this transaction: its row stays, CLOSED, its store and digest state gone."""
     prepared.execute(conn, CLOSE_UPLOAD, {"upload": upload_id, "now": now})
+
+
+def close_leased(conn: Connection, upload_id: str, token: str, now: datetime) -> None:
+    """``close_upload`` by the request holding lease ``token``: BLOB_UPLOAD_UNKNOWN if the session
+    was cancelled (or taken over) while it wrote, so the caller's transaction links nothing."""
+    if not conn.execute(CLOSE_LEASED, {"upload": upload_id, "token": token, "now": now}).rowcount:
+        raise SessionLost(upload_id)
 
 
 def close_uploads(conn: Connection, upload_ids: Iterable[str], now: datetime) -> None:
@@ -284,9 +303,22 @@ def record_chunk(
         updated_at=utcnow(),
     )
     if not recorded:
-        raise RegistryError(
-            ErrorCode.BLOB_UPLOAD_INVALID, "the upload's lease expired while the chunk was streaming"
-        )
+        raise LeaseLost("the upload's lease expired while the chunk was streaming")
+
+
+class LeaseLost(RegistryError):
+    """A chunk arrived whole, but the session was cancelled or taken over meanwhile: not recorded."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.BLOB_UPLOAD_INVALID, message)
+
+
+def is_closed(db: Database, upload_id: str) -> bool:
+    """Whether the session has ended (cancelled, completed, expired) or has no row."""
+    size = db.run_lookup(
+        lambda conn: conn.execute(sa.select(uploads.c.size).where(uploads.c.id == upload_id)).scalar()
+    )
+    return size is None or size == CLOSED
 
 
 def _lock_unleased(

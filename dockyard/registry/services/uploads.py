@@ -49,6 +49,8 @@ from dockyard.registry.services.upload_sessions import (
     ClosedSession,
     Closing,
     GeneralPath,
+    LeaseLost,
+    SessionLost,
     StoredChunk,
     _lock_unleased,
     _LostDigest,
@@ -56,8 +58,10 @@ from dockyard.registry.services.upload_sessions import (
     _Recorded,
     _unknown,
     check_range,
+    close_leased,
     close_upload,
     end_idle_sessions,
+    is_closed,
     link_in_any_session,
     link_in_new_session,
     new_upload_id,
@@ -190,7 +194,12 @@ class UploadService:
             expected = check_range(recorded.size, content_range, content_length)
             hasher = self._hasher_at(upload_id, recorded)
             size, state = self._write(upload_id, token, recorded, hasher, body, expected=expected)
-            record_chunk(self._db, upload_id, token, size, state, hasher.export())
+            try:
+                record_chunk(self._db, upload_id, token, size, state, hasher.export())
+            except LeaseLost:
+                if is_closed(self._db, upload_id):  # cancelled while it streamed: drop what it wrote
+                    self._store.abort_upload(upload_id, state)
+                raise
         except _LostDigest as lost:
             self._drop_session(upload_id, lost.store_state)
             raise
@@ -303,7 +312,7 @@ class UploadService:
         except BaseException:
             self._release(upload_id, token)
             raise
-        self._link(repository, digest, size, location, seen, session=upload_id)
+        self._link(repository, digest, size, location, seen, session=(upload_id, token))
         return BlobInfo(digest, size, location)
 
     def _complete_in_one(
@@ -426,29 +435,31 @@ class UploadService:
         location: str | None,
         seen: Seen,
         *,
-        session: str | None = None,
+        session: tuple[str, str] | None = None,
     ) -> None:
-        """Make a committed blob visible in ``repository`` (ending ``session``), in one transaction.
+        """Make a committed blob visible in ``repository`` (ending ``session``: its id and the lease
+        the caller holds), in one transaction.
 
         If the blob was already recorded at another location, the existing record wins and the
         object just committed at ``location`` is deleted once the transaction is over. If garbage
         collection marked the blob since ``seen`` (BlobBusy), the session ends and the client
-        pushes again.
+        pushes again. If the session was cancelled while the caller wrote (SessionLost), nothing
+        is linked.
         """
 
         def work(conn: Connection) -> bool:
+            if session is not None:  # the session's row first, as every closing transaction locks it
+                close_leased(conn, *session, utcnow())
             repo_id = self._locks.writable_repository(conn, repository).id
-            kept = link_committed(conn, repo_id, digest, size, location, seen)
-            if session is not None:
-                close_upload(conn, session, utcnow())
-            return kept
+            return link_committed(conn, repo_id, digest, size, location, seen)
 
         try:
             kept = self._db.run_write(work)
-        except BlobBusy:
+        except (BlobBusy, SessionLost) as refused:
             if session is not None:
-                self._db.run_write(lambda conn: close_upload(conn, session, utcnow()), durable=False)
-                self._hashers.forget(session)
+                if isinstance(refused, BlobBusy):
+                    self._db.run_write(lambda conn: close_upload(conn, session[0], utcnow()), durable=False)
+                self._hashers.forget(session[0])
             if location is not None:
                 self._store.delete(digest, location=location)  # our own object, never linked
             raise
@@ -457,7 +468,7 @@ class UploadService:
         else:
             self._count_quota(seen, size)
         if session is not None:
-            self._hashers.forget(session)
+            self._hashers.forget(session[0])
 
     def _check_quota(self, seen: Seen, size: int) -> None:
         """A blob not stored yet must fit the storage quota (one already stored adds nothing)."""
