@@ -420,6 +420,32 @@ def test_a_multi_step_task_pushes_only_when_its_test_step_passes(env: Env) -> No
     assert env.http.get("/v2/tested-bad/tags/list").status_code == 404  # nothing was pushed
 
 
+def test_the_task_file_in_the_docs_runs_as_written(env: Env) -> None:
+    """docs/tasks.md's acr-task.yaml, taken from the page: build, test, push two tags (its push step
+    once named a tag the build never made; new-user pass, helper-56)."""
+    page = (Path(__file__).parents[2] / "docs" / "tasks.md").read_text()
+    section = page[page.index("## Task files") :]
+    task_file = section[
+        section.index("```yaml\n") + len("```yaml\n") : section.index("```\n", section.index("```yaml"))
+    ]
+    folder = env.root / "docs-task"
+    folder.mkdir()
+    (folder / "Dockerfile").write_text(_dockerfile(env, "ARG VERSION", 'RUN echo "$VERSION" > /version'))
+    (folder / "run-tests.sh").write_text('#!/bin/sh\necho "tests pass for CI=$CI"\n')
+    (folder / "run-tests.sh").chmod(0o755)
+    (folder / "acr-task.yaml").write_text(task_file)
+    done = env.cli("run", "-f", "acr-task.yaml", "--set", "version=1.2", str(folder))
+    assert "tests pass for CI=true" in done.stdout
+    run_id = done.stderr.split("Queued a run with ID: ")[1].split()[0]
+    ended = env.run_info(run_id)
+    assert ended["status"] == "Succeeded"
+    assert sorted((i["repository"], i["tag"]) for i in ended["outputImages"]) == [
+        ("app", run_id),
+        ("app", "latest"),
+    ]
+    assert fetch_manifest(env.http, "app", "latest") == fetch_manifest(env.http, "app", run_id)
+
+
 # -- e. a failing step fails the run, with its log ---------------------------------------------------
 
 
