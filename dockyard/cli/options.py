@@ -14,7 +14,8 @@ RegistryOption = Annotated[
     typer.Option(
         "--registry",
         "-r",
-        help="Registry URL or host [env DOCKYARD_REGISTRY, default http://127.0.0.1:5000].",
+        help="Registry URL or host [env DOCKYARD_REGISTRY; default: the registry `dockyard login` "
+        "last signed in to, else http://127.0.0.1:5000].",
     ),
 ]
 YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
