@@ -388,3 +388,28 @@ def test_a_forged_manifest_cursor_is_refused(client):
         assert error_codes(response) == ["UNSUPPORTED"]
     fine = encoded(f"2024-01-01T00:00:00.000000+00:00 {digest}")
     assert client.get("/api/v1/deleted/team/app/_manifests", params={"last": fine}).json()["manifests"] == []
+
+
+def test_a_purge_that_untags_then_deletes_a_manifest_bins_it_with_those_tags(client, dockyard):
+    """purge untags first, then deletes the manifests left untagged: the bin records the tags the
+    run took off, so a restore undoes a mistaken purge (new-user pass, helper-56). A tag the run
+    kept is not recorded for a manifest that still had it."""
+    from tests.api.test_purge import age_tags, run_purge
+
+    enable(client)
+    image = make_image("purged")
+    digest = push_image(client, "team/app", image, "v1")
+    push_manifest(client, "team/app", "stable", image.manifest, image.media_type)
+    kept = push_image(client, "team/app", make_image("kept"), "v9")
+    age_tags(dockyard, "team/app", {"v1": timedelta(days=3), "stable": timedelta(days=3)})
+    run = run_purge(client, dockyard, filters=["team/app:^(v1|stable)$"], ago="1d", untagged=True)
+    assert run["deletedTags"] == 2
+    assert run["deletedManifests"] == 1
+    [entry] = bin_of(client)
+    assert (entry["digest"], entry["tags"]) == (digest, ["stable", "v1"])
+    restored = restore(client, digest)
+    assert restored.status_code == 200, restored.text
+    assert restored.json() == {"digest": digest, "restoredTags": ["stable", "v1"], "skippedTags": []}
+    listed = client.get("/v2/team/app/tags/list").json()["tags"]
+    assert sorted(listed) == ["stable", "v1", "v9"]
+    assert client.get("/v2/team/app/manifests/v9").headers["Docker-Content-Digest"] == kept

@@ -34,8 +34,9 @@ def test_show_and_update(admin: Cli, registry: DockyardServer) -> None:
         assert updated["publicNetworkAccess"] == "Disabled"
         assert updated["networkRuleSet"]["defaultAction"] == "Deny"
         assert admin.json("show") == updated
-        # anonymous pull is on: the catalog is still not for anonymous callers, but the /v2/ check is
-        assert httpx.get(f"{registry.url}/v2/", timeout=10).status_code == 200
+        # anonymous pull is on: an anonymous token is given, and a read without one works
+        assert httpx.get(f"{registry.url}/oauth2/token", timeout=10).status_code == 200
+        assert httpx.get(f"{registry.url}/v2/nothing/tags/list", timeout=10).status_code == 404
     finally:
         restored = admin.json(
             "update", "--anonymous-pull-enabled", "false", "--public-network-enabled", "true",

@@ -26,6 +26,7 @@ from dockyard.events.services import Origin
 from dockyard.lifecycle import cron as crontab
 from dockyard.lifecycle import purge_rules as rules
 from dockyard.lifecycle.models import purge_runs, purge_schedules
+from dockyard.lifecycle.services.purge_json import run_json, schedule_json
 from dockyard.oci.errors import ErrorCode, RegistryError
 from dockyard.registry.models import blobs, manifest_blobs, manifest_children, manifests, repositories, tags
 from dockyard.registry.services.manifests import ManifestService
@@ -146,52 +147,6 @@ def check_cron(expression: str) -> str:
         return crontab.check_cron(expression, utcnow())
     except crontab.CronError as exc:
         raise PurgeError(str(exc)) from None
-
-
-def _iso(value: datetime | None) -> str | None:
-    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
-
-
-def _run_json(row: sa.Row) -> dict[str, Any]:
-    parameters = json.loads(row.parameters)
-    return {
-        "id": row.id,
-        "schedule": row.schedule_name,
-        "status": row.status,
-        "dryRun": bool(row.dry_run),
-        "filters": parameters.get("filters", []),
-        "ago": parameters.get("ago"),
-        "keep": parameters.get("keep", 0),
-        "untagged": parameters.get("untagged", False),
-        "untaggedOnly": parameters.get("untagged_only", False),
-        "requestedBy": row.requested_by,
-        "createdTime": _iso(row.created_at),
-        "startedTime": _iso(row.started_at),
-        "finishedTime": _iso(row.finished_at),
-        "deletedTags": row.deleted_tags,
-        "deletedManifests": row.deleted_manifests,
-        "skipped": row.skipped,
-        "freedBytes": row.freed_bytes,
-        "error": row.error,
-    }
-
-
-def _schedule_json(row: sa.Row) -> dict[str, Any]:
-    parameters = json.loads(row.parameters)
-    return {
-        "name": row.name,
-        "schedule": row.cron,
-        "filters": parameters.get("filters", []),
-        "ago": parameters.get("ago"),
-        "keep": parameters.get("keep", 0),
-        "untagged": parameters.get("untagged", False),
-        "untaggedOnly": parameters.get("untagged_only", False),
-        "nextRunTime": _iso(row.next_run_at),
-        "lastRunTime": _iso(row.last_run_at),
-        "lastRunId": row.last_run_id,
-        "createdBy": row.created_by,
-        "createdTime": _iso(row.created_at),
-    }
 
 
 class PurgeService:
@@ -316,9 +271,10 @@ class PurgeService:
                 report.add("repository", repository, "not-found")
                 continue
             doomed: list[rules.TagRow] = []
+            untagged: dict[str, list[str]] = {}  # digest → the tags this run took off it
             if tag_regex is not None:
                 doomed = rules.select_tags(snapshot.tags, tag_regex, cutoff, parameters.keep)
-                self._delete_tags(repository, doomed, report, origin, concurrency)
+                untagged = self._delete_tags(repository, doomed, report, origin, concurrency)
             if not (parameters.untagged or parameters.untagged_only):
                 continue
             current = rules.without_tags(snapshot.manifests, doomed) if report.dry_run else None
@@ -330,7 +286,8 @@ class PurgeService:
             chosen = rules.select_untagged(current, cutoff)
             held |= self._blobs_of([snapshot.ids[m.digest] for m in chosen])
             for manifest in chosen:
-                if self._delete_manifest(repository, manifest, report, origin):
+                former = untagged.get(manifest.digest, [])
+                if self._delete_manifest(repository, manifest, report, origin, former):
                     gone_ids.append(snapshot.ids[manifest.digest])
         report.freed_bytes = self._freed_bytes(held, gone_ids) if gone_ids else 0
 
@@ -341,11 +298,12 @@ class PurgeService:
         report: RunReport,
         origin: Origin,
         concurrency: int,
-    ) -> None:
+    ) -> dict[str, list[str]]:
+        """Untag ``doomed``; returns digest → the tag names deleted from it."""
         if report.dry_run:
             for tag in doomed:
                 report.add("tag", repository, "would-delete", tag=tag.name, digest=tag.digest)
-            return
+            return {}
 
         def delete(tag: rules.TagRow) -> tuple[rules.TagRow, str, str | None]:
             if self._tag_changed(repository, tag):
@@ -360,13 +318,24 @@ class PurgeService:
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             outcomes = list(pool.map(delete, doomed))
+        deleted: dict[str, list[str]] = {}
         for tag, action, reason in outcomes:
             extra = {"reason": reason} if reason else {}
             report.add("tag", repository, action, tag=tag.name, digest=tag.digest, **extra)
+            if action == "deleted":
+                deleted.setdefault(tag.digest, []).append(tag.name)
+        return deleted
 
     def _delete_manifest(
-        self, repository: str, manifest: rules.ManifestRow, report: RunReport, origin: Origin
+        self,
+        repository: str,
+        manifest: rules.ManifestRow,
+        report: RunReport,
+        origin: Origin,
+        former_tags: Sequence[str] = (),
     ) -> bool:
+        """Delete an untagged manifest; ``former_tags`` (those this run took off it) go to the
+        recycle bin with it, so a restore brings them back."""
         if report.dry_run:
             report.add("manifest", repository, "would-delete", digest=manifest.digest)
             return True
@@ -374,7 +343,7 @@ class PurgeService:
             report.add("manifest", repository, "skipped", digest=manifest.digest, reason="tagged again")
             return False
         try:
-            self._manifests.delete(repository, manifest.digest, origin)
+            self._manifests.delete(repository, manifest.digest, origin, former_tags=former_tags)
         except RegistryError as exc:
             if exc.code == ErrorCode.MANIFEST_UNKNOWN:
                 report.add("manifest", repository, "not-found", digest=manifest.digest)
@@ -497,7 +466,7 @@ class PurgeService:
         )
         if row is None:
             return None
-        data = _run_json(row)
+        data = run_json(row)
         if items:
             data["items"] = json.loads(row.items) if row.items else []
         return data
@@ -507,7 +476,7 @@ class PurgeService:
         query = sa.select(purge_runs).order_by(purge_runs.c.id.desc()).limit(limit)
         if schedule is not None:
             query = query.where(purge_runs.c.schedule_name == schedule)
-        return [_run_json(r) for r in self._db.run_lookup(lambda conn: conn.execute(query).all())]
+        return [run_json(r) for r in self._db.run_lookup(lambda conn: conn.execute(query).all())]
 
     # -- schedules ---------------------------------------------------------------------------
 
@@ -549,13 +518,13 @@ class PurgeService:
                 sa.select(purge_schedules).where(purge_schedules.c.name == name)
             ).first()
         )
-        return _schedule_json(row) if row is not None else None
+        return schedule_json(row) if row is not None else None
 
     def list_schedules(self) -> list[dict[str, Any]]:
         rows = self._db.run_lookup(
             lambda conn: conn.execute(sa.select(purge_schedules).order_by(purge_schedules.c.name)).all()
         )
-        return [_schedule_json(r) for r in rows]
+        return [schedule_json(r) for r in rows]
 
     def delete_schedule(self, name: str) -> bool:
         return bool(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -95,14 +95,22 @@ class RecycleService:
 
     # -- filling the bin (a ContentHooks.before_delete hook) --------------------------------------
 
-    def on_delete(self, conn: Connection, repository: str, repo_id: int, manifest_ids: Sequence[int]) -> None:
-        """Copy the manifests about to be deleted into the bin, with their tags and blobs."""
+    def on_delete(
+        self,
+        conn: Connection,
+        repository: str,
+        repo_id: int,
+        manifest_ids: Sequence[int],
+        former_tags: Mapping[int, Sequence[str]],
+    ) -> None:
+        """Copy the manifests about to be deleted into the bin, with their tags (those the deleter
+        removed just before too: a purge untags, then deletes) and blobs."""
         if not manifest_ids or not read_policy(conn, SOFT_DELETE).enabled:
             return
         now = self._clock()
         ids = list(manifest_ids)
         rows = conn.execute(sa.select(manifests).where(manifests.c.id.in_(ids))).all()
-        tag_names: dict[int, list[str]] = {i: [] for i in ids}
+        tag_names: dict[int, list[str]] = {i: list(former_tags.get(i, ())) for i in ids}
         for manifest_id, name in conn.execute(
             sa.select(tags.c.manifest_id, tags.c.name)
             .where(tags.c.manifest_id.in_(ids))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -55,8 +55,9 @@ class Page:
 
 
 #: Called inside a delete's write transaction before manifests go: (conn, repository, repository id,
-#: manifest ids). Its rows (tags, references) are still there; raising aborts the delete.
-BeforeDelete = Callable[[Connection, str, int, Sequence[int]], None]
+#: manifest ids, tags some of them had until the deleter removed them just before: manifest id →
+#: names). Its rows (tags, references) are still there; raising aborts the delete.
+BeforeDelete = Callable[[Connection, str, int, Sequence[int], Mapping[int, Sequence[str]]], None]
 #: Called inside a write transaction after tags were removed from or moved off manifests:
 #: (conn, repository id, ids of the manifests that lost a tag).
 TagsDropped = Callable[[Connection, int, Sequence[int]], None]
@@ -106,10 +107,17 @@ class ContentHooks:
     #: and before pushes (a cache target refuses them).
     pull_through: PullThrough | None = None
 
-    def deleting(self, conn: Connection, repository: str, repo_id: int, manifest_ids: Sequence[int]) -> None:
+    def deleting(
+        self,
+        conn: Connection,
+        repository: str,
+        repo_id: int,
+        manifest_ids: Sequence[int],
+        former_tags: Mapping[int, Sequence[str]] | None = None,
+    ) -> None:
         """Run every ``before_delete`` hook."""
         for hook in self.before_delete:
-            hook(conn, repository, repo_id, manifest_ids)
+            hook(conn, repository, repo_id, manifest_ids, former_tags or {})
 
     def dropped(self, conn: Connection, repo_id: int, manifest_ids: Sequence[int]) -> None:
         """Run every ``tags_dropped`` hook."""

@@ -433,11 +433,14 @@ class ManifestService:
         reference: str,
         origin: Origin | None = None,
         check: Callable[[Connection, int], None] | None = None,
+        former_tags: Sequence[str] = (),
     ) -> None:
         """Delete a manifest (by digest, with its tags) or just a tag (untag); log the event.
 
         ``check(conn, manifest_id)`` runs first inside the transaction of a delete by digest and may
         raise to refuse it (retention re-checks there that the manifest is still deletable).
+        ``former_tags``: tags the caller removed from it just before (purge), which the recycle bin
+        records with the ones it still has.
         """
         tag, digest = parse_reference(reference)
 
@@ -455,7 +458,7 @@ class ManifestService:
                 self._locks.check_manifest_delete(conn, repo_id, row.id, digest)
                 if check is not None:
                     check(conn, row.id)
-                self.hooks.deleting(conn, repository, repo_id, [row.id])
+                self.hooks.deleting(conn, repository, repo_id, [row.id], {row.id: former_tags})
                 conn.execute(manifests.delete().where(manifests.c.id == row.id))
                 action = CHART_DELETE if row.config_media_type == mt.HELM_CONFIG else DELETE
                 self._events.record(
