@@ -382,7 +382,8 @@ def _refuse_pushed_target(conn: Connection, target: str, wildcard: bool) -> None
     if pushed is not None:
         raise RegistryError(
             ErrorCode.ALREADY_EXISTS,
-            f"repository {pushed!r} already holds pushed content; it cannot be a cache target",
+            f"repository {pushed!r} already holds content (pushed, or cached by a rule since deleted); "
+            "it cannot be a cache target",
             status=409,
         )
 
