@@ -93,7 +93,7 @@ def test_a_target_with_pushed_content_is_refused(client):
     push_image(client, "pushed/app", make_image(seed=3), "v1")
     refused = make_rule(client, "pushed-rule", "registry.example/app", "pushed/app")
     assert refused.status_code == 409
-    assert "pushed content" in refused.text
+    assert "already holds content" in refused.text
     wildcard = make_rule(client, "pushed-wild", "registry.example/team/*", "pushed/*")
     assert wildcard.status_code == 409
 
