@@ -91,7 +91,11 @@ def _sorted_entries(directory: Path, after: str | None) -> list[os.DirEntry[str]
 
 
 class FilesystemUploadWriter:
-    """Appends to an upload file after its recorded size; ``abort`` truncates back to it."""
+    """Appends to an upload file after its recorded size; ``abort`` truncates back to it.
+
+    Only while the file is still the upload's: once another request has committed it (moved it
+    into place as a blob) or cancelled it, a write raises UploadLost and ``abort`` leaves it be.
+    """
 
     def __init__(self, path: Path, state: str | None, offset: int) -> None:
         self._path = path
@@ -112,6 +116,9 @@ class FilesystemUploadWriter:
         self._file.seek(offset)
 
     def write(self, data: bytes) -> None:
+        if not self._still_the_upload():
+            self._file.close()
+            raise UploadLost(f"upload {self._path.name} was completed or cancelled by another request")
         with _space(f"upload {self._path.name}"):
             _write_all(self._file.write, data, self._path)
 
@@ -121,8 +128,18 @@ class FilesystemUploadWriter:
 
     def abort(self) -> None:
         if not self._file.closed:
-            self._file.truncate(self._start)
+            if self._still_the_upload():
+                self._file.truncate(self._start)
             self._file.close()
+
+    def _still_the_upload(self) -> bool:
+        """Whether the upload's path still names the file this writer holds open."""
+        try:
+            named = os.stat(self._path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(self._file.fileno())
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 class FilesystemBlobStore:

@@ -12,6 +12,7 @@ from dockyard.access.services import bootstrap
 from dockyard.app import build, create_app
 from dockyard.db import utcnow
 from dockyard.oci.errors import RegistryError
+from dockyard.registry.models import uploads as uploads_table
 from dockyard.registry.services.upload_sessions import CLOCK_SKEW, CLOSED, unopened_since
 from dockyard.storage import StorageError, StorageFull
 from tests.support.auth import ADMIN
@@ -131,6 +132,56 @@ def test_a_patch_whose_session_is_cancelled_while_it_streams_leaves_no_bytes(doc
     with pytest.raises(RegistryError):
         uploads.status("team/app", state.id)
     assert upload_leftovers(dockyard.store) == 0
+
+
+def _expire_lease(dockyard, upload_id: str) -> None:
+    with dockyard.db.write() as conn:
+        conn.execute(
+            uploads_table.update()
+            .where(uploads_table.c.id == upload_id)
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+
+
+@pytest.mark.parametrize("noticed_by", ["lease", "store"])
+def test_a_stalled_writer_that_lost_its_session_never_touches_the_blob_it_became(
+    dockyard, monkeypatch, noticed_by
+):
+    """Red team (helper-58, high): a PATCH stalls past its lease; a PUT takes the session over and
+    completes it, so on a filesystem the upload file becomes the stored blob (shared by digest);
+    the PATCH then went on writing into it, or truncated it to 0 bytes on a hang-up. Now the
+    PATCH renews its lease before writing after a pause (``lease``), and the filesystem writer
+    checks the file is still the upload (``store``): the PATCH fails and the blob stays whole."""
+    from dockyard.registry.services import uploads as uploads_module
+
+    uploads = dockyard.registry.uploads
+    first, last = os.urandom(MiB), os.urandom(MiB)
+    state = uploads.start("team/app")
+    uploads.append("team/app", state.id, iter([first]), content_range=(0, MiB - 1))
+    clock = [0.0]
+    monkeypatch.setattr(
+        uploads_module, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])})
+    )
+
+    def stalled_patch():
+        yield os.urandom(MiB)  # streamed under the lease, never recorded
+        _expire_lease(dockyard, state.id)  # the client stalls past its lease ...
+        blob = uploads.complete(
+            "team/app", state.id, sha256(first + last), iter([last])
+        )  # ... and a PUT takes over
+        assert blob.size == 2 * MiB
+        if noticed_by == "lease":
+            clock[0] += 3600  # long enough that the PATCH renews before its next write
+        yield os.urandom(MiB)  # the stalled PATCH resumes
+        raise Disconnect  # and hangs up
+
+    with pytest.raises((RegistryError, Disconnect)) as failure:
+        uploads.append("team/app", state.id, stalled_patch(), content_range=(MiB, 4 * MiB - 1))
+    if noticed_by == "lease" or dockyard.store.local:  # an object store's parts never touch a blob
+        assert isinstance(failure.value, RegistryError)
+        assert failure.value.code.name == "BLOB_UPLOAD_INVALID"
+    stored = dockyard.registry.blobs.stat("team/app", sha256(first + last))
+    assert b"".join(dockyard.registry.blobs.open(stored)) == first + last
 
 
 def test_a_second_writer_is_refused_while_one_is_streaming(dockyard):

@@ -275,8 +275,11 @@ def _update_leased(db: Database, upload_id: str, token: str, **values: object) -
 
 
 def renew_lease(db: Database, upload_id: str, token: str, lease: timedelta) -> None:
-    """Extend the lease ``token`` holds on the session (while a long chunk streams)."""
-    _update_leased(db, upload_id, token, lease_until=utcnow() + lease)
+    """Extend the lease ``token`` holds on the session (while a long chunk streams); LeaseLost if
+    it is no longer held (the session was cancelled, or another request took it over after the
+    lease ran out): the caller must not write another byte."""
+    if not _update_leased(db, upload_id, token, lease_until=utcnow() + lease):
+        raise LeaseLost("the upload was cancelled, or another request took it over, while this one streamed")
 
 
 def release_lease(db: Database, upload_id: str, token: str) -> None:

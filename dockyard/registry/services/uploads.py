@@ -561,13 +561,20 @@ class UploadService:
                     raise RegistryError(
                         ErrorCode.SIZE_INVALID, f"chunk is longer than the declared {expected} bytes"
                     )
-                if writer is None:
-                    writer = self._open(upload_id, recorded, digest)
-                writer.write(chunk)
-                hasher.update(chunk)
                 if token is not None and time.monotonic() > next_renewal:
+                    # before the write: after a stall as long as the lease, another request may
+                    # have taken the session over and completed it (its file is then a blob)
                     renew_lease(self._db, upload_id, token, self._lease)
                     next_renewal = time.monotonic() + renew_every
+                if writer is None:
+                    writer = self._open(upload_id, recorded, digest)
+                try:
+                    writer.write(chunk)
+                except UploadLost:  # the store's own check: the file is no longer this upload's
+                    raise LeaseLost(
+                        "another request completed or cancelled the upload while this one streamed"
+                    ) from None
+                hasher.update(chunk)
             if expected is not None and received != expected:
                 raise RegistryError(
                     ErrorCode.SIZE_INVALID, f"received {received} bytes but {expected} were declared"
