@@ -9,9 +9,11 @@ Contributor); reading runs and schedules needs Reader (a run's requester may als
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -27,6 +29,8 @@ from dockyard.oci.errors import ErrorCode, RegistryError
 SCHEDULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_FILTERS = 100
 MAX_RUNS_LISTED = 1000
+#: Purge starts whose filters are matched at once per process (``PurgeRoutes._matching``).
+MATCHING_AT_ONCE = 2
 SCOPED_REFUSAL = (
     "a repository-scoped token cannot use the management API; "
     "purge as a user or service principal with AcrDelete, Contributor or Owner"
@@ -66,6 +70,9 @@ class PurgeRoutes:
         self.purge = purge
         self.policy = policy
         self.audit = audit
+        #: Filters are matched against repository names (each regex up to 5 s a name) by this many
+        #: threads at once: a flood of slow regexes queues, the other requests keep their threads.
+        self._matching = anyio.CapacityLimiter(MATCHING_AT_ONCE)
 
     def routes(self) -> list[BaseRoute]:
         guard = self.policy.guard
@@ -111,13 +118,16 @@ class PurgeRoutes:
         body = await json_body(request)
         parameters = parameters_of(body)
         dry_run = bool(field(body, "dryRun", bool))
-        targets = await run_sync(self.purge.targets, parameters)
+        # A caller that may not list the catalog: the repositories it may not delete from stay
+        # unseen, its regexes never even run on their names (a 403 naming them, an error or the
+        # time a regex took would answer "does a name like this exist?").
+        may_delete = caller.permissions.allows
+        visible = None if caller.permissions.catalog else (lambda name: may_delete(name, CONTENT_DELETE))
+        targets = await anyio.to_thread.run_sync(
+            functools.partial(self.purge.targets, parameters, visible), limiter=self._matching
+        )
         refused = [name for name in sorted(targets) if not caller.permissions.allows(name, CONTENT_DELETE)]
-        if refused and not caller.permissions.catalog:
-            # it may not list the catalog: the repositories it may not delete from stay unseen (a 403
-            # naming them, or only saying some matched, would answer "does a name like this exist?")
-            targets = {name: tags for name, tags in targets.items() if name not in refused}
-        elif refused:
+        if refused:
             raise RegistryError(
                 ErrorCode.DENIED,
                 f"purge needs the delete action on every repository it matches, not given on {refused[0]!r}",

@@ -374,3 +374,72 @@ def test_a_registry_holds_a_bounded_number_of_schedules(client, monkeypatch):
     assert "at most 3 purge schedules" in refused.json()["errors"][0]["message"]
     assert client.delete("/api/v1/purge/schedules/a").status_code == 204
     assert client.post("/api/v1/purge/schedules", json={**body, "name": "d"}).status_code == 201
+
+
+def test_a_callers_filters_never_run_on_names_it_may_not_see(client, anonymous, dockyard, monkeypatch):
+    """Red team (helper-58): a slow regex timed out "on 'secret/…'", naming a repository the caller
+    could not read, and its time answered whether such a name existed. A caller that may not list
+    the catalog has its regexes matched only against the repositories it may delete from."""
+    from dockyard.lifecycle import purge_rules
+
+    push_tags(client, "mine/app", ["v1"])
+    push_tags(client, "secret/payroll", ["v1"])
+    headers = create_user(client, "matcher")
+    assigned = client.post(
+        "/api/v1/role-assignments",
+        json={"assignee": "matcher", "role": "AcrDelete", "scope": "repository:mine/*"},
+    )
+    assert assigned.status_code == 201, assigned.text
+    asked: list[str] = []
+    search = purge_rules._search
+
+    def recording(pattern, text, source):
+        asked.append(text)
+        return search(pattern, text, source)
+
+    monkeypatch.setattr(purge_rules, "_search", recording)
+    started = anonymous.post(
+        "/api/v1/purge", json={"filters": [".*:.*"], "ago": "0d", "dryRun": True}, headers=headers
+    )
+    assert started.status_code == 202, started.text
+    assert started.json()["repositories"] == ["mine/app"]
+    assert "secret/payroll" not in asked
+    asked.clear()
+    assert (
+        client.post("/api/v1/purge", json={"filters": [".*:.*"], "ago": "0d", "dryRun": True}).status_code
+        == 202
+    )
+    assert "secret/payroll" in asked  # the admin may list the catalog: every name is matched
+
+
+def test_a_run_deletes_only_where_its_requester_may_still_delete(client, anonymous, dockyard):
+    """Red team (helper-58): a queued purge deleted after its requester lost the right (or was
+    deleted). The run asks again when it runs: a revoked role leaves those repositories out; a
+    deleted identity fails the run."""
+    push_tags(client, "mine", ["v1"])
+    headers = create_user(client, "revoked")
+    assigned = client.post(
+        "/api/v1/role-assignments",
+        json={"assignee": "revoked", "role": "AcrDelete", "scope": "repository:mine"},
+    )
+    assert assigned.status_code == 201, assigned.text
+    started = anonymous.post("/api/v1/purge", json={"filters": ["mine:.*"], "ago": "0d"}, headers=headers)
+    assert started.status_code == 202, started.text
+    assert client.delete(f"/api/v1/role-assignments/{assigned.json()['id']}").status_code in (200, 204)
+    assert dockyard.runtime.run_jobs() == 1
+    run = client.get(f"/api/v1/purge/runs/{started.json()['id']}").json()
+    assert (run["status"], run["deletedTags"]) == ("succeeded", 0)
+    assert tag_names(client, "mine") == ["v1"]
+
+    assigned = client.post(
+        "/api/v1/role-assignments",
+        json={"assignee": "revoked", "role": "AcrDelete", "scope": "repository:mine"},
+    )
+    started = anonymous.post("/api/v1/purge", json={"filters": ["mine:.*"], "ago": "0d"}, headers=headers)
+    assert started.status_code == 202, started.text
+    assert client.delete("/api/v1/users/revoked").status_code in (200, 204)
+    assert dockyard.runtime.run_jobs() == 1
+    run = client.get(f"/api/v1/purge/runs/{started.json()['id']}").json()
+    assert run["status"] == "failed"
+    assert "no longer exists" in run["error"]
+    assert tag_names(client, "mine") == ["v1"]

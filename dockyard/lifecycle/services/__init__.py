@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dockyard.access.permissions import CONTENT_DELETE
 from dockyard.lifecycle.interfaces import KeptBlobs
 from dockyard.lifecycle.services.gc import GarbageCollector
 from dockyard.lifecycle.services.gc_runs import GcService
 from dockyard.lifecycle.services.policies import PolicyService
-from dockyard.lifecycle.services.purge import PurgeService
+from dockyard.lifecycle.services.purge import PurgeService, Rights
 from dockyard.lifecycle.services.recycle import RecycleService
 from dockyard.lifecycle.services.retention import RetentionService
 from dockyard.lifecycle.services.usage import UsageService
 from dockyard.rooms import Kernel
+
+if TYPE_CHECKING:
+    from dockyard.access.services import AccessServices
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,22 @@ class LifecycleServices:
     recycle: RecycleServices | None = None
 
 
+def delete_rights(access: AccessServices) -> Rights:
+    """Where an identity (by name) may delete now, from its current roles; None if it is gone."""
+
+    def rights(name: str) -> Callable[[str], bool] | None:
+        principal = access.authenticator.principal(name, fresh=True)
+        if principal is None:
+            return None
+        return lambda repository: principal.permissions.allows(repository, CONTENT_DELETE)
+
+    return rights
+
+
 def build_lifecycle_services(kernel: Kernel, built: Mapping[str, Any]) -> LifecycleServices:
     """The lifecycle services for one registry (``built`` holds the registry room's services)."""
-    services = LifecycleServices(purge=PurgeService(kernel.db, built["registry"].manifests))
+    purge = PurgeService(kernel.db, built["registry"].manifests, rights=delete_rights(built["access"]))
+    services = LifecycleServices(purge=purge)
     services.recycle = build_recycle(kernel, built)
     services.kept_blobs.append(services.recycle.bin.kept_blobs)
     settings = kernel.settings

@@ -149,22 +149,38 @@ def check_cron(expression: str) -> str:
         raise PurgeError(str(exc)) from None
 
 
+#: The identity that started a run (by name) → where it may delete now; None: gone or disabled.
+Rights = Callable[[str], Callable[[str], bool] | None]
+
+
 class PurgeService:
     """Starts, runs and records purges; keeps purge schedules."""
 
     def __init__(
-        self, db: Database, manifest_service: ManifestService, *, clock: Callable[[], datetime] = utcnow
+        self,
+        db: Database,
+        manifest_service: ManifestService,
+        *,
+        rights: Rights | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._db = db
         self._manifests = manifest_service
+        #: Where the identity that started a run may delete, asked again when the run runs.
+        self._rights = rights
         self.clock = clock
 
     # -- which repositories ------------------------------------------------------------------
 
-    def targets(self, parameters: PurgeParameters) -> dict[str, str | None]:
-        """Repository → tag regex (None: untagged only) that these parameters purge, right now."""
+    def targets(
+        self, parameters: PurgeParameters, visible: Callable[[str], bool] | None = None
+    ) -> dict[str, str | None]:
+        """Repository → tag regex (None: untagged only) that these parameters purge, right now,
+        among the repositories ``visible`` admits (all without it): the regexes never see others."""
         filters, _ = parameters.parsed()
         names = self._db.run_lookup(lambda conn: list(conn.execute(sa.select(repositories.c.name)).scalars()))
+        if visible is not None:
+            names = [name for name in names if visible(name)]
         chosen: dict[str, str | None]
         try:
             chosen = dict(rules.tag_filters(filters, names)) if filters else dict.fromkeys(names)
@@ -175,6 +191,8 @@ class PurgeService:
         if parameters.repositories is not None:
             allowed = set(parameters.repositories)
             chosen = {name: regex for name, regex in chosen.items() if name in allowed}
+        if visible is not None:  # a literal name is taken as given, seen or not
+            chosen = {name: regex for name, regex in chosen.items() if visible(name)}
         return chosen
 
     # -- runs --------------------------------------------------------------------------------
@@ -234,7 +252,12 @@ class PurgeService:
         error = None
         try:
             actor = row.requested_by or (f"purge schedule {row.schedule_name}" if row.schedule_name else None)
-            self._purge(PurgeParameters.from_json(row.parameters), report, actor, started)
+            may_delete = None
+            if row.requested_by and self._rights is not None:  # rights revoked since it was started?
+                may_delete = self._rights(row.requested_by)
+                if may_delete is None:
+                    raise PurgeError(f"{row.requested_by!r} no longer exists or is disabled")
+            self._purge(PurgeParameters.from_json(row.parameters), report, actor, started, may_delete)
         except Exception as exc:
             log.exception("purge run %d failed", run_id)
             error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
@@ -257,7 +280,12 @@ class PurgeService:
         return report
 
     def _purge(
-        self, parameters: PurgeParameters, report: RunReport, actor: str | None, now: datetime
+        self,
+        parameters: PurgeParameters,
+        report: RunReport,
+        actor: str | None,
+        now: datetime,
+        may_delete: Callable[[str], bool] | None = None,
     ) -> None:
         _, ago = parameters.parsed()
         cutoff = rules.cutoff_of(now, ago)
@@ -265,7 +293,7 @@ class PurgeService:
         gone_ids: list[int] = []
         held: set[str] = set()
         concurrency = max(1, min(parameters.concurrency, MAX_CONCURRENCY))
-        for repository, tag_regex in sorted(self.targets(parameters).items()):
+        for repository, tag_regex in sorted(self.targets(parameters, may_delete).items()):
             snapshot = self._snapshot(repository)
             if snapshot is None:
                 report.add("repository", repository, "not-found")
