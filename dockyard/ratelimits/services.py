@@ -161,8 +161,9 @@ class RateLimiter:
                 continue
             if identity is not None and rate.identity not in (None, UNLIMITED):
                 mine.append(Bucket(f"{category}:identity:{identity}", category, rate.identity))
-            elif identity == ANONYMOUS and category == RateCategory.oauth and rate.registry != UNLIMITED:
-                # anonymous token requests together: a share, so anonymous pullers leave the rest
+            elif identity is not None and category == RateCategory.oauth and rate.registry != UNLIMITED:
+                # one identity's token requests (all anonymous callers' together): a share of the
+                # registry's, so one signed-in flood, or anonymous pullers, leave the rest to others
                 share = max(1, rate.registry // CLIENT_SHARE)
                 mine.append(Bucket(f"{category}:identity:{identity}", category, share))
             if rate.registry != UNLIMITED:

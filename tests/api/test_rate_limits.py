@@ -185,8 +185,9 @@ def test_token_requests_are_limited_per_registry(client, connect, clock):
     assert offline.status_code == 200
     elsewhere = connect(address="198.51.100.7")  # one address may use half the registry's token rate
     assert elsewhere.get("/oauth2/token", params={"service": "dockyard"}, headers=alice).status_code == 200
+    bob = create_user(client, "bob", "AcrPull")
     refused = connect(address="198.51.100.8").get(
-        "/oauth2/token", params={"service": "dockyard"}, headers=alice
+        "/oauth2/token", params={"service": "dockyard"}, headers=bob
     )
     assert refused.status_code == 429
     assert error_codes(refused) == ["TOOMANYREQUESTS"]
@@ -198,9 +199,9 @@ def test_token_requests_are_limited_per_registry(client, connect, clock):
     stranger = connect(address="198.51.100.9").post("/oauth2/token", data={"grant_type": "password"})
     assert stranger.status_code == 401
     assert statuses(client, "/v2/", 3) == [200, 200, 200]  # token requests are not reads
-    clock.now += 30  # the registry's bucket has a token again (this address's share needs 60 s)
+    clock.now += 30  # the registry's bucket has a token again (an address's or identity's share needs 60 s)
     fresh = connect(address="198.51.100.10")
-    assert fresh.get("/oauth2/token", params={"service": "dockyard"}, headers=alice).status_code == 200
+    assert fresh.get("/oauth2/token", params={"service": "dockyard"}, headers=bob).status_code == 200
 
 
 def test_strangers_from_many_addresses_leave_the_token_rate_to_those_who_sign_in(client, connect, clock):
@@ -212,8 +213,23 @@ def test_strangers_from_many_addresses_leave_the_token_rate_to_those_who_sign_in
         refresh = {"grant_type": "refresh_token", "refresh_token": "not-a-token"}
         assert stranger.post("/oauth2/exchange", data=refresh).status_code in (401, 429)
     assert client.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200
-    second = connect(ADMIN, address="198.51.100.30")  # the registry's second token this minute
+    alice = create_user(client, "alice", "AcrPull")
+    second = connect(alice, address="198.51.100.30")  # the registry's second token this minute
     assert second.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200
+
+
+def test_one_identity_gets_at_most_half_of_the_token_rate_from_any_number_of_addresses(
+    client, connect, clock
+):
+    """Red team (helper-58): one signed-in identity, from a few addresses, took every token of the
+    minute, so everyone else got 429. Its share is half the registry's."""
+    alice = create_user(client, "alice", "AcrPull")
+    first = connect(alice, address="198.51.100.40").get("/oauth2/token", params={"service": "dockyard"})
+    assert first.status_code == 200
+    refused = connect(alice, address="198.51.100.41").get("/oauth2/token", params={"service": "dockyard"})
+    assert refused.status_code == 429
+    assert "this identity" in refused.json()["errors"][0]["message"]
+    assert client.get("/oauth2/token", params={"service": "dockyard"}).status_code == 200  # the other half
 
 
 def test_anonymous_token_requests_together_get_half_of_the_token_rate(client, connect, clock):
