@@ -118,6 +118,8 @@ def test_a_closing_put_whose_session_is_cancelled_while_it_streams_links_nothing
     with pytest.raises(RegistryError):
         uploads.status("team/app", state.id)
     assert upload_leftovers(dockyard.store) == 0
+    if dockyard.store.local:  # not even unlinked (red team, helper-58); an object store writes a
+        assert stored_blobs(dockyard.store) == []  # whole-blob PUT in place: orphan GC takes it
 
 
 @pytest.mark.parametrize("after", [0, 1])
@@ -152,7 +154,7 @@ def test_a_stalled_writer_that_lost_its_session_never_touches_the_blob_it_became
     the PATCH then went on writing into it, or truncated it to 0 bytes on a hang-up. Now the
     PATCH renews its lease before writing after a pause (``lease``), and the filesystem writer
     checks the file is still the upload (``store``): the PATCH fails and the blob stays whole."""
-    from dockyard.registry.services import uploads as uploads_module
+    from dockyard.registry.services import upload_streams
 
     uploads = dockyard.registry.uploads
     first, last = os.urandom(MiB), os.urandom(MiB)
@@ -160,7 +162,7 @@ def test_a_stalled_writer_that_lost_its_session_never_touches_the_blob_it_became
     uploads.append("team/app", state.id, iter([first]), content_range=(0, MiB - 1))
     clock = [0.0]
     monkeypatch.setattr(
-        uploads_module, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])})
+        upload_streams, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock[0])})
     )
 
     def stalled_patch():
@@ -179,7 +181,7 @@ def test_a_stalled_writer_that_lost_its_session_never_touches_the_blob_it_became
         uploads.append("team/app", state.id, stalled_patch(), content_range=(MiB, 4 * MiB - 1))
     if noticed_by == "lease" or dockyard.store.local:  # an object store's parts never touch a blob
         assert isinstance(failure.value, RegistryError)
-        assert failure.value.code.name == "BLOB_UPLOAD_INVALID"
+        assert failure.value.code.name in ("BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN")  # the session ended
     stored = dockyard.registry.blobs.stat("team/app", sha256(first + last))
     assert b"".join(dockyard.registry.blobs.open(stored)) == first + last
 

@@ -17,7 +17,6 @@ Invariants that keep a failed or interrupted push from damaging anything:
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -28,7 +27,7 @@ from sqlalchemy.engine import Connection
 from dockyard.changes import SETTINGS, ContentCache
 from dockyard.db import Database, utcnow
 from dockyard.oci.digest import new_hasher, parse_digest
-from dockyard.oci.errors import ErrorCode, RegistryError
+from dockyard.oci.errors import RegistryError
 from dockyard.oci.resumable import HashStateError, ResumableHash
 from dockyard.registry.models import uploads
 from dockyard.registry.services.blobstate import (
@@ -61,7 +60,6 @@ from dockyard.registry.services.upload_sessions import (
     close_leased,
     close_upload,
     end_idle_sessions,
-    is_closed,
     link_in_any_session,
     link_in_new_session,
     new_upload_id,
@@ -69,11 +67,11 @@ from dockyard.registry.services.upload_sessions import (
     open_upload,
     record_chunk,
     release_lease,
-    renew_lease,
     unopened_since,
     verify_digest,
 )
-from dockyard.storage import BlobStore, UploadLost, UploadWriter
+from dockyard.registry.services.upload_streams import SessionStreams
+from dockyard.storage import BlobStore, UploadLost
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +104,7 @@ class UploadService:
         self._quota = quota
         self._locks = locks or LockPolicy()
         self._lease = timedelta(seconds=lease_seconds)
+        self._streams = SessionStreams(db, store, self._lease)
         self._expiry = timedelta(seconds=expiry_seconds)
         self._hashers = HasherCache(hasher_cache_size)
 
@@ -193,12 +192,11 @@ class UploadService:
         try:
             expected = check_range(recorded.size, content_range, content_length)
             hasher = self._hasher_at(upload_id, recorded)
-            size, state = self._write(upload_id, token, recorded, hasher, body, expected=expected)
+            size, state = self._streams.write(upload_id, token, recorded, hasher, body, expected=expected)
             try:
                 record_chunk(self._db, upload_id, token, size, state, hasher.export())
             except LeaseLost:
-                if is_closed(self._db, upload_id):  # cancelled while it streamed: drop what it wrote
-                    self._store.abort_upload(upload_id, state)
+                self._streams.drop_if_ended(upload_id, state)
                 raise
         except _LostDigest as lost:
             self._drop_session(upload_id, lost.store_state)
@@ -231,7 +229,7 @@ class UploadService:
             else:
                 hasher = self._hasher_at(upload_id, recorded)
                 hasher.update(data)
-            writer = self._open(upload_id, recorded)
+            writer = self._streams.open(upload_id, recorded)
             try:
                 writer.write(data)
                 state = writer.close()
@@ -285,7 +283,7 @@ class UploadService:
             expected = check_range(recorded.size, content_range, content_length)
             hasher = self._hasher_at(upload_id, recorded, algorithm)
             in_place = digest if recorded.size == 0 else None  # the whole blob comes in this request
-            size, state = self._write(
+            size, state = self._streams.write(
                 upload_id, token, recorded, hasher, body, expected=expected, digest=in_place
             )
         except _LostDigest as lost:
@@ -300,6 +298,7 @@ class UploadService:
         except BaseException:
             self._release(upload_id, token)
             raise
+        self._streams.hold_before_commit(upload_id, token, state)
         try:
             verify_digest(digest, algorithm, hasher)
             try:
@@ -414,7 +413,7 @@ class UploadService:
         hasher = ResumableHash(algorithm)
         state = None
         try:
-            size, state = self._write(
+            size, state = self._streams.write(
                 upload_id, None, _Recorded(0), hasher, body, expected=content_length, digest=digest
             )
             verify_digest(digest, algorithm, hasher)
@@ -531,72 +530,6 @@ class UploadService:
         self._db.run_write(work, durable=False)
         self._hashers.forget(upload_id)
         self._store.abort_upload(upload_id, state)
-
-    def _write(
-        self,
-        upload_id: str,
-        token: str | None,
-        recorded: _Recorded,
-        hasher: ResumableHash,
-        body: Iterable[bytes],
-        *,
-        expected: int | None,
-        digest: str | None = None,
-    ) -> tuple[int, str | None]:
-        """Stream ``body`` into the upload after the recorded bytes; all of it or nothing.
-
-        The store's writer is opened at the first byte (an empty body touches nothing).
-        Returns the new size and store state, which the caller records.
-        """
-        writer = None
-        received = 0
-        renew_every = self._lease.total_seconds() / 3
-        next_renewal = time.monotonic() + renew_every
-        try:
-            for chunk in body:
-                if not chunk:
-                    continue
-                received += len(chunk)
-                if expected is not None and received > expected:
-                    raise RegistryError(
-                        ErrorCode.SIZE_INVALID, f"chunk is longer than the declared {expected} bytes"
-                    )
-                if token is not None and time.monotonic() > next_renewal:
-                    # before the write: after a stall as long as the lease, another request may
-                    # have taken the session over and completed it (its file is then a blob)
-                    renew_lease(self._db, upload_id, token, self._lease)
-                    next_renewal = time.monotonic() + renew_every
-                if writer is None:
-                    writer = self._open(upload_id, recorded, digest)
-                try:
-                    writer.write(chunk)
-                except UploadLost:  # the store's own check: the file is no longer this upload's
-                    raise LeaseLost(
-                        "another request completed or cancelled the upload while this one streamed"
-                    ) from None
-                hasher.update(chunk)
-            if expected is not None and received != expected:
-                raise RegistryError(
-                    ErrorCode.SIZE_INVALID, f"received {received} bytes but {expected} were declared"
-                )
-            state = writer.close() if writer is not None else recorded.store_state
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        return recorded.size + received, state
-
-    def _open(self, upload_id: str, recorded: _Recorded, digest: str | None = None) -> UploadWriter:
-        """The store's writer after the recorded bytes; _LostDigest when the store lost them.
-
-        That happens after a crash between the store's commit and its record (the bytes moved
-        to the blob's place): the session is dropped, never completed from what the store has.
-        """
-        try:
-            return self._store.open_upload(upload_id, recorded.store_state, recorded.size, digest=digest)
-        except UploadLost:
-            log.warning("upload %s lost its recorded bytes in the store; dropping it", upload_id)
-            raise _LostDigest(upload_id, recorded.store_state) from None
 
     def _hasher_at(self, upload_id: str, recorded: _Recorded, algorithm: str = "sha256") -> ResumableHash:
         """The running digest of the recorded bytes, for this request to advance.
