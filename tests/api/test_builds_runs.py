@@ -146,7 +146,7 @@ def test_cancel_queued_and_running(client, dockyard, engine) -> None:
         worker.join()
 
 
-def test_logs_by_offset_and_follow(client, dockyard, engine) -> None:
+def test_logs_by_offset_and_follow(client, dockyard, engine, monkeypatch) -> None:
     engine.log_lines = ("first line\n", "second ünïcode line\n")
     run = queue(client)
     dockyard.runtime.run_jobs()
@@ -168,13 +168,24 @@ def test_logs_by_offset_and_follow(client, dockyard, engine) -> None:
     engine.hold = threading.Event()
     engine.running.clear()
     followed = queue(client)
+    runs = dockyard.service("builds").runs
+    following = threading.Event()  # the follow request has read the log once (its status is set)
+    read_log = runs.read_log
+
+    def reading(*args, **kwargs):
+        piece = read_log(*args, **kwargs)
+        following.set()
+        return piece
+
+    monkeypatch.setattr(runs, "read_log", reading)
     worker = threading.Thread(target=dockyard.runtime.run_jobs)
     worker.start()
     try:
         assert engine.running.wait(10)
 
-        def release() -> None:  # once the running log is visible, let the run end
+        def release() -> None:  # once the running log is visible and followed, let the run end
             wait_for(lambda: client.get(f"/api/v1/runs/{followed['runId']}").json()["logSize"] > 0)
+            assert following.wait(10)
             engine.hold.set()
 
         releaser = threading.Thread(target=release)
