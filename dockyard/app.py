@@ -38,11 +38,12 @@ from dockyard.asgi import (
 )
 from dockyard.builds import room as builds_room
 from dockyard.cache import room as cache_room
+from dockyard.changes import ChangeListener
 from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.events import room as events_room
 from dockyard.events.queue import JobService
-from dockyard.events.runtime import Runtime
+from dockyard.events.runtime import CommitWatch, Runtime
 from dockyard.events.services import EventService
 from dockyard.imports import room as imports_room
 from dockyard.lifecycle import room as lifecycle_room
@@ -89,7 +90,12 @@ def build(settings: Settings, rooms: tuple[Room, ...] = ROOMS) -> Dockyard:
         if room.services is not None:
             services[room.name] = room.services(kernel, services)
     runtime = Runtime(
-        db, jobs, events, poll_seconds=settings.job_poll_seconds, concurrency=settings.job_concurrency
+        db,
+        jobs,
+        events,
+        poll_seconds=settings.job_poll_seconds,
+        idle_poll_seconds=settings.job_idle_poll_seconds,
+        concurrency=settings.job_concurrency,
     )
     parts = Dockyard(
         settings=settings,
@@ -103,6 +109,17 @@ def build(settings: Settings, rooms: tuple[Room, ...] = ROOMS) -> Dockyard:
     for room in rooms:
         room.work(parts, runtime)
     return parts
+
+
+def wake_on_work(parts: Dockyard) -> None:
+    """Let other processes' work wake this process's job runtime at once: on SQLite a commit seen
+    in ``PRAGMA data_version`` (call on the event loop's thread, after ``serve_lookups_inline``);
+    on PostgreSQL a ``dockyard_work`` notice, through the started content listener."""
+    runtime, listener = parts.runtime, parts.registry.listener
+    if parts.db.is_sqlite:
+        runtime.changed = CommitWatch(parts.db)
+    elif isinstance(listener, ChangeListener) and runtime.wake not in listener.on_work:
+        listener.on_work.append(runtime.wake)
 
 
 def build_policy(settings: Settings, access: AccessServices) -> Policy:
@@ -216,6 +233,7 @@ def create_app(
         listener = parts.registry.listener
         if listener is not None:
             listener.start()
+        wake_on_work(parts)
         try:
             async with anyio.create_task_group() as group:
                 if background_jobs:

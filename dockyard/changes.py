@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: The channel the content triggers notify; the payload is a repository name, or "*" for all.
 CHANNEL = "dockyard_content"
+#: The channel a queued job or a recorded event notifies (migration 0016): the job runtimes of
+#: every process look for work at once (``ChangeListener.on_work``).
+WORK_CHANNEL = "dockyard_work"
 #: The channel a change of a repository's own row notifies (its locks, its write-once policy, its
 #: deletion), but not the ``tag_version`` bump of a push (migration 0015); payload: its name.
 SETTINGS_CHANNEL = "dockyard_settings"
@@ -210,6 +213,9 @@ class ChangeListener:
         self.last_notice: str | None = None
         self._per_turn = OncePerTurn(self.unapplied)
         cache.unapplied = self._per_turn
+        #: Called (from the listener's thread) when work was announced on ``WORK_CHANNEL``, and
+        #: after the connection is made again (a notice may have been missed meanwhile).
+        self.on_work: list[Callable[[], None]] = []
 
     def start(self) -> None:
         """Start listening in the background (idempotent); called on the event loop's thread,
@@ -252,9 +258,10 @@ class ChangeListener:
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as connection:
-                    connection.execute(f"LISTEN {CHANNEL}; LISTEN {SETTINGS_CHANNEL}")
+                    connection.execute(f"LISTEN {CHANNEL}; LISTEN {SETTINGS_CHANNEL}; LISTEN {WORK_CHANNEL}")
                     self._fd = connection.pgconn.socket
                     self._cache.set_enabled(True)
+                    self._announce_work()
                     self._listen(connection.pgconn, self._fd)
             except psycopg.Error as exc:
                 if not self._stopping.is_set():
@@ -275,12 +282,16 @@ class ChangeListener:
 
     def _apply(self, pgconn: Any) -> None:
         """Read what the socket holds and drop the entries its notices name."""
-        settings = SETTINGS_CHANNEL.encode()
+        settings, work = SETTINGS_CHANNEL.encode(), WORK_CHANNEL.encode()
+        announced = False
         self._applying = True
         try:
             pgconn.consume_input()  # raises when the connection is lost
             while (notice := pgconn.notifies()) is not None:
                 payload = notice.extra.decode()
+                if notice.relname == work:
+                    announced = True
+                    continue
                 if notice.relname == settings:
                     self._cache.invalidate(payload or EVERYTHING)
                 else:
@@ -288,6 +299,12 @@ class ChangeListener:
                 self.last_notice = payload
         finally:
             self._applying = False
+        if announced:
+            self._announce_work()
+
+    def _announce_work(self) -> None:
+        for wake in self.on_work:
+            wake()
 
 
 class SqliteChangeWatch:

@@ -246,6 +246,14 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the job runtime looks for other processes' events, jobs and schedules.",
     )
+    job_idle_poll_seconds: float = Field(
+        4.0,
+        gt=0,
+        description="The longest an idle job runtime waits between looks (its wait doubles from "
+        "job_poll_seconds while rounds find nothing). New work wakes it at once: from this process, "
+        "from any on PostgreSQL (LISTEN), and on SQLite once a commit shows (checked every "
+        "job_poll_seconds).",
+    )
     job_concurrency: int = Field(4, ge=1, description="Jobs run at once per process.")
     gc_grace_seconds: int = Field(
         3600,

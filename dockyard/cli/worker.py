@@ -101,12 +101,31 @@ def _run(parts: Dockyard) -> None:
         parts.db.engine.url.render_as_string(hide_password=True),
         settings.job_poll_seconds,
     )
-    anyio.run(_until_signalled, runtime, settings.webhook_timeout_seconds + DRAIN_MARGIN_SECONDS)
+    anyio.run(_until_signalled, parts, settings.webhook_timeout_seconds + DRAIN_MARGIN_SECONDS)
     log.info("dockyard worker stopped")
 
 
-async def _until_signalled(runtime: Runtime, grace: float) -> None:
-    """Run the runtime; a first signal lets work in flight finish (``grace`` at most), a second cuts."""
+async def _until_signalled(parts: Dockyard, grace: float) -> None:
+    """Run the runtime; a first signal lets work in flight finish (``grace`` at most), a second cuts.
+    Other processes' work wakes it (``wake_on_work``: the content listener runs here too)."""
+
+    from dockyard.app import wake_on_work
+    from dockyard.asgi import run_sync
+
+    runtime = parts.runtime
+    parts.db.serve_lookups_inline()
+    listener = parts.registry.listener
+    if listener is not None:
+        listener.start()
+    wake_on_work(parts)
+    try:
+        await _run_until_signalled(runtime, grace)
+    finally:
+        if listener is not None:
+            await run_sync(listener.stop)
+
+
+async def _run_until_signalled(runtime: Runtime, grace: float) -> None:
     import anyio
 
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

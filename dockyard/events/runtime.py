@@ -2,8 +2,11 @@
 
 Rooms register what they need (``job``, ``consumer``, ``schedule``, ``task``, ``flush``) while
 the app is built; ``run`` then works until cancelled: it wakes when this process commits an
-event someone wants, or after ``poll_seconds`` for other processes' work. Tests drive it by
-hand with ``step`` (or ``consume`` / ``run_due`` / ``run_jobs``) and a fake clock.
+event someone wants, when another process's work is announced (``wake``: PostgreSQL's LISTEN;
+``changed``: SQLite's data version), or after ``poll_seconds`` for other processes' work. While
+rounds find nothing, that wait doubles up to ``idle_poll_seconds``, so an idle registry costs
+little. Tests drive it by hand with ``step`` (or ``consume`` / ``run_due`` / ``run_jobs``) and a
+fake clock.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ BATCH_SECONDS = 0.05
 DEFAULT_LEASE_SECONDS = 300.0
 
 
+def idle_wait(poll: float, idle_poll: float, idle_rounds: int) -> float:
+    """The wait after ``idle_rounds`` rounds in a row that found nothing: ``poll``, doubling from
+    the first idle round, never above ``idle_poll`` (nor below ``poll``)."""
+    if idle_rounds <= 0:
+        return poll
+    return min(max(poll, idle_poll), poll * 2.0 ** min(idle_rounds, 32))
+
+
 class Task(Protocol):
     """A room's own long-running loop (webhook delivery), started and stopped with the runtime."""
 
@@ -60,6 +71,22 @@ class Flush:
     run: Callable[[], Any]
 
 
+class CommitWatch:
+    """``Runtime.changed`` on SQLite: whether any connection (of any process) committed since the
+    last call, from ``PRAGMA data_version`` on the event loop's connection; True when it cannot
+    tell (off the loop's thread, or the pragma failed)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._seen: tuple[int, int] | None = None
+
+    def __call__(self) -> bool:
+        version = self._db.data_version()
+        changed = version is None or version != self._seen
+        self._seen = version
+        return changed
+
+
 class Runtime:
     """Registrations from every room, and the loop that runs them."""
 
@@ -70,6 +97,7 @@ class Runtime:
         events: EventService,
         *,
         poll_seconds: float = 0.5,
+        idle_poll_seconds: float = 4.0,
         concurrency: int = 4,
         consumer_attempts: int = 5,
         clock: Clock = utcnow,
@@ -78,6 +106,10 @@ class Runtime:
         self.jobs = jobs
         self.events = events
         self.poll = poll_seconds
+        self.idle_poll = idle_poll_seconds
+        #: Asked every ``poll`` seconds while idle, on the loop's thread: did the database change
+        #: since the last call (SQLite's data version)? None: only wake-ups and the wait end a pause.
+        self.changed: Callable[[], bool] | None = None
         self.concurrency = concurrency
         self._clock = clock
         self.owner = f"{uuid.uuid4().hex[:12]}"
@@ -295,26 +327,43 @@ class Runtime:
         async with anyio.create_task_group() as group:
             for task in self.tasks:
                 group.start_soon(task.run)
+            idle_rounds = 0
             while True:
                 wake.clear()
+                found = 1  # a failed round, or none while draining, keeps the short wait
                 if self._claiming:
                     try:
-                        await self._round(group)
+                        found = await self._round(group)
                     except Exception:
                         log.exception("job runtime round failed; retrying")
-                with anyio.move_on_after(self.poll):
-                    await wake.wait()
-                    await anyio.sleep(BATCH_SECONDS)
+                idle_rounds = 0 if found else idle_rounds + 1
+                await self._pause(wake, idle_wait(self.poll, self.idle_poll, idle_rounds))
 
-    async def _round(self, group: anyio.abc.TaskGroup) -> None:
+    async def _pause(self, wake: asyncio.Event, seconds: float) -> None:
+        """Wait ``seconds``, or less: until a wake-up (then ``BATCH_SECONDS`` more), or until
+        ``changed`` (asked every ``poll`` seconds) says the database changed."""
+        deadline = anyio.current_time() + seconds
+        while (left := deadline - anyio.current_time()) > 0:
+            with anyio.move_on_after(min(left, self.poll)):
+                await wake.wait()
+                await anyio.sleep(BATCH_SECONDS)
+                return
+            if self.changed is not None and self.changed():
+                return
+
+    async def _round(self, group: anyio.abc.TaskGroup) -> int:
+        """Consume, start due schedules and claimed jobs; how many things it found to do."""
         await run_sync(self.prepare)
-        await run_sync(self.consume)
+        found = await run_sync(self.consume)
         for schedule in await run_sync(self.due_schedules):
+            found += 1
             self._started()
             group.start_soon(self._background, self.run_schedule, schedule)
         for job in await run_sync(self.claim_jobs, self.concurrency - self._in_flight):
+            found += 1
             self._started()
             group.start_soon(self._background, self.execute, job)
+        return found
 
     def _started(self) -> None:
         self._in_flight += 1

@@ -17,6 +17,7 @@ import anyio
 import httpx
 
 from dockyard.asgi import run_sync
+from dockyard.events.runtime import idle_wait
 from dockyard.webhooks.delivery import attempt, new_client
 from dockyard.webhooks.services import DeliveryJob, WebhookService
 
@@ -33,11 +34,14 @@ class DeliveryWorker:
         concurrency: int,
         timeout_seconds: float,
         poll_seconds: float,
+        idle_poll_seconds: float | None = None,
     ) -> None:
         self.service = service
         self.concurrency = concurrency
         self.timeout = timeout_seconds
         self.poll = poll_seconds
+        #: While rounds start nothing, the wait doubles up to this, never past the next attempt due.
+        self.idle_poll = poll_seconds if idle_poll_seconds is None else idle_poll_seconds
         self._in_flight = 0
         self._claiming = True
         self._idle = asyncio.Event()
@@ -72,14 +76,26 @@ class DeliveryWorker:
             new_client(self.timeout, self.service.allowed_networks) as client,
             anyio.create_task_group() as group,
         ):
+            idle_rounds = 0
             while True:
                 wake.clear()
+                started = 1  # a failed step keeps the short wait
                 try:
-                    await self.step(client, group)
+                    started = await self.step(client, group)
                 except Exception:
                     log.exception("webhook delivery step failed; retrying")
-                with anyio.move_on_after(self.poll):
+                idle_rounds = 0 if started or self._in_flight else idle_rounds + 1
+                with anyio.move_on_after(await self._pause(idle_rounds)):
                     await wake.wait()
+
+    async def _pause(self, idle_rounds: int) -> float:
+        """How long to wait for a wake-up: ``poll``, or while idle up to ``idle_poll``, but never
+        past the next attempt that comes due (a retry, a lease that runs out)."""
+        wait = idle_wait(self.poll, self.idle_poll, idle_rounds)
+        if wait <= self.poll:
+            return wait
+        due_in = await run_sync(self.service.seconds_until_due)
+        return wait if due_in is None else min(wait, max(due_in, self.poll))
 
     async def step(self, client: httpx.AsyncClient, group: anyio.abc.TaskGroup) -> int:
         """One round: start the deliveries that are due. Returns how many attempts started."""

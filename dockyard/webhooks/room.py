@@ -51,6 +51,7 @@ def _work(parts: Dockyard, runtime: Runtime) -> None:
         concurrency=settings.webhook_concurrency,
         timeout_seconds=settings.webhook_timeout_seconds,
         poll_seconds=settings.webhook_poll_seconds,
+        idle_poll_seconds=settings.job_idle_poll_seconds,
     )
     runtime.task(worker)
     runtime.consumer(

@@ -108,6 +108,20 @@ ENABLED_ACTIONS = sa.select(webhooks.c.actions).where(webhooks.c.enabled)
 ANY_ENABLED = sa.select(webhooks.c.id).where(webhooks.c.enabled).limit(1)
 #: How long ``WebhookService.wants`` trusts what it read (another process's webhook changes).
 WANTS_FRESH_SECONDS = 1.0
+#: When the next unfinished delivery of an enabled webhook comes due (its attempt time or, while
+#: another process holds it, its lease's end).
+NEXT_DUE = (
+    sa.select(
+        sa.func.min(
+            sa.case(
+                (deliveries.c.lease_until > deliveries.c.next_attempt_at, deliveries.c.lease_until),
+                else_=deliveries.c.next_attempt_at,
+            )
+        )
+    )
+    .select_from(deliveries.join(webhooks))
+    .where(webhooks.c.enabled, deliveries.c.status.in_([PENDING, DELIVERING]))
+)
 ANY_DUE = (
     sa.select(deliveries.c.id)
     .select_from(deliveries.join(webhooks))
@@ -331,6 +345,11 @@ class WebhookService:
         return self._db.run_write(work)
 
     # -- the worker's side ------------------------------------------------------------------
+
+    def seconds_until_due(self) -> float | None:
+        """Seconds until the next unfinished delivery comes due (0 or less: due now); None if none."""
+        due = self._db.run_lookup(lambda conn: conn.execute(NEXT_DUE).scalar())
+        return None if due is None else (as_utc(due) - utcnow()).total_seconds()
 
     def claim(self, slots: int) -> list[DeliveryJob]:
         """Lease up to ``slots`` due deliveries, at most PER_WEBHOOK_IN_FLIGHT per webhook."""

@@ -173,7 +173,9 @@ def test_stats_give_depth_by_status_and_the_oldest_due_age(runtime, clock):
 
 def test_the_async_loop_runs_a_job_enqueued_after_it_started(dockyard):
     done = threading.Event()
-    runtime = Runtime(dockyard.db, JobService(dockyard.db), dockyard.events, poll_seconds=0.05)
+    runtime = Runtime(
+        dockyard.db, JobService(dockyard.db), dockyard.events, poll_seconds=0.05, idle_poll_seconds=0.2
+    )
     runtime.job("ping", lambda job: done.set())
 
     async def main() -> None:

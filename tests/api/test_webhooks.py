@@ -645,3 +645,30 @@ def test_wants_reads_the_subscriptions_once_and_again_after_a_change_here(dockya
     finally:
         sa.event.remove(dockyard.db.engine, "before_cursor_execute", record)
     assert len(selects) == 4
+
+
+def test_an_idle_delivery_worker_waits_longer_but_never_past_the_next_attempt_due(client, dockyard, receiver):
+    """While its rounds start nothing, the worker's wait doubles up to the idle poll, but a retry
+    due sooner cuts it: the wait ends when that attempt comes due (``seconds_until_due``)."""
+    from datetime import timedelta
+
+    from dockyard.db import utcnow
+    from dockyard.webhooks.models import deliveries
+
+    service = dockyard.webhooks
+    worker = DeliveryWorker(service, concurrency=1, timeout_seconds=1, poll_seconds=0.5, idle_poll_seconds=60)
+    assert service.seconds_until_due() is None
+    assert anyio.run(worker._pause, 10) == 60  # nothing pending: the whole idle wait
+    create(client, serviceUri=receiver.url, actions=["push"])
+    push_image(client, "team/app", make_image("idle-worker"), "v1")
+    dockyard.runtime.consume()  # the delivery is queued
+    with dockyard.db.write() as conn:
+        conn.execute(deliveries.update().values(next_attempt_at=utcnow() + timedelta(seconds=5)))
+    due = service.seconds_until_due()
+    assert due is not None
+    assert 3 < due <= 5
+    assert 3 < anyio.run(worker._pause, 10) <= 5  # cut to the retry
+    assert anyio.run(worker._pause, 0) == 0.5  # not idle: the poll
+    with dockyard.db.write() as conn:
+        conn.execute(deliveries.update().values(next_attempt_at=utcnow() - timedelta(seconds=5)))
+    assert anyio.run(worker._pause, 10) == 0.5  # due already (leased elsewhere, say): never below the poll
