@@ -117,7 +117,7 @@ def _lifecycle_loop(parts: Dockyard, stop: threading.Event, counts: dict[str, in
         counts["blobs_freed"] += report.freed["blobs"].items
         counts["retention_deleted"] += len(lifecycle.recycle.retention.run().deleted)
         parameters = PurgeParameters(filters=("stress/.*:.*",), ago="0d", keep=3, untagged=True)
-        run_id = purge.start(parameters, requested_by="stress", dry_run=False)
+        run_id = purge.start(parameters, requested_by=None, dry_run=False)  # as a schedule does: the registry
         report = purge.execute(run_id)
         counts["purged_tags"] += report.deleted_tags if report is not None else 0
 
