@@ -111,6 +111,23 @@ def build(settings: Settings, rooms: tuple[Room, ...] = ROOMS) -> Dockyard:
     return parts
 
 
+@contextlib.asynccontextmanager
+async def listening(parts: Dockyard) -> AsyncIterator[None]:
+    """On the event loop's thread, for as long as the process serves or works: lookups on the loop's
+    own connection, the content listener keeping caches true, and other processes' work waking
+    the job runtime (``wake_on_work``)."""
+    parts.db.serve_lookups_inline()
+    listener = parts.registry.listener
+    if listener is not None:
+        listener.start()
+    wake_on_work(parts)
+    try:
+        yield
+    finally:
+        if listener is not None:
+            await run_sync(listener.stop)
+
+
 def wake_on_work(parts: Dockyard) -> None:
     """Let other processes' work wake this process's job runtime at once: on SQLite a commit seen
     in ``PRAGMA data_version`` (call on the event loop's thread, after ``serve_lookups_inline``);
@@ -229,13 +246,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        parts.db.serve_lookups_inline()
-        listener = parts.registry.listener
-        if listener is not None:
-            listener.start()
-        wake_on_work(parts)
         try:
-            async with anyio.create_task_group() as group:
+            async with listening(parts), anyio.create_task_group() as group:
                 if background_jobs:
                     for flush in runtime.flushes:
                         group.start_soon(_every, flush.every_seconds, flush.run)
@@ -247,8 +259,6 @@ def create_app(
                     group.cancel_scope.cancel()
         finally:
             try:
-                if listener is not None:
-                    await run_sync(listener.stop)
                 for flush in runtime.flushes:
                     await run_sync(flush.run)
                 parts.db.dispose()

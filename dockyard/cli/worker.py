@@ -107,22 +107,12 @@ def _run(parts: Dockyard) -> None:
 
 async def _until_signalled(parts: Dockyard, grace: float) -> None:
     """Run the runtime; a first signal lets work in flight finish (``grace`` at most), a second cuts.
-    Other processes' work wakes it (``wake_on_work``: the content listener runs here too)."""
+    Other processes' work wakes it (``listening``: the content listener runs here too)."""
 
-    from dockyard.app import wake_on_work
-    from dockyard.asgi import run_sync
+    from dockyard.app import listening
 
-    runtime = parts.runtime
-    parts.db.serve_lookups_inline()
-    listener = parts.registry.listener
-    if listener is not None:
-        listener.start()
-    wake_on_work(parts)
-    try:
-        await _run_until_signalled(runtime, grace)
-    finally:
-        if listener is not None:
-            await run_sync(listener.stop)
+    async with listening(parts):
+        await _run_until_signalled(parts.runtime, grace)
 
 
 async def _run_until_signalled(runtime: Runtime, grace: float) -> None:
