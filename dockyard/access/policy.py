@@ -210,7 +210,7 @@ class Policy:
         if need is None:  # authentication only
             # Anonymous pull or not, a caller without credentials is asked for them: clients
             # (containers/image, docker) decide from GET /v2/ alone whether to sign in for a push.
-            if caller.anonymous and caller.token is None:
+            if caller.anonymous:
                 raise self.challenge(request, None)
             return caller
         if need.control is not None:

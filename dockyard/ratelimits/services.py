@@ -117,8 +117,8 @@ class RateLimiter:
         Identity buckets are charged first; the registry's only once the identity is admitted.
         A refused request gives back the tokens it took from the other buckets. A token request
         is checked twice: before sign-in (``caller`` None) against its address's share only, in
-        memory; once signed in (or admitted as anonymous) against the registry's bucket, so
-        strangers' requests, refused with 401, never draw from it.
+        memory; once signed in (or admitted as anonymous) against the identity's share and the
+        registry's bucket, so strangers' requests, refused with 401, never draw from them.
         """
         if need is not None and need.control is not None:
             return  # the management API is not rate limited (nor is anything outside the data plane)
