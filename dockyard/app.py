@@ -43,7 +43,7 @@ from dockyard.config import Settings
 from dockyard.db import Database
 from dockyard.events import room as events_room
 from dockyard.events.queue import JobService
-from dockyard.events.runtime import CommitWatch, Runtime
+from dockyard.events.runtime import CommitWatch, Runtime, WorkNotices
 from dockyard.events.services import EventService
 from dockyard.imports import room as imports_room
 from dockyard.lifecycle import room as lifecycle_room
@@ -129,14 +129,16 @@ async def listening(parts: Dockyard) -> AsyncIterator[None]:
 
 
 def wake_on_work(parts: Dockyard) -> None:
-    """Let other processes' work wake this process's job runtime at once: on SQLite a commit seen
-    in ``PRAGMA data_version`` (call on the event loop's thread, after ``serve_lookups_inline``);
-    on PostgreSQL a ``dockyard_work`` notice, through the started content listener."""
+    """Let other processes' work end this process's job runtime's idle wait (within a poll): on
+    SQLite a commit seen in ``PRAGMA data_version`` (call on the event loop's thread, after
+    ``serve_lookups_inline``); on PostgreSQL a ``dockyard_work`` notice, through the content listener."""
     runtime, listener = parts.runtime, parts.registry.listener
     if parts.db.is_sqlite:
         runtime.changed = CommitWatch(parts.db)
-    elif isinstance(listener, ChangeListener) and runtime.wake not in listener.on_work:
-        listener.on_work.append(runtime.wake)
+    elif isinstance(listener, ChangeListener) and not isinstance(runtime.changed, WorkNotices):
+        notices = WorkNotices()
+        listener.on_work.append(notices.set)
+        runtime.changed = notices
 
 
 def build_policy(settings: Settings, access: AccessServices) -> Policy:

@@ -2,8 +2,8 @@
 
 Rooms register what they need (``job``, ``consumer``, ``schedule``, ``task``, ``flush``) while
 the app is built; ``run`` then works until cancelled: it wakes when this process commits an
-event someone wants, when another process's work is announced (``wake``: PostgreSQL's LISTEN;
-``changed``: SQLite's data version), or after ``poll_seconds`` for other processes' work. While
+event someone wants, when another process's work shows (``changed``, asked every ``poll_seconds``:
+PostgreSQL's LISTEN, SQLite's data version), or after ``poll_seconds`` for other processes' work. While
 rounds find nothing, that wait doubles up to ``idle_poll_seconds``, so an idle registry costs
 little. Tests drive it by hand with ``step`` (or ``consume`` / ``run_due`` / ``run_jobs``) and a
 fake clock.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,25 @@ class CommitWatch:
         return changed
 
 
+class WorkNotices:
+    """``Runtime.changed`` on PostgreSQL: whether a ``dockyard_work`` notice arrived (``set``, from
+    the listener's thread) since the last call. Read at the runtime's poll, never more often: under
+    a stream of pushes, every push notifies every process, and a round per notice would cost more
+    than the notices save."""
+
+    def __init__(self) -> None:
+        self._arrived = threading.Event()
+
+    def set(self) -> None:
+        self._arrived.set()
+
+    def __call__(self) -> bool:
+        arrived = self._arrived.is_set()
+        if arrived:
+            self._arrived.clear()
+        return arrived
+
+
 class Runtime:
     """Registrations from every room, and the loop that runs them."""
 
@@ -107,8 +127,9 @@ class Runtime:
         self.events = events
         self.poll = poll_seconds
         self.idle_poll = idle_poll_seconds
-        #: Asked every ``poll`` seconds while idle, on the loop's thread: did the database change
-        #: since the last call (SQLite's data version)? None: only wake-ups and the wait end a pause.
+        #: Asked every ``poll`` seconds while idle, on the loop's thread: did other processes' work
+        #: show since the last call (``CommitWatch``, ``WorkNotices``)? None: only wake-ups and the
+        #: wait end a pause.
         self.changed: Callable[[], bool] | None = None
         self.concurrency = concurrency
         self._clock = clock
