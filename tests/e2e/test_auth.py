@@ -20,6 +20,32 @@ def _layout(tmp_path: Path, seed: str) -> Path:
     return path
 
 
+def _podman_login_and_push(
+    tools: ContainerTools,
+    store: Path,
+    host: str,
+    login: tuple[str, str],
+    layout: Path,
+    registry_http: httpx.Client,
+    target: str,
+) -> None:
+    """A wrong password is refused; ``podman login`` with the right one, then a push of the layout's
+    image to ``target`` (``repo:tag``), checked by its config digest."""
+    user, password = login
+    wrong = tools.podman_unchecked(store, "login", "--tls-verify=false", "-u", user, "-p", "wrong", host)
+    assert wrong.returncode != 0
+    login_args = ("login", "--tls-verify=false", "-u", user, "--password-stdin", host)
+    tools.podman(store, *login_args, stdin=password + "\n")
+    assert host in json.loads(tools.auth_file.read_text())["auths"]
+    policy = f"--signature-policy={tools.policy}"
+    tools.podman(store, "pull", "--tls-verify=false", policy, f"oci:{layout}:img")
+    image_id = tools.podman(store, "images", "-q").stdout.split()[0]
+    tools.podman(store, "push", "--tls-verify=false", policy, image_id, f"docker://{host}/{target}")
+    repository, tag = target.rsplit(":", 1)
+    manifest = json.loads(fetch_manifest(registry_http, repository, tag))
+    assert manifest["config"]["digest"].split(":")[1].startswith(image_id)
+
+
 def _fresh_tools(tmp_path: Path) -> ContainerTools:
     """Tools with an empty auth file: nothing signed in."""
     return ContainerTools(tmp_path / "tools")
@@ -90,26 +116,9 @@ def test_podman_login_push_and_pull_as_a_user(
         layout = _layout(tmp_path, "podman-auth")
         store = tmp_path / "store"
         policy = f"--signature-policy={tools.policy}"
-        failed = tools.podman_unchecked(
-            store, "login", "--tls-verify=false", "-u", "podman-user", "-p", "wrong", host
+        _podman_login_and_push(
+            tools, store, host, ("podman-user", secret), layout, registry_http, "auth/podman:v1"
         )
-        assert failed.returncode != 0
-        tools.podman(
-            store,
-            "login",
-            "--tls-verify=false",
-            "-u",
-            "podman-user",
-            "--password-stdin",
-            host,
-            stdin=secret + "\n",
-        )
-        assert host in json.loads(tools.auth_file.read_text())["auths"]
-        tools.podman(store, "pull", "--tls-verify=false", policy, f"oci:{layout}:img")
-        image_id = tools.podman(store, "images", "-q").stdout.split()[0]
-        tools.podman(store, "push", "--tls-verify=false", policy, image_id, f"docker://{host}/auth/podman:v1")
-        manifest = json.loads(fetch_manifest(registry_http, "auth/podman", "v1"))
-        assert manifest["config"]["digest"].split(":")[1].startswith(image_id)
         tools.podman(store, "rmi", "-a", "-f")
         tools.podman(store, "pull", "--tls-verify=false", policy, f"{host}/auth/podman:v1")
         outside = tools.podman_unchecked(
@@ -139,7 +148,6 @@ def test_clients_still_sign_in_and_push_with_anonymous_pull_on(
         host = dockyard_server.host
         layout = _layout(tmp_path, "anonymous-on")
         store = tmp_path / "store"
-        policy = f"--signature-policy={tools.policy}"
         tools.skopeo(
             "copy",
             "--dest-tls-verify=false",
@@ -152,27 +160,8 @@ def test_clients_still_sign_in_and_push_with_anonymous_pull_on(
             "inspect", "--tls-verify=false", "--no-creds", f"docker://{host}/auth/anonymous-on:v1"
         )
         assert json.loads(inspected.stdout)["Digest"].startswith("sha256:")
-        wrong = tools.podman_unchecked(
-            store, "login", "--tls-verify=false", "-u", "dockyard", "-p", "wrong", host
-        )
-        assert wrong.returncode != 0
-        tools.podman(
-            store,
-            "login",
-            "--tls-verify=false",
-            "-u",
-            "dockyard",
-            "--password-stdin",
-            host,
-            stdin="e2e-admin-password\n",
-        )
-        tools.podman(store, "pull", "--tls-verify=false", policy, f"oci:{layout}:img")
-        image_id = tools.podman(store, "images", "-q").stdout.split()[0]
-        tools.podman(
-            store, "push", "--tls-verify=false", policy, image_id, f"docker://{host}/auth/anonymous-on:v2"
-        )
-        manifest = json.loads(fetch_manifest(registry_http, "auth/anonymous-on", "v2"))
-        assert manifest["config"]["digest"].split(":")[1].startswith(image_id)
+        login = ("dockyard", "e2e-admin-password")
+        _podman_login_and_push(tools, store, host, login, layout, registry_http, "auth/anonymous-on:v2")
         refused = tools.skopeo(  # an anonymous push is still refused
             "copy",
             "--dest-tls-verify=false",
