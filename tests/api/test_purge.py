@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from dockyard.lifecycle.services.purge import TICK_SCHEDULE, PurgeService
 from dockyard.registry.models import manifests, repositories, tags
-from tests.support.auth import basic, create_user
+from tests.support.auth import assign_role, basic, create_user
 from tests.support.images import OCI_INDEX, make_artifact, make_image, make_index
 from tests.support.registry import error_codes, push_image, push_manifest
 
@@ -239,10 +239,7 @@ def test_purging_needs_delete_on_every_matched_repository(client, anonymous, doc
     push_tags(client, "theirs", ["v1"])
     name = "deleter"
     headers = create_user(client, name)
-    assigned = client.post(
-        "/api/v1/role-assignments", json={"assignee": name, "role": "AcrDelete", "scope": "repository:mine"}
-    )
-    assert assigned.status_code == 201, assigned.text
+    assign_role(client, name, "AcrDelete", "repository:mine")
     # it may not list the catalog: what it may not delete from is left out, unnamed (no name oracle)
     for filters in ([".*:.*"], ["^theirs$:.*"], ["the.*:.*"]):
         narrowed = anonymous.post(
@@ -254,10 +251,7 @@ def test_purging_needs_delete_on_every_matched_repository(client, anonymous, doc
     assert dockyard.runtime.run_jobs() == 3  # the dry runs
     reader = create_user(client, "catalog-reader")  # may list the catalog: told what it may not touch
     for role, scope in (("Reader", "registry"), ("AcrDelete", "repository:mine")):
-        assigned = client.post(
-            "/api/v1/role-assignments", json={"assignee": "catalog-reader", "role": role, "scope": scope}
-        )
-        assert assigned.status_code == 201, assigned.text
+        assign_role(client, "catalog-reader", role, scope)
     refused = anonymous.post("/api/v1/purge", json={"filters": [".*:.*"], "ago": "0d"}, headers=reader)
     assert refused.status_code == 403
     assert refused.json()["errors"][0]["detail"]["repositories"] == ["theirs"]
@@ -385,11 +379,7 @@ def test_a_callers_filters_never_run_on_names_it_may_not_see(client, anonymous, 
     push_tags(client, "mine/app", ["v1"])
     push_tags(client, "secret/payroll", ["v1"])
     headers = create_user(client, "matcher")
-    assigned = client.post(
-        "/api/v1/role-assignments",
-        json={"assignee": "matcher", "role": "AcrDelete", "scope": "repository:mine/*"},
-    )
-    assert assigned.status_code == 201, assigned.text
+    assign_role(client, "matcher", "AcrDelete", "repository:mine/*")
     asked: list[str] = []
     search = purge_rules._search
 
@@ -418,23 +408,16 @@ def test_a_run_deletes_only_where_its_requester_may_still_delete(client, anonymo
     deleted identity fails the run."""
     push_tags(client, "mine", ["v1"])
     headers = create_user(client, "revoked")
-    assigned = client.post(
-        "/api/v1/role-assignments",
-        json={"assignee": "revoked", "role": "AcrDelete", "scope": "repository:mine"},
-    )
-    assert assigned.status_code == 201, assigned.text
+    assigned = assign_role(client, "revoked", "AcrDelete", "repository:mine")
     started = anonymous.post("/api/v1/purge", json={"filters": ["mine:.*"], "ago": "0d"}, headers=headers)
     assert started.status_code == 202, started.text
-    assert client.delete(f"/api/v1/role-assignments/{assigned.json()['id']}").status_code in (200, 204)
+    assert client.delete(f"/api/v1/role-assignments/{assigned['id']}").status_code in (200, 204)
     assert dockyard.runtime.run_jobs() == 1
     run = client.get(f"/api/v1/purge/runs/{started.json()['id']}").json()
     assert (run["status"], run["deletedTags"]) == ("succeeded", 0)
     assert tag_names(client, "mine") == ["v1"]
 
-    assigned = client.post(
-        "/api/v1/role-assignments",
-        json={"assignee": "revoked", "role": "AcrDelete", "scope": "repository:mine"},
-    )
+    assign_role(client, "revoked", "AcrDelete", "repository:mine")
     started = anonymous.post("/api/v1/purge", json={"filters": ["mine:.*"], "ago": "0d"}, headers=headers)
     assert started.status_code == 202, started.text
     assert client.delete("/api/v1/users/revoked").status_code in (200, 204)

@@ -31,11 +31,19 @@ def access_token(client: Any, headers: dict[str, str], scope: str | None = None)
     return response.json()["access_token"]
 
 
+def assign_role(client: Any, assignee: str, role: str, scope: str | None = None) -> dict[str, Any]:
+    """Assign ``role`` to ``assignee`` (registry-wide, or on ``scope``: ``repository:team/*``);
+    the assignment as the API returned it (its ``id`` deletes it)."""
+    body = {"assignee": assignee, "role": role} | ({"scope": scope} if scope else {})
+    assigned = client.post("/api/v1/role-assignments", json=body)
+    assert assigned.status_code == 201, assigned.text
+    return assigned.json()
+
+
 def create_user(client: Any, name: str, role: str | None = None) -> dict[str, str]:
     """Create a user (with a registry-wide role) through the management API; its Basic header."""
     created = client.post("/api/v1/users", json={"name": name})
     assert created.status_code == 201, created.text
     if role:
-        assigned = client.post("/api/v1/role-assignments", json={"assignee": name, "role": role})
-        assert assigned.status_code == 201, assigned.text
+        assign_role(client, name, role)
     return basic(name, created.json()["credentials"][0]["value"])
