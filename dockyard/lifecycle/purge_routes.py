@@ -118,15 +118,18 @@ class PurgeRoutes:
         body = await json_body(request)
         parameters = parameters_of(body)
         dry_run = bool(field(body, "dryRun", bool))
+
         # A caller that may not list the catalog: the repositories it may not delete from stay
         # unseen, its regexes never even run on their names (a 403 naming them, an error or the
         # time a regex took would answer "does a name like this exist?").
-        may_delete = caller.permissions.allows
-        visible = None if caller.permissions.catalog else (lambda name: may_delete(name, CONTENT_DELETE))
+        def may_delete(name: str) -> bool:
+            return caller.permissions.allows(name, CONTENT_DELETE)
+
+        visible = None if caller.permissions.catalog else may_delete
         targets = await anyio.to_thread.run_sync(
             functools.partial(self.purge.targets, parameters, visible), limiter=self._matching
         )
-        refused = [name for name in sorted(targets) if not caller.permissions.allows(name, CONTENT_DELETE)]
+        refused = [name for name in sorted(targets) if not may_delete(name)]
         if refused:
             raise RegistryError(
                 ErrorCode.DENIED,
