@@ -31,13 +31,19 @@ async def _never() -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+def _as_sent(message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` as the server keeps it: a body is copied when it is sent (the sender reuses its
+    buffer for the next chunk)."""
+    return {**message, "body": bytes(message["body"])} if "body" in message else message
+
+
 def _call(response: LocalFileResponse, extensions: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The messages ``response`` sends for one GET."""
     sent: list[dict[str, Any]] = []
     scope = {"type": "http", "method": "GET", "extensions": extensions or {}}
 
     async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+        sent.append(_as_sent(message))
 
     anyio.run(response, scope, _never, send)
     return sent
@@ -178,8 +184,10 @@ def test_a_chunk_partly_cached_is_finished_in_a_thread(
     path, data = blob
     real = local_file.read_cached
 
-    def half_cached(fd: int, offset: int, size: int) -> tuple[bytearray, int]:
-        buffer, filled = real(fd, offset, size)
+    def half_cached(
+        fd: int, offset: int, size: int, buffer: bytearray | None = None
+    ) -> tuple[bytearray, int]:
+        buffer, filled = real(fd, offset, size, buffer)
         assert filled == size
         return buffer, size // 2
 
