@@ -87,8 +87,15 @@ def test_without_the_no_wait_flag_nothing_counts_as_cached(
         os.close(fd)
 
 
-def test_a_whole_cached_file_is_sent_in_chunks_with_its_length(blob: tuple[Path, bytes]) -> None:
+def test_a_whole_cached_file_is_sent_in_chunks_with_its_length(
+    blob: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, data = blob
+
+    async def no_thread(*_: Any) -> Any:
+        raise AssertionError("a cached chunk went to a thread")
+
+    monkeypatch.setattr(local_file, "run_sync", no_thread)
     response = LocalFileResponse(str(path), 0, len(data), headers={"ETag": '"x"'}, whole=True)
     messages = _call(response, PATHSEND)
     start = messages[0]
@@ -100,6 +107,26 @@ def test_a_whole_cached_file_is_sent_in_chunks_with_its_length(blob: tuple[Path,
     assert all(len(m["body"]) <= SEND_CHUNK for m in bodies)
     assert [m["more_body"] for m in bodies] == [True, True, False]
     assert _body(messages) == data
+
+
+def test_whole_chunks_are_read_into_one_buffer_the_short_last_one_apart(blob: tuple[Path, bytes]) -> None:
+    """The server copies a body when it is sent: a response refills one buffer for its whole chunks
+    rather than zeroing a new 1 MiB one for each."""
+    path, data = blob
+    bodies: list[Any] = []
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            bodies.append(message["body"])  # kept alive: identities cannot be reused
+        sent.append(_as_sent(message))
+
+    anyio.run(LocalFileResponse(str(path), 0, len(data), headers={}), {"type": "http"}, _never, send)
+    assert _body(sent) == data
+    assert len(bodies) == 3
+    assert bodies[0] is bodies[1]
+    assert bodies[2] is not bodies[0]
+    assert len(bodies[2]) == 12345
 
 
 def test_a_range_is_sent_from_its_offset(blob: tuple[Path, bytes]) -> None:
