@@ -328,3 +328,11 @@ def test_fast_slots_are_given_back_after_sending_and_after_failing(
     assert streams.active == 0
     assert streams.take()
     assert not streams.take()
+
+
+def test_fast_slots_count_every_stream_up_to_the_limit() -> None:
+    streams = FastStreams(limit=3)
+    assert [streams.take() for _ in range(4)] == [True, True, True, False]
+    streams.give()
+    assert streams.take()
+    assert not streams.take()
